@@ -1,0 +1,300 @@
+"""The node manager's records: tasks, workers and actors, with their state tables.
+
+One record per entity (a :class:`TaskSpec` carries its state, attempts, worker and
+timings), so nothing is kept in parallel dicts keyed by id. Records are mutable slotted
+classes rather than frozen dataclasses: they live inside the node manager, change on
+every event, and are created once per task on the hot path, where a frozen
+dataclass's ``object.__setattr__`` per field is measurable.
+
+States change only through :func:`transition`, which checks the edge against the
+table next to each enum and raises :class:`~heliostat.exceptions.InvalidTransition`
+otherwise.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from heliostat.exceptions import InvalidTransition
+from heliostat.scheduler import ResourceSet
+
+if TYPE_CHECKING:
+    from heliostat.engine.protocol import PeerConnection
+
+__all__ = [
+    "ACTOR_TRANSITIONS",
+    "TASK_TRANSITIONS",
+    "WORKER_TRANSITIONS",
+    "ActorRecord",
+    "ActorState",
+    "TaskKind",
+    "TaskSpec",
+    "TaskState",
+    "WorkerRecord",
+    "WorkerState",
+    "transition",
+]
+
+
+class TaskKind(enum.IntEnum):
+    NORMAL = 0
+    ACTOR_CREATE = 1
+    ACTOR_CALL = 2
+
+
+class TaskState(enum.StrEnum):
+    """Lifecycle of one task execution request."""
+
+    WAITING = "WAITING"  # some top-level argument is not ready yet
+    READY = "READY"  # arguments ready, queued for resources and a worker
+    RUNNING = "RUNNING"  # sent to a worker
+    FINISHED = "FINISHED"  # returns stored (values or errors)
+    CANCELLED = "CANCELLED"
+
+
+TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.WAITING: frozenset({TaskState.READY, TaskState.FINISHED, TaskState.CANCELLED}),
+    TaskState.READY: frozenset({TaskState.RUNNING, TaskState.FINISHED, TaskState.CANCELLED}),
+    # RUNNING -> READY is a retry (worker died or a retryable error).
+    TaskState.RUNNING: frozenset(
+        {TaskState.READY, TaskState.FINISHED, TaskState.CANCELLED}
+    ),
+    # FINISHED -> WAITING is lineage reconstruction of a lost return value.
+    TaskState.FINISHED: frozenset({TaskState.WAITING}),
+    TaskState.CANCELLED: frozenset(),
+}
+
+
+class WorkerState(enum.StrEnum):
+    STARTING = "STARTING"  # forked, not registered yet
+    IDLE = "IDLE"
+    BUSY = "BUSY"  # running a normal task
+    ACTOR = "ACTOR"  # dedicated to an actor for the rest of its life
+    DEAD = "DEAD"
+
+
+WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.ACTOR, WorkerState.DEAD}),
+    WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.ACTOR, WorkerState.DEAD}),
+    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.DEAD}),
+    WorkerState.ACTOR: frozenset({WorkerState.DEAD}),
+    WorkerState.DEAD: frozenset(),
+}
+
+
+class ActorState(enum.StrEnum):
+    PENDING = "PENDING"  # waiting for arguments, resources or a worker
+    CREATING = "CREATING"  # constructor sent
+    ALIVE = "ALIVE"
+    RESTARTING = "RESTARTING"  # its worker died; a new one is being made
+    DEAD = "DEAD"
+
+
+ACTOR_TRANSITIONS: dict[ActorState, frozenset[ActorState]] = {
+    ActorState.PENDING: frozenset({ActorState.CREATING, ActorState.DEAD}),
+    ActorState.CREATING: frozenset({ActorState.ALIVE, ActorState.RESTARTING, ActorState.DEAD}),
+    ActorState.ALIVE: frozenset({ActorState.RESTARTING, ActorState.DEAD}),
+    ActorState.RESTARTING: frozenset({ActorState.CREATING, ActorState.DEAD}),
+    ActorState.DEAD: frozenset(),
+}
+
+_S = TypeVar("_S", TaskState, WorkerState, ActorState)
+
+_TABLES: dict[type, dict[Any, frozenset[Any]]] = {
+    TaskState: TASK_TRANSITIONS,
+    WorkerState: WORKER_TRANSITIONS,
+    ActorState: ACTOR_TRANSITIONS,
+}
+
+
+def transition(record: TaskSpec | WorkerRecord | ActorRecord, finish: _S) -> None:
+    """Move ``record.state`` to ``finish`` if its table allows the edge."""
+    start = record.state
+    if finish not in _TABLES[type(finish)][start]:
+        raise InvalidTransition(type(record).__name__, record.label(), str(start), str(finish))
+    record.state = finish
+
+
+class TaskSpec:
+    """One task: what to run, with which arguments, where it stands.
+
+    Invariant: ``pending_deps`` counts the entries of ``arg_ids`` that are not ready;
+    the task enters the ready queue exactly when it reaches zero.
+    """
+
+    __slots__ = (
+        "task_id",
+        "kind",
+        "name",
+        "fn_id",
+        "args_payload",
+        "ref_positions",
+        "arg_ids",
+        "contained",
+        "return_ids",
+        "resources",
+        "max_retries",
+        "retry_exceptions",
+        "attempts",
+        "reconstructions",
+        "owner",
+        "actor_id",
+        "method",
+        "state",
+        "worker",
+        "pending_deps",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "cancel_requested",
+        "live_returns",
+        "strategy",
+    )
+
+    def __init__(
+        self,
+        *,
+        task_id: int,
+        kind: TaskKind,
+        name: str,
+        fn_id: bytes,
+        args_payload: bytes,
+        ref_positions: tuple[Any, ...],
+        arg_ids: tuple[int, ...],
+        contained: tuple[int, ...],
+        return_ids: tuple[int, ...],
+        resources: ResourceSet,
+        max_retries: int,
+        retry_exceptions: Any,
+        owner: int,
+        actor_id: int = 0,
+        method: str = "",
+        submitted_at: float = 0.0,
+        strategy: Any = None,
+    ) -> None:
+        self.task_id = task_id
+        self.kind = kind
+        self.name = name
+        self.fn_id = fn_id
+        self.args_payload = args_payload
+        self.ref_positions = ref_positions
+        self.arg_ids = arg_ids
+        self.contained = contained
+        self.return_ids = return_ids
+        self.resources = resources
+        self.max_retries = max_retries
+        self.retry_exceptions = retry_exceptions
+        self.attempts = 0
+        self.reconstructions = 0
+        self.owner = owner
+        self.actor_id = actor_id
+        self.method = method
+        self.state = TaskState.WAITING
+        self.worker: WorkerRecord | None = None
+        self.pending_deps = 0
+        self.submitted_at = submitted_at
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self.cancel_requested: str = ""  # "", "soft" or "force"
+        self.live_returns = len(return_ids)
+        self.strategy = strategy
+
+    def label(self) -> str:
+        return f"{self.name}#{self.task_id:x}"
+
+
+class WorkerRecord:
+    """A worker process (or, with index 0, the driver) as the node manager sees it."""
+
+    __slots__ = (
+        "index",
+        "pid",
+        "conn",
+        "state",
+        "task",
+        "blocked",
+        "held",
+        "known_functions",
+        "holds",
+        "actor",
+        "outbox",
+        "idle_since",
+        "exit_status",
+        "purpose",
+    )
+
+    def __init__(self, index: int, pid: int = 0) -> None:
+        self.index = index
+        self.pid = pid
+        self.conn: PeerConnection | None = None
+        self.state = WorkerState.STARTING
+        self.task: TaskSpec | None = None
+        self.blocked = 0  # nesting depth of get/wait calls waiting in the manager
+        self.held: ResourceSet | None = None  # resources the running task holds now
+        self.known_functions: set[bytes] = set()
+        self.holds: dict[int, int] = {}  # object or actor id -> holds by this process
+        self.actor: ActorRecord | None = None
+        self.outbox: list[tuple[Any, ...]] = []  # messages batched during an I/O pass
+        self.idle_since = 0.0
+        self.exit_status = ""
+        self.purpose: ActorRecord | None = None  # an actor this new worker is made for
+
+    def label(self) -> str:
+        return f"worker {self.index} (pid {self.pid})"
+
+
+class ActorRecord:
+    """An actor: its creation task, its worker, its queue of calls."""
+
+    __slots__ = (
+        "actor_id",
+        "name",
+        "namespace",
+        "class_name",
+        "creation",
+        "state",
+        "worker",
+        "max_restarts",
+        "restarts",
+        "max_concurrency",
+        "queue",
+        "inflight",
+        "holds",
+        "death_cause",
+        "detached",
+        "resources",
+    )
+
+    def __init__(
+        self,
+        *,
+        actor_id: int,
+        name: str,
+        namespace: str,
+        class_name: str,
+        creation: TaskSpec,
+        max_restarts: int,
+        max_concurrency: int,
+        detached: bool,
+    ) -> None:
+        self.actor_id = actor_id
+        self.name = name
+        self.namespace = namespace
+        self.class_name = class_name
+        self.creation = creation
+        self.state = ActorState.PENDING
+        self.worker: WorkerRecord | None = None
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.max_concurrency = max_concurrency
+        self.queue: deque[TaskSpec] = deque()  # calls not sent yet, in submission order
+        self.inflight: dict[int, TaskSpec] = {}  # calls sent to the worker
+        self.holds = 0  # live handles, all processes together
+        self.death_cause = ""
+        self.detached = detached
+        self.resources = creation.resources
+
+    def label(self) -> str:
+        return f"{self.class_name}({self.name or hex(self.actor_id)})"

@@ -1,0 +1,189 @@
+"""Turning values into bytes and back, with out-of-band buffers.
+
+Values are pickled with protocol 5 by cloudpickle (so closures, lambdas and classes
+defined in ``__main__`` travel too). Large contiguous buffers (numpy arrays, Arrow
+buffers, bytes-likes that support ``PickleBuffer``) are taken *out of band*: the pickle
+stream keeps only a placeholder, and the raw memory is laid out next to it, aligned to
+64 bytes. A reader that maps that layout from shared memory hands the buffers back to
+``pickle.loads`` as read-only memoryviews, so numpy arrays come back as views on the
+shared memory: zero-copy.
+
+The packed layout (used both for shared-memory segments and for small values that
+carry buffers)::
+
+    offset 0   b"HSO1"                      magic
+           4   uint32  number of buffers
+           8   uint64  length of the pickle stream
+          16   n * (uint64 offset, uint64 length)   one entry per buffer
+     aligned   pickle stream
+     aligned   buffer 0, buffer 1, ...                  each at a 64-byte boundary
+
+A small value without buffers is sent as the bare pickle stream (it starts with the
+protocol-5 opcode ``0x80 0x05``, never with the magic), which saves the header.
+
+While a value is pickled, every ``ObjectRef`` inside it reports its id to the active
+capture list, so the runtime learns which refs a value contains (they must stay alive
+while the value does).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from heliostat.exceptions import SerializationError
+
+__all__ = [
+    "ALIGNMENT",
+    "INLINE_THRESHOLD",
+    "SerializedValue",
+    "capture_refs",
+    "deserialize",
+    "note_ref",
+    "serialize",
+    "dumps_function",
+    "loads_function",
+]
+
+ALIGNMENT = 64
+# Values whose serialized size is at most this travel inside messages; larger ones
+# go to shared memory. Ray uses the same figure (max_direct_call_object_size).
+INLINE_THRESHOLD = 100 * 1024
+# Buffers smaller than this stay in the pickle stream: a separate aligned slot would
+# cost more than the copy it saves.
+_MIN_OUT_OF_BAND = 2048
+
+_MAGIC = b"HSO1"
+_HEADER = struct.Struct("<4sIQ")
+_ENTRY = struct.Struct("<QQ")
+
+_capture = threading.local()
+
+
+def _align(n: int) -> int:
+    return (n + ALIGNMENT - 1) & ~(ALIGNMENT - 1)
+
+
+class SerializedValue:
+    """A pickled value: the stream, its out-of-band buffers, and the refs it holds."""
+
+    __slots__ = ("data", "buffers", "contained", "total_size")
+
+    def __init__(self, data: bytes, buffers: list[memoryview], contained: list[int]) -> None:
+        self.data = data
+        self.buffers = buffers
+        self.contained = contained
+        if buffers:
+            size = _align(_HEADER.size + _ENTRY.size * len(buffers)) + _align(len(data))
+            for buf in buffers:
+                size += _align(buf.nbytes)
+            self.total_size = size
+        else:
+            self.total_size = len(data)
+
+    def to_bytes(self) -> bytes:
+        """The value as one bytes object: the bare stream, or the packed layout."""
+        if not self.buffers:
+            return self.data
+        out = bytearray(self.total_size)
+        self.write_into(memoryview(out))
+        return bytes(out)
+
+    def write_into(self, target: memoryview) -> None:
+        """Write the packed layout into ``target`` (at least ``total_size`` bytes)."""
+        buffers = self.buffers
+        header_end = _HEADER.size + _ENTRY.size * len(buffers)
+        offset = _align(header_end)
+        _HEADER.pack_into(target, 0, _MAGIC, len(buffers), len(self.data))
+        data_offset = offset
+        offset = _align(offset + len(self.data))
+        for i, buf in enumerate(buffers):
+            _ENTRY.pack_into(target, _HEADER.size + i * _ENTRY.size, offset, buf.nbytes)
+            target[offset : offset + buf.nbytes] = buf
+            offset = _align(offset + buf.nbytes)
+        target[data_offset : data_offset + len(self.data)] = self.data
+
+
+def serialize(value: Any, *, what: str = "value") -> SerializedValue:
+    """Pickle ``value`` with out-of-band buffers, recording the refs it contains.
+
+    Args:
+        value: anything cloudpickle can pickle.
+        what: how to name the value in an error ("argument 'x' of 'load'").
+
+    Raises:
+        SerializationError: the value (or something inside it) cannot be pickled.
+    """
+    buffers: list[memoryview] = []
+
+    def take(pb: pickle.PickleBuffer) -> bool:
+        try:
+            raw = pb.raw()
+        except BufferError:
+            return True  # not contiguous: let pickle copy it in band
+        if raw.nbytes < _MIN_OUT_OF_BAND:
+            return True
+        buffers.append(raw)
+        return False
+
+    contained: list[int] = []
+    previous = getattr(_capture, "refs", None)
+    _capture.refs = contained
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=take)
+    except Exception as exc:  # pickling raises all sorts: TypeError, PicklingError, ...
+        raise SerializationError(
+            f"Could not serialize {what} of type {type(value).__qualname__}: {exc}"
+        ) from exc
+    finally:
+        _capture.refs = previous
+    return SerializedValue(data, buffers, contained)
+
+
+def note_ref(object_id: int) -> None:
+    """Called by ``ObjectRef.__reduce__``: record a ref pickled into the current value."""
+    refs = getattr(_capture, "refs", None)
+    if refs is not None:
+        refs.append(object_id)
+
+
+def capture_refs() -> list[int] | None:
+    """The capture list of the pickling in progress on this thread, if any."""
+    return getattr(_capture, "refs", None)
+
+
+def deserialize(payload: bytes | memoryview) -> Any:
+    """Rebuild a value from a bare pickle stream or a packed layout.
+
+    With a packed layout the out-of-band buffers are handed to pickle as slices of
+    ``payload``: pass a read-only memoryview over shared memory and numpy arrays come
+    back as read-only views on it.
+    """
+    view = memoryview(payload)
+    if view[:4] != _MAGIC:
+        return pickle.loads(view)
+    _magic, n_buffers, data_len = _HEADER.unpack_from(view, 0)
+    data_offset = _align(_HEADER.size + _ENTRY.size * n_buffers)
+    buffers = []
+    for i in range(n_buffers):
+        off, length = _ENTRY.unpack_from(view, _HEADER.size + i * _ENTRY.size)
+        buffers.append(view[off : off + length])
+    return pickle.loads(view[data_offset : data_offset + data_len], buffers=buffers)
+
+
+def dumps_function(fn: Callable[..., Any] | type, *, what: str) -> bytes:
+    """Pickle a function or class for shipping to workers (once per worker)."""
+    try:
+        return cloudpickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        raise SerializationError(f"Could not serialize {what}: {exc}") from exc
+
+
+def loads_function(data: bytes) -> Any:
+    """Inverse of :func:`dumps_function`."""
+    return pickle.loads(data)

@@ -1,0 +1,252 @@
+"""The errors heliostat raises, in one hierarchy.
+
+Every public error derives from :class:`HeliostatError`::
+
+    HeliostatError
+    ├── HeliostatInternalError          a bug in heliostat: please report it
+    ├── NotInitializedError             an API call before init() / after shutdown()
+    ├── InvalidTransition               a lifecycle edge the state table forbids
+    ├── SerializationError (TypeError)  a value that cannot be pickled, named
+    ├── InfeasibleResourcesError (ValueError)
+    │                                   a request no node could ever satisfy
+    ├── TaskError                       a task raised; also an instance of the cause
+    ├── WorkerCrashedError              the worker process died and retries ran out
+    ├── ActorError
+    │   └── ActorDiedError              the actor is dead (killed, crashed, restarts spent)
+    ├── GetTimeoutError (TimeoutError)  get() ran past its timeout
+    ├── TaskCancelledError              the task was cancelled with cancel()
+    └── ObjectLostError                 an object's value is gone and cannot be rebuilt
+        └── OwnerDiedError              ... because the process that owned it died
+
+Errors carry structured fields (ids, names) as attributes and survive pickling, so a
+worker can raise one and the driver receives the same type with the same fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ActorDiedError",
+    "ActorError",
+    "GetTimeoutError",
+    "HeliostatError",
+    "HeliostatInternalError",
+    "InfeasibleResourcesError",
+    "InvalidTransition",
+    "NotInitializedError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "SerializationError",
+    "TaskCancelledError",
+    "TaskError",
+    "WorkerCrashedError",
+]
+
+
+class HeliostatError(Exception):
+    """Base class of every error heliostat raises on purpose."""
+
+
+class HeliostatInternalError(HeliostatError):
+    """A bug in heliostat itself, not in user code.
+
+    If you see this, heliostat broke one of its own invariants. Please report it with
+    the traceback; the state of the runtime after this error is undefined.
+    """
+
+
+class NotInitializedError(HeliostatError):
+    """An API call that needs a runtime was made before ``init()`` or after ``shutdown()``."""
+
+
+class InvalidTransition(HeliostatError):
+    """A state machine was asked to take an edge its transition table does not allow."""
+
+    def __init__(self, kind: str, ident: str, start: str, finish: str) -> None:
+        self.kind = kind
+        self.ident = ident
+        self.start = start
+        self.finish = finish
+        super().__init__(f"{kind} {ident!r} cannot go from {start} to {finish}.")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.kind, self.ident, self.start, self.finish))
+
+
+class SerializationError(HeliostatError, TypeError):
+    """A value could not be pickled; the message names which one and why."""
+
+
+class InfeasibleResourcesError(HeliostatError, ValueError):
+    """A task or actor asked for resources that no node in the cluster has at all."""
+
+
+class GetTimeoutError(HeliostatError, TimeoutError):
+    """``get()`` or ``wait()`` waited longer than its ``timeout``."""
+
+
+class TaskCancelledError(HeliostatError):
+    """The task that would have produced this object was cancelled."""
+
+    def __init__(self, message: str = "The task was cancelled.", *, task_name: str = "") -> None:
+        self.task_name = task_name
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_kw, (type(self), self.args, {"task_name": self.task_name}))
+
+
+class WorkerCrashedError(HeliostatError):
+    """The worker process running the task died, and its retries are spent."""
+
+    def __init__(self, message: str, *, task_name: str = "", pid: int = 0) -> None:
+        self.task_name = task_name
+        self.pid = pid
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_kw, (type(self), self.args, {"task_name": self.task_name, "pid": self.pid}))
+
+
+class ActorError(HeliostatError):
+    """Base class of actor failures."""
+
+
+class ActorDiedError(ActorError):
+    """The actor is dead: killed, crashed with no restarts left, or its constructor failed."""
+
+    def __init__(self, message: str, *, actor_id: str = "", class_name: str = "") -> None:
+        self.actor_id = actor_id
+        self.class_name = class_name
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"actor_id": self.actor_id, "class_name": self.class_name}
+        return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class ObjectLostError(HeliostatError):
+    """An object's value is gone (memory or spill file lost) and cannot be rebuilt."""
+
+    def __init__(self, message: str, *, object_id: str = "") -> None:
+        self.object_id = object_id
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_kw, (type(self), self.args, {"object_id": self.object_id}))
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the object died, so the object died with it (fate sharing)."""
+
+
+class TaskError(HeliostatError):
+    """A task raised an exception.
+
+    The error seen at ``get()`` is an instance of both ``TaskError`` and the class of
+    the original exception (when that class can be subclassed), so
+    ``except ValueError`` still catches a ``ValueError`` raised in a remote task.
+    ``cause`` is the original exception (``None`` if it could not be pickled) and
+    ``remote_traceback`` the traceback text as the worker formatted it.
+    """
+
+    def __init__(
+        self,
+        function_name: str,
+        remote_traceback: str,
+        cause: BaseException | None = None,
+        *,
+        pid: int = 0,
+        cause_repr: str = "",
+    ) -> None:
+        self.function_name = function_name
+        self.remote_traceback = remote_traceback
+        self.cause = cause
+        self.pid = pid
+        self.cause_repr = cause_repr or (repr(cause) if cause is not None else "")
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return (
+            f"Task {self.function_name!r} failed in worker pid={self.pid}: {self.cause_repr}\n\n"
+            f"Remote traceback:\n{self.remote_traceback.rstrip()}"
+        )
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_task_error,
+            (self.function_name, self.remote_traceback, self.cause, self.pid, self.cause_repr),
+        )
+
+    def as_instanceof_cause(self) -> TaskError:
+        """Return an equivalent error that is also an instance of the cause's class.
+
+        Falls back to ``self`` when the cause's class cannot be mixed in (it is not an
+        ``Exception`` subclass, or its layout forbids multiple inheritance).
+        """
+        cause = self.cause
+        if cause is None or isinstance(cause, TaskError) or not isinstance(cause, Exception):
+            return self
+        cls = _dual_class(type(cause))
+        if cls is None:
+            return self
+        err = cls.__new__(cls)
+        try:
+            err.__dict__.update(getattr(cause, "__dict__", {}))
+        except (AttributeError, TypeError):
+            pass
+        TaskError.__init__(
+            err,
+            self.function_name,
+            self.remote_traceback,
+            cause,
+            pid=self.pid,
+            cause_repr=self.cause_repr,
+        )
+        err.args = cause.args
+        return err
+
+
+_DUAL_CLASSES: dict[type, type | None] = {}
+
+
+def _dual_class(cause_cls: type) -> type | None:
+    """A class deriving from both TaskError and ``cause_cls``, made once and cached."""
+    if cause_cls in _DUAL_CLASSES:
+        return _DUAL_CLASSES[cause_cls]
+    try:
+        dual: type | None = type(
+            f"TaskError({cause_cls.__name__})",
+            (TaskError, cause_cls),
+            {
+                "__init__": TaskError.__init__,
+                "__str__": TaskError.__str__,
+                "__reduce__": TaskError.__reduce__,
+                "__module__": __name__,
+                "__qualname__": f"TaskError({cause_cls.__qualname__})",
+            },
+        )
+    except TypeError:
+        dual = None
+    _DUAL_CLASSES[cause_cls] = dual
+    return dual
+
+
+def _rebuild_task_error(
+    function_name: str,
+    remote_traceback: str,
+    cause: BaseException | None,
+    pid: int,
+    cause_repr: str,
+) -> TaskError:
+    base = TaskError(function_name, remote_traceback, cause, pid=pid, cause_repr=cause_repr)
+    return base.as_instanceof_cause()
+
+
+def _rebuild_kw(cls: type, args: tuple[Any, ...], fields: dict[str, Any]) -> BaseException:
+    err: BaseException = cls(*args, **fields)
+    return err
