@@ -35,6 +35,7 @@ from heliostat.engine.serialization import note_ref
 __all__ = [
     "ObjectRef",
     "RefTracker",
+    "process_tracker",
     "set_process_tracker",
 ]
 
@@ -111,6 +112,11 @@ def set_process_tracker(tracker: RefTracker | None) -> None:
     """Install the tracker that unpickled refs in this process adopt into."""
     global _process_tracker
     _process_tracker = tracker
+
+
+def process_tracker() -> RefTracker | None:
+    """The tracker of this process (None before init or after shutdown)."""
+    return _process_tracker
 
 
 def _rebuild_ref(object_id: int) -> ObjectRef:

@@ -34,6 +34,8 @@ __all__ = [
     "TaskState",
     "WorkerRecord",
     "WorkerState",
+    "spec_from_wire",
+    "spec_to_wire",
     "transition",
 ]
 
@@ -265,6 +267,8 @@ class ActorRecord:
         "death_cause",
         "detached",
         "resources",
+        "out_of_scope",
+        "methods",
     )
 
     def __init__(
@@ -295,6 +299,43 @@ class ActorRecord:
         self.death_cause = ""
         self.detached = detached
         self.resources = creation.resources
+        self.out_of_scope = False  # every handle is gone: exit once the queue drains
+        self.methods: dict[str, int] = {}  # method name -> num_returns, for get_actor
 
     def label(self) -> str:
         return f"{self.class_name}({self.name or hex(self.actor_id)})"
+
+
+def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
+    """Rebuild a spec from a worker's submit message."""
+    (
+        task_id, kind, name, fn_id, args_payload, ref_positions, arg_ids, contained,
+        return_ids, resources, max_retries, retry_exceptions, actor_id, method, submitted_at,
+    ) = fields
+    return TaskSpec(
+        task_id=task_id,
+        kind=TaskKind(kind),
+        name=name,
+        fn_id=fn_id,
+        args_payload=args_payload,
+        ref_positions=ref_positions,
+        arg_ids=arg_ids,
+        contained=contained,
+        return_ids=return_ids,
+        resources=resources,
+        max_retries=max_retries,
+        retry_exceptions=retry_exceptions,
+        owner=owner,
+        actor_id=actor_id,
+        method=method,
+        submitted_at=submitted_at,
+    )
+
+
+def spec_to_wire(spec: TaskSpec) -> tuple[Any, ...]:
+    """The tuple form of a spec, for a worker's submit message."""
+    return (
+        spec.task_id, int(spec.kind), spec.name, spec.fn_id, spec.args_payload,
+        spec.ref_positions, spec.arg_ids, spec.contained, spec.return_ids, spec.resources,
+        spec.max_retries, spec.retry_exceptions, spec.actor_id, spec.method, spec.submitted_at,
+    )

@@ -1,0 +1,239 @@
+"""Actors: ``@remote`` classes, their handles and method calls.
+
+An :class:`ActorClass` wraps a user class; ``.remote(...)`` creates the actor (a
+dedicated worker process runs the constructor) and returns an :class:`ActorHandle`.
+``handle.method.remote(...)`` submits a call; calls from one handle run in submission
+order. Handles are counted like object refs: when every handle is gone, an unnamed
+actor exits once its queued calls are done (a named one lives until ``kill`` or
+shutdown, as a detached Ray actor does).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from heliostat.engine.ids import format_id
+from heliostat.engine.object_ref import RefTracker, process_tracker
+from heliostat.engine.records import TaskKind
+from heliostat.engine.remote_function import _Code, describe_argument
+from heliostat.engine.runtime import current_client
+from heliostat.engine.serialization import note_ref
+from heliostat.scheduler import ResourceSet
+
+__all__ = ["ACTOR_OPTION_NAMES", "ActorClass", "ActorHandle", "ActorMethod", "method"]
+
+ACTOR_OPTION_NAMES = frozenset(
+    {
+        "num_cpus",
+        "num_gpus",
+        "resources",
+        "max_restarts",
+        "max_task_retries",
+        "max_concurrency",
+        "name",
+        "namespace",
+        "lifetime",
+        "get_if_exists",
+        "scheduling_strategy",
+        "memory",
+    }
+)
+
+_NO_RESOURCES = ResourceSet()
+
+
+def method(*, num_returns: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate an actor method to set its options (``num_returns``), as in Ray."""
+    if not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"num_returns must be a positive int, got {num_returns!r}")
+
+    def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__heliostat_num_returns__ = num_returns  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def _method_table(cls: type) -> dict[str, int]:
+    table: dict[str, int] = {}
+    for name, member in inspect.getmembers(cls):
+        if callable(member) and (not name.startswith("__") or name == "__call__"):
+            table[name] = getattr(member, "__heliostat_num_returns__", 1)
+    return table
+
+
+class ActorClass:
+    """A class whose instances live in their own worker process."""
+
+    def __init__(self, cls: type, options: dict[str, Any], code: _Code | None = None) -> None:
+        unknown = sorted(set(options) - ACTOR_OPTION_NAMES)
+        if unknown:
+            raise ValueError(
+                f"Unknown option(s) {', '.join(map(repr, unknown))} for actor class "
+                f"{cls.__qualname__!r}; known options: {', '.join(sorted(ACTOR_OPTION_NAMES))}."
+            )
+        self._cls = cls
+        self._options = dict(options)
+        self._code = code or _Code(cls, f"actor class {cls.__qualname__!r}")
+        self._methods = _method_table(cls)
+        extra = dict(options.get("resources") or {})
+        if options.get("num_gpus"):
+            extra["GPU"] = options["num_gpus"]
+        self._resources = ResourceSet.from_request(options.get("num_cpus"), extra, default_cpus=0)
+        max_restarts = options.get("max_restarts", 0)
+        if not isinstance(max_restarts, int) or max_restarts < -1:
+            raise ValueError(f"max_restarts must be an int >= -1, got {max_restarts!r}")
+        max_concurrency = options.get("max_concurrency", 1)
+        if not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
+        lifetime = options.get("lifetime")
+        if lifetime not in (None, "detached", "non_detached"):
+            raise ValueError(f"lifetime must be 'detached' or None, got {lifetime!r}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actor class {self._cls.__qualname__!r} cannot be instantiated directly; "
+            f"use {self._cls.__name__}.remote(...)."
+        )
+
+    def options(self, **overrides: Any) -> ActorClass:
+        merged = dict(self._options)
+        merged.update(overrides)
+        return ActorClass(self._cls, merged, self._code)
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        """Create the actor; returns its handle at once (construction runs remotely)."""
+        client = current_client()
+        opts = self._options
+        name = opts.get("name") or ""
+        namespace = opts.get("namespace") or client.namespace
+        if name and opts.get("get_if_exists"):
+            try:
+                actor_id, class_name, methods = client.get_actor(name, namespace)
+            except ValueError:
+                pass
+            else:
+                return ActorHandle(actor_id, class_name, methods, client.tracker, adopt=True)
+        cls_id = self._code.ensure()
+        client.register_function(cls_id, self._code.payload)
+        actor_id = client.create_actor(
+            cls_id=cls_id,
+            class_name=self._cls.__qualname__,
+            args=args,
+            kwargs=kwargs,
+            describe=lambda key: describe_argument(self._cls.__init__, key + 1 if isinstance(key, int) else key),
+            resources=self._resources,
+            name=name,
+            namespace=namespace,
+            max_restarts=opts.get("max_restarts", 0),
+            max_concurrency=opts.get("max_concurrency", 1),
+            detached=opts.get("lifetime") == "detached",
+            methods=self._methods,
+        )
+        return ActorHandle(actor_id, self._cls.__qualname__, self._methods, client.tracker, adopt=None)
+
+    @property
+    def underlying_class(self) -> type:
+        return self._cls
+
+    def __repr__(self) -> str:
+        return f"<ActorClass {self._cls.__qualname__}>"
+
+
+class ActorHandle:
+    """A handle to a live actor; its attributes are the actor's remote methods."""
+
+    def __init__(
+        self,
+        actor_id: int,
+        class_name: str,
+        methods: dict[str, int],
+        tracker: RefTracker | None,
+        *,
+        adopt: bool | None,
+    ) -> None:
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        self._tracker = tracker
+        # adopt=None: the creator, already counted by create_actor.
+        if tracker is not None and adopt is not None:
+            if adopt:
+                tracker.adopted(actor_id)
+            else:
+                tracker.minted(actor_id)
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        methods = self.__dict__.get("_methods")
+        if methods is None or name not in methods:
+            raise AttributeError(
+                f"Actor {self.__dict__.get('_class_name', '?')!r} has no method {name!r}."
+            )
+        return ActorMethod(self, name, methods[name])
+
+    def __del__(self) -> None:
+        tracker = self.__dict__.get("_tracker")
+        if tracker is not None:
+            tracker.died(self._actor_id)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        note_ref(self._actor_id)
+        return (_rebuild_handle, (self._actor_id, self._class_name, self._methods))
+
+    @property
+    def actor_id(self) -> str:
+        return format_id(self._actor_id)
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._class_name}, {format_id(self._actor_id)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+
+def _rebuild_handle(actor_id: int, class_name: str, methods: dict[str, int]) -> ActorHandle:
+    return ActorHandle(actor_id, class_name, methods, process_tracker(), adopt=True)
+
+
+class ActorMethod:
+    """``handle.method``: call ``.remote(...)`` to submit a call."""
+
+    __slots__ = ("_handle", "_name", "_num_returns")
+
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actor method {self._name!r} cannot be called directly; use .{self._name}.remote(...)."
+        )
+
+    def options(self, *, num_returns: int | None = None, name: str | None = None) -> ActorMethod:
+        m = ActorMethod(self._handle, self._name, num_returns or self._num_returns)
+        return m
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        handle = self._handle
+        client = current_client()
+        refs = client.submit_task(
+            fn_id=b"",
+            name=f"{handle._class_name}.{self._name}",
+            args=args,
+            kwargs=kwargs,
+            describe=lambda key: f"argument {key}",
+            num_returns=self._num_returns,
+            resources=_NO_RESOURCES,
+            max_retries=0,
+            retry_exceptions=False,
+            kind=TaskKind.ACTOR_CALL,
+            actor_id=handle._actor_id,
+            method=self._name,
+        )
+        return refs[0] if self._num_returns == 1 else refs

@@ -1,0 +1,211 @@
+"""``@remote`` functions: options, validation, and the submit path.
+
+A :class:`RemoteFunction` wraps a plain function. Its options are validated once (at
+decoration or ``.options()``), turned into a ready-made ``ResourceSet``, and the
+function is pickled once per process, on first use, and identified by a hash of its
+bytes; workers receive those bytes once and cache the function. ``.remote()`` then
+costs serializing the arguments and one message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from heliostat.engine.runtime import current_client
+from heliostat.engine.serialization import dumps_function
+from heliostat.scheduler import ResourceSet
+
+__all__ = ["TASK_OPTION_NAMES", "RemoteFunction", "TaskOptions", "describe_argument", "task_options"]
+
+TASK_OPTION_NAMES = frozenset(
+    {
+        "num_cpus",
+        "num_gpus",
+        "resources",
+        "max_retries",
+        "retry_exceptions",
+        "num_returns",
+        "name",
+        "scheduling_strategy",
+        "memory",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskOptions:
+    """Validated options of a remote function."""
+
+    resources: ResourceSet
+    num_returns: int = 1
+    max_retries: int = 3
+    retry_exceptions: bool | bytes = False  # bytes: a pickled tuple of exception classes
+    name: str = ""
+    scheduling_strategy: Any = None
+    raw: tuple[tuple[str, Any], ...] = ()
+
+
+def _check_unknown(given: dict[str, Any], known: frozenset[str], what: str) -> None:
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {', '.join(map(repr, unknown))} for {what}; "
+            f"known options: {', '.join(sorted(known))}."
+        )
+
+
+def _resources(raw: dict[str, Any], default_cpus: float) -> ResourceSet:
+    extra = dict(raw.get("resources") or {})
+    num_gpus = raw.get("num_gpus")
+    if num_gpus:
+        extra["GPU"] = num_gpus
+    return ResourceSet.from_request(raw.get("num_cpus"), extra, default_cpus=default_cpus)
+
+
+def _retry_exceptions(value: Any) -> bool | bytes:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(c, type) and issubclass(c, BaseException) for c in value
+    ):
+        return bytes(cloudpickle.dumps(tuple(value)))
+    raise ValueError(
+        f"retry_exceptions must be a bool or a list of exception classes, got {value!r}."
+    )
+
+
+def task_options(raw: dict[str, Any], *, what: str) -> TaskOptions:
+    """Validate task options (from ``@remote(...)`` or ``.options(...)``)."""
+    _check_unknown(raw, TASK_OPTION_NAMES, what)
+    num_returns = raw.get("num_returns", 1)
+    if not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 1:
+        raise ValueError(f"num_returns must be a positive int for {what}, got {num_returns!r}.")
+    max_retries = raw.get("max_retries", 3)
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < -1:
+        raise ValueError(f"max_retries must be an int >= -1 for {what}, got {max_retries!r}.")
+    strategy = raw.get("scheduling_strategy")
+    if strategy not in (None, "DEFAULT", "SPREAD") and not hasattr(strategy, "node_id"):
+        raise ValueError(f"Unknown scheduling_strategy {strategy!r} for {what}.")
+    return TaskOptions(
+        resources=_resources(raw, 1.0),
+        num_returns=num_returns,
+        max_retries=max_retries,
+        retry_exceptions=_retry_exceptions(raw.get("retry_exceptions", False)),
+        name=raw.get("name") or "",
+        scheduling_strategy=strategy,
+        raw=tuple(sorted(raw.items(), key=lambda kv: kv[0])),
+    )
+
+
+def describe_argument(fn: Callable[..., Any], key: Any) -> str:
+    """``argument 'rows' (position 0)`` for error messages."""
+    if isinstance(key, str):
+        return f"argument {key!r}"
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return f"argument {key}"
+    if key < len(params) and params[key].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        return f"argument {params[key].name!r} (position {key})"
+    return f"argument {key}"
+
+
+class _Code:
+    """A function's pickled bytes and id, computed once per process and shared by copies."""
+
+    __slots__ = ("target", "fn_id", "data", "what")
+
+    def __init__(self, target: Any, what: str) -> None:
+        self.target = target
+        self.what = what
+        self.fn_id = b""
+        self.data = b""
+
+    def ensure(self) -> bytes:
+        if not self.fn_id:
+            data = dumps_function(self.target, what=self.what)
+            self.data = data
+            self.fn_id = hashlib.blake2b(data, digest_size=16).digest()
+        return self.fn_id
+
+    def payload(self) -> bytes:
+        return self.data
+
+
+class RemoteFunction:
+    """A function that runs as a task: call ``.remote(...)`` to get ObjectRefs."""
+
+    def __init__(self, fn: Callable[..., Any], options: TaskOptions, code: _Code | None = None) -> None:
+        self._fn = fn
+        self._options = options
+        self._code = code or _Code(fn, f"remote function {fn.__qualname__!r}")
+        self._name = options.name or fn.__qualname__
+        self.__wrapped__ = fn
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", "remote_function")
+        self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        self.__module__ = getattr(fn, "__module__", __name__)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Remote function {self._name!r} cannot be called directly; "
+            f"use {self.__name__}.remote(...) to run it as a task."
+        )
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit a task; returns an ObjectRef (a list of them if num_returns > 1)."""
+        client = current_client()
+        code = self._code
+        fn_id = code.fn_id or code.ensure()
+        client.register_function(fn_id, code.payload)
+        opts = self._options
+        refs = client.submit_task(
+            fn_id=fn_id,
+            name=self._name,
+            args=args,
+            kwargs=kwargs,
+            describe=self._describe,
+            num_returns=opts.num_returns,
+            resources=opts.resources,
+            max_retries=opts.max_retries,
+            retry_exceptions=opts.retry_exceptions,
+        )
+        return refs[0] if opts.num_returns == 1 else refs
+
+    def _describe(self, key: Any) -> str:
+        return describe_argument(self._fn, key)
+
+    def options(self, **overrides: Any) -> RemoteFunction:
+        """A copy with some options changed (same code, validated now)."""
+        merged = dict(self._options.raw)
+        merged.update(overrides)
+        options = task_options(merged, what=f"remote function {self._fn.__qualname__!r}")
+        return RemoteFunction(self._fn, options, self._code)
+
+    @property
+    def task_options(self) -> TaskOptions:
+        return self._options
+
+    @property
+    def underlying_function(self) -> Callable[..., Any]:
+        return self._fn
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_remote_function, (self._fn, dict(self._options.raw)))
+
+    def __repr__(self) -> str:
+        return f"<RemoteFunction {self._name}>"
+
+
+def _rebuild_remote_function(fn: Callable[..., Any], raw: dict[str, Any]) -> RemoteFunction:
+    return RemoteFunction(fn, task_options(raw, what=f"remote function {fn.__qualname__!r}"))
+

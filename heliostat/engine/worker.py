@@ -1,0 +1,431 @@
+"""The worker process: executes tasks and hosts actors.
+
+A worker is forked by the fork server, connects to the node manager's socket and
+registers. From then on its main thread alternates between reading messages and
+running them: ``EXECUTE`` (a task), ``CREATE_ACTOR`` (become an actor) and
+``ACTOR_CALL`` (a method call on the actor it hosts).
+
+Reading is done by whichever thread needs a message (leader/follower): the idle main
+loop, or a task that called ``get`` and waits for its reply. There is no separate
+reader thread, so a task costs no thread switch in the worker. Replies that arrive for
+another thread are handed over through a condition variable.
+
+Task output: ``sys.stdout`` and ``sys.stderr`` are replaced by writers that send lines
+to the driver, tagged with the running task's name, before the task's result is sent,
+so the driver prints them in order (as Ray prints ``(task pid=...) ...``).
+
+Cancellation: the node manager sends SIGINT; the handler raises ``KeyboardInterrupt``
+only while user code runs, and the task is reported as interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from heliostat.engine import runtime as runtime_module
+from heliostat.engine.core import CoreClient, load_value
+from heliostat.engine.ids import IdMinter
+from heliostat.engine.object_ref import set_process_tracker
+from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
+from heliostat.engine.records import TaskSpec, spec_to_wire
+from heliostat.engine.serialization import INLINE_THRESHOLD, deserialize, serialize
+from heliostat.engine.shm import create_segment, segment_path
+from heliostat.exceptions import GetTimeoutError, HeliostatError, TaskError
+
+__all__ = ["WorkerClient", "run_worker"]
+
+_INLINE, _SHM = 1, 2
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the fork server dies (no orphans, ever)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before we asked
+            os._exit(1)
+
+
+class WorkerClient(CoreClient):
+    """The core client of a worker process: requests travel over the socket."""
+
+    def __init__(self, channel: BlockingChannel, sock: socket.socket, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._chan = channel
+        self._sock = sock
+        self._cv = threading.Condition()
+        self._reader_active = False
+        self._slots: dict[int, list[Any]] = {}
+        self.inbox: deque[tuple[Any, ...]] = deque()
+        self.exiting = False
+
+    # --- transport ------------------------------------------------------------------
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self._chan.send([message])
+
+    def _post(self, verb: str, *args: Any) -> None:
+        self._chan.send([(Op.POST, verb, args)])
+
+    def _submit_spec(self, spec: TaskSpec) -> None:
+        self._chan.send([(Op.POST, "submit", (spec_to_wire(spec),))])
+
+    def _create_actor_spec(self, spec: TaskSpec, **options: Any) -> None:
+        self._call(
+            "create_actor",
+            spec_to_wire(spec),
+            options["name"],
+            options["namespace"],
+            options["class_name"],
+            options["max_restarts"],
+            options["max_concurrency"],
+            options["detached"],
+            options["methods"],
+        )
+
+    def _call(self, verb: str, *args: Any, timeout: float | None = None, req_id: int = 0) -> Any:
+        rid = req_id or next(self._req_ids)
+        slot: list[Any] = [False, None, None]
+        self._slots[rid] = slot
+        self._chan.send([(Op.REQUEST, rid, verb, args)])
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.pump_until(lambda: slot[0], deadline):
+            self._slots.pop(rid, None)
+            self._post("forget", rid)
+            raise GetTimeoutError(f"{verb}() timed out after {timeout} s.")
+        if not slot[1]:
+            raise slot[2]
+        return slot[2]
+
+    def pump_until(self, done: Any, deadline: float | None) -> bool:
+        """Read and dispatch messages until ``done()`` or the deadline passes."""
+        cv = self._cv
+        while True:
+            with cv:
+                while True:
+                    if done():
+                        return True
+                    if not self._reader_active:
+                        self._reader_active = True
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    cv.wait(remaining)
+            try:
+                if self.tracker.has_pending():
+                    self.tracker.drain()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return done()
+                if remaining is not None:
+                    readable, _, _ = select.select([self._sock], [], [], remaining)
+                    if not readable:
+                        continue
+                messages = self._chan.recv()
+                with cv:
+                    for message in messages:
+                        self._dispatch(message)
+            except ConnectionClosed:
+                self.exiting = True
+                with cv:
+                    self.inbox.append((Op.EXIT,))
+                    for slot in self._slots.values():
+                        if not slot[0]:
+                            slot[:] = [True, False, HeliostatError("node manager went away")]
+                return True
+            finally:
+                with cv:
+                    self._reader_active = False
+                    cv.notify_all()
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        op = message[0]
+        if op == Op.REPLY:
+            slot = self._slots.pop(message[1], None)
+            if slot is not None:
+                slot[:] = [True, message[2], message[3]]
+        elif op == Op.UNMAP:
+            self.mappings.drop(message[1])
+        else:
+            self.inbox.append(message)
+
+
+class _LineForwarder(io.TextIOBase):
+    """A stdout/stderr replacement that sends complete lines to the driver."""
+
+    def __init__(self, worker: Worker, stream: str) -> None:
+        self._worker = worker
+        self._stream = stream
+        self._buf = ""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._buf += text
+            if "\n" not in self._buf:
+                return len(text)
+            head, _, self._buf = self._buf.rpartition("\n")
+        self._worker.send_log(self._stream, head)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            text, self._buf = self._buf, ""
+        if text:
+            self._worker.send_log(self._stream, text)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+class Worker:
+    """The main loop of a worker process."""
+
+    def __init__(self, client: WorkerClient, index: int) -> None:
+        self.client = client
+        self.index = index
+        self._functions: dict[bytes, Any] = {}
+        self._actor: Any = None
+        self._actor_name = ""
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_user_code = False
+        self.current_name = ""
+        self._stdout = _LineForwarder(self, "stdout")
+        self._stderr = _LineForwarder(self, "stderr")
+
+    def send_log(self, stream: str, text: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.send((Op.LOG, stream, self.current_name or self._actor_name, text))
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._in_user_code:
+            raise KeyboardInterrupt
+
+    def loop(self) -> int:
+        signal.signal(signal.SIGINT, self._on_sigint)
+        sys.stdout = self._stdout
+        sys.stderr = self._stderr
+        client = self.client
+        inbox = client.inbox
+        while True:
+            while inbox:
+                message = inbox.popleft()
+                op = message[0]
+                if op == Op.EXECUTE:
+                    self._execute(message)
+                elif op == Op.ACTOR_CALL:
+                    if self._pool is not None:
+                        self._pool.submit(self._actor_call, message)
+                    else:
+                        self._actor_call(message)
+                elif op == Op.CREATE_ACTOR:
+                    self._create_actor(message)
+                elif op == Op.EXIT:
+                    if self._pool is not None:
+                        self._pool.shutdown(wait=False, cancel_futures=True)
+                    return 0
+            client.pump_until(lambda: bool(inbox), None)
+
+    # --- running code ---------------------------------------------------------------
+
+    def _load_function(self, fn_id: bytes, fn_bytes: bytes | None) -> Any:
+        fn = self._functions.get(fn_id)
+        if fn is None:
+            if fn_bytes is None:
+                raise HeliostatError("the node manager sent no code for an unknown function")
+            fn = pickle.loads(fn_bytes)
+            self._functions[fn_id] = fn
+        return fn
+
+    def _arguments(
+        self, payload: bytes, positions: tuple[Any, ...], resolved: list[Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
+        args, kwargs = deserialize(payload)
+        if positions:
+            args = list(args)
+            mappings = self.client.mappings
+            for position, (object_id, kind, data) in zip(positions, resolved):
+                try:
+                    value = load_value(mappings, object_id, kind, data)
+                except FileNotFoundError:
+                    value = self.client._relocate(object_id, None)
+                if type(position) is int:
+                    args[position] = value
+                else:
+                    kwargs[position] = value
+        return args, kwargs
+
+    def _results(self, name: str, return_ids: tuple[int, ...], result: Any) -> list[Any]:
+        n = len(return_ids)
+        if n == 1:
+            values = [result]
+        else:
+            try:
+                values = list(result)
+            except TypeError:
+                raise ValueError(
+                    f"Task {name!r} has num_returns={n} but returned a "
+                    f"{type(result).__name__}, not a sequence of {n} values."
+                ) from None
+            if len(values) != n:
+                raise ValueError(
+                    f"Task {name!r} has num_returns={n} but returned {len(values)} values."
+                )
+        out = []
+        session = self.client.session
+        for object_id, value in zip(return_ids, values):
+            ser = serialize(value, what=f"the return value of {name!r}")
+            if ser.total_size <= INLINE_THRESHOLD:
+                out.append((object_id, _INLINE, ser.to_bytes(), tuple(ser.contained), ser.total_size))
+            else:
+                path = segment_path(session, object_id)
+                create_segment(path, ser).close()
+                out.append((object_id, _SHM, path, tuple(ser.contained), ser.total_size))
+        return out
+
+    def _error_payload(self, name: str, exc: BaseException) -> bytes:
+        cause: BaseException | None = exc
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if isinstance(exc, TaskError):
+            cause = exc.cause
+            tb = tb + "\nCaused by:\n" + exc.remote_traceback
+        err = TaskError(name, tb, cause, pid=os.getpid())
+        try:
+            return pickle.dumps(err, protocol=5)
+        except Exception:
+            plain = TaskError(name, tb, None, pid=os.getpid(), cause_repr=repr(cause))
+            return pickle.dumps(plain, protocol=5)
+
+    def _run_user(self, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        self._in_user_code = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._in_user_code = False
+
+    def _execute(self, message: tuple[Any, ...]) -> None:
+        (_op, task_id, fn_id, fn_bytes, payload, positions, resolved, return_ids, name,
+         retry_exceptions) = message
+        client = self.client
+        self.current_name = name
+        started = time.time()
+        reply: tuple[Any, ...]
+        try:
+            fn = self._load_function(fn_id, fn_bytes)
+            args, kwargs = self._arguments(payload, positions, resolved)
+            result = self._run_user(fn, args, kwargs)
+            results = self._results(name, return_ids, result)
+            reply = (Op.TASK_DONE, task_id, results, started, time.time())
+        except KeyboardInterrupt:
+            reply = (Op.TASK_FAILED, task_id, b"", False, True, started, time.time())
+        except BaseException as exc:  # a task's failure is data, never the worker's death
+            retryable = _should_retry(retry_exceptions, exc)
+            reply = (
+                Op.TASK_FAILED, task_id, self._error_payload(name, exc), retryable, False,
+                started, time.time(),
+            )
+        self._stdout.flush()
+        self._stderr.flush()
+        self.current_name = ""
+        client.send(reply)
+
+    def _create_actor(self, message: tuple[Any, ...]) -> None:
+        (_op, actor_id, cls_id, cls_bytes, payload, positions, resolved, label,
+         max_concurrency) = message
+        self._actor_name = label
+        self.current_name = f"{label}.__init__"
+        try:
+            cls = self._load_function(cls_id, cls_bytes)
+            args, kwargs = self._arguments(payload, positions, resolved)
+            self._actor = self._run_user(cls, args, kwargs)
+            error = None
+        except BaseException as exc:
+            error = self._error_payload(self.current_name, exc)
+        self._stdout.flush()
+        self._stderr.flush()
+        self.current_name = ""
+        if error is None and max_concurrency > 1:
+            self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
+        self.client.send((Op.ACTOR_READY, actor_id, error))
+
+    def _actor_call(self, message: tuple[Any, ...]) -> None:
+        _op, task_id, method, payload, positions, resolved, return_ids, name = message
+        started = time.time()
+        threaded = self._pool is not None
+        if not threaded:
+            self.current_name = name
+        reply: tuple[Any, ...]
+        try:
+            fn = getattr(self._actor, method)
+            args, kwargs = self._arguments(payload, positions, resolved)
+            result = fn(*args, **kwargs) if threaded else self._run_user(fn, args, kwargs)
+            results = self._results(name, return_ids, result)
+            reply = (Op.TASK_DONE, task_id, results, started, time.time())
+        except KeyboardInterrupt:
+            reply = (Op.TASK_FAILED, task_id, b"", False, True, started, time.time())
+        except BaseException as exc:
+            reply = (
+                Op.TASK_FAILED, task_id, self._error_payload(name, exc), False, False,
+                started, time.time(),
+            )
+        if not threaded:
+            self._stdout.flush()
+            self._stderr.flush()
+            self.current_name = ""
+        self.client.send(reply)
+
+
+def _should_retry(retry_exceptions: Any, exc: BaseException) -> bool:
+    if not retry_exceptions:
+        return False
+    if retry_exceptions is True:
+        return isinstance(exc, Exception)
+    try:
+        classes = pickle.loads(retry_exceptions)
+    except Exception:
+        return False
+    return isinstance(exc, tuple(classes))
+
+
+def run_worker(config: dict[str, Any], index: int) -> int:
+    """Entry point of a forked worker; returns the exit code."""
+    _die_with_parent()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(config["socket_path"])
+    channel = BlockingChannel(sock)
+    channel.send([(Op.REGISTER, index, os.getpid())])
+    client = WorkerClient(
+        channel,
+        sock,
+        minter=IdMinter(config["node_index"], index),
+        session=config["session"],
+        namespace=config.get("namespace", "default"),
+    )
+    set_process_tracker(client.tracker)
+    runtime_module.attach_worker(client)
+    try:
+        return Worker(client, index).loop()
+    finally:
+        client.tracker.closed = True
