@@ -88,6 +88,9 @@ class NodeConfig:
     max_workers: int
     node_index: int = 0
     idle_worker_timeout_s: float = 10.0
+    # Tasks sent ahead to a busy worker (same resource shape), so it never waits a
+    # round trip between two short tasks.
+    pipeline_depth: int = 2
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -138,6 +141,7 @@ class NodeManager:
         self._workers: dict[int, WorkerRecord] = {}
         self._by_pid: dict[int, WorkerRecord] = {}
         self._idle: list[WorkerRecord] = []
+        self._busy: dict[int, WorkerRecord] = {}
         self._starting = 0
         self._next_worker_index = itertools.count(1)
         self._ready: dict[ResourceSet, deque[TaskSpec]] = {}
@@ -323,6 +327,19 @@ class NodeManager:
     ) -> None:
         self._await(proc, req_id, ids, num_returns, reply, is_get=False)
 
+    def _v_returned(self, proc: WorkerRecord, reply: Reply | None, task_ids: list[int]) -> None:
+        """A worker handed back tasks we had queued on it (after a REVOKE)."""
+        returned = set(task_ids)
+        for spec in [s for s in proc.queued if s.task_id in returned]:
+            proc.queued.remove(spec)
+            spec.attempts -= 1
+            spec.worker = None
+            if spec.cancel_requested:
+                self._cancel_unstarted(spec)
+            else:
+                self._retry(spec)
+        self._schedule()
+
     def _v_forget(self, proc: WorkerRecord, reply: Reply | None, req_id: int) -> None:
         waiter = self._waiters.pop((proc.index, req_id), None)
         if waiter is not None and not waiter.done:
@@ -366,6 +383,11 @@ class NodeManager:
         worker = spec.worker
         if worker is None or not worker.pid:
             reply(True, False)
+            return
+        if spec in worker.queued:  # sent ahead, not started: ask for it back
+            spec.cancel_requested = "soft"
+            self._send(worker, (Op.REVOKE, [spec.task_id]))
+            reply(True, True)
             return
         spec.cancel_requested = "force" if force else "soft"
         with contextlib.suppress(ProcessLookupError):
@@ -635,6 +657,24 @@ class NodeManager:
                 worker = idle.pop()
                 node.try_acquire(resources)
                 self._dispatch(spec, worker)
+        depth = self.config.pipeline_depth
+        if depth and self._busy:
+            for resources, queue in self._ready.items():
+                if not queue:
+                    continue
+                for worker in self._busy.values():
+                    task = worker.task
+                    if (
+                        task is None
+                        or worker.blocked
+                        or task.resources != resources
+                        or len(worker.queued) >= depth
+                    ):
+                        continue
+                    while queue and len(worker.queued) < depth:
+                        self._dispatch(queue.popleft(), worker, ahead=True)
+                    if not queue:
+                        break
         if self._pending_actors:
             for _ in range(len(self._pending_actors)):
                 self._start_actor(self._pending_actors.popleft())
@@ -644,18 +684,23 @@ class NodeManager:
             for _ in range(min(wanted - self._starting, room)):
                 self._spawn_worker(None)
 
-    def _dispatch(self, spec: TaskSpec, worker: WorkerRecord) -> None:
+    def _dispatch(self, spec: TaskSpec, worker: WorkerRecord, *, ahead: bool = False) -> None:
         resolved = self._resolve_args(spec, worker)
         if resolved is None:  # an argument was lost; the task waits for its rebuild
-            self._node.release(spec.resources)
-            self._make_idle(worker)
+            if not ahead:
+                self._node.release(spec.resources)
+                self._make_idle(worker)
             return
         transition(spec, TaskState.RUNNING)
-        transition(worker, WorkerState.BUSY)
         spec.attempts += 1
         spec.worker = worker
-        worker.task = spec
-        worker.held = spec.resources
+        if ahead:
+            worker.queued.append(spec)
+        else:
+            transition(worker, WorkerState.BUSY)
+            worker.task = spec
+            worker.held = spec.resources
+            self._busy[worker.index] = worker
         fn_bytes = None
         if spec.fn_id not in worker.known_functions:
             fn_bytes = self._functions.get(spec.fn_id)
@@ -835,8 +880,16 @@ class NodeManager:
         if held is not None:
             self._node.release(held)
         spec.worker = None
-        transition(worker, WorkerState.IDLE)
-        self._make_idle(worker)
+        if worker.queued:
+            # The worker starts its next queued task on its own: move the resources.
+            nxt = worker.queued.popleft()
+            self._node.acquire_force(nxt.resources)
+            worker.task = nxt
+            worker.held = nxt.resources
+        else:
+            self._busy.pop(worker.index, None)
+            transition(worker, WorkerState.IDLE)
+            self._make_idle(worker)
         self._schedule()
 
     def _make_idle(self, worker: WorkerRecord) -> None:
@@ -1014,6 +1067,10 @@ class NodeManager:
         if proc.index == 0:
             return
         proc.blocked += 1
+        if proc.blocked == 1 and proc.queued:
+            # Queued tasks cannot start while this one waits (and may be what it
+            # waits for): ask for them back.
+            self._send(proc, (Op.REVOKE, [s.task_id for s in proc.queued]))
         spec = proc.task
         if proc.blocked == 1 and spec is not None and proc.held is not None:
             cpu = self._cpu_part(proc.held)
@@ -1363,6 +1420,14 @@ class NodeManager:
             worker.conn.close()
         if worker in self._idle:
             self._idle.remove(worker)
+        self._busy.pop(worker.index, None)
+        queued, worker.queued = worker.queued, deque()
+        for ahead in queued:
+            ahead.attempts -= 1
+            if ahead.cancel_requested:
+                self._cancel_unstarted(ahead)
+            else:
+                self._retry(ahead)
         self._want_write.discard(worker)
         if was_starting and worker.purpose is None:
             self._starting -= 1

@@ -66,6 +66,7 @@ class Op(enum.IntEnum):
     REPLY = 23  # (op, request_id, ok, value)
     UNMAP = 24  # (op, object_ids)
     EXIT = 25  # (op,)
+    REVOKE = 26  # (op, task_ids): hand back these queued tasks if not started
 
 
 class ConnectionClosed(Exception):

@@ -225,6 +225,7 @@ class WorkerRecord:
         "idle_since",
         "exit_status",
         "purpose",
+        "queued",
     )
 
     def __init__(self, index: int, pid: int = 0) -> None:
@@ -242,6 +243,9 @@ class WorkerRecord:
         self.idle_since = 0.0
         self.exit_status = ""
         self.purpose: ActorRecord | None = None  # an actor this new worker is made for
+        # Tasks sent ahead to run after ``task`` (pipelining); they hold no resources
+        # until they start, and go back to the ready queue if the worker blocks.
+        self.queued: deque[TaskSpec] = deque()
 
     def label(self) -> str:
         return f"worker {self.index} (pid {self.pid})"

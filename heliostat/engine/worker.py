@@ -164,6 +164,14 @@ class WorkerClient(CoreClient):
                 slot[:] = [True, message[2], message[3]]
         elif op == Op.UNMAP:
             self.mappings.drop(message[1])
+        elif op == Op.REVOKE:
+            wanted = set(message[1])
+            inbox = self.inbox
+            keep = [m for m in inbox if not (m[0] == Op.EXECUTE and m[1] in wanted)]
+            returned = [m[1] for m in inbox if m[0] == Op.EXECUTE and m[1] in wanted]
+            inbox.clear()
+            inbox.extend(keep)
+            self._chan.send([(Op.POST, "returned", (returned,))])
         else:
             self.inbox.append(message)
 
