@@ -40,7 +40,9 @@ __all__ = [
 ]
 
 _LEN = struct.Struct("<I")
-_RECV_SIZE = 1 << 20
+# Reads go into a preallocated buffer: ``sock.recv(n)`` allocates n bytes per call,
+# and for n above malloc's mmap threshold that is an mmap + page faults per message.
+_RECV_SIZE = 256 << 10
 _SOCKET_BUFFER = 4 << 20
 
 
@@ -94,8 +96,13 @@ class _FrameParser:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[Any, ...]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[Any, ...]]:
         buf = self._buf
+        if not buf and len(data) >= 4:
+            # Fast path: the chunk holds whole frames only (the common case).
+            (length,) = _LEN.unpack_from(data, 0)
+            if len(data) == 4 + length:
+                return list(pickle.loads(data[4:]))
         buf += data
         messages: list[tuple[Any, ...]] = []
         pos = 0
@@ -119,6 +126,8 @@ class BlockingChannel:
         self._sock = sock
         self._send_lock = threading.Lock()
         self._parser = _FrameParser()
+        self._rbuf = bytearray(_RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
 
     def send(self, messages: list[tuple[Any, ...]]) -> None:
         frame = encode_frame(messages)
@@ -128,10 +137,10 @@ class BlockingChannel:
     def recv(self) -> list[tuple[Any, ...]]:
         """Block until at least one whole message is in, and return all that are."""
         while True:
-            data = self._sock.recv(_RECV_SIZE)
-            if not data:
+            n = self._sock.recv_into(self._rbuf)
+            if not n:
                 raise ConnectionClosed("node manager closed the connection")
-            messages = self._parser.feed(data)
+            messages = self._parser.feed(self._rview[:n])
             if messages:
                 return messages
 
@@ -148,7 +157,7 @@ class PeerConnection:
     Not thread-safe by itself: the node manager calls it only while holding its lock.
     """
 
-    __slots__ = ("sock", "_parser", "_outbox", "closed", "wants_write")
+    __slots__ = ("sock", "_parser", "_outbox", "closed", "wants_write", "_rbuf", "_rview")
 
     def __init__(self, sock: socket.socket) -> None:
         _tune(sock)
@@ -157,6 +166,8 @@ class PeerConnection:
         self._parser = _FrameParser()
         self._outbox = bytearray()
         self.closed = False
+        self._rbuf = bytearray(_RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
         # True while bytes wait in the outbox: the I/O loop then watches for writability.
         self.wants_write = False
 
@@ -208,19 +219,19 @@ class PeerConnection:
         messages: list[tuple[Any, ...]] = []
         while True:
             try:
-                data = self.sock.recv(_RECV_SIZE)
+                n = self.sock.recv_into(self._rbuf)
             except BlockingIOError:
                 return messages
             except OSError as exc:
                 self.closed = True
                 raise ConnectionClosed(str(exc)) from exc
-            if not data:
+            if not n:
                 self.closed = True
                 if messages:
                     return messages
                 raise ConnectionClosed("worker closed the connection")
-            messages.extend(self._parser.feed(data))
-            if len(data) < _RECV_SIZE:
+            messages.extend(self._parser.feed(self._rview[:n]))
+            if n < _RECV_SIZE:
                 return messages
 
     def close(self) -> None:
