@@ -106,7 +106,10 @@ class WorkerCrashedError(HeliostatError):
         super().__init__(message)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_kw, (type(self), self.args, {"task_name": self.task_name, "pid": self.pid}))
+        return (
+            _rebuild_kw,
+            (type(self), self.args, {"task_name": self.task_name, "pid": self.pid}),
+        )
 
 
 class ActorError(HeliostatError):

@@ -11,7 +11,7 @@ import random
 from datetime import date, timedelta
 from pathlib import Path
 
-__all__ = ["CUSTOMERS", "generate_day", "days_ending"]
+__all__ = ["CUSTOMERS", "days_ending", "generate_day"]
 
 REGIONS = ("north", "south", "east", "west")
 CUSTOMERS = {cid: REGIONS[cid % len(REGIONS)] for cid in range(1, 201)}
@@ -48,6 +48,8 @@ def generate_day(root: Path, day: str, orders: int = 20_000) -> Path:
                 customer_field = str(customer)
             if rng.random() < 0.005:
                 quantity = -quantity
-            out.writerow([f"{day}-{n:06d}", day, customer_field, product, quantity, PRODUCTS[product]])
+            out.writerow(
+                [f"{day}-{n:06d}", day, customer_field, product, quantity, PRODUCTS[product]]
+            )
     tmp.replace(path)
     return path

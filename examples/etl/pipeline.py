@@ -87,7 +87,11 @@ def load(db_path: str, table: pa.Table) -> int:
             " day TEXT NOT NULL, region TEXT NOT NULL, revenue REAL NOT NULL,"
             " orders INTEGER NOT NULL, PRIMARY KEY (day, region))"
         )
-        rows = list(zip(*(table[c].to_pylist() for c in ("day", "region", "revenue", "orders"))))
+        rows = list(
+            zip(
+                *(table[c].to_pylist() for c in ("day", "region", "revenue", "orders")), strict=True
+            )
+        )
         db.executemany(
             "INSERT INTO daily_revenue (day, region, revenue, orders) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (day, region) DO UPDATE SET revenue = excluded.revenue, "

@@ -123,7 +123,9 @@ class ActorClass:
             class_name=self._cls.__qualname__,
             args=args,
             kwargs=kwargs,
-            describe=lambda key: describe_argument(self._cls.__init__, key + 1 if isinstance(key, int) else key),
+            describe=lambda key: describe_argument(
+                self._cls.__init__, key + 1 if isinstance(key, int) else key
+            ),
             resources=self._resources,
             name=name,
             namespace=namespace,
@@ -132,7 +134,9 @@ class ActorClass:
             detached=opts.get("lifetime") == "detached",
             methods=self._methods,
         )
-        return ActorHandle(actor_id, self._cls.__qualname__, self._methods, client.tracker, adopt=None)
+        return ActorHandle(
+            actor_id, self._cls.__qualname__, self._methods, client.tracker, adopt=None
+        )
 
     @property
     def underlying_class(self) -> type:

@@ -158,9 +158,7 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
                     f"get() takes ObjectRefs; the list holds a {type(ref).__name__}: {ref!r}."
                 )
         return client.get(refs, timeout)
-    raise TypeError(
-        f"get() takes an ObjectRef or a list of ObjectRefs, not {type(refs).__name__}."
-    )
+    raise TypeError(f"get() takes an ObjectRef or a list of ObjectRefs, not {type(refs).__name__}.")
 
 
 def put(value: Any) -> ObjectRef:

@@ -125,7 +125,11 @@ class CoreClient:
     # --- arguments ------------------------------------------------------------------
 
     def prepare_args(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], what: str, describe: Callable[[Any], str]
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        what: str,
+        describe: Callable[[Any], str],
     ) -> PreparedArgs:
         """Serialize call arguments; top-level refs become positions to resolve.
 
@@ -169,7 +173,11 @@ class CoreClient:
         return ser.to_bytes(), tuple(positions), tuple(ids), tuple(ser.contained)
 
     def _raise_unpicklable(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], what: str, describe: Callable[[Any], str]
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        what: str,
+        describe: Callable[[Any], str],
     ) -> None:
         for key, value in [*enumerate(args), *kwargs.items()]:
             try:
@@ -202,7 +210,9 @@ class CoreClient:
         if tracker.has_pending():
             tracker.drain()
         self._keep_until_submitted = []
-        payload, positions, arg_ids, contained = self.prepare_args(args, kwargs, repr(name), describe)
+        payload, positions, arg_ids, contained = self.prepare_args(
+            args, kwargs, repr(name), describe
+        )
         minter = self.minter
         return_ids = tuple(minter.next_block(num_returns)) if num_returns != 1 else (minter.next(),)
         spec = TaskSpec(
@@ -293,7 +303,9 @@ class CoreClient:
     def put_serialized(self, ser: SerializedValue) -> ObjectRef:
         object_id = self.minter.next()
         if ser.total_size <= INLINE_THRESHOLD:
-            self._post("put", object_id, _INLINE, ser.to_bytes(), ser.total_size, tuple(ser.contained))
+            self._post(
+                "put", object_id, _INLINE, ser.to_bytes(), ser.total_size, tuple(ser.contained)
+            )
         else:
             path = segment_path(self.session, object_id)
             mapping = create_segment(path, ser)

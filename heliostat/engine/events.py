@@ -52,15 +52,32 @@ class TaskEventLog:
         attempt: int,
     ) -> None:
         self._ring.append(
-            (task_id, name, kind, submitted, started, finished, worker_pid, worker_index,
-             outcome, attempt)
+            (
+                task_id,
+                name,
+                kind,
+                submitted,
+                started,
+                finished,
+                worker_pid,
+                worker_index,
+                outcome,
+                attempt,
+            )
         )
 
     def events(self) -> list[TaskEvent]:
         return [
             TaskEvent(
-                task_id=t[0], name=t[1], kind=t[2], submitted=t[3], started=t[4],
-                finished=t[5], worker_pid=t[6], worker_index=t[7], outcome=t[8],
+                task_id=t[0],
+                name=t[1],
+                kind=t[2],
+                submitted=t[3],
+                started=t[4],
+                finished=t[5],
+                worker_pid=t[6],
+                worker_index=t[7],
+                outcome=t[8],
                 attempt=t[9],
             )
             for t in list(self._ring)

@@ -63,4 +63,3 @@ def process_of(ident: int) -> tuple[int, int]:
 def format_id(ident: int) -> str:
     """Fixed-width hex form of an id, as shown in logs and the UI."""
     return f"{ident:020x}"
-

@@ -230,7 +230,9 @@ class NodeManager:
 
     # ------------------------------------------------------------------ requests --
 
-    def handle(self, proc: WorkerRecord, verb: str, args: tuple[Any, ...], reply: Reply | None) -> None:
+    def handle(
+        self, proc: WorkerRecord, verb: str, args: tuple[Any, ...], reply: Reply | None
+    ) -> None:
         """Run one request verb for ``proc``; ``reply`` gets ``(ok, value)`` (maybe later)."""
         with self._lock:
             self._handle_locked(proc, verb, args, reply)
@@ -285,7 +287,9 @@ class NodeManager:
 
     # --- verbs (called under the lock) ----------------------------------------------
 
-    def _v_register_function(self, proc: WorkerRecord, reply: Reply | None, fn_id: bytes, data: bytes) -> None:
+    def _v_register_function(
+        self, proc: WorkerRecord, reply: Reply | None, fn_id: bytes, data: bytes
+    ) -> None:
         self._functions.setdefault(fn_id, data)
 
     def _v_submit(self, proc: WorkerRecord, reply: Reply | None, fields: tuple[Any, ...]) -> None:
@@ -409,7 +413,14 @@ class NodeManager:
     ) -> None:
         spec = spec_from_wire(fields, proc.index)
         self._create_actor(
-            proc, spec, name, namespace, class_name, max_restarts, max_concurrency, detached,
+            proc,
+            spec,
+            name,
+            namespace,
+            class_name,
+            max_restarts,
+            max_concurrency,
+            detached,
             methods,
         )
         reply(True, None)
@@ -429,7 +440,14 @@ class NodeManager:
     ) -> None:
         with self._lock:
             self._create_actor(
-                proc, spec, name, namespace, class_name, max_restarts, max_concurrency, detached,
+                proc,
+                spec,
+                name,
+                namespace,
+                class_name,
+                max_restarts,
+                max_concurrency,
+                detached,
                 methods,
             )
 
@@ -442,7 +460,9 @@ class NodeManager:
         self._hold_actor(proc, actor)  # adopted by the handle the caller builds
         reply(True, (actor.actor_id, actor.class_name, actor.methods))
 
-    def _v_kill_actor(self, proc: WorkerRecord, reply: Reply | None, actor_id: int, no_restart: bool) -> None:
+    def _v_kill_actor(
+        self, proc: WorkerRecord, reply: Reply | None, actor_id: int, no_restart: bool
+    ) -> None:
         actor = self._actors.get(actor_id)
         if actor is None or actor.state is ActorState.DEAD:
             if reply is not None:
@@ -1047,7 +1067,9 @@ class NodeManager:
         for oid in waiter.ids:
             entry = entries.get(oid)
             if entry is None:
-                exc = ObjectLostError(f"Object {format_id(oid)} was freed.", object_id=format_id(oid))
+                exc = ObjectLostError(
+                    f"Object {format_id(oid)} was freed.", object_id=format_id(oid)
+                )
                 values.append((oid, _ERROR, _error_payload(exc)))
                 continue
             item = self._value_for(waiter.proc, entry)
@@ -1305,7 +1327,8 @@ class NodeManager:
     def _actor_died_error(self, actor: ActorRecord | None, spec: TaskSpec) -> ActorDiedError:
         if actor is None:
             return ActorDiedError(
-                f"Cannot run {spec.name!r}: the actor does not exist.", actor_id=format_id(spec.actor_id)
+                f"Cannot run {spec.name!r}: the actor does not exist.",
+                actor_id=format_id(spec.actor_id),
             )
         return ActorDiedError(
             f"The actor {actor.label()} is dead because {actor.death_cause or 'its worker died'}; "
@@ -1334,7 +1357,9 @@ class NodeManager:
         else:
             self._actor_dead(actor, actor.death_cause, resources_released=True)
 
-    def _actor_dead(self, actor: ActorRecord, cause: str, *, resources_released: bool = False) -> None:
+    def _actor_dead(
+        self, actor: ActorRecord, cause: str, *, resources_released: bool = False
+    ) -> None:
         if actor.state is ActorState.DEAD:
             return
         if actor.worker is not None and not resources_released:
@@ -1344,7 +1369,9 @@ class NodeManager:
         queue, actor.queue = actor.queue, deque()
         for spec in queue:
             if spec.state in (TaskState.WAITING, TaskState.READY):
-                self._fail_task(spec, _error_payload(self._actor_died_error(actor, spec)), "actor_dead")
+                self._fail_task(
+                    spec, _error_payload(self._actor_died_error(actor, spec)), "actor_dead"
+                )
         inflight, actor.inflight = actor.inflight, {}
         for spec in inflight.values():
             self._fail_task(spec, _error_payload(self._actor_died_error(actor, spec)), "actor_dead")
@@ -1440,13 +1467,17 @@ class NodeManager:
                 self._node.release(held)
             if spec.cancel_requested == "force":
                 exc: HeliostatError = TaskCancelledError(
-                    f"Task {spec.name!r} was cancelled (its worker was killed).", task_name=spec.name
+                    f"Task {spec.name!r} was cancelled (its worker was killed).",
+                    task_name=spec.name,
                 )
                 self._fail_task(spec, _error_payload(exc), "cancelled")
             elif self._may_retry(spec) and not self._stopping:
                 log.warning(
                     "worker pid %d died (%s) while running %r; retrying (attempt %d)",
-                    worker.pid, how, spec.name, spec.attempts + 1,
+                    worker.pid,
+                    how,
+                    spec.name,
+                    spec.attempts + 1,
                 )
                 self._record(spec, worker, "crashed")
                 self._retry(spec)
@@ -1586,7 +1617,9 @@ class NodeManager:
             for worker in want - watching_write:
                 if worker.conn is not None and not worker.conn.closed:
                     with contextlib.suppress(KeyError, ValueError):
-                        sel.modify(worker.conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, worker)
+                        sel.modify(
+                            worker.conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, worker
+                        )
             for worker in watching_write - want:
                 if worker.conn is not None and not worker.conn.closed:
                     with contextlib.suppress(KeyError, ValueError):

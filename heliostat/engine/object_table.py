@@ -242,10 +242,16 @@ class ObjectTable:
                 if arg is None:
                     continue
                 arg.lineage_refs -= 1
-                if arg.lineage_refs <= 0 and arg.count <= 0 and arg.kind in (
-                    ObjKind.FREED,
-                    ObjKind.PENDING,
-                ) and not arg.waiters:
+                if (
+                    arg.lineage_refs <= 0
+                    and arg.count <= 0
+                    and arg.kind
+                    in (
+                        ObjKind.FREED,
+                        ObjKind.PENDING,
+                    )
+                    and not arg.waiters
+                ):
                     work.append(arg)
 
     # --- memory: spill and restore ---------------------------------------------------

@@ -60,9 +60,7 @@ TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.WAITING: frozenset({TaskState.READY, TaskState.FINISHED, TaskState.CANCELLED}),
     TaskState.READY: frozenset({TaskState.RUNNING, TaskState.FINISHED, TaskState.CANCELLED}),
     # RUNNING -> READY is a retry (worker died or a retryable error).
-    TaskState.RUNNING: frozenset(
-        {TaskState.READY, TaskState.FINISHED, TaskState.CANCELLED}
-    ),
+    TaskState.RUNNING: frozenset({TaskState.READY, TaskState.FINISHED, TaskState.CANCELLED}),
     # FINISHED -> WAITING is lineage reconstruction of a lost return value.
     TaskState.FINISHED: frozenset({TaskState.WAITING}),
     TaskState.CANCELLED: frozenset(),
@@ -313,8 +311,21 @@ class ActorRecord:
 def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
     """Rebuild a spec from a worker's submit message."""
     (
-        task_id, kind, name, fn_id, args_payload, ref_positions, arg_ids, contained,
-        return_ids, resources, max_retries, retry_exceptions, actor_id, method, submitted_at,
+        task_id,
+        kind,
+        name,
+        fn_id,
+        args_payload,
+        ref_positions,
+        arg_ids,
+        contained,
+        return_ids,
+        resources,
+        max_retries,
+        retry_exceptions,
+        actor_id,
+        method,
+        submitted_at,
     ) = fields
     return TaskSpec(
         task_id=task_id,
@@ -339,7 +350,19 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
 def spec_to_wire(spec: TaskSpec) -> tuple[Any, ...]:
     """The tuple form of a spec, for a worker's submit message."""
     return (
-        spec.task_id, int(spec.kind), spec.name, spec.fn_id, spec.args_payload,
-        spec.ref_positions, spec.arg_ids, spec.contained, spec.return_ids, spec.resources,
-        spec.max_retries, spec.retry_exceptions, spec.actor_id, spec.method, spec.submitted_at,
+        spec.task_id,
+        int(spec.kind),
+        spec.name,
+        spec.fn_id,
+        spec.args_payload,
+        spec.ref_positions,
+        spec.arg_ids,
+        spec.contained,
+        spec.return_ids,
+        spec.resources,
+        spec.max_retries,
+        spec.retry_exceptions,
+        spec.actor_id,
+        spec.method,
+        spec.submitted_at,
     )

@@ -21,7 +21,13 @@ from heliostat.engine.runtime import current_client
 from heliostat.engine.serialization import dumps_function
 from heliostat.scheduler import ResourceSet
 
-__all__ = ["TASK_OPTION_NAMES", "RemoteFunction", "TaskOptions", "describe_argument", "task_options"]
+__all__ = [
+    "TASK_OPTION_NAMES",
+    "RemoteFunction",
+    "TaskOptions",
+    "describe_argument",
+    "task_options",
+]
 
 TASK_OPTION_NAMES = frozenset(
     {
@@ -144,7 +150,9 @@ class _Code:
 class RemoteFunction:
     """A function that runs as a task: call ``.remote(...)`` to get ObjectRefs."""
 
-    def __init__(self, fn: Callable[..., Any], options: TaskOptions, code: _Code | None = None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], options: TaskOptions, code: _Code | None = None
+    ) -> None:
         self._fn = fn
         self._options = options
         self._code = code or _Code(fn, f"remote function {fn.__qualname__!r}")
@@ -208,4 +216,3 @@ class RemoteFunction:
 
 def _rebuild_remote_function(fn: Callable[..., Any], raw: dict[str, Any]) -> RemoteFunction:
     return RemoteFunction(fn, task_options(raw, what=f"remote function {fn.__qualname__!r}"))
-

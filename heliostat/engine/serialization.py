@@ -44,10 +44,10 @@ __all__ = [
     "SerializedValue",
     "capture_refs",
     "deserialize",
-    "note_ref",
-    "serialize",
     "dumps_function",
     "loads_function",
+    "note_ref",
+    "serialize",
 ]
 
 ALIGNMENT = 64

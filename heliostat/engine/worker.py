@@ -274,7 +274,7 @@ class Worker:
         if positions:
             args = list(args)
             mappings = self.client.mappings
-            for position, (object_id, kind, data) in zip(positions, resolved):
+            for position, (object_id, kind, data) in zip(positions, resolved, strict=True):
                 try:
                     value = load_value(mappings, object_id, kind, data)
                 except FileNotFoundError:
@@ -303,10 +303,12 @@ class Worker:
                 )
         out = []
         session = self.client.session
-        for object_id, value in zip(return_ids, values):
+        for object_id, value in zip(return_ids, values, strict=True):
             ser = serialize(value, what=f"the return value of {name!r}")
             if ser.total_size <= INLINE_THRESHOLD:
-                out.append((object_id, _INLINE, ser.to_bytes(), tuple(ser.contained), ser.total_size))
+                out.append(
+                    (object_id, _INLINE, ser.to_bytes(), tuple(ser.contained), ser.total_size)
+                )
             else:
                 path = segment_path(session, object_id)
                 create_segment(path, ser).close()
@@ -334,8 +336,18 @@ class Worker:
             self._in_user_code = False
 
     def _execute(self, message: tuple[Any, ...]) -> None:
-        (_op, task_id, fn_id, fn_bytes, payload, positions, resolved, return_ids, name,
-         retry_exceptions) = message
+        (
+            _op,
+            task_id,
+            fn_id,
+            fn_bytes,
+            payload,
+            positions,
+            resolved,
+            return_ids,
+            name,
+            retry_exceptions,
+        ) = message
         client = self.client
         self.current_name = name
         started = time.time()
@@ -351,8 +363,13 @@ class Worker:
         except BaseException as exc:  # a task's failure is data, never the worker's death
             retryable = _should_retry(retry_exceptions, exc)
             reply = (
-                Op.TASK_FAILED, task_id, self._error_payload(name, exc), retryable, False,
-                started, time.time(),
+                Op.TASK_FAILED,
+                task_id,
+                self._error_payload(name, exc),
+                retryable,
+                False,
+                started,
+                time.time(),
             )
         self._stdout.flush()
         self._stderr.flush()
@@ -360,8 +377,9 @@ class Worker:
         client.send(reply)
 
     def _create_actor(self, message: tuple[Any, ...]) -> None:
-        (_op, actor_id, cls_id, cls_bytes, payload, positions, resolved, label,
-         max_concurrency) = message
+        (_op, actor_id, cls_id, cls_bytes, payload, positions, resolved, label, max_concurrency) = (
+            message
+        )
         self._actor_name = label
         self.current_name = f"{label}.__init__"
         try:
@@ -395,8 +413,13 @@ class Worker:
             reply = (Op.TASK_FAILED, task_id, b"", False, True, started, time.time())
         except BaseException as exc:
             reply = (
-                Op.TASK_FAILED, task_id, self._error_payload(name, exc), False, False,
-                started, time.time(),
+                Op.TASK_FAILED,
+                task_id,
+                self._error_payload(name, exc),
+                False,
+                False,
+                started,
+                time.time(),
             )
         if not threaded:
             self._stdout.flush()

@@ -64,7 +64,7 @@ def _to_units(name: str, value: object, source: str) -> int:
     prefix = f"Resource {name!r} ({source}) has invalid quantity {value!r}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         # ValueError, not TypeError: callers catch one error type for any bad quantity.
-        raise ValueError(f"{prefix}: it must be a number, e.g. 1, 2 or 0.5.")  # noqa: TRY004
+        raise ValueError(f"{prefix}: it must be a number, e.g. 1, 2 or 0.5.")
     quantity = float(value)
     if math.isnan(quantity) or math.isinf(quantity):
         raise ValueError(f"{prefix}: it must be a finite number.")
