@@ -197,7 +197,7 @@ class TaskError(HeliostatError):
         cls = _dual_class(type(cause))
         if cls is None:
             return self
-        err = cls.__new__(cls)
+        err: TaskError = cls.__new__(cls)  # type: ignore[call-overload]
         try:
             err.__dict__.update(getattr(cause, "__dict__", {}))
         except (AttributeError, TypeError):

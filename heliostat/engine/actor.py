@@ -124,7 +124,7 @@ class ActorClass:
             args=args,
             kwargs=kwargs,
             describe=lambda key: describe_argument(
-                self._cls.__init__, key + 1 if isinstance(key, int) else key
+                self._cls, key  # the signature of a class is its constructor's
             ),
             resources=self._resources,
             name=name,

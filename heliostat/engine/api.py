@@ -112,7 +112,7 @@ def is_initialized() -> bool:
 
 
 @overload
-def remote(__target: type) -> ActorClass: ...
+def remote(__target: type) -> ActorClass: ...  # type: ignore[overload-overlap]
 @overload
 def remote(__target: Callable[..., Any]) -> RemoteFunction: ...
 @overload

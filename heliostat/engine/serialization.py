@@ -179,7 +179,7 @@ def deserialize(payload: bytes | memoryview) -> Any:
 def dumps_function(fn: Callable[..., Any] | type, *, what: str) -> bytes:
     """Pickle a function or class for shipping to workers (once per worker)."""
     try:
-        return cloudpickle.dumps(fn, protocol=5)
+        return bytes(cloudpickle.dumps(fn, protocol=5))
     except Exception as exc:
         raise SerializationError(f"Could not serialize {what}: {exc}") from exc
 

@@ -134,7 +134,7 @@ class WorkerClient(CoreClient):
                     self.tracker.drain()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return done()
+                    return bool(done())
                 if remaining is not None:
                     readable, _, _ = select.select([self._sock], [], [], remaining)
                     if not readable:
@@ -301,7 +301,7 @@ class Worker:
                 raise ValueError(
                     f"Task {name!r} has num_returns={n} but returned {len(values)} values."
                 )
-        out = []
+        out: list[tuple[int, int, Any, tuple[int, ...], int]] = []
         session = self.client.session
         for object_id, value in zip(return_ids, values, strict=True):
             ser = serialize(value, what=f"the return value of {name!r}")
