@@ -168,7 +168,8 @@ class TaskError(HeliostatError):
         self.cause = cause
         self.pid = pid
         self.cause_repr = cause_repr or (repr(cause) if cause is not None else "")
-        super().__init__(self._message())
+        # Not super(): in a dual class the next __init__ is the cause class's.
+        Exception.__init__(self, self._message())
 
     def _message(self) -> str:
         return (
@@ -210,6 +211,10 @@ class TaskError(HeliostatError):
             pid=self.pid,
             cause_repr=self.cause_repr,
         )
+        try:  # let the cause's class set its own fields (OSError.errno, ...)
+            type(cause).__init__(err, *cause.args)
+        except Exception:  # an __init__ with another signature: keep what we copied
+            pass
         err.args = cause.args
         return err
 
