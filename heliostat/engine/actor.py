@@ -124,7 +124,8 @@ class ActorClass:
             args=args,
             kwargs=kwargs,
             describe=lambda key: describe_argument(
-                self._cls, key  # the signature of a class is its constructor's
+                self._cls,
+                key,  # the signature of a class is its constructor's
             ),
             resources=self._resources,
             name=name,

@@ -17,17 +17,23 @@ from typing import Any
 
 import cloudpickle
 
+from heliostat.engine.dag import FunctionNode
 from heliostat.engine.runtime import current_client
 from heliostat.engine.serialization import dumps_function
 from heliostat.scheduler import ResourceSet
 
 __all__ = [
     "TASK_OPTION_NAMES",
+    "WORKFLOW_OPTIONS_KEY",
     "RemoteFunction",
     "TaskOptions",
     "describe_argument",
     "task_options",
 ]
+
+# ``workflow.options(...)`` returns ``{WORKFLOW_OPTIONS_KEY: {...}}`` for ``.options(**...)``;
+# the engine keeps the dict and the workflow compiler reads it.
+WORKFLOW_OPTIONS_KEY = "_workflow"
 
 TASK_OPTION_NAMES = frozenset(
     {
@@ -40,6 +46,7 @@ TASK_OPTION_NAMES = frozenset(
         "name",
         "scheduling_strategy",
         "memory",
+        WORKFLOW_OPTIONS_KEY,
     }
 )
 
@@ -54,6 +61,7 @@ class TaskOptions:
     retry_exceptions: bool | bytes = False  # bytes: a pickled tuple of exception classes
     name: str = ""
     scheduling_strategy: Any = None
+    workflow: tuple[tuple[str, Any], ...] = ()
     raw: tuple[tuple[str, Any], ...] = ()
 
 
@@ -105,6 +113,7 @@ def task_options(raw: dict[str, Any], *, what: str) -> TaskOptions:
         retry_exceptions=_retry_exceptions(raw.get("retry_exceptions", False)),
         name=raw.get("name") or "",
         scheduling_strategy=strategy,
+        workflow=tuple(sorted((raw.get(WORKFLOW_OPTIONS_KEY) or {}).items())),
         raw=tuple(sorted(raw.items(), key=lambda kv: kv[0])),
     )
 
@@ -188,6 +197,14 @@ class RemoteFunction:
             retry_exceptions=opts.retry_exceptions,
         )
         return refs[0] if opts.num_returns == 1 else refs
+
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        """A lazy call: a graph node to ``execute()`` or run as a durable workflow."""
+        return FunctionNode(self, args, kwargs)
+
+    @property
+    def task_name(self) -> str:
+        return self._name
 
     def _describe(self, key: Any) -> str:
         return describe_argument(self._fn, key)
