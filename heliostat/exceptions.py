@@ -15,8 +15,17 @@ Every public error derives from :class:`HeliostatError`::
     │   └── ActorDiedError              the actor is dead (killed, crashed, restarts spent)
     ├── GetTimeoutError (TimeoutError)  get() ran past its timeout
     ├── TaskCancelledError              the task was cancelled with cancel()
-    └── ObjectLostError                 an object's value is gone and cannot be rebuilt
-        └── OwnerDiedError              ... because the process that owned it died
+    ├── ObjectLostError                 an object's value is gone and cannot be rebuilt
+    │   └── OwnerDiedError              ... because the process that owned it died
+    └── WorkflowError                   durable workflows
+        ├── WorkflowDefinitionError (ValueError)
+        │                               a DAG that cannot run: cycle, duplicate id, ...
+        ├── WorkflowNotFoundError (KeyError)
+        │                               no workflow (or step) with that id
+        ├── WorkflowLeaseError          another live driver runs this workflow
+        ├── WorkflowCancelledError      the workflow was cancelled
+        ├── WorkflowNeedsAttentionError a non-idempotent step is in doubt
+        └── WorkflowExecutionError      a step failed and the workflow with it
 
 Errors carry structured fields (ids, names) as attributes and survive pickling, so a
 worker can raise one and the driver receives the same type with the same fields.
@@ -41,6 +50,13 @@ __all__ = [
     "TaskCancelledError",
     "TaskError",
     "WorkerCrashedError",
+    "WorkflowCancelledError",
+    "WorkflowDefinitionError",
+    "WorkflowError",
+    "WorkflowExecutionError",
+    "WorkflowLeaseError",
+    "WorkflowNeedsAttentionError",
+    "WorkflowNotFoundError",
 ]
 
 
@@ -258,3 +274,58 @@ def _rebuild_task_error(
 def _rebuild_kw(cls: type, args: tuple[Any, ...], fields: dict[str, Any]) -> BaseException:
     err: BaseException = cls(*args, **fields)
     return err
+
+
+class WorkflowError(HeliostatError):
+    """Base class of durable-workflow errors; ``workflow_id`` names the workflow."""
+
+    def __init__(self, message: str, *, workflow_id: str = "", task_id: str = "") -> None:
+        self.workflow_id = workflow_id
+        self.task_id = task_id
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"workflow_id": self.workflow_id, "task_id": self.task_id}
+        return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class WorkflowDefinitionError(WorkflowError, ValueError):
+    """The DAG cannot run: a cycle, a duplicate task id, an unserializable argument."""
+
+
+class WorkflowNotFoundError(WorkflowError, KeyError):
+    """No workflow (or no step) with the given id exists."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WorkflowLeaseError(WorkflowError):
+    """The workflow is held by another live driver; two drivers never run one workflow."""
+
+
+class WorkflowCancelledError(WorkflowError):
+    """The workflow was cancelled before it finished."""
+
+
+class WorkflowNeedsAttentionError(WorkflowError):
+    """A non-idempotent step was interrupted and nothing may re-run it blindly."""
+
+
+class WorkflowExecutionError(WorkflowError):
+    """A step failed (after its retries) and so did the workflow; ``cause`` is its error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_id: str = "",
+        task_id: str = "",
+        cause: BaseException | None = None,
+    ) -> None:
+        super().__init__(message, workflow_id=workflow_id, task_id=task_id)
+        self.cause = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"workflow_id": self.workflow_id, "task_id": self.task_id, "cause": self.cause}
+        return (_rebuild_kw, (type(self), self.args, fields))
