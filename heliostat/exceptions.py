@@ -17,15 +17,19 @@ Every public error derives from :class:`HeliostatError`::
     ├── TaskCancelledError              the task was cancelled with cancel()
     ├── ObjectLostError                 an object's value is gone and cannot be rebuilt
     │   └── OwnerDiedError              ... because the process that owned it died
-    └── WorkflowError                   durable workflows
-        ├── WorkflowDefinitionError (ValueError)
-        │                               a DAG that cannot run: cycle, duplicate id, ...
-        ├── WorkflowNotFoundError (KeyError)
-        │                               no workflow (or step) with that id
-        ├── WorkflowLeaseError          another live driver runs this workflow
-        ├── WorkflowCancelledError      the workflow was cancelled
-        ├── WorkflowNeedsAttentionError a non-idempotent step is in doubt
-        └── WorkflowExecutionError      a step failed and the workflow with it
+    ├── WorkflowError                   durable workflows
+    │   ├── WorkflowDefinitionError (ValueError)
+    │   │                               a DAG that cannot run: cycle, duplicate id, ...
+    │   ├── WorkflowNotFoundError (KeyError)
+    │   │                               no workflow (or step) with that id
+    │   ├── WorkflowLeaseError          another live driver runs this workflow
+    │   ├── WorkflowCancelledError      the workflow was cancelled
+    │   ├── WorkflowNeedsAttentionError a non-idempotent step is in doubt
+    │   └── WorkflowExecutionError      a step failed and the workflow with it
+    ├── CorruptCheckpointError          a checkpoint is missing, fails its checksum or
+    │                                   cannot be decoded
+    └── StorageError                    the metadata database cannot be used as it is
+                                        (schema newer than this heliostat, bad URL)
 
 Errors carry structured fields (ids, names) as attributes and survive pickling, so a
 worker can raise one and the driver receives the same type with the same fields.
@@ -38,6 +42,7 @@ from typing import Any
 __all__ = [
     "ActorDiedError",
     "ActorError",
+    "CorruptCheckpointError",
     "GetTimeoutError",
     "HeliostatError",
     "HeliostatInternalError",
@@ -47,6 +52,7 @@ __all__ = [
     "ObjectLostError",
     "OwnerDiedError",
     "SerializationError",
+    "StorageError",
     "TaskCancelledError",
     "TaskError",
     "WorkerCrashedError",
@@ -215,7 +221,11 @@ class TaskError(HeliostatError):
         if cls is None:
             return self
         err: TaskError = cls.__new__(cls)  # type: ignore[call-overload]
-        try:
+        try:  # let the cause's class set its own fields (OSError.errno, ...)
+            type(cause).__init__(err, *cause.args)
+        except Exception:  # an __init__ with another signature: the copy below serves
+            pass
+        try:  # then the cause's instance fields win over constructor defaults
             err.__dict__.update(getattr(cause, "__dict__", {}))
         except (AttributeError, TypeError):
             pass
@@ -227,10 +237,6 @@ class TaskError(HeliostatError):
             pid=self.pid,
             cause_repr=self.cause_repr,
         )
-        try:  # let the cause's class set its own fields (OSError.errno, ...)
-            type(cause).__init__(err, *cause.args)
-        except Exception:  # an __init__ with another signature: keep what we copied
-            pass
         err.args = cause.args
         return err
 
@@ -329,3 +335,42 @@ class WorkflowExecutionError(WorkflowError):
     def __reduce__(self) -> tuple[Any, ...]:
         fields = {"workflow_id": self.workflow_id, "task_id": self.task_id, "cause": self.cause}
         return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class CorruptCheckpointError(HeliostatError):
+    """A checkpoint cannot be trusted: it is missing, fails its checksum, or won't decode.
+
+    ``location`` is the checkpoint's URL; ``expected_checksum`` the checksum recorded
+    when it was written, ``actual_checksum`` the one of the bytes found (empty when the
+    file is missing). The step that produced it must be re-run (or, if it is not
+    idempotent, resolved by a person).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        location: str = "",
+        expected_checksum: str = "",
+        actual_checksum: str = "",
+    ) -> None:
+        self.location = location
+        self.expected_checksum = expected_checksum
+        self.actual_checksum = actual_checksum
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {
+            "location": self.location,
+            "expected_checksum": self.expected_checksum,
+            "actual_checksum": self.actual_checksum,
+        }
+        return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class StorageError(HeliostatError):
+    """The metadata database cannot be used as it is.
+
+    For example its schema is at a revision this version of heliostat does not know
+    (written by a newer heliostat), or its URL names no usable database.
+    """

@@ -95,8 +95,14 @@ class SerializedValue:
         return bytes(out)
 
     def write_into(self, target: memoryview) -> None:
-        """Write the packed layout into ``target`` (at least ``total_size`` bytes)."""
+        """Write the value into ``target`` (at least ``total_size`` bytes).
+
+        Without out-of-band buffers that is the bare pickle stream, as in ``to_bytes``.
+        """
         buffers = self.buffers
+        if not buffers:
+            target[: len(self.data)] = self.data
+            return
         header_end = _HEADER.size + _ENTRY.size * len(buffers)
         offset = _align(header_end)
         _HEADER.pack_into(target, 0, _MAGIC, len(buffers), len(self.data))
