@@ -302,16 +302,38 @@ class CoreClient:
 
     def put_serialized(self, ser: SerializedValue) -> ObjectRef:
         object_id = self.minter.next()
-        if ser.total_size <= INLINE_THRESHOLD:
-            self._post(
-                "put", object_id, _INLINE, ser.to_bytes(), ser.total_size, tuple(ser.contained)
-            )
-        else:
-            path = segment_path(self.session, object_id)
-            mapping = create_segment(path, ser)
-            self.mappings.adopt(object_id, mapping)
-            self._post("put", object_id, _SHM, path, ser.total_size, tuple(ser.contained))
+        kind, payload = self._store(object_id, ser)
+        self._post("put", object_id, kind, payload, ser.total_size, tuple(ser.contained))
         return ObjectRef(object_id, self.tracker)
+
+    def _store(self, object_id: int, ser: SerializedValue) -> tuple[int, Any]:
+        """Inline bytes for a small value; a new shared-memory segment for a large one."""
+        if ser.total_size <= INLINE_THRESHOLD:
+            return _INLINE, ser.to_bytes()
+        path = segment_path(self.session, object_id)
+        self.mappings.adopt(object_id, create_segment(path, ser))
+        return _SHM, path
+
+    def promise(self) -> ObjectRef:
+        """A ref whose value this process will provide later with :meth:`fulfill`.
+
+        Used for results computed in the driver itself (a workflow run in a thread).
+        """
+        object_id = self.minter.next()
+        self._post("promise", object_id)
+        return ObjectRef(object_id, self.tracker)
+
+    def fulfill(
+        self, ref: ObjectRef, value: Any = None, error: BaseException | None = None
+    ) -> None:
+        """Provide the value (or the error to raise at get) of a :meth:`promise` ref."""
+        if error is not None:
+            payload = pickle.dumps(error, protocol=5)
+            self._post("fulfill", ref.id, _ERROR, payload, 0, ())
+            return
+        ser = serialize(value, what="the promised value")
+        kind, data = self._store(ref.id, ser)
+        self._post("fulfill", ref.id, kind, data, ser.total_size, tuple(ser.contained))
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         """Values of ``refs`` in order; raises the first stored error."""

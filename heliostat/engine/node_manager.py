@@ -314,6 +314,27 @@ class NodeManager:
             self._objects.make_room(size)
         self._set_value(entry, ObjKind(kind), payload, size, contained)
 
+    def _v_promise(self, proc: WorkerRecord, reply: Reply | None, object_id: int) -> None:
+        self._objects.create(object_id, proc, None)
+
+    def _v_fulfill(
+        self,
+        proc: WorkerRecord,
+        reply: Reply | None,
+        object_id: int,
+        kind: int,
+        payload: Any,
+        size: int,
+        contained: tuple[int, ...],
+    ) -> None:
+        entry = self._objects.entries.get(object_id)
+        if entry is None or entry.kind is not ObjKind.PENDING:
+            self._objects.discard_payload(ObjKind(kind), payload)
+            return
+        if kind == _SHM:
+            self._objects.make_room(size)
+        self._set_value(entry, ObjKind(kind), payload, size, contained)
+
     def _v_release(self, proc: WorkerRecord, reply: Reply | None, ids: list[int]) -> None:
         objects = self._objects
         actors = self._actors
