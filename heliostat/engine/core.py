@@ -36,7 +36,8 @@ __all__ = ["CoreClient", "DriverClient", "Future", "PreparedArgs", "load_value"]
 _INLINE, _SHM, _ERROR = 1, 2, 4
 _EMPTY_ARGS = pickle.dumps(((), {}), protocol=5)
 
-PreparedArgs = tuple[bytes, tuple[Any, ...], tuple[int, ...], tuple[int, ...]]
+# (payload, ref positions, ref ids, nested ref ids, refs to keep alive until submitted)
+PreparedArgs = tuple[bytes, tuple[Any, ...], tuple[int, ...], tuple[int, ...], list[ObjectRef]]
 
 
 class Future:
@@ -93,8 +94,6 @@ class CoreClient:
         self.mappings = MappingCache()
         self._registered: set[bytes] = set()
         self._req_ids = itertools.count(1)
-        # Refs made by prepare_args for large arguments: alive until the spec pins them.
-        self._keep_until_submitted: list[ObjectRef] = []
         self.closed = False
 
     # --- transport hooks -----------------------------------------------------------
@@ -136,9 +135,10 @@ class CoreClient:
         Returns (payload, ref positions, ref ids, ids of refs nested inside values).
         """
         if not args and not kwargs:
-            return _EMPTY_ARGS, (), (), ()
+            return _EMPTY_ARGS, (), (), (), []
         positions: list[Any] = []
         ids: list[int] = []
+        keep: list[ObjectRef] = []
         for i, value in enumerate(args):
             if type(value) is ObjectRef:
                 positions.append(i)
@@ -167,10 +167,10 @@ class CoreClient:
                     positions.append(i)
                     ids.append(ref.id)
                     args_list[i] = None
-                    self._keep_until_submitted.append(ref)
+                    keep.append(ref)
             args = tuple(args_list)
             ser = serialize((args, kwargs), what=f"the arguments of {what}")
-        return ser.to_bytes(), tuple(positions), tuple(ids), tuple(ser.contained)
+        return ser.to_bytes(), tuple(positions), tuple(ids), tuple(ser.contained), keep
 
     def _raise_unpicklable(
         self,
@@ -209,8 +209,7 @@ class CoreClient:
         tracker = self.tracker
         if tracker.has_pending():
             tracker.drain()
-        self._keep_until_submitted = []
-        payload, positions, arg_ids, contained = self.prepare_args(
+        payload, positions, arg_ids, contained, keep = self.prepare_args(
             args, kwargs, repr(name), describe
         )
         minter = self.minter
@@ -234,7 +233,7 @@ class CoreClient:
             submitted_at=time.time(),
         )
         self._submit_spec(spec)
-        self._keep_until_submitted = []
+        del keep  # the spec pins the large arguments now
         return [ObjectRef(rid, tracker) for rid in return_ids]
 
     def create_actor(
@@ -254,8 +253,7 @@ class CoreClient:
         methods: dict[str, int],
     ) -> int:
         """Create an actor; returns its id (the caller wraps it in a handle)."""
-        self._keep_until_submitted = []
-        payload, positions, arg_ids, contained = self.prepare_args(
+        payload, positions, arg_ids, contained, keep = self.prepare_args(
             args, kwargs, f"{class_name}.__init__", describe
         )
         actor_id = self.minter.next()
@@ -286,7 +284,7 @@ class CoreClient:
             detached=detached,
             methods=methods,
         )
-        self._keep_until_submitted = []
+        del keep  # the spec pins the large arguments now
         self.tracker.minted(actor_id)
         return actor_id
 
