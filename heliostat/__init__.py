@@ -7,6 +7,7 @@ Ray-compatible core API: ``import heliostat as hs`` then ``hs.init()``, ``@hs.re
 from __future__ import annotations
 
 from heliostat import exceptions
+from heliostat import workflows as workflow
 from heliostat.engine import (
     ActorClass,
     ActorHandle,
@@ -52,4 +53,5 @@ __all__ = [
     "shutdown",
     "timeline",
     "wait",
+    "workflow",
 ]

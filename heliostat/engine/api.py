@@ -91,6 +91,7 @@ def init(
         object_store_memory=object_store_memory,
         namespace=namespace,
         max_workers=max_workers,
+        storage=storage,
     )
     runtime.start()
     _rt.set_current(runtime)

@@ -86,6 +86,7 @@ class Runtime:
         object_store_memory: int | None,
         namespace: str | None,
         max_workers: int | None = None,
+        storage: str | None = None,
     ) -> None:
         cpus = float(num_cpus) if num_cpus is not None else float(os.cpu_count() or 1)
         if cpus < 0:
@@ -96,6 +97,7 @@ class Runtime:
         self.session = f"{os.getpid():x}-{secrets.token_hex(3)}"
         self.session_dir = tempfile.mkdtemp(prefix=f"heliostat-{self.session}-")
         self.namespace = namespace or "default"
+        self.storage = storage  # workflow checkpoint URL (None: the default)
         self.config = NodeConfig(
             session=self.session,
             session_dir=self.session_dir,

@@ -1,1 +1,81 @@
-"""Placeholder: filled by a later issue."""
+"""Storage: SQL lineage (models, migrations, engines) and the checkpoint store.
+
+The bottom layer of heliostat next to the scheduler: it imports nothing from the
+engine, workflows, UI or CLI.
+
+* :mod:`~heliostat.storage.states`: workflow / step / WAL state enums and their
+  transition tables.
+* :mod:`~heliostat.storage.models`: SQLAlchemy models of the lineage schema.
+* :mod:`~heliostat.storage.db`: engines (SQLite pragmas, PostgreSQL pooling) and
+  Alembic migrations shipped in the package (``ensure_schema``).
+* :mod:`~heliostat.storage.checkpoints`: step outputs in fsspec storage, atomic and
+  checksummed.
+"""
+
+from __future__ import annotations
+
+from heliostat.storage.checkpoints import (
+    CheckpointFormat,
+    CheckpointRef,
+    CheckpointStore,
+    SupportsCheckpoints,
+    default_storage_url,
+)
+from heliostat.storage.db import (
+    current_revision,
+    default_db_url,
+    ensure_schema,
+    head_revision,
+    make_engine,
+    upgrade,
+)
+from heliostat.storage.models import (
+    Edge,
+    Lease,
+    Step,
+    StepAttempt,
+    Transition,
+    WalRecord,
+    Workflow,
+    metadata,
+    utcnow,
+)
+from heliostat.storage.states import (
+    STEP_TRANSITIONS,
+    WORKFLOW_TRANSITIONS,
+    StepStatus,
+    TransitionEntity,
+    WalKind,
+    WorkflowStatus,
+    check_transition,
+)
+
+__all__ = [
+    "STEP_TRANSITIONS",
+    "WORKFLOW_TRANSITIONS",
+    "CheckpointFormat",
+    "CheckpointRef",
+    "CheckpointStore",
+    "Edge",
+    "Lease",
+    "Step",
+    "StepAttempt",
+    "StepStatus",
+    "SupportsCheckpoints",
+    "Transition",
+    "TransitionEntity",
+    "WalKind",
+    "WalRecord",
+    "Workflow",
+    "WorkflowStatus",
+    "check_transition",
+    "current_revision",
+    "default_db_url",
+    "default_storage_url",
+    "ensure_schema",
+    "head_revision",
+    "make_engine",
+    "metadata",
+    "upgrade",
+    "utcnow",
+]

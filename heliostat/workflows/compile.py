@@ -141,6 +141,7 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
                 )
             explicit[task_id] = node.name
     for node in nodes:
+        assert isinstance(node, FunctionNode)  # checked in the loop above
         opts = parsed[node._uid]
         if opts.task_id is not None:
             task_id = opts.task_id

@@ -1,0 +1,621 @@
+"""The checkpoint store: step outputs as checksummed files in any fsspec filesystem.
+
+A checkpoint is one file per step attempt, at ``{root}/{workflow}/{task}/{attempt}.{ext}``
+(see :data:`PATH_TEMPLATE`; ids are made safe by :func:`safe_segment`). The root is a
+URL: ``file://`` by default (``HELIOSTAT_STORAGE``, else ``{HELIOSTAT_HOME}/checkpoints``),
+``memory://`` for tests, ``s3://`` or any other fsspec URL for a cluster.
+
+Formats, chosen by the value's type (:data:`FORMATS`):
+
+* ``arrow``: a ``pyarrow.Table``, as an Arrow IPC *stream* (``.arrows``). Reading maps
+  the bytes without a copy, and any Arrow reader (DuckDB, Polars) can open it.
+* ``parquet``: a ``pandas.DataFrame`` with string column names, via Arrow. Compressed
+  and columnar, readable by every data tool. pandas is optional: this module never
+  imports it, it only looks in ``sys.modules`` (a DataFrame can only exist if pandas is
+  already imported) and imports it to *read* a Parquet checkpoint.
+* ``pickle``: everything else, with cloudpickle protocol 5 (numpy arrays go in-band in
+  one large frame, written without an extra copy).
+
+Every checkpoint is checksummed (``sha256:<hex>``) while it is written, and the checksum
+is verified *before* decoding on read, so corrupt bytes are never unpickled. The
+checksum is returned in a :class:`CheckpointRef`, which the caller commits to SQL (the
+WAL COMMIT record): the SQL row, not the file, is the source of truth.
+
+Why one file per attempt rather than per step: an attempt that crashed mid-write can
+never clobber the output of another attempt, and the location recorded in SQL names
+exactly the bytes that were checksummed.
+
+On a local filesystem the store bypasses fsspec's file objects and uses ``os`` calls
+directly (``open``, ``fsync``, ``os.replace``): a small write then costs a few
+syscalls plus the fsyncs, well under a millisecond without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final, Literal, Protocol
+from urllib.parse import unquote, urlsplit
+
+import cloudpickle
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from heliostat.exceptions import CorruptCheckpointError
+
+__all__ = [
+    "ATOMIC_PUT_PROTOCOLS",
+    "CHECKSUM_ALGORITHM",
+    "EXTENSIONS",
+    "FORMATS",
+    "PATH_TEMPLATE",
+    "PICKLE_PROTOCOL",
+    "TMP_INFIX",
+    "CheckpointFormat",
+    "CheckpointRef",
+    "CheckpointStore",
+    "SupportsCheckpoints",
+    "checkpoint_path",
+    "default_storage_url",
+    "safe_segment",
+]
+
+# --- Formats and layout: the one place that decides where and how bytes are stored. ---
+
+CheckpointFormat = Literal["arrow", "parquet", "pickle"]
+
+FORMATS: Final[tuple[CheckpointFormat, ...]] = ("arrow", "parquet", "pickle")
+EXTENSIONS: Final[Mapping[CheckpointFormat, str]] = {
+    "arrow": "arrows",  # the registered extension of the Arrow IPC *stream* format
+    "parquet": "parquet",
+    "pickle": "pkl",
+}
+PATH_TEMPLATE: Final = "{root}/{workflow}/{task}/{attempt}.{ext}"
+"""Where a checkpoint lives; ``workflow`` and ``task`` are :func:`safe_segment` ids."""
+_LAYOUT_DEPTH: Final = 3  # path segments PATH_TEMPLATE adds below the root
+TMP_INFIX: Final = ".tmp-"
+"""A file being written is ``{final path}.tmp-{uuid4 hex}`` until it is renamed."""
+CHECKSUM_ALGORITHM: Final = "sha256"
+ATOMIC_PUT_PROTOCOLS: Final = frozenset(
+    {"memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "r2"}
+)
+"""Filesystems where one upload creates an object whole or not at all: written in place
+(a temporary name and ``mv`` would be a second full copy there, and no more atomic)."""
+PICKLE_PROTOCOL: Final = 5
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_HASHED_PREFIX_LEN = 40
+_HASH_LEN = 16  # hex digits of sha256: 64 bits, no accidental collision among ids
+
+
+def safe_segment(ident: str) -> str:
+    """Turn a workflow or task id into one safe path segment, injectively.
+
+    An id made only of ``[A-Za-z0-9_.-]`` (at most 100 characters, not starting with a
+    dot) is used as it is, so most paths read like the ids. Any other id becomes a
+    readable prefix (unsafe runs replaced by ``_``) plus ``~`` plus 16 hex digits of its
+    SHA-256: ``"nightly@2026-11-21T00:00"`` -> ``"nightly_2026-11-21T00_00~3f2a..."``.
+    ``~`` never occurs in an id used as is, so two ids never share a segment.
+
+    Args:
+        ident: a workflow id or task id.
+
+    Returns:
+        A string safe as a path segment on every filesystem and object store.
+    """
+    if _SAFE_ID.fullmatch(ident) and not ident.startswith("."):
+        return ident
+    digest = hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LEN]
+    prefix = _UNSAFE_CHARS.sub("_", ident)[:_HASHED_PREFIX_LEN].lstrip(".")
+    return f"{prefix}~{digest}"
+
+
+def checkpoint_path(
+    root: str, workflow_id: str, task_id: str, attempt: int, fmt: CheckpointFormat
+) -> str:
+    """The path of one checkpoint under ``root`` (a path in the store's filesystem)."""
+    return PATH_TEMPLATE.format(
+        root=root.rstrip("/"),
+        workflow=safe_segment(workflow_id),
+        task=safe_segment(task_id),
+        attempt=int(attempt),
+        ext=EXTENSIONS[fmt],
+    )
+
+
+def default_storage_url() -> str:
+    """``HELIOSTAT_STORAGE``, else ``file://{HELIOSTAT_HOME or ~/.heliostat}/checkpoints``."""
+    url = os.environ.get("HELIOSTAT_STORAGE")
+    if url:
+        return url
+    home = os.environ.get("HELIOSTAT_HOME")
+    base = Path(home).expanduser() if home else Path.home() / ".heliostat"
+    return (base / "checkpoints").absolute().as_uri()
+
+
+# --- Records and the seam. ---
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointRef:
+    """Where a checkpoint is and how to check and decode it (what SQL records).
+
+    Attributes:
+        location: the checkpoint's full URL (``file:///...``, ``memory://...``).
+        checksum: ``"sha256:<64 hex digits>"`` of the file's bytes.
+        format: how it is encoded (one of :data:`FORMATS`).
+        size: its size in bytes.
+    """
+
+    location: str
+    checksum: str
+    format: CheckpointFormat
+    size: int
+
+    @property
+    def store_url(self) -> str:
+        """The root URL of the store that wrote it (``location`` less the layout's
+        ``{workflow}/{task}/{attempt}.{ext}``)."""
+        return self.location.rsplit("/", _LAYOUT_DEPTH)[0]
+
+
+class SupportsCheckpoints(Protocol):
+    """What the workflow executor needs from a checkpoint store (tests pass fakes)."""
+
+    def write(self, workflow_id: str, task_id: str, attempt: int, value: Any) -> CheckpointRef:
+        """Store ``value`` as the output of one attempt; return where and its checksum."""
+        ...
+
+    def read(
+        self,
+        ref_or_location: CheckpointRef | str,
+        checksum: str | None = None,
+        format: CheckpointFormat | None = None,
+    ) -> Any:
+        """Load and verify a checkpoint."""
+        ...
+
+    def delete_workflow(self, workflow_id: str) -> None:
+        """Remove every checkpoint of one workflow."""
+        ...
+
+
+# --- Encoding. ---
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through, counting bytes."""
+
+    __slots__ = ("_raw", "_hash", "size")
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._hash.update(view)
+        self._raw.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    @property
+    def closed(self) -> bool:  # pyarrow's PythonFile asks
+        return False
+
+    def checksum(self) -> str:
+        return f"{CHECKSUM_ALGORITHM}:{self._hash.hexdigest()}"
+
+
+def _choose_format(value: Any) -> tuple[CheckpointFormat, Any]:
+    """Pick the format for ``value``; returns it and the object the encoder writes."""
+    if isinstance(value, pa.Table):
+        return "arrow", value
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(value, pd.DataFrame):
+        table = _dataframe_to_arrow(value)
+        if table is not None:
+            return "parquet", table
+    return "pickle", value
+
+
+def _dataframe_to_arrow(df: Any) -> pa.Table | None:
+    """The DataFrame as an Arrow table, or ``None`` if Parquet would not round-trip it."""
+    columns = df.columns
+    if getattr(columns, "nlevels", 1) != 1 or not all(isinstance(c, str) for c in columns):
+        return None  # Parquet names columns by string: ints, tuples would come back changed
+    if len(set(columns)) != len(columns):
+        return None
+    try:
+        return pa.Table.from_pandas(df)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None  # mixed-type object columns and the like: pickle keeps them exact
+
+
+def _encode(fmt: CheckpointFormat, obj: Any, sink: _HashingWriter) -> None:
+    if fmt == "pickle":
+        cloudpickle.dump(obj, sink, protocol=PICKLE_PROTOCOL)
+    elif fmt == "arrow":
+        with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), obj.schema) as writer:
+            writer.write_table(obj)
+    else:
+        pq.write_table(obj, pa.PythonFile(sink, mode="w"))
+
+
+def _decode(fmt: str, data: bytes) -> Any:
+    if fmt == "pickle":
+        return cloudpickle.loads(data)
+    if fmt == "arrow":
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    if fmt == "parquet":
+        return pq.read_table(pa.BufferReader(data)).to_pandas()
+    raise ValueError(f"unknown checkpoint format {fmt!r} (known: {', '.join(FORMATS)})")
+
+
+def _format_of_location(location: str) -> str:
+    ext = location.rsplit(".", 1)[-1]
+    for fmt, known in EXTENSIONS.items():
+        if ext == known:
+            return fmt
+    raise ValueError(f"cannot tell the format of {location!r} from its extension")
+
+
+# --- The store. ---
+
+
+class CheckpointStore:
+    """Checkpoints in one fsspec filesystem under one root URL.
+
+    Safe to use from many threads and processes at once: every write goes to its own
+    temporary file, and distinct attempts have distinct final paths.
+
+    Args:
+        url: the root, e.g. ``"file:///data/ckpt"``, ``"memory://ckpt"``,
+            ``"s3://bucket/prefix"``; ``None`` for :func:`default_storage_url`.
+        fsync: make each checkpoint durable before :meth:`write` returns (local
+            filesystems; object stores are durable once the upload completes). Turn it
+            off only for checkpoints you can afford to recompute after a power cut.
+        storage_options: passed to the fsspec filesystem (credentials, endpoints).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        fsync: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.url = url if url is not None else default_storage_url()
+        self.fsync = fsync
+        self._storage_options = dict(storage_options or {})
+        fs, root = fsspec.core.url_to_fs(self.url, **self._storage_options)
+        self.fs: fsspec.AbstractFileSystem = fs
+        self.root: str = root.rstrip("/") or root
+        self._local = isinstance(fs, LocalFileSystem)
+        # Invariant: a final (non-.tmp) checkpoint path only ever holds complete bytes.
+        self._atomic_put = bool(set(_protocols(fs)) & ATOMIC_PUT_PROTOCOLS)
+        if self._local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+            self._root_url = Path(self.root).as_uri()
+        else:
+            self._root_url = str(fs.unstrip_protocol(self.root))
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({self.url!r}, fsync={self.fsync})"
+
+    @property
+    def shared_across_processes(self) -> bool:
+        """Whether another process (a worker) sees what this one writes.
+
+        False only for ``memory://``, which lives in one process's memory.
+        """
+        return "memory" not in _protocols(self.fs)
+
+    # -- paths
+
+    def path(self, workflow_id: str, task_id: str, attempt: int, fmt: CheckpointFormat) -> str:
+        """The filesystem path a checkpoint of this attempt would have."""
+        return checkpoint_path(self.root, workflow_id, task_id, attempt, fmt)
+
+    def _location(self, path: str) -> str:
+        # Paths below the root are made of safe segments: no URL quoting needed.
+        assert path.startswith(self.root)
+        return self._root_url + path[len(self.root) :]
+
+    def _resolve(self, location: str) -> tuple[fsspec.AbstractFileSystem, str]:
+        """The filesystem and path a location names (ours, unless another protocol)."""
+        if self._local and location.startswith("file://"):
+            return self.fs, _file_url_to_path(location)
+        protocols = _protocols(self.fs)
+        scheme = location.split("://", 1)[0] if "://" in location else None
+        if scheme is None or scheme in protocols:
+            return self.fs, self.fs._strip_protocol(location)
+        fs, path = fsspec.core.url_to_fs(location, **self._storage_options)
+        return fs, path
+
+    # -- write
+
+    def write(self, workflow_id: str, task_id: str, attempt: int, value: Any) -> CheckpointRef:
+        """Store ``value`` as the output of one attempt of one step, atomically.
+
+        Crash safety, in order:
+
+        1. Encode the value (format by type, see the module docstring) into
+           ``{path}.tmp-{uuid}``, hashing the bytes as they are written. If encoding
+           raises, the temporary file is removed and the error propagates.
+        2. Local filesystem: ``fsync`` the temporary file (if ``fsync``).
+        3. Rename it to the final path (``os.replace`` locally, atomic). Other
+           filesystems: the value is encoded to memory first, then uploaded to the
+           temporary name and ``fs.mv``-ed; on object stores (and ``memory://``, see
+           :data:`ATOMIC_PUT_PROTOCOLS`) it is uploaded straight to the final name in
+           one atomic PUT, so steps 1-3 collapse into one.
+        4. Local filesystem: ``fsync`` the directory, so the rename survives a power
+           cut (if ``fsync``).
+        5. Return the :class:`CheckpointRef`; the *caller* commits it to SQL (the WAL
+           COMMIT record). Only then is the checkpoint part of the workflow.
+
+        A crash before step 3 leaves at most a ``.tmp-`` file, never a final file with
+        partial content; it is garbage (no SQL row names it) and
+        :meth:`delete_workflow` removes it. A crash between 3 and 5 leaves a complete
+        final file that no COMMIT names: a resume re-runs the attempt (idempotent
+        steps) or treats it as in doubt, and a new attempt writes a new path. A reader
+        only ever reads locations from COMMIT records, and verifies the checksum
+        recorded there before decoding.
+
+        Args:
+            workflow_id: the workflow's id (any string; made path-safe here).
+            task_id: the step's task id.
+            attempt: the attempt number (distinct attempts never share a file).
+            value: the step's output.
+
+        Returns:
+            The location, checksum, format and size of the checkpoint.
+
+        Raises:
+            Exception: whatever encoding the value raised (e.g. a pickling error);
+                nothing is left behind in that case.
+        """
+        fmt, obj = _choose_format(value)
+        final = self.path(workflow_id, task_id, attempt, fmt)
+        tmp = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
+        if self._local:
+            checksum, size = self._write_local(fmt, obj, tmp, final)
+        else:
+            checksum, size = self._write_fsspec(fmt, obj, tmp, final)
+        return CheckpointRef(
+            location=self._location(final), checksum=checksum, format=fmt, size=size
+        )
+
+    def _write_local(
+        self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str
+    ) -> tuple[str, int]:
+        try:
+            raw = open(tmp, "wb")
+        except FileNotFoundError:
+            # First checkpoint of this step: make its directories, then try again.
+            _makedirs_durable(os.path.dirname(tmp), fsync=self.fsync)
+            raw = open(tmp, "wb")
+        try:
+            with raw:
+                sink = _HashingWriter(raw)
+                _encode(fmt, obj, sink)
+                if self.fsync:
+                    raw.flush()
+                    os.fsync(raw.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self.fsync:
+            _fsync_dir(os.path.dirname(final))
+        return sink.checksum(), sink.size
+
+    def _write_fsspec(
+        self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str
+    ) -> tuple[str, int]:
+        # Encode fully in memory first: an fsspec file that sees an exception inside its
+        # ``with`` block still closes, i.e. *uploads*, the partial content.
+        buffer = io.BytesIO()
+        sink = _HashingWriter(buffer)
+        _encode(fmt, obj, sink)
+        data = buffer.getvalue()
+        fs = self.fs
+        if self._atomic_put:
+            fs.pipe_file(final, data)  # one PUT: the object appears whole or not at all
+            return sink.checksum(), sink.size
+        try:
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, final)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fs.rm(tmp)
+            raise
+        return sink.checksum(), sink.size
+
+    # -- read
+
+    def read(
+        self,
+        ref_or_location: CheckpointRef | str,
+        checksum: str | None = None,
+        format: CheckpointFormat | None = None,
+    ) -> Any:
+        """Load a checkpoint, verifying its checksum before decoding it.
+
+        Args:
+            ref_or_location: a :class:`CheckpointRef`, or a location (URL) as recorded
+                in SQL; with a bare location pass ``checksum`` too.
+            checksum: the expected ``sha256:<hex>`` (overrides the ref's). Required:
+                an unverified checkpoint is never decoded.
+            format: how it is encoded (default: the ref's, else by extension).
+
+        Returns:
+            The value, as written (a DataFrame comes back as a DataFrame).
+
+        Raises:
+            CorruptCheckpointError: the file is missing, its checksum differs from the
+                expected one, or it cannot be decoded. The message names the location
+                and both checksums.
+            ValueError: no checksum was given.
+        """
+        if isinstance(ref_or_location, CheckpointRef):
+            location = ref_or_location.location
+            checksum = checksum or ref_or_location.checksum
+            fmt: str = format or ref_or_location.format
+        else:
+            location = ref_or_location
+            fmt = format or _format_of_location(location)
+        if not checksum:
+            raise ValueError(f"read({location!r}) needs the checksum recorded when it was written")
+        data = self._read_bytes(location, checksum)
+        actual = _checksum(checksum, data)
+        if actual != checksum:
+            raise CorruptCheckpointError(
+                f"Checkpoint {location} is corrupt: its checksum is {actual}, but "
+                f"{checksum} was recorded when it was written. Re-run the step that "
+                "produced it (resume re-runs steps whose checkpoint is bad).",
+                location=location,
+                expected_checksum=checksum,
+                actual_checksum=actual,
+            )
+        try:
+            return _decode(fmt, data)
+        except ImportError:
+            raise  # e.g. a Parquet checkpoint read where pandas is not installed
+        except Exception as exc:
+            raise CorruptCheckpointError(
+                f"Checkpoint {location} matches its checksum {checksum} but cannot be "
+                f"decoded as {fmt}: {exc!r}. It was probably written by an incompatible "
+                "version of a library; re-run the step that produced it.",
+                location=location,
+                expected_checksum=checksum,
+                actual_checksum=actual,
+            ) from exc
+
+    def _read_bytes(self, location: str, checksum: str) -> bytes:
+        fs, path = self._resolve(location)
+        try:
+            if fs is self.fs and self._local:
+                with open(path, "rb") as f:
+                    return f.read()
+            data = fs.cat_file(path)
+            assert isinstance(data, bytes)
+            return data
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise CorruptCheckpointError(
+                f"Checkpoint {location} is missing (expected checksum {checksum}, actual: "
+                "none). It was deleted or the storage root moved; re-run the step that "
+                "produced it.",
+                location=location,
+                expected_checksum=checksum,
+                actual_checksum="",
+            ) from exc
+
+    def find(self, workflow_id: str, task_id: str, attempt: int) -> CheckpointRef | None:
+        """The checkpoint an attempt wrote, if its final file exists; else ``None``.
+
+        For recovery: an attempt whose process died after :meth:`write` renamed the
+        file (step 3) but before the COMMIT record was written left a complete file
+        that no SQL row names. A final file is only ever created whole (rename or
+        atomic PUT), so it is safe to adopt; its checksum is computed here, from the
+        bytes found. Temporary (``.tmp-``) files are never returned.
+
+        Args:
+            workflow_id: the workflow's id.
+            task_id: the step's task id.
+            attempt: the attempt whose output is looked for.
+
+        Returns:
+            A reference to the checkpoint (to be committed by the caller), or ``None``.
+        """
+        for fmt in FORMATS:
+            path = self.path(workflow_id, task_id, attempt, fmt)
+            location = self._location(path)
+            try:
+                data = self._read_bytes(location, "")
+            except CorruptCheckpointError:
+                continue
+            checksum = f"{CHECKSUM_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+            return CheckpointRef(location=location, checksum=checksum, format=fmt, size=len(data))
+        return None
+
+    # -- housekeeping
+
+    def exists(self, location: str) -> bool:
+        """Whether a file is at ``location`` (says nothing about its checksum)."""
+        fs, path = self._resolve(location)
+        if fs is self.fs and self._local:
+            return os.path.isfile(path)
+        return bool(fs.isfile(path))
+
+    def delete_workflow(self, workflow_id: str) -> None:
+        """Remove every checkpoint of one workflow (and stray temporary files); idempotent."""
+        path = f"{self.root}/{safe_segment(workflow_id)}"
+        if self._local:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(path)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+
+
+# --- Local filesystem helpers. ---
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return tuple(protocol) if isinstance(protocol, (tuple, list)) else (str(protocol),)
+
+
+def _file_url_to_path(location: str) -> str:
+    return unquote(urlsplit(location).path)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durable(path: str, *, fsync: bool) -> None:
+    """``mkdir -p path``, fsyncing each parent that gained an entry (if ``fsync``)."""
+    missing: list[str] = []
+    cur = path
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another writer made it first
+            os.mkdir(d)
+        if fsync:
+            _fsync_dir(os.path.dirname(d))
+
+
+def _checksum(expected: str, data: bytes) -> str:
+    algorithm = expected.split(":", 1)[0]
+    if algorithm != CHECKSUM_ALGORITHM:
+        return f"unsupported:{algorithm}"
+    return f"{CHECKSUM_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"

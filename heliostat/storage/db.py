@@ -1,0 +1,271 @@
+"""Engines for the metadata database, and its schema migrations (Alembic, in the package).
+
+The metadata database is SQLite by default (one file under ``HELIOSTAT_HOME``, no server)
+and PostgreSQL for a cluster; the same models and the same migrations serve both.
+
+SQLite engines are set up for a write-ahead log that must survive a power cut and for
+several processes sharing one file (a driver, the scheduler, the UI):
+
+* ``journal_mode=WAL``: readers do not block the writer nor the writer the readers.
+* ``synchronous=FULL``: a COMMIT is on disk when it returns; a committed WAL record is
+  never lost, which is the whole point of the write-ahead log.
+* ``foreign_keys=ON``: SQLite ignores foreign keys (and ``ON DELETE CASCADE``) unless
+  asked, per connection.
+* ``busy_timeout``: wait for another writer rather than fail at once.
+* Transactions start with ``BEGIN IMMEDIATE`` by default: a transaction that reads and
+  then writes (take a lease, append after reading the WAL) would otherwise fail with
+  ``SQLITE_BUSY`` *without waiting* when another process wrote in between. Taking the
+  write lock up front makes it wait (busy timeout) instead. Our transactions are short,
+  so serializing writers costs little; readers still run concurrently under WAL.
+  Python's ``sqlite3`` would otherwise delay ``BEGIN`` to the first write; we turn its
+  own transaction handling off and emit ``BEGIN`` ourselves (the recipe from the
+  SQLAlchemy docs), which also makes DDL transactional, so a migration applies whole
+  or not at all.
+
+Migrations: the Alembic environment lives in ``heliostat/storage/migrations`` and is
+found through :mod:`importlib.resources`, so it works from an installed wheel. A
+developer adds a revision with::
+
+    alembic -c /dev/null -x url=sqlite:///dev.db revision --autogenerate -m "..."
+
+(run from ``heliostat/storage/migrations``' parent with ``script_location=migrations``),
+then reviews it by hand. :func:`ensure_schema` is what a process calls at start-up; two
+processes calling it at once serialize on a lock (SQLite: the ``BEGIN IMMEDIATE`` write
+lock; PostgreSQL: a transaction-scoped advisory lock) and the second finds the schema
+already at head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import zlib
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection, Engine
+
+from heliostat.exceptions import StorageError
+
+__all__ = [
+    "DB_FILENAME",
+    "SQLITE_BEGIN_OPTION",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "current_revision",
+    "default_db_url",
+    "default_home",
+    "ensure_schema",
+    "head_revision",
+    "make_engine",
+    "upgrade",
+]
+
+DB_FILENAME = "heliostat.db"
+"""Name of the SQLite file under ``HELIOSTAT_HOME``."""
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+"""How long a SQLite connection waits for another writer before failing."""
+
+SQLITE_BEGIN_OPTION = "heliostat_sqlite_begin"
+"""Connection execution option overriding how one SQLite connection begins transactions:
+``conn.execution_options(heliostat_sqlite_begin="DEFERRED")`` for a long read-only scan."""
+
+_SCHEMA_LOCK_KEY = zlib.crc32(b"heliostat.storage.schema")  # a stable pg advisory lock id
+
+SqliteBegin = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
+
+
+def default_home() -> Path:
+    """``HELIOSTAT_HOME``, else ``~/.heliostat`` (not created here)."""
+    home = os.environ.get("HELIOSTAT_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".heliostat"
+
+
+def default_db_url() -> str:
+    """The metadata database URL: ``HELIOSTAT_DB_URL``, else SQLite under the home dir."""
+    url = os.environ.get("HELIOSTAT_DB_URL")
+    if url:
+        return url
+    return f"sqlite:///{default_home() / DB_FILENAME}"
+
+
+def make_engine(url: str, *, sqlite_begin: SqliteBegin = "IMMEDIATE", echo: bool = False) -> Engine:
+    """Create an engine for the metadata database, set up for durability.
+
+    SQLite: creates the file's directory, and sets the pragmas the module docstring
+    explains on every new connection. PostgreSQL (or anything else): a pool that checks
+    connections before use (``pool_pre_ping``), so a restarted server is survived.
+
+    Args:
+        url: a SQLAlchemy URL (``sqlite:///path``, ``postgresql+psycopg://...``). For a
+            PostgreSQL schema other than ``public`` add
+            ``?options=-csearch_path%3Dmyschema``.
+        sqlite_begin: how SQLite transactions begin (see the module docstring).
+        echo: log every statement (debugging).
+
+    Returns:
+        The engine (no connection is opened yet).
+
+    Raises:
+        StorageError: the URL cannot be parsed.
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StorageError(f"Invalid database URL {url!r}: {exc}") from exc
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(parsed, pool_pre_ping=True, echo=echo)
+
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
+    if not in_memory and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        parsed,
+        echo=echo,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+    begin_sql = f"BEGIN {sqlite_begin}"
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Turn off pysqlite's own (late) BEGIN; the "begin" hook below emits ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION)
+        conn.exec_driver_sql(f"BEGIN {mode}" if mode else begin_sql)
+
+    return engine
+
+
+def _engine_of(engine_or_url: Engine | str) -> tuple[Engine, bool]:
+    if isinstance(engine_or_url, Engine):
+        return engine_or_url, False
+    return make_engine(engine_or_url), True
+
+
+@contextlib.contextmanager
+def _alembic_config(connection: Connection) -> Iterator[Config]:
+    """An Alembic config whose ``script_location`` is the packaged migrations directory."""
+    with resources.as_file(resources.files("heliostat.storage") / "migrations") as path:
+        config = Config()
+        config.set_main_option("script_location", str(path))
+        # env.py runs on this connection instead of opening its own.
+        config.attributes["connection"] = connection
+        yield config
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest migration revision this version of heliostat ships."""
+    with resources.as_file(resources.files("heliostat.storage") / "migrations") as path:
+        script = ScriptDirectory(str(path))
+        head = script.get_current_head()
+    if head is None:  # pragma: no cover - the package always ships migrations
+        raise StorageError("heliostat ships no schema migrations; the install is broken")
+    return head
+
+
+def _known_revisions() -> frozenset[str]:
+    with resources.as_file(resources.files("heliostat.storage") / "migrations") as path:
+        script = ScriptDirectory(str(path))
+        return frozenset(rev.revision for rev in script.walk_revisions())
+
+
+def current_revision(engine: Engine | Connection) -> str | None:
+    """The schema revision the database is at, or ``None`` for an empty database."""
+    if isinstance(engine, Connection):
+        return MigrationContext.configure(engine).get_current_revision()
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine_or_url: Engine | str, revision: str = "head") -> None:
+    """Apply migrations up to ``revision``, in one transaction.
+
+    Does not take the cross-process lock; use :func:`ensure_schema` at start-up.
+
+    Args:
+        engine_or_url: an engine from :func:`make_engine`, or a URL to make one from.
+        revision: target revision id, or ``"head"``.
+    """
+    engine, owned = _engine_of(engine_or_url)
+    try:
+        with engine.begin() as conn:
+            _upgrade_on(conn, revision)
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def _upgrade_on(conn: Connection, revision: str) -> None:
+    with _alembic_config(conn) as config:
+        command.upgrade(config, revision)
+
+
+def ensure_schema(engine: Engine | str) -> str:
+    """Bring the database schema to head if it is not there yet; safe to run concurrently.
+
+    Steps, all in one transaction:
+
+    1. Take the schema lock (PostgreSQL: ``pg_advisory_xact_lock``; SQLite: the
+       database write lock, taken by ``BEGIN EXCLUSIVE``). A second
+       process waits here.
+    2. Read the current revision. At head: done (the common case costs one query).
+    3. Otherwise apply the missing migrations, then commit, which releases the lock.
+       A crash before the commit rolls everything back (DDL is transactional on both
+       backends), so a half-migrated schema is never seen.
+
+    Args:
+        engine: an engine from :func:`make_engine` (or a URL to make one from); a
+            SQLite engine made otherwise lacks the locking ``BEGIN`` and the pragmas.
+
+    Returns:
+        The revision the database is at afterwards (the head).
+
+    Raises:
+        StorageError: the database is at a revision this heliostat does not know
+            (a newer heliostat migrated it); upgrade heliostat.
+    """
+    engine, owned = _engine_of(engine)
+    head = head_revision()
+    try:
+        with engine.connect() as conn:
+            # SQLite: our "begin" hook reads this option and takes the write lock.
+            conn.execution_options(**{SQLITE_BEGIN_OPTION: "EXCLUSIVE"})
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+                current = MigrationContext.configure(conn).get_current_revision()
+                if current == head:
+                    return head
+                if current is not None and current not in _known_revisions():
+                    raise StorageError(
+                        f"The metadata database {engine.url.render_as_string()!r} is at "
+                        f"schema revision {current!r}, which this heliostat does not know "
+                        f"(it knows up to {head!r}); a newer heliostat migrated it. "
+                        "Upgrade heliostat, or point HELIOSTAT_DB_URL at another database."
+                    )
+                _upgrade_on(conn, "head")
+        return head
+    finally:
+        if owned:
+            engine.dispose()

@@ -1,0 +1,461 @@
+"""The SQL lineage schema: SQLAlchemy 2 typed models for workflows, steps and the WAL.
+
+One schema serves SQLite (the embedded default) and PostgreSQL (a cluster); the Alembic
+migrations in ``heliostat/storage/migrations`` create exactly these tables, and a test
+checks that autogenerate finds no difference on either backend.
+
+Choices:
+
+* **Constraint names** come from :data:`NAMING_CONVENTION`, so both backends (and every
+  migration) use the same, predictable names: ``pk_steps``, ``fk_steps_workflow_id_workflows``,
+  ``ck_workflows_status``, ``ix_workflows_status_created_at``. A later migration can
+  then drop or alter a constraint by name without reflecting first.
+* **States** are :class:`~enum.StrEnum` members stored as their string values in a
+  ``VARCHAR`` with a CHECK constraint listing them (``native_enum=False``): adding a
+  state is an ordinary migration on both backends, with no PostgreSQL ``ALTER TYPE``.
+* **Times** are timezone-aware ``datetime`` objects in UTC (:class:`UTCDateTime`), not
+  epoch floats: PostgreSQL stores them as ``timestamptz`` and a person reading the
+  database (or the UI querying it) sees real times. SQLite has no time type, so they
+  are stored as ISO text normalized to UTC, which sorts correctly as text. Naive
+  datetimes are refused at bind time, the classic source of silent off-by-hours bugs.
+* **Ids** are strings chosen by the user (workflow ids) or derived deterministically
+  (task ids), so they are natural primary keys; log-like tables (attempts, WAL,
+  transitions) use an auto-increment surrogate key.
+* **State changes** go through :meth:`Workflow.transition` and :meth:`Step.transition`,
+  which check the edge against the tables in :mod:`heliostat.storage.states`, set the
+  status and add one ``transitions`` lineage row in the same session (so the row commits
+  or rolls back with the change).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, object_session
+
+from heliostat.exceptions import HeliostatInternalError
+from heliostat.storage.states import (
+    StepStatus,
+    TransitionEntity,
+    WalKind,
+    WorkflowStatus,
+    check_transition,
+)
+
+__all__ = [
+    "ID_LENGTH",
+    "NAMING_CONVENTION",
+    "Base",
+    "Edge",
+    "Lease",
+    "Step",
+    "StepAttempt",
+    "Transition",
+    "UTCDateTime",
+    "WalRecord",
+    "Workflow",
+    "metadata",
+    "utcnow",
+]
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Constraint and index names, identical on every backend."""
+
+ID_LENGTH = 255
+"""Longest workflow id or task id, in characters."""
+
+_STATE_LENGTH = 16  # longest state value is NEEDS_ATTENTION (15)
+_CHECKSUM_LENGTH = 80  # "sha256:" + 64 hex digits
+_BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite rowid needs INTEGER
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+"""The metadata every heliostat table belongs to (Alembic's ``target_metadata``)."""
+
+
+def utcnow() -> dt.datetime:
+    """The current time as a timezone-aware UTC datetime (what every time column holds)."""
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL: ``TIMESTAMP WITH TIME ZONE``. SQLite: ISO text of the UTC time, read back
+    with ``tzinfo=UTC`` attached. Naive datetimes are refused (``ValueError``), since we
+    could only guess their zone.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: heliostat stores only aware times")
+        value = value.astimezone(dt.UTC)
+        if dialect.name == "sqlite":  # SQLite keeps text; drop the offset so text sorts
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def _session_of(row: Base) -> Session:
+    session = object_session(row)
+    if session is None:  # the lineage row would be lost: a bug in the caller
+        raise HeliostatInternalError(
+            f"{type(row).__name__} must be added to a session before it changes state"
+        )
+    return session
+
+
+def _state_column_type(enum_cls: type[Any], name: str) -> sa.Enum:
+    # native_enum=False: VARCHAR + CHECK (named ck_<table>_<name>) on every backend.
+    return sa.Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=_STATE_LENGTH,
+        validate_strings=True,
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the heliostat models (bound to :data:`metadata`)."""
+
+    metadata: ClassVar[sa.MetaData] = metadata
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: UTCDateTime(),
+        dict[str, Any]: sa.JSON(),
+        bytes: sa.LargeBinary(),
+    }
+
+
+class Workflow(Base):
+    """One workflow run: its compiled DAG, status and outcome.
+
+    ``status`` is changed only through :meth:`transition`, which also records lineage.
+    """
+
+    __tablename__ = "workflows"
+    __table_args__ = (
+        sa.Index(None, "status", "created_at"),  # the UI's filtered, time-ordered list
+        sa.Index(None, "created_at"),  # the UI's unfiltered list
+    )
+
+    workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    status: Mapped[WorkflowStatus] = mapped_column(
+        _state_column_type(WorkflowStatus, "status"), default=WorkflowStatus.PENDING
+    )
+    name: Mapped[str] = mapped_column(sa.String(ID_LENGTH), default="")
+    """A display name: the output step's function name unless the user gave one."""
+    entrypoint: Mapped[str | None] = mapped_column(sa.String(1024))
+    """``module:function`` that built the DAG, when known (scheduled runs, the CLI)."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    dag: Mapped[bytes | None]
+    """The compiled graph, pickled, so a resume needs no user code to rebuild it."""
+    output_task_id: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    resume_count: Mapped[int] = mapped_column(default=0)
+
+    def transition(
+        self,
+        finish: WorkflowStatus,
+        *,
+        cause: str = "",
+        at: dt.datetime | None = None,
+    ) -> Transition:
+        """Move this workflow to ``finish``, recording one lineage row.
+
+        Sets ``status`` and ``updated_at`` (and ``started_at`` / ``finished_at`` on
+        entering ``RUNNING`` / a terminal state) and adds a :class:`Transition` to the
+        session that holds this row, so both commit together.
+
+        Args:
+            finish: the new state.
+            cause: why, in a few words (``"resume"``, ``"step load failed"``); a
+                correlation id is fine too.
+            at: when (default now, UTC).
+
+        Returns:
+            The lineage row added.
+
+        Raises:
+            InvalidTransition: the transition table forbids the edge.
+            HeliostatInternalError: this row is in no session (the lineage row would
+                be lost); ``session.add`` it first.
+        """
+        start = self.status
+        check_transition(TransitionEntity.WORKFLOW, self.workflow_id, start, finish)
+        session = _session_of(self)
+        at = at or utcnow()
+        self.status = finish
+        self.updated_at = at
+        if finish is WorkflowStatus.RUNNING and self.started_at is None:
+            self.started_at = at
+        if finish in (
+            WorkflowStatus.SUCCESSFUL,
+            WorkflowStatus.FAILED,
+            WorkflowStatus.CANCELED,
+        ):
+            self.finished_at = at
+        elif finish is WorkflowStatus.RUNNING:
+            self.finished_at = None
+        row = Transition(
+            entity=TransitionEntity.WORKFLOW,
+            workflow_id=self.workflow_id,
+            task_id=None,
+            start=str(start),
+            finish=str(finish),
+            cause=cause,
+            at=at,
+        )
+        session.add(row)
+        return row
+
+
+class Step(Base):
+    """One step of a workflow: its options, state, attempts and checkpointed output.
+
+    ``status`` is changed only through :meth:`transition`, which also records lineage.
+    Invariant: ``output_location`` and ``output_checksum`` are set together, and only
+    when the step's COMMIT record is written (a step with ``checkpoint=False`` has none).
+    """
+
+    __tablename__ = "steps"
+
+    workflow_id: Mapped[str] = mapped_column(
+        sa.String(ID_LENGTH),
+        sa.ForeignKey("workflows.workflow_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    task_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    function_name: Mapped[str] = mapped_column(sa.String(1024), default="")
+    status: Mapped[StepStatus] = mapped_column(
+        _state_column_type(StepStatus, "status"), default=StepStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    """Attempts started so far (the number of the latest one, attempts count from 1)."""
+    max_retries: Mapped[int] = mapped_column(default=3)
+    idempotent: Mapped[bool] = mapped_column(default=True)
+    checkpoint: Mapped[bool] = mapped_column(default=True)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    output_location: Mapped[str | None] = mapped_column(sa.Text)
+    output_checksum: Mapped[str | None] = mapped_column(sa.String(_CHECKSUM_LENGTH))
+    output_format: Mapped[str | None] = mapped_column(sa.String(16))
+    output_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    traceback: Mapped[str | None] = mapped_column(sa.Text)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    position: Mapped[int] = mapped_column(default=0)
+    """Order of the step in the compiled graph (a topological order), for display."""
+
+    def transition(
+        self,
+        finish: StepStatus,
+        *,
+        cause: str = "",
+        at: dt.datetime | None = None,
+    ) -> Transition:
+        """Move this step to ``finish``, recording one lineage row.
+
+        Sets ``status`` (and ``started_at`` on entering ``RUNNING``, ``finished_at`` on
+        entering ``SUCCESSFUL`` / ``FAILED`` / ``SKIPPED``) and adds a
+        :class:`Transition` to the session that holds this row.
+
+        Args:
+            finish: the new state.
+            cause: why, in a few words or a correlation id.
+            at: when (default now, UTC).
+
+        Returns:
+            The lineage row added.
+
+        Raises:
+            InvalidTransition: the transition table forbids the edge.
+            HeliostatInternalError: this row is in no session (the lineage row would
+                be lost); ``session.add`` it first.
+        """
+        start = self.status
+        ident = f"{self.workflow_id}/{self.task_id}"
+        check_transition(TransitionEntity.STEP, ident, start, finish)
+        session = _session_of(self)
+        at = at or utcnow()
+        self.status = finish
+        if finish is StepStatus.RUNNING:
+            self.started_at = at
+            self.finished_at = None
+        elif finish in (StepStatus.SUCCESSFUL, StepStatus.FAILED, StepStatus.SKIPPED):
+            self.finished_at = at
+        row = Transition(
+            entity=TransitionEntity.STEP,
+            workflow_id=self.workflow_id,
+            task_id=self.task_id,
+            start=str(start),
+            finish=str(finish),
+            cause=cause,
+            at=at,
+        )
+        session.add(row)
+        return row
+
+
+class StepAttempt(Base):
+    """One execution attempt of a step (attempts count from 1)."""
+
+    __tablename__ = "step_attempts"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["workflow_id", "task_id"],
+            ["steps.workflow_id", "steps.task_id"],
+            ondelete="CASCADE",
+        ),
+        sa.UniqueConstraint("workflow_id", "task_id", "attempt"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH))
+    task_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH))
+    attempt: Mapped[int]
+    status: Mapped[StepStatus] = mapped_column(
+        _state_column_type(StepStatus, "status"), default=StepStatus.RUNNING
+    )
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    worker: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    """Where it ran: ``host:pid`` of the worker, or a node id."""
+
+
+class Edge(Base):
+    """A data dependency: ``parent``'s output is argument ``position`` of ``child``.
+
+    ``position`` counts the child's arguments, positional ones first, then keyword ones
+    in call order, so a parent feeding two arguments of one child gives two rows.
+    """
+
+    __tablename__ = "edges"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["workflow_id", "parent_task_id"],
+            ["steps.workflow_id", "steps.task_id"],
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["workflow_id", "child_task_id"],
+            ["steps.workflow_id", "steps.task_id"],
+            ondelete="CASCADE",
+        ),
+        sa.Index(None, "workflow_id", "child_task_id"),  # parents of a step
+    )
+
+    workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    parent_task_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    child_task_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+
+
+class WalRecord(Base):
+    """One write-ahead-log record: INTENT before an attempt, COMMIT / ABORT after.
+
+    A COMMIT carries the checkpoint's ``location`` and ``checksum`` (both empty for a
+    step with ``checkpoint=False``). The log is append-only; the latest record of a
+    ``(workflow_id, task_id)`` decides what a resume does with the step.
+    """
+
+    __tablename__ = "wal"
+    __table_args__ = (sa.Index(None, "workflow_id", "task_id"),)
+
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(
+        sa.String(ID_LENGTH), sa.ForeignKey("workflows.workflow_id", ondelete="CASCADE")
+    )
+    task_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH))
+    attempt: Mapped[int]
+    kind: Mapped[WalKind] = mapped_column(_state_column_type(WalKind, "kind"))
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    location: Mapped[str | None] = mapped_column(sa.Text)
+    checksum: Mapped[str | None] = mapped_column(sa.String(_CHECKSUM_LENGTH))
+
+
+class Lease(Base):
+    """The right of one driver to run one workflow, kept alive by heartbeats.
+
+    Invariant: at most one row per workflow (the primary key); a driver may take over a
+    workflow only when ``expires_at`` is in the past.
+    """
+
+    __tablename__ = "leases"
+    __table_args__ = (sa.Index(None, "expires_at"),)  # resume_all: find expired leases
+
+    workflow_id: Mapped[str] = mapped_column(
+        sa.String(ID_LENGTH),
+        sa.ForeignKey("workflows.workflow_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    owner: Mapped[str] = mapped_column(sa.String(ID_LENGTH))
+    host: Mapped[str] = mapped_column(sa.String(ID_LENGTH), default="")
+    pid: Mapped[int] = mapped_column(default=0)
+    acquired_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+
+
+_WORKFLOW_VALUES = ", ".join(f"'{s.value}'" for s in WorkflowStatus)
+_STEP_VALUES = ", ".join(f"'{s.value}'" for s in StepStatus)
+
+
+class Transition(Base):
+    """One state change of a workflow or a step (lineage; append-only).
+
+    ``start`` is NULL for the row recording creation. The CHECK constraints make the
+    two columns hold states of the entity's own enum.
+    """
+
+    __tablename__ = "transitions"
+    __table_args__ = (
+        sa.CheckConstraint(
+            f"(entity = 'workflow' AND finish IN ({_WORKFLOW_VALUES}) "
+            f"AND (start IS NULL OR start IN ({_WORKFLOW_VALUES}))) OR "
+            f"(entity = 'step' AND finish IN ({_STEP_VALUES}) "
+            f"AND (start IS NULL OR start IN ({_STEP_VALUES})))",
+            name="states",
+        ),
+        sa.Index(None, "workflow_id", "task_id"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=True)
+    entity: Mapped[TransitionEntity] = mapped_column(_state_column_type(TransitionEntity, "entity"))
+    workflow_id: Mapped[str] = mapped_column(
+        sa.String(ID_LENGTH), sa.ForeignKey("workflows.workflow_id", ondelete="CASCADE")
+    )
+    task_id: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    start: Mapped[str | None] = mapped_column(sa.String(_STATE_LENGTH))
+    finish: Mapped[str] = mapped_column(sa.String(_STATE_LENGTH))
+    cause: Mapped[str] = mapped_column(sa.Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)

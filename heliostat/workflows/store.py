@@ -1,0 +1,701 @@
+"""The workflow executor's view of the SQL lineage: one transaction per batch.
+
+:class:`WorkflowStore` turns the executor's :class:`Batch` of records (INTENTs,
+COMMITs, failed attempts, status changes, steps added by continuations) into rows of
+the lineage schema (``heliostat.storage.models``) in *one* transaction: this is the
+group commit of DESIGN §9. It uses SQLAlchemy Core ``executemany`` statements, since
+the ORM's unit of work costs far more per row than the fsync it shares.
+
+Leases (DESIGN §4): a running workflow has one ``leases`` row (owner, host, pid,
+heartbeat, expiry). A driver takes a workflow only when the row is absent, is its own,
+has expired, or names a process on this host that no longer exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from heliostat.exceptions import WorkflowLeaseError, WorkflowNotFoundError
+from heliostat.storage.checkpoints import CheckpointRef
+from heliostat.storage.db import ensure_schema, make_engine
+from heliostat.storage.models import Edge, Lease, Step, StepAttempt, Transition, WalRecord, Workflow
+from heliostat.storage.states import StepStatus, WalKind, WorkflowStatus, check_transition
+from heliostat.workflows.compile import CompiledWorkflow
+
+__all__ = [
+    "Batch",
+    "LeaseOwner",
+    "StepRecord",
+    "WorkflowRecord",
+    "WorkflowStore",
+]
+
+_W: sa.Table = Workflow.__table__  # type: ignore[assignment]
+_S: sa.Table = Step.__table__  # type: ignore[assignment]
+_A: sa.Table = StepAttempt.__table__  # type: ignore[assignment]
+_E: sa.Table = Edge.__table__  # type: ignore[assignment]
+_WAL: sa.Table = WalRecord.__table__  # type: ignore[assignment]
+_L: sa.Table = Lease.__table__  # type: ignore[assignment]
+_T: sa.Table = Transition.__table__  # type: ignore[assignment]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseOwner:
+    """Who runs a workflow: one per driver process."""
+
+    owner: str
+    host: str
+    pid: int
+
+    @staticmethod
+    def this_process() -> LeaseOwner:
+        return LeaseOwner(
+            owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    """A step as the log knows it."""
+
+    task_id: str
+    name: str
+    status: StepStatus
+    attempts: int
+    idempotent: bool
+    checkpoint: CheckpointRef | None
+    output_format: str | None
+    error: str | None
+    traceback: str | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    position: int
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowRecord:
+    """A workflow as the log knows it (steps included when loaded with them)."""
+
+    workflow_id: str
+    status: WorkflowStatus
+    dag: bytes | None
+    metadata: dict[str, Any]
+    output_task_id: str | None
+    error: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    resume_count: int
+    lease_owner: str | None = None
+    lease_host: str | None = None
+    lease_pid: int | None = None
+    lease_expires_at: dt.datetime | None = None
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records the executor produced since its last commit."""
+
+    intents: list[tuple[str, int, str]] = field(default_factory=list)
+    commits: list[tuple[str, int, CheckpointRef | None, str, str | None]] = field(
+        default_factory=list
+    )
+    failures: list[tuple[str, int, str, str, bool]] = field(default_factory=list)
+    statuses: list[tuple[str, StepStatus, str]] = field(default_factory=list)
+    new_steps: list[CompiledWorkflow] = field(default_factory=list)
+
+    def intent(self, task_id: str, attempt: int, key: str) -> None:
+        self.intents.append((task_id, attempt, key))
+
+    def commit(
+        self,
+        task_id: str,
+        attempt: int,
+        ref: CheckpointRef | None,
+        cause: str,
+        output_format: str | None = None,
+    ) -> None:
+        self.commits.append((task_id, attempt, ref, cause, output_format))
+
+    def attempt_failed(
+        self, task_id: str, attempt: int, exc: BaseException, *, final: bool
+    ) -> None:
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        tb = getattr(exc, "remote_traceback", "") or "".join(traceback.format_exception(exc))
+        self.failures.append((task_id, attempt, text[:4000], tb, final))
+
+    def step_status(self, task_id: str, status: StepStatus, cause: str) -> None:
+        self.statuses.append((task_id, status, cause))
+
+    def add_steps(self, compiled: CompiledWorkflow) -> None:
+        self.new_steps.append(compiled)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.intents or self.commits or self.failures or self.statuses or self.new_steps
+        )
+
+
+def _step_rows(workflow_id: str, compiled: CompiledWorkflow) -> tuple[list[dict[str, Any]], ...]:
+    steps = []
+    edges = []
+    for task_id, spec in compiled.steps.items():
+        opts = spec.options
+        steps.append(
+            {
+                "workflow_id": workflow_id,
+                "task_id": task_id,
+                "function_name": spec.name,
+                "status": StepStatus.PENDING,
+                "attempts": 0,
+                "max_retries": opts.max_retries,
+                "idempotent": opts.idempotent,
+                "checkpoint": opts.checkpoint,
+                "idempotency_key": f"{workflow_id}:{task_id}",
+                "metadata": dict(opts.metadata),
+                "position": spec.position,
+            }
+        )
+        for position, parent in enumerate(spec.parents):
+            edges.append(
+                {
+                    "workflow_id": workflow_id,
+                    "parent_task_id": parent,
+                    "child_task_id": task_id,
+                    "position": position,
+                }
+            )
+    return steps, edges
+
+
+class WorkflowStore:
+    """SQL access for workflows: create, load, group-committed batches, leases."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, url: str) -> WorkflowStore:
+        """Connect to ``url`` and migrate the schema to head if needed."""
+        engine = make_engine(url)
+        ensure_schema(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- workflows ----------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        workflow_id: str,
+        compiled: CompiledWorkflow,
+        metadata: dict[str, Any],
+        name: str,
+        owner: LeaseOwner,
+        lease_timeout: float,
+    ) -> None:
+        """Record a new workflow, its steps and edges, and take its lease: one transaction."""
+        now = _now()
+        steps, edges = _step_rows(workflow_id, compiled)
+        with self.engine.begin() as conn:
+            conn.execute(
+                _W.insert().values(
+                    workflow_id=workflow_id,
+                    status=WorkflowStatus.RUNNING,
+                    name=name,
+                    created_at=now,
+                    updated_at=now,
+                    started_at=now,
+                    metadata=metadata,
+                    dag=compiled.to_bytes(),
+                    output_task_id=compiled.output,
+                    resume_count=0,
+                )
+            )
+            conn.execute(_S.insert(), steps)
+            if edges:
+                conn.execute(_E.insert(), edges)
+            conn.execute(
+                _T.insert().values(
+                    entity="workflow",
+                    workflow_id=workflow_id,
+                    start=None,
+                    finish=WorkflowStatus.RUNNING,
+                    cause="run()",
+                    at=now,
+                )
+            )
+            self._write_lease(conn, workflow_id, owner, lease_timeout, now, insert=True)
+
+    def exists(self, workflow_id: str) -> bool:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(_W.c.workflow_id).where(_W.c.workflow_id == workflow_id))
+            return row.first() is not None
+
+    def load(self, workflow_id: str, *, with_steps: bool = True) -> WorkflowRecord:
+        """The workflow's record.
+
+        Raises:
+            WorkflowNotFoundError: no such workflow.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(_W, _L.c.owner, _L.c.host, _L.c.pid, _L.c.expires_at)
+                .select_from(_W.outerjoin(_L, _L.c.workflow_id == _W.c.workflow_id))
+                .where(_W.c.workflow_id == workflow_id)
+            ).first()
+            if row is None:
+                raise WorkflowNotFoundError(
+                    f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
+                )
+            steps = self._load_steps(conn, workflow_id) if with_steps else {}
+        return self._record(row, steps)
+
+    @staticmethod
+    def _record(row: Any, steps: dict[str, StepRecord]) -> WorkflowRecord:
+        m = row._mapping
+        return WorkflowRecord(
+            workflow_id=m["workflow_id"],
+            status=WorkflowStatus(m["status"]),
+            dag=m["dag"],
+            metadata=m["metadata"] or {},
+            output_task_id=m["output_task_id"],
+            error=m["error"],
+            created_at=m["created_at"],
+            started_at=m["started_at"],
+            finished_at=m["finished_at"],
+            resume_count=m["resume_count"],
+            lease_owner=m.get("owner"),
+            lease_host=m.get("host"),
+            lease_pid=m.get("pid"),
+            lease_expires_at=m.get("expires_at"),
+            steps=steps,
+        )
+
+    def _load_steps(self, conn: Connection, workflow_id: str) -> dict[str, StepRecord]:
+        rows = conn.execute(sa.select(_S).where(_S.c.workflow_id == workflow_id)).all()
+        out = {}
+        for r in rows:
+            m = r._mapping
+            ref = None
+            if m["output_location"]:
+                ref = CheckpointRef(
+                    location=m["output_location"],
+                    checksum=m["output_checksum"] or "",
+                    format=m["output_format"] or "pickle",
+                    size=m["output_size"] or 0,
+                )
+            out[m["task_id"]] = StepRecord(
+                task_id=m["task_id"],
+                name=m["function_name"],
+                status=StepStatus(m["status"]),
+                attempts=m["attempts"],
+                idempotent=m["idempotent"],
+                checkpoint=ref,
+                output_format=m["output_format"],
+                error=m["error"],
+                traceback=m["traceback"],
+                started_at=m["started_at"],
+                finished_at=m["finished_at"],
+                position=m["position"],
+                metadata=m["metadata"] or {},
+            )
+        return out
+
+    def list_workflows(
+        self,
+        status_filter: Iterable[WorkflowStatus] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        search: str | None = None,
+    ) -> list[WorkflowRecord]:
+        query = (
+            sa.select(_W, _L.c.owner, _L.c.host, _L.c.pid, _L.c.expires_at)
+            .select_from(_W.outerjoin(_L, _L.c.workflow_id == _W.c.workflow_id))
+            .order_by(_W.c.created_at.desc(), _W.c.workflow_id)
+        )
+        if status_filter is not None:
+            query = query.where(_W.c.status.in_([str(s) for s in status_filter]))
+        if search:
+            query = query.where(_W.c.workflow_id.contains(search, autoescape=True))
+        if limit is not None:
+            query = query.limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            return [self._record(row, {}) for row in conn.execute(query)]
+
+    def delete(self, workflow_id: str) -> None:
+        with self.engine.begin() as conn:
+            for table in (_T, _WAL, _A, _E, _S, _L):
+                conn.execute(table.delete().where(table.c.workflow_id == workflow_id))
+            result = conn.execute(_W.delete().where(_W.c.workflow_id == workflow_id))
+            if result.rowcount == 0:
+                raise WorkflowNotFoundError(
+                    f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
+                )
+
+    def set_status(
+        self, workflow_id: str, status: WorkflowStatus, *, cause: str, error: str | None = None
+    ) -> WorkflowStatus:
+        """Move the workflow to ``status`` (checked against the state table)."""
+        now = _now()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(_W.c.status).where(_W.c.workflow_id == workflow_id).with_for_update()
+            ).first()
+            if row is None:
+                raise WorkflowNotFoundError(
+                    f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
+                )
+            start = WorkflowStatus(row[0])
+            if start is status:
+                return start
+            check_transition("workflow", workflow_id, start, status)
+            values: dict[str, Any] = {"status": status, "updated_at": now}
+            if error is not None or status is WorkflowStatus.SUCCESSFUL:
+                values["error"] = error
+            if status in (
+                WorkflowStatus.SUCCESSFUL,
+                WorkflowStatus.FAILED,
+                WorkflowStatus.CANCELED,
+                WorkflowStatus.NEEDS_ATTENTION,
+            ):
+                values["finished_at"] = now
+            if status is WorkflowStatus.RUNNING:
+                values["started_at"] = now
+                values["finished_at"] = None
+                values["resume_count"] = _W.c.resume_count + 1
+            conn.execute(_W.update().where(_W.c.workflow_id == workflow_id).values(**values))
+            conn.execute(
+                _T.insert().values(
+                    entity="workflow",
+                    workflow_id=workflow_id,
+                    start=start,
+                    finish=status,
+                    cause=cause,
+                    at=now,
+                )
+            )
+            if status is not WorkflowStatus.RUNNING:
+                conn.execute(_L.delete().where(_L.c.workflow_id == workflow_id))
+        return start
+
+    def status(self, workflow_id: str) -> WorkflowStatus:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(_W.c.status).where(_W.c.workflow_id == workflow_id)
+            ).first()
+        if row is None:
+            raise WorkflowNotFoundError(
+                f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
+            )
+        return WorkflowStatus(row[0])
+
+    def is_cancelled(self, workflow_id: str) -> bool:
+        return self.status(workflow_id) is WorkflowStatus.CANCELED
+
+    # --- the group commit ------------------------------------------------------------
+
+    def apply(self, workflow_id: str, batch: Batch) -> None:
+        """Write every record of ``batch`` in one transaction (nothing if it is empty)."""
+        if not batch:
+            return
+        now = _now()
+        transitions: list[dict[str, Any]] = []
+
+        def moved(task_id: str, start: StepStatus | None, finish: StepStatus, cause: str) -> None:
+            transitions.append(
+                {
+                    "entity": "step",
+                    "workflow_id": workflow_id,
+                    "task_id": task_id,
+                    "start": start,
+                    "finish": finish,
+                    "cause": cause,
+                    "at": now,
+                }
+            )
+
+        with self.engine.begin() as conn:
+            for compiled in batch.new_steps:
+                steps, edges = _step_rows(workflow_id, compiled)
+                conn.execute(_S.insert(), steps)
+                if edges:
+                    conn.execute(_E.insert(), edges)
+            if batch.commits:
+                conn.execute(
+                    _WAL.insert(),
+                    [
+                        {
+                            "workflow_id": workflow_id,
+                            "task_id": t,
+                            "attempt": a,
+                            "kind": WalKind.COMMIT,
+                            "idempotency_key": f"{workflow_id}:{t}",
+                            "created_at": now,
+                            "location": ref.location if ref else None,
+                            "checksum": ref.checksum if ref else None,
+                        }
+                        for t, a, ref, _cause, _fmt in batch.commits
+                    ],
+                )
+                conn.execute(
+                    _S.update()
+                    .where(_S.c.workflow_id == workflow_id, _S.c.task_id == sa.bindparam("t"))
+                    .values(
+                        status=StepStatus.SUCCESSFUL,
+                        attempts=sa.bindparam("a"),
+                        output_location=sa.bindparam("loc"),
+                        output_checksum=sa.bindparam("sum"),
+                        output_format=sa.bindparam("fmt"),
+                        output_size=sa.bindparam("size"),
+                        finished_at=now,
+                        error=None,
+                    ),
+                    [
+                        {
+                            "t": t,
+                            "a": a,
+                            "loc": ref.location if ref else None,
+                            "sum": ref.checksum if ref else None,
+                            "fmt": fmt or (ref.format if ref else None),
+                            "size": ref.size if ref else None,
+                        }
+                        for t, a, ref, _cause, fmt in batch.commits
+                    ],
+                )
+                conn.execute(
+                    _A.update()
+                    .where(
+                        _A.c.workflow_id == workflow_id,
+                        _A.c.task_id == sa.bindparam("t"),
+                        _A.c.attempt == sa.bindparam("a"),
+                    )
+                    .values(status=StepStatus.SUCCESSFUL, finished_at=now),
+                    [{"t": t, "a": a} for t, a, _r, _c, _f in batch.commits],
+                )
+                for t, _a, _ref, cause, _fmt in batch.commits:
+                    moved(t, StepStatus.RUNNING, StepStatus.SUCCESSFUL, cause)
+            if batch.failures:
+                conn.execute(
+                    _WAL.insert(),
+                    [
+                        {
+                            "workflow_id": workflow_id,
+                            "task_id": t,
+                            "attempt": a,
+                            "kind": WalKind.ABORT,
+                            "idempotency_key": f"{workflow_id}:{t}",
+                            "created_at": now,
+                        }
+                        for t, a, _e, _tb, _final in batch.failures
+                    ],
+                )
+                conn.execute(
+                    _S.update()
+                    .where(_S.c.workflow_id == workflow_id, _S.c.task_id == sa.bindparam("t"))
+                    .values(
+                        status=sa.bindparam("st"),
+                        error=sa.bindparam("err"),
+                        traceback=sa.bindparam("tb"),
+                        finished_at=now,
+                    ),
+                    [
+                        {
+                            "t": t,
+                            "st": StepStatus.FAILED if final else StepStatus.PENDING,
+                            "err": err,
+                            "tb": tb,
+                        }
+                        for t, _a, err, tb, final in batch.failures
+                    ],
+                )
+                conn.execute(
+                    _A.update()
+                    .where(
+                        _A.c.workflow_id == workflow_id,
+                        _A.c.task_id == sa.bindparam("t"),
+                        _A.c.attempt == sa.bindparam("a"),
+                    )
+                    .values(status=StepStatus.FAILED, finished_at=now, error=sa.bindparam("err")),
+                    [{"t": t, "a": a, "err": err} for t, a, err, _tb, _f in batch.failures],
+                )
+                for t, _a, _err, _tb, final in batch.failures:
+                    moved(t, StepStatus.RUNNING, StepStatus.FAILED, "raised")
+                    if not final:
+                        moved(t, StepStatus.FAILED, StepStatus.RUNNING, "retry")
+                        moved(t, StepStatus.RUNNING, StepStatus.PENDING, "retry queued")
+            if batch.statuses:
+                current = self._statuses(conn, workflow_id, [t for t, _s, _c in batch.statuses])
+                for t, status, cause in batch.statuses:
+                    start = current.get(t)
+                    if start is not None and start is not status:
+                        check_transition("step", f"{workflow_id}/{t}", start, status)
+                    moved(t, start, status, cause)
+                    current[t] = status
+                conn.execute(
+                    _S.update()
+                    .where(_S.c.workflow_id == workflow_id, _S.c.task_id == sa.bindparam("t"))
+                    .values(status=sa.bindparam("st")),
+                    [{"t": t, "st": s} for t, s, _c in batch.statuses],
+                )
+            if batch.intents:
+                conn.execute(
+                    _WAL.insert(),
+                    [
+                        {
+                            "workflow_id": workflow_id,
+                            "task_id": t,
+                            "attempt": a,
+                            "kind": WalKind.INTENT,
+                            "idempotency_key": key,
+                            "created_at": now,
+                        }
+                        for t, a, key in batch.intents
+                    ],
+                )
+                conn.execute(
+                    _S.update()
+                    .where(_S.c.workflow_id == workflow_id, _S.c.task_id == sa.bindparam("t"))
+                    .values(
+                        status=StepStatus.RUNNING,
+                        attempts=sa.bindparam("a"),
+                        started_at=now,
+                        finished_at=None,
+                    ),
+                    [{"t": t, "a": a} for t, a, _k in batch.intents],
+                )
+                conn.execute(
+                    _A.insert(),
+                    [
+                        {
+                            "workflow_id": workflow_id,
+                            "task_id": t,
+                            "attempt": a,
+                            "status": StepStatus.RUNNING,
+                            "started_at": now,
+                        }
+                        for t, a, _k in batch.intents
+                    ],
+                )
+                for t, _a, _k in batch.intents:
+                    moved(t, StepStatus.PENDING, StepStatus.RUNNING, "intent")
+            if transitions:
+                conn.execute(_T.insert(), transitions)
+
+    @staticmethod
+    def _statuses(conn: Connection, workflow_id: str, task_ids: list[str]) -> dict[str, StepStatus]:
+        rows = conn.execute(
+            sa.select(_S.c.task_id, _S.c.status).where(
+                _S.c.workflow_id == workflow_id, _S.c.task_id.in_(task_ids)
+            )
+        )
+        return {t: StepStatus(s) for t, s in rows}
+
+    # --- leases ---------------------------------------------------------------------
+
+    @staticmethod
+    def _write_lease(
+        conn: Connection,
+        workflow_id: str,
+        owner: LeaseOwner,
+        timeout: float,
+        now: dt.datetime,
+        *,
+        insert: bool,
+    ) -> None:
+        values = {
+            "owner": owner.owner,
+            "host": owner.host,
+            "pid": owner.pid,
+            "acquired_at": now,
+            "heartbeat_at": now,
+            "expires_at": now + dt.timedelta(seconds=timeout),
+        }
+        if insert:
+            conn.execute(_L.insert().values(workflow_id=workflow_id, **values))
+        else:
+            conn.execute(_L.update().where(_L.c.workflow_id == workflow_id).values(**values))
+
+    @staticmethod
+    def lease_is_live(
+        owner: str | None, host: str | None, pid: int | None, expires_at: dt.datetime | None
+    ) -> bool:
+        """Whether a lease still protects its workflow."""
+        if owner is None or expires_at is None:
+            return False
+        if host == socket.gethostname() and pid and not psutil.pid_exists(pid):
+            return False  # its process is gone: no need to wait for the expiry
+        return expires_at > _now()
+
+    def acquire_lease(self, workflow_id: str, owner: LeaseOwner, timeout: float) -> None:
+        """Take the workflow's lease, or raise if another live driver holds it.
+
+        Raises:
+            WorkflowLeaseError: the lease is held by a live driver.
+            WorkflowNotFoundError: no such workflow.
+        """
+        now = _now()
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(_W.c.workflow_id).where(_W.c.workflow_id == workflow_id).with_for_update()
+            ).first()
+            if exists is None:
+                raise WorkflowNotFoundError(
+                    f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
+                )
+            row = conn.execute(sa.select(_L).where(_L.c.workflow_id == workflow_id)).first()
+            if row is None:
+                self._write_lease(conn, workflow_id, owner, timeout, now, insert=True)
+                return
+            m = row._mapping
+            if m["owner"] != owner.owner and self.lease_is_live(
+                m["owner"], m["host"], m["pid"], m["expires_at"]
+            ):
+                raise WorkflowLeaseError(
+                    f"Workflow {workflow_id!r} is being run by another driver "
+                    f"({m['owner']}, pid {m['pid']} on {m['host']}); its lease expires at "
+                    f"{m['expires_at']:%Y-%m-%d %H:%M:%S} UTC unless renewed.",
+                    workflow_id=workflow_id,
+                )
+            self._write_lease(conn, workflow_id, owner, timeout, now, insert=False)
+
+    def renew_leases(self, owner: LeaseOwner, workflow_ids: list[str], timeout: float) -> None:
+        if not workflow_ids:
+            return
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                _L.update()
+                .where(_L.c.workflow_id.in_(workflow_ids), _L.c.owner == owner.owner)
+                .values(heartbeat_at=now, expires_at=now + dt.timedelta(seconds=timeout))
+            )
+
+    def release_lease(self, workflow_id: str, owner: LeaseOwner) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                _L.delete().where(_L.c.workflow_id == workflow_id, _L.c.owner == owner.owner)
+            )
