@@ -107,7 +107,8 @@ def safe_segment(ident: str) -> str:
     dot) is used as it is, so most paths read like the ids. Any other id becomes a
     readable prefix (unsafe runs replaced by ``_``) plus ``~`` plus 16 hex digits of its
     SHA-256: ``"nightly@2026-11-21T00:00"`` -> ``"nightly_2026-11-21T00_00~3f2a..."``.
-    ``~`` never occurs in an id used as is, so two ids never share a segment.
+    ``~`` never occurs in an id used as is, so two ids never share a segment (on a
+    case-insensitive filesystem, ids that differ only in case still collide).
 
     Args:
         ident: a workflow id or task id.
@@ -283,7 +284,8 @@ class CheckpointStore:
     """Checkpoints in one fsspec filesystem under one root URL.
 
     Safe to use from many threads and processes at once: every write goes to its own
-    temporary file, and distinct attempts have distinct final paths.
+    temporary file, and distinct attempts have distinct final paths. Invariant: a final
+    (non-``.tmp-``) path only ever holds complete bytes, as one writer wrote them.
 
     Args:
         url: the root, e.g. ``"file:///data/ckpt"``, ``"memory://ckpt"``,
@@ -308,7 +310,6 @@ class CheckpointStore:
         self.fs: fsspec.AbstractFileSystem = fs
         self.root: str = root.rstrip("/") or root
         self._local = isinstance(fs, LocalFileSystem)
-        # Invariant: a final (non-.tmp) checkpoint path only ever holds complete bytes.
         self._atomic_put = bool(set(_protocols(fs)) & ATOMIC_PUT_PROTOCOLS)
         if self._local:
             Path(self.root).mkdir(parents=True, exist_ok=True)
@@ -490,7 +491,7 @@ class CheckpointStore:
             raise CorruptCheckpointError(
                 f"Checkpoint {location} is corrupt: its checksum is {actual}, but "
                 f"{checksum} was recorded when it was written. Re-run the step that "
-                "produced it (resume re-runs steps whose checkpoint is bad).",
+                "produced it.",
                 location=location,
                 expected_checksum=checksum,
                 actual_checksum=actual,

@@ -24,15 +24,17 @@ several processes sharing one file (a driver, the scheduler, the UI):
 
 Migrations: the Alembic environment lives in ``heliostat/storage/migrations`` and is
 found through :mod:`importlib.resources`, so it works from an installed wheel. A
-developer adds a revision with::
+developer adds a revision (one per schema change; never edit a merged one) with an
+``alembic.ini`` holding ``script_location = heliostat/storage/migrations``, then::
 
-    alembic -c /dev/null -x url=sqlite:///dev.db revision --autogenerate -m "..."
+    alembic -x url=sqlite:////tmp/dev.db upgrade head
+    alembic -x url=sqlite:////tmp/dev.db revision --autogenerate --rev-id 0002 -m "..."
 
-(run from ``heliostat/storage/migrations``' parent with ``script_location=migrations``),
-then reviews it by hand. :func:`ensure_schema` is what a process calls at start-up; two
-processes calling it at once serialize on a lock (SQLite: the ``BEGIN IMMEDIATE`` write
-lock; PostgreSQL: a transaction-scoped advisory lock) and the second finds the schema
-already at head.
+and reviews the draft by hand (``0001_initial.py`` shows the expected shape: explicit
+constraint names, no imports from the models). :func:`ensure_schema` is what a process
+calls at start-up; two processes calling it at once serialize on a lock (SQLite: the
+database write lock, ``BEGIN EXCLUSIVE``; PostgreSQL: a transaction-scoped advisory
+lock) and the second finds the schema already at head.
 """
 
 from __future__ import annotations
@@ -224,12 +226,13 @@ def _upgrade_on(conn: Connection, revision: str) -> None:
 def ensure_schema(engine: Engine | str) -> str:
     """Bring the database schema to head if it is not there yet; safe to run concurrently.
 
-    Steps, all in one transaction:
+    First a lock-free read of the revision: at head (the common case, one query), done.
+    Otherwise, in one transaction:
 
     1. Take the schema lock (PostgreSQL: ``pg_advisory_xact_lock``; SQLite: the
        database write lock, taken by ``BEGIN EXCLUSIVE``). A second
        process waits here.
-    2. Read the current revision. At head: done (the common case costs one query).
+    2. Read the current revision again: another process may have migrated meanwhile.
     3. Otherwise apply the missing migrations, then commit, which releases the lock.
        A crash before the commit rolls everything back (DDL is transactional on both
        backends), so a half-migrated schema is never seen.
@@ -248,6 +251,11 @@ def ensure_schema(engine: Engine | str) -> str:
     engine, owned = _engine_of(engine)
     head = head_revision()
     try:
+        with engine.connect() as conn:
+            conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})  # a reader
+            with conn.begin():
+                if MigrationContext.configure(conn).get_current_revision() == head:
+                    return head
         with engine.connect() as conn:
             # SQLite: our "begin" hook reads this option and takes the write lock.
             conn.execution_options(**{SQLITE_BEGIN_OPTION: "EXCLUSIVE"})

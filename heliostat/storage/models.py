@@ -34,7 +34,14 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, object_session
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    object_session,
+    relationship,
+)
 
 from heliostat.exceptions import HeliostatInternalError
 from heliostat.storage.states import (
@@ -180,6 +187,12 @@ class Workflow(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     resume_count: Mapped[int] = mapped_column(default=0)
 
+    # Relationships also tell the unit of work to INSERT parents before children.
+    # passive_deletes: deleting a workflow leaves the cascade to the database.
+    steps: Mapped[list[Step]] = relationship(
+        back_populates="workflow", passive_deletes=True, order_by="Step.position"
+    )
+
     def transition(
         self,
         finish: WorkflowStatus,
@@ -274,6 +287,8 @@ class Step(Base):
     position: Mapped[int] = mapped_column(default=0)
     """Order of the step in the compiled graph (a topological order), for display."""
 
+    workflow: Mapped[Workflow] = relationship(back_populates="steps")
+
     def transition(
         self,
         finish: StepStatus,
@@ -350,6 +365,8 @@ class StepAttempt(Base):
     worker: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
     """Where it ran: ``host:pid`` of the worker, or a node id."""
 
+    step: Mapped[Step] = relationship()
+
 
 class Edge(Base):
     """A data dependency: ``parent``'s output is argument ``position`` of ``child``.
@@ -378,6 +395,13 @@ class Edge(Base):
     child_task_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
     position: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
 
+    parent: Mapped[Step] = relationship(
+        foreign_keys="[Edge.workflow_id, Edge.parent_task_id]", overlaps="child"
+    )
+    child: Mapped[Step] = relationship(
+        foreign_keys="[Edge.workflow_id, Edge.child_task_id]", overlaps="parent"
+    )
+
 
 class WalRecord(Base):
     """One write-ahead-log record: INTENT before an attempt, COMMIT / ABORT after.
@@ -402,6 +426,8 @@ class WalRecord(Base):
     location: Mapped[str | None] = mapped_column(sa.Text)
     checksum: Mapped[str | None] = mapped_column(sa.String(_CHECKSUM_LENGTH))
 
+    workflow: Mapped[Workflow] = relationship()
+
 
 class Lease(Base):
     """The right of one driver to run one workflow, kept alive by heartbeats.
@@ -424,6 +450,8 @@ class Lease(Base):
     acquired_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
+
+    workflow: Mapped[Workflow] = relationship()
 
 
 _WORKFLOW_VALUES = ", ".join(f"'{s.value}'" for s in WorkflowStatus)
@@ -459,3 +487,5 @@ class Transition(Base):
     finish: Mapped[str] = mapped_column(sa.String(_STATE_LENGTH))
     cause: Mapped[str] = mapped_column(sa.Text, default="")
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    workflow: Mapped[Workflow] = relationship()

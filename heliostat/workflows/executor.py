@@ -29,13 +29,11 @@ worker reads and verifies it).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import heliostat.engine as hs
@@ -48,14 +46,14 @@ from heliostat.exceptions import (
     WorkflowExecutionError,
     WorkflowNeedsAttentionError,
 )
-from heliostat.storage.checkpoints import FORMATS, CheckpointRef, CheckpointStore
+from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore
 from heliostat.storage.states import StepStatus, WorkflowStatus
 from heliostat.workflows.compile import CompiledWorkflow, StepSpec, compile_dag
 from heliostat.workflows.context import idempotency_key
 from heliostat.workflows.step import Continuation, StepCall, StepEnv, StepMeta
 from heliostat.workflows.store import Batch, StepRecord, WorkflowStore
 
-__all__ = ["RERUN", "WorkflowExecutor", "find_checkpoint"]
+__all__ = ["RERUN", "WorkflowExecutor"]
 
 log = logging.getLogger("heliostat.workflows")
 
@@ -119,7 +117,7 @@ class WorkflowExecutor:
         self._on_progress = on_progress
         self._n_done = 0
         # memory:// lives in one process: there the driver writes the checkpoints.
-        self._worker_writes = not checkpoints.url.startswith("memory://")
+        self._worker_writes = checkpoints.shared_across_processes
 
     # ------------------------------------------------------------------ setup --
 
@@ -196,7 +194,7 @@ class WorkflowExecutor:
         """INTENT without COMMIT: finished (checkpoint proves it), re-run, or in doubt."""
         task_id = state.spec.task_id
         if state.spec.options.checkpoint:
-            ref = find_checkpoint(self.checkpoints, self.workflow_id, task_id, record.attempts)
+            ref = self.checkpoints.find(self.workflow_id, task_id, record.attempts)
             if ref is not None:
                 log.info("step %r finished before the crash; committing it", task_id)
                 state.status = StepStatus.SUCCESSFUL
@@ -514,31 +512,3 @@ class WorkflowExecutor:
         self._n_done += 1
         if self._on_progress is not None:
             self._on_progress(self._n_done, len(self._steps), 1 if self._failure else 0)
-
-
-def find_checkpoint(
-    store: CheckpointStore, workflow_id: str, task_id: str, attempt: int
-) -> CheckpointRef | None:
-    """The checkpoint one attempt left behind, if any (evidence that it finished).
-
-    Checkpoints appear under their final name only by an atomic rename after the data
-    is complete and synced, so a file found here is whole; its checksum is computed
-    now, since the crash came before the COMMIT that would have recorded it.
-    """
-    for fmt in FORMATS:
-        path = store.path(workflow_id, task_id, attempt, fmt)
-        if not store.fs.exists(path):
-            continue
-        data = store.fs.cat_file(path)
-        location = (
-            Path(path).as_uri()
-            if store.url.startswith(("/", "file:"))
-            else str(store.fs.unstrip_protocol(path))
-        )
-        return CheckpointRef(
-            location=location,
-            checksum="sha256:" + hashlib.sha256(data).hexdigest(),
-            format=fmt,
-            size=len(data),
-        )
-    return None

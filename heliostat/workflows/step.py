@@ -115,8 +115,7 @@ class StepCall:
         outputs = {}
         for task_id, value in zip(parent_ids, parent_values, strict=True):
             if isinstance(value, CheckpointRef):
-                # The location is a full URL: any store can read it.
-                value = checkpoint_store(env.checkpoint_url or _reader_url(value)).read(value)
+                value = checkpoint_store(env.checkpoint_url or value.store_url).read(value)
             outputs[task_id] = value
         args = substitute(args, outputs)
         kwargs = substitute(kwargs, outputs)
@@ -147,9 +146,3 @@ class StepCall:
             checkpoint=ref, continuation=is_continuation, started=started, finished=time.time()
         )
         return result, meta
-
-
-def _reader_url(ref: CheckpointRef) -> str:
-    """A store URL able to read ``ref`` (its scheme's root)."""
-    scheme = ref.location.split("://", 1)[0] if "://" in ref.location else "file"
-    return f"{scheme}:///" if scheme == "file" else f"{scheme}://"

@@ -1,0 +1,379 @@
+"""The checkpoint store: round trips, checksums, atomic writes, path layout."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from heliostat.exceptions import CorruptCheckpointError
+from heliostat.storage import checkpoints
+from heliostat.storage.checkpoints import (
+    TMP_INFIX,
+    CheckpointRef,
+    CheckpointStore,
+    checkpoint_path,
+    default_storage_url,
+    safe_segment,
+)
+
+
+@pytest.fixture
+def memory_checkpoints() -> Iterator[CheckpointStore]:
+    """A ``memory://`` store under a root of its own, emptied afterwards."""
+    store = CheckpointStore(f"memory://ckpt-{uuid.uuid4().hex}")
+    yield store
+    if store.fs.exists(store.root):
+        store.fs.rm(store.root, recursive=True)
+
+
+@pytest.fixture
+def file_checkpoints(tmp_path: Path) -> CheckpointStore:
+    """A ``file://`` store in the test's temporary directory."""
+    return CheckpointStore((tmp_path / "ckpt").as_uri())
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(
+    request: pytest.FixtureRequest,
+    memory_checkpoints: CheckpointStore,
+    file_checkpoints: CheckpointStore,
+) -> CheckpointStore:
+    return memory_checkpoints if request.param == "memory" else file_checkpoints
+
+
+def _all_files(store: CheckpointStore) -> list[str]:
+    if not store.fs.exists(store.root):
+        return []
+    return [str(p) for p in store.fs.find(store.root)]
+
+
+def _raw(store: CheckpointStore, ref: CheckpointRef) -> bytes:
+    with fsspec.open(ref.location, "rb") as f:
+        data: bytes = f.read()
+    return data
+
+
+def _overwrite(store: CheckpointStore, ref: CheckpointRef, data: bytes) -> None:
+    with fsspec.open(ref.location, "wb") as f:
+        f.write(data)
+
+
+# --- round trips ---
+
+
+def test_arrow_table_round_trips_as_arrow_ipc(store: CheckpointStore) -> None:
+    table = pa.table({"day": ["2026-11-21", "2026-11-22"], "rows": [3, 4]})
+    ref = store.write("etl", "extract", 1, table)
+    assert ref.format == "arrow"
+    assert ref.location.endswith("/etl/extract/1.arrows")
+    back = store.read(ref)
+    assert isinstance(back, pa.Table)
+    assert back.equals(table)
+    # Any Arrow reader can open it: it is a plain IPC stream.
+    assert pa.ipc.open_stream(_raw(store, ref)).read_all().equals(table)
+
+
+def test_pandas_dataframe_round_trips_as_parquet(store: CheckpointStore) -> None:
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(
+        {"a": [1, 2, 3], "b": ["x", "y", None], "t": pd.to_datetime(["2026-01-01"] * 3, utc=True)},
+        index=pd.Index([10, 20, 30], name="id"),
+    )
+    ref = store.write("etl", "transform", 2, df)
+    assert ref.format == "parquet"
+    assert ref.location.endswith("/etl/transform/2.parquet")
+    pd.testing.assert_frame_equal(store.read(ref), df)
+
+
+def test_dataframe_that_parquet_cannot_keep_exact_goes_to_pickle(store: CheckpointStore) -> None:
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({0: [1, 2], 1: ["a", "b"]})  # non-string column names
+    ref = store.write("etl", "t", 1, df)
+    assert ref.format == "pickle"
+    pd.testing.assert_frame_equal(store.read(ref), df)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"rows": 3, "day": "2026-11-21", "nested": [1, (2, 3)]},
+        None,
+        "text",
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+    ],
+    ids=["dict", "none", "str", "ndarray"],
+)
+def test_other_values_round_trip_with_pickle(store: CheckpointStore, value: Any) -> None:
+    ref = store.write("wf", "step", 1, value)
+    assert ref.format == "pickle"
+    assert ref.location.endswith("/wf/step/1.pkl")
+    back = store.read(ref)
+    if isinstance(value, np.ndarray):
+        np.testing.assert_array_equal(back, value)
+        assert back.dtype == value.dtype
+    else:
+        assert back == value
+
+
+def test_functions_pickle_by_value_with_cloudpickle(store: CheckpointStore) -> None:
+    ref = store.write("wf", "step", 1, lambda x: x + 1)
+    assert store.read(ref)(1) == 2
+
+
+def test_ref_records_checksum_size_and_location(store: CheckpointStore) -> None:
+    ref = store.write("wf", "step", 3, {"k": "v"})
+    data = _raw(store, ref)
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", ref.checksum)
+    assert ref.checksum == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert ref.size == len(data)
+    assert store.exists(ref.location)
+    assert ref.location == f"{ref.store_url}/wf/step/3.pkl"
+    assert CheckpointStore(ref.store_url).read(ref) == {"k": "v"}
+
+
+def test_read_by_location_and_checksum(store: CheckpointStore) -> None:
+    ref = store.write("wf", "step", 1, [1, 2, 3])
+    assert store.read(ref.location, ref.checksum) == [1, 2, 3]
+    assert store.read(ref.location, ref.checksum, "pickle") == [1, 2, 3]
+    with pytest.raises(ValueError, match="checksum"):
+        store.read(ref.location)
+
+
+def test_attempts_do_not_overwrite_each_other(store: CheckpointStore) -> None:
+    first = store.write("wf", "step", 1, "one")
+    second = store.write("wf", "step", 2, "two")
+    assert first.location != second.location
+    assert (store.read(first), store.read(second)) == ("one", "two")
+
+
+def test_write_without_fsync_round_trips(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path.as_uri(), fsync=False)
+    assert store.read(store.write("wf", "s", 1, {"a": 1})) == {"a": 1}
+
+
+# --- corruption ---
+
+
+def test_flipped_byte_raises_corrupt_checkpoint_naming_both_checksums(
+    store: CheckpointStore,
+) -> None:
+    ref = store.write("wf", "step", 1, {"payload": list(range(100))})
+    data = bytearray(_raw(store, ref))
+    data[len(data) // 2] ^= 0x01
+    _overwrite(store, ref, bytes(data))
+    with pytest.raises(CorruptCheckpointError) as info:
+        store.read(ref)
+    err = info.value
+    assert err.location == ref.location
+    assert err.expected_checksum == ref.checksum
+    assert err.actual_checksum.startswith("sha256:")
+    assert err.actual_checksum != ref.checksum
+    for part in (ref.location, ref.checksum, err.actual_checksum):
+        assert part in str(err)
+
+
+def test_missing_file_raises_corrupt_checkpoint(store: CheckpointStore) -> None:
+    ref = store.write("wf", "step", 1, "value")
+    fs, path = fsspec.core.url_to_fs(ref.location)
+    fs.rm(path)
+    assert not store.exists(ref.location)
+    with pytest.raises(CorruptCheckpointError, match="missing") as info:
+        store.read(ref)
+    assert info.value.location == ref.location
+    assert info.value.actual_checksum == ""
+
+
+def test_bytes_that_match_the_checksum_but_do_not_decode_raise_corrupt(
+    store: CheckpointStore,
+) -> None:
+    ref = store.write("wf", "step", 1, pa.table({"a": [1]}))
+    garbage = b"not an arrow stream"
+    _overwrite(store, ref, garbage)
+    checksum = "sha256:" + hashlib.sha256(garbage).hexdigest()
+    with pytest.raises(CorruptCheckpointError, match="cannot be decoded"):
+        store.read(ref.location, checksum, "arrow")
+
+
+def test_corrupt_checkpoint_error_survives_pickling() -> None:
+    err = CorruptCheckpointError(
+        "bad", location="file:///x", expected_checksum="sha256:a", actual_checksum="sha256:b"
+    )
+    copy = pickle.loads(pickle.dumps(err))
+    assert (copy.location, copy.expected_checksum, copy.actual_checksum, str(copy)) == (
+        "file:///x",
+        "sha256:a",
+        "sha256:b",
+        "bad",
+    )
+
+
+# --- atomicity ---
+
+
+def test_no_temporary_files_are_left_after_writes(store: CheckpointStore) -> None:
+    store.write("wf", "a", 1, {"x": 1})
+    store.write("wf", "b", 1, pa.table({"x": [1]}))
+    store.write("wf", "c", 1, np.zeros(1000))
+    files = _all_files(store)
+    assert len(files) == 3
+    assert not [f for f in files if TMP_INFIX in f]
+
+
+def test_a_write_that_fails_midway_leaves_no_file(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_encode(fmt: str, obj: Any, sink: Any) -> None:
+        sink.write(b"half a checkpoint")
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(checkpoints, "_encode", failing_encode)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        store.write("wf", "step", 1, {"x": 1})
+    assert _all_files(store) == []
+    path = store.path("wf", "step", 1, "pickle")
+    assert not store.fs.exists(path)
+
+
+def test_an_unpicklable_value_raises_and_leaves_nothing(store: CheckpointStore) -> None:
+    with pytest.raises(TypeError):
+        store.write("wf", "step", 1, threading.Lock())
+    assert _all_files(store) == []
+
+
+def test_concurrent_writers_of_one_path_leave_one_whole_file(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path.as_uri(), fsync=False)
+    refs: list[CheckpointRef] = []
+    payloads = [bytes([i]) * 100_000 for i in range(8)]
+
+    def write(p: bytes) -> None:
+        refs.append(store.write("wf", "step", 1, p))
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(_all_files(store)) == 1
+    assert len({r.location for r in refs}) == 1
+    # The survivor is exactly one writer's whole bytes: that writer's checksum verifies.
+    survivors = [r for r in refs if _checks(store, r)]
+    assert len(survivors) == 1
+    assert store.read(survivors[0]) in payloads
+
+
+def _checks(store: CheckpointStore, ref: CheckpointRef) -> bool:
+    try:
+        store.read(ref)
+    except CorruptCheckpointError:
+        return False
+    return True
+
+
+# --- layout and housekeeping ---
+
+
+def test_safe_ids_are_used_as_they_are() -> None:
+    for ident in ("etl-2026-11-21", "load", "step_3.v2"):
+        assert safe_segment(ident) == ident
+    assert checkpoint_path("/r/", "etl", "load", 2, "pickle") == "/r/etl/load/2.pkl"
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [
+        "a/b",
+        "../etc",
+        ".hidden",
+        "..",
+        "nightly@2026-11-21T00:00:00+00:00",
+        "ünïcode",
+        "x" * 300,
+        "a b",
+        "a*b?[c]",
+        "",
+    ],
+)
+def test_unsafe_ids_become_one_safe_readable_segment(ident: str) -> None:
+    seg = safe_segment(ident)
+    assert re.fullmatch(r"[A-Za-z0-9_.~-]{1,100}", seg)
+    assert not seg.startswith(".")
+    assert "~" in seg
+    assert safe_segment(ident) == seg  # deterministic
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", ident)[:10].lstrip(".")
+    assert seg.startswith(readable)
+
+
+def test_distinct_ids_never_share_a_segment() -> None:
+    ids = ["a/b", "a_b", "a:b", "a b", "A/B", "a/b~", "a_b~" + "0" * 16]
+    segments = [safe_segment(i) for i in ids]
+    assert len(set(segments)) == len(ids)
+
+
+def test_path_layout_nests_workflow_task_attempt(file_checkpoints: CheckpointStore) -> None:
+    ref = file_checkpoints.write("wf/1", "extract", 7, 1)
+    rel = Path(ref.location[len("file://") :]).relative_to(file_checkpoints.root)
+    assert rel.parts == (safe_segment("wf/1"), "extract", "7.pkl")
+
+
+def test_delete_workflow_removes_its_checkpoints_only(store: CheckpointStore) -> None:
+    gone = store.write("old", "s", 1, 1)
+    kept = store.write("new", "s", 1, 2)
+    store.delete_workflow("old")
+    assert not store.exists(gone.location)
+    assert store.read(kept) == 2
+    store.delete_workflow("old")  # idempotent
+    store.delete_workflow("never-existed")
+
+
+def test_find_adopts_a_checkpoint_written_before_a_crash(store: CheckpointStore) -> None:
+    ref = store.write("wf", "s", 4, pa.table({"a": [1, 2]}))
+    found = store.find("wf", "s", 4)
+    assert found == ref
+    assert store.find("wf", "s", 5) is None
+    assert store.find("other", "s", 4) is None
+
+
+def test_memory_store_is_not_shared_across_processes(
+    memory_checkpoints: CheckpointStore, file_checkpoints: CheckpointStore
+) -> None:
+    assert not memory_checkpoints.shared_across_processes
+    assert file_checkpoints.shared_across_processes
+
+
+def test_default_storage_url_follows_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("HELIOSTAT_STORAGE", raising=False)
+    monkeypatch.setenv("HELIOSTAT_HOME", str(tmp_path))
+    assert default_storage_url() == (tmp_path / "checkpoints").as_uri()
+    store = CheckpointStore()
+    assert store.write("w", "t", 1, 1).location.startswith((tmp_path / "checkpoints").as_uri())
+    monkeypatch.setenv("HELIOSTAT_STORAGE", "memory://elsewhere")
+    assert default_storage_url() == "memory://elsewhere"
+
+
+def test_importing_the_store_does_not_import_pandas() -> None:
+    # (pyarrow itself imports pandas when it builds a table from Python objects.)
+    code = (
+        "import sys, heliostat.storage.checkpoints as c; "
+        "s = c.CheckpointStore('memory://x'); s.read(s.write('w', 't', 1, {'a': [1]})); "
+        "sys.exit(1 if 'pandas' in sys.modules else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}
+    )
+    assert result.returncode == 0, result.stderr or "pandas was imported"
