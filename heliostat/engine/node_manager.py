@@ -773,7 +773,8 @@ class NodeManager:
             item = self._value_for(worker, arg)
             if item is None:
                 spec.pending_deps += 1
-                transition(spec, TaskState.WAITING) if spec.state is TaskState.READY else None
+                if spec.state is TaskState.READY:
+                    transition(spec, TaskState.WAITING)
                 arg.waiters = (arg.waiters or []) + [spec]
                 return None
             resolved.append(item)
@@ -790,7 +791,8 @@ class NodeManager:
         if kind is ObjKind.SPILLED:
             if not self._objects.restore(entry, segment_path(self.config.session, entry.id)):
                 self._lost(entry)
-                return None
+                # Rebuilding (None: wait for it), or an ObjectLostError stored now.
+                return self._value_for(proc, entry) if entry.kind is ObjKind.ERROR else None
             kind = ObjKind.SHM
         if kind is ObjKind.SHM:
             self._objects.touch(entry)
@@ -805,7 +807,7 @@ class NodeManager:
             data = entry.payload
         else:
             self._lost(entry)
-            return None
+            return self._value_for(proc, entry) if entry.kind is ObjKind.ERROR else None
         for cid in entry.contained:
             self._hold_any(proc, cid)
         return (entry.id, int(kind), data)

@@ -58,7 +58,10 @@ class TaskState(enum.StrEnum):
 
 TASK_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.WAITING: frozenset({TaskState.READY, TaskState.FINISHED, TaskState.CANCELLED}),
-    TaskState.READY: frozenset({TaskState.RUNNING, TaskState.FINISHED, TaskState.CANCELLED}),
+    # READY -> WAITING: an argument turned out lost at dispatch and is being rebuilt.
+    TaskState.READY: frozenset(
+        {TaskState.WAITING, TaskState.RUNNING, TaskState.FINISHED, TaskState.CANCELLED}
+    ),
     # RUNNING -> READY is a retry (worker died or a retryable error).
     TaskState.RUNNING: frozenset({TaskState.READY, TaskState.FINISHED, TaskState.CANCELLED}),
     # FINISHED -> WAITING is lineage reconstruction of a lost return value.
