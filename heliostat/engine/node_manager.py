@@ -171,6 +171,7 @@ class NodeManager:
         self._stopping = False
         self._batching = False
         self._dirty: list[WorkerRecord] = []
+        self._pokes: list[WorkerRecord] = []
         self._want_write: set[WorkerRecord] = set()
         self._logs: list[tuple[str, str, int, str]] = []
         self._infeasible_cache: dict[ResourceSet, bool] = {}
@@ -354,6 +355,7 @@ class NodeManager:
 
     def _v_returned(self, proc: WorkerRecord, reply: Reply | None, task_ids: list[int]) -> None:
         """A worker handed back tasks we had queued on it (after a REVOKE)."""
+        proc.revoking = False
         returned = set(task_ids)
         for spec in [s for s in proc.queued if s.task_id in returned]:
             proc.queued.remove(spec)
@@ -412,6 +414,7 @@ class NodeManager:
         if spec in worker.queued:  # sent ahead, not started: ask for it back
             spec.cancel_requested = "soft"
             self._send(worker, (Op.REVOKE, [spec.task_id]))
+            self._poke(worker)
             reply(True, True)
             return
         spec.cancel_requested = "force" if force else "soft"
@@ -716,6 +719,13 @@ class NodeManager:
                         self._dispatch(queue.popleft(), worker, ahead=True)
                     if not queue:
                         break
+        if idle and self._busy and not any(self._ready.values()):
+            # A worker is idle while others hold tasks sent ahead: take them back, so
+            # no task waits behind a long one while a CPU is free (work stealing).
+            # Only tasks that could start now: else they would bounce back and forth.
+            for worker in self._busy.values():
+                if worker.queued and node.fits(worker.queued[0].resources):
+                    self._revoke_queued(worker)
         if self._pending_actors:
             for _ in range(len(self._pending_actors)):
                 self._start_actor(self._pending_actors.popleft())
@@ -1112,10 +1122,10 @@ class NodeManager:
         if proc.index == 0:
             return
         proc.blocked += 1
-        if proc.blocked == 1 and proc.queued:
+        if proc.blocked == 1:
             # Queued tasks cannot start while this one waits (and may be what it
             # waits for): ask for them back.
-            self._send(proc, (Op.REVOKE, [s.task_id for s in proc.queued]))
+            self._revoke_queued(proc)
         spec = proc.task
         if proc.blocked == 1 and spec is not None and proc.held is not None:
             cpu = self._cpu_part(proc.held)
@@ -1134,6 +1144,23 @@ class NodeManager:
             if cpu and not proc.held.get(CPU):
                 self._node.acquire_force(cpu)
                 proc.held = proc.held + cpu
+
+    def _revoke_queued(self, worker: WorkerRecord) -> None:
+        if worker.queued and not worker.revoking:
+            worker.revoking = True
+            self._send(worker, (Op.REVOKE, [s.task_id for s in worker.queued]))
+            self._poke(worker)
+
+    def _poke(self, worker: WorkerRecord) -> None:
+        """Make a worker busy in user code read its messages now (SIGUSR1).
+
+        Sent after the message itself is on the socket: during a batch, at the flush.
+        """
+        if self._batching:
+            self._pokes.append(worker)
+        elif worker.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGUSR1)
 
     def _cpu_part(self, resources: ResourceSet) -> ResourceSet:
         cpu = self._cpu_of.get(resources)
@@ -1550,6 +1577,11 @@ class NodeManager:
             conn = worker.conn
             if conn is not None and messages and conn.send(messages):
                 self._want_write.add(worker)
+        pokes, self._pokes = self._pokes, []
+        for worker in pokes:
+            if worker.pid and worker.state is not WorkerState.DEAD:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGUSR1)
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):

@@ -29,6 +29,7 @@ import pickle
 import socket
 import struct
 import threading
+from collections import deque
 from typing import Any
 
 __all__ = [
@@ -125,6 +126,7 @@ class BlockingChannel:
         _tune(sock)
         self._sock = sock
         self._send_lock = threading.Lock()
+        self._deferred: deque[bytes] = deque()
         self._parser = _FrameParser()
         self._rbuf = bytearray(_RECV_SIZE)
         self._rview = memoryview(self._rbuf)
@@ -133,6 +135,27 @@ class BlockingChannel:
         frame = encode_frame(messages)
         with self._send_lock:
             self._sock.sendall(frame)
+            while self._deferred:
+                self._sock.sendall(self._deferred.popleft())
+
+    def send_soon(self, messages: list[tuple[Any, ...]]) -> None:
+        """Send now if no send is in progress, else right after it (never blocks on it).
+
+        For signal handlers: the handler may have interrupted this very thread in the
+        middle of ``send``, and waiting for the lock would deadlock.
+        """
+        frame = encode_frame(messages)
+        if self._send_lock.acquire(blocking=False):
+            try:
+                self._sock.sendall(frame)
+            finally:
+                self._send_lock.release()
+        else:
+            self._deferred.append(frame)
+
+    def flush_deferred(self) -> None:
+        if self._deferred:
+            self.send([])
 
     def recv(self) -> list[tuple[Any, ...]]:
         """Block until at least one whole message is in, and return all that are."""

@@ -227,6 +227,7 @@ class WorkerRecord:
         "exit_status",
         "purpose",
         "queued",
+        "revoking",
     )
 
     def __init__(self, index: int, pid: int = 0) -> None:
@@ -247,6 +248,7 @@ class WorkerRecord:
         # Tasks sent ahead to run after ``task`` (pipelining); they hold no resources
         # until they start, and go back to the ready queue if the worker blocks.
         self.queued: deque[TaskSpec] = deque()
+        self.revoking = False  # a REVOKE for ``queued`` is on its way
 
     def label(self) -> str:
         return f"worker {self.index} (pid {self.pid})"

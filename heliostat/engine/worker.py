@@ -75,6 +75,8 @@ class WorkerClient(CoreClient):
         self._slots: dict[int, list[Any]] = {}
         self.inbox: deque[tuple[Any, ...]] = deque()
         self.exiting = False
+        # Function code that arrived with a task we handed back (REVOKE).
+        self.revoked_code: dict[bytes, bytes] = {}
 
     # --- transport ------------------------------------------------------------------
 
@@ -114,6 +116,34 @@ class WorkerClient(CoreClient):
             raise slot[2]
         return slot[2]
 
+    def pump_now(self) -> None:
+        """Read what has arrived, if no other thread is reading (from a signal handler).
+
+        Lets the node manager reach a worker that is busy in user code: a REVOKE of
+        tasks sent ahead is handled at once instead of after the running task.
+        """
+        cv = self._cv
+        if not cv.acquire(blocking=False):
+            return  # the reader is mid-dispatch; it will see the message
+        try:
+            if self._reader_active:
+                return
+            self._reader_active = True
+        finally:
+            cv.release()
+        try:
+            while select.select([self._sock], [], [], 0)[0]:
+                messages = self._chan.recv()
+                with cv:
+                    for message in messages:
+                        self._dispatch(message)
+        except ConnectionClosed:
+            self.exiting = True
+        finally:
+            with cv:
+                self._reader_active = False
+                cv.notify_all()
+
     def pump_until(self, done: Any, deadline: float | None) -> bool:
         """Read and dispatch messages until ``done()`` or the deadline passes."""
         cv = self._cv
@@ -130,6 +160,7 @@ class WorkerClient(CoreClient):
                         return False
                     cv.wait(remaining)
             try:
+                self._chan.flush_deferred()
                 if self.tracker.has_pending():
                     self.tracker.drain()
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -168,10 +199,16 @@ class WorkerClient(CoreClient):
             wanted = set(message[1])
             inbox = self.inbox
             keep = [m for m in inbox if not (m[0] == Op.EXECUTE and m[1] in wanted)]
-            returned = [m[1] for m in inbox if m[0] == Op.EXECUTE and m[1] in wanted]
+            returned = []
+            for m in inbox:
+                if m[0] == Op.EXECUTE and m[1] in wanted:
+                    returned.append(m[1])
+                    if m[3] is not None:  # the code came with it, and will not again
+                        self.revoked_code[m[2]] = m[3]
             inbox.clear()
             inbox.extend(keep)
-            self._chan.send([(Op.POST, "returned", (returned,))])
+            # send_soon: this may run in a signal handler that interrupted a send.
+            self._chan.send_soon([(Op.POST, "returned", (returned,))])
         else:
             self.inbox.append(message)
 
@@ -231,8 +268,12 @@ class Worker:
         if self._in_user_code:
             raise KeyboardInterrupt
 
+    def _on_poke(self, signum: int, frame: Any) -> None:
+        self.client.pump_now()
+
     def loop(self) -> int:
         signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGUSR1, self._on_poke)
         sys.stdout = self._stdout
         sys.stderr = self._stderr
         client = self.client
@@ -261,6 +302,8 @@ class Worker:
     def _load_function(self, fn_id: bytes, fn_bytes: bytes | None) -> Any:
         fn = self._functions.get(fn_id)
         if fn is None:
+            if fn_bytes is None:
+                fn_bytes = self.client.revoked_code.pop(fn_id, None)
             if fn_bytes is None:
                 raise HeliostatError("the node manager sent no code for an unknown function")
             fn = pickle.loads(fn_bytes)
