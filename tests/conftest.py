@@ -1,0 +1,99 @@
+"""Shared fixtures: a local runtime (shared or fresh) and a polling ``wait_for``.
+
+* ``runtime``: a 2-CPU local node shared by the tests of one module. Tests that kill
+  workers, fill memory or need other ``init`` arguments use ``fresh_runtime`` instead;
+  the shared node is started again, lazily, by the next test that asks for it.
+* ``fresh_runtime``: a factory, ``fresh_runtime(**init_kwargs)``, whose node is shut
+  down when the test ends.
+* ``wait_for``: poll a predicate with short sleeps; fail naming what was awaited.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import heliostat as hs
+from heliostat.engine import Runtime, current_runtime
+
+DEFAULT_CPUS = 2
+
+
+def poll_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    *,
+    what: str,
+    interval: float = 0.01,
+) -> Any:
+    """Call ``predicate`` until it returns something truthy; return that.
+
+    Fails the test with a message naming ``what`` was awaited (and the last value seen)
+    when ``timeout`` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what} (last value: {last!r})")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    """``wait_for(predicate, timeout=10, what="...")``: see :func:`poll_for`."""
+    return poll_for
+
+
+def _stop_current() -> None:
+    if current_runtime() is not None:
+        hs.shutdown()
+
+
+@pytest.fixture(scope="module")
+def _shared_runtime_slot() -> Iterator[dict[str, Runtime | None]]:
+    slot: dict[str, Runtime | None] = {"runtime": None}
+    yield slot
+    shared = slot["runtime"]
+    if shared is not None:
+        if current_runtime() is shared:
+            hs.shutdown()
+        else:
+            shared.shutdown()
+
+
+@pytest.fixture
+def runtime(_shared_runtime_slot: dict[str, Runtime | None]) -> Runtime:
+    """A ``hs.init(num_cpus=2)`` node shared by the module's tests, shut down after them."""
+    shared = _shared_runtime_slot["runtime"]
+    if shared is None or current_runtime() is not shared:
+        _stop_current()
+        shared = hs.init(num_cpus=DEFAULT_CPUS)
+        _shared_runtime_slot["runtime"] = shared
+    return shared
+
+
+@pytest.fixture
+def fresh_runtime() -> Iterator[Callable[..., Runtime]]:
+    """A factory for a node of this test only: ``fresh_runtime(resources={"db": 1})``."""
+    started: list[Runtime] = []
+
+    def start(**init_kwargs: Any) -> Runtime:
+        _stop_current()
+        init_kwargs.setdefault("num_cpus", DEFAULT_CPUS)
+        rt = hs.init(**init_kwargs)
+        started.append(rt)
+        return rt
+
+    yield start
+    for rt in started:
+        if current_runtime() is rt:
+            hs.shutdown()
+        else:
+            rt.shutdown()
