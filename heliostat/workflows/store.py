@@ -51,6 +51,78 @@ _L: sa.Table = Lease.__table__  # type: ignore[assignment]
 _T: sa.Table = Transition.__table__  # type: ignore[assignment]
 
 
+def _key(table: sa.Table) -> Any:
+    return (table.c.workflow_id == sa.bindparam("w")) & (table.c.task_id == sa.bindparam("t"))
+
+
+# Statements of the group commit, built once (see WorkflowStore.apply).
+_WAL_INSERT = _WAL.insert()
+_STEP_INSERT = _S.insert()
+_EDGE_INSERT = _E.insert()
+_ATTEMPT_INSERT = _A.insert()
+_TRANSITION_INSERT = _T.insert()
+_STEP_COMMIT = (
+    _S.update()
+    .where(_key(_S))
+    .values(
+        status=sa.bindparam("st"),
+        attempts=sa.bindparam("a"),
+        output_location=sa.bindparam("loc"),
+        output_checksum=sa.bindparam("sum"),
+        output_format=sa.bindparam("fmt"),
+        output_size=sa.bindparam("size"),
+        finished_at=sa.bindparam("now"),
+        error=sa.bindparam("err"),
+    )
+)
+_STEP_FAIL = (
+    _S.update()
+    .where(_key(_S))
+    .values(
+        status=sa.bindparam("step_st"),
+        error=sa.bindparam("err"),
+        traceback=sa.bindparam("tb"),
+        finished_at=sa.bindparam("now"),
+    )
+)
+_STEP_STATUS = _S.update().where(_key(_S)).values(status=sa.bindparam("st"))
+_STEP_INTENT = (
+    _S.update()
+    .where(_key(_S))
+    .values(
+        status=StepStatus.RUNNING,
+        attempts=sa.bindparam("a"),
+        started_at=sa.bindparam("now"),
+        finished_at=None,
+    )
+)
+_ATTEMPT_DONE = (
+    _A.update()
+    .where(_key(_A) & (_A.c.attempt == sa.bindparam("a")))
+    .values(status=sa.bindparam("st"), finished_at=sa.bindparam("now"), error=sa.bindparam("err"))
+)
+
+
+def _wal_row(
+    workflow_id: str,
+    task_id: str,
+    attempt: int,
+    kind: WalKind,
+    now: dt.datetime,
+    ref: CheckpointRef | None,
+) -> dict[str, Any]:
+    return {
+        "workflow_id": workflow_id,
+        "task_id": task_id,
+        "attempt": attempt,
+        "kind": kind,
+        "idempotency_key": f"{workflow_id}:{task_id}",
+        "created_at": now,
+        "location": ref.location if ref else None,
+        "checksum": ref.checksum if ref else None,
+    }
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -420,17 +492,22 @@ class WorkflowStore:
     # --- the group commit ------------------------------------------------------------
 
     def apply(self, workflow_id: str, batch: Batch) -> None:
-        """Write every record of ``batch`` in one transaction (nothing if it is empty)."""
+        """Write every record of ``batch`` in one transaction (nothing if it is empty).
+
+        The statements are built once at import (module constants), so a batch costs
+        parameter lists and one ``executemany`` per table, then one commit.
+        """
         if not batch:
             return
         now = _now()
+        w = workflow_id
         transitions: list[dict[str, Any]] = []
 
         def moved(task_id: str, start: StepStatus | None, finish: StepStatus, cause: str) -> None:
             transitions.append(
                 {
                     "entity": "step",
-                    "workflow_id": workflow_id,
+                    "workflow_id": w,
                     "task_id": task_id,
                     "start": start,
                     "finish": finish,
@@ -439,172 +516,93 @@ class WorkflowStore:
                 }
             )
 
+        wal: list[dict[str, Any]] = []
         with self.engine.begin() as conn:
             for compiled in batch.new_steps:
-                steps, edges = _step_rows(workflow_id, compiled)
-                conn.execute(_S.insert(), steps)
+                steps, edges = _step_rows(w, compiled)
+                conn.execute(_STEP_INSERT, steps)
                 if edges:
-                    conn.execute(_E.insert(), edges)
+                    conn.execute(_EDGE_INSERT, edges)
             if batch.commits:
-                conn.execute(
-                    _WAL.insert(),
-                    [
+                rows = []
+                for t, a, ref, cause, fmt in batch.commits:
+                    wal.append(_wal_row(w, t, a, WalKind.COMMIT, now, ref))
+                    rows.append(
                         {
-                            "workflow_id": workflow_id,
-                            "task_id": t,
-                            "attempt": a,
-                            "kind": WalKind.COMMIT,
-                            "idempotency_key": f"{workflow_id}:{t}",
-                            "created_at": now,
-                            "location": ref.location if ref else None,
-                            "checksum": ref.checksum if ref else None,
-                        }
-                        for t, a, ref, _cause, _fmt in batch.commits
-                    ],
-                )
-                conn.execute(
-                    _S.update()
-                    .where(_S.c.workflow_id == workflow_id, _S.c.task_id == sa.bindparam("t"))
-                    .values(
-                        status=StepStatus.SUCCESSFUL,
-                        attempts=sa.bindparam("a"),
-                        output_location=sa.bindparam("loc"),
-                        output_checksum=sa.bindparam("sum"),
-                        output_format=sa.bindparam("fmt"),
-                        output_size=sa.bindparam("size"),
-                        finished_at=now,
-                        error=None,
-                    ),
-                    [
-                        {
+                            "w": w,
                             "t": t,
                             "a": a,
+                            "st": StepStatus.SUCCESSFUL,
                             "loc": ref.location if ref else None,
                             "sum": ref.checksum if ref else None,
                             "fmt": fmt or (ref.format if ref else None),
                             "size": ref.size if ref else None,
+                            "now": now,
+                            "err": None,
                         }
-                        for t, a, ref, _cause, fmt in batch.commits
-                    ],
-                )
-                conn.execute(
-                    _A.update()
-                    .where(
-                        _A.c.workflow_id == workflow_id,
-                        _A.c.task_id == sa.bindparam("t"),
-                        _A.c.attempt == sa.bindparam("a"),
                     )
-                    .values(status=StepStatus.SUCCESSFUL, finished_at=now),
-                    [{"t": t, "a": a} for t, a, _r, _c, _f in batch.commits],
-                )
-                for t, _a, _ref, cause, _fmt in batch.commits:
                     moved(t, StepStatus.RUNNING, StepStatus.SUCCESSFUL, cause)
+                conn.execute(_STEP_COMMIT, rows)
+                conn.execute(_ATTEMPT_DONE, rows)
             if batch.failures:
-                conn.execute(
-                    _WAL.insert(),
-                    [
+                rows = []
+                for t, a, err, tb, final in batch.failures:
+                    wal.append(_wal_row(w, t, a, WalKind.ABORT, now, None))
+                    rows.append(
                         {
-                            "workflow_id": workflow_id,
-                            "task_id": t,
-                            "attempt": a,
-                            "kind": WalKind.ABORT,
-                            "idempotency_key": f"{workflow_id}:{t}",
-                            "created_at": now,
-                        }
-                        for t, a, _e, _tb, _final in batch.failures
-                    ],
-                )
-                conn.execute(
-                    _S.update()
-                    .where(_S.c.workflow_id == workflow_id, _S.c.task_id == sa.bindparam("t"))
-                    .values(
-                        status=sa.bindparam("st"),
-                        error=sa.bindparam("err"),
-                        traceback=sa.bindparam("tb"),
-                        finished_at=now,
-                    ),
-                    [
-                        {
+                            "w": w,
                             "t": t,
-                            "st": StepStatus.FAILED if final else StepStatus.PENDING,
+                            "a": a,
+                            "st": StepStatus.FAILED,
+                            "step_st": StepStatus.FAILED if final else StepStatus.PENDING,
                             "err": err,
                             "tb": tb,
+                            "now": now,
                         }
-                        for t, _a, err, tb, final in batch.failures
-                    ],
-                )
-                conn.execute(
-                    _A.update()
-                    .where(
-                        _A.c.workflow_id == workflow_id,
-                        _A.c.task_id == sa.bindparam("t"),
-                        _A.c.attempt == sa.bindparam("a"),
                     )
-                    .values(status=StepStatus.FAILED, finished_at=now, error=sa.bindparam("err")),
-                    [{"t": t, "a": a, "err": err} for t, a, err, _tb, _f in batch.failures],
-                )
-                for t, _a, _err, _tb, final in batch.failures:
                     moved(t, StepStatus.RUNNING, StepStatus.FAILED, "raised")
                     if not final:
                         moved(t, StepStatus.FAILED, StepStatus.RUNNING, "retry")
                         moved(t, StepStatus.RUNNING, StepStatus.PENDING, "retry queued")
+                conn.execute(_STEP_FAIL, rows)
+                conn.execute(_ATTEMPT_DONE, rows)
             if batch.statuses:
-                current = self._statuses(conn, workflow_id, [t for t, _s, _c in batch.statuses])
+                current = self._statuses(conn, w, [t for t, _s, _c in batch.statuses])
                 for t, status, cause in batch.statuses:
                     start = current.get(t)
                     if start is not None and start is not status:
-                        check_transition("step", f"{workflow_id}/{t}", start, status)
+                        check_transition("step", f"{w}/{t}", start, status)
                     moved(t, start, status, cause)
                     current[t] = status
                 conn.execute(
-                    _S.update()
-                    .where(_S.c.workflow_id == workflow_id, _S.c.task_id == sa.bindparam("t"))
-                    .values(status=sa.bindparam("st")),
-                    [{"t": t, "st": s} for t, s, _c in batch.statuses],
+                    _STEP_STATUS, [{"w": w, "t": t, "st": st} for t, st, _c in batch.statuses]
                 )
             if batch.intents:
+                rows = []
+                for t, a, key in batch.intents:
+                    row = _wal_row(w, t, a, WalKind.INTENT, now, None)
+                    row["idempotency_key"] = key
+                    wal.append(row)
+                    rows.append({"w": w, "t": t, "a": a, "now": now})
+                    moved(t, StepStatus.PENDING, StepStatus.RUNNING, "intent")
+                conn.execute(_STEP_INTENT, rows)
                 conn.execute(
-                    _WAL.insert(),
+                    _ATTEMPT_INSERT,
                     [
                         {
-                            "workflow_id": workflow_id,
-                            "task_id": t,
-                            "attempt": a,
-                            "kind": WalKind.INTENT,
-                            "idempotency_key": key,
-                            "created_at": now,
-                        }
-                        for t, a, key in batch.intents
-                    ],
-                )
-                conn.execute(
-                    _S.update()
-                    .where(_S.c.workflow_id == workflow_id, _S.c.task_id == sa.bindparam("t"))
-                    .values(
-                        status=StepStatus.RUNNING,
-                        attempts=sa.bindparam("a"),
-                        started_at=now,
-                        finished_at=None,
-                    ),
-                    [{"t": t, "a": a} for t, a, _k in batch.intents],
-                )
-                conn.execute(
-                    _A.insert(),
-                    [
-                        {
-                            "workflow_id": workflow_id,
-                            "task_id": t,
-                            "attempt": a,
+                            "workflow_id": w,
+                            "task_id": r["t"],
+                            "attempt": r["a"],
                             "status": StepStatus.RUNNING,
                             "started_at": now,
                         }
-                        for t, a, _k in batch.intents
+                        for r in rows
                     ],
                 )
-                for t, _a, _k in batch.intents:
-                    moved(t, StepStatus.PENDING, StepStatus.RUNNING, "intent")
+            if wal:
+                conn.execute(_WAL_INSERT, wal)
             if transitions:
-                conn.execute(_T.insert(), transitions)
+                conn.execute(_TRANSITION_INSERT, transitions)
 
     @staticmethod
     def _statuses(conn: Connection, workflow_id: str, task_ids: list[str]) -> dict[str, StepStatus]:
