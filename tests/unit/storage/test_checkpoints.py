@@ -79,7 +79,7 @@ def test_arrow_table_round_trips_as_arrow_ipc(store: CheckpointStore) -> None:
     table = pa.table({"day": ["2026-11-21", "2026-11-22"], "rows": [3, 4]})
     ref = store.write("etl", "extract", 1, table)
     assert ref.format == "arrow"
-    assert ref.location.endswith("/etl/extract/1.arrows")
+    assert ref.location.endswith("/etl/extract@1.arrows")
     back = store.read(ref)
     assert isinstance(back, pa.Table)
     assert back.equals(table)
@@ -95,7 +95,7 @@ def test_pandas_dataframe_round_trips_as_parquet(store: CheckpointStore) -> None
     )
     ref = store.write("etl", "transform", 2, df)
     assert ref.format == "parquet"
-    assert ref.location.endswith("/etl/transform/2.parquet")
+    assert ref.location.endswith("/etl/transform@2.parquet")
     pd.testing.assert_frame_equal(store.read(ref), df)
 
 
@@ -120,7 +120,7 @@ def test_dataframe_that_parquet_cannot_keep_exact_goes_to_pickle(store: Checkpoi
 def test_other_values_round_trip_with_pickle(store: CheckpointStore, value: Any) -> None:
     ref = store.write("wf", "step", 1, value)
     assert ref.format == "pickle"
-    assert ref.location.endswith("/wf/step/1.pkl")
+    assert ref.location.endswith("/wf/step@1.pkl")
     back = store.read(ref)
     if isinstance(value, np.ndarray):
         np.testing.assert_array_equal(back, value)
@@ -141,7 +141,7 @@ def test_ref_records_checksum_size_and_location(store: CheckpointStore) -> None:
     assert ref.checksum == "sha256:" + hashlib.sha256(data).hexdigest()
     assert ref.size == len(data)
     assert store.exists(ref.location)
-    assert ref.location == f"{ref.store_url}/wf/step/3.pkl"
+    assert ref.location == f"{ref.store_url}/wf/step@3.pkl"
     assert CheckpointStore(ref.store_url).read(ref) == {"k": "v"}
 
 
@@ -289,7 +289,7 @@ def _checks(store: CheckpointStore, ref: CheckpointRef) -> bool:
 def test_safe_ids_are_used_as_they_are() -> None:
     for ident in ("etl-2026-11-21", "load", "step_3.v2"):
         assert safe_segment(ident) == ident
-    assert checkpoint_path("/r/", "etl", "load", 2, "pickle") == "/r/etl/load/2.pkl"
+    assert checkpoint_path("/r/", "etl", "load", 2, "pickle") == "/r/etl/load@2.pkl"
 
 
 @pytest.mark.parametrize(
@@ -323,10 +323,10 @@ def test_distinct_ids_never_share_a_segment() -> None:
     assert len(set(segments)) == len(ids)
 
 
-def test_path_layout_nests_workflow_task_attempt(file_checkpoints: CheckpointStore) -> None:
+def test_path_layout_is_workflow_dir_then_task_at_attempt(file_checkpoints: CheckpointStore) -> None:
     ref = file_checkpoints.write("wf/1", "extract", 7, 1)
     rel = Path(ref.location[len("file://") :]).relative_to(file_checkpoints.root)
-    assert rel.parts == (safe_segment("wf/1"), "extract", "7.pkl")
+    assert rel.parts == (safe_segment("wf/1"), "extract@7.pkl")
 
 
 def test_delete_workflow_removes_its_checkpoints_only(store: CheckpointStore) -> None:
