@@ -356,7 +356,9 @@ class CheckpointStore:
 
     # -- write
 
-    def write(self, workflow_id: str, task_id: str, attempt: int, value: Any) -> CheckpointRef:
+    def write(
+        self, workflow_id: str, task_id: str, attempt: int, value: Any, *, sync_dir: bool = True
+    ) -> CheckpointRef:
         """Store ``value`` as the output of one attempt of one step, atomically.
 
         Crash safety, in order:
@@ -371,7 +373,10 @@ class CheckpointStore:
            :data:`ATOMIC_PUT_PROTOCOLS`) it is uploaded straight to the final name in
            one atomic PUT, so steps 1-3 collapse into one.
         4. Local filesystem: ``fsync`` the directory, so the rename survives a power
-           cut (if ``fsync``).
+           cut (if ``fsync``). With ``sync_dir=False`` the caller promises to call
+           :meth:`sync_workflow_dir` before it commits the ref: the workflow executor
+           does that once per group commit, so a fan-out of many steps pays one
+           directory fsync, not one each.
         5. Return the :class:`CheckpointRef`; the *caller* commits it to SQL (the WAL
            COMMIT record). Only then is the checkpoint part of the workflow.
 
@@ -388,6 +393,7 @@ class CheckpointStore:
             task_id: the step's task id.
             attempt: the attempt number (distinct attempts never share a file).
             value: the step's output.
+            sync_dir: fsync the directory after the rename (see step 4).
 
         Returns:
             The location, checksum, format and size of the checkpoint.
@@ -400,7 +406,7 @@ class CheckpointStore:
         final = self.path(workflow_id, task_id, attempt, fmt)
         tmp = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
         if self._local:
-            checksum, size = self._write_local(fmt, obj, tmp, final)
+            checksum, size = self._write_local(fmt, obj, tmp, final, sync_dir)
         else:
             checksum, size = self._write_fsspec(fmt, obj, tmp, final)
         return CheckpointRef(
@@ -408,7 +414,7 @@ class CheckpointStore:
         )
 
     def _write_local(
-        self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str
+        self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str, sync_dir: bool
     ) -> tuple[str, int]:
         try:
             raw = open(tmp, "wb")
@@ -428,9 +434,21 @@ class CheckpointStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        if self.fsync:
+        if self.fsync and sync_dir:
             _fsync_dir(os.path.dirname(final))
         return sink.checksum(), sink.size
+
+    def sync_workflow_dir(self, workflow_id: str) -> None:
+        """Make the renames of this workflow's checkpoints durable (one directory fsync).
+
+        The other half of ``write(..., sync_dir=False)``: call it before committing
+        the refs those writes returned. A no-op off the local filesystem.
+        """
+        if not (self._local and self.fsync):
+            return
+        directory = os.path.join(self.root, safe_segment(workflow_id))
+        if os.path.isdir(directory):
+            _fsync_dir(directory)
 
     def _write_fsspec(
         self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str

@@ -30,6 +30,7 @@ worker reads and verifies it).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -106,6 +107,9 @@ class WorkflowExecutor:
         self._continued_by: dict[str, str] = {}
         self._ready: deque[str] = deque()
         self._inflight: dict[ObjectRef, str] = {}
+        # Refs of finished steps, handed over by the node manager (on_ready callbacks).
+        self._finished_refs: deque[ObjectRef] = deque()
+        self._finished_cond = threading.Condition()
         self._values: dict[str, ObjectRef] = {}
         self._retries: dict[str, float] = {}
         self._batch = Batch()
@@ -242,6 +246,10 @@ class WorkflowExecutor:
                         task_id, state.attempt, idempotency_key(self.workflow_id, task_id)
                     )
                     submit.append(task_id)
+            if self._batch.commits:
+                # Workers renamed their checkpoints without a directory fsync: one
+                # here covers them all, before any COMMIT names them.
+                self.checkpoints.sync_workflow_dir(self.workflow_id)
             self.store.apply(self.workflow_id, self._batch)  # group commit
             self._batch = Batch()
             for task_id in submit:
@@ -350,22 +358,26 @@ class WorkflowExecutor:
         )
         self._values[task_id] = value_ref
         self._inflight[meta_ref] = task_id
+        hs.current_client().on_ready(meta_ref, self._on_step_ready)
+
+    def _on_step_ready(self, ref: ObjectRef) -> None:
+        with self._finished_cond:
+            self._finished_refs.append(ref)
+            self._finished_cond.notify()
 
     def _wait(self) -> None:
         timeout = None
         if self._retries:
             timeout = max(0.0, min(self._retries.values()) - time.monotonic())
         timeout = _CANCEL_POLL_S if timeout is None else min(timeout, _CANCEL_POLL_S)
-        pending = list(self._inflight)
-        if not pending:
-            time.sleep(timeout)  # only retries are due later; nothing to wait on
-            return
-        ready, rest = hs.wait(pending, num_returns=1, timeout=timeout)
-        if ready and rest:
-            more, _ = hs.wait(rest, num_returns=len(rest), timeout=0)
-            ready.extend(more)
+        with self._finished_cond:
+            if not self._finished_refs:
+                self._finished_cond.wait(timeout)
+            ready = list(self._finished_refs)
+            self._finished_refs.clear()
         for meta_ref in ready:
-            self._completed(meta_ref)
+            if meta_ref in self._inflight:
+                self._completed(meta_ref)
 
     def _completed(self, meta_ref: ObjectRef) -> None:
         task_id = self._inflight.pop(meta_ref)

@@ -141,7 +141,8 @@ class StepCall:
         ref = None
         if env.checkpoint_url is not None:
             store = checkpoint_store(env.checkpoint_url)
-            ref = store.write(env.workflow_id, env.task_id, env.attempt, result)
+            # The executor fsyncs the directory once per group commit (before COMMIT).
+            ref = store.write(env.workflow_id, env.task_id, env.attempt, result, sync_dir=False)
         meta = StepMeta(
             checkpoint=ref, continuation=is_continuation, started=started, finished=time.time()
         )
