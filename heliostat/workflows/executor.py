@@ -224,6 +224,7 @@ class WorkflowExecutor:
             WorkflowCancelledError: the workflow was cancelled meanwhile.
         """
         self._prepare()
+        self._n_done = sum(1 for s in self._steps.values() if s.status is StepStatus.SUCCESSFUL)
         last_cancel_check = time.monotonic()
         while True:
             now = time.monotonic()
@@ -500,7 +501,9 @@ class WorkflowExecutor:
             ref = self.checkpoints.write(self.workflow_id, task_id, state.attempt, result)
         state.value = hs.put(result)
         state.checkpoint = ref
-        self._batch.commit(task_id, state.attempt, ref, "resolved by on_in_doubt")
+        self._batch.commit(
+            task_id, state.attempt, ref, "resolved by on_in_doubt", start=StepStatus.IN_DOUBT
+        )
         self._succeeded(task_id)
 
     def _cancel_inflight(self) -> None:

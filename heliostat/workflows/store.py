@@ -189,7 +189,7 @@ class Batch:
     """Records the executor produced since its last commit."""
 
     intents: list[tuple[str, int, str]] = field(default_factory=list)
-    commits: list[tuple[str, int, CheckpointRef | None, str, str | None]] = field(
+    commits: list[tuple[str, int, CheckpointRef | None, str, str | None, StepStatus]] = field(
         default_factory=list
     )
     failures: list[tuple[str, int, str, str, bool]] = field(default_factory=list)
@@ -206,8 +206,9 @@ class Batch:
         ref: CheckpointRef | None,
         cause: str,
         output_format: str | None = None,
+        start: StepStatus = StepStatus.RUNNING,
     ) -> None:
-        self.commits.append((task_id, attempt, ref, cause, output_format))
+        self.commits.append((task_id, attempt, ref, cause, output_format, start))
 
     def attempt_failed(
         self, task_id: str, attempt: int, exc: BaseException, *, final: bool
@@ -523,9 +524,20 @@ class WorkflowStore:
                 conn.execute(_STEP_INSERT, steps)
                 if edges:
                     conn.execute(_EDGE_INSERT, edges)
+            if batch.statuses:
+                current = self._statuses(conn, w, [t for t, _s, _c in batch.statuses])
+                for t, status, cause in batch.statuses:
+                    start = current.get(t)
+                    if start is not None and start is not status:
+                        check_transition("step", f"{w}/{t}", start, status)
+                    moved(t, start, status, cause)
+                    current[t] = status
+                conn.execute(
+                    _STEP_STATUS, [{"w": w, "t": t, "st": st} for t, st, _c in batch.statuses]
+                )
             if batch.commits:
                 rows = []
-                for t, a, ref, cause, fmt in batch.commits:
+                for t, a, ref, cause, fmt, start in batch.commits:
                     wal.append(_wal_row(w, t, a, WalKind.COMMIT, now, ref))
                     rows.append(
                         {
@@ -541,7 +553,7 @@ class WorkflowStore:
                             "err": None,
                         }
                     )
-                    moved(t, StepStatus.RUNNING, StepStatus.SUCCESSFUL, cause)
+                    moved(t, start, StepStatus.SUCCESSFUL, cause)
                 conn.execute(_STEP_COMMIT, rows)
                 conn.execute(_ATTEMPT_DONE, rows)
             if batch.failures:
@@ -566,17 +578,6 @@ class WorkflowStore:
                         moved(t, StepStatus.RUNNING, StepStatus.PENDING, "retry queued")
                 conn.execute(_STEP_FAIL, rows)
                 conn.execute(_ATTEMPT_DONE, rows)
-            if batch.statuses:
-                current = self._statuses(conn, w, [t for t, _s, _c in batch.statuses])
-                for t, status, cause in batch.statuses:
-                    start = current.get(t)
-                    if start is not None and start is not status:
-                        check_transition("step", f"{w}/{t}", start, status)
-                    moved(t, start, status, cause)
-                    current[t] = status
-                conn.execute(
-                    _STEP_STATUS, [{"w": w, "t": t, "st": st} for t, st, _c in batch.statuses]
-                )
             if batch.intents:
                 rows = []
                 for t, a, key in batch.intents:
