@@ -123,6 +123,12 @@ def _wal_row(
     }
 
 
+def _ref_format(output_format: str | None) -> Any:
+    if output_format in (None, "continuation"):
+        return "pickle"
+    return output_format
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -378,7 +384,8 @@ class WorkflowStore:
                 ref = CheckpointRef(
                     location=m["output_location"],
                     checksum=m["output_checksum"] or "",
-                    format=m["output_format"] or "pickle",
+                    # A continuation's checkpoint is the pickled sub-DAG.
+                    format=_ref_format(m["output_format"]),
                     size=m["output_size"] or 0,
                 )
             out[m["task_id"]] = StepRecord(
