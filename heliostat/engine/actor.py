@@ -16,7 +16,7 @@ from typing import Any
 
 from heliostat.engine.ids import format_id
 from heliostat.engine.object_ref import RefTracker, process_tracker
-from heliostat.engine.records import TaskKind
+from heliostat.engine.records import ActorOptions, TaskKind
 from heliostat.engine.remote_function import _Code, describe_argument
 from heliostat.engine.runtime import current_client
 from heliostat.engine.serialization import note_ref
@@ -120,20 +120,19 @@ class ActorClass:
         client.register_function(cls_id, self._code.payload)
         actor_id = client.create_actor(
             cls_id=cls_id,
-            class_name=self._cls.__qualname__,
             args=args,
             kwargs=kwargs,
-            describe=lambda key: describe_argument(
-                self._cls,
-                key,  # the signature of a class is its constructor's
-            ),
+            describe=lambda key: describe_argument(self._cls, key),
             resources=self._resources,
-            name=name,
-            namespace=namespace,
-            max_restarts=opts.get("max_restarts", 0),
-            max_concurrency=opts.get("max_concurrency", 1),
-            detached=opts.get("lifetime") == "detached",
-            methods=self._methods,
+            options=ActorOptions(
+                name=name,
+                namespace=namespace,
+                class_name=self._cls.__qualname__,
+                max_restarts=opts.get("max_restarts", 0),
+                max_concurrency=opts.get("max_concurrency", 1),
+                detached=opts.get("lifetime") == "detached",
+                methods=self._methods,
+            ),
         )
         return ActorHandle(
             actor_id, self._cls.__qualname__, self._methods, client.tracker, adopt=None

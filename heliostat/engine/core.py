@@ -20,7 +20,7 @@ from typing import Any
 from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.node_manager import NodeManager
 from heliostat.engine.object_ref import ObjectRef, RefTracker
-from heliostat.engine.records import TaskKind, TaskSpec, WorkerRecord
+from heliostat.engine.records import ActorOptions, TaskKind, TaskSpec, WorkerRecord
 from heliostat.engine.serialization import (
     INLINE_THRESHOLD,
     SerializedValue,
@@ -107,7 +107,7 @@ class CoreClient:
     def _submit_spec(self, spec: TaskSpec) -> None:
         raise NotImplementedError
 
-    def _create_actor_spec(self, spec: TaskSpec, **options: Any) -> None:
+    def _create_actor_spec(self, spec: TaskSpec, options: ActorOptions) -> None:
         raise NotImplementedError
 
     def _report_release(self, ids: list[int]) -> None:
@@ -240,27 +240,22 @@ class CoreClient:
         self,
         *,
         cls_id: bytes,
-        class_name: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         describe: Callable[[Any], str],
         resources: ResourceSet,
-        name: str,
-        namespace: str,
-        max_restarts: int,
-        max_concurrency: int,
-        detached: bool,
-        methods: dict[str, int],
+        options: ActorOptions,
     ) -> int:
         """Create an actor; returns its id (the caller wraps it in a handle)."""
+        what = f"{options.class_name}.__init__"
         payload, positions, arg_ids, contained, keep = self.prepare_args(
-            args, kwargs, f"{class_name}.__init__", describe
+            args, kwargs, what, describe
         )
         actor_id = self.minter.next()
         spec = TaskSpec(
             task_id=self.minter.next(),
             kind=TaskKind.ACTOR_CREATE,
-            name=f"{class_name}.__init__",
+            name=what,
             fn_id=cls_id,
             args_payload=payload,
             ref_positions=positions,
@@ -274,16 +269,7 @@ class CoreClient:
             actor_id=actor_id,
             submitted_at=time.time(),
         )
-        self._create_actor_spec(
-            spec,
-            name=name,
-            namespace=namespace,
-            class_name=class_name,
-            max_restarts=max_restarts,
-            max_concurrency=max_concurrency,
-            detached=detached,
-            methods=methods,
-        )
+        self._create_actor_spec(spec, options)
         del keep  # the spec pins the large arguments now
         self.tracker.minted(actor_id)
         return actor_id
@@ -434,8 +420,8 @@ class DriverClient(CoreClient):
             self._manager.check_feasible(spec.resources)
         self._manager.submit(self._proc, spec)
 
-    def _create_actor_spec(self, spec: TaskSpec, **options: Any) -> None:
-        self._manager.create_actor(self._proc, spec, **options)
+    def _create_actor_spec(self, spec: TaskSpec, options: ActorOptions) -> None:
+        self._manager.create_actor(self._proc, spec, options)
 
     def on_ready(self, ref: ObjectRef, callback: Callable[[ObjectRef], None]) -> None:
         req_id = next(self._req_ids)

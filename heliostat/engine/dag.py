@@ -24,7 +24,7 @@ from heliostat.engine.object_ref import ObjectRef
 if TYPE_CHECKING:
     from heliostat.engine.remote_function import RemoteFunction
 
-__all__ = ["DAGNode", "FunctionNode", "map_nodes"]
+__all__ = ["DAGNode", "FunctionNode", "map_leaves", "map_nodes"]
 
 _node_ids = itertools.count(1)
 
@@ -68,17 +68,23 @@ class DAGNode:
         return iter(order)
 
 
-def map_nodes(value: Any, fn: Callable[[DAGNode], Any]) -> Any:
-    """Replace every node inside ``value`` (lists, tuples, dicts) by ``fn(node)``."""
-    if isinstance(value, DAGNode):
+def map_leaves(value: Any, leaf: type, fn: Callable[[Any], Any]) -> Any:
+    """Replace every instance of ``leaf`` inside ``value`` (lists, tuples, dicts) by
+    ``fn(instance)``; other values are kept as they are."""
+    if isinstance(value, leaf):
         return fn(value)
     if type(value) is list:
-        return [map_nodes(v, fn) for v in value]
+        return [map_leaves(v, leaf, fn) for v in value]
     if type(value) is tuple:
-        return tuple(map_nodes(v, fn) for v in value)
+        return tuple(map_leaves(v, leaf, fn) for v in value)
     if type(value) is dict:
-        return {k: map_nodes(v, fn) for k, v in value.items()}
+        return {k: map_leaves(v, leaf, fn) for k, v in value.items()}
     return value
+
+
+def map_nodes(value: Any, fn: Callable[[DAGNode], Any]) -> Any:
+    """Replace every node inside ``value`` (lists, tuples, dicts) by ``fn(node)``."""
+    return map_leaves(value, DAGNode, fn)
 
 
 def _collect(value: Any, out: list[DAGNode]) -> None:

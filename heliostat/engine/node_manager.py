@@ -40,6 +40,7 @@ from heliostat.engine.ids import format_id
 from heliostat.engine.object_table import ObjectEntry, ObjectTable, ObjKind, keeps_lineage
 from heliostat.engine.protocol import ConnectionClosed, Op, PeerConnection
 from heliostat.engine.records import (
+    ActorOptions,
     ActorRecord,
     ActorState,
     TaskKind,
@@ -423,57 +424,14 @@ class NodeManager:
         reply(True, True)
 
     def _v_create_actor(
-        self,
-        proc: WorkerRecord,
-        reply: Reply,
-        fields: tuple[Any, ...],
-        name: str,
-        namespace: str,
-        class_name: str,
-        max_restarts: int,
-        max_concurrency: int,
-        detached: bool,
-        methods: dict[str, int],
+        self, proc: WorkerRecord, reply: Reply, fields: tuple[Any, ...], options: ActorOptions
     ) -> None:
-        spec = spec_from_wire(fields, proc.index)
-        self._create_actor(
-            proc,
-            spec,
-            name,
-            namespace,
-            class_name,
-            max_restarts,
-            max_concurrency,
-            detached,
-            methods,
-        )
+        self._create_actor(proc, spec_from_wire(fields, proc.index), options)
         reply(True, None)
 
-    def create_actor(
-        self,
-        proc: WorkerRecord,
-        spec: TaskSpec,
-        *,
-        name: str,
-        namespace: str,
-        class_name: str,
-        max_restarts: int,
-        max_concurrency: int,
-        detached: bool,
-        methods: dict[str, int],
-    ) -> None:
+    def create_actor(self, proc: WorkerRecord, spec: TaskSpec, options: ActorOptions) -> None:
         with self._lock:
-            self._create_actor(
-                proc,
-                spec,
-                name,
-                namespace,
-                class_name,
-                max_restarts,
-                max_concurrency,
-                detached,
-                methods,
-            )
+            self._create_actor(proc, spec, options)
 
     def _v_get_actor(self, proc: WorkerRecord, reply: Reply, name: str, namespace: str) -> None:
         actor_id = self._named.get((namespace, name))
@@ -1228,18 +1186,8 @@ class NodeManager:
 
     # ------------------------------------------------------------------ actors --
 
-    def _create_actor(
-        self,
-        proc: WorkerRecord,
-        spec: TaskSpec,
-        name: str,
-        namespace: str,
-        class_name: str,
-        max_restarts: int,
-        max_concurrency: int,
-        detached: bool,
-        methods: dict[str, int],
-    ) -> None:
+    def _create_actor(self, proc: WorkerRecord, spec: TaskSpec, options: ActorOptions) -> None:
+        name, namespace = options.name, options.namespace
         if name and (namespace, name) in self._named:
             existing = self._actors.get(self._named[(namespace, name)])
             if existing is not None and existing.state is not ActorState.DEAD:
@@ -1253,13 +1201,13 @@ class NodeManager:
             actor_id=spec.actor_id,
             name=name,
             namespace=namespace,
-            class_name=class_name,
+            class_name=options.class_name,
             creation=spec,
-            max_restarts=max_restarts,
-            max_concurrency=max_concurrency,
-            detached=detached or bool(name),
+            max_restarts=options.max_restarts,
+            max_concurrency=options.max_concurrency,
+            detached=options.detached or bool(name),
         )
-        actor.methods = methods
+        actor.methods = options.methods
         self._actors[actor.actor_id] = actor
         if name:
             self._named[(namespace, name)] = actor.actor_id

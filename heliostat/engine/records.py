@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from heliostat.exceptions import InvalidTransition
@@ -27,6 +28,7 @@ __all__ = [
     "ACTOR_TRANSITIONS",
     "TASK_TRANSITIONS",
     "WORKER_TRANSITIONS",
+    "ActorOptions",
     "ActorRecord",
     "ActorState",
     "TaskKind",
@@ -252,6 +254,19 @@ class WorkerRecord:
 
     def label(self) -> str:
         return f"worker {self.index} (pid {self.pid})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorOptions:
+    """How an actor is created; travels from the creating process to the manager."""
+
+    name: str
+    namespace: str
+    class_name: str
+    max_restarts: int
+    max_concurrency: int
+    detached: bool
+    methods: dict[str, int]  # method name -> num_returns, for handles from get_actor
 
 
 class ActorRecord:

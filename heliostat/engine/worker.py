@@ -41,7 +41,7 @@ from heliostat.engine.core import CoreClient, load_value
 from heliostat.engine.ids import IdMinter
 from heliostat.engine.object_ref import set_process_tracker
 from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
-from heliostat.engine.records import TaskSpec, spec_to_wire
+from heliostat.engine.records import ActorOptions, TaskSpec, spec_to_wire
 from heliostat.engine.serialization import INLINE_THRESHOLD, deserialize, serialize
 from heliostat.engine.shm import create_segment, segment_path
 from heliostat.exceptions import GetTimeoutError, HeliostatError, TaskError
@@ -89,18 +89,8 @@ class WorkerClient(CoreClient):
     def _submit_spec(self, spec: TaskSpec) -> None:
         self._chan.send([(Op.POST, "submit", (spec_to_wire(spec),))])
 
-    def _create_actor_spec(self, spec: TaskSpec, **options: Any) -> None:
-        self._call(
-            "create_actor",
-            spec_to_wire(spec),
-            options["name"],
-            options["namespace"],
-            options["class_name"],
-            options["max_restarts"],
-            options["max_concurrency"],
-            options["detached"],
-            options["methods"],
-        )
+    def _create_actor_spec(self, spec: TaskSpec, options: ActorOptions) -> None:
+        self._call("create_actor", spec_to_wire(spec), options)
 
     def _call(self, verb: str, *args: Any, timeout: float | None = None, req_id: int = 0) -> Any:
         rid = req_id or next(self._req_ids)

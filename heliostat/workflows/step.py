@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from heliostat.engine.dag import DAGNode
+from heliostat.engine.dag import DAGNode, map_leaves
 from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore
 from heliostat.workflows.compile import Upstream
 from heliostat.workflows.context import WorkflowContext, step_context
@@ -85,15 +85,7 @@ def checkpoint_store(url: str) -> CheckpointStore:
 
 def substitute(value: Any, outputs: dict[str, Any]) -> Any:
     """Replace ``Upstream`` placeholders (anywhere in lists, tuples, dicts) by values."""
-    if isinstance(value, Upstream):
-        return outputs[value.task_id]
-    if type(value) is list:
-        return [substitute(v, outputs) for v in value]
-    if type(value) is tuple:
-        return tuple(substitute(v, outputs) for v in value)
-    if type(value) is dict:
-        return {k: substitute(v, outputs) for k, v in value.items()}
-    return value
+    return map_leaves(value, Upstream, lambda up: outputs[up.task_id])
 
 
 class StepCall:
