@@ -104,8 +104,10 @@ def _validate(raw: dict[str, Any]) -> StepOptions:
 def options(**kwargs: Any) -> dict[str, Any]:
     """Workflow options for ``f.options(**workflow.options(...))``.
 
-    Returns a dict with the validated options under the engine's workflow key, and
-    ``max_retries`` / ``retry_exceptions`` also as the task's own options (as in Ray).
+    Returns a dict with the validated options under the engine's workflow key. The
+    executor derives the task's own engine options from them (an idempotent step's
+    ``max_retries`` also covers worker crashes; a non-idempotent one is never re-run
+    by the engine).
 
     Raises:
         ValueError: an unknown option (the message lists the known ones) or a bad value.
