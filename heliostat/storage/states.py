@@ -122,7 +122,9 @@ STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
     # (RUNNING), or a person / the hook declared the attempt failed (FAILED).
     _S.IN_DOUBT: frozenset({_S.SUCCESSFUL, _S.RUNNING, _S.FAILED}),
     _S.FAILED: frozenset({_S.RUNNING}),
-    _S.SUCCESSFUL: frozenset(),
+    # -> PENDING: its checkpoint turned out corrupt on a later read; it re-runs (idempotent).
+    # -> IN_DOUBT: the same for a non-idempotent step, which a person or hook resolves.
+    _S.SUCCESSFUL: frozenset({_S.PENDING, _S.IN_DOUBT}),
     _S.SKIPPED: frozenset(),
 }
 """Allowed step edges: ``STEP_TRANSITIONS[start]`` is the set of legal finishes."""

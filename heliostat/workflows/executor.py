@@ -41,6 +41,7 @@ import heliostat.engine as hs
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction
 from heliostat.exceptions import (
+    CorruptCheckpointError,
     TaskCancelledError,
     WorkerCrashedError,
     WorkflowCancelledError,
@@ -444,6 +445,8 @@ class WorkflowExecutor:
     def _failed(self, task_id: str, exc: BaseException) -> None:
         state = self._steps[task_id]
         opts = state.spec.options
+        if isinstance(exc, CorruptCheckpointError) and self._invalidate_input(task_id, exc):
+            return
         crashed = isinstance(exc, (WorkerCrashedError, TaskCancelledError))
         if crashed and not opts.idempotent:
             state.status = StepStatus.IN_DOUBT
@@ -467,6 +470,41 @@ class WorkflowExecutor:
         self._batch.attempt_failed(task_id, state.attempt, exc, final=True)
         if self._failure is None:
             self._failure = (task_id, exc)
+
+    def _invalidate_input(self, task_id: str, exc: CorruptCheckpointError) -> bool:
+        """An input checkpoint of ``task_id`` is corrupt: re-run (or doubt) its producer.
+
+        Returns False if the corrupt file is not one of the step's inputs.
+        """
+        state = self._steps[task_id]
+        for parent_id in state.spec.parents:
+            producer = self._resolve(parent_id)
+            parent = self._steps[producer]
+            if parent.checkpoint is None or parent.checkpoint.location != exc.location:
+                continue
+            log.warning("checkpoint of step %r is corrupt (%s); re-running it", producer, exc)
+            parent.value = None
+            parent.checkpoint = None
+            # This step did not really run: back to waiting, attempt not counted.
+            state.status = StepStatus.PENDING
+            state.waiting += 1
+            self._batch.attempt_failed(task_id, state.attempt, exc, final=False)
+            for child in parent.children:  # siblings already queued wait as well
+                sibling = self._steps[child]
+                if child != task_id and sibling.status is StepStatus.PENDING:
+                    sibling.waiting += 1
+                    if child in self._ready:
+                        self._ready.remove(child)
+            if parent.spec.options.idempotent:
+                parent.status = StepStatus.PENDING
+                self._batch.step_status(producer, StepStatus.PENDING, "checkpoint corrupt")
+                self._ready.append(producer)
+            else:
+                parent.status = StepStatus.IN_DOUBT
+                self._batch.step_status(producer, StepStatus.IN_DOUBT, "checkpoint corrupt")
+                self._resolve_in_doubt(producer)
+            return True
+        return False
 
     def _release_due_retries(self, now: float) -> None:
         for task_id, at in list(self._retries.items()):

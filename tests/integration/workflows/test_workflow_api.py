@@ -534,7 +534,7 @@ def test_dataframe_output_is_checkpointed_as_parquet(runtime: Runtime, tmp_path:
 
 def test_corrupt_upstream_checkpoint_on_resume(runtime: Runtime, tmp_path: Path) -> None:
     """DESIGN §4 / the issue: a corrupt checkpoint is reported as such and, for an
-    idempotent step, the step re-runs. Accepts either outcome, checking each exactly."""
+    idempotent step, the step re-runs."""
     log, flag = tmp_path / "log", tmp_path / "flag"
     with pytest.raises(WorkflowExecutionError):
         workflow.run(_failing_dag(log, flag), workflow_id="corrupt")
@@ -545,19 +545,12 @@ def test_corrupt_upstream_checkpoint_on_resume(runtime: Runtime, tmp_path: Path)
     path.write_bytes(bytes(data))
     flag.touch()
 
-    try:
-        output = workflow.resume("corrupt")
-    except WorkflowExecutionError as exc:
-        # Reported, not silently decoded: the cause is a CorruptCheckpointError naming
-        # the file of the upstream step.
-        cause = exc.cause
-        assert isinstance(cause, CorruptCheckpointError), repr(cause)
-        assert location in str(cause)
-        assert workflow.get_status("corrupt") is WorkflowStatus.FAILED
-        assert _runs(log)["up"] == 1
-    else:
-        assert output == 40
-        assert _runs(log) == {"up": 2, "down": 2}
+    assert workflow.resume("corrupt") == 40
+    # 'up' re-ran because its checkpoint was corrupt; 'down' ran once before (and
+    # failed on purpose), once with the corrupt input (not counted by the step: it
+    # never started its body) and once for real.
+    assert _runs(log)["up"] == 2
+    assert workflow.get_metadata("corrupt", "up")["checkpoint"] != location
 
 
 # --- worker crashes inside one driver ------------------------------------------------------
