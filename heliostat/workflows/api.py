@@ -25,10 +25,10 @@ from heliostat.exceptions import (
 )
 from heliostat.storage.checkpoints import CheckpointStore
 from heliostat.storage.db import default_db_url
-from heliostat.storage.states import WorkflowStatus
+from heliostat.storage.states import StepStatus, WorkflowStatus
 from heliostat.workflows.compile import CompiledWorkflow, compile_dag
 from heliostat.workflows.executor import WorkflowExecutor
-from heliostat.workflows.store import LeaseOwner, WorkflowRecord, WorkflowStore
+from heliostat.workflows.store import Batch, LeaseOwner, WorkflowRecord, WorkflowStore
 
 __all__ = [
     "cancel",
@@ -37,6 +37,7 @@ __all__ = [
     "get_output",
     "get_status",
     "list_all",
+    "resolve",
     "resume",
     "resume_all",
     "resume_async",
@@ -371,6 +372,46 @@ def cancel(workflow_id: str) -> None:
     # A running executor (maybe in another process) sees this within half a second,
     # stops submitting steps and cancels the ones in flight.
     store.set_status(workflow_id, WorkflowStatus.CANCELED, cause="cancel()")
+
+
+_UNSET: Any = object()
+
+
+def resolve(workflow_id: str, task_id: str, *, result: Any = _UNSET, rerun: bool = False) -> None:
+    """Settle an in-doubt step by hand, after checking what really happened.
+
+    Give either ``result`` (the step did its work: this becomes its output) or
+    ``rerun=True`` (it did not: run it again). Then ``resume`` the workflow.
+
+    Raises:
+        WorkflowNotFoundError: no such workflow or step.
+        ValueError: the step is not IN_DOUBT, or not exactly one of result / rerun.
+    """
+    if (result is _UNSET) == (not rerun):
+        raise ValueError("Pass exactly one of result=... or rerun=True.")
+    store = _store()
+    record = store.load(workflow_id)
+    step = record.steps.get(task_id)
+    if step is None:
+        raise WorkflowNotFoundError(
+            f"Workflow {workflow_id!r} has no step {task_id!r}.",
+            workflow_id=workflow_id,
+            task_id=task_id,
+        )
+    if step.status is not StepStatus.IN_DOUBT:
+        raise ValueError(
+            f"Step {task_id!r} of workflow {workflow_id!r} is {step.status}, not IN_DOUBT; "
+            "only an in-doubt step can be resolved."
+        )
+    batch = Batch()
+    if rerun:
+        batch.step_status(task_id, StepStatus.RUNNING, "resolve(rerun=True)")
+        batch.step_status(task_id, StepStatus.PENDING, "re-run requested")
+    else:
+        attempt = max(step.attempts, 1)
+        ref = _checkpoints().write(workflow_id, task_id, attempt, result)
+        batch.commit(task_id, attempt, ref, "resolve(result=...)", start=StepStatus.IN_DOUBT)
+    store.apply(workflow_id, batch)
 
 
 def delete(workflow_id: str) -> None:

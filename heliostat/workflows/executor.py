@@ -295,8 +295,9 @@ class WorkflowExecutor:
             names = ", ".join(repr(t) for t in self._attention)
             message = (
                 f"Workflow {self.workflow_id!r} needs attention: step {names} is in doubt "
-                "after a crash (it may or may not have run). Pass on_in_doubt= to "
-                "workflow.options for that step, or resolve it, then resume."
+                "after a crash (it may or may not have run). Check what happened, then "
+                "call workflow.resolve(workflow_id, task_id, result=... or rerun=True) "
+                "and resume; or give the step an on_in_doubt= hook."
             )
             self.store.set_status(
                 self.workflow_id, WorkflowStatus.NEEDS_ATTENTION, cause="in doubt", error=message

@@ -574,6 +574,35 @@ def test_non_idempotent_step_whose_worker_dies_needs_attention(
     assert _lines(log) == ["charge 1"]
 
 
+def test_resolve_settles_an_in_doubt_step_by_hand(runtime: Runtime, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    dag = crash_worker.options(**_opts("charge", idempotent=False)).bind(str(log))
+    with pytest.raises(WorkflowNeedsAttentionError):
+        workflow.run(dag, workflow_id="by-hand")
+
+    with pytest.raises(ValueError, match="exactly one"):
+        workflow.resolve("by-hand", "charge")
+    workflow.resolve("by-hand", "charge", result="charged (checked by a person)")
+    with pytest.raises(ValueError, match="not IN_DOUBT"):
+        workflow.resolve("by-hand", "charge", rerun=True)
+
+    assert workflow.resume("by-hand") == "charged (checked by a person)"
+    assert workflow.get_status("by-hand") is WorkflowStatus.SUCCESSFUL
+    assert _lines(log) == ["charge 1"]  # never re-run
+
+
+def test_resolve_with_rerun_runs_the_step_again(runtime: Runtime, tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    dag = crash_worker.options(**_opts("charge", idempotent=False)).bind(str(log))
+    with pytest.raises(WorkflowNeedsAttentionError):
+        workflow.run(dag, workflow_id="rerun")
+
+    workflow.resolve("rerun", "charge", rerun=True)
+    with pytest.raises(WorkflowNeedsAttentionError):  # crash_worker crashes every time
+        workflow.resume("rerun")
+    assert _lines(log) == ["charge 1", "charge 2"]
+
+
 def _already_charged(key: str) -> str:
     return f"charged once under {key}"
 
