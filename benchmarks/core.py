@@ -238,7 +238,7 @@ def _ray_session_dir(rt: Any) -> str | None:
     try:
         node = rt._private.worker._global_node  # private API, best effort
         return str(node.get_session_dir_path())
-    except Exception:  # noqa: BLE001 - report it, keep going
+    except Exception:  # report it, keep going
         return None
 
 
@@ -246,7 +246,7 @@ def _process_label(proc: Any) -> str:
     """Short, readable name: the executable, or the script for an interpreter."""
     try:
         cmdline: list[str] = proc.cmdline()
-    except Exception:  # noqa: BLE001 - report it, keep going
+    except Exception:  # report it, keep going
         cmdline = []
     if not cmdline:
         return str(proc.name())
@@ -578,7 +578,7 @@ def run_workloads(rt: Any, lib: str, todo: list[Workload], result: Result,
         try:
             with time_limit(WORKLOAD_TIMEOUT_S):
                 figures = w.run(rt)
-        except Exception as exc:  # noqa: BLE001 - report it, keep going
+        except Exception as exc:  # report it, keep going
             timeouts += isinstance(exc, WorkloadTimeout)
             errors[w.name] = f"{type(exc).__name__}: {exc}"
             log(f"{lib}: {w.name} FAILED after {time.perf_counter() - t0:.1f} s: "
@@ -600,7 +600,7 @@ def run_lib(lib: str, only: set[str] | None) -> Result:
         log(f"{lib}: startup ({STARTUP_REPS} fresh interpreters)")
         try:
             result.update(run_startup(lib))
-        except Exception as exc:  # noqa: BLE001 - report it, keep going
+        except Exception as exc:  # report it, keep going
             errors["startup"] = f"{type(exc).__name__}: {exc}"
             log(f"{lib}: startup FAILED: {errors['startup']}")
 
@@ -611,7 +611,7 @@ def run_lib(lib: str, only: set[str] | None) -> Result:
             result["version"] = lib_version(rt)
             with time_limit(WORKLOAD_TIMEOUT_S):
                 rt.init(num_cpus=NUM_CPUS)
-        except Exception as exc:  # noqa: BLE001 - report it, keep going
+        except Exception as exc:  # report it, keep going
             errors["init"] = f"{type(exc).__name__}: {exc}"
             log(f"{lib}: init FAILED: {errors['init']}")
             todo = []
@@ -620,12 +620,12 @@ def run_lib(lib: str, only: set[str] | None) -> Result:
             try:
                 with time_limit(30):
                     rt.shutdown()
-            except Exception as exc:  # noqa: BLE001 - report it, keep going
+            except Exception as exc:  # report it, keep going
                 errors["shutdown"] = f"{type(exc).__name__}: {exc}"
     else:
         try:
             result["version"] = lib_version(import_lib(lib))
-        except Exception as exc:  # noqa: BLE001 - report it, keep going
+        except Exception as exc:  # report it, keep going
             errors["import"] = f"{type(exc).__name__}: {exc}"
 
     result["errors"] = errors

@@ -10,11 +10,14 @@
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 import heliostat as hs
 from heliostat.engine import Runtime, current_runtime
@@ -97,3 +100,46 @@ def fresh_runtime() -> Iterator[Callable[..., Runtime]]:
             hs.shutdown()
         else:
             rt.shutdown()
+
+
+# --- PostgreSQL: a fresh schema per test ---------------------------------------------
+
+PG_URL = os.environ.get(
+    "HELIOSTAT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _pg_unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"PostgreSQL is required under CI but unusable at {PG_URL}: {reason}")
+    pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({reason}); set HELIOSTAT_TEST_PG_URL")
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[Callable[[], str]]:
+    """``make()`` -> the URL of a new PostgreSQL schema, dropped when the test ends.
+
+    Under ``CI=true`` an unreachable server fails the test instead of skipping it.
+    """
+    admin = sa.create_engine(PG_URL)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:  # any failure to connect: driver, network, auth
+        admin.dispose()
+        _pg_unavailable(f"{type(exc).__name__}: {exc}".splitlines()[0])
+    schemas: list[str] = []
+
+    def make() -> str:
+        schema = f"hs_test_{uuid.uuid4().hex[:12]}"
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        schemas.append(schema)
+        url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        return url.render_as_string(hide_password=False)
+
+    yield make
+    with admin.begin() as conn:
+        for schema in schemas:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()

@@ -8,8 +8,6 @@ it is unreachable they skip, except under CI (``CI=true``), where they fail.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import uuid
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -25,43 +23,7 @@ from heliostat.exceptions import StorageError
 from heliostat.storage import db
 from heliostat.storage.models import metadata
 
-PG_URL = os.environ.get(
-    "HELIOSTAT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 TABLES = {"workflows", "steps", "step_attempts", "edges", "wal", "leases", "transitions"}
-
-
-def _pg_unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL is required under CI but unusable at {PG_URL}: {reason}")
-    pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({reason}); set HELIOSTAT_TEST_PG_URL")
-
-
-@pytest.fixture
-def pg_schema_url() -> Iterator[Any]:
-    """A factory of URLs, each for a fresh PostgreSQL schema dropped at teardown."""
-    admin = sa.create_engine(PG_URL)
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:  # any failure to connect: driver, network, auth
-        admin.dispose()
-        _pg_unavailable(f"{type(exc).__name__}: {exc}".splitlines()[0])
-    schemas: list[str] = []
-
-    def make() -> str:
-        schema = f"hs_test_{uuid.uuid4().hex[:12]}"
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        schemas.append(schema)
-        url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-        return url.render_as_string(hide_password=False)
-
-    yield make
-    with admin.begin() as conn:
-        for schema in schemas:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -277,8 +239,9 @@ def test_default_db_url_follows_environment(
     assert db.default_db_url() == f"sqlite:///{tmp_path / 'heliostat.db'}"
     monkeypatch.delenv("HELIOSTAT_HOME")
     assert db.default_db_url() == f"sqlite:///{Path.home() / '.heliostat' / 'heliostat.db'}"
-    monkeypatch.setenv("HELIOSTAT_DB_URL", PG_URL)
-    assert db.default_db_url() == PG_URL
+    url = "postgresql+psycopg://someone@db.example:5432/meta"
+    monkeypatch.setenv("HELIOSTAT_DB_URL", url)
+    assert db.default_db_url() == url
 
 
 def test_invalid_url_raises_storage_error() -> None:

@@ -13,19 +13,12 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from heliostat.workflows import api
-
-PG_URL = os.environ.get(
-    "HELIOSTAT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 def reset_workflow_caches() -> None:
@@ -48,39 +41,6 @@ def wf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     reset_workflow_caches()
     yield home
     reset_workflow_caches()
-
-
-def _pg_unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL is required under CI but unusable at {PG_URL}: {reason}")
-    pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({reason}); set HELIOSTAT_TEST_PG_URL")
-
-
-@pytest.fixture
-def pg_schema_url() -> Iterator[Callable[[], str]]:
-    """``make()`` -> the URL of a new PostgreSQL schema, dropped when the test ends."""
-    admin = sa.create_engine(PG_URL)
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except Exception as exc:  # any failure to connect: driver, network, auth
-        admin.dispose()
-        _pg_unavailable(f"{type(exc).__name__}: {exc}".splitlines()[0])
-    schemas: list[str] = []
-
-    def make() -> str:
-        schema = f"hs_wf_test_{uuid.uuid4().hex[:12]}"
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        schemas.append(schema)
-        url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
-        return url.render_as_string(hide_password=False)
-
-    yield make
-    with admin.begin() as conn:
-        for schema in schemas:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

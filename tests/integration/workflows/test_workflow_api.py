@@ -20,7 +20,6 @@ import heliostat as hs
 from heliostat import workflow
 from heliostat.engine import Runtime
 from heliostat.exceptions import (
-    CorruptCheckpointError,
     WorkflowCancelledError,
     WorkflowExecutionError,
     WorkflowNeedsAttentionError,

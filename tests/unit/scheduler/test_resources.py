@@ -106,7 +106,7 @@ def test_from_dict_has_no_cpu_default() -> None:
 
 
 def test_from_dict_validates_like_from_request() -> None:
-    with pytest.raises(ValueError, match="'CPU'.*-2"):
+    with pytest.raises(ValueError, match=r"'CPU'.*-2"):
         ResourceSet.from_dict({"CPU": -2})
 
 
@@ -279,7 +279,7 @@ def test_acquire_force_oversubscribes_and_release_recovers() -> None:
 def test_release_beyond_total_is_an_internal_error() -> None:
     node = NodeResources(ResourceSet({"CPU": 2}))
     node.try_acquire(ResourceSet({"CPU": 1}))
-    with pytest.raises(HeliostatInternalError, match="'CPU'.*released twice"):
+    with pytest.raises(HeliostatInternalError, match=r"'CPU'.*released twice"):
         node.release(ResourceSet({"CPU": 2}))
     assert node.available == ResourceSet({"CPU": 1})
 

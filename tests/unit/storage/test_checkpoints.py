@@ -323,7 +323,9 @@ def test_distinct_ids_never_share_a_segment() -> None:
     assert len(set(segments)) == len(ids)
 
 
-def test_path_layout_is_workflow_dir_then_task_at_attempt(file_checkpoints: CheckpointStore) -> None:
+def test_path_layout_is_workflow_dir_then_task_at_attempt(
+    file_checkpoints: CheckpointStore,
+) -> None:
     ref = file_checkpoints.write("wf/1", "extract", 7, 1)
     rel = Path(ref.location[len("file://") :]).relative_to(file_checkpoints.root)
     assert rel.parts == (safe_segment("wf/1"), "extract@7.pkl")
