@@ -6,8 +6,9 @@ Ray-compatible core API: ``import heliostat as hs`` then ``hs.init()``, ``@hs.re
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from heliostat import exceptions
-from heliostat import workflows as workflow
 from heliostat.engine import (
     ActorClass,
     ActorHandle,
@@ -30,7 +31,22 @@ from heliostat.engine import (
     wait,
 )
 
+if TYPE_CHECKING:
+    from heliostat import workflows as workflow
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # ``heliostat.workflow`` is imported on first use: it brings SQLAlchemy, Alembic,
+    # fsspec and pyarrow, which a program using only tasks and actors (and every worker
+    # process) should not pay for at import time.
+    if name == "workflow":
+        from heliostat import workflows
+
+        globals()["workflow"] = workflows
+        return workflows
+    raise AttributeError(f"module 'heliostat' has no attribute {name!r}")
 
 __all__ = [
     "ActorClass",

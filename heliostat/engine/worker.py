@@ -143,7 +143,15 @@ class WorkerClient(CoreClient):
                     if done():
                         return True
                     if not self._reader_active:
+                        # Take the reader role *before* the last look at done(): from
+                        # here on a SIGUSR1 handler (pump_now) backs off, so it cannot
+                        # move messages into the inbox behind our back and leave us
+                        # blocked in recv with work waiting.
                         self._reader_active = True
+                        if done():
+                            self._reader_active = False
+                            cv.notify_all()
+                            return True
                         break
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
