@@ -6,7 +6,7 @@ Ray-compatible core API: ``import heliostat as hs`` then ``hs.init()``, ``@hs.re
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from heliostat import exceptions
 from heliostat.engine import (
@@ -31,13 +31,13 @@ from heliostat.engine import (
     wait,
 )
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from heliostat import workflows as workflow
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     # ``heliostat.workflow`` is imported on first use: it brings SQLAlchemy, Alembic,
     # fsspec and pyarrow, which a program using only tasks and actors (and every worker
     # process) should not pay for at import time.
