@@ -42,6 +42,7 @@ from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction
 from heliostat.exceptions import (
     CorruptCheckpointError,
+    HeliostatInternalError,
     TaskCancelledError,
     WorkerCrashedError,
     WorkflowCancelledError,
@@ -305,7 +306,12 @@ class WorkflowExecutor:
             raise WorkflowNeedsAttentionError(
                 message, workflow_id=self.workflow_id, task_id=self._attention[0]
             )
-        assert self._failure is not None
+        if self._failure is None:
+            stuck = sorted(t for t, st in self._steps.items() if st.status is StepStatus.PENDING)
+            raise HeliostatInternalError(
+                f"Workflow {self.workflow_id!r} cannot make progress: steps {stuck[:10]} are "
+                "pending with nothing running. This is a bug in heliostat; please report it."
+            )
         task_id, exc = self._failure
         message = f"Workflow {self.workflow_id!r} failed: step {task_id!r} raised {exc!r}"
         self.store.set_status(
