@@ -165,6 +165,7 @@ def run(
             how the run ended, if not successfully.
         WorkflowLeaseError: another live driver runs this workflow.
     """
+    current_client()  # no runtime: fail before anything is recorded
     store = _store()
     workflow_id = workflow_id or _default_id(dag)
     if store.exists(workflow_id):
@@ -219,6 +220,7 @@ def resume(workflow_id: str, *, on_progress: Callable[[int, int, int], None] | N
         WorkflowLeaseError: another live driver runs it.
         WorkflowCancelledError: it was cancelled.
     """
+    current_client()  # no runtime: fail before the lease is taken
     store = _store()
     record = store.load(workflow_id)
     if record.status is WorkflowStatus.SUCCESSFUL:
