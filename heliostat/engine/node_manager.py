@@ -1263,6 +1263,9 @@ class NodeManager:
         actor = worker.actor
         if actor is None or actor.actor_id != actor_id:
             return
+        if actor.state is ActorState.DEAD:  # killed while its constructor ran
+            self._send(worker, (Op.EXIT,))
+            return
         if error is not None:
             try:
                 cause = pickle.loads(error)
@@ -1598,7 +1601,16 @@ class NodeManager:
                                 continue
                             messages = messages[1:]
                         for message in messages:
-                            self._on_message(source, message)
+                            try:
+                                self._on_message(source, message)
+                            except Exception:
+                                # A bug in heliostat: report it loudly, but keep the
+                                # node running; a dead I/O thread would hang every get.
+                                log.exception(
+                                    "internal error handling %s from %s; please report it",
+                                    Op(message[0]).name,
+                                    source.label(),
+                                )
                     for worker in writable:
                         if worker.conn is not None:
                             worker.conn.flush()

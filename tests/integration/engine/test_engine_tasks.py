@@ -204,6 +204,26 @@ def test_short_tasks_do_not_wait_behind_a_long_one_while_a_cpu_is_free(
     assert hs.get(long) == "released"
 
 
+@hs.remote
+def nested_sum(n):
+    return sum(hs.get([add.remote(i, 1) for i in range(n)]))
+
+
+def test_no_task_is_lost_when_queued_tasks_are_taken_back(fresh_runtime) -> None:
+    # Short tasks are sent ahead to busy workers and taken back when a worker blocks
+    # in get() or another one goes idle; a task handed back must run exactly once.
+    fresh_runtime(num_cpus=2)
+    for round_no in range(100):
+        refs = [sleep_then.remote(0.002 * (round_no % 3), "slept")]
+        refs += [add.remote(i, 0) for i in range(6)]
+        refs += [nested_sum.remote(3)]
+        refs += [add.remote(i, 10) for i in range(6)]
+        expected = ["slept", *range(6), 6, *range(10, 16)]
+        assert hs.get(refs, timeout=20) == expected, f"round {round_no}"
+    info = hs.engine.current_runtime().manager.cluster_info()
+    assert not [w for w in info["workers"] if w["task"] is not None]
+
+
 # --- wait -------------------------------------------------------------------------------
 
 
