@@ -1601,25 +1601,16 @@ class NodeManager:
                                 continue
                             messages = messages[1:]
                         for message in messages:
-                            try:
-                                self._on_message(source, message)
-                            except Exception:
-                                # A bug in heliostat: report it loudly, but keep the
-                                # node running; a dead I/O thread would hang every get.
-                                log.exception(
-                                    "internal error handling %s from %s; please report it",
-                                    Op(message[0]).name,
-                                    source.label(),
-                                )
+                            self._guarded(self._on_message, source, message)
                     for worker in writable:
                         if worker.conn is not None:
                             worker.conn.flush()
                             if not worker.conn.wants_write:
                                 self._want_write.discard(worker)
                     for worker in closed:
-                        self._on_worker_exit(worker, None)
+                        self._guarded(self._on_worker_exit, worker, None)
                     for event in fork_events:
-                        self._on_fork_event(event)
+                        self._guarded(self._on_fork_event, event)
                     now = time.monotonic()
                     if now - last_tick > 1.0:
                         last_tick = now
@@ -1643,6 +1634,19 @@ class NodeManager:
             for stream, task_name, pid, text in logs:
                 self._log_sink(stream, task_name, pid, text)
             self._driver_drain()
+
+    def _guarded(self, handler: Callable[..., None], *args: Any) -> None:
+        """Run one event handler; a bug in it is logged, and the I/O loop goes on.
+
+        A dead I/O thread would hang every ``get`` in the process, which is worse than
+        the inconsistency a failed handler may leave.
+        """
+        try:
+            handler(*args)
+        except Exception:
+            log.exception(
+                "heliostat internal error in %s%r; please report it", handler.__name__, args[:2]
+            )
 
     def _adopt_connection(
         self, conn: PeerConnection, messages: list[tuple[Any, ...]]
