@@ -358,14 +358,24 @@ class NodeManager:
         """A worker handed back tasks we had queued on it (after a REVOKE)."""
         proc.revoking = False
         returned = set(task_ids)
-        for spec in [s for s in proc.queued if s.task_id in returned]:
+        handed_back = [s for s in proc.queued if s.task_id in returned]
+        for spec in handed_back:
             proc.queued.remove(spec)
+        current = proc.task
+        if current is not None and current.task_id in returned:
+            # We promoted it to "running" when its predecessor finished, but the worker
+            # had handed it back before starting it: it runs nowhere.
+            handed_back.insert(0, current)
+            self._next_queued_or_idle(proc)
+        for spec in handed_back:
             spec.attempts -= 1
             spec.worker = None
             if spec.cancel_requested:
                 self._cancel_unstarted(spec)
             else:
                 self._retry(spec)
+        if proc.blocked and proc.queued:
+            self._revoke_queued(proc)  # sent ahead while the first REVOKE was on its way
         self._schedule()
 
     def _v_forget(self, proc: WorkerRecord, reply: Reply | None, req_id: int) -> None:
@@ -669,6 +679,7 @@ class NodeManager:
                     if (
                         task is None
                         or worker.blocked
+                        or worker.revoking
                         or task.resources != resources
                         or len(worker.queued) >= depth
                     ):
@@ -886,11 +897,16 @@ class NodeManager:
             else:
                 self._pump_actor(actor)
             return
+        spec.worker = None
+        self._next_queued_or_idle(worker)
+        self._schedule()
+
+    def _next_queued_or_idle(self, worker: WorkerRecord) -> None:
+        """The worker's current task is over: its next queued task runs, or it idles."""
         worker.task = None
         held, worker.held = worker.held, None
         if held is not None:
             self._node.release(held)
-        spec.worker = None
         if worker.queued:
             # The worker starts its next queued task on its own: move the resources.
             nxt = worker.queued.popleft()
@@ -901,7 +917,6 @@ class NodeManager:
             self._busy.pop(worker.index, None)
             transition(worker, WorkerState.IDLE)
             self._make_idle(worker)
-        self._schedule()
 
     def _make_idle(self, worker: WorkerRecord) -> None:
         worker.idle_since = time.monotonic()
