@@ -220,7 +220,6 @@ def resume(workflow_id: str, *, on_progress: Callable[[int, int, int], None] | N
         WorkflowLeaseError: another live driver runs it.
         WorkflowCancelledError: it was cancelled.
     """
-    current_client()  # no runtime: fail before the lease is taken
     store = _store()
     record = store.load(workflow_id)
     if record.status is WorkflowStatus.SUCCESSFUL:
@@ -230,6 +229,11 @@ def resume(workflow_id: str, *, on_progress: Callable[[int, int, int], None] | N
             f"Workflow {workflow_id!r} was cancelled; it cannot be resumed.",
             workflow_id=workflow_id,
         )
+    if record.lease_owner != _owner.owner and WorkflowStore.lease_is_live(
+        record.lease_owner, record.lease_host, record.lease_pid, record.lease_expires_at
+    ):
+        store.acquire_lease(workflow_id, _owner, lease_timeout())  # raises, naming the holder
+    current_client()  # no runtime: fail before the lease is taken
     store.acquire_lease(workflow_id, _owner, lease_timeout())
     if record.status is WorkflowStatus.RUNNING:
         store.set_status(workflow_id, WorkflowStatus.RESUMABLE, cause="its driver is gone")
