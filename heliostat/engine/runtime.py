@@ -26,6 +26,8 @@ import tempfile
 import threading
 from typing import Any
 
+import psutil
+
 from heliostat.engine.core import CoreClient, DriverClient
 from heliostat.engine.ids import IdMinter
 from heliostat.engine.node_manager import NodeConfig, NodeManager
@@ -40,6 +42,7 @@ __all__ = [
     "current_runtime",
     "default_object_store_memory",
     "set_current",
+    "sweep_stale_sessions",
 ]
 
 log = logging.getLogger("heliostat")
@@ -73,6 +76,36 @@ def _worker_env() -> dict[str, str]:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, "1")
     return env
+
+
+def sweep_stale_sessions() -> list[str]:
+    """Remove the files of sessions whose driver process no longer exists.
+
+    Normally the fork server cleans up after a dead driver; if both were killed at
+    once (a process-group kill), their temp dir and shared-memory segments would stay.
+    Session names start with the driver's pid in hex, which is all this needs.
+
+    Returns:
+        The sessions removed.
+    """
+    removed = []
+    for directory in glob.glob(os.path.join(tempfile.gettempdir(), "heliostat-*-*-*")):
+        parts = os.path.basename(directory).split("-")
+        try:
+            pid = int(parts[1], 16)
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or psutil.pid_exists(pid):
+            continue
+        session = f"{parts[1]}-{parts[2]}"
+        for path in glob.glob(os.path.join(str(SHM_DIR), session_glob(session))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(session)
+    if removed:
+        log.info("removed files of %d stale session(s): %s", len(removed), ", ".join(removed))
+    return removed
 
 
 class Runtime:
@@ -124,6 +157,7 @@ class Runtime:
         self._closed = False
 
     def start(self) -> None:
+        sweep_stale_sessions()
         self.manager.start()
 
     def _unmap(self, ids: list[int]) -> None:
