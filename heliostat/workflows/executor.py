@@ -70,6 +70,8 @@ RERUN: Any = _Rerun()
 """Return this from an ``on_in_doubt`` hook to run the in-doubt step again."""
 
 _CANCEL_POLL_S = 0.5
+_COMMIT_DELAY_S = 0.05  # longest a COMMIT waits for company (see _must_commit)
+_MAX_DEFERRED_COMMITS = 512
 
 
 @dataclass(slots=True)
@@ -122,6 +124,7 @@ class WorkflowExecutor:
         self._next_position = max((s.position for s in compiled.steps.values()), default=0) + 1
         self._on_progress = on_progress
         self._n_done = 0
+        self._last_commit = time.monotonic()
         # memory:// lives in one process: there the driver writes the checkpoints.
         self._worker_writes = checkpoints.shared_across_processes
 
@@ -249,17 +252,39 @@ class WorkflowExecutor:
                         task_id, state.attempt, idempotency_key(self.workflow_id, task_id)
                     )
                     submit.append(task_id)
-            if self._batch.commits:
-                # Workers renamed their checkpoints without a directory fsync: one
-                # here covers them all, before any COMMIT names them.
-                self.checkpoints.sync_workflow_dir(self.workflow_id)
-            self.store.apply(self.workflow_id, self._batch)  # group commit
-            self._batch = Batch()
+            if self._must_commit(submit, now):
+                if self._batch.commits:
+                    # Workers renamed their checkpoints without a directory fsync: one
+                    # here covers them all, before any COMMIT names them.
+                    self.checkpoints.sync_workflow_dir(self.workflow_id)
+                self.store.apply(self.workflow_id, self._batch)  # group commit
+                self._batch = Batch()
+                self._last_commit = now
             for task_id in submit:
                 self._submit(task_id)
             if self._finished():
                 return self._finish()
             self._wait()
+
+    def _must_commit(self, submit: list[str], now: float) -> bool:
+        """Whether to write the batch now, or let more COMMITs join it.
+
+        INTENTs (steps about to run), failures and status changes go out at once.
+        COMMITs alone may wait a little while other steps are in flight: nothing
+        depends on them being durable yet (a crash meanwhile is recovered from the
+        step's checkpoint, or re-runs an idempotent step), and a fan-out then pays one
+        fsync for many steps instead of one per handful.
+        """
+        batch = self._batch
+        if not batch:
+            return False
+        if submit or batch.intents or batch.failures or batch.statuses or batch.new_steps:
+            return True
+        if not self._inflight or self._stopping():
+            return True
+        return len(batch.commits) >= _MAX_DEFERRED_COMMITS or (
+            now - self._last_commit >= _COMMIT_DELAY_S
+        )
 
     def _stopping(self) -> bool:
         return self._failure is not None or bool(self._attention) or self._cancelled
@@ -379,6 +404,9 @@ class WorkflowExecutor:
         if self._retries:
             timeout = max(0.0, min(self._retries.values()) - time.monotonic())
         timeout = _CANCEL_POLL_S if timeout is None else min(timeout, _CANCEL_POLL_S)
+        if self._batch.commits:  # wake up in time to write the deferred COMMITs
+            due = self._last_commit + _COMMIT_DELAY_S - time.monotonic()
+            timeout = max(0.0, min(timeout, due))
         with self._finished_cond:
             if not self._finished_refs:
                 self._finished_cond.wait(timeout)
