@@ -311,10 +311,8 @@ class NodeManager:
         size: int,
         contained: tuple[int, ...],
     ) -> None:
-        entry = self._objects.create(object_id, proc, None)
-        if kind == _SHM:
-            self._objects.make_room(size)
-        self._set_value(entry, ObjKind(kind), payload, size, contained)
+        self._v_promise(proc, reply, object_id)
+        self._v_fulfill(proc, reply, object_id, kind, payload, size, contained)
 
     def _v_promise(self, proc: WorkerRecord, reply: Reply | None, object_id: int) -> None:
         self._objects.create(object_id, proc, None)
