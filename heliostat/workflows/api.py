@@ -172,7 +172,7 @@ def run(
         status = get_status(workflow_id)
         if status is WorkflowStatus.SUCCESSFUL:
             return get_output(workflow_id)
-        return resume(workflow_id, on_progress=on_progress)
+        return _resume(workflow_id, on_progress=on_progress, dag=compile_dag(dag))
     compiled = compile_dag(dag)
     store.create(
         workflow_id=workflow_id,
@@ -213,13 +213,31 @@ def run_async(
 def resume(workflow_id: str, *, on_progress: Callable[[int, int, int], None] | None = None) -> Any:
     """Resume a workflow that failed, lost its driver, or needs attention.
 
-    Committed steps are not re-run. Returns the workflow's output.
+    Committed steps are not re-run. Returns the workflow's output. The stored DAG is
+    resumed; to resume with new code or new step options (an ``on_in_doubt`` hook
+    added after a NEEDS_ATTENTION, say), call ``run(new_dag, workflow_id=...)``
+    with a DAG of the same shape.
 
     Raises:
         WorkflowNotFoundError: no such workflow.
         WorkflowLeaseError: another live driver runs it.
         WorkflowCancelledError: it was cancelled.
     """
+    return _resume(workflow_id, on_progress=on_progress, dag=None)
+
+
+def _same_shape(a: CompiledWorkflow, b: CompiledWorkflow) -> bool:
+    return a.output == b.output and {
+        (t, s.parents) for t, s in a.steps.items()
+    } == {(t, s.parents) for t, s in b.steps.items()}
+
+
+def _resume(
+    workflow_id: str,
+    *,
+    on_progress: Callable[[int, int, int], None] | None,
+    dag: CompiledWorkflow | None,
+) -> Any:
     store = _store()
     record = store.load(workflow_id)
     if record.status is WorkflowStatus.SUCCESSFUL:
@@ -240,6 +258,15 @@ def resume(workflow_id: str, *, on_progress: Callable[[int, int, int], None] | N
     store.set_status(workflow_id, WorkflowStatus.RUNNING, cause="resume()")
     assert record.dag is not None
     compiled = CompiledWorkflow.from_bytes(record.dag)
+    if dag is not None:
+        if _same_shape(dag, compiled):
+            compiled = dag  # same steps and edges: the caller's code and options win
+        else:
+            log.warning(
+                "workflow %r: the DAG passed to run() differs from the stored one "
+                "(other steps or edges); resuming the stored DAG",
+                workflow_id,
+            )
     return _execute(workflow_id, compiled, store, record, on_progress)
 
 

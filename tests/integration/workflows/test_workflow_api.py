@@ -602,6 +602,24 @@ def test_resolve_with_rerun_runs_the_step_again(runtime: Runtime, tmp_path: Path
     assert _lines(log) == ["charge 1", "charge 2"]
 
 
+def test_run_with_the_same_dag_plus_a_hook_resolves_needs_attention(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    plain = crash_worker.options(**_opts("charge", idempotent=False)).bind(str(log))
+    with pytest.raises(WorkflowNeedsAttentionError):
+        workflow.run(plain, workflow_id="late-hook")
+
+    hooked = crash_worker.options(
+        **_opts("charge", idempotent=False, on_in_doubt=_already_charged)
+    ).bind(str(log))
+    result = workflow.run(hooked, workflow_id="late-hook")
+
+    assert result == f"charged once under {Path(str(log) + '.key').read_text()}"
+    assert _lines(log) == ["charge 1"]
+    assert workflow.get_status("late-hook") is WorkflowStatus.SUCCESSFUL
+
+
 def _already_charged(key: str) -> str:
     return f"charged once under {key}"
 
