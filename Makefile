@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench lint clean
+.PHONY: venv demo test bench bench-workflows lint clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/core.py
+
+bench-workflows: venv
+	$(BIN)/python benchmarks/workflows.py
 
 lint: venv
 	$(BIN)/lint-imports
