@@ -21,7 +21,6 @@ import itertools
 __all__ = [
     "IdMinter",
     "format_id",
-    "process_of",
 ]
 
 _COUNTER_BITS = 40
@@ -50,14 +49,6 @@ class IdMinter:
     def next_block(self, n: int) -> list[int]:
         """Return ``n`` new ids (used for a task's several return values)."""
         return [self._base | next(self._counter) for _ in range(n)]
-
-
-def process_of(ident: int) -> tuple[int, int]:
-    """The (node index, process index) that minted ``ident``."""
-    return (
-        ident >> (_COUNTER_BITS + _PROCESS_BITS),
-        (ident >> _COUNTER_BITS) & ((1 << _PROCESS_BITS) - 1),
-    )
 
 
 def format_id(ident: int) -> str:

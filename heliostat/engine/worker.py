@@ -42,7 +42,12 @@ from heliostat.engine.ids import IdMinter
 from heliostat.engine.object_ref import set_process_tracker
 from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
 from heliostat.engine.records import ActorOptions, TaskSpec, spec_to_wire
-from heliostat.engine.serialization import INLINE_THRESHOLD, deserialize, serialize
+from heliostat.engine.serialization import (
+    INLINE_THRESHOLD,
+    deserialize,
+    loads_function,
+    serialize,
+)
 from heliostat.engine.shm import create_segment, segment_path
 from heliostat.exceptions import GetTimeoutError, HeliostatError, TaskError
 
@@ -123,10 +128,7 @@ class WorkerClient(CoreClient):
             cv.release()
         try:
             while select.select([self._sock], [], [], 0)[0]:
-                messages = self._chan.recv()
-                with cv:
-                    for message in messages:
-                        self._dispatch(message)
+                self._read_and_dispatch()
         except ConnectionClosed:
             self.exiting = True
         finally:
@@ -168,10 +170,7 @@ class WorkerClient(CoreClient):
                     readable, _, _ = select.select([self._sock], [], [], remaining)
                     if not readable:
                         continue
-                messages = self._chan.recv()
-                with cv:
-                    for message in messages:
-                        self._dispatch(message)
+                self._read_and_dispatch()
             except ConnectionClosed:
                 self.exiting = True
                 with cv:
@@ -184,6 +183,13 @@ class WorkerClient(CoreClient):
                 with cv:
                     self._reader_active = False
                     cv.notify_all()
+
+    def _read_and_dispatch(self) -> None:
+        """Read at least one frame (the caller holds the reader role) and route it."""
+        messages = self._chan.recv()
+        with self._cv:
+            for message in messages:
+                self._dispatch(message)
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         op = message[0]
@@ -304,7 +310,7 @@ class Worker:
                 fn_bytes = self.client.revoked_code.pop(fn_id, None)
             if fn_bytes is None:
                 raise HeliostatError("the node manager sent no code for an unknown function")
-            fn = pickle.loads(fn_bytes)
+            fn = loads_function(fn_bytes)
             self._functions[fn_id] = fn
         return fn
 

@@ -179,7 +179,16 @@ class CheckpointRef:
 class SupportsCheckpoints(Protocol):
     """What the workflow executor needs from a checkpoint store (tests pass fakes)."""
 
-    def write(self, workflow_id: str, task_id: str, attempt: int, value: Any) -> CheckpointRef:
+    url: str
+
+    @property
+    def shared_across_processes(self) -> bool:
+        """Whether a worker process sees what this process writes."""
+        ...
+
+    def write(
+        self, workflow_id: str, task_id: str, attempt: int, value: Any, *, sync_dir: bool = True
+    ) -> CheckpointRef:
         """Store ``value`` as the output of one attempt; return where and its checksum."""
         ...
 
@@ -190,6 +199,14 @@ class SupportsCheckpoints(Protocol):
         format: CheckpointFormat | None = None,
     ) -> Any:
         """Load and verify a checkpoint."""
+        ...
+
+    def find(self, workflow_id: str, task_id: str, attempt: int) -> CheckpointRef | None:
+        """The checkpoint an attempt left behind, if any."""
+        ...
+
+    def sync_workflow_dir(self, workflow_id: str) -> None:
+        """Make ``write(..., sync_dir=False)`` renames durable."""
         ...
 
     def delete_workflow(self, workflow_id: str) -> None:

@@ -28,7 +28,13 @@ from heliostat.storage.db import default_db_url
 from heliostat.storage.states import StepStatus, WorkflowStatus
 from heliostat.workflows.compile import CompiledWorkflow, compile_dag
 from heliostat.workflows.executor import WorkflowExecutor
-from heliostat.workflows.store import Batch, LeaseOwner, WorkflowRecord, WorkflowStore
+from heliostat.workflows.store import (
+    Batch,
+    LeaseOwner,
+    StepRecord,
+    WorkflowRecord,
+    WorkflowStore,
+)
 
 __all__ = [
     "cancel",
@@ -227,9 +233,9 @@ def resume(workflow_id: str, *, on_progress: Callable[[int, int, int], None] | N
 
 
 def _same_shape(a: CompiledWorkflow, b: CompiledWorkflow) -> bool:
-    return a.output == b.output and {
-        (t, s.parents) for t, s in a.steps.items()
-    } == {(t, s.parents) for t, s in b.steps.items()}
+    return a.output == b.output and {(t, s.parents) for t, s in a.steps.items()} == {
+        (t, s.parents) for t, s in b.steps.items()
+    }
 
 
 def _resume(
@@ -308,6 +314,19 @@ def _effective(store: WorkflowStore, record: WorkflowRecord) -> WorkflowStatus:
     return record.status
 
 
+def _step_of(record: WorkflowRecord, task_id: str) -> StepRecord:
+    """The record of one step, or WorkflowNotFoundError naming the known ones."""
+    step = record.steps.get(task_id)
+    if step is None:
+        known = ", ".join(sorted(record.steps)[:20])
+        raise WorkflowNotFoundError(
+            f"Workflow {record.workflow_id!r} has no step {task_id!r} (known steps: {known}).",
+            workflow_id=record.workflow_id,
+            task_id=task_id,
+        )
+    return step
+
+
 def get_status(workflow_id: str) -> WorkflowStatus:
     """The workflow's status (RESUMABLE once its driver is gone)."""
     store = _store()
@@ -326,14 +345,7 @@ def get_output(workflow_id: str, *, task_id: str | None = None) -> Any:
     checkpoints = _checkpoints()
     seen = set()
     while True:
-        step = record.steps.get(target or "")
-        if step is None:
-            raise WorkflowNotFoundError(
-                f"Workflow {workflow_id!r} has no step {target!r} (known steps: "
-                f"{', '.join(sorted(record.steps)[:20])}).",
-                workflow_id=workflow_id,
-                task_id=target or "",
-            )
+        step = _step_of(record, target or "")
         if step.checkpoint is None:
             raise WorkflowNotFoundError(
                 f"Step {target!r} of workflow {workflow_id!r} has no stored output "
@@ -364,13 +376,7 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
             "resume_count": record.resume_count,
             "steps": len(record.steps),
         }
-    step = record.steps.get(task_id)
-    if step is None:
-        raise WorkflowNotFoundError(
-            f"Workflow {workflow_id!r} has no step {task_id!r}.",
-            workflow_id=workflow_id,
-            task_id=task_id,
-        )
+    step = _step_of(record, task_id)
     return {
         "task_id": step.task_id,
         "name": step.name,
@@ -424,13 +430,7 @@ def resolve(workflow_id: str, task_id: str, *, result: Any = _UNSET, rerun: bool
         raise ValueError("Pass exactly one of result=... or rerun=True.")
     store = _store()
     record = store.load(workflow_id)
-    step = record.steps.get(task_id)
-    if step is None:
-        raise WorkflowNotFoundError(
-            f"Workflow {workflow_id!r} has no step {task_id!r}.",
-            workflow_id=workflow_id,
-            task_id=task_id,
-        )
+    step = _step_of(record, task_id)
     if step.status is not StepStatus.IN_DOUBT:
         raise ValueError(
             f"Step {task_id!r} of workflow {workflow_id!r} is {step.status}, not IN_DOUBT; "

@@ -49,7 +49,7 @@ from heliostat.exceptions import (
     WorkflowExecutionError,
     WorkflowNeedsAttentionError,
 )
-from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore
+from heliostat.storage.checkpoints import CheckpointRef, SupportsCheckpoints
 from heliostat.storage.states import StepStatus, WorkflowStatus
 from heliostat.workflows.compile import CompiledWorkflow, StepSpec, compile_dag
 from heliostat.workflows.context import idempotency_key
@@ -97,7 +97,7 @@ class WorkflowExecutor:
         workflow_id: str,
         compiled: CompiledWorkflow,
         store: WorkflowStore,
-        checkpoints: CheckpointStore,
+        checkpoints: SupportsCheckpoints,
         records: dict[str, StepRecord] | None = None,
         on_progress: Callable[[int, int, int], None] | None = None,
     ) -> None:
