@@ -42,6 +42,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sqlite3
+import time
 import zlib
 from collections.abc import Iterator
 from importlib import resources
@@ -99,6 +101,30 @@ def default_db_url() -> str:
     return f"sqlite:///{default_home() / DB_FILENAME}"
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch a SQLite database to WAL mode, tolerating a concurrent switch.
+
+    Changing the journal mode needs an exclusive lock and SQLite does not apply the
+    busy timeout to it: two processes opening a new database at once can get
+    "database is locked" here. The mode is persistent, so a database already in WAL
+    mode needs nothing; otherwise retry for up to the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)  # back off: another process holds the lock for a moment
+            delay = min(delay * 2, 0.2)
+
+
 def make_engine(url: str, *, sqlite_begin: SqliteBegin = "IMMEDIATE", echo: bool = False) -> Engine:
     """Create an engine for the metadata database, set up for durability.
 
@@ -144,7 +170,7 @@ def make_engine(url: str, *, sqlite_begin: SqliteBegin = "IMMEDIATE", echo: bool
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
