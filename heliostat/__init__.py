@@ -48,6 +48,7 @@ def __getattr__(name: str) -> _typing.Any:
         return workflows
     raise AttributeError(f"module 'heliostat' has no attribute {name!r}")
 
+
 __all__ = [
     "ActorClass",
     "ActorHandle",
