@@ -253,8 +253,9 @@ class Step(Base):
     """One step of a workflow: its options, state, attempts and checkpointed output.
 
     ``status`` is changed only through :meth:`transition`, which also records lineage.
-    Invariant: ``output_location`` and ``output_checksum`` are set together, and only
-    when the step's COMMIT record is written (a step with ``checkpoint=False`` has none).
+    Invariant: ``output_checksum`` is set, with either ``output_location`` (a checkpoint
+    file) or ``output_inline`` (a small checkpoint kept in the row), only when the
+    step's COMMIT record is written (a step with ``checkpoint=False`` has none).
     """
 
     __tablename__ = "steps"
@@ -279,6 +280,9 @@ class Step(Base):
     output_checksum: Mapped[str | None] = mapped_column(sa.String(_CHECKSUM_LENGTH))
     output_format: Mapped[str | None] = mapped_column(sa.String(16))
     output_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    output_inline: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    """The checkpoint's bytes when it is small enough to live in this row (then
+    ``output_location`` is NULL and ``output_checksum`` covers these bytes)."""
     error: Mapped[str | None] = mapped_column(sa.Text)
     traceback: Mapped[str | None] = mapped_column(sa.Text)
     started_at: Mapped[dt.datetime | None]
