@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -110,6 +111,9 @@ class _Waiter:
         self.reply = reply
         self.is_get = is_get
         self.done = False
+
+
+_INTROSPECT_FINISHED = 1000  # finished tasks listed by ``heliostat list tasks``
 
 
 def _error_payload(exc: BaseException) -> bytes:
@@ -519,6 +523,90 @@ class NodeManager:
             "tasks_running": sum(1 for w in self._workers.values() if w.task is not None),
             "started_at": self.started_at,
         }
+
+    def introspect_locked(self, what: str) -> Any:
+        """A JSON-able snapshot for tools: ``status``, ``tasks``, ``actors`` or ``objects``."""
+        if what == "status":
+            info = self.cluster_info_locked()
+            counts: dict[str, int] = {}
+            for spec in self._tasks.values():
+                counts[str(spec.state)] = counts.get(str(spec.state), 0) + 1
+            counts["FINISHED"] = len(self._events)  # the recent ones the event ring keeps
+            info.pop("actors")
+            info.update(pid=os.getpid(), tasks=counts, actors=len(self._actors))
+            return info
+        if what == "tasks":
+            live = [
+                {
+                    "task_id": format_id(spec.task_id),
+                    "name": spec.name,
+                    "state": str(spec.state),
+                    "attempt": spec.attempts,
+                    "worker_pid": spec.worker.pid if spec.worker is not None else None,
+                    "submitted_at": spec.submitted_at,
+                    "started_at": spec.started_at or None,
+                    "finished_at": None,
+                }
+                for spec in self._tasks.values()
+            ]
+            done = [
+                {
+                    "task_id": format_id(ev.task_id),
+                    "name": ev.name,
+                    "state": "FINISHED" if ev.outcome == "ok" else ev.outcome.upper(),
+                    "attempt": ev.attempt,
+                    "worker_pid": ev.worker_pid,
+                    "submitted_at": ev.submitted,
+                    "started_at": ev.started,
+                    "finished_at": ev.finished,
+                }
+                for ev in self._events.events()[-_INTROSPECT_FINISHED:]
+            ]
+            return done + live
+        if what == "actors":
+            return self.cluster_info_locked()["actors"]
+        if what == "objects":
+            return [
+                {
+                    "object_id": format_id(entry.id),
+                    "kind": entry.kind.name,
+                    "size": entry.size,
+                    "ref_count": entry.count,
+                    "owner_pid": self._pid_of_index(entry.owner),
+                    "has_lineage": entry.lineage is not None,
+                }
+                for entry in self._objects.entries.values()
+                if entry.kind is not ObjKind.FREED
+            ]
+        raise ValueError(f"unknown snapshot {what!r}; known: status, tasks, actors, objects")
+
+    def _pid_of_index(self, index: int) -> int | None:
+        if index == 0:
+            return self.driver.pid
+        worker = self._workers.get(index)
+        return worker.pid if worker is not None else None
+
+    def _answer_introspection(self, conn: PeerConnection, what: str) -> None:
+        try:
+            body: Any = {"ok": True, "value": self.introspect_locked(what)}
+        except Exception as exc:  # the tool gets the reason, the manager goes on
+            body = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        data = json.dumps(body, default=str).encode()
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+        sock = conn.sock
+
+        def answer() -> None:  # off the I/O thread: a slow reader must not stall it
+            try:
+                sock.setblocking(True)
+                sock.settimeout(5.0)
+                sock.sendall(len(data).to_bytes(8, "little") + data)
+            except OSError:
+                pass
+            finally:
+                sock.close()
+
+        threading.Thread(target=answer, name="heliostat-introspect", daemon=True).start()
 
     def task_events(self) -> list[Any]:
         with self._lock:
@@ -1664,6 +1752,9 @@ class NodeManager:
     def _adopt_connection(
         self, conn: PeerConnection, messages: list[tuple[Any, ...]]
     ) -> WorkerRecord | None:
+        if messages and messages[0][0] == Op.INTROSPECT:
+            self._answer_introspection(conn, str(messages[0][1]))
+            return None
         if not messages or messages[0][0] != Op.REGISTER:
             return None
         _op, index, pid = messages[0]

@@ -59,6 +59,9 @@ class Op(enum.IntEnum):
     POST = 5  # (op, verb, args_tuple): a request that needs no reply
     LOG = 6  # (op, stream, task_name, text)
     ACTOR_READY = 7  # (op, actor_id, error_payload_or_None)
+    # a tool (``heliostat status``) -> manager, as the first message of a connection;
+    # the manager answers with one length-prefixed JSON document and closes it.
+    INTROSPECT = 8  # (op, what)
 
     # manager -> worker
     EXECUTE = 20  # (op, task_id, fn_id, fn_bytes_or_None, args_payload, resolved,
