@@ -36,12 +36,13 @@ import contextlib
 import hashlib
 import io
 import os
+import pickle
 import re
 import shutil
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Final, Literal, Protocol
 from urllib.parse import unquote, urlsplit
@@ -59,6 +60,8 @@ __all__ = [
     "CHECKSUM_ALGORITHM",
     "EXTENSIONS",
     "FORMATS",
+    "INLINE_LIMIT",
+    "INLINE_SCHEME",
     "PATH_TEMPLATE",
     "PICKLE_PROTOCOL",
     "TMP_INFIX",
@@ -67,7 +70,9 @@ __all__ = [
     "CheckpointStore",
     "SupportsCheckpoints",
     "checkpoint_path",
+    "decode_checkpoint",
     "default_storage_url",
+    "inline_ref",
     "safe_segment",
 ]
 
@@ -97,6 +102,13 @@ ATOMIC_PUT_PROTOCOLS: Final = frozenset(
 """Filesystems where one upload creates an object whole or not at all: written in place
 (a temporary name and ``mv`` would be a second full copy there, and no more atomic)."""
 PICKLE_PROTOCOL: Final = 5
+INLINE_SCHEME: Final = "inline:"
+"""Location prefix of a checkpoint kept in the SQL row (``inline:{workflow}/{task}@{n}``)."""
+INLINE_LIMIT: Final = 64 * 1024
+"""Largest pickled output kept inline in SQL by :meth:`CheckpointStore.write` when the
+caller allows it: the COMMIT transaction then makes data and record durable with one
+fsync, and a file's create, fsync and directory fsync are saved. Larger values, Arrow
+tables and DataFrames always go to files."""
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -162,12 +174,24 @@ class CheckpointRef:
         checksum: ``"sha256:<64 hex digits>"`` of the file's bytes.
         format: how it is encoded (one of :data:`FORMATS`).
         size: its size in bytes.
+        data: the bytes themselves, for an *inline* checkpoint (location
+            ``inline:...``): one small enough to be stored in the SQL row of its
+            COMMIT rather than in a file (see :data:`INLINE_LIMIT`).
     """
 
     location: str
     checksum: str
     format: CheckpointFormat
     size: int
+    data: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def inline(self) -> bool:
+        return self.location.startswith(INLINE_SCHEME)
+
+    def without_data(self) -> CheckpointRef:
+        """The same record without the bytes (what to keep once they are committed)."""
+        return self if self.data is None else replace(self, data=None)
 
     @property
     def store_url(self) -> str:
@@ -187,7 +211,14 @@ class SupportsCheckpoints(Protocol):
         ...
 
     def write(
-        self, workflow_id: str, task_id: str, attempt: int, value: Any, *, sync_dir: bool = True
+        self,
+        workflow_id: str,
+        task_id: str,
+        attempt: int,
+        value: Any,
+        *,
+        sync_dir: bool = True,
+        inline_limit: int = 0,
     ) -> CheckpointRef:
         """Store ``value`` as the output of one attempt; return where and its checksum."""
         ...
@@ -270,8 +301,34 @@ def _dataframe_to_arrow(df: Any) -> pa.Table | None:
         return None  # mixed-type object columns and the like: pickle keeps them exact
 
 
+class _Encoded(bytes):
+    """Bytes already encoded in the checkpoint's format (written as they are)."""
+
+    __slots__ = ()
+
+
+def _pickle_if_small(value: Any, limit: int) -> tuple[bytes | None, _Encoded | None]:
+    """``(pickle, None)`` if ``value`` pickles to at most ``limit`` bytes.
+
+    Otherwise ``(None, pickle)`` when the pickle is already made (a value without
+    out-of-band buffers, so it is not made twice), or ``(None, None)`` for values with
+    large buffers (numpy arrays), which are streamed to the file instead: measuring
+    them costs no copy, since protocol 5 hands the buffers out without copying.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    head = cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append)
+    if not buffers:
+        return (head, None) if len(head) <= limit else (None, _Encoded(head))
+    size = len(head) + sum(b.raw().nbytes for b in buffers)
+    if size > limit:
+        return None, None
+    return cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL), None
+
+
 def _encode(fmt: CheckpointFormat, obj: Any, sink: _HashingWriter) -> None:
-    if fmt == "pickle":
+    if isinstance(obj, _Encoded):
+        sink.write(obj)
+    elif fmt == "pickle":
         cloudpickle.dump(obj, sink, protocol=PICKLE_PROTOCOL)
     elif fmt == "arrow":
         with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), obj.schema) as writer:
@@ -374,9 +431,22 @@ class CheckpointStore:
     # -- write
 
     def write(
-        self, workflow_id: str, task_id: str, attempt: int, value: Any, *, sync_dir: bool = True
+        self,
+        workflow_id: str,
+        task_id: str,
+        attempt: int,
+        value: Any,
+        *,
+        sync_dir: bool = True,
+        inline_limit: int = 0,
     ) -> CheckpointRef:
         """Store ``value`` as the output of one attempt of one step, atomically.
+
+        With ``inline_limit > 0``, a value that pickles to at most that many bytes
+        (and is not an Arrow table or DataFrame) is not written anywhere: the returned
+        ref is *inline*, carrying the bytes in ``data`` for the caller to commit in the
+        SQL row itself. That is only safe where losing an uncommitted output is
+        harmless, i.e. for idempotent steps: nothing is left to find after a crash.
 
         Crash safety, in order:
 
@@ -411,6 +481,7 @@ class CheckpointStore:
             attempt: the attempt number (distinct attempts never share a file).
             value: the step's output.
             sync_dir: fsync the directory after the rename (see step 4).
+            inline_limit: keep values pickled this small in the ref (0: never).
 
         Returns:
             The location, checksum, format and size of the checkpoint.
@@ -420,6 +491,12 @@ class CheckpointStore:
                 nothing is left behind in that case.
         """
         fmt, obj = _choose_format(value)
+        if fmt == "pickle" and inline_limit > 0:
+            small, encoded = _pickle_if_small(value, inline_limit)
+            if small is not None:
+                return inline_ref(workflow_id, task_id, attempt, small)
+            if encoded is not None:
+                obj = encoded
         final = self.path(workflow_id, task_id, attempt, fmt)
         tmp = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
         if self._local:
@@ -519,35 +596,18 @@ class CheckpointStore:
             location = ref_or_location.location
             checksum = checksum or ref_or_location.checksum
             fmt: str = format or ref_or_location.format
+            data = ref_or_location.data
         else:
             location = ref_or_location
+            if location.startswith(INLINE_SCHEME):
+                raise ValueError(f"{location} is kept in SQL: read it from its CheckpointRef")
             fmt = format or _format_of_location(location)
+            data = None
         if not checksum:
             raise ValueError(f"read({location!r}) needs the checksum recorded when it was written")
-        data = self._read_bytes(location, checksum)
-        actual = _checksum(checksum, data)
-        if actual != checksum:
-            raise CorruptCheckpointError(
-                f"Checkpoint {location} is corrupt: its checksum is {actual}, but "
-                f"{checksum} was recorded when it was written. Re-run the step that "
-                "produced it.",
-                location=location,
-                expected_checksum=checksum,
-                actual_checksum=actual,
-            )
-        try:
-            return _decode(fmt, data)
-        except ImportError:
-            raise  # e.g. a Parquet checkpoint read where pandas is not installed
-        except Exception as exc:
-            raise CorruptCheckpointError(
-                f"Checkpoint {location} matches its checksum {checksum} but cannot be "
-                f"decoded as {fmt}: {exc!r}. It was probably written by an incompatible "
-                "version of a library; re-run the step that produced it.",
-                location=location,
-                expected_checksum=checksum,
-                actual_checksum=actual,
-            ) from exc
+        if data is None:
+            data = self._read_bytes(location, checksum)
+        return decode_checkpoint(location, checksum, fmt, data)
 
     def _read_bytes(self, location: str, checksum: str) -> bytes:
         fs, path = self._resolve(location)
@@ -659,3 +719,45 @@ def _checksum(expected: str, data: bytes) -> str:
     if algorithm != CHECKSUM_ALGORITHM:
         return f"unsupported:{algorithm}"
     return f"{CHECKSUM_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+
+
+def inline_ref(workflow_id: str, task_id: str, attempt: int, data: bytes) -> CheckpointRef:
+    """The ref of a pickled output kept in SQL (see :data:`INLINE_LIMIT`)."""
+    return CheckpointRef(
+        location=f"{INLINE_SCHEME}{workflow_id}/{task_id}@{attempt}",
+        checksum=f"{CHECKSUM_ALGORITHM}:{hashlib.sha256(data).hexdigest()}",
+        format="pickle",
+        size=len(data),
+        data=data,
+    )
+
+
+def decode_checkpoint(location: str, checksum: str, fmt: str, data: bytes) -> Any:
+    """Verify ``data`` against ``checksum``, then decode it (see ``CheckpointStore.read``).
+
+    Raises:
+        CorruptCheckpointError: the checksum differs, or the bytes cannot be decoded.
+    """
+    actual = _checksum(checksum, data)
+    if actual != checksum:
+        raise CorruptCheckpointError(
+            f"Checkpoint {location} is corrupt: its checksum is {actual}, but "
+            f"{checksum} was recorded when it was written. Re-run the step that "
+            "produced it.",
+            location=location,
+            expected_checksum=checksum,
+            actual_checksum=actual,
+        )
+    try:
+        return _decode(fmt, data)
+    except ImportError:
+        raise  # e.g. a Parquet checkpoint read where pandas is not installed
+    except Exception as exc:
+        raise CorruptCheckpointError(
+            f"Checkpoint {location} matches its checksum {checksum} but cannot be "
+            f"decoded as {fmt}: {exc!r}. It was probably written by an incompatible "
+            "version of a library; re-run the step that produced it.",
+            location=location,
+            expected_checksum=checksum,
+            actual_checksum=actual,
+        ) from exc

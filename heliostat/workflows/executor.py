@@ -5,9 +5,11 @@ Crash-safety protocol (the SQL log *is* the write-ahead log):
 1. Before a step is submitted, an INTENT row (step, attempt, idempotency key) is
    committed, and the step's status becomes RUNNING, in the same transaction.
 2. The step runs in a worker. If it is checkpointed, the worker writes its output to
-   checkpoint storage (temporary name, fsync, rename, checksum) before it returns.
-3. The executor commits a COMMIT row with the checkpoint's location and checksum, and
-   the step's status becomes SUCCESSFUL.
+   checkpoint storage (temporary name, fsync, rename, checksum) before it returns;
+   a small output of an idempotent step instead comes back inline, to be stored in
+   the SQL row (one fsync for data and record; see ``INLINE_LIMIT``).
+3. The executor commits a COMMIT row with the checkpoint's location and checksum (and
+   the inline bytes), and the step's status becomes SUCCESSFUL.
 4. Records ready at the same moment share one transaction (group commit): the COMMITs
    of steps that just finished and the INTENTs of the steps they unblock cost one
    fsync together.
@@ -49,7 +51,7 @@ from heliostat.exceptions import (
     WorkflowExecutionError,
     WorkflowNeedsAttentionError,
 )
-from heliostat.storage.checkpoints import CheckpointRef, SupportsCheckpoints
+from heliostat.storage.checkpoints import INLINE_LIMIT, CheckpointRef, SupportsCheckpoints
 from heliostat.storage.states import StepStatus, WorkflowStatus
 from heliostat.workflows.compile import CompiledWorkflow, StepSpec, compile_dag
 from heliostat.workflows.context import idempotency_key
@@ -253,7 +255,7 @@ class WorkflowExecutor:
                     )
                     submit.append(task_id)
             if self._must_commit(submit, now):
-                if self._batch.commits:
+                if any(c[2] is not None and not c[2].inline for c in self._batch.commits):
                     # Workers renamed their checkpoints without a directory fsync: one
                     # here covers them all, before any COMMIT names them.
                     self.checkpoints.sync_workflow_dir(self.workflow_id)
@@ -379,6 +381,7 @@ class WorkflowExecutor:
             checkpoint_url=self.checkpoints.url
             if opts.checkpoint and self._worker_writes
             else None,
+            inline_limit=self._inline_limit(spec),
             catch_exceptions=opts.catch_exceptions,
         )
         parent_values = [self._steps[self._resolve(p)].value for p in spec.parents]
@@ -393,6 +396,17 @@ class WorkflowExecutor:
         self._values[task_id] = value_ref
         self._inflight[meta_ref] = task_id
         hs.current_client().on_ready(meta_ref, self._on_step_ready)
+
+    @staticmethod
+    def _inline_limit(spec: StepSpec) -> int:
+        """How small an output must be to be committed inline in SQL (0: never).
+
+        Only an idempotent step's: an inline output exists nowhere until its COMMIT,
+        so a crash before that re-runs the step. A non-idempotent step always writes a
+        file before it returns, which a resume finds and commits instead of declaring
+        the step in doubt.
+        """
+        return INLINE_LIMIT if spec.options.idempotent else 0
 
     def _on_step_ready(self, ref: ObjectRef) -> None:
         with self._finished_cond:
@@ -431,7 +445,11 @@ class WorkflowExecutor:
         if state.spec.options.checkpoint and ref is None:
             # Storage the workers cannot reach (memory://): the driver writes it.
             ref = self.checkpoints.write(
-                self.workflow_id, task_id, state.attempt, hs.get(value_ref)
+                self.workflow_id,
+                task_id,
+                state.attempt,
+                hs.get(value_ref),
+                inline_limit=self._inline_limit(state.spec),
             )
         if meta.continuation:
             cont: Continuation = hs.get(value_ref)
@@ -442,7 +460,9 @@ class WorkflowExecutor:
             self._continue(task_id, cont, persist=True)
             return
         state.value = value_ref
-        state.checkpoint = ref
+        # The batch keeps an inline output's bytes until they are committed; the
+        # executor itself reads the live value, so it need not hold them.
+        state.checkpoint = ref.without_data() if ref is not None else None
         self._batch.commit(task_id, state.attempt, ref, "finished")
         self._succeeded(task_id)
 

@@ -5,7 +5,10 @@ ordinary task with two returns: the step's *value* (left in the object store, wh
 the step's consumers read it without a trip through the driver) and a small
 :class:`StepMeta` for the executor. When the step is checkpointed, the worker writes
 the checkpoint itself (atomic, checksummed) before it returns, so the executor only
-commits a row: the data never passes through the driver (DESIGN §9).
+commits a row: the data never passes through the driver (DESIGN §9). The exception is a
+small output of an idempotent step (at most ``INLINE_LIMIT`` bytes pickled): it comes
+back inline, and the executor stores it in the step's SQL row with the COMMIT, so one
+fsync makes both durable.
 
 A step's inputs arrive as live values (the parent's ObjectRef, resolved by the
 engine) or, after a resume, as :class:`~heliostat.storage.checkpoints.CheckpointRef`
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from heliostat.engine.dag import DAGNode, map_leaves
-from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore
+from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore, decode_checkpoint
 from heliostat.workflows.compile import Upstream
 from heliostat.workflows.context import WorkflowContext, step_context
 
@@ -59,6 +62,7 @@ class StepEnv:
     attempt: int
     idempotency_key: str
     checkpoint_url: str | None  # None: the step writes no checkpoint itself
+    inline_limit: int  # outputs pickled this small go to SQL with the COMMIT (0: never)
     catch_exceptions: bool
 
 
@@ -107,7 +111,12 @@ class StepCall:
         outputs = {}
         for task_id, value in zip(parent_ids, parent_values, strict=True):
             if isinstance(value, CheckpointRef):
-                value = checkpoint_store(env.checkpoint_url or value.store_url).read(value)
+                if value.data is not None:  # kept in SQL, handed over with the ref
+                    value = decode_checkpoint(
+                        value.location, value.checksum, value.format, value.data
+                    )
+                else:
+                    value = checkpoint_store(env.checkpoint_url or value.store_url).read(value)
             outputs[task_id] = value
         args = substitute(args, outputs)
         kwargs = substitute(kwargs, outputs)
@@ -133,8 +142,16 @@ class StepCall:
         ref = None
         if env.checkpoint_url is not None:
             store = checkpoint_store(env.checkpoint_url)
-            # The executor fsyncs the directory once per group commit (before COMMIT).
-            ref = store.write(env.workflow_id, env.task_id, env.attempt, result, sync_dir=False)
+            # The executor fsyncs the directory once per group commit (before COMMIT);
+            # a small output comes back inline and is committed in the SQL row.
+            ref = store.write(
+                env.workflow_id,
+                env.task_id,
+                env.attempt,
+                result,
+                sync_dir=False,
+                inline_limit=env.inline_limit,
+            )
         meta = StepMeta(
             checkpoint=ref, continuation=is_continuation, started=started, finished=time.time()
         )

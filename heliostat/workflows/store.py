@@ -71,6 +71,7 @@ _STEP_COMMIT = (
         output_checksum=sa.bindparam("sum"),
         output_format=sa.bindparam("fmt"),
         output_size=sa.bindparam("size"),
+        output_inline=sa.bindparam("data"),
         finished_at=sa.bindparam("now"),
         error=sa.bindparam("err"),
     )
@@ -387,6 +388,7 @@ class WorkflowStore:
                     # A continuation's checkpoint is the pickled sub-DAG.
                     format=_ref_format(m["output_format"]),
                     size=m["output_size"] or 0,
+                    data=m["output_inline"],
                 )
             out[m["task_id"]] = StepRecord(
                 task_id=m["task_id"],
@@ -556,6 +558,7 @@ class WorkflowStore:
                             "sum": ref.checksum if ref else None,
                             "fmt": fmt or (ref.format if ref else None),
                             "size": ref.size if ref else None,
+                            "data": ref.data if ref else None,
                             "now": now,
                             "err": None,
                         }

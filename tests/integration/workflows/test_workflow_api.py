@@ -15,18 +15,23 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import sqlalchemy as sa
 
 import heliostat as hs
 from heliostat import workflow
 from heliostat.engine import Runtime
 from heliostat.exceptions import (
+    CorruptCheckpointError,
     WorkflowCancelledError,
     WorkflowExecutionError,
     WorkflowNeedsAttentionError,
     WorkflowNotFoundError,
 )
 from heliostat.storage.checkpoints import EXTENSIONS
+from heliostat.storage.models import Step
 from heliostat.workflows import StepStatus, WorkflowStatus
+from heliostat.workflows import api as workflow_api
+from heliostat.workflows import executor as executor_module
 
 pytestmark = pytest.mark.usefixtures("wf_home")
 
@@ -233,7 +238,7 @@ def test_get_metadata_of_workflow_and_step(runtime: Runtime, tmp_path: Path) -> 
     assert step["attempts"] == 1
     assert step["user_metadata"] == {"stage": "final"}
     assert step["started_at"] <= step["finished_at"]
-    assert step["checkpoint"].endswith("." + EXTENSIONS["pickle"])
+    assert step["checkpoint"] == "inline:meta/sum@1"  # a small output lives in SQL
     with pytest.raises(WorkflowNotFoundError, match="'nope'"):
         workflow.get_metadata("meta", "nope")
 
@@ -255,9 +260,12 @@ def test_list_all_with_and_without_status_filter(runtime: Runtime, tmp_path: Pat
 def test_delete_removes_rows_and_checkpoints(
     runtime: Runtime, tmp_path: Path, wf_home: Path
 ) -> None:
-    workflow.run(_sum_dag(tmp_path / "log"), workflow_id="gone")
-    checkpoint = Path(workflow.get_metadata("gone", "sum")["checkpoint"].removeprefix("file://"))
-    assert checkpoint.is_file()
+    table = make_table.options(**_opts("table")).bind(str(tmp_path / "log"))
+    assert workflow.run(table_rows.options(**_opts("rows")).bind(table), workflow_id="gone") == 7
+    location = workflow.get_metadata("gone", "table")["checkpoint"]
+    checkpoint = Path(location.removeprefix("file://"))
+    assert checkpoint.is_file()  # a table is always a file; the int total is inline in SQL
+    assert workflow.get_metadata("gone", "rows")["checkpoint"] == "inline:gone/rows@1"
 
     workflow.delete("gone")
 
@@ -531,17 +539,40 @@ def test_dataframe_output_is_checkpointed_as_parquet(runtime: Runtime, tmp_path:
     pd.testing.assert_frame_equal(stored, frame)
 
 
-def test_corrupt_upstream_checkpoint_on_resume(runtime: Runtime, tmp_path: Path) -> None:
-    """DESIGN §4 / the issue: a corrupt checkpoint is reported as such and, for an
-    idempotent step, the step re-runs."""
-    log, flag = tmp_path / "log", tmp_path / "flag"
-    with pytest.raises(WorkflowExecutionError):
-        workflow.run(_failing_dag(log, flag), workflow_id="corrupt")
-    location = workflow.get_metadata("corrupt", "up")["checkpoint"]
+def _corrupt(workflow_id: str, task_id: str, location: str) -> None:
+    """Flip one byte of a step's checkpoint, in its file or in its SQL row."""
+    if location.startswith("inline:"):
+        steps = Step.__table__
+        where = (steps.c.workflow_id == workflow_id) & (steps.c.task_id == task_id)
+        with workflow_api._store().engine.begin() as conn:
+            data = bytearray(
+                conn.execute(sa.select(steps.c.output_inline).where(where)).scalar_one()
+            )
+            data[len(data) // 2] ^= 0xFF
+            conn.execute(steps.update().where(where).values(output_inline=bytes(data)))
+        return
     path = Path(location.removeprefix("file://"))
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kept", ["inline", "file"])
+def test_corrupt_upstream_checkpoint_on_resume(
+    runtime: Runtime, tmp_path: Path, kept: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN §4 / the issue: a corrupt checkpoint is reported as such and, for an
+    idempotent step, the step re-runs; whether it was kept in SQL or in a file."""
+    if kept == "file":
+        monkeypatch.setattr(executor_module, "INLINE_LIMIT", 0)
+    log, flag = tmp_path / "log", tmp_path / "flag"
+    with pytest.raises(WorkflowExecutionError):
+        workflow.run(_failing_dag(log, flag), workflow_id="corrupt")
+    location = workflow.get_metadata("corrupt", "up")["checkpoint"]
+    assert location.startswith("inline:" if kept == "inline" else "file://")
+    _corrupt("corrupt", "up", location)
+    with pytest.raises(CorruptCheckpointError, match="is corrupt"):
+        workflow.get_output("corrupt", task_id="up")
     flag.touch()
 
     assert workflow.resume("corrupt") == 40

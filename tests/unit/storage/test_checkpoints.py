@@ -379,3 +379,58 @@ def test_importing_the_store_does_not_import_pandas() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}
     )
     assert result.returncode == 0, result.stderr or "pandas was imported"
+
+
+# --- inline checkpoints (kept in the SQL row) ---
+
+
+@pytest.mark.parametrize("value", [7, {"rows": [1, 2, 3]}, np.arange(10)])
+def test_small_values_come_back_inline_and_write_no_file(
+    store: CheckpointStore, value: Any
+) -> None:
+    ref = store.write("wf", "s", 1, value, inline_limit=4096)
+
+    assert ref.inline and ref.location == "inline:wf/s@1"
+    assert ref.data is not None and ref.size == len(ref.data)
+    assert ref.checksum == "sha256:" + hashlib.sha256(ref.data).hexdigest()
+    assert _all_files(store) == []
+    assert (
+        np.array_equal(store.read(ref), value)
+        if isinstance(value, np.ndarray)
+        else (store.read(ref) == value)
+    )
+
+
+@pytest.mark.parametrize(
+    "value", [list(range(5000)), np.zeros(5000)], ids=["python-objects", "numpy"]
+)
+def test_values_over_the_inline_limit_go_to_a_file(store: CheckpointStore, value: Any) -> None:
+    ref = store.write("wf", "s", 1, value, inline_limit=1024)
+
+    assert not ref.inline and ref.data is None
+    assert len(_all_files(store)) == 1
+    assert ref.checksum == "sha256:" + hashlib.sha256(_raw(store, ref)).hexdigest()
+    back = store.read(ref)
+    assert np.array_equal(back, value) if isinstance(value, np.ndarray) else back == value
+
+
+def test_tables_are_never_inline(store: CheckpointStore) -> None:
+    ref = store.write("wf", "s", 1, pa.table({"a": [1]}), inline_limit=1 << 20)
+    assert ref.format == "arrow" and not ref.inline
+
+
+def test_corrupt_inline_bytes_raise_corrupt_checkpoint(store: CheckpointStore) -> None:
+    ref = store.write("wf", "s", 1, "hello", inline_limit=4096)
+    assert ref.data is not None
+    bad = CheckpointRef(
+        location=ref.location,
+        checksum=ref.checksum,
+        format=ref.format,
+        size=ref.size,
+        data=ref.data[:-1] + b"\x00",
+    )
+    with pytest.raises(CorruptCheckpointError, match=r"inline:wf/s@1 is corrupt"):
+        store.read(bad)
+    with pytest.raises(ValueError, match="kept in SQL"):
+        store.read(ref.location, checksum=ref.checksum)
+    assert ref.without_data().data is None and ref.without_data() == ref

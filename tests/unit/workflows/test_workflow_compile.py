@@ -270,13 +270,14 @@ def test_get_context_outside_a_step_raises() -> None:
         workflow.get_context()
 
 
-def _env(checkpoint_url: str | None, *, catch: bool = False) -> StepEnv:
+def _env(checkpoint_url: str | None, *, catch: bool = False, inline_limit: int = 0) -> StepEnv:
     return StepEnv(
         workflow_id="wf",
         task_id="t",
         attempt=2,
         idempotency_key="wf:t",
         checkpoint_url=checkpoint_url,
+        inline_limit=inline_limit,
         catch_exceptions=catch,
     )
 
@@ -310,6 +311,21 @@ def test_step_call_reads_parent_checkpoints() -> None:
 
     assert value == 3
     assert meta.checkpoint is None
+
+
+def test_step_call_returns_a_small_output_inline_and_reads_inline_parents() -> None:
+    url = "memory://wf-unit-step-inline"
+    value, meta = StepCall(lambda x: x + 1)(
+        _env(url, inline_limit=1024), (Upstream("p"),), {}, ("p",), 41
+    )
+    assert value == 42
+    ref = meta.checkpoint
+    assert ref is not None and ref.inline and ref.data is not None
+    assert CheckpointStore(url).fs.find("/wf-unit-step-inline") == []  # no file written
+
+    # A consumer handed the inline ref decodes (and verifies) it without any store.
+    out, _ = StepCall(lambda x: x * 2)(_env(None), (Upstream("p"),), {}, ("p",), ref)
+    assert out == 84
 
 
 def test_step_call_catch_exceptions_returns_the_error() -> None:
