@@ -26,6 +26,14 @@ Every public error derives from :class:`HeliostatError`::
     │   ├── WorkflowCancelledError      the workflow was cancelled
     │   ├── WorkflowNeedsAttentionError a non-idempotent step is in doubt
     │   └── WorkflowExecutionError      a step failed and the workflow with it
+    ├── ScheduleError                   cron / interval schedules
+    │   ├── InvalidScheduleError (ValueError)
+    │   │   │                           a bad cron string, time zone, interval, name ...
+    │   │   └── ScheduleTargetError     the target cannot be imported, called, or
+    │   │                               returned no DAG
+    │   ├── ScheduleNotFoundError (KeyError)
+    │   │                               no schedule with that name
+    │   └── ScheduleExistsError         create() of a name in use, without replace=True
     ├── CorruptCheckpointError          a checkpoint is missing, fails its checksum or
     │                                   cannot be decoded
     └── StorageError                    the metadata database cannot be used as it is
@@ -47,10 +55,15 @@ __all__ = [
     "HeliostatError",
     "HeliostatInternalError",
     "InfeasibleResourcesError",
+    "InvalidScheduleError",
     "InvalidTransition",
     "NotInitializedError",
     "ObjectLostError",
     "OwnerDiedError",
+    "ScheduleError",
+    "ScheduleExistsError",
+    "ScheduleNotFoundError",
+    "ScheduleTargetError",
     "SerializationError",
     "StorageError",
     "TaskCancelledError",
@@ -335,6 +348,49 @@ class WorkflowExecutionError(WorkflowError):
     def __reduce__(self) -> tuple[Any, ...]:
         fields = {"workflow_id": self.workflow_id, "task_id": self.task_id, "cause": self.cause}
         return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class ScheduleError(HeliostatError):
+    """Base class of schedule errors; ``schedule`` names the schedule (empty if none yet)."""
+
+    def __init__(self, message: str, *, schedule: str = "") -> None:
+        self.schedule = schedule
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_kw, (type(self), self.args, {"schedule": self.schedule}))
+
+
+class InvalidScheduleError(ScheduleError, ValueError):
+    """A schedule that cannot be: a malformed cron string, an unknown time zone, a
+    non-positive interval, both or neither of cron and interval, a bad name, ...
+
+    The message is one line naming the problem.
+    """
+
+
+class ScheduleTargetError(InvalidScheduleError):
+    """A schedule's target ``module:function`` cannot be imported or called, raised, or
+    returned something other than a DAG; ``target`` names it."""
+
+    def __init__(self, message: str, *, schedule: str = "", target: str = "") -> None:
+        self.target = target
+        super().__init__(message, schedule=schedule)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"schedule": self.schedule, "target": self.target}
+        return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class ScheduleNotFoundError(ScheduleError, KeyError):
+    """No schedule with the given name exists."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ScheduleExistsError(ScheduleError):
+    """A schedule with this name exists already; pass ``replace=True`` to edit it."""
 
 
 class CorruptCheckpointError(HeliostatError):

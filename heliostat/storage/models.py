@@ -30,6 +30,7 @@ Choices:
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -58,6 +59,9 @@ __all__ = [
     "Base",
     "Edge",
     "Lease",
+    "Schedule",
+    "ScheduleRun",
+    "ScheduleRunKind",
     "Step",
     "StepAttempt",
     "Transition",
@@ -493,3 +497,92 @@ class Transition(Base):
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     workflow: Mapped[Workflow] = relationship()
+
+
+# --- schedules --------------------------------------------------------------------------
+
+
+class ScheduleRunKind(StrEnum):
+    """How a schedule's run came about: its cron or interval fired, or someone said "now"."""
+
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+
+
+class Schedule(Base):
+    """A cron or interval schedule that fires workflow runs of a ``module:function`` target.
+
+    Exactly one of ``cron`` and ``interval_seconds`` is set (a CHECK constraint says so).
+    The trigger loop's bookkeeping:
+
+    * ``cursor``: the latest logical time fired (claimed); NULL before the first. Editing
+      the schedule keeps it, so no interval at or before it fires again.
+    * ``next_fire_at``: the first fire time after ``cursor`` (before the first fire: the
+      first one after the start or the creation), NULL when the schedule has no more
+      (past its end). The loop's one query for due work is "unpaused, ``next_fire_at``
+      <= now, oldest first", served by the ``(paused, next_fire_at)`` index. It is at or
+      before now while missed intervals wait for a free slot (``max_active_runs``).
+    * ``updated_at`` changes when a person changes the schedule (create, edit, pause,
+      resume), not when the loop fires it.
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        sa.CheckConstraint("(cron IS NULL) <> (interval_seconds IS NULL)", name="timing"),
+        sa.CheckConstraint("max_active_runs >= 1", name="max_active_runs"),
+        sa.Index(None, "paused", "next_fire_at"),
+    )
+
+    name: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    target: Mapped[str] = mapped_column(sa.String(1024))
+    """``module:function`` called with the logical time to build the run's DAG."""
+    cron: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    interval_seconds: Mapped[int | None] = mapped_column(sa.BigInteger)
+    timezone: Mapped[str] = mapped_column(sa.String(64), default="UTC")
+    kwargs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Keyword arguments for the target, besides ``logical_time`` (JSON)."""
+    catchup: Mapped[bool] = mapped_column(default=False)
+    max_active_runs: Mapped[int] = mapped_column(default=1)
+    paused: Mapped[bool] = mapped_column(default=False)
+    start_at: Mapped[dt.datetime | None]
+    end_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    cursor: Mapped[dt.datetime | None]
+    next_fire_at: Mapped[dt.datetime | None]
+
+
+class ScheduleRun(Base):
+    """One run a schedule fired: the claim of one interval, or a manual trigger.
+
+    A row is the claim: inserting it is what fires an interval, and the unique
+    ``(schedule_name, logical_time, kind)`` makes a second claim of the same interval
+    fail, whichever process tries. Manual runs sit beside scheduled ones (a trigger at
+    exactly 02:00 does not take the 02:00 interval) with ids of their own.
+
+    ``started_at`` is set once the run was handed to the workflow engine, ``error``
+    when building or starting it failed; a row with neither, older than a grace period,
+    was claimed by a scheduler that died before starting it, and is started again
+    (under the same workflow id, so never twice). Deleting the schedule deletes these
+    rows; the runs' workflows stay.
+    """
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (
+        sa.UniqueConstraint("schedule_name", "logical_time", "kind"),
+        sa.Index(None, "started_at"),  # runs not started yet, or started just now
+    )
+
+    workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    schedule_name: Mapped[str] = mapped_column(
+        sa.String(ID_LENGTH), sa.ForeignKey("schedules.name", ondelete="CASCADE")
+    )
+    logical_time: Mapped[dt.datetime]
+    kind: Mapped[ScheduleRunKind] = mapped_column(
+        _state_column_type(ScheduleRunKind, "kind"), default=ScheduleRunKind.SCHEDULED
+    )
+    fired_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+    schedule: Mapped[Schedule] = relationship()

@@ -23,7 +23,17 @@ from heliostat.exceptions import StorageError
 from heliostat.storage import db
 from heliostat.storage.models import metadata
 
-TABLES = {"workflows", "steps", "step_attempts", "edges", "wal", "leases", "transitions"}
+TABLES = {
+    "workflows",
+    "steps",
+    "step_attempts",
+    "edges",
+    "wal",
+    "leases",
+    "transitions",
+    "schedules",
+    "schedule_runs",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
