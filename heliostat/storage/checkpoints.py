@@ -49,8 +49,6 @@ from urllib.parse import unquote, urlsplit
 
 import cloudpickle
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from heliostat.exceptions import CorruptCheckpointError
@@ -277,8 +275,14 @@ class _HashingWriter:
 
 
 def _choose_format(value: Any) -> tuple[CheckpointFormat, Any]:
-    """Pick the format for ``value``; returns it and the object the encoder writes."""
-    if isinstance(value, pa.Table):
+    """Pick the format for ``value``; returns it and the object the encoder writes.
+
+    pyarrow and pandas are looked up in ``sys.modules``, not imported: a table or
+    DataFrame can only exist once its library is, and a worker that checkpoints plain
+    values then never pays for importing them.
+    """
+    pa = sys.modules.get("pyarrow")
+    if pa is not None and isinstance(value, pa.Table):
         return "arrow", value
     pd = sys.modules.get("pandas")
     if pd is not None and isinstance(value, pd.DataFrame):
@@ -288,13 +292,15 @@ def _choose_format(value: Any) -> tuple[CheckpointFormat, Any]:
     return "pickle", value
 
 
-def _dataframe_to_arrow(df: Any) -> pa.Table | None:
+def _dataframe_to_arrow(df: Any) -> Any:
     """The DataFrame as an Arrow table, or ``None`` if Parquet would not round-trip it."""
     columns = df.columns
     if getattr(columns, "nlevels", 1) != 1 or not all(isinstance(c, str) for c in columns):
         return None  # Parquet names columns by string: ints, tuples would come back changed
     if len(set(columns)) != len(columns):
         return None
+    import pyarrow as pa
+
     try:
         return pa.Table.from_pandas(df)
     except (pa.ArrowException, TypeError, ValueError):
@@ -331,9 +337,14 @@ def _encode(fmt: CheckpointFormat, obj: Any, sink: _HashingWriter) -> None:
     elif fmt == "pickle":
         cloudpickle.dump(obj, sink, protocol=PICKLE_PROTOCOL)
     elif fmt == "arrow":
+        import pyarrow as pa
+
         with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), obj.schema) as writer:
             writer.write_table(obj)
     else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         pq.write_table(obj, pa.PythonFile(sink, mode="w"))
 
 
@@ -341,8 +352,13 @@ def _decode(fmt: str, data: bytes) -> Any:
     if fmt == "pickle":
         return cloudpickle.loads(data)
     if fmt == "arrow":
+        import pyarrow as pa
+
         return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
     if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         return pq.read_table(pa.BufferReader(data)).to_pandas()
     raise ValueError(f"unknown checkpoint format {fmt!r} (known: {', '.join(FORMATS)})")
 

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
-import networkx as nx
 
 from heliostat.engine.dag import DAGNode, FunctionNode, map_nodes
 from heliostat.engine.remote_function import RemoteFunction
 from heliostat.exceptions import WorkflowDefinitionError
 from heliostat.workflows.options import StepOptions, step_options
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["CompiledWorkflow", "StepSpec", "Upstream", "compile_dag", "upstream_ids"]
 
@@ -85,6 +87,8 @@ class CompiledWorkflow:
 
     def order(self) -> list[str]:
         """Task ids in a deterministic topological order."""
+        import networkx as nx  # only the driver compiles and orders graphs (slow import)
+
         return list(nx.lexicographical_topological_sort(self.graph, key=self._position))
 
     def _position(self, task_id: str) -> int:
@@ -155,6 +159,8 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
             counts[base] = n + 1
         used.add(task_id)
         ids[node._uid] = task_id
+
+    import networkx as nx  # workers unpickle this module's Upstream: keep it light
 
     graph = nx.DiGraph()
     steps: dict[str, StepSpec] = {}
