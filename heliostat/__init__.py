@@ -33,6 +33,7 @@ from heliostat.engine import (
 
 if _typing.TYPE_CHECKING:
     from heliostat import workflows as workflow
+    from heliostat.workflows import schedules
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,11 @@ def __getattr__(name: str) -> _typing.Any:
 
         globals()["workflow"] = workflows
         return workflows
+    if name == "schedules":  # same reason: it is part of the workflows layer
+        from heliostat.workflows import schedules
+
+        globals()["schedules"] = schedules
+        return schedules
     raise AttributeError(f"module 'heliostat' has no attribute {name!r}")
 
 
@@ -67,6 +73,7 @@ __all__ = [
     "nodes",
     "put",
     "remote",
+    "schedules",
     "shutdown",
     "timeline",
     "wait",

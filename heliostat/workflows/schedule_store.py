@@ -1,0 +1,794 @@
+"""SQL access for schedules: definitions, claims of due intervals, and their runs.
+
+Two kinds of callers share this store. People (the Python API, the CLI) create, edit,
+pause and delete schedules and trigger manual runs; the trigger loop claims the
+intervals that fell due and records how starting them went. Every change a person makes
+bumps ``schedules.updated_at`` and wakes the loops of this process that subscribed
+(:meth:`ScheduleStore.subscribe`); loops in other processes see it at their next poll.
+
+Claiming due intervals (:meth:`ScheduleStore.claim_due`) is one transaction per batch
+of schedules:
+
+1. Select the unpaused schedules whose ``next_fire_at`` is due, oldest first. On
+   PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED``, so two loops share the
+   work without waiting on each other and never plan the same schedule at once; SQLite
+   transactions take the database write lock up front (``BEGIN IMMEDIATE``), which
+   serializes the loops.
+2. Count each schedule's active runs (workflows PENDING, RUNNING or RESUMABLE, plus runs
+   claimed but not yet visible as a workflow) in one query.
+3. Ask the caller's planner what to fire for each schedule (pure policy:
+   :func:`heliostat.scheduler.cron.plan_fires`).
+4. ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` one ``schedule_runs`` row per fire
+   time: the unique ``(schedule_name, logical_time, kind)`` makes the insert the claim,
+   and a row that conflicts was claimed by somebody else and is not started here.
+5. Move each schedule's ``cursor`` and ``next_fire_at``, then commit.
+
+The caller starts the claimed runs after the commit and reports back with
+:meth:`ScheduleStore.mark_started` (``started_at`` or ``error``, one batched UPDATE). A
+scheduler that dies in between leaves rows with neither; :meth:`ScheduleStore.stranded`
+finds them after a grace period so they are started again under the same workflow id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine
+
+from heliostat.exceptions import ScheduleExistsError, ScheduleNotFoundError
+from heliostat.scheduler.cron import FirePlan, ScheduleSpec, run_id
+from heliostat.storage.db import ensure_schema, make_engine
+from heliostat.storage.models import Lease, Schedule, ScheduleRunKind, Workflow
+from heliostat.storage.models import ScheduleRun as ScheduleRunRow
+from heliostat.storage.states import WorkflowStatus
+from heliostat.workflows.store import WorkflowStore
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "Claim",
+    "FiredRun",
+    "ScheduleInfo",
+    "ScheduleRun",
+    "ScheduleStore",
+    "StrandedRun",
+]
+
+_SCH: sa.Table = Schedule.__table__  # type: ignore[assignment]
+_RUN: sa.Table = ScheduleRunRow.__table__  # type: ignore[assignment]
+_W: sa.Table = Workflow.__table__  # type: ignore[assignment]
+_L: sa.Table = Lease.__table__  # type: ignore[assignment]
+
+ACTIVE_STATUSES = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.RESUMABLE)
+"""Workflow states in which a scheduled run counts against ``max_active_runs``."""
+
+_ACTIVE_VALUES = [str(s) for s in ACTIVE_STATUSES]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleInfo:
+    """A schedule as stored: its definition and where its firing stands.
+
+    Attributes:
+        name: the schedule's name (part of its runs' workflow ids).
+        target: ``module:function`` called with ``logical_time=`` (and ``kwargs``) to
+            build each run's DAG.
+        cron: the cron expression, or None for an interval schedule.
+        interval: the interval, or None for a cron schedule.
+        timezone: IANA zone the cron expression is read in.
+        kwargs: extra keyword arguments for the target.
+        catchup: fire every missed interval (True) or only the latest (False).
+        max_active_runs: runs of this schedule that may be active at once.
+        paused: a paused schedule fires nothing; on resume, catch-up rules apply.
+        start, end: bounds of the fire times (inclusive), or None.
+        created_at, updated_at: when it was created and last changed by a person.
+        last_logical_time: the latest logical time fired (the cursor), or None.
+        next_fire_time: the next logical time to fire (after ``last_logical_time``); in
+            the past while intervals wait for a free run slot, for the scheduler, or
+            for a resume; None when the schedule has no more fire times.
+    """
+
+    name: str
+    target: str
+    cron: str | None
+    interval: dt.timedelta | None
+    timezone: str
+    kwargs: dict[str, Any]
+    catchup: bool
+    max_active_runs: int
+    paused: bool
+    start: dt.datetime | None
+    end: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    last_logical_time: dt.datetime | None
+    next_fire_time: dt.datetime | None
+
+    def spec(self) -> ScheduleSpec:
+        """The schedule's timing as a :class:`ScheduleSpec` (validated again)."""
+        return ScheduleSpec(
+            cron=self.cron,
+            interval=self.interval,
+            timezone=self.timezone,
+            start=self.start,
+            end=self.end,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The schedule as JSON-able values (times as ISO 8601 UTC strings)."""
+        return {
+            "name": self.name,
+            "target": self.target,
+            "cron": self.cron,
+            "interval_seconds": (
+                self.interval.total_seconds() if self.interval is not None else None
+            ),
+            "timezone": self.timezone,
+            "kwargs": self.kwargs,
+            "catchup": self.catchup,
+            "max_active_runs": self.max_active_runs,
+            "paused": self.paused,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "last_logical_time": _iso(self.last_logical_time),
+            "next_fire_time": _iso(self.next_fire_time),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleRun:
+    """One run a schedule fired (or a person triggered), with its workflow's status.
+
+    Attributes:
+        schedule: the schedule's name.
+        logical_time: the interval's logical time (a manual run: when it was triggered).
+        workflow_id: the run's workflow id (``name@<time>`` / ``name@manual-<time>``).
+        kind: ``"scheduled"`` or ``"manual"``.
+        fired_at: when it was claimed.
+        started_at: when it was handed to the workflow engine; None before that, and for
+            a manual run recorded without a runtime.
+        error: why building or starting it failed, if it did.
+        status: the workflow's status, or None when there is no workflow (not started,
+            failed to start, or deleted).
+    """
+
+    schedule: str
+    logical_time: dt.datetime
+    workflow_id: str
+    kind: ScheduleRunKind
+    fired_at: dt.datetime
+    started_at: dt.datetime | None
+    error: str | None
+    status: WorkflowStatus | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as JSON-able values."""
+        return {
+            "schedule": self.schedule,
+            "logical_time": _iso(self.logical_time),
+            "workflow_id": self.workflow_id,
+            "kind": str(self.kind),
+            "fired_at": _iso(self.fired_at),
+            "started_at": _iso(self.started_at),
+            "error": self.error,
+            "status": str(self.status) if self.status is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FiredRun:
+    """A run to start: claimed by the trigger loop, or triggered by hand.
+
+    ``cause_id`` ties the log lines of one claim together.
+    """
+
+    schedule: str
+    target: str
+    kwargs: dict[str, Any]
+    logical_time: dt.datetime
+    workflow_id: str
+    kind: ScheduleRunKind
+    cause_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StrandedRun:
+    """A run that needs the scheduler's help: claimed but never started (``run`` to
+    start), or started by a driver that is gone (``resume``: its workflow id)."""
+
+    run: FiredRun
+    resume: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """What one :meth:`ScheduleStore.claim_due` batch did.
+
+    Attributes:
+        fired: the runs this caller claimed and must start, oldest first per schedule.
+        waiting: names of due schedules held back by ``max_active_runs``.
+        skipped: missed intervals dropped by schedules that do not catch up, by name.
+        last_key: ``(next_fire_at, name)`` of the last schedule examined: where the next
+            batch of the same pass starts; None if the batch was empty.
+        examined: how many due schedules the batch looked at.
+    """
+
+    fired: list[FiredRun]
+    waiting: list[str]
+    skipped: dict[str, int]
+    last_key: tuple[dt.datetime, str] | None
+    examined: int
+
+
+Planner = Callable[[ScheduleInfo, int], FirePlan]
+"""``planner(schedule, active_runs) -> FirePlan``: the policy :meth:`claim_due` applies."""
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _info(m: Any) -> ScheduleInfo:
+    seconds = m["interval_seconds"]
+    return ScheduleInfo(
+        name=m["name"],
+        target=m["target"],
+        cron=m["cron"],
+        interval=dt.timedelta(seconds=seconds) if seconds is not None else None,
+        timezone=m["timezone"],
+        kwargs=dict(m["kwargs"] or {}),
+        catchup=bool(m["catchup"]),
+        max_active_runs=int(m["max_active_runs"]),
+        paused=bool(m["paused"]),
+        start=m["start_at"],
+        end=m["end_at"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        last_logical_time=m["cursor"],
+        next_fire_time=m["next_fire_at"],
+    )
+
+
+def _same_timing(info: ScheduleInfo, spec: ScheduleSpec) -> bool:
+    return (
+        info.cron == spec.cron
+        and info.interval == spec.interval
+        and info.timezone == spec.timezone
+        and info.start == spec.start
+        and info.end == spec.end
+    )
+
+
+# Statements built once (the loop runs them every tick).
+_DUE = (
+    sa.select(_SCH)
+    .where(_SCH.c.paused == sa.false(), _SCH.c.next_fire_at <= sa.bindparam("now"))
+    .order_by(_SCH.c.next_fire_at, _SCH.c.name)
+    .limit(sa.bindparam("limit"))
+)
+_DUE_AFTER = _DUE.where(
+    sa.tuple_(_SCH.c.next_fire_at, _SCH.c.name)
+    > sa.tuple_(sa.bindparam("after_at", type_=_SCH.c.next_fire_at.type), sa.bindparam("after_n"))
+)
+_NEXT_FUTURE = (
+    sa.select(_SCH.c.next_fire_at)
+    .where(_SCH.c.paused == sa.false(), _SCH.c.next_fire_at > sa.bindparam("now"))
+    .order_by(_SCH.c.next_fire_at)
+    .limit(1)
+)
+# Active runs, counted per schedule: those whose workflow is in an active state (found
+# through the workflows' status index, then the runs' primary key), and those claimed
+# but not yet visible as a workflow: not started, or started within the grace period
+# (the workflow row is created by the engine moments after the start).
+_ACTIVE_BY_WORKFLOW = (
+    sa.select(_RUN.c.schedule_name, sa.func.count())
+    .where(
+        _RUN.c.workflow_id.in_(
+            sa.select(_W.c.workflow_id).where(_W.c.status.in_(_ACTIVE_VALUES)).scalar_subquery()
+        )
+    )
+    .group_by(_RUN.c.schedule_name)
+)
+_ACTIVE_STARTING = (
+    sa.select(_RUN.c.schedule_name, sa.func.count())
+    .where(
+        _RUN.c.error.is_(None),
+        sa.or_(_RUN.c.started_at.is_(None), _RUN.c.started_at > sa.bindparam("recent")),
+        ~sa.exists().where(_W.c.workflow_id == _RUN.c.workflow_id),
+    )
+    .group_by(_RUN.c.schedule_name)
+)
+_ADVANCE = (
+    _SCH.update()
+    .where(_SCH.c.name == sa.bindparam("n"))
+    .values(cursor=sa.bindparam("c"), next_fire_at=sa.bindparam("nf"))
+)
+_MARK = (
+    _RUN.update()
+    .where(_RUN.c.workflow_id == sa.bindparam("w"))
+    .values(started_at=sa.bindparam("s"), error=sa.bindparam("e"))
+)
+
+
+class ScheduleStore:
+    """SQL access for schedules and their runs (see the module docstring)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+        insert = (pg_dialect.insert if self._postgres else sqlite_dialect.insert)(_RUN)
+        self._claim_insert = insert.on_conflict_do_nothing().returning(_RUN.c.workflow_id)
+        self._listeners: weakref.WeakSet[threading.Event] = weakref.WeakSet()
+        self._listeners_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, url: str) -> ScheduleStore:
+        """Connect to ``url`` and migrate the schema to head if needed."""
+        engine = make_engine(url)
+        ensure_schema(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- change notification -----------------------------------------------------------
+
+    def subscribe(self, event: threading.Event) -> None:
+        """Set ``event`` whenever a person changes a schedule through this store."""
+        with self._listeners_lock:
+            self._listeners.add(event)
+
+    def unsubscribe(self, event: threading.Event) -> None:
+        with self._listeners_lock:
+            self._listeners.discard(event)
+
+    def _changed(self) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for event in listeners:
+            event.set()
+
+    # --- definitions (people) ------------------------------------------------------------
+
+    def _lock_row(self, conn: Connection, name: str) -> Any:
+        query = sa.select(_SCH).where(_SCH.c.name == name)
+        if self._postgres:
+            query = query.with_for_update()
+        return conn.execute(query).first()
+
+    def upsert(
+        self,
+        *,
+        name: str,
+        target: str,
+        spec: ScheduleSpec,
+        kwargs: dict[str, Any],
+        catchup: bool,
+        max_active_runs: int,
+        paused: bool,
+        now: dt.datetime,
+        replace: bool,
+    ) -> ScheduleInfo:
+        """Create a schedule, or redefine an existing one when ``replace`` is True.
+
+        A new schedule first fires at its start (when given; with catch-up from there
+        if that is in the past) or at its first fire time after ``now``. A redefined one
+        keeps its cursor and creation time; if its timing changed it next fires at the
+        first new fire time after both the cursor and ``now`` (an edit neither re-fires
+        an interval nor backfills), otherwise its pending intervals stay due.
+
+        Raises:
+            ScheduleExistsError: the name is taken and ``replace`` is False.
+        """
+        interval_s = int(spec.interval.total_seconds()) if spec.interval is not None else None
+        values = {
+            "target": target,
+            "cron": spec.cron,
+            "interval_seconds": interval_s,
+            "timezone": spec.timezone,
+            "kwargs": kwargs,
+            "catchup": catchup,
+            "max_active_runs": max_active_runs,
+            "paused": paused,
+            "start_at": spec.start,
+            "end_at": spec.end,
+            "updated_at": now,
+        }
+        try:
+            info = self._upsert(name, values, spec, now=now, replace=replace)
+        except sa.exc.IntegrityError:
+            # Another process created the same name between our read and our insert.
+            if not replace:
+                raise ScheduleExistsError(
+                    f"Schedule {name!r} exists already; pass replace=True "
+                    "(heliostat schedule add --replace) to redefine it.",
+                    schedule=name,
+                ) from None
+            info = self._upsert(name, values, spec, now=now, replace=replace)
+        self._changed()
+        return info
+
+    def _upsert(
+        self,
+        name: str,
+        values: dict[str, Any],
+        spec: ScheduleSpec,
+        *,
+        now: dt.datetime,
+        replace: bool,
+    ) -> ScheduleInfo:
+        with self.engine.begin() as conn:
+            row = self._lock_row(conn, name)
+            if row is None:
+                first_after = spec.start - dt.timedelta(microseconds=1) if spec.start else now
+                conn.execute(
+                    _SCH.insert().values(
+                        name=name,
+                        created_at=now,
+                        cursor=None,
+                        next_fire_at=spec.next_fire_time(first_after),
+                        **values,
+                    )
+                )
+            else:
+                if not replace:
+                    raise ScheduleExistsError(
+                        f"Schedule {name!r} exists already; pass replace=True "
+                        "(heliostat schedule add --replace) to redefine it.",
+                        schedule=name,
+                    )
+                old = _info(row._mapping)
+                if _same_timing(old, spec):
+                    next_fire = old.next_fire_time
+                else:
+                    after = max(old.last_logical_time, now) if old.last_logical_time else now
+                    next_fire = spec.next_fire_time(after)
+                conn.execute(
+                    _SCH.update()
+                    .where(_SCH.c.name == name)
+                    .values(next_fire_at=next_fire, **values)
+                )
+            return _info(conn.execute(sa.select(_SCH).where(_SCH.c.name == name)).one()._mapping)
+
+    def get(self, name: str) -> ScheduleInfo:
+        """The schedule named ``name``.
+
+        Raises:
+            ScheduleNotFoundError: there is none.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(_SCH).where(_SCH.c.name == name)).first()
+        if row is None:
+            raise self._not_found(name)
+        return _info(row._mapping)
+
+    def _not_found(self, name: str) -> ScheduleNotFoundError:
+        with self.engine.connect() as conn:
+            names = conn.execute(sa.select(_SCH.c.name).order_by(_SCH.c.name).limit(21)).scalars()
+            known = list(names)
+        listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
+        hint = f" (known: {listed})" if known else " (there are no schedules)"
+        return ScheduleNotFoundError(f"No schedule named {name!r}{hint}.", schedule=name)
+
+    def list_all(self) -> list[ScheduleInfo]:
+        """Every schedule, by name."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(_SCH).order_by(_SCH.c.name)).all()
+        return [_info(r._mapping) for r in rows]
+
+    def set_paused(self, name: str, paused: bool, *, now: dt.datetime) -> ScheduleInfo:
+        """Pause or resume a schedule (a no-op if it already is).
+
+        Raises:
+            ScheduleNotFoundError: there is none.
+        """
+        with self.engine.begin() as conn:
+            row = self._lock_row(conn, name)
+            if row is None:
+                raise self._not_found(name)
+            info = _info(row._mapping)
+            if info.paused is not paused:
+                conn.execute(
+                    _SCH.update().where(_SCH.c.name == name).values(paused=paused, updated_at=now)
+                )
+                info = dataclasses.replace(info, paused=paused, updated_at=now)
+        self._changed()
+        return info
+
+    def delete(self, name: str) -> None:
+        """Delete a schedule and its run records; the runs' workflows stay.
+
+        Raises:
+            ScheduleNotFoundError: there is none.
+        """
+        with self.engine.begin() as conn:
+            # Explicit, not only ON DELETE CASCADE: foreign keys are per connection on SQLite.
+            conn.execute(_RUN.delete().where(_RUN.c.schedule_name == name))
+            if conn.execute(_SCH.delete().where(_SCH.c.name == name)).rowcount == 0:
+                raise self._not_found(name)
+        self._changed()
+
+    def record_manual(self, name: str, *, at: dt.datetime, workflow_id: str) -> FiredRun:
+        """Record a manual run of ``name`` at ``at``; returns it, for starting.
+
+        Raises:
+            ScheduleNotFoundError: there is none.
+        """
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(_SCH).where(_SCH.c.name == name)).first()
+            if row is None:
+                raise self._not_found(name)
+            info = _info(row._mapping)
+            conn.execute(
+                _RUN.insert().values(
+                    workflow_id=workflow_id,
+                    schedule_name=name,
+                    logical_time=at,
+                    kind=ScheduleRunKind.MANUAL,
+                    fired_at=at,
+                    started_at=None,
+                    error=None,
+                )
+            )
+        return FiredRun(
+            schedule=name,
+            target=info.target,
+            kwargs=info.kwargs,
+            logical_time=at,
+            workflow_id=workflow_id,
+            kind=ScheduleRunKind.MANUAL,
+        )
+
+    def runs(self, name: str, *, limit: int = 20) -> list[ScheduleRun]:
+        """The schedule's latest runs (by logical time, newest first), with their status.
+
+        Raises:
+            ScheduleNotFoundError: there is no such schedule.
+        """
+        query = (
+            sa.select(_RUN, _W.c.status)
+            .select_from(_RUN.outerjoin(_W, _W.c.workflow_id == _RUN.c.workflow_id))
+            .where(_RUN.c.schedule_name == name)
+            .order_by(_RUN.c.logical_time.desc(), _RUN.c.workflow_id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+            if (
+                not rows
+                and not conn.execute(sa.select(_SCH.c.name).where(_SCH.c.name == name)).first()
+            ):
+                raise self._not_found(name)
+        return [
+            ScheduleRun(
+                schedule=m["schedule_name"],
+                logical_time=m["logical_time"],
+                workflow_id=m["workflow_id"],
+                kind=ScheduleRunKind(m["kind"]),
+                fired_at=m["fired_at"],
+                started_at=m["started_at"],
+                error=m["error"],
+                status=WorkflowStatus(m["status"]) if m["status"] is not None else None,
+            )
+            for m in (r._mapping for r in rows)
+        ]
+
+    # --- the trigger loop ------------------------------------------------------------
+
+    def claim_due(
+        self,
+        now: dt.datetime,
+        *,
+        planner: Planner,
+        limit: int,
+        after: tuple[dt.datetime, str] | None = None,
+        starting_grace: dt.timedelta,
+        cause_id: str = "",
+    ) -> Claim:
+        """Claim the due intervals of up to ``limit`` schedules, in one transaction.
+
+        Args:
+            now: the current time; schedules with ``next_fire_at <= now`` are due.
+            planner: decides what each due schedule fires, given its active runs.
+            limit: the most schedules one batch examines.
+            after: examine only schedules after this ``(next_fire_at, name)`` key (the
+                previous batch's ``last_key``), so one pass visits each schedule once.
+            starting_grace: a run started less than this long ago and not yet visible as
+                a workflow counts as active.
+            cause_id: correlation id for the runs' log lines.
+
+        Returns:
+            What was claimed; the caller starts ``fired`` and calls :meth:`mark_started`.
+        """
+        if after is None:
+            query, params = _DUE, {"now": now, "limit": limit}
+        else:
+            query = _DUE_AFTER
+            params = {"now": now, "limit": limit, "after_at": after[0], "after_n": after[1]}
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        fired: list[FiredRun] = []
+        waiting: list[str] = []
+        skipped: dict[str, int] = {}
+        with self.engine.begin() as conn:
+            rows = conn.execute(query, params).all()
+            if not rows:
+                return Claim(fired=[], waiting=[], skipped={}, last_key=None, examined=0)
+            active = self._active_counts(conn, now - starting_grace)
+            inserts: list[dict[str, Any]] = []
+            advances: list[dict[str, Any]] = []
+            for row in rows:
+                info = _info(row._mapping)
+                plan = planner(info, active.get(info.name, 0))
+                if plan.waiting:
+                    waiting.append(info.name)
+                if plan.skipped:
+                    skipped[info.name] = plan.skipped
+                if not plan.fire:
+                    continue
+                for t in plan.fire:
+                    wid = run_id(info.name, t)
+                    inserts.append(
+                        {
+                            "workflow_id": wid,
+                            "schedule_name": info.name,
+                            "logical_time": t,
+                            "kind": ScheduleRunKind.SCHEDULED,
+                            "fired_at": now,
+                            "started_at": None,
+                            "error": None,
+                        }
+                    )
+                    fired.append(
+                        FiredRun(
+                            schedule=info.name,
+                            target=info.target,
+                            kwargs=info.kwargs,
+                            logical_time=t,
+                            workflow_id=wid,
+                            kind=ScheduleRunKind.SCHEDULED,
+                            cause_id=cause_id,
+                        )
+                    )
+                advances.append({"n": info.name, "c": plan.cursor, "nf": plan.next_fire_at})
+            if inserts:
+                claimed = set(conn.execute(self._claim_insert, inserts).scalars())
+                if len(claimed) != len(inserts):
+                    fired = [f for f in fired if f.workflow_id in claimed]
+            if advances:
+                conn.execute(_ADVANCE, advances)
+        last = rows[-1]._mapping
+        return Claim(
+            fired=fired,
+            waiting=waiting,
+            skipped=skipped,
+            last_key=(last["next_fire_at"], last["name"]),
+            examined=len(rows),
+        )
+
+    @staticmethod
+    def _active_counts(conn: Connection, recent: dt.datetime) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name, n in conn.execute(_ACTIVE_BY_WORKFLOW):
+            counts[name] = counts.get(name, 0) + n
+        for name, n in conn.execute(_ACTIVE_STARTING, {"recent": recent}):
+            counts[name] = counts.get(name, 0) + n
+        return counts
+
+    def mark_started(self, results: Sequence[tuple[str, dt.datetime, str | None]]) -> None:
+        """Record how starting runs went: ``(workflow_id, when, error or None)`` each.
+
+        A run with an error is done (it counts as neither active nor stranded).
+        """
+        if not results:
+            return
+        rows = [{"w": wid, "s": None if error else at, "e": error} for wid, at, error in results]
+        with self.engine.begin() as conn:
+            conn.execute(_MARK, rows)
+
+    def next_fire_after(self, now: dt.datetime) -> dt.datetime | None:
+        """The earliest ``next_fire_at`` of an unpaused schedule that is after ``now``."""
+        with self.engine.connect() as conn:
+            value: dt.datetime | None = conn.execute(_NEXT_FUTURE, {"now": now}).scalar()
+        return value
+
+    def stranded(self, *, claimed_before: dt.datetime) -> list[StrandedRun]:
+        """Runs that need starting or resuming by the scheduler:
+
+        * claimed before ``claimed_before`` and neither started nor failed: their
+          scheduler died between the claim and the start (if their workflow exists it
+          died after the start and the run is only marked started here);
+        * whose workflow is RESUMABLE, or RUNNING under a lease that is no longer live:
+          their driver died.
+        """
+        query = (
+            sa.select(
+                _RUN,
+                _SCH.c.target,
+                _SCH.c.kwargs,
+                _W.c.status,
+                _L.c.owner,
+                _L.c.host,
+                _L.c.pid,
+                _L.c.expires_at,
+            )
+            .select_from(
+                _RUN.join(_SCH, _SCH.c.name == _RUN.c.schedule_name)
+                .outerjoin(_W, _W.c.workflow_id == _RUN.c.workflow_id)
+                .outerjoin(_L, _L.c.workflow_id == _RUN.c.workflow_id)
+            )
+            .where(
+                sa.or_(
+                    sa.and_(
+                        _RUN.c.started_at.is_(None),
+                        _RUN.c.error.is_(None),
+                        _RUN.c.fired_at < claimed_before,
+                    ),
+                    _RUN.c.workflow_id.in_(
+                        sa.select(_W.c.workflow_id)
+                        .where(
+                            _W.c.status.in_(
+                                [str(WorkflowStatus.RUNNING), str(WorkflowStatus.RESUMABLE)]
+                            )
+                        )
+                        .scalar_subquery()
+                    ),
+                )
+            )
+            .order_by(_RUN.c.logical_time)
+        )
+        out: list[StrandedRun] = []
+        started: list[tuple[str, dt.datetime, str | None]] = []
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        for row in rows:
+            m = row._mapping
+            status = m["status"]
+            if m["started_at"] is None and status is not None:
+                started.append((m["workflow_id"], m["fired_at"], None))
+            if status is None:
+                resume = False
+                if m["started_at"] is not None:  # started, then its workflow was deleted
+                    continue
+            elif status == WorkflowStatus.RESUMABLE or (
+                status == WorkflowStatus.RUNNING
+                and not WorkflowStore.lease_is_live(
+                    m["owner"], m["host"], m["pid"], m["expires_at"]
+                )
+            ):
+                resume = True
+            else:
+                continue
+            out.append(
+                StrandedRun(
+                    run=FiredRun(
+                        schedule=m["schedule_name"],
+                        target=m["target"],
+                        kwargs=dict(m["kwargs"] or {}),
+                        logical_time=m["logical_time"],
+                        workflow_id=m["workflow_id"],
+                        kind=ScheduleRunKind(m["kind"]),
+                    ),
+                    resume=resume,
+                )
+            )
+        self.mark_started(started)
+        return out
+
+    def run_counts(self) -> dict[str, int]:
+        """Recorded runs per schedule name (for tests and the benchmark)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_RUN.c.schedule_name, sa.func.count()).group_by(_RUN.c.schedule_name)
+            ).all()
+        return {name: n for name, n in rows}
