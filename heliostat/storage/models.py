@@ -469,6 +469,11 @@ _STEP_VALUES = ", ".join(f"'{s.value}'" for s in StepStatus)
 class Transition(Base):
     """One state change of a workflow or a step (lineage; append-only).
 
+    Every workflow change is here. A step's ordinary path, PENDING -> RUNNING -> SUCCESSFUL,
+    is not: its WAL records say the same (INTENT, COMMIT, each with its time), and the
+    group commit writes one row fewer per record. The step changes the WAL does not show
+    are: failures, retries, IN_DOUBT, re-runs, recovery after a crash, resolutions.
+
     ``start`` is NULL for the row recording creation. The CHECK constraints make the
     two columns hold states of the entity's own enum.
     """

@@ -623,7 +623,8 @@ class WorkflowStore:
                             "err": None,
                         }
                     )
-                    moved(t, start, StepStatus.SUCCESSFUL, cause)
+                    if start is not StepStatus.RUNNING or cause != "finished":
+                        moved(t, start, StepStatus.SUCCESSFUL, cause)
                 run(_STEP_COMMIT, rows)
                 run(_ATTEMPT_DONE, rows)
             if batch.failures:
@@ -655,7 +656,6 @@ class WorkflowStore:
                     row["idempotency_key"] = key
                     wal.append(row)
                     rows.append({"w": w, "t": t, "a": a, "now": now})
-                    moved(t, StepStatus.PENDING, StepStatus.RUNNING, "intent")
                 run(_STEP_INTENT, rows)
                 run(
                     _ATTEMPT_INSERT,
