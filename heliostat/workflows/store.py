@@ -138,14 +138,23 @@ class _Prepared:
 
     def params(self, rows: list[dict[str, Any]]) -> list[Any]:
         names, procs, fixed = self._names, self._procs, self._fixed
+        # Rows share most values (the batch's one timestamp, the workflow id, states):
+        # each distinct object is converted once. ``rows`` keeps them alive, so their
+        # ids are not reused meanwhile.
+        done: dict[tuple[int, int], Any] = {}
         out: list[Any] = []
         for row in rows:
-            values = [
-                proc(v) if proc is not None else v
-                for proc, v in zip(
-                    procs, [row[n] if n in row else fixed[n] for n in names], strict=True
-                )
-            ]
+            values = []
+            for i, name in enumerate(names):
+                v = row[name] if name in row else fixed[name]
+                proc = procs[i]
+                if proc is not None:
+                    key = (i, id(v))
+                    if key in done:
+                        v = done[key]
+                    else:
+                        v = done[key] = proc(v)
+                values.append(v)
             out.append(tuple(values) if self._positional else dict(zip(names, values, strict=True)))
         return out
 
