@@ -186,6 +186,12 @@ class FakeClock:
             return not sleeper.timed_out
 
     @property
+    def deadlines(self) -> list[dt.datetime]:
+        """The times the threads blocked in :meth:`wait` wait for, earliest first."""
+        with self._cond:
+            return sorted(s.until for s in self._sleepers)
+
+    @property
     def sleepers(self) -> int:
         """How many threads are blocked in :meth:`wait` now."""
         with self._cond:
