@@ -7,6 +7,7 @@ Where things live: the lineage database is ``HELIOSTAT_DB_URL`` (default SQLite 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -39,6 +40,7 @@ from heliostat.workflows.store import (
 __all__ = [
     "cancel",
     "delete",
+    "describe",
     "get_metadata",
     "get_output",
     "get_status",
@@ -458,3 +460,19 @@ def delete(workflow_id: str) -> None:
         )
     store.delete(workflow_id)
     _checkpoints().delete_workflow(workflow_id)
+
+
+def describe(workflow_id: str) -> WorkflowRecord:
+    """The workflow's lineage record with its steps, for display (``heliostat workflow show``).
+
+    The record's status is the one :func:`get_status` reports (RESUMABLE once the
+    driver is gone); ``steps`` maps each task id to its record: status, attempts,
+    timings, first error.
+
+    Raises:
+        WorkflowNotFoundError: no such workflow.
+    """
+    store = _store()
+    record = store.load(workflow_id)
+    status = _effective(store, record)
+    return record if status is record.status else dataclasses.replace(record, status=status)
