@@ -9,6 +9,9 @@ COMMIT fsynced, checkpoints on the local disk with fsync):
 * ``*_nondurable_ms_per_step``: the same DAG with ``dag.execute()`` (plain tasks).
 * ``rss_mb_after_{n}``: the driver's resident memory after the n-step runs, to show
   memory stays flat in the number of steps.
+* ``floor_fsync_ms`` / ``floor_sqlite_commit_ms``: one ``write`` + ``fsync`` of 4 KiB,
+  and one one-row SQLite commit in WAL mode with ``synchronous=FULL``, in the same home
+  directory: what one durable step cannot go below on this disk.
 
 Usage: ``python benchmarks/workflows.py [--sizes 1000,10000] [--skip-large]``.
 """
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -50,6 +54,34 @@ def _fanout(hs: Any, n: int) -> Any:
     return total.bind(*[square.bind(i) for i in range(n)])
 
 
+def _floors(home: str, n: int = 300) -> dict[str, float]:
+    """The disk's cost of one fsync and of one durable SQLite commit (ms)."""
+    path = os.path.join(home, "floor.bin")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, b"x" * 4096)
+            os.fsync(fd)
+        fsync_ms = (time.perf_counter() - t0) / n * 1e3
+    finally:
+        os.close(fd)
+    db = sqlite3.connect(os.path.join(home, "floor.db"), isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("INSERT INTO t (v) VALUES ('x')")
+            db.execute("COMMIT")
+        commit_ms = (time.perf_counter() - t0) / n * 1e3
+    finally:
+        db.close()
+    return {"floor_fsync_ms": round(fsync_ms, 3), "floor_sqlite_commit_ms": round(commit_ms, 3)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000")
@@ -64,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        **_floors(home),
     }
     hs.init(num_cpus=args.num_cpus)
     try:
