@@ -19,17 +19,16 @@ Snapshots:
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import socket
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Final
 
 import psutil
 
 from heliostat.engine.protocol import Op, encode_frame
+from heliostat.engine.runtime import session_dirs
 from heliostat.exceptions import HeliostatError
 
 __all__ = ["SNAPSHOTS", "SessionInfo", "live_sessions", "snapshot"]
@@ -51,12 +50,7 @@ class SessionInfo:
 def live_sessions() -> list[SessionInfo]:
     """The runtimes on this machine whose driver is alive, oldest first."""
     found = []
-    for directory in glob.glob(os.path.join(tempfile.gettempdir(), "heliostat-*-*-*")):
-        parts = os.path.basename(directory).split("-")
-        try:
-            pid = int(parts[1], 16)
-        except (IndexError, ValueError):
-            continue
+    for directory, session, pid in session_dirs():
         sock = os.path.join(directory, "node.sock")
         if not os.path.exists(sock):
             continue
@@ -64,11 +58,7 @@ def live_sessions() -> list[SessionInfo]:
             started = psutil.Process(pid).create_time()
         except psutil.Error:
             continue  # the driver is gone; init() of the next driver sweeps its files
-        found.append(
-            SessionInfo(
-                session=f"{parts[1]}-{parts[2]}", pid=pid, started_at=started, socket_path=sock
-            )
-        )
+        found.append(SessionInfo(session=session, pid=pid, started_at=started, socket_path=sock))
     return sorted(found, key=lambda s: (s.started_at, s.session))
 
 

@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -41,6 +42,7 @@ __all__ = [
     "current_client",
     "current_runtime",
     "default_object_store_memory",
+    "session_dirs",
     "set_current",
     "sweep_stale_sessions",
 ]
@@ -78,6 +80,21 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
+def session_dirs() -> Iterator[tuple[str, str, int]]:
+    """``(directory, session, driver pid)`` of every session directory on this machine.
+
+    A session is named ``{driver pid in hex}-{token}``; its directory is
+    ``{tmp}/heliostat-{session}-{mkdtemp suffix}``.
+    """
+    for directory in glob.glob(os.path.join(tempfile.gettempdir(), "heliostat-*-*-*")):
+        parts = os.path.basename(directory).split("-")
+        try:
+            pid = int(parts[1], 16)
+        except (IndexError, ValueError):
+            continue
+        yield directory, f"{parts[1]}-{parts[2]}", pid
+
+
 def sweep_stale_sessions() -> list[str]:
     """Remove the files of sessions whose driver process no longer exists.
 
@@ -89,15 +106,9 @@ def sweep_stale_sessions() -> list[str]:
         The sessions removed.
     """
     removed = []
-    for directory in glob.glob(os.path.join(tempfile.gettempdir(), "heliostat-*-*-*")):
-        parts = os.path.basename(directory).split("-")
-        try:
-            pid = int(parts[1], 16)
-        except (IndexError, ValueError):
-            continue
+    for directory, session, pid in session_dirs():
         if pid == os.getpid() or psutil.pid_exists(pid):
             continue
-        session = f"{parts[1]}-{parts[2]}"
         for path in glob.glob(os.path.join(str(SHM_DIR), session_glob(session))):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
