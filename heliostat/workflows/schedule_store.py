@@ -46,7 +46,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from heliostat.exceptions import ScheduleExistsError, ScheduleNotFoundError
 from heliostat.scheduler.cron import FirePlan, ScheduleSpec, run_id
-from heliostat.storage.db import ensure_schema, make_engine
+from heliostat.storage.db import SQLITE_BEGIN_OPTION, ensure_schema, make_engine
 from heliostat.storage.models import Lease, Schedule, ScheduleRunKind, Workflow
 from heliostat.storage.models import ScheduleRun as ScheduleRunRow
 from heliostat.storage.states import WorkflowStatus
@@ -341,6 +341,11 @@ class ScheduleStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _read(self) -> Connection:
+        """A connection for reading: on SQLite it begins DEFERRED, so it takes no write
+        lock (the engine's transactions otherwise begin IMMEDIATE)."""
+        return self.engine.connect().execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+
     # --- change notification -----------------------------------------------------------
 
     def subscribe(self, event: threading.Event) -> None:
@@ -466,14 +471,14 @@ class ScheduleStore:
         Raises:
             ScheduleNotFoundError: there is none.
         """
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(sa.select(_SCH).where(_SCH.c.name == name)).first()
         if row is None:
             raise self._not_found(name)
         return _info(row._mapping)
 
     def _not_found(self, name: str) -> ScheduleNotFoundError:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             names = conn.execute(sa.select(_SCH.c.name).order_by(_SCH.c.name).limit(21)).scalars()
             known = list(names)
         listed = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
@@ -482,7 +487,7 @@ class ScheduleStore:
 
     def list_all(self) -> list[ScheduleInfo]:
         """Every schedule, by name."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(sa.select(_SCH).order_by(_SCH.c.name)).all()
         return [_info(r._mapping) for r in rows]
 
@@ -494,14 +499,17 @@ class ScheduleStore:
         """
         with self.engine.begin() as conn:
             row = self._lock_row(conn, name)
-            if row is None:
-                raise self._not_found(name)
-            info = _info(row._mapping)
-            if info.paused is not paused:
-                conn.execute(
-                    _SCH.update().where(_SCH.c.name == name).values(paused=paused, updated_at=now)
-                )
-                info = dataclasses.replace(info, paused=paused, updated_at=now)
+            if row is not None:
+                info = _info(row._mapping)
+                if info.paused is not paused:
+                    conn.execute(
+                        _SCH.update()
+                        .where(_SCH.c.name == name)
+                        .values(paused=paused, updated_at=now)
+                    )
+                    info = dataclasses.replace(info, paused=paused, updated_at=now)
+        if row is None:  # raised outside the transaction: the message needs a read
+            raise self._not_found(name)
         self._changed()
         return info
 
@@ -514,8 +522,9 @@ class ScheduleStore:
         with self.engine.begin() as conn:
             # Explicit, not only ON DELETE CASCADE: foreign keys are per connection on SQLite.
             conn.execute(_RUN.delete().where(_RUN.c.schedule_name == name))
-            if conn.execute(_SCH.delete().where(_SCH.c.name == name)).rowcount == 0:
-                raise self._not_found(name)
+            deleted = conn.execute(_SCH.delete().where(_SCH.c.name == name)).rowcount
+        if not deleted:
+            raise self._not_found(name)
         self._changed()
 
     def record_manual(self, name: str, *, at: dt.datetime, workflow_id: str) -> FiredRun:
@@ -524,11 +533,8 @@ class ScheduleStore:
         Raises:
             ScheduleNotFoundError: there is none.
         """
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(_SCH).where(_SCH.c.name == name)).first()
-            if row is None:
-                raise self._not_found(name)
-            info = _info(row._mapping)
+        info = self.get(name)
+        with self.engine.begin() as conn:  # the foreign key catches a delete meanwhile
             conn.execute(
                 _RUN.insert().values(
                     workflow_id=workflow_id,
@@ -562,13 +568,14 @@ class ScheduleStore:
             .order_by(_RUN.c.logical_time.desc(), _RUN.c.workflow_id.desc())
             .limit(limit)
         )
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(query).all()
-            if (
+            missing = (
                 not rows
                 and not conn.execute(sa.select(_SCH.c.name).where(_SCH.c.name == name)).first()
-            ):
-                raise self._not_found(name)
+            )
+        if missing:
+            raise self._not_found(name)
         return [
             ScheduleRun(
                 schedule=m["schedule_name"],
@@ -698,7 +705,7 @@ class ScheduleStore:
 
     def next_fire_after(self, now: dt.datetime) -> dt.datetime | None:
         """The earliest ``next_fire_at`` of an unpaused schedule that is after ``now``."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             value: dt.datetime | None = conn.execute(_NEXT_FUTURE, {"now": now}).scalar()
         return value
 
@@ -749,7 +756,7 @@ class ScheduleStore:
         )
         out: list[StrandedRun] = []
         started: list[tuple[str, dt.datetime, str | None]] = []
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(query).all()
         for row in rows:
             m = row._mapping
@@ -787,7 +794,7 @@ class ScheduleStore:
 
     def run_counts(self) -> dict[str, int]:
         """Recorded runs per schedule name (for tests and the benchmark)."""
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(_RUN.c.schedule_name, sa.func.count()).group_by(_RUN.c.schedule_name)
             ).all()
