@@ -52,6 +52,7 @@ Schedule names are restricted (:func:`validate_schedule_name`) so ids parse back
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import heapq
 import itertools
@@ -221,6 +222,9 @@ class ScheduleSpec:
     # expression, whether the zone is UTC (no DST mapping needed), and rule (b)'s choice.
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
     _expr: str = field(init=False, repr=False, compare=False)
+    # A parsed croniter to copy: parsing costs ~50 us, a copy ~3 us. Never iterated
+    # itself, so copies made by several threads at once are independent.
+    _template: croniter | None = field(init=False, repr=False, compare=False)
     _is_utc: bool = field(init=False, repr=False, compare=False)
     _each_occurrence: bool = field(init=False, repr=False, compare=False)
 
@@ -253,6 +257,9 @@ class ScheduleSpec:
         object.__setattr__(self, "end", end)
         object.__setattr__(self, "_zone", zone)
         object.__setattr__(self, "_expr", expr)
+        object.__setattr__(
+            self, "_template", croniter(expr, dt.datetime(2000, 1, 1)) if expr else None
+        )
         object.__setattr__(self, "_is_utc", self.timezone in _UTC_NAMES)
         object.__setattr__(self, "_each_occurrence", bool(expr) and not _hour_is_fixed(expr))
 
@@ -319,6 +326,13 @@ class ScheduleSpec:
 
     # --- enumeration ------------------------------------------------------------------
 
+    def _croniter(self, start: dt.datetime) -> croniter:
+        """A croniter over naive wall times, positioned at ``start``."""
+        assert self._template is not None
+        it = copy.copy(self._template)
+        it.set_current(start, force=True)
+        return it
+
     def _iter_after(self, after: dt.datetime) -> Iterator[dt.datetime]:
         """Fire times strictly after ``after`` (UTC), within [start, end], in order."""
         if self.start is not None and after < self.start:
@@ -345,7 +359,7 @@ class ScheduleSpec:
             t += interval
 
     def _utc_cron_after(self, after: dt.datetime) -> Iterator[dt.datetime]:
-        it = croniter(self._expr, after.replace(tzinfo=None))
+        it = self._croniter(after.replace(tzinfo=None))
         while True:
             try:
                 wall = it.get_next(dt.datetime)
@@ -362,7 +376,7 @@ class ScheduleSpec:
             width = _offset(local) - _offset(local.replace(fold=1))
             if width > dt.timedelta(0):
                 wall -= width
-        it = croniter(self._expr, wall)
+        it = self._croniter(wall)
         deferred: list[dt.datetime] = []  # second occurrences in a repeated hour (a heap)
         last = after
         while True:
@@ -415,7 +429,7 @@ class ScheduleSpec:
             local_wall = at.replace(tzinfo=None)
         else:
             local_wall = at.astimezone(self._zone).replace(tzinfo=None)
-        it = croniter(self._expr, local_wall + _TINY)
+        it = self._croniter(local_wall + _TINY)
         try:
             candidate: dt.datetime = it.get_prev(dt.datetime)
         except CroniterBadDateError:
@@ -505,16 +519,22 @@ def plan_fires(
         due = itertools.chain((next_due,), spec.fire_times_between(next_due, now))
         fire = tuple(itertools.islice(due, slots))
         skipped = 0
+        nxt = spec.next_fire_time(fire[-1])
     else:
-        latest = spec.latest_fire_time(now)
-        assert latest is not None and latest >= next_due, "next_due is a fire time <= now"
-        fire = (latest,)
-        # Dropped: the fire times in [next_due, latest), as many as (next_due, latest].
-        # Counted up to a cap: a minutely schedule paused for a year misses 525,600.
-        dropped = spec.fire_times_between(next_due, latest)
-        skipped = sum(1 for _ in itertools.islice(dropped, SKIPPED_COUNT_CAP))
+        nxt = spec.next_fire_time(next_due)
+        if nxt is None or nxt > now:  # the common case: exactly one interval is due
+            fire, skipped = (next_due,), 0
+        else:
+            latest = spec.latest_fire_time(now)
+            assert latest is not None and latest >= nxt, "nxt is a fire time <= now"
+            fire = (latest,)
+            # Dropped: the fire times in [next_due, latest), as many as in (next_due,
+            # latest]. Counted up to a cap: a minutely schedule paused for a year
+            # misses 525,600.
+            dropped = spec.fire_times_between(next_due, latest)
+            skipped = sum(1 for _ in itertools.islice(dropped, SKIPPED_COUNT_CAP))
+            nxt = spec.next_fire_time(latest)
     new_cursor = fire[-1]
-    nxt = spec.next_fire_time(new_cursor)
     return FirePlan(
         fire=fire,
         cursor=new_cursor,
