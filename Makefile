@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-workflows lint clean
+.PHONY: venv demo test bench bench-workflows bench-scheduler lint clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,9 @@ bench: venv
 
 bench-workflows: venv
 	$(BIN)/python benchmarks/workflows.py
+
+bench-scheduler: venv
+	$(BIN)/python benchmarks/scheduler.py
 
 lint: venv
 	$(BIN)/lint-imports

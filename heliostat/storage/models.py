@@ -565,11 +565,11 @@ class ScheduleRun(Base):
     fail, whichever process tries. Manual runs sit beside scheduled ones (a trigger at
     exactly 02:00 does not take the 02:00 interval) with ids of their own.
 
-    ``started_at`` is set once the run was handed to the workflow engine, ``error``
-    when building or starting it failed; a row with neither, older than a grace period,
-    was claimed by a scheduler that died before starting it, and is started again
-    (under the same workflow id, so never twice). Deleting the schedule deletes these
-    rows; the runs' workflows stay.
+    ``started_at`` is set once the run was handed to the workflow engine, or starting
+    it failed (then ``error`` says why: a target that gave no DAG, say). A row without
+    ``started_at`` older than a grace period was claimed by a scheduler that died
+    before starting it, and is started again (under the same workflow id, so never
+    twice). Deleting the schedule deletes these rows; the runs' workflows stay.
     """
 
     __tablename__ = "schedule_runs"

@@ -155,8 +155,9 @@ class ScheduleRun:
         workflow_id: the run's workflow id (``name@<time>`` / ``name@manual-<time>``).
         kind: ``"scheduled"`` or ``"manual"``.
         fired_at: when it was claimed.
-        started_at: when it was handed to the workflow engine; None before that, and for
-            a manual run recorded without a runtime.
+        started_at: when the scheduler (or ``trigger``) started it, or tried to (then
+            ``error`` says why it failed); None before that, e.g. a manual run recorded
+            without a runtime, until a scheduler daemon starts it.
         error: why building or starting it failed, if it did.
         status: the workflow's status, or None when there is no workflow (not started,
             failed to start, or deleted).
@@ -695,11 +696,13 @@ class ScheduleStore:
     def mark_started(self, results: Sequence[tuple[str, dt.datetime, str | None]]) -> None:
         """Record how starting runs went: ``(workflow_id, when, error or None)`` each.
 
-        A run with an error is done (it counts as neither active nor stranded).
+        A run with an error is done (it counts as neither active nor stranded). Both set
+        ``started_at``, so "not attempted yet" is ``started_at IS NULL``, which the
+        ``started_at`` index finds without walking every failed run.
         """
         if not results:
             return
-        rows = [{"w": wid, "s": None if error else at, "e": error} for wid, at, error in results]
+        rows = [{"w": wid, "s": at, "e": error} for wid, at, error in results]
         with self.engine.begin() as conn:
             conn.execute(_MARK, rows)
 

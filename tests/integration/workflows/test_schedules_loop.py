@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from heliostat.scheduler.cron import ScheduleSpec, run_id
+from heliostat.storage.models import Schedule, ScheduleRunKind, Workflow
 from heliostat.storage.models import ScheduleRun as ScheduleRunRow
-from heliostat.storage.models import ScheduleRunKind, Workflow
 from heliostat.storage.states import WorkflowStatus
 from heliostat.workflows.schedule_store import FiredRun, ScheduleInfo, ScheduleStore
 from heliostat.workflows.triggers import FakeClock, TriggerLoop
@@ -416,7 +416,7 @@ def test_a_run_that_cannot_start_is_recorded_and_the_loop_goes_on(
     assert {r.schedule for r in loop.run_once()} == {"bad", "good"}
     (bad,) = store.runs("bad")
     assert bad.error == "ValueError: target 'jobs:build' returned int, not a DAG"
-    assert bad.started_at is None and bad.status is None
+    assert bad.started_at == utc(2026, 11, 1, 1) and bad.status is None
     (good,) = store.runs("good")
     assert good.error is None and good.started_at == utc(2026, 11, 1, 1)
     clock.advance(dt.timedelta(hours=1, minutes=1))
@@ -515,3 +515,25 @@ def test_the_loop_polls_when_nothing_is_scheduled(store: ScheduleStore) -> None:
         loop.stop()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_the_database_refuses_a_schedule_with_both_or_neither_timing(
+    store: ScheduleStore,
+) -> None:
+    table: sa.Table = Schedule.__table__  # type: ignore[assignment]
+    row = {
+        "name": "x",
+        "target": "jobs:build",
+        "timezone": "UTC",
+        "kwargs": {},
+        "catchup": False,
+        "max_active_runs": 1,
+        "paused": False,
+        "created_at": T0,
+        "updated_at": T0,
+    }
+    for timing in ({}, {"cron": "* * * * *", "interval_seconds": 60}):
+        with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+            conn.execute(table.insert().values({**row, **timing}))
+    with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:
+        conn.execute(table.insert().values({**row, "cron": "@daily", "max_active_runs": 0}))
