@@ -158,7 +158,9 @@ def import_target(target: str) -> Callable[..., Any]:
             raise CliError(f"module {module_name!r} has no attribute {attr!r} (from {target!r})")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise CliError(f"{target} is a {type(obj).__name__}, not a function")
+        kind = type(obj).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise CliError(f"{target} is not callable ({article} {kind})")
     fn: Callable[..., Any] = obj
     return fn
 

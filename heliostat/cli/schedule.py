@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from heliostat.cli._util import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     CliError,
     add_json_flag,
@@ -109,8 +110,20 @@ def register(sub: Any) -> None:
         p.add_argument("name", metavar="NAME")
         p.set_defaults(func=_cmd_change, change=action)
 
-    p = cmds.add_parser("trigger", help="start a run now, outside the schedule")
+    p = cmds.add_parser(
+        "trigger",
+        help="start a run now, outside the schedule",
+        description="Fire a manual run of the schedule now (its own workflow id, "
+        "NAME@manual-TIME). Without --wait the run is recorded and a running "
+        "'heliostat scheduler' starts it; with --wait it runs in this process.",
+    )
     p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--wait", action="store_true", help="run it here on a local node and wait for the end"
+    )
+    p.add_argument(
+        "--num-cpus", type=float, default=None, help="CPUs of the local node (with --wait)"
+    )
     add_json_flag(p)
     p.set_defaults(func=_cmd_trigger)
 
@@ -200,25 +213,20 @@ def _print_info(info: ScheduleInfo) -> None:
         print(f"{key + ':':12} {value}")
 
 
-def _run_json(run: ScheduleRun) -> dict[str, Any]:
-    return {
-        "schedule": run.schedule,
-        "logical_time": run.logical_time,
-        "workflow_id": run.workflow_id,
-        "kind": str(run.kind),
-        "fired_at": run.fired_at,
-        "status": None if run.status is None else str(run.status),
-    }
-
-
 def _print_runs(runs: Sequence[ScheduleRun], zone: str) -> None:
     if not runs:
         print("no runs yet")
         return
     print_table(
-        ["logical time", "kind", "workflow", "status"],
+        ["logical time", "kind", "workflow", "status", "error"],
         [
-            (_local(r.logical_time, zone), str(r.kind), r.workflow_id, str(r.status or "-"))
+            (
+                _local(r.logical_time, zone),
+                str(r.kind),
+                r.workflow_id,
+                str(r.status) if r.status is not None else "not started",
+                first_line(r.error, limit=80),
+            )
             for r in runs
         ],
     )
@@ -298,7 +306,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         doc = dict(info.to_json())
         doc["next_fire_times"] = upcoming
-        doc["runs"] = [_run_json(r) for r in runs]
+        doc["runs"] = [r.to_json() for r in runs]
         print_json(doc)
         return EXIT_OK
     _print_info(info)
@@ -327,12 +335,57 @@ def _cmd_change(args: argparse.Namespace) -> int:
 
 
 def _cmd_trigger(args: argparse.Namespace) -> int:
-    workflow_id = _schedules().trigger(args.name)
+    schedules = _schedules()
+    if not args.wait:
+        workflow_id = schedules.trigger(args.name)
+        if args.json:
+            print_json({"schedule": args.name, "workflow_id": workflow_id, "status": None})
+        else:
+            print(f"schedule {args.name}: recorded manual run {workflow_id}")
+            sys.stderr.write(
+                "heliostat: a running 'heliostat scheduler' starts it; "
+                "'--wait' runs it here instead\n"
+            )
+        return EXIT_OK
+    return _trigger_and_wait(args)
+
+
+_TERMINAL = ("SUCCESSFUL", "FAILED", "CANCELED", "NEEDS_ATTENTION")
+
+
+def _trigger_and_wait(args: argparse.Namespace) -> int:
+    """Start the manual run in this process and wait for the workflow to end."""
+    import time
+
+    import heliostat as hs
+    from heliostat import workflow
+
+    schedules = _schedules()
+    schedules.get(args.name)  # an unknown name: exit 2 before a node starts
+    hs.init(num_cpus=args.num_cpus)
+    try:
+        workflow_id = schedules.trigger(args.name)
+        sys.stderr.write(f"heliostat: schedule {args.name}: running workflow {workflow_id!r}\n")
+        status = "PENDING"
+        while status not in _TERMINAL:
+            time.sleep(0.1)  # the run goes on in this process's workflow thread
+            try:
+                status = str(workflow.get_status(workflow_id))
+            except KeyError:  # not recorded yet
+                continue
+    except KeyboardInterrupt:
+        sys.stderr.write("heliostat: interrupted; the run is resumable\n")
+        return EXIT_INTERRUPTED
+    finally:
+        hs.shutdown()
+    error = workflow.describe(workflow_id).error
     if args.json:
-        print_json({"schedule": args.name, "workflow_id": workflow_id})
+        print_json({"schedule": args.name, "workflow_id": workflow_id, "status": status})
     else:
-        print(f"schedule {args.name}: triggered workflow {workflow_id}")
-    return EXIT_OK
+        print(f"schedule {args.name}: workflow {workflow_id} {status}")
+        if error:
+            print(f"error: {first_line(error, limit=500)}")
+    return EXIT_OK if status == "SUCCESSFUL" else EXIT_FAILED
 
 
 def _cmd_next(args: argparse.Namespace) -> int:

@@ -200,7 +200,8 @@ def _print_record(record: WorkflowRecord) -> None:
 def _describe(workflow_id: str) -> WorkflowRecord:
     from heliostat import workflow
 
-    return workflow.describe(workflow_id)
+    record: WorkflowRecord = workflow.describe(workflow_id)
+    return record
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -1,0 +1,194 @@
+"""``heliostat schedule ...`` and the ``heliostat scheduler`` daemon, as subprocesses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from cli_harness import Cli, assert_one_line_error
+
+JOBS = """
+    import heliostat as hs
+
+
+    @hs.remote
+    def stamp(when, label):
+        return f"{label}@{when}"
+
+
+    def nightly(logical_time, label="x"):
+        return stamp.bind(logical_time.isoformat(), label)
+
+
+    def no_time():
+        return stamp.bind("never", "x")
+"""
+
+
+@pytest.fixture
+def jobs(cli: Cli) -> Cli:
+    cli.write_module("jobs", JOBS)
+    return cli
+
+
+def _json(result: Any) -> Any:
+    return json.loads(result.stdout)
+
+
+def _utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_schedule_commands_define_inspect_and_trigger(jobs: Cli) -> None:
+    cli = jobs
+    created = _json(
+        cli.run(
+            *("schedule", "add", "nightly", "--cron", "0 3 * * *", "--tz", "Europe/Berlin"),
+            *("--target", "jobs:nightly", "--kwarg", "label=eu", "--json"),
+        )
+    )
+    assert (created["name"], created["cron"], created["timezone"]) == (
+        "nightly",
+        "0 3 * * *",
+        "Europe/Berlin",
+    )
+    assert created["kwargs"] == {"label": "eu"}
+    duplicate, paused = cli.run_many(
+        [
+            ("schedule", "add", "nightly", "--cron", "0 4 * * *", "--target", "jobs:nightly"),
+            (
+                "schedule",
+                "add",
+                "quarter",
+                "--every",
+                "15m",
+                "--target",
+                "jobs:nightly",
+                "--paused",
+            ),
+        ]
+    )
+    cli.ok(duplicate, 2)
+    assert_one_line_error(duplicate, ["'nightly'", "--replace"])
+    assert "every 15m" in cli.ok(paused) and "paused" in paused.stdout
+    replaced = cli.run(
+        *("schedule", "add", "nightly", "--cron", "30 2 * * *", "--tz", "Europe/Berlin"),
+        *("--target", "jobs:nightly", "--replace", "--max-active-runs", "2"),
+    )
+    assert "schedule nightly: cron 30 2 * * * (Europe/Berlin) -> jobs:nightly" in replaced.stdout
+
+    # Reads of one state: run at once.
+    listed_json, table, show_json, human, upcoming_json = cli.run_many(
+        [
+            ("schedule", "list", "--json"),
+            ("schedule", "list"),
+            ("schedule", "show", "nightly", "--json"),
+            ("schedule", "show", "nightly"),
+            ("schedule", "next", "quarter", "-n", "3", "--json"),
+        ]
+    )
+    listed = {s["name"]: s for s in _json(listed_json)}
+    assert listed["nightly"]["max_active_runs"] == 2 and not listed["nightly"]["paused"]
+    assert listed["quarter"]["paused"] and listed["quarter"]["interval_seconds"] == 900
+    assert table.stdout.splitlines()[0].split()[:3] == ["NAME", "SCHEDULE", "TZ"]
+
+    show = _json(show_json)
+    berlin = ZoneInfo("Europe/Berlin")
+    fires = [_utc(t) for t in show["next_fire_times"]]
+    assert len(fires) == 5 and fires == sorted(fires)
+    assert {(t.astimezone(berlin).hour, t.astimezone(berlin).minute) for t in fires} == {(2, 30)}
+    assert show["runs"] == []
+    assert "next fire times:" in human.stdout
+    assert "CET" in human.stdout or "CEST" in human.stdout
+
+    upcoming = _json(upcoming_json)
+    gaps = {_utc(b) - _utc(a) for a, b in itertools.pairwise(upcoming)}
+    assert len(upcoming) == 3 and gaps == {dt.timedelta(minutes=15)}
+
+    pause, resume = cli.run_many(
+        [("schedule", "pause", "nightly"), ("schedule", "resume", "quarter")]
+    )
+    assert "paused" in cli.ok(pause) and "active" in cli.ok(resume)
+    # Without a scheduler the manual run is only recorded, for the daemon to start.
+    listed_json, triggered_json, remove = cli.run_many(
+        [
+            ("schedule", "list", "--json"),
+            ("schedule", "trigger", "nightly", "--json"),
+            ("schedule", "remove", "quarter"),
+        ]
+    )
+    listed = {s["name"]: s["paused"] for s in _json(listed_json)}
+    assert listed in ({"nightly": True, "quarter": False}, {"nightly": True})
+    triggered = _json(triggered_json)
+    assert triggered["workflow_id"].startswith("nightly@manual-")
+    assert "removed" in cli.ok(remove)
+
+    show, listed_json = cli.run_many(
+        [("schedule", "show", "nightly", "--json"), ("schedule", "list", "--json")]
+    )
+    assert [(r["workflow_id"], r["kind"]) for r in _json(show)["runs"]] == [
+        (triggered["workflow_id"], "manual")
+    ]
+    assert [s["name"] for s in _json(listed_json)] == ["nightly"]
+
+
+def test_schedule_bad_input_exits_2_and_writes_nothing(jobs: Cli) -> None:
+    add = ("schedule", "add", "x")
+    cron = ("--cron", "0 3 * * *")
+    target = ("--target", "jobs:nightly")
+    jobs.bad_inputs(
+        {
+            (*add, "--cron", "0 3 * *", *target): ["'0 3 * *'", "4 fields"],
+            (*add, *cron, "--tz", "Mars/Olympus", *target): ["Unknown time zone 'Mars/Olympus'"],
+            (*add, *cron, "--target", "nosuch:fn"): ["nosuch"],
+            (*add, *cron, "--target", "jobs:no_time"): ["logical_time"],
+            (*add, "--every", "soon", *target): ["soon"],
+            (*add, *cron, "--every", "1h", *target): ["not allowed with argument"],
+            (*add, *target): ["one of the arguments --cron --every is required"],
+            (*add, *cron, *target, "--kwarg", "noequals"): ["KEY=VALUE", "'noequals'"],
+            (*add, *cron, *target, "--max-active-runs", "0"): ["--max-active-runs"],
+            (*add, *cron, *target, "--start", "yesterday"): ["--start", "'yesterday'"],
+            ("schedule", "add", "bad name!", *cron, *target): ["bad name!"],
+            ("schedule", "show", "nope"): ["No schedule named 'nope'"],
+            ("schedule", "pause", "nope"): ["No schedule named 'nope'"],
+            ("schedule", "remove", "nope"): ["No schedule named 'nope'"],
+            ("schedule", "trigger", "nope"): ["No schedule named 'nope'"],
+            ("schedule", "next", "nope"): ["No schedule named 'nope'"],
+        }
+    )
+    assert _json(jobs.run("schedule", "list", "--json")) == []
+    assert jobs.rows("SELECT count(*) FROM schedule_runs") in ([], [(0,)])
+
+
+def test_scheduler_daemon_fires_runs_and_stops_on_sigterm(
+    jobs: Cli, wait_for: Callable[..., Any]
+) -> None:
+    cli = jobs
+    cli.run("schedule", "add", "tick", "--every", "2s", "--target", "jobs:nightly")
+    daemon = cli.popen("scheduler", "--num-cpus", "1")
+    try:
+
+        def fired() -> list[tuple[Any, ...]]:
+            return cli.rows(
+                "SELECT workflow_id FROM workflows "
+                "WHERE workflow_id LIKE 'tick@%' AND status = 'SUCCESSFUL'"
+            )
+
+        done = wait_for(fired, timeout=60, what="the daemon to run a tick to success")
+        daemon.send_signal(signal.SIGTERM)
+        _out, err = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.communicate()
+    assert daemon.returncode == 0, err
+    assert "heliostat scheduler: stopped" in err
+    assert "Traceback" not in err
+    runs = _json(cli.run("schedule", "show", "tick", "--json"))["runs"]
+    assert done[0][0] in {r["workflow_id"] for r in runs if r["kind"] == "scheduled"}
