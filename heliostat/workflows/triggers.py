@@ -34,6 +34,7 @@ queries. Time comes from an injected :class:`Clock`, so tests drive a :class:`Fa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib
 import inspect
@@ -489,9 +490,21 @@ class TriggerLoop:
         try:
             self._start_run(run)
         except Exception as exc:
-            log.error("schedule %r: run %s could not start: %s", run.schedule, run.workflow_id, exc)
+            log.error(
+                "schedule %r: run %s could not start [%s]: %s",
+                run.schedule,
+                run.workflow_id,
+                run.cause_id,
+                exc,
+            )
             return _one_line(exc)
-        log.info("schedule %r: started %s run %s", run.schedule, run.kind, run.workflow_id)
+        log.info(
+            "schedule %r: started %s run %s [%s]",
+            run.schedule,
+            run.kind,
+            run.workflow_id,
+            run.cause_id,
+        )
         return None
 
     # --- recovery --------------------------------------------------------------------
@@ -503,7 +516,9 @@ class TriggerLoop:
         """
         now = self.clock.now()
         stranded = self.store.stranded(claimed_before=now - self._stranded_grace)
-        to_start = [s.run for s in stranded if not s.resume]
+        to_start = [
+            dataclasses.replace(s.run, cause_id="recover") for s in stranded if not s.resume
+        ]
         for s in stranded:
             if s.resume and self._resume_run is not None:
                 try:
