@@ -1,0 +1,145 @@
+"""The CLI's pure helpers: argument values, late options, the progress line, output."""
+
+from __future__ import annotations
+
+import argparse
+import io
+
+import pyarrow as pa
+import pytest
+
+from heliostat.cli._util import (
+    CliError,
+    CommandParser,
+    error_line,
+    format_duration,
+    parse_call_args,
+    parse_kwarg,
+    parse_value,
+    summarize_value,
+    to_jsonable,
+)
+from heliostat.cli.run import Progress, _take_late_options
+
+
+def test_values_are_json_when_they_parse_else_strings() -> None:
+    assert parse_value("3") == 3
+    assert parse_value("true") is True
+    assert parse_value('{"a": [1, 2]}') == {"a": [1, 2]}
+    assert parse_value("2026-11-21") == "2026-11-21"
+    assert parse_value("hello world") == "hello world"
+
+
+def test_call_args_split_keywords_from_positionals() -> None:
+    args, kwargs = parse_call_args(["1", "day=2026-11-21", "n=[1]", "a-b=3", "=x"])
+    assert args == [1, "a-b=3", "=x"]  # not identifier=...: positional
+    assert kwargs == {"day": "2026-11-21", "n": [1]}
+
+
+def test_a_keyword_given_twice_is_refused() -> None:
+    with pytest.raises(CliError, match="'n' is given twice"):
+        parse_call_args(["n=1", "n=2"])
+
+
+def test_kwarg_options_need_an_identifier_key() -> None:
+    assert parse_kwarg("region=eu") == ("region", "eu")
+    with pytest.raises(CliError, match="KEY=VALUE"):
+        parse_kwarg("noequals")
+    with pytest.raises(CliError, match="KEY=VALUE"):
+        parse_kwarg("1x=2")
+
+
+def _ns(call_args: list[str]) -> argparse.Namespace:
+    return argparse.Namespace(
+        target="m:f", call_args=call_args, json=False, workflow_id=None, num_cpus=None
+    )
+
+
+def test_run_options_may_follow_the_target() -> None:
+    ns = _ns(["a", "--id", "wf", "--json", "b=1", "--num-cpus=2", "--", "--id", "x"])
+    assert _take_late_options(ns) == ["a", "b=1", "--id", "x"]
+    assert (ns.workflow_id, ns.json, ns.num_cpus) == ("wf", True, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["--id"], "--id: expected one argument"),
+        (["--num-cpus", "many"], "invalid float value: 'many'"),
+        (["--verbose"], "unrecognized option '--verbose'"),
+    ],
+)
+def test_bad_late_options_are_refused(items: list[str], message: str) -> None:
+    with pytest.raises(CliError, match=message):
+        _take_late_options(_ns(items))
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_redraws_one_line_on_a_terminal() -> None:
+    stream = _Stream(tty=True)
+    progress = Progress("wf", stream)
+    progress(1, 3, 0)
+    progress(2, 3, 0)
+    progress.close()
+    text = stream.getvalue()
+    assert text.count("\r\x1b[K[wf] ") == 2
+    assert "[wf] 2/3 steps done, 0 failed" in text
+    assert text.endswith("\n") and text.count("\n") == 1
+
+
+def test_progress_writes_throttled_plain_lines_elsewhere() -> None:
+    stream = _Stream(tty=False)
+    progress = Progress("wf", stream, interval=3600)
+    progress(1, 4, 0)  # the first line
+    progress(2, 4, 0)  # within the interval: skipped
+    progress(2, 4, 1)  # a failure: written
+    progress(4, 4, 1)  # the last step: written
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "[wf] 1/4 steps done",
+        "[wf] 2/4 steps done",
+        "[wf] 4/4 steps done",
+    ]
+    assert "\r" not in stream.getvalue()
+
+
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = CommandParser(prog="heliostat thing")
+    parser.add_argument("x", type=int)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "heliostat: error: argument x: invalid int value: 'nope' (see 'heliostat thing --help')\n"
+    )
+
+
+def test_output_helpers() -> None:
+    assert format_duration(None) == "-"
+    assert format_duration(0.25) == "0.25 s"
+    assert format_duration(12.34) == "12.3 s"
+    assert format_duration(245) == "4m 05s"
+    assert format_duration(7380) == "2h 03m"
+    wrapped = (
+        "heliostat.exceptions.TaskError(ValueError): Task 'load' failed in worker "
+        "pid=42: ValueError('boom')\n\nRemote traceback: ..."
+    )
+    assert error_line(wrapped) == "ValueError('boom')"
+    assert error_line("KeyError: 'x'\nmore") == "KeyError: 'x'"
+    assert error_line(None) == ""
+    table = pa.table({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+    assert summarize_value(table) == "pyarrow.Table with 3 rows x 2 columns"
+    assert summarize_value("x" * 500).endswith("...")
+    assert to_jsonable({"a": [1]}) == {"a": [1]}
+    assert to_jsonable(object()) is None
+    assert to_jsonable(float("nan")) is None
