@@ -409,7 +409,11 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
     import heliostat as hs
 
     schedules = _schedules()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # heliostat's own INFO lines (runs fired, the loop's passes); others' warnings only.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("heliostat").setLevel(logging.INFO)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
