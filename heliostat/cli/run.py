@@ -286,8 +286,8 @@ def execute_workflow(
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            progress.close()
             with _no_interrupts():
+                progress.close()
                 hs.shutdown()
     elapsed = progress.elapsed()
     steps = {"total": 0, "done": 0, "failed": 0}
@@ -331,7 +331,7 @@ def execute_workflow(
             print(f"output: {summarize_value(output)}")
         else:
             print(f"error: {_error_summary(error)}")
-            if status in ("FAILED", "NEEDS_ATTENTION"):
+            if status == "FAILED":
                 print(f"fix it, then: heliostat workflow resume {workflow_id}")
     if interrupted:
         return EXIT_INTERRUPTED
