@@ -180,20 +180,30 @@ def _db_summary() -> dict[str, Any]:
                 sa.select(sa.func.count()).select_from(lease).where(lease.c.expires_at > now)
             ).scalar_one()
             summary["live_leases"] = int(live)
+            summary["schedules"] = _schedule_counts(conn)
     finally:
         engine.dispose()
-    summary["schedules"] = _schedule_summary()
     return summary
 
 
-def _schedule_summary() -> dict[str, int] | None:
-    try:
-        from heliostat.workflows import schedules
-    except ImportError:  # a heliostat without schedules
+def _schedule_counts(conn: Any) -> dict[str, int] | None:
+    """Schedules, active and paused; None for a schema without schedules."""
+    import sqlalchemy as sa
+
+    from heliostat.storage.models import Schedule
+
+    # A database not yet upgraded (status never migrates) may predate schedules.
+    if not sa.inspect(conn).has_table(Schedule.__tablename__):
         return None
-    infos = schedules.list_all()
-    paused = sum(1 for s in infos if s.paused)
-    return {"total": len(infos), "active": len(infos) - paused, "paused": paused}
+    table = Schedule.__table__
+    counts = {
+        bool(paused): int(n)
+        for paused, n in conn.execute(
+            sa.select(table.c.paused, sa.func.count()).group_by(table.c.paused)
+        )
+    }
+    paused, active = counts.get(True, 0), counts.get(False, 0)
+    return {"total": paused + active, "active": active, "paused": paused}
 
 
 def _print_db(summary: dict[str, Any]) -> None:
