@@ -35,6 +35,7 @@ import dataclasses
 import datetime as dt
 import threading
 import weakref
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -287,27 +288,25 @@ _NEXT_FUTURE = (
     .order_by(_SCH.c.next_fire_at)
     .limit(1)
 )
-# Active runs, counted per schedule: those whose workflow is in an active state (found
-# through the workflows' status index, then the runs' primary key), and those claimed
-# but not yet visible as a workflow: not started, or started within the grace period
-# (the workflow row is created by the engine moments after the start).
-_ACTIVE_BY_WORKFLOW = (
-    sa.select(_RUN.c.schedule_name, sa.func.count())
-    .where(
+# Active runs, one row (the schedule's name) per run: those whose workflow is in an
+# active state (found through the workflows' status index, then the runs' primary key),
+# and those claimed but not yet visible as a workflow: not started, or started within
+# the grace period (the engine creates the workflow row moments after the start). Three
+# SELECTs, not one with an OR: each reaches its rows through an index, where one
+# statement would scan every run ever fired.
+_NO_WORKFLOW = ~sa.exists().where(_W.c.workflow_id == _RUN.c.workflow_id)
+_ACTIVE_RUNS = sa.union_all(
+    sa.select(_RUN.c.schedule_name).where(
         _RUN.c.workflow_id.in_(
             sa.select(_W.c.workflow_id).where(_W.c.status.in_(_ACTIVE_VALUES)).scalar_subquery()
         )
-    )
-    .group_by(_RUN.c.schedule_name)
-)
-_ACTIVE_STARTING = (
-    sa.select(_RUN.c.schedule_name, sa.func.count())
-    .where(
-        _RUN.c.error.is_(None),
-        sa.or_(_RUN.c.started_at.is_(None), _RUN.c.started_at > sa.bindparam("recent")),
-        ~sa.exists().where(_W.c.workflow_id == _RUN.c.workflow_id),
-    )
-    .group_by(_RUN.c.schedule_name)
+    ),
+    sa.select(_RUN.c.schedule_name).where(
+        _RUN.c.started_at.is_(None), _RUN.c.error.is_(None), _NO_WORKFLOW
+    ),
+    sa.select(_RUN.c.schedule_name).where(
+        _RUN.c.started_at > sa.bindparam("recent"), _RUN.c.error.is_(None), _NO_WORKFLOW
+    ),
 )
 _ADVANCE = (
     _SCH.update()
@@ -686,12 +685,7 @@ class ScheduleStore:
 
     @staticmethod
     def _active_counts(conn: Connection, recent: dt.datetime) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for name, n in conn.execute(_ACTIVE_BY_WORKFLOW):
-            counts[name] = counts.get(name, 0) + n
-        for name, n in conn.execute(_ACTIVE_STARTING, {"recent": recent}):
-            counts[name] = counts.get(name, 0) + n
-        return counts
+        return dict(Counter(conn.execute(_ACTIVE_RUNS, {"recent": recent}).scalars()))
 
     def mark_started(self, results: Sequence[tuple[str, dt.datetime, str | None]]) -> None:
         """Record how starting runs went: ``(workflow_id, when, error or None)`` each.
