@@ -8,6 +8,8 @@ it is unreachable they skip, except under CI (``CI=true``), where they fail.
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -264,3 +266,23 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (root / "env.py").is_file()
     assert (root / "script.py.mako").is_file()
     assert (root / "versions" / "0001_initial.py").is_file()
+
+
+def test_schema_head_constant_is_the_newest_shipped_migration() -> None:
+    """``SCHEMA_HEAD`` spares Alembic at start-up; a new migration must move it."""
+    from alembic.script import ScriptDirectory
+
+    with resources.as_file(resources.files("heliostat.storage") / "migrations") as path:
+        assert ScriptDirectory(str(path)).get_current_head() == db.SCHEMA_HEAD
+
+
+def test_opening_a_database_at_head_does_not_import_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    db.ensure_schema(url)  # migrated here, in this process
+    code = (
+        "import sys; from heliostat.storage import db; "
+        f"assert db.ensure_schema({url!r}) == db.SCHEMA_HEAD; "
+        "sys.exit(1 if 'alembic' in sys.modules else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr or "alembic was imported"
