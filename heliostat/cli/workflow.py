@@ -125,7 +125,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         raise CliError("--limit must be 0 (all) or more")
     from heliostat import workflow
 
-    runs = workflow.list_all(statuses)
+    # One more than asked for: enough to tell whether more exist.
+    runs = workflow.list_all(statuses, limit=args.limit + 1 if args.limit else None)
     shown = runs if args.limit == 0 else runs[: args.limit]
     if args.json:
         print_json([{"workflow_id": wid, "status": str(status)} for wid, status in shown])
@@ -134,7 +135,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     else:
         print_table(["id", "status"], [(wid, str(status)) for wid, status in shown])
     if len(shown) < len(runs) and not args.json:
-        sys.stderr.write(f"({len(runs) - len(shown)} more; --limit 0 shows all)\n")
+        sys.stderr.write("(more runs exist; --limit 0 shows all)\n")
     return EXIT_OK
 
 

@@ -394,14 +394,17 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
 
 def list_all(
     status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
+    *,
+    limit: int | None = None,
 ) -> list[tuple[str, WorkflowStatus]]:
-    """(workflow id, status) of every workflow, newest first."""
+    """(workflow id, status) of every workflow (the newest ``limit`` ones), newest first."""
     statuses = None
     if status_filter is not None:
         items = [status_filter] if isinstance(status_filter, str) else list(status_filter)
         statuses = [WorkflowStatus(s) for s in items]
     store = _store()
-    return [(r.workflow_id, _effective(store, r)) for r in store.list_workflows(statuses)]
+    records = store.list_workflows(statuses, limit=limit)
+    return [(r.workflow_id, _effective(store, r)) for r in records]
 
 
 def cancel(workflow_id: str) -> None:

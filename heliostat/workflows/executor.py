@@ -126,6 +126,7 @@ class WorkflowExecutor:
         self._next_position = max((s.position for s in compiled.steps.values()), default=0) + 1
         self._on_progress = on_progress
         self._n_done = 0
+        self._n_failed = 0  # failed attempts, retried or not
         self._last_commit = time.monotonic()
         # memory:// lives in one process: there the driver writes the checkpoints.
         self._worker_writes = checkpoints.shared_across_processes
@@ -483,7 +484,7 @@ class WorkflowExecutor:
     def _succeeded(self, task_id: str) -> None:
         state = self._steps[task_id]
         state.status = StepStatus.SUCCESSFUL
-        self._report_progress()
+        self._report_progress(done=1)
         done = [task_id]
         while done:
             finished = done.pop()
@@ -498,6 +499,7 @@ class WorkflowExecutor:
                 done.append(parent)
 
     def _failed(self, task_id: str, exc: BaseException) -> None:
+        self._report_progress(failed=1)
         state = self._steps[task_id]
         opts = state.spec.options
         if isinstance(exc, CorruptCheckpointError) and self._invalidate_input(task_id, exc):
@@ -616,7 +618,9 @@ class WorkflowExecutor:
         state = self._steps[self._resolve(task_id)]
         return state.status is StepStatus.SUCCESSFUL and state.value is not None
 
-    def _report_progress(self) -> None:
-        self._n_done += 1
+    def _report_progress(self, *, done: int = 0, failed: int = 0) -> None:
+        """Tell ``on_progress`` (steps done, steps known, failed attempts so far)."""
+        self._n_done += done
+        self._n_failed += failed
         if self._on_progress is not None:
-            self._on_progress(self._n_done, len(self._steps), 1 if self._failure else 0)
+            self._on_progress(self._n_done, len(self._steps), self._n_failed)

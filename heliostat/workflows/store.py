@@ -428,7 +428,7 @@ class WorkflowStore:
         return WorkflowRecord(
             workflow_id=m["workflow_id"],
             status=WorkflowStatus(m["status"]),
-            dag=m["dag"],
+            dag=m.get("dag"),
             metadata=m["metadata"] or {},
             output_task_id=m["output_task_id"],
             error=m["error"],
@@ -483,8 +483,11 @@ class WorkflowStore:
         offset: int = 0,
         search: str | None = None,
     ) -> list[WorkflowRecord]:
+        # Every column but the pickled DAG, which a listing never needs (and which is
+        # most of a row's bytes).
+        columns = [c for c in _W.c if c.name != "dag"]
         query = (
-            sa.select(_W, _L.c.owner, _L.c.host, _L.c.pid, _L.c.expires_at)
+            sa.select(*columns, _L.c.owner, _L.c.host, _L.c.pid, _L.c.expires_at)
             .select_from(_W.outerjoin(_L, _L.c.workflow_id == _W.c.workflow_id))
             .order_by(_W.c.created_at.desc(), _W.c.workflow_id)
         )

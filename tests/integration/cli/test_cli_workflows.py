@@ -143,7 +143,7 @@ def test_run_shows_progress_and_result_and_workflow_commands_read_it(flows: Cli)
     assert _json(output) == 13
     assert left.stdout.strip() == "7"
     assert len(limited.stdout.splitlines()) == 2  # header and one run
-    assert "1 more" in limited.stderr
+    assert "more runs exist" in limited.stderr
 
 
 def test_bad_targets_exit_2_with_one_line_and_record_nothing(flows: Cli) -> None:

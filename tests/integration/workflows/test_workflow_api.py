@@ -356,6 +356,25 @@ def test_retry_exceptions_retries_an_app_error_until_it_succeeds(
     assert workflow.get_metadata("retry", "flaky")["attempts"] == 3
 
 
+def test_on_progress_counts_done_steps_and_failed_attempts(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    log = tmp_path / "log"
+    shaky = flaky.options(**_opts("flaky", max_retries=2, retry_exceptions=True)).bind(str(log), 2)
+    dag = add.options(**_opts("sum")).bind(str(log), source.bind(str(log), 1), 0)
+    dag = add.options(**_opts("total")).bind(str(log), dag, 0)
+    calls: list[tuple[int, int, int]] = []
+
+    join = source.options(**_opts("join")).bind(str(log), [shaky, dag])
+
+    out = workflow.run(join, workflow_id="progress", on_progress=lambda *a: calls.append(a))
+
+    assert out == ["ok on 2", 1]
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and calls[-1][0] == calls[-1][1] == 5
+    assert calls[-1][2] == 1  # flaky's first attempt failed, the retry did not
+
+
 def test_retry_backoff_still_retries(runtime: Runtime, tmp_path: Path) -> None:
     log = tmp_path / "log"
     opts = _opts("flaky", max_retries=2, retry_exceptions=(ValueError,), retry_backoff=0.01)
