@@ -22,6 +22,7 @@ from heliostat.cli._util import (
     first_line,
     format_duration,
     format_time,
+    parse_value,
     print_json,
     print_table,
     summarize_value,
@@ -94,6 +95,23 @@ def register(sub: Any) -> None:
     p = cmds.add_parser("cancel", help="cancel a run: its driver stops it")
     p.add_argument("workflow_id", metavar="ID")
     p.set_defaults(func=_cmd_cancel)
+
+    p = cmds.add_parser(
+        "resolve",
+        help="settle an in-doubt step after checking what it did, then resume the run",
+        description=(
+            "A non-idempotent step interrupted by a crash is IN_DOUBT: it may or may not "
+            "have done its work. Check, then give its result (--result, a JSON value or "
+            "a string) or have it run again (--rerun); `heliostat workflow resume ID` "
+            "goes on from there."
+        ),
+    )
+    p.add_argument("workflow_id", metavar="ID")
+    p.add_argument("task_id", metavar="STEP")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--result", metavar="VALUE", help="the step did its work: its output")
+    how.add_argument("--rerun", action="store_true", help="the step did not: run it again")
+    p.set_defaults(func=_cmd_resolve)
 
     p = cmds.add_parser("delete", help="forget a run: its lineage and its checkpoints")
     p.add_argument("workflow_id", metavar="ID")
@@ -363,6 +381,24 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
     workflow.cancel(args.workflow_id)
     note = " (its driver stops it within a second)" if str(before) == "RUNNING" else ""
     print(f"workflow {args.workflow_id}: CANCELED{note}")
+    return EXIT_OK
+
+
+def _cmd_resolve(args: argparse.Namespace) -> int:
+    from heliostat import workflow
+
+    try:
+        if args.rerun:
+            workflow.resolve(args.workflow_id, args.task_id, rerun=True)
+        else:
+            workflow.resolve(args.workflow_id, args.task_id, result=parse_value(args.result))
+    except ValueError as exc:  # the step is not in doubt
+        raise CliError(str(exc)) from None
+    what = "will run again" if args.rerun else "has its result"
+    print(
+        f"step {args.task_id} of {args.workflow_id} {what}; "
+        f"resume with: heliostat workflow resume {args.workflow_id}"
+    )
     return EXIT_OK
 
 

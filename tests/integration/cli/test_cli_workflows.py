@@ -61,6 +61,21 @@ FLOWS = '''
         return wait_for_gate.bind(add.bind(1, 1), started, gate)
 
 
+    @hs.remote
+    def charge(x, flag):
+        # A side effect that is not idempotent; its worker dies before it can report.
+        with open(flag + ".log", "a") as log:
+            log.write("charged\n")
+        if not os.path.exists(flag):
+            os._exit(1)
+        return x * 100
+
+
+    def billing(flag):
+        step = workflow.options(task_id="charge", idempotent=False)
+        return charge.options(**step).bind(add.bind(1, 1), flag)
+
+
     def not_a_dag():
         return {"steps": 3}
 
@@ -195,6 +210,30 @@ def test_failed_run_exits_1_and_resumes_after_the_fix(flows: Cli) -> None:
     assert attempts["check"] == 2
     assert [n for t, n in attempts.items() if t != "check"] == [1]  # not re-run
     assert show["resume_count"] == 1
+
+
+def test_in_doubt_step_is_settled_by_resolve_then_resume(flows: Cli) -> None:
+    cli = flows
+    flag = cli.mods / "charged"
+    stuck = cli.run("run", "flows:billing", f"flag={flag}", "--id", "wf-bill", expect=1)
+    assert "NEEDS_ATTENTION" in stuck.stdout and "charge" in stuck.stdout
+    steps = {
+        s["task_id"]: s["status"]
+        for s in _json(cli.run("workflow", "show", "wf-bill", "--json"))["steps"]
+    }
+    assert steps["charge"] == "IN_DOUBT"
+
+    not_in_doubt = cli.run("workflow", "resolve", "wf-bill", "add", "--rerun", expect=2)
+    assert_one_line_error(not_in_doubt, ["'add'", "not IN_DOUBT"])
+    neither = cli.run("workflow", "resolve", "wf-bill", "charge", expect=2)
+    assert "--result" in neither.stderr and "--rerun" in neither.stderr
+
+    # The operator checked: the charge went through, for 200.
+    settled = cli.run("workflow", "resolve", "wf-bill", "charge", "--result", "200")
+    assert "heliostat workflow resume wf-bill" in settled.stdout
+    resumed = _json(cli.run("workflow", "resume", "wf-bill", "--json", "--num-cpus", "1"))
+    assert resumed["status"] == "SUCCESSFUL" and resumed["output"] == 200
+    assert (cli.mods / "charged.log").read_text() == "charged\n"  # not run again
 
 
 def test_ctrl_c_stops_the_run_and_leaves_it_resumable(
