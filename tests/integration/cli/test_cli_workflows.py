@@ -65,7 +65,7 @@ FLOWS = '''
     def charge(x, flag):
         # A side effect that is not idempotent; its worker dies before it can report.
         with open(flag + ".log", "a") as log:
-            log.write("charged\n")
+            print("charged", file=log)
         if not os.path.exists(flag):
             os._exit(1)
         return x * 100
