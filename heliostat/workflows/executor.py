@@ -87,6 +87,7 @@ class _StepState:
     value: Any = None  # ObjectRef (live) or CheckpointRef, once done
     checkpoint: CheckpointRef | None = None
     children: list[str] = field(default_factory=list)
+    unfinished_children: int = 0  # children not succeeded yet (see _release)
     retry_at: float = 0.0
 
 
@@ -142,6 +143,7 @@ class WorkflowExecutor:
         for task_id in added:
             for parent in self._steps[task_id].spec.parents:
                 self._steps[parent].children.append(task_id)
+                self._steps[parent].unfinished_children += 1
         return added
 
     def _prepare(self) -> None:
@@ -485,6 +487,11 @@ class WorkflowExecutor:
         state = self._steps[task_id]
         state.status = StepStatus.SUCCESSFUL
         self._report_progress(done=1)
+        for input_id in state.spec.parents:
+            producer = self._steps[input_id]
+            producer.unfinished_children -= 1
+            if producer.unfinished_children == 0:
+                self._release(input_id)
         done = [task_id]
         while done:
             finished = done.pop()
@@ -497,6 +504,24 @@ class WorkflowExecutor:
             if parent is not None:
                 self._steps[parent].value = self._steps[finished].value
                 done.append(parent)
+
+    def _release(self, task_id: str) -> None:
+        """Every consumer of ``task_id`` has succeeded: stop holding its live value.
+
+        The object store may then free it; the step's checkpoint file stands in if
+        anything reads it again (a resumed or re-run consumer). Without this, a chain of
+        steps with large outputs would keep every output in memory to the end. Inline
+        (small) outputs stay live: a file checkpoint is what makes letting go cheap.
+        """
+        producer = self._resolve(task_id)
+        if producer == self._resolve(self.compiled.output):
+            return
+        state = self._steps[producer]
+        ref = state.checkpoint
+        if ref is None or ref.inline or not isinstance(state.value, ObjectRef):
+            return
+        state.value = ref
+        self._steps[task_id].value = ref
 
     def _failed(self, task_id: str, exc: BaseException) -> None:
         self._report_progress(failed=1)

@@ -127,6 +127,22 @@ def gated(log: str, gate: str) -> str:
 
 
 @hs.remote
+def block(prev: Any, n: int) -> Any:
+    """4 MB of output: always a checkpoint file, and an object in shared memory."""
+    import numpy as np
+
+    return np.full(500_000, float(n)) + (0.0 if prev is None else float(prev[0]))
+
+
+@hs.remote
+def gated_total(log: str, gate: str, values: Any) -> float:
+    _mark(log)
+    if not _wait_gate(gate):
+        raise TimeoutError("the test never opened the gate")
+    return float(values.sum())
+
+
+@hs.remote
 def make_table(log: str) -> pa.Table:
     _mark(log)
     return pa.table({"day": ["2026-11-21", "2026-11-22"], "rows": [3, 4]})
@@ -527,6 +543,31 @@ def test_cancel_stops_a_running_workflow(runtime: Runtime, tmp_path: Path, wait_
             workflow.resume("stop")
     finally:
         gate.touch()  # never leave a worker blocked
+
+
+def test_outputs_no_step_still_needs_are_let_go_while_the_workflow_runs(
+    runtime: Runtime, tmp_path: Path, wait_for: Any
+) -> None:
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    node: Any = None
+    for n in range(5):
+        node = block.options(**_opts(f"b{n}")).bind(node, n)
+    dag = gated_total.options(**_opts("total")).bind(str(log), str(gate), node)
+    one = 500_000 * 8
+    ref = workflow.run_async(dag, workflow_id="let-go")
+    try:
+        wait_for(lambda: "total" in _runs(log), timeout=60, what="the last step to start")
+        # b0..b3 are consumed and checkpointed: only b4, the running step's input, is
+        # still held. Holding them all would be 5 blocks.
+        wait_for(
+            lambda: runtime.manager.object_stats()["shm_bytes"] < 2 * one,
+            timeout=30,
+            what="consumed outputs to be freed",
+        )
+    finally:
+        gate.touch()
+    assert hs.get(ref, timeout=60) == 500_000 * 10.0  # b_n = n + b_(n-1): 0, 1, 3, 6, 10
+    assert workflow.get_output("let-go", task_id="b2")[0] == 3.0  # read back from its file
 
 
 # --- checkpoint formats and corruption ----------------------------------------------------
