@@ -320,16 +320,23 @@ def startup_probe(lib: str) -> Result:
     return out
 
 
-def run_process(cmd: list[str], timeout: float, env: dict[str, str],
-                capture_stderr: bool = False) -> tuple[int | None, str]:
+def run_process(
+    cmd: list[str], timeout: float, env: dict[str, str], capture_stderr: bool = False
+) -> tuple[int | None, str]:
     """Run ``cmd`` in its own process group; kill the whole group on timeout.
 
     Returns (exit code, or None on timeout; captured stderr). Stdout goes to our
     stderr so that library chatter never mixes with the JSON on stdout.
     """
-    proc = subprocess.Popen(cmd, stdout=sys.stderr,
-                            stderr=subprocess.PIPE if capture_stderr else None,
-                            text=True, env=env, cwd=REPO_ROOT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=sys.stderr,
+        stderr=subprocess.PIPE if capture_stderr else None,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        start_new_session=True,
+    )
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -345,16 +352,26 @@ def run_startup(lib: str) -> Result:
     for i in range(STARTUP_REPS):
         with tempfile.TemporaryDirectory() as tmp:
             out_path = Path(tmp) / "probe.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--lib", lib,
-                   "--probe", "--out", str(out_path)]
-            rc, stderr = run_process(cmd, STARTUP_TIMEOUT_S, env=child_env(lib),
-                                     capture_stderr=True)
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--lib",
+                lib,
+                "--probe",
+                "--out",
+                str(out_path),
+            ]
+            rc, stderr = run_process(
+                cmd, STARTUP_TIMEOUT_S, env=child_env(lib), capture_stderr=True
+            )
             if rc != 0 or not out_path.exists():
                 last = (stderr.strip().splitlines() or ["no output"])[-1]
                 raise RuntimeError(f"startup probe failed (rc={rc}): {last}")
             runs.append(json.loads(out_path.read_text()))
-        log(f"{lib}: startup probe {i + 1}/{STARTUP_REPS}: "
-            f"init_s={runs[-1]['init_s']:.3f} first_task_s={runs[-1]['first_task_s']:.3f}")
+        log(
+            f"{lib}: startup probe {i + 1}/{STARTUP_REPS}: "
+            f"init_s={runs[-1]['init_s']:.3f} first_task_s={runs[-1]['first_task_s']:.3f}"
+        )
     out: Result = {}
     for key in ("import_s", "init_only_s", "init_s", "first_task_s", "peak_rss_mb"):
         out[key] = median([float(r[key]) for r in runs])
@@ -376,8 +393,10 @@ def bench_tasks_sync(rt: Any) -> Result:
     noop = rt.remote(_noop)
     for _ in range(20):
         rt.get(noop.remote())
-    rates = [rate_loop(lambda: rt.get(noop.remote()), SYNC_MAX_N, SYNC_MAX_S)
-             for _ in range(THROUGHPUT_REPS)]
+    rates = [
+        rate_loop(lambda: rt.get(noop.remote()), SYNC_MAX_N, SYNC_MAX_S)
+        for _ in range(THROUGHPUT_REPS)
+    ]
     return {"tasks_sync_per_s": median(rates)}
 
 
@@ -434,8 +453,10 @@ def _make_actor(rt: Any) -> Any:
 
 def bench_actor_sync(rt: Any) -> Result:
     actor = _make_actor(rt)
-    rates = [rate_loop(lambda: rt.get(actor.ping.remote()), SYNC_MAX_N, SYNC_MAX_S)
-             for _ in range(THROUGHPUT_REPS)]
+    rates = [
+        rate_loop(lambda: rt.get(actor.ping.remote()), SYNC_MAX_N, SYNC_MAX_S)
+        for _ in range(THROUGHPUT_REPS)
+    ]
     return {"actor_calls_sync_per_s": median(rates)}
 
 
@@ -454,8 +475,10 @@ def bench_actor_async(rt: Any) -> Result:
 def bench_put_small(rt: Any) -> Result:
     for i in range(20):
         rt.put(i)
-    rates = [rate_loop(lambda: rt.put(7), SMALL_OBJ_MAX_N, SMALL_OBJ_MAX_S)
-             for _ in range(THROUGHPUT_REPS)]
+    rates = [
+        rate_loop(lambda: rt.put(7), SMALL_OBJ_MAX_N, SMALL_OBJ_MAX_S)
+        for _ in range(THROUGHPUT_REPS)
+    ]
     return {"put_small_per_s": median(rates)}
 
 
@@ -463,8 +486,10 @@ def bench_get_small(rt: Any) -> Result:
     ref = rt.put(42)
     if rt.get(ref) != 42:
         raise AssertionError("get of a small object returned the wrong value")
-    rates = [rate_loop(lambda: rt.get(ref), SMALL_OBJ_MAX_N, SMALL_OBJ_MAX_S)
-             for _ in range(THROUGHPUT_REPS)]
+    rates = [
+        rate_loop(lambda: rt.get(ref), SMALL_OBJ_MAX_N, SMALL_OBJ_MAX_S)
+        for _ in range(THROUGHPUT_REPS)
+    ]
     return {"get_small_per_s": median(rates)}
 
 
@@ -487,8 +512,11 @@ def bench_get_large(rt: Any) -> Result:
         times.append(time.perf_counter() - t0)
         del got
     del ref
-    return {"get_large_ms": ms(median(times)), "get_large_is_view": is_view,
-            "get_large_writeable": writeable}
+    return {
+        "get_large_ms": ms(median(times)),
+        "get_large_is_view": is_view,
+        "get_large_writeable": writeable,
+    }
 
 
 def bench_task_numpy_arg(rt: Any) -> Result:
@@ -514,8 +542,11 @@ def bench_task_numpy_arg(rt: Any) -> Result:
         np_times.append(time.perf_counter() - t0)
     task_ms = ms(median(task_times))
     np_ms = ms(median(np_times))
-    return {"task_numpy_arg_ms": task_ms, "numpy_sum_ms": np_ms,
-            "task_numpy_overhead_ms": task_ms - np_ms}
+    return {
+        "task_numpy_arg_ms": task_ms,
+        "numpy_sum_ms": np_ms,
+        "task_numpy_overhead_ms": task_ms - np_ms,
+    }
 
 
 @dataclass(frozen=True)
@@ -525,8 +556,15 @@ class Workload:
     run: Callable[[Any], Result]
 
 
-STARTUP_FIGURES = ("import_s", "init_only_s", "init_s", "first_task_s", "peak_rss_mb",
-                   "pss_mb", "num_processes")
+STARTUP_FIGURES = (
+    "import_s",
+    "init_only_s",
+    "init_s",
+    "first_task_s",
+    "peak_rss_mb",
+    "pss_mb",
+    "num_processes",
+)
 
 WORKLOADS: tuple[Workload, ...] = (
     Workload("tasks_sync", ("tasks_sync_per_s",), bench_tasks_sync),
@@ -537,20 +575,36 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("actor_calls_async", ("actor_calls_async_per_s",), bench_actor_async),
     Workload("put_small", ("put_small_per_s",), bench_put_small),
     Workload("get_small", ("get_small_per_s",), bench_get_small),
-    Workload("get_large", ("get_large_ms", "get_large_is_view", "get_large_writeable"),
-             bench_get_large),
-    Workload("task_numpy_arg", ("task_numpy_arg_ms", "numpy_sum_ms", "task_numpy_overhead_ms"),
-             bench_task_numpy_arg),
+    Workload(
+        "get_large", ("get_large_ms", "get_large_is_view", "get_large_writeable"), bench_get_large
+    ),
+    Workload(
+        "task_numpy_arg",
+        ("task_numpy_arg_ms", "numpy_sum_ms", "task_numpy_overhead_ms"),
+        bench_task_numpy_arg,
+    ),
 )
 
 # Figures compared in "ratios": True when higher is better.
 RATIO_FIGURES: dict[str, bool] = {
-    "import_s": False, "init_only_s": False, "init_s": False, "first_task_s": False,
-    "peak_rss_mb": False, "pss_mb": False, "num_processes": False,
-    "tasks_sync_per_s": True, "tasks_async_per_s": True, "tasks_fanout_chain_s": False,
-    "fanout200_reduce_s": False, "actor_calls_sync_per_s": True,
-    "actor_calls_async_per_s": True, "put_small_per_s": True, "get_small_per_s": True,
-    "get_large_ms": False, "task_numpy_arg_ms": False, "task_numpy_overhead_ms": False,
+    "import_s": False,
+    "init_only_s": False,
+    "init_s": False,
+    "first_task_s": False,
+    "peak_rss_mb": False,
+    "pss_mb": False,
+    "num_processes": False,
+    "tasks_sync_per_s": True,
+    "tasks_async_per_s": True,
+    "tasks_fanout_chain_s": False,
+    "fanout200_reduce_s": False,
+    "actor_calls_sync_per_s": True,
+    "actor_calls_async_per_s": True,
+    "put_small_per_s": True,
+    "get_small_per_s": True,
+    "get_large_ms": False,
+    "task_numpy_arg_ms": False,
+    "task_numpy_overhead_ms": False,
 }
 
 
@@ -566,8 +620,9 @@ def valid_only_names() -> set[str]:
     return names
 
 
-def run_workloads(rt: Any, lib: str, todo: list[Workload], result: Result,
-                  errors: dict[str, str]) -> None:
+def run_workloads(
+    rt: Any, lib: str, todo: list[Workload], result: Result, errors: dict[str, str]
+) -> None:
     """Run each workload under a time limit, recording figures or the error."""
     timeouts = 0
     for w in todo:
@@ -581,12 +636,12 @@ def run_workloads(rt: Any, lib: str, todo: list[Workload], result: Result,
         except Exception as exc:  # report it, keep going
             timeouts += isinstance(exc, WorkloadTimeout)
             errors[w.name] = f"{type(exc).__name__}: {exc}"
-            log(f"{lib}: {w.name} FAILED after {time.perf_counter() - t0:.1f} s: "
-                f"{errors[w.name]}")
+            log(f"{lib}: {w.name} FAILED after {time.perf_counter() - t0:.1f} s: {errors[w.name]}")
             continue
         result.update(figures)
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in figures.items())
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()
+        )
         log(f"{lib}: {w.name}: {shown} ({time.perf_counter() - t0:.1f} s)")
 
 
@@ -679,8 +734,7 @@ def ratios(hs: Result, ray: Result) -> dict[str, float | None]:
 def machine_info() -> Result:
     info: Result = {
         "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else None,
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -705,10 +759,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--peer", choices=["ray"], help="also run the workloads on Ray")
     p.add_argument("--only", help="comma-separated workload or figure names")
-    p.add_argument("--ray-python", default=str(DEFAULT_RAY_PYTHON),
-                   help="interpreter with Ray installed (default: %(default)s)")
-    p.add_argument("--heliostat-python", default=sys.executable,
-                   help="interpreter with heliostat installed (default: this one)")
+    p.add_argument(
+        "--ray-python",
+        default=str(DEFAULT_RAY_PYTHON),
+        help="interpreter with Ray installed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--heliostat-python",
+        default=sys.executable,
+        help="interpreter with heliostat installed (default: this one)",
+    )
     p.add_argument("--lib", choices=LIBS, help=argparse.SUPPRESS)  # internal: run one library
     p.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # internal
     p.add_argument("--out", help=argparse.SUPPRESS)  # internal: write JSON here
@@ -716,8 +776,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.only:
         unknown = set(args.only.split(",")) - valid_only_names()
         if unknown:
-            p.error(f"unknown --only names: {', '.join(sorted(unknown))}; "
-                    f"known: {', '.join(sorted(valid_only_names()))}")
+            p.error(
+                f"unknown --only names: {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(valid_only_names()))}"
+            )
     return args
 
 
