@@ -40,7 +40,10 @@ FLOWS = '''
     @hs.remote
     def wait_for_gate(x, started, gate):
         open(started, "w").close()
+        deadline = time.monotonic() + 60
         while not os.path.exists(gate):  # the test opens the gate after Ctrl-C
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never opened the gate")
             time.sleep(0.02)
         return x + 1
 
