@@ -100,10 +100,6 @@ class RefTracker:
     def count(self, ident: int) -> int:
         return self._counts.get(ident, 0)
 
-    def live_ids(self) -> list[int]:
-        with self._lock:
-            return list(self._counts)
-
 
 _process_tracker: RefTracker | None = None
 

@@ -14,40 +14,89 @@ engine, workflows, UI or CLI.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
-_EXPORTS: dict[str, str] = {
-    "check_transition": "states",
-    "CheckpointFormat": "checkpoints",
-    "CheckpointRef": "checkpoints",
-    "CheckpointStore": "checkpoints",
-    "current_revision": "db",
-    "default_db_url": "db",
-    "default_storage_url": "checkpoints",
-    "Edge": "models",
-    "ensure_schema": "db",
-    "head_revision": "db",
-    "Lease": "models",
-    "make_engine": "db",
-    "metadata": "models",
-    "Schedule": "models",
-    "ScheduleRun": "models",
-    "ScheduleRunKind": "models",
-    "Step": "models",
-    "STEP_TRANSITIONS": "states",
-    "StepAttempt": "models",
-    "StepStatus": "states",
-    "SupportsCheckpoints": "checkpoints",
-    "Transition": "models",
-    "TransitionEntity": "states",
-    "upgrade": "db",
-    "utcnow": "models",
-    "WalKind": "states",
-    "WalRecord": "models",
-    "Workflow": "models",
-    "WORKFLOW_TRANSITIONS": "states",
-    "WorkflowStatus": "states",
+from heliostat._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from heliostat.storage.checkpoints import (
+        CheckpointFormat,
+        CheckpointRef,
+        CheckpointStore,
+        SupportsCheckpoints,
+        default_storage_url,
+    )
+    from heliostat.storage.db import (
+        current_revision,
+        default_db_url,
+        ensure_schema,
+        head_revision,
+        make_engine,
+        upgrade,
+    )
+    from heliostat.storage.models import (
+        Edge,
+        Lease,
+        Schedule,
+        ScheduleRun,
+        ScheduleRunKind,
+        Step,
+        StepAttempt,
+        Transition,
+        WalRecord,
+        Workflow,
+        metadata,
+        utcnow,
+    )
+    from heliostat.storage.states import (
+        STEP_TRANSITIONS,
+        WORKFLOW_TRANSITIONS,
+        StepStatus,
+        TransitionEntity,
+        WalKind,
+        WorkflowStatus,
+        check_transition,
+    )
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "heliostat.storage.checkpoints": (
+        "CheckpointFormat",
+        "CheckpointRef",
+        "CheckpointStore",
+        "default_storage_url",
+        "SupportsCheckpoints",
+    ),
+    "heliostat.storage.db": (
+        "current_revision",
+        "default_db_url",
+        "ensure_schema",
+        "head_revision",
+        "make_engine",
+        "upgrade",
+    ),
+    "heliostat.storage.models": (
+        "Edge",
+        "Lease",
+        "metadata",
+        "Schedule",
+        "ScheduleRun",
+        "ScheduleRunKind",
+        "Step",
+        "StepAttempt",
+        "Transition",
+        "utcnow",
+        "WalRecord",
+        "Workflow",
+    ),
+    "heliostat.storage.states": (
+        "check_transition",
+        "STEP_TRANSITIONS",
+        "StepStatus",
+        "TransitionEntity",
+        "WalKind",
+        "WORKFLOW_TRANSITIONS",
+        "WorkflowStatus",
+    ),
 }
 """Where each public name lives. Imported on first use: a worker that only needs the
 checkpoint store must not pay for SQLAlchemy and Alembic (``import heliostat.storage``
@@ -87,15 +136,4 @@ __all__ = [
     "utcnow",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'heliostat.storage' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"heliostat.storage.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -7,35 +7,79 @@ resumes without redoing finished steps.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+from heliostat._lazy import lazy_exports
 
 # Eager, and light: the function ``options`` shares its name with its module, which
 # would otherwise shadow it here once anything imports ``heliostat.workflows.options``.
 from heliostat.workflows.options import options
 
-_EXPORTS: dict[str, str] = {
-    "cancel": "heliostat.workflows.api",
-    "compile_dag": "heliostat.workflows.compile",
-    "CompiledWorkflow": "heliostat.workflows.compile",
-    "continuation": "heliostat.workflows.step",
-    "delete": "heliostat.workflows.api",
-    "describe": "heliostat.workflows.api",
-    "get_context": "heliostat.workflows.context",
-    "get_metadata": "heliostat.workflows.api",
-    "get_output": "heliostat.workflows.api",
-    "get_status": "heliostat.workflows.api",
-    "list_all": "heliostat.workflows.api",
-    "RERUN": "heliostat.workflows.executor",
-    "resolve": "heliostat.workflows.api",
-    "resume": "heliostat.workflows.api",
-    "resume_all": "heliostat.workflows.api",
-    "resume_async": "heliostat.workflows.api",
-    "run": "heliostat.workflows.api",
-    "run_async": "heliostat.workflows.api",
-    "StepStatus": "heliostat.storage.states",
-    "WorkflowContext": "heliostat.workflows.context",
-    "WorkflowStatus": "heliostat.storage.states",
+if TYPE_CHECKING:
+    from heliostat.storage.states import (
+        StepStatus,
+        WorkflowStatus,
+    )
+    from heliostat.workflows.api import (
+        cancel,
+        delete,
+        describe,
+        get_metadata,
+        get_output,
+        get_status,
+        list_all,
+        resolve,
+        resume,
+        resume_all,
+        resume_async,
+        run,
+        run_async,
+    )
+    from heliostat.workflows.compile import (
+        CompiledWorkflow,
+        compile_dag,
+    )
+    from heliostat.workflows.context import (
+        WorkflowContext,
+        get_context,
+    )
+    from heliostat.workflows.executor import (
+        RERUN,
+    )
+    from heliostat.workflows.step import (
+        continuation,
+    )
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "heliostat.storage.states": (
+        "StepStatus",
+        "WorkflowStatus",
+    ),
+    "heliostat.workflows.api": (
+        "cancel",
+        "delete",
+        "describe",
+        "get_metadata",
+        "get_output",
+        "get_status",
+        "list_all",
+        "resolve",
+        "resume",
+        "resume_all",
+        "resume_async",
+        "run",
+        "run_async",
+    ),
+    "heliostat.workflows.compile": (
+        "compile_dag",
+        "CompiledWorkflow",
+    ),
+    "heliostat.workflows.context": (
+        "get_context",
+        "WorkflowContext",
+    ),
+    "heliostat.workflows.executor": ("RERUN",),
+    "heliostat.workflows.step": ("continuation",),
 }
 """Where each public name lives, imported on first use. Workers import
 ``heliostat.workflows.step`` to run steps, which imports this package first: it must not
@@ -67,15 +111,4 @@ __all__ = [
     "run_async",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'heliostat.workflows' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -17,7 +17,6 @@ import datetime as dt
 import operator
 import os
 import socket
-import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
@@ -338,7 +337,6 @@ class WorkflowStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._lock = threading.Lock()
         self._prepared: dict[tuple[int, tuple[str, ...]], _Prepared] = {}
 
     @classmethod

@@ -181,3 +181,29 @@ def test_task_error_without_a_mixable_cause_is_plain_task_error() -> None:
     assert type(back) is TaskError
     base = TaskError("f", "tb", SystemExit(3))
     assert base.as_instanceof_cause() is base
+
+
+@pytest.mark.parametrize("package", ["heliostat.storage", "heliostat.workflows"])
+def test_lazy_exports_match_the_type_checking_imports_and_all(package: str) -> None:
+    """The runtime list of lazy exports, the imports type checkers read and ``__all__``
+    name the same things, and every one of them loads."""
+    import ast
+    import importlib
+    import inspect
+
+    module = importlib.import_module(package)
+    tree = ast.parse(inspect.getsource(module))
+    static: dict[str, set[str]] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module
+                static.setdefault(imp.module, set()).update(a.name for a in imp.names)
+    lazy = {mod: set(names) for mod, names in module._EXPORTS.items()}
+    assert static == lazy
+    eager = {name for name in module.__all__ if name in vars(module)}
+    assert set(module.__all__) == eager | set().union(*lazy.values())
+    for name in module.__all__:
+        assert getattr(module, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        module.nope  # noqa: B018
