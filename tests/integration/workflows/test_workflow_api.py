@@ -587,7 +587,7 @@ def test_arrow_table_output_is_checkpointed_as_arrow(runtime: Runtime, tmp_path:
 
 
 def test_dataframe_output_is_checkpointed_as_parquet(runtime: Runtime, tmp_path: Path) -> None:
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # a dev dependency: missing, the test fails rather than skips
 
     frame = workflow.run(
         make_frame.options(**_opts("frame")).bind(str(tmp_path / "log")), workflow_id="pq"

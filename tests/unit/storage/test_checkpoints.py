@@ -88,7 +88,8 @@ def test_arrow_table_round_trips_as_arrow_ipc(store: CheckpointStore) -> None:
 
 
 def test_pandas_dataframe_round_trips_as_parquet(store: CheckpointStore) -> None:
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # a dev dependency: missing, the test fails rather than skips
+
     df = pd.DataFrame(
         {"a": [1, 2, 3], "b": ["x", "y", None], "t": pd.to_datetime(["2026-01-01"] * 3, utc=True)},
         index=pd.Index([10, 20, 30], name="id"),
@@ -100,7 +101,8 @@ def test_pandas_dataframe_round_trips_as_parquet(store: CheckpointStore) -> None
 
 
 def test_dataframe_that_parquet_cannot_keep_exact_goes_to_pickle(store: CheckpointStore) -> None:
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # a dev dependency: missing, the test fails rather than skips
+
     df = pd.DataFrame({0: [1, 2], 1: ["a", "b"]})  # non-string column names
     ref = store.write("etl", "t", 1, df)
     assert ref.format == "pickle"
