@@ -197,16 +197,16 @@ def raw_transaction(engine: Engine) -> Iterator[Any]:
     """
     raw = engine.raw_connection()
     try:
-        cursor = raw.cursor()
-        begin = _SQLITE_BEGIN_SQL.get(engine)
-        if begin is not None:
-            cursor.execute(begin)
-        try:
-            yield cursor
-        except BaseException:
-            raw.rollback()
-            raise
-        raw.commit()
+        with contextlib.closing(raw.cursor()) as cursor:
+            begin = _SQLITE_BEGIN_SQL.get(engine)
+            if begin is not None:
+                cursor.execute(begin)
+            try:
+                yield cursor
+            except BaseException:
+                raw.rollback()
+                raise
+            raw.commit()
     finally:
         raw.close()
 

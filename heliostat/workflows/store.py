@@ -13,6 +13,7 @@ has expired, or names a process on this host that no longer exists.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import operator
 import os
@@ -380,10 +381,11 @@ class WorkflowStore:
                 )
             )
             # Thousands of rows for a big fan-out: the prepared path (see _Prepared).
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            self._run(cursor, _STEP_INSERT, steps)
-            if edges:
-                self._run(cursor, _EDGE_INSERT, edges)
+            dbapi = conn.connection.dbapi_connection
+            with contextlib.closing(dbapi.cursor()) as cursor:  # type: ignore[union-attr]
+                self._run(cursor, _STEP_INSERT, steps)
+                if edges:
+                    self._run(cursor, _EDGE_INSERT, edges)
             conn.execute(
                 _T.insert().values(
                     entity="workflow",
