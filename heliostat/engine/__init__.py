@@ -26,6 +26,7 @@ from heliostat.engine.events import TaskEvent
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction
 from heliostat.engine.runtime import Runtime, current_client, current_runtime
+from heliostat.engine.serialization import cloudpickle_dumps
 
 __all__ = [
     "ActorClass",
@@ -37,6 +38,7 @@ __all__ = [
     "TaskEvent",
     "available_resources",
     "cancel",
+    "cloudpickle_dumps",
     "cluster_resources",
     "current_client",
     "current_runtime",

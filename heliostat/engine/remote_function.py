@@ -15,11 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
 from heliostat.engine.dag import FunctionNode
 from heliostat.engine.runtime import current_client
-from heliostat.engine.serialization import dumps_function
+from heliostat.engine.serialization import cloudpickle_dumps, dumps_function
 from heliostat.scheduler import ResourceSet
 
 __all__ = [
@@ -88,7 +86,7 @@ def _retry_exceptions(value: Any) -> bool | bytes:
     if isinstance(value, (list, tuple)) and all(
         isinstance(c, type) and issubclass(c, BaseException) for c in value
     ):
-        return bytes(cloudpickle.dumps(tuple(value)))
+        return cloudpickle_dumps(tuple(value))
     raise ValueError(
         f"retry_exceptions must be a bool or a list of exception classes, got {value!r}."
     )

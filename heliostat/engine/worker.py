@@ -16,6 +16,11 @@ so the driver prints them in order (as Ray prints ``(task pid=...) ...``).
 
 Cancellation: the node manager sends SIGINT; the handler raises ``KeyboardInterrupt``
 only while user code runs, and the task is reported as interrupted.
+
+Errors: a task's exception travels back as a :class:`~heliostat.exceptions.TaskError`
+whose remote traceback starts at the user's code: the leading frames of heliostat's own
+machinery (``_execute``, ``_run_user``, a workflow step's wrapper) are cut, see
+:func:`format_remote_traceback`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -51,7 +57,7 @@ from heliostat.engine.serialization import (
 from heliostat.engine.shm import create_segment, segment_path
 from heliostat.exceptions import GetTimeoutError, HeliostatError, TaskError
 
-__all__ = ["WorkerClient", "run_worker"]
+__all__ = ["WorkerClient", "format_remote_traceback", "run_worker"]
 
 _INLINE, _SHM = 1, 2
 _PR_SET_PDEATHSIG = 1
@@ -66,6 +72,31 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:  # the parent died before we asked
             os._exit(1)
+
+
+def _is_heliostat_frame(tb: types.TracebackType) -> bool:
+    name = tb.tb_frame.f_globals.get("__name__")
+    return isinstance(name, str) and (name == "heliostat" or name.startswith("heliostat."))
+
+
+def format_remote_traceback(exc: BaseException) -> str:
+    """The traceback of a task's exception as the user should read it.
+
+    Leading frames of heliostat's own modules (the worker loop, a workflow step's
+    wrapper) are dropped, so the text starts at the first frame of user code; every
+    frame from there on is kept, heliostat's included (a ``get`` inside the task). A
+    frame belongs to heliostat when its module is ``heliostat`` or below it; functions
+    pickled by value keep the globals name of the module they were defined in. When
+    no frame is user code (the function could not be loaded, its result could not be
+    pickled) the whole traceback is kept.
+    """
+    tb = exc.__traceback__
+    first = tb
+    while first is not None and _is_heliostat_frame(first):
+        first = first.tb_next
+    if first is not None:
+        tb = first
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 class WorkerClient(CoreClient):
@@ -364,7 +395,7 @@ class Worker:
 
     def _error_payload(self, name: str, exc: BaseException) -> bytes:
         cause: BaseException | None = exc
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        tb = format_remote_traceback(exc)
         if isinstance(exc, TaskError):
             cause = exc.cause
             tb = tb + "\nCaused by:\n" + exc.remote_traceback

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copyreg
 import pickle
 import struct
 import threading
+import types
 
+import cloudpickle
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -13,8 +16,10 @@ import pytest
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.serialization import (
     ALIGNMENT,
+    Pickler,
     SerializedValue,
     capture_refs,
+    cloudpickle_dumps,
     deserialize,
     dumps_function,
     loads_function,
@@ -246,3 +251,61 @@ def test_serialized_value_total_size_counts_aligned_slots() -> None:
     header = -(-(HEADER.size + ENTRY.size) // ALIGNMENT) * ALIGNMENT
     assert ser.total_size == header + ALIGNMENT + 128
     assert len(ser.to_bytes()) == ser.total_size
+
+
+# --- code keeps its real file name ------------------------------------------------------
+
+
+def _local_function_with_a_nested_lambda():
+    def outer(values):
+        return sorted(values, key=lambda v: -v)
+
+    return outer
+
+
+def test_code_pickled_by_value_keeps_its_real_file_name() -> None:
+    outer = _local_function_with_a_nested_lambda()
+    loaded = loads_function(dumps_function(outer, what="outer"))
+    assert loaded([1, 3, 2]) == [3, 2, 1]
+    assert loaded.__code__.co_filename == __file__
+    nested = [c for c in loaded.__code__.co_consts if isinstance(c, types.CodeType)]
+    assert nested and all(c.co_filename == __file__ for c in nested)
+    assert loaded.__code__.co_firstlineno == outer.__code__.co_firstlineno
+
+
+def test_cloudpickle_dumps_keeps_file_names_of_functions_inside_values() -> None:
+    outer = _local_function_with_a_nested_lambda()
+    loaded = pickle.loads(cloudpickle_dumps({"steps": [outer]}))
+    assert loaded["steps"][0].__code__.co_filename == __file__
+    assert deserialize(serialize(outer).to_bytes()).__code__.co_filename == __file__
+
+
+def test_pickled_code_is_deterministic() -> None:
+    outer = _local_function_with_a_nested_lambda()
+    first = dumps_function(outer, what="outer")
+    assert dumps_function(outer, what="outer") == first
+    # Pickled again after a round trip (new code objects, new strings): same bytes.
+    assert dumps_function(loads_function(first), what="outer") == first
+
+
+def test_cloudpickle_itself_is_not_patched() -> None:
+    outer = _local_function_with_a_nested_lambda()
+    dumps_function(outer, what="outer")
+    plain = pickle.loads(cloudpickle.dumps(outer))
+    assert plain.__code__.co_filename == "<dynamic-code>"
+    assert cloudpickle.Pickler.dispatch_table is not Pickler.dispatch_table
+
+
+def test_copyreg_registrations_still_reach_the_pickler() -> None:
+    class Point:
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    def reduce_point(p: Point) -> tuple[object, tuple[int]]:
+        return (int, (p.x * 10,))
+
+    copyreg.pickle(Point, reduce_point)
+    try:
+        assert pickle.loads(cloudpickle_dumps(Point(4))) == 40
+    finally:
+        del copyreg.dispatch_table[Point]
