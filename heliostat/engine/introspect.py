@@ -50,15 +50,17 @@ class SessionInfo:
 def live_sessions() -> list[SessionInfo]:
     """The runtimes on this machine whose driver is alive, oldest first."""
     found = []
-    for directory, session, pid in session_dirs():
-        sock = os.path.join(directory, "node.sock")
+    for entry in session_dirs():
+        sock = os.path.join(entry.path, "node.sock")
         if not os.path.exists(sock):
             continue
         try:
-            started = psutil.Process(pid).create_time()
+            started = psutil.Process(entry.pid).create_time()
         except psutil.Error:
             continue  # the driver is gone; init() of the next driver sweeps its files
-        found.append(SessionInfo(session=session, pid=pid, started_at=started, socket_path=sock))
+        found.append(
+            SessionInfo(session=entry.session, pid=entry.pid, started_at=started, socket_path=sock)
+        )
     return sorted(found, key=lambda s: (s.started_at, s.session))
 
 

@@ -10,6 +10,22 @@ process the current client is the worker's (set by :func:`attach_worker`), so th
 Files of a session: ``/tmp/heliostat-{session}-*/`` (the node manager's socket, spill
 files) and ``/dev/shm/heliostat-{session}-*`` (object segments). ``shutdown`` removes
 them; if the driver dies without shutting down, the fork server removes them.
+
+If both die at once (a process-group kill), the next ``init()`` on the machine sweeps
+what they left. A name alone proves nothing (a user's ``HELIOSTAT_HOME`` may well be
+called ``/tmp/heliostat-2026-11-21``), so the sweep deletes a directory only when all
+of these hold:
+
+1. It is a real directory, not a symlink (opened with ``O_NOFOLLOW``; nothing is
+   followed or deleted through a link).
+2. It holds the marker heliostat writes when it creates a session directory
+   (:data:`SESSION_MARKER`: a magic line and the session name), and that name matches
+   the directory's name. The directory is made by ``mkdtemp``, mode 0700.
+3. It belongs to the current user (``st_uid`` of the opened directory).
+4. The driver pid in the session name is not a running process.
+
+Shared-memory segments are unlinked only for sessions that passed these checks, and
+only the regular files of the current user among them.
 """
 
 from __future__ import annotations
@@ -19,13 +35,16 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import psutil
 
@@ -37,11 +56,16 @@ from heliostat.engine.shm import SHM_DIR, session_glob
 from heliostat.exceptions import NotInitializedError
 
 __all__ = [
+    "SESSION_MARKER",
     "Runtime",
+    "SessionDir",
     "attach_worker",
+    "create_session_dir",
     "current_client",
     "current_runtime",
     "default_object_store_memory",
+    "is_stale",
+    "read_session_dir",
     "session_dirs",
     "set_current",
     "sweep_stale_sessions",
@@ -62,8 +86,8 @@ def default_object_store_memory() -> int:
         physical = 8 << 30
     limit = int(physical * 0.3)
     with contextlib.suppress(OSError):
-        stat = os.statvfs(str(SHM_DIR))
-        limit = min(limit, int(stat.f_bavail * stat.f_frsize * 0.9))
+        fs = os.statvfs(str(SHM_DIR))
+        limit = min(limit, int(fs.f_bavail * fs.f_frsize * 0.9))
     return max(limit, 64 << 20)
 
 
@@ -80,19 +104,118 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def session_dirs() -> Iterator[tuple[str, str, int]]:
-    """``(directory, session, driver pid)`` of every session directory on this machine.
+# The file inside a session directory that says heliostat made it (see the module
+# docstring): the magic line, then the session name.
+SESSION_MARKER = "heliostat-session"
+_MARKER_MAGIC = "heliostat session directory v1"
+_MARKER_MAX = 256
+# ``{driver pid in hex}-{token}``: also keeps glob characters out of the shm sweep.
+_SESSION_NAME = re.compile(r"[0-9a-f]{1,16}-[0-9a-f]{6}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionDir:
+    """A directory that heliostat created for a session (its marker checked)."""
+
+    path: str
+    session: str
+    pid: int  # the driver's pid, from the session name
+    uid: int  # the directory's owner
+
+
+def create_session_dir(session: str, *, parent: str | None = None) -> str:
+    """Create the directory of a new session (mode 0700) with its marker inside.
+
+    Args:
+        session: the session's name, ``{driver pid in hex}-{token}``.
+        parent: where to create it (default: the temp dir, where the sweep looks).
+
+    Returns:
+        The directory's path, ``{parent}/heliostat-{session}-{random}``.
+    """
+    directory = tempfile.mkdtemp(prefix=f"heliostat-{session}-", dir=parent)
+    fd = os.open(
+        os.path.join(directory, SESSION_MARKER),
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+        0o600,
+    )
+    try:
+        os.write(fd, f"{_MARKER_MAGIC}\n{session}\n".encode())
+    finally:
+        os.close(fd)
+    return directory
+
+
+def read_session_dir(path: str) -> SessionDir | None:
+    """The session ``path`` belongs to, or None unless heliostat created it.
+
+    Never follows a symlink: ``path`` itself and its marker are opened with
+    ``O_NOFOLLOW``, and the owner is read from the opened directory.
+    """
+    try:
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:  # gone, a symlink (ELOOP), not a directory, not ours to open
+        return None
+    try:
+        uid = os.fstat(dir_fd).st_uid
+        fd = os.open(SESSION_MARKER, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            data = os.read(fd, _MARKER_MAX)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    lines = data.decode("ascii", "replace").split("\n")
+    if len(lines) < 2 or lines[0] != _MARKER_MAGIC:
+        return None
+    session = lines[1]
+    if not _SESSION_NAME.fullmatch(session):
+        return None
+    if not os.path.basename(path).startswith(f"heliostat-{session}-"):
+        return None  # a marker copied or moved into another directory
+    return SessionDir(path=path, session=session, pid=int(session.split("-")[0], 16), uid=uid)
+
+
+def session_dirs() -> Iterator[SessionDir]:
+    """Every session directory on this machine that heliostat created.
 
     A session is named ``{driver pid in hex}-{token}``; its directory is
-    ``{tmp}/heliostat-{session}-{mkdtemp suffix}``.
+    ``{tmp}/heliostat-{session}-{mkdtemp suffix}`` and holds the marker. Other
+    entries whose names look alike are skipped.
     """
-    for directory in glob.glob(os.path.join(tempfile.gettempdir(), "heliostat-*-*-*")):
-        parts = os.path.basename(directory).split("-")
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), "heliostat-*-*-*")):
+        found = read_session_dir(path)
+        if found is not None:
+            yield found
+
+
+def is_stale(
+    found: SessionDir, *, uid: int, own_pid: int, pid_alive: Callable[[int], bool]
+) -> bool:
+    """Whether the sweep may delete ``found``: ours, and its driver is gone.
+
+    Args:
+        found: a directory :func:`read_session_dir` accepted (marker checked).
+        uid: the current user; another user's session is never touched.
+        own_pid: this process (its own sessions are live by definition).
+        pid_alive: whether a pid is a running process.
+    """
+    return found.uid == uid and found.pid != own_pid and not pid_alive(found.pid)
+
+
+def _unlink_segments(session: str, uid: int) -> None:
+    """Remove the shared-memory segments of a swept session: our regular files only."""
+    for path in glob.glob(os.path.join(str(SHM_DIR), session_glob(session))):
         try:
-            pid = int(parts[1], 16)
-        except (IndexError, ValueError):
-            continue
-        yield directory, f"{parts[1]}-{parts[2]}", pid
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def sweep_stale_sessions() -> list[str]:
@@ -100,23 +223,34 @@ def sweep_stale_sessions() -> list[str]:
 
     Normally the fork server cleans up after a dead driver; if both were killed at
     once (a process-group kill), their temp dir and shared-memory segments would stay.
-    Session names start with the driver's pid in hex, which is all this needs.
+    Only directories heliostat created, owned by this user, of a dead driver are
+    removed (see the module docstring); anything else is left alone.
 
     Returns:
         The sessions removed.
     """
     removed = []
-    for directory, session, pid in session_dirs():
-        if pid == os.getpid() or psutil.pid_exists(pid):
+    uid = os.getuid()
+    own_pid = os.getpid()
+    for found in session_dirs():
+        if not is_stale(found, uid=uid, own_pid=own_pid, pid_alive=psutil.pid_exists):
             continue
-        for path in glob.glob(os.path.join(str(SHM_DIR), session_glob(session))):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        shutil.rmtree(directory, ignore_errors=True)
-        removed.append(session)
+        _unlink_segments(found.session, uid)
+        # rmtree never follows a symlink inside (it works on file descriptors), and the
+        # top was checked to be a real directory.
+        shutil.rmtree(found.path, ignore_errors=True)
+        removed.append(found.session)
     if removed:
         log.info("removed files of %d stale session(s): %s", len(removed), ", ".join(removed))
     return removed
+
+
+class Closeable(Protocol):
+    """A service a higher layer attaches to the runtime (``Runtime.extensions``)."""
+
+    def close(self) -> None:
+        """Release what it holds; called once, by ``shutdown``."""
+        ...
 
 
 class Runtime:
@@ -139,7 +273,7 @@ class Runtime:
         if "CPU" in extra:
             raise ValueError("Give CPUs with num_cpus=, not resources={'CPU': ...}.")
         self.session = f"{os.getpid():x}-{secrets.token_hex(3)}"
-        self.session_dir = tempfile.mkdtemp(prefix=f"heliostat-{self.session}-")
+        self.session_dir = create_session_dir(self.session)
         self.namespace = namespace or "default"
         self.storage = storage  # workflow checkpoint URL (None: the default)
         self.config = NodeConfig(
@@ -166,6 +300,9 @@ class Runtime:
             namespace=self.namespace,
         )
         self._closed = False
+        # Services of the layers above (the workflow stores and lease keeper), opened
+        # on first use and closed by shutdown, newest first.
+        self.extensions: dict[str, Closeable] = {}
 
     def start(self) -> None:
         sweep_stale_sessions()
@@ -191,6 +328,12 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        for name, extension in reversed(list(self.extensions.items())):
+            try:
+                extension.close()
+            except Exception:  # one service failing to close must not keep the node up
+                log.warning("closing %s failed", name, exc_info=True)
+        self.extensions.clear()
         self.client.tracker.closed = True
         self.client.closed = True
         self.manager.stop()
