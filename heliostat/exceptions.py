@@ -36,8 +36,12 @@ Every public error derives from :class:`HeliostatError`::
     │   └── ScheduleExistsError         create() of a name in use, without replace=True
     ├── CorruptCheckpointError          a checkpoint is missing, fails its checksum or
     │                                   cannot be decoded
-    └── StorageError                    the metadata database cannot be used as it is
-                                        (schema newer than this heliostat, bad URL)
+    └── StorageError                    the metadata database or checkpoint storage
+        │                               cannot be used as it is (schema newer than this
+        │                               heliostat, bad URL, disk full, read-only, no
+        │                               filesystem for the URL, a bad secret key)
+        └── UnauthenticatedDataError    stored data not signed with this installation's
+                                        key: refused, never unpickled
 
 Errors carry structured fields (ids, names) as attributes and survive pickling, so a
 worker can raise one and the driver receives the same type with the same fields.
@@ -68,6 +72,7 @@ __all__ = [
     "StorageError",
     "TaskCancelledError",
     "TaskError",
+    "UnauthenticatedDataError",
     "WorkerCrashedError",
     "WorkflowCancelledError",
     "WorkflowDefinitionError",
@@ -430,3 +435,31 @@ class StorageError(HeliostatError):
     For example its schema is at a revision this version of heliostat does not know
     (written by a newer heliostat), or its URL names no usable database.
     """
+
+
+class UnauthenticatedDataError(StorageError):
+    """Stored data failed its HMAC check, so heliostat refused to unpickle it.
+
+    Pickled data read back from storage (a workflow's compiled DAG, a step's checkpoint
+    record) is signed with the installation's secret key when it is written and
+    verified before it is loaded. A mismatch means it was written under another key
+    (drivers of one database that do not share ``HELIOSTAT_SECRET_KEY`` or the key
+    file) or changed by someone who could write the database.
+
+    ``what`` names the refused data (``"the compiled DAG of workflow 'etl'"``),
+    ``origin`` where it was read from (the database, a table and row), and
+    ``key_source`` where this process's key came from (the environment variable or
+    the key file's path).
+    """
+
+    def __init__(
+        self, message: str, *, what: str = "", origin: str = "", key_source: str = ""
+    ) -> None:
+        self.what = what
+        self.origin = origin
+        self.key_source = key_source
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"what": self.what, "origin": self.origin, "key_source": self.key_source}
+        return (_rebuild_kw, (type(self), self.args, fields))

@@ -10,6 +10,10 @@ engine, workflows, UI or CLI.
   Alembic migrations shipped in the package (``ensure_schema``).
 * :mod:`~heliostat.storage.checkpoints`: step outputs in fsspec storage, atomic and
   checksummed.
+* :mod:`~heliostat.storage.signing`: the installation's secret key and HMAC signatures
+  over what is unpickled later.
+* :mod:`~heliostat.storage.home`: ``HELIOSTAT_HOME``, and files and directories private
+  to the user.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ if TYPE_CHECKING:
         CheckpointStore,
         SupportsCheckpoints,
         default_storage_url,
+        validate_storage_url,
     )
     from heliostat.storage.db import (
         current_revision,
         default_db_url,
         ensure_schema,
         head_revision,
+        is_transient_db_error,
         make_engine,
+        storage_error_from,
         upgrade,
     )
     from heliostat.storage.models import (
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
         metadata,
         utcnow,
     )
+    from heliostat.storage.signing import Signer, default_signer
     from heliostat.storage.states import (
         STEP_TRANSITIONS,
         WORKFLOW_TRANSITIONS,
@@ -65,13 +73,16 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "CheckpointStore",
         "default_storage_url",
         "SupportsCheckpoints",
+        "validate_storage_url",
     ),
     "heliostat.storage.db": (
         "current_revision",
         "default_db_url",
         "ensure_schema",
         "head_revision",
+        "is_transient_db_error",
         "make_engine",
+        "storage_error_from",
         "upgrade",
     ),
     "heliostat.storage.models": (
@@ -97,6 +108,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "WORKFLOW_TRANSITIONS",
         "WorkflowStatus",
     ),
+    "heliostat.storage.signing": (
+        "default_signer",
+        "Signer",
+    ),
 }
 """Where each public name lives. Imported on first use: a worker that only needs the
 checkpoint store must not pay for SQLAlchemy and Alembic (``import heliostat.storage``
@@ -114,6 +129,7 @@ __all__ = [
     "Schedule",
     "ScheduleRun",
     "ScheduleRunKind",
+    "Signer",
     "Step",
     "StepAttempt",
     "StepStatus",
@@ -127,13 +143,17 @@ __all__ = [
     "check_transition",
     "current_revision",
     "default_db_url",
+    "default_signer",
     "default_storage_url",
     "ensure_schema",
     "head_revision",
+    "is_transient_db_error",
     "make_engine",
     "metadata",
+    "storage_error_from",
     "upgrade",
     "utcnow",
+    "validate_storage_url",
 ]
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -27,12 +27,20 @@ exactly the bytes that were checksummed.
 
 On a local filesystem the store bypasses fsspec's file objects and uses ``os`` calls
 directly (``open``, ``fsync``, ``os.replace``): a small write then costs a few
-syscalls plus the fsyncs, well under a millisecond without them.
+syscalls plus the fsyncs, well under a millisecond without them. What it creates there
+is private to the user: files ``0600`` (the mode is passed to ``open``, no extra
+syscall), new directories ``0700``; an existing root keeps its mode.
+
+Errors a user must fix are :class:`~heliostat.exceptions.StorageError` naming the path
+and the setting to change: a root URL no installed filesystem serves, refused before
+anything is written (:func:`validate_storage_url`), and a write that fails because the
+disk is full, over quota, read-only or not writable by this user.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -50,8 +58,10 @@ from urllib.parse import unquote, urlsplit
 import cloudpickle
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.registry import known_implementations
 
-from heliostat.exceptions import CorruptCheckpointError
+from heliostat.exceptions import CorruptCheckpointError, StorageError
+from heliostat.storage.home import PRIVATE_FILE_MODE, default_home, make_private_dirs
 
 __all__ = [
     "ATOMIC_PUT_PROTOCOLS",
@@ -62,6 +72,7 @@ __all__ = [
     "INLINE_SCHEME",
     "PATH_TEMPLATE",
     "PICKLE_PROTOCOL",
+    "STORAGE_ENV",
     "TMP_INFIX",
     "CheckpointFormat",
     "CheckpointRef",
@@ -72,6 +83,7 @@ __all__ = [
     "default_storage_url",
     "inline_ref",
     "safe_segment",
+    "validate_storage_url",
 ]
 
 # --- Formats and layout: the one place that decides where and how bytes are stored. ---
@@ -150,14 +162,84 @@ def checkpoint_path(
     )
 
 
+STORAGE_ENV: Final = "HELIOSTAT_STORAGE"
+"""The environment variable naming the checkpoint root URL."""
+_ENV_SOURCE: Final = f"the environment variable {STORAGE_ENV}"
+_WHERE_TO_CHANGE: Final = f"set {STORAGE_ENV} or pass hs.init(storage=...)"
+
+
 def default_storage_url() -> str:
     """``HELIOSTAT_STORAGE``, else ``file://{HELIOSTAT_HOME or ~/.heliostat}/checkpoints``."""
-    url = os.environ.get("HELIOSTAT_STORAGE")
+    return _default_storage()[0]
+
+
+def _default_storage() -> tuple[str, str]:
+    """The default root URL and where it comes from (for messages)."""
+    url = os.environ.get(STORAGE_ENV)
     if url:
+        return url, _ENV_SOURCE
+    root = (default_home() / "checkpoints").absolute()
+    return root.as_uri(), f"the default, under HELIOSTAT_HOME ({STORAGE_ENV} is not set)"
+
+
+def validate_storage_url(url: str, *, source: str) -> None:
+    """Refuse a checkpoint root URL that no installed filesystem can serve.
+
+    Checked before anything is written: every protocol in ``url`` (``s3://``, or each
+    link of a chained ``simplecache::s3://`` URL) must be one fsspec knows, and its
+    implementation must import. A plain path needs nothing.
+
+    Args:
+        url: the root URL, e.g. ``"s3://bucket/ckpt"``.
+        source: where it came from, for the message: ``"the environment variable
+            HELIOSTAT_STORAGE"``, ``"hs.init(storage=...)"``.
+
+    Raises:
+        StorageError: an unknown protocol (``bogus://x``), or one whose package is
+            missing (``s3://`` without s3fs: the message says ``pip install s3fs``);
+            the message names the URL (without a password) and ``source``.
+    """
+    shown = _without_password(url)
+    if not url.strip():
+        raise StorageError(
+            f"The checkpoint storage URL from {source} is empty; {_WHERE_TO_CHANGE} to "
+            "a directory or an fsspec URL such as s3://bucket/prefix."
+        )
+    for link in url.split("::"):
+        protocol, _ = fsspec.core.split_protocol(link)
+        if protocol is None:
+            continue  # a local path
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            raise StorageError(
+                f"The checkpoint storage URL {shown!r} (from {source}) uses the protocol "
+                f"{protocol!r}, which no installed filesystem serves. Use a local "
+                "directory, file://, memory:// or a URL of a filesystem fsspec knows "
+                f"(s3://, gs://, az://, ...): {_WHERE_TO_CHANGE}."
+            ) from None
+        except ImportError as exc:
+            package = _package_of(protocol)
+            raise StorageError(
+                f"The checkpoint storage URL {shown!r} (from {source}) needs the "
+                f"package {package!r} for {protocol}://, which is not installed: run "
+                f"`pip install {package}`. To store checkpoints elsewhere, "
+                f"{_WHERE_TO_CHANGE}."
+            ) from exc
+
+
+def _package_of(protocol: str) -> str:
+    """The package that serves ``protocol`` in fsspec's registry (``s3`` -> ``s3fs``)."""
+    known = known_implementations.get(protocol, {})
+    return str(known.get("class", protocol)).split(".", 1)[0]
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url) if "://" in url else None
+    if parts is None or parts.password is None:
         return url
-    home = os.environ.get("HELIOSTAT_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".heliostat"
-    return (base / "checkpoints").absolute().as_uri()
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 # --- Records and the seam. ---
@@ -388,6 +470,16 @@ class CheckpointStore:
             filesystems; object stores are durable once the upload completes). Turn it
             off only for checkpoints you can afford to recompute after a power cut.
         storage_options: passed to the fsspec filesystem (credentials, endpoints).
+        source: where ``url`` came from, for error messages (``"hs.init(storage=...)"``);
+            by default the environment variable or the default under HELIOSTAT_HOME
+            when ``url`` is ``None``, else "the URL given to CheckpointStore".
+
+    Raises:
+        StorageError: the URL names no usable filesystem (see
+            :func:`validate_storage_url`), or a local root cannot be created.
+
+    Files and directories the store creates on a local filesystem are private to the
+    user (``0600`` / ``0700``, whatever the umask); an existing root keeps its mode.
     """
 
     def __init__(
@@ -396,17 +488,28 @@ class CheckpointStore:
         *,
         fsync: bool = True,
         storage_options: Mapping[str, Any] | None = None,
+        source: str | None = None,
     ) -> None:
-        self.url = url if url is not None else default_storage_url()
+        if url is None:
+            url, default_source = _default_storage()
+        else:
+            default_source = "the URL given to CheckpointStore"
+        self.url = url
+        self.source = source or default_source
         self.fsync = fsync
         self._storage_options = dict(storage_options or {})
+        validate_storage_url(url, source=self.source)
         fs, root = fsspec.core.url_to_fs(self.url, **self._storage_options)
         self.fs: fsspec.AbstractFileSystem = fs
         self.root: str = root.rstrip("/") or root
         self._local = isinstance(fs, LocalFileSystem)
         self._atomic_put = bool(set(_protocols(fs)) & ATOMIC_PUT_PROTOCOLS)
         if self._local:
-            Path(self.root).mkdir(parents=True, exist_ok=True)
+            try:
+                make_private_dirs(self.root)
+            except OSError as exc:
+                what = f"the checkpoint root directory {self.root}"
+                raise self._storage_error(what, exc, always=True) from exc
             self._root_url = Path(self.root).as_uri()
         else:
             self._root_url = str(fs.unstrip_protocol(self.root))
@@ -503,6 +606,10 @@ class CheckpointStore:
             The location, checksum, format and size of the checkpoint.
 
         Raises:
+            StorageError: the storage is full, over quota, read-only or not writable
+                by this user (ENOSPC, EDQUOT, EROFS, EACCES, EPERM); the message names
+                the checkpoint's path and ``HELIOSTAT_STORAGE`` / ``hs.init(storage=)``.
+                The temporary file is removed.
             Exception: whatever encoding the value raised (e.g. a pickling error);
                 nothing is left behind in that case.
         """
@@ -523,22 +630,51 @@ class CheckpointStore:
             location=self._location(final), checksum=checksum, format=fmt, size=size
         )
 
+    def _storage_error(
+        self, what: str, exc: OSError, *, always: bool = False
+    ) -> StorageError | OSError:
+        """A :class:`StorageError` for ``exc`` if a user must fix it (full, read-only,
+        permissions; any error with ``always``), else ``exc`` itself."""
+        words = _USER_FIXABLE_ERRNOS.get(exc.errno or 0)
+        if words is None and always:
+            words = exc.strerror or type(exc).__name__
+        if words is None:
+            return exc
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        return StorageError(
+            f"Cannot write {what}: {words} ({name}). Checkpoints go to {self.url} "
+            f"(from {self.source}); free space or fix permissions there, or "
+            f"{_WHERE_TO_CHANGE} to store them elsewhere."
+        )
+
     def _write_local(
         self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str, sync_dir: bool
     ) -> tuple[str, int]:
         try:
-            raw = open(tmp, "wb")
-        except FileNotFoundError:
-            # First checkpoint of this step: make its directories, then try again.
-            _makedirs_durable(os.path.dirname(tmp), fsync=self.fsync)
-            raw = open(tmp, "wb")
+            return self._write_local_file(fmt, obj, tmp, final, sync_dir)
+        except OSError as exc:
+            err = self._storage_error(f"the checkpoint {final}", exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def _write_local_file(
+        self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str, sync_dir: bool
+    ) -> tuple[str, int]:
+        # O_EXCL: the name is ours alone; 0o600 whatever the umask: private to the user.
         try:
-            with raw:
+            fd = os.open(tmp, _TMP_FLAGS, PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            # First checkpoint of this workflow: make its directories, then try again.
+            _makedirs_durable(os.path.dirname(tmp), fsync=self.fsync)
+            fd = os.open(tmp, _TMP_FLAGS, PRIVATE_FILE_MODE)
+        try:
+            with open(fd, "wb") as raw:
                 sink = _HashingWriter(raw)
                 _encode(fmt, obj, sink)
                 if self.fsync:
                     raw.flush()
-                    os.fsync(raw.fileno())
+                    os.fsync(fd)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -570,16 +706,22 @@ class CheckpointStore:
         _encode(fmt, obj, sink)
         data = buffer.getvalue()
         fs = self.fs
-        if self._atomic_put:
-            fs.pipe_file(final, data)  # one PUT: the object appears whole or not at all
-            return sink.checksum(), sink.size
         try:
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, final)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                fs.rm(tmp)
-            raise
+            if self._atomic_put:
+                fs.pipe_file(final, data)  # one PUT: the object appears whole or not at all
+                return sink.checksum(), sink.size
+            try:
+                fs.pipe_file(tmp, data)
+                fs.mv(tmp, final)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    fs.rm(tmp)
+                raise
+        except OSError as exc:
+            err = self._storage_error(f"the checkpoint {self._location(final)}", exc)
+            if err is exc:
+                raise
+            raise err from exc
         return sink.checksum(), sink.size
 
     # -- read
@@ -713,19 +855,22 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_TMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_USER_FIXABLE_ERRNOS: Final[Mapping[int, str]] = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "this user's disk quota is used up",
+    errno.EROFS: "the filesystem is mounted read-only",
+    errno.EACCES: "permission denied (this user may not write there)",
+    errno.EPERM: "operation not permitted (this user may not write there)",
+}
+"""OS errors a user fixes by freeing space, fixing permissions or moving the storage:
+turned into :class:`StorageError` by the writers. Others propagate as they are."""
+
+
 def _makedirs_durable(path: str, *, fsync: bool) -> None:
-    """``mkdir -p path``, fsyncing each parent that gained an entry (if ``fsync``)."""
-    missing: list[str] = []
-    cur = path
-    while not os.path.isdir(cur):
-        missing.append(cur)
-        parent = os.path.dirname(cur)
-        if parent == cur:
-            break
-        cur = parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another writer made it first
-            os.mkdir(d)
+    """``mkdir -p path`` (new directories ``0700``), fsyncing each parent that gained
+    an entry (if ``fsync``), also when a concurrent writer made the directory."""
+    for d in make_private_dirs(path):
         if fsync:
             _fsync_dir(os.path.dirname(d))
 

@@ -22,6 +22,15 @@ several processes sharing one file (a driver, the scheduler, the UI):
   SQLAlchemy docs), which also makes DDL transactional, so a migration applies whole
   or not at all.
 
+The SQLite file is private to the user: :func:`make_engine` creates it (``0600``, and
+SQLite gives its ``-wal`` and ``-shm`` files the same mode) and its missing directories
+(``0700``) before SQLite opens it.
+
+Errors: :func:`storage_error_from` turns the failures a user must fix (disk full,
+read-only, cannot open) into a :class:`~heliostat.exceptions.StorageError` naming the
+database and the setting to change; :func:`is_transient_db_error` tells a lost or
+refused connection, which a retry can survive, from everything else.
+
 Migrations: the Alembic environment lives in ``heliostat/storage/migrations`` and is
 found through :mod:`importlib.resources`, so it works from an installed wheel. A
 developer adds a revision (one per schema change; never edit a merged one) with an
@@ -54,6 +63,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from heliostat.exceptions import StorageError
+from heliostat.storage.home import HOME_ENV, create_private_file, default_home, make_private_dirs
 
 __all__ = [
     "DB_FILENAME",
@@ -64,8 +74,10 @@ __all__ = [
     "default_home",
     "ensure_schema",
     "head_revision",
+    "is_transient_db_error",
     "make_engine",
     "raw_transaction",
+    "storage_error_from",
     "upgrade",
 ]
 
@@ -79,20 +91,16 @@ SQLITE_BEGIN_OPTION = "heliostat_sqlite_begin"
 """Connection execution option overriding how one SQLite connection begins transactions:
 ``conn.execution_options(heliostat_sqlite_begin="DEFERRED")`` for a long read-only scan."""
 
+_DB_URL_ENV: Final = "HELIOSTAT_DB_URL"
+
 _SCHEMA_LOCK_KEY = zlib.crc32(b"heliostat.storage.schema")  # a stable pg advisory lock id
 
 SqliteBegin = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
 
 
-def default_home() -> Path:
-    """``HELIOSTAT_HOME``, else ``~/.heliostat`` (not created here)."""
-    home = os.environ.get("HELIOSTAT_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".heliostat"
-
-
 def default_db_url() -> str:
     """The metadata database URL: ``HELIOSTAT_DB_URL``, else SQLite under the home dir."""
-    url = os.environ.get("HELIOSTAT_DB_URL")
+    url = os.environ.get(_DB_URL_ENV)
     if url:
         return url
     return f"sqlite:///{default_home() / DB_FILENAME}"
@@ -125,9 +133,11 @@ def _enable_wal(cursor: Any) -> None:
 def make_engine(url: str, *, sqlite_begin: SqliteBegin = "IMMEDIATE", echo: bool = False) -> Engine:
     """Create an engine for the metadata database, set up for durability.
 
-    SQLite: creates the file's directory, and sets the pragmas the module docstring
-    explains on every new connection. PostgreSQL (or anything else): a pool that checks
-    connections before use (``pool_pre_ping``), so a restarted server is survived.
+    SQLite: creates the file's directory (``0700``) and the file itself (``0600``, so
+    its ``-wal`` and ``-shm`` files are ``0600`` too) when they do not exist, and sets
+    the pragmas the module docstring explains on every new connection. PostgreSQL (or
+    anything else): a pool that checks connections before use (``pool_pre_ping``), so a
+    restarted server is survived.
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///path``, ``postgresql+psycopg://...``). For a
@@ -140,7 +150,8 @@ def make_engine(url: str, *, sqlite_begin: SqliteBegin = "IMMEDIATE", echo: bool
         The engine (no connection is opened yet).
 
     Raises:
-        StorageError: the URL cannot be parsed.
+        StorageError: the URL cannot be parsed, or the SQLite file or its directory
+            cannot be created (permissions, read-only or full disk).
     """
     try:
         parsed = sa.make_url(url)
@@ -152,7 +163,7 @@ def make_engine(url: str, *, sqlite_begin: SqliteBegin = "IMMEDIATE", echo: bool
     database = parsed.database or ""
     in_memory = database in ("", ":memory:") or parsed.query.get("mode") == "memory"
     if not in_memory and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        _create_sqlite_file(Path(database).expanduser())
     engine = sa.create_engine(
         parsed,
         echo=echo,
@@ -183,6 +194,25 @@ def make_engine(url: str, *, sqlite_begin: SqliteBegin = "IMMEDIATE", echo: bool
 
 
 _SQLITE_BEGIN_SQL: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def _create_sqlite_file(path: Path) -> None:
+    """Create the database's directories (``0700``) and the file itself (``0600``).
+
+    SQLite would create the file with ``0644 & ~umask``, readable by every local user;
+    an empty file is a valid empty database, and SQLite gives the ``-wal`` and ``-shm``
+    files it creates the mode of the database file. Existing files and directories
+    keep their modes.
+    """
+    try:
+        make_private_dirs(path.parent)
+        create_private_file(path)
+    except OSError as exc:
+        raise StorageError(
+            f"Cannot create the metadata database {path}: {_os_error_words(exc)}. "
+            f"Set {HOME_ENV} to a directory you can write (the SQLite file lives "
+            f"there), or {_DB_URL_ENV} to another database."
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -349,3 +379,204 @@ def ensure_schema(engine: Engine | str) -> str:
     finally:
         if owned:
             engine.dispose()
+
+
+# --- Database errors, in words a user can act on. ---
+
+# SQLite primary result codes (the low byte of an extended code).
+_SQLITE_PERM: Final = 3
+_SQLITE_READONLY: Final = 8
+_SQLITE_IOERR: Final = 10
+_SQLITE_FULL: Final = 13
+_SQLITE_CANTOPEN: Final = 14
+_SQLITE_MESSAGES: Final = (  # for errors that lack ``sqlite_errorcode``
+    ("database or disk is full", _SQLITE_FULL),
+    ("readonly database", _SQLITE_READONLY),
+    ("unable to open database file", _SQLITE_CANTOPEN),
+    ("disk i/o error", _SQLITE_IOERR),
+)
+_PG_DISK_FULL: Final = "53100"
+_PG_READ_ONLY: Final = "25006"
+_PG_TRANSIENT_STATES: Final = frozenset(
+    {
+        "57P01",  # admin_shutdown: the backend was terminated or the server stops
+        "57P02",  # crash_shutdown: another backend crashed, the server restarts
+        "57P03",  # cannot_connect_now: the server is starting up or in recovery
+    }
+)
+_PG_TRANSIENT_CLASS: Final = "08"  # connection_exception, connection_failure, ...
+_PG_PERMANENT_CONNECT_FAILURES: Final = (
+    # A failed connect carries no SQLSTATE; these say that trying again cannot help.
+    "does not exist",  # role or database
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "password",
+    "permission denied",
+    "invalid ",
+)
+
+
+def _driver_errors(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the DBAPI error SQLAlchemy wrapped in it, and their causes (a few deep)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 8:
+        err = todo.pop(0)
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        yield err
+        if isinstance(err, sa.exc.StatementError):
+            todo.append(err.orig)
+        todo.append(err.__cause__)
+
+
+def _sqlite_code(err: BaseException) -> int | None:
+    if not isinstance(err, sqlite3.Error):
+        return None
+    code = getattr(err, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF
+    text = str(err).lower()
+    for words, known in _SQLITE_MESSAGES:
+        if words in text:
+            return known
+    return None
+
+
+def _sqlstate(err: BaseException) -> str | None:
+    # psycopg 3: ``sqlstate``; psycopg2: ``pgcode``. None when no server reply carried one.
+    state = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
+def _is_pg_driver_error(err: BaseException) -> bool:
+    return type(err).__module__.split(".", 1)[0] in ("psycopg", "psycopg2")
+
+
+def _db_name(url: str | sa.URL) -> tuple[str, bool]:
+    """How a message names the database (no password), and whether it is a SQLite file."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return "a database whose URL cannot be parsed", False
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            return "the in-memory SQLite database", True
+        return str(Path(database).expanduser()), True
+    return parsed.render_as_string(hide_password=True), False
+
+
+def _os_error_words(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def storage_error_from(exc: BaseException, url: str | sa.URL) -> StorageError | None:
+    """A :class:`StorageError` for a database error a user must fix, else ``None``.
+
+    Recognises SQLite's "database or disk is full", "attempt to write a readonly
+    database", "unable to open database file" and disk I/O errors, and PostgreSQL's
+    disk full (SQLSTATE 53100) and read-only transaction (25006), whether raised by the
+    driver or wrapped by SQLAlchemy. The message names the database (the SQLite file's
+    path, or the URL without its password), says what went wrong, and names the
+    setting to change; it never holds the SQL statement or its parameters. Raise the
+    result ``from exc`` so the traceback keeps the driver's error.
+
+    Args:
+        exc: what a database call raised.
+        url: the database's URL (as the engine was made from).
+
+    Returns:
+        The error to raise instead, or ``None`` when ``exc`` is none of the above (a
+        constraint violation, a bug, a dropped connection: see
+        :func:`is_transient_db_error`).
+    """
+    name, is_sqlite = _db_name(url)
+    if is_sqlite:
+        move = (
+            f"set {HOME_ENV} to another directory (the default SQLite file lives there) "
+            f"or {_DB_URL_ENV} to another database"
+        )
+    else:
+        move = f"set {_DB_URL_ENV} to another database"
+    for err in _driver_errors(exc):
+        code = _sqlite_code(err)
+        if code == _SQLITE_FULL:
+            return StorageError(
+                f"The metadata database {name} cannot grow: the disk it is on is full, "
+                "or the database reached its size limit (SQLite: database or disk is "
+                f"full). Free space there, or {move}."
+            )
+        if code == _SQLITE_READONLY:
+            return StorageError(
+                f"The metadata database {name} is read-only for this process (SQLite: "
+                "attempt to write a readonly database): the file, its -wal/-shm files or "
+                "its directory are not writable by this user, or the filesystem is "
+                f"mounted read-only. Make them writable, or {move}."
+            )
+        if code in (_SQLITE_CANTOPEN, _SQLITE_PERM):
+            return StorageError(
+                f"The metadata database {name} cannot be opened (SQLite: unable to open "
+                "database file): its directory is missing or not accessible to this "
+                f"user, or the path is not a file. Fix the path or permissions, or {move}."
+            )
+        if code == _SQLITE_IOERR:
+            return StorageError(
+                f"The metadata database {name} hit a disk I/O error (SQLite: disk I/O "
+                "error): the disk failed, filled up or went away (a network or removable "
+                f"filesystem). Check that disk, or {move}."
+            )
+        state = _sqlstate(err)
+        if state == _PG_DISK_FULL:
+            return StorageError(
+                f"The metadata database {name} is out of disk space on its server "
+                f"(PostgreSQL SQLSTATE {state}, disk_full). Free space on the server, or "
+                f"{move}."
+            )
+        if state == _PG_READ_ONLY:
+            return StorageError(
+                f"The metadata database {name} refused a write: it is read-only (PostgreSQL "
+                f"SQLSTATE {state}, read_only_sql_transaction: a hot standby, or "
+                "default_transaction_read_only is on). Point "
+                f"{_DB_URL_ENV} at the primary server."
+            )
+    return None
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a lost or refused database connection that a retry can survive.
+
+    True for: SQLAlchemy errors that invalidated their connection
+    (``connection_invalidated``) and pool disconnects; PostgreSQL connection errors
+    (SQLSTATE class 08), a terminated backend or a server shutting down, crashing or
+    starting (57P01, 57P02, 57P03); a PostgreSQL driver's ``OperationalError`` that
+    carries no SQLSTATE (connection refused, server closed the connection, network
+    dropped), unless its message says retrying cannot help (unknown role or
+    database, failed authentication); and Python's ``ConnectionError``.
+
+    False for everything else: constraint violations, disk full, read-only, syntax
+    and programming errors, SQLite errors (a locked SQLite database has already waited
+    its busy timeout).
+
+    Args:
+        exc: what a database call raised (SQLAlchemy's wrapper or the driver's error).
+    """
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa.exc.DisconnectionError):
+        return True
+    for err in _driver_errors(exc):
+        if isinstance(err, ConnectionError):
+            return True
+        state = _sqlstate(err)
+        if state is not None:
+            if state.startswith(_PG_TRANSIENT_CLASS) or state in _PG_TRANSIENT_STATES:
+                return True
+            continue
+        if _is_pg_driver_error(err) and any(
+            cls.__name__ == "OperationalError" for cls in type(err).__mro__
+        ):
+            text = str(err).lower()
+            return not any(words in text for words in _PG_PERMANENT_CONNECT_FAILURES)
+    return False
