@@ -2,8 +2,9 @@
 
 The target is a function that returns a DAG (``f.bind(...)``); the command calls it
 with the arguments given (``key=value`` pairs as keyword arguments, values read as
-JSON when they parse), starts a local node and runs the DAG durably, showing a
-progress line on stderr. The final status goes to stdout; ``--json`` makes it a JSON
+JSON when they parse), starts a local node and runs the DAG durably, showing its
+progress on stderr (a line redrawn on a terminal, throttled plain lines in a log or a
+pipe: see :mod:`heliostat.cli._status`). The final status goes to stdout; ``--json`` makes it a JSON
 document.
 
 The target is imported and called, and the DAG checked, *before* the node starts or
@@ -19,13 +20,13 @@ import argparse
 import contextlib
 import signal
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
+from heliostat.cli._status import Progress, StatusLines
 from heliostat.cli._util import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -41,7 +42,7 @@ from heliostat.cli._util import (
     to_jsonable,
 )
 
-__all__ = ["Progress", "add_runtime_flags", "execute_workflow", "register"]
+__all__ = ["add_runtime_flags", "execute_workflow", "register"]
 
 
 def register(sub: Any) -> None:
@@ -158,56 +159,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-class Progress:
-    """The live progress line: ``[wf-1] 3/10 steps done, 0 failed, 1.2 s``.
-
-    On a terminal one line is redrawn in place (``\\r``); otherwise a plain line is
-    written at most every ``interval`` seconds, and whenever a failure appears or the
-    last step finishes. Called by the executor as ``on_progress(done, total, failed)``.
-    """
-
-    def __init__(self, workflow_id: str, stream: IO[str], *, interval: float = 1.0) -> None:
-        self.workflow_id = workflow_id
-        self.stream = stream
-        self.interval = interval
-        self.tty = stream.isatty()
-        self._started = time.monotonic()
-        self._last_write = float("-inf")
-        self._last_failed = 0
-        self._drawn = False  # a \r line is on screen and needs its newline
-        self._lock = threading.Lock()
-
-    def __call__(self, done: int, total: int, failed: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            text = (
-                f"[{self.workflow_id}] {done}/{total} steps done, {failed} failed, "
-                f"{format_duration(now - self._started)}"
-            )
-            if self.tty:
-                self.stream.write(f"\r\x1b[K{text}")
-                self._drawn = True
-            elif (
-                now - self._last_write >= self.interval
-                or done >= total
-                or failed != self._last_failed
-            ):
-                self.stream.write(text + "\n")
-                self._last_write = now
-            self._last_failed = failed
-            self.stream.flush()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self._started
-
-    def close(self) -> None:
-        with self._lock:
-            if self._drawn:
-                self.stream.write("\n")
-                self.stream.flush()
-                self._drawn = False
-
-
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM acts as Ctrl-C (KeyboardInterrupt) while the workflow runs."""
@@ -266,9 +217,10 @@ def execute_workflow(
         WorkflowNotFoundError,
     )
 
-    progress = Progress(workflow_id, sys.stderr)
+    lines = StatusLines(sys.stderr)
+    progress = Progress(workflow_id, lines)
     of_steps = f" ({total} steps)" if total else ""
-    sys.stderr.write(f"heliostat: {verb} workflow {workflow_id!r}{of_steps}\n")
+    lines.line(f"heliostat: {verb} workflow {workflow_id!r}{of_steps}")
     output: Any = None
     error: BaseException | None = None
     interrupted = False
@@ -305,12 +257,12 @@ def execute_workflow(
         }
     steps_line = f"{steps['done']}/{steps['total']} steps done, {steps['failed']} failed"
     if interrupted:
-        sys.stderr.write(
+        lines.line(
             f"heliostat: interrupted; workflow {workflow_id!r} is {status}"
             + (
-                f": resume it with 'heliostat workflow resume {workflow_id}'\n"
+                f": resume it with 'heliostat workflow resume {workflow_id}'"
                 if status == "RESUMABLE"
-                else "\n"
+                else ""
             )
         )
     if as_json:

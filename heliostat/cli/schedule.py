@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from heliostat.cli._status import Progress, StatusHandler, StatusLines
 from heliostat.cli._util import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -343,7 +344,7 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
         else:
             print(f"schedule {args.name}: recorded manual run {workflow_id}")
             sys.stderr.write(
-                "heliostat: a running 'heliostat scheduler' starts it; "
+                "heliostat: a running 'heliostat scheduler' starts it within seconds; "
                 "'--wait' runs it here instead\n"
             )
         return EXIT_OK
@@ -351,10 +352,15 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
 
 
 _TERMINAL = ("SUCCESSFUL", "FAILED", "CANCELED", "NEEDS_ATTENTION")
+_POLL_S = 0.2  # how often --wait reads the run's record
 
 
 def _trigger_and_wait(args: argparse.Namespace) -> int:
-    """Start the manual run in this process and wait for the workflow to end."""
+    """Start the manual run in this process and wait for the workflow to end.
+
+    The run goes on in this process's workflow thread; this thread reads its record
+    every :data:`_POLL_S` seconds for the status and the progress line.
+    """
     import time
 
     import heliostat as hs
@@ -362,19 +368,27 @@ def _trigger_and_wait(args: argparse.Namespace) -> int:
 
     schedules = _schedules()
     schedules.get(args.name)  # an unknown name: exit 2 before a node starts
+    lines = StatusLines(sys.stderr)
     hs.init(num_cpus=args.num_cpus)
     try:
         workflow_id = schedules.trigger(args.name)
-        sys.stderr.write(f"heliostat: schedule {args.name}: running workflow {workflow_id!r}\n")
+        lines.line(f"heliostat: schedule {args.name}: running workflow {workflow_id!r}")
+        progress = Progress(workflow_id, lines)
         status = "PENDING"
-        while status not in _TERMINAL:
-            time.sleep(0.1)  # the run goes on in this process's workflow thread
-            try:
-                status = str(workflow.get_status(workflow_id))
-            except KeyError:  # not recorded yet
-                continue
+        try:
+            while status not in _TERMINAL:
+                time.sleep(_POLL_S)
+                try:
+                    record = workflow.describe(workflow_id)
+                except KeyError:  # not recorded yet
+                    continue
+                status = str(record.status)
+                states = [str(step.status) for step in record.steps.values()]
+                progress(states.count("SUCCESSFUL"), len(states), states.count("FAILED"))
+        finally:
+            progress.close()
     except KeyboardInterrupt:
-        sys.stderr.write("heliostat: interrupted; the run is resumable\n")
+        lines.line("heliostat: interrupted; the run is resumable")
         return EXIT_INTERRUPTED
     finally:
         hs.shutdown()
@@ -409,10 +423,11 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
     import heliostat as hs
 
     schedules = _schedules()
+    lines = StatusLines(sys.stderr)
     # heliostat's own INFO lines (runs fired, the loop's passes); others' warnings only.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    log_lines = StatusHandler(lines)
+    log_lines.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[log_lines])
     logging.getLogger("heliostat").setLevel(logging.INFO)
     stop = threading.Event()
 
@@ -433,8 +448,7 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
     try:
         thread = threading.Thread(target=loop, name="heliostat-scheduler", daemon=True)
         thread.start()
-        sys.stderr.write(f"heliostat scheduler: running (pid {os.getpid()}); SIGTERM stops it\n")
-        sys.stderr.flush()
+        lines.line(f"heliostat scheduler: running (pid {os.getpid()}); SIGTERM stops it")
         # The main thread only waits, so the signal handlers run promptly.
         while thread.is_alive():
             thread.join(timeout=0.5)
@@ -444,10 +458,9 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
         hs.shutdown()
     if failure:
         exc = failure[0]
-        sys.stderr.write(
-            f"heliostat: error: the scheduler stopped: {type(exc).__name__}: "
-            f"{first_line(str(exc))}\n"
+        lines.line(
+            f"heliostat: error: the scheduler stopped: {type(exc).__name__}: {first_line(str(exc))}"
         )
         return EXIT_FAILED
-    sys.stderr.write("heliostat scheduler: stopped\n")
+    lines.line("heliostat scheduler: stopped")
     return EXIT_OK

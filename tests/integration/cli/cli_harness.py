@@ -9,18 +9,30 @@
 * ``cli.bad_input(*args, names=...)`` and ``cli.bad_inputs({args: names})``: the
   command exits 2 with one ``heliostat: error:`` line naming ``names``, no traceback.
   ``bad_inputs`` runs its commands at once: they are mostly interpreter start-up.
+* ``cli.run_into_file(path, *args)`` and ``cli.run_on_terminal(*args)``: stdout and
+  stderr together, written to a file or to a pseudo-terminal, as a log or a CI job
+  would see them.
+* ``with cli.start(*args) as daemon``: a long-running command (``scheduler``) whose
+  output is read as it comes (``daemon.stderr()``); ``daemon.stop()`` sends SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
+import termios
 import textwrap
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 COMMAND_TIMEOUT_S = 120
 
@@ -88,6 +100,69 @@ class Cli:
             **kwargs,
         )
 
+    def run_into_file(self, path: Path, *args: str) -> tuple[int, str]:
+        """Run ``heliostat ARGS`` with stdout and stderr both written to ``path`` (as
+        ``> path 2>&1`` does); returns the exit status and the file's text."""
+        with path.open("w") as out:
+            code = subprocess.run(
+                [*self.argv0, *args],
+                cwd=self.mods,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=COMMAND_TIMEOUT_S,
+            ).returncode
+        return code, path.read_text()
+
+    def run_on_terminal(self, *args: str, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+        """Run ``heliostat ARGS`` with stdout and stderr on a pseudo-terminal (``env``
+        added); returns the exit status and everything written there, byte for byte
+        (the terminal's own newline translation is off)."""
+        master, slave = pty.openpty()
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.OPOST  # keep "\n" as written, not "\r\n"
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        proc = subprocess.Popen(
+            [*self.argv0, *args],
+            cwd=self.mods,
+            env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+        )
+        os.close(slave)
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + COMMAND_TIMEOUT_S
+        try:
+            while True:
+                if select.select([master], [], [], 0.1)[0]:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:  # EIO: every writer has closed the terminal
+                        data = b""
+                    if not data:
+                        break
+                    chunks.append(data)
+                elif proc.poll() is not None:
+                    break  # exited, and nothing is left to read
+                elif time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError(f"heliostat {' '.join(args)} did not finish")
+            proc.wait(timeout=COMMAND_TIMEOUT_S)
+        finally:
+            os.close(master)
+        return proc.returncode, b"".join(chunks).decode()
+
+    @contextlib.contextmanager
+    def start(self, *args: str) -> Iterator[Daemon]:
+        """Start ``heliostat ARGS`` in the background; killed at the end if still alive."""
+        daemon = Daemon(self.popen(*args))
+        try:
+            yield daemon
+        finally:
+            daemon.kill()
+
     def run_many(self, commands: Sequence[Sequence[str]]) -> list[subprocess.CompletedProcess[str]]:
         """Run independent commands at once (they are mostly start-up time); in order."""
         procs = [self.popen(*args) for args in commands]
@@ -126,6 +201,49 @@ class Cli:
             return list(conn.execute(sql))
         finally:
             conn.close()
+
+
+class Daemon:
+    """A ``heliostat`` command running in the background, its output read as it comes."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._lock = threading.Lock()
+        assert proc.stdout is not None and proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(proc.stdout, self._out), daemon=True),
+            threading.Thread(target=self._read, args=(proc.stderr, self._err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: IO[str], into: list[str]) -> None:
+        for line in stream:
+            with self._lock:
+                into.append(line)
+
+    def stdout(self) -> str:
+        with self._lock:
+            return "".join(self._out)
+
+    def stderr(self) -> str:
+        with self._lock:
+            return "".join(self._err)
+
+    def stop(self, timeout: float = 60) -> tuple[int, str, str]:
+        """SIGTERM, then wait for the exit; returns (exit status, stdout, stderr)."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=timeout)
+        return code, self.stdout(), self.stderr()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _describe(args: Sequence[str], result: subprocess.CompletedProcess[str]) -> str:

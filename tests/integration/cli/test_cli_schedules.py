@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import re
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -186,3 +187,19 @@ def test_scheduler_daemon_fires_runs_and_stops_on_sigterm(
     assert "Traceback" not in err
     runs = _json(cli.run("schedule", "show", "tick", "--json"))["runs"]
     assert done[0][0] in {r["workflow_id"] for r in runs if r["kind"] == "scheduled"}
+
+
+PROGRESS = re.compile(r"\[(?P<id>[^\]]+)\] (?P<done>\d+)/(?P<total>\d+) steps done, \d+ failed, .+")
+
+
+def test_trigger_wait_shows_progress_as_plain_lines_in_a_pipe(jobs: Cli) -> None:
+    cli = jobs
+    cli.run("schedule", "add", "adhoc", "--cron", "0 0 1 1 *", "--target", "jobs:nightly")
+    result = cli.run("schedule", "trigger", "adhoc", "--wait", "--num-cpus", "1")
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr
+    progress = [m for m in map(PROGRESS.fullmatch, result.stderr.splitlines()) if m]
+    assert progress, result.stderr
+    assert {m["id"] for m in progress} == {result.stdout.split()[3]}
+    assert [(m["done"], m["total"]) for m in progress if m["done"] == m["total"]] == [("1", "1")]
+    assert " SUCCESSFUL" in result.stdout
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -105,6 +106,35 @@ def flows(cli: Cli) -> Cli:
 
 def _json(result: Any) -> Any:
     return json.loads(result.stdout)
+
+
+PROGRESS = re.compile(r"\[(?P<id>[^\]]+)\] (?P<done>\d+)/(?P<total>\d+) steps done, \d+ failed, .+")
+
+
+@pytest.mark.parametrize("where", ["a log file", "a CI terminal"])
+def test_run_progress_is_plain_separate_lines_off_an_interactive_terminal(
+    flows: Cli, tmp_path: Path, where: str
+) -> None:
+    args = ("run", "flows:chain", "n=2", "--id", "wf-log", "--num-cpus", "1")
+    if where == "a log file":
+        code, text = flows.run_into_file(tmp_path / "run.log", *args)
+    else:  # a CI job's pseudo-terminal is captured into a log too
+        code, text = flows.run_on_terminal(*args, env={"CI": "true"})
+    assert code == 0, text
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    progress = [m for m in map(PROGRESS.fullmatch, lines) if m]
+    # Each update a line of its own: the first one, then the final one (3 steps end
+    # well within the throttle's interval).
+    assert [(m["id"], m["done"], m["total"]) for m in progress] == [
+        ("wf-log", "1", "3"),
+        ("wf-log", "3", "3"),
+    ], text
+    assert [line for line in lines if "steps done" in line and not line.startswith("workflow")] == [
+        m.string for m in progress
+    ]
+    assert "heliostat: running workflow 'wf-log' (3 steps)" in lines
+    assert "workflow wf-log: SUCCESSFUL" in text and "output: 7" in text
 
 
 def test_run_shows_progress_and_result_and_workflow_commands_read_it(flows: Cli) -> None:

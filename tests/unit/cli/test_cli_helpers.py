@@ -1,9 +1,8 @@
-"""The CLI's pure helpers: argument values, late options, the progress line, output."""
+"""The CLI's pure helpers: argument values, late options, output."""
 
 from __future__ import annotations
 
 import argparse
-import io
 
 import pyarrow as pa
 import pytest
@@ -19,7 +18,7 @@ from heliostat.cli._util import (
     summarize_value,
     to_jsonable,
 )
-from heliostat.cli.run import Progress, _take_late_options
+from heliostat.cli.run import _take_late_options
 
 
 def test_values_are_json_when_they_parse_else_strings() -> None:
@@ -72,44 +71,6 @@ def test_run_options_may_follow_the_target() -> None:
 def test_bad_late_options_are_refused(items: list[str], message: str) -> None:
     with pytest.raises(CliError, match=message):
         _take_late_options(_ns(items))
-
-
-class _Stream(io.StringIO):
-    def __init__(self, tty: bool) -> None:
-        super().__init__()
-        self.tty = tty
-
-    def isatty(self) -> bool:
-        return self.tty
-
-
-def test_progress_redraws_one_line_on_a_terminal() -> None:
-    stream = _Stream(tty=True)
-    progress = Progress("wf", stream)
-    progress(1, 3, 0)
-    progress(2, 3, 0)
-    progress.close()
-    text = stream.getvalue()
-    assert text.count("\r\x1b[K[wf] ") == 2
-    assert "[wf] 2/3 steps done, 0 failed" in text
-    assert text.endswith("\n") and text.count("\n") == 1
-
-
-def test_progress_writes_throttled_plain_lines_elsewhere() -> None:
-    stream = _Stream(tty=False)
-    progress = Progress("wf", stream, interval=3600)
-    progress(1, 4, 0)  # the first line
-    progress(2, 4, 0)  # within the interval: skipped
-    progress(2, 4, 1)  # a failure: written
-    progress(4, 4, 1)  # the last step: written
-    progress.close()
-    lines = stream.getvalue().splitlines()
-    assert [line.split(",")[0] for line in lines] == [
-        "[wf] 1/4 steps done",
-        "[wf] 2/4 steps done",
-        "[wf] 4/4 steps done",
-    ]
-    assert "\r" not in stream.getvalue()
 
 
 def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
