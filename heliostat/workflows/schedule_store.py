@@ -27,6 +27,24 @@ The caller starts the claimed runs after the commit and reports back with
 :meth:`ScheduleStore.mark_started` (``started_at`` or ``error``, one batched UPDATE). A
 scheduler that dies in between leaves rows with neither; :meth:`ScheduleStore.stranded`
 finds them after a grace period so they are started again under the same workflow id.
+
+Manual runs. A person who triggers a run where there is no runtime to start it
+(``heliostat schedule trigger NAME``) records a *request*: a ``manual`` row that nobody
+has taken yet. Its ``fired_at`` equals its ``logical_time`` (the moment it was asked
+for) until a starter takes it, which moves ``fired_at`` to the time of the take:
+
+1. Every pass of a trigger loop looks for requests (:meth:`ScheduleStore.take_manual`,
+   a read that takes no lock) and takes them with one conditional UPDATE (``SET
+   fired_at = now WHERE fired_at = logical_time AND started_at IS NULL``). Two loops
+   may both see a request; the UPDATE admits one of them, as the unique constraint
+   does for intervals, and only the loop it admits starts the run.
+2. From then on the run is a claim like an interval's: the loop starts it and calls
+   :meth:`mark_started`; a loop that dies before that leaves a stranded claim, which
+   the sweep starts after the grace period.
+
+A request is never "stranded": it is work for the next pass, not a sign that a loop
+died. A process that starts the run itself (``trigger`` with a runtime) records it
+already taken (:meth:`ScheduleStore.record_manual` with ``taken_at``).
 """
 
 from __future__ import annotations
@@ -155,10 +173,11 @@ class ScheduleRun:
         logical_time: the interval's logical time (a manual run: when it was triggered).
         workflow_id: the run's workflow id (``name@<time>`` / ``name@manual-<time>``).
         kind: ``"scheduled"`` or ``"manual"``.
-        fired_at: when it was claimed.
+        fired_at: when it was claimed; for a manual run, when a starter took it, and
+            until one does, ``logical_time`` (see "Manual runs" in the module doc).
         started_at: when the scheduler (or ``trigger``) started it, or tried to (then
             ``error`` says why it failed); None before that, e.g. a manual run recorded
-            without a runtime, until a scheduler daemon starts it.
+            without a runtime, until a scheduler daemon's next pass starts it.
         error: why building or starting it failed, if it did.
         status: the workflow's status, or None when there is no workflow (not started,
             failed to start, or deleted).
@@ -318,6 +337,28 @@ _MARK = (
     .where(_RUN.c.workflow_id == sa.bindparam("w"))
     .values(started_at=sa.bindparam("s"), error=sa.bindparam("e"))
 )
+# A manual run nobody has taken yet (see "Manual runs" in the module docstring).
+_UNTAKEN = sa.and_(_RUN.c.kind == ScheduleRunKind.MANUAL, _RUN.c.fired_at == _RUN.c.logical_time)
+_REQUESTED = sa.and_(_RUN.c.started_at.is_(None), _RUN.c.error.is_(None), _UNTAKEN)
+# `logical_time != now`: taking sets fired_at to now, which must differ from it.
+_REQUESTS = (
+    sa.select(_RUN, _SCH.c.target, _SCH.c.kwargs, _W.c.status)
+    .select_from(
+        _RUN.join(_SCH, _SCH.c.name == _RUN.c.schedule_name).outerjoin(
+            _W, _W.c.workflow_id == _RUN.c.workflow_id
+        )
+    )
+    .where(_REQUESTED, _RUN.c.logical_time != sa.bindparam("now"))
+    .order_by(_RUN.c.logical_time, _RUN.c.workflow_id)
+    .limit(sa.bindparam("limit"))
+)
+_TAKE = (
+    _RUN.update()
+    .where(_RUN.c.workflow_id.in_(sa.bindparam("ids", expanding=True)), _REQUESTED)
+    .values(fired_at=sa.bindparam("now"))
+    .returning(_RUN.c.workflow_id)
+)
+_TICK = dt.timedelta(microseconds=1)  # the smallest step both backends keep
 
 
 class ScheduleStore:
@@ -527,13 +568,29 @@ class ScheduleStore:
             raise self._not_found(name)
         self._changed()
 
-    def record_manual(self, name: str, *, at: dt.datetime, workflow_id: str) -> FiredRun:
-        """Record a manual run of ``name`` at ``at``; returns it, for starting.
+    def record_manual(
+        self,
+        name: str,
+        *,
+        at: dt.datetime,
+        workflow_id: str,
+        taken_at: dt.datetime | None = None,
+    ) -> FiredRun:
+        """Record a manual run of ``name`` asked for at ``at``; returns it.
+
+        Without ``taken_at`` the run is a request: the next pass of a trigger loop takes
+        and starts it (the loops of this process are woken at once; others see it at
+        their next poll). With ``taken_at`` the caller has taken it and starts it
+        itself, then calls :meth:`mark_started`; should the caller die first, a loop's
+        sweep starts it once :data:`~heliostat.workflows.triggers.STRANDED_GRACE` has
+        passed.
 
         Raises:
             ScheduleNotFoundError: there is none.
         """
         info = self.get(name)
+        # A taken run's fired_at differs from its logical_time (see the module doc).
+        fired_at = at if taken_at is None else max(taken_at, at + _TICK)
         with self.engine.begin() as conn:  # the foreign key catches a delete meanwhile
             conn.execute(
                 _RUN.insert().values(
@@ -541,11 +598,13 @@ class ScheduleStore:
                     schedule_name=name,
                     logical_time=at,
                     kind=ScheduleRunKind.MANUAL,
-                    fired_at=at,
+                    fired_at=fired_at,
                     started_at=None,
                     error=None,
                 )
             )
+        if taken_at is None:
+            self._changed()
         return FiredRun(
             schedule=name,
             target=info.target,
@@ -554,6 +613,43 @@ class ScheduleStore:
             workflow_id=workflow_id,
             kind=ScheduleRunKind.MANUAL,
         )
+
+    def take_manual(self, now: dt.datetime, *, limit: int, cause_id: str = "") -> list[FiredRun]:
+        """Take up to ``limit`` requested manual runs, oldest first; the caller starts
+        them and calls :meth:`mark_started`.
+
+        Another loop taking the same request at the same time gets it, or this one
+        does, never both (see "Manual runs" in the module docstring). Manual runs are
+        taken whether their schedule is paused or at ``max_active_runs``: a person asked
+        for them. A request whose workflow exists already (a starter died between
+        starting it and recording that) is only marked started.
+        """
+        with self._read() as conn:
+            rows = conn.execute(_REQUESTS, {"now": now, "limit": limit}).all()
+        if not rows:
+            return []
+        wanted: dict[str, FiredRun] = {}
+        started: list[tuple[str, dt.datetime, str | None]] = []
+        for row in rows:
+            m = row._mapping
+            if m["status"] is not None:
+                started.append((m["workflow_id"], m["fired_at"], None))
+                continue
+            wanted[m["workflow_id"]] = FiredRun(
+                schedule=m["schedule_name"],
+                target=m["target"],
+                kwargs=dict(m["kwargs"] or {}),
+                logical_time=m["logical_time"],
+                workflow_id=m["workflow_id"],
+                kind=ScheduleRunKind.MANUAL,
+                cause_id=cause_id,
+            )
+        self.mark_started(started)
+        if not wanted:
+            return []
+        with self.engine.begin() as conn:
+            taken = set(conn.execute(_TAKE, {"ids": list(wanted), "now": now}).scalars())
+        return [run for workflow_id, run in wanted.items() if workflow_id in taken]
 
     def runs(self, name: str, *, limit: int = 20) -> list[ScheduleRun]:
         """The schedule's latest runs (by logical time, newest first), with their status.
@@ -709,9 +805,11 @@ class ScheduleStore:
     def stranded(self, *, claimed_before: dt.datetime) -> list[StrandedRun]:
         """Runs that need starting or resuming by the scheduler:
 
-        * claimed before ``claimed_before`` and neither started nor failed: their
-          scheduler died between the claim and the start (if their workflow exists it
-          died after the start and the run is only marked started here);
+        * claimed (an interval, or a manual run taken) before ``claimed_before`` and
+          neither started nor failed: their scheduler died between the claim and the
+          start (if their workflow exists it died after the start and the run is only
+          marked started here). A manual request nobody has taken is not stranded:
+          :meth:`take_manual` hands it to the next pass;
         * whose workflow is RESUMABLE, or RUNNING under a lease that is no longer live:
           their driver died.
         """
@@ -737,6 +835,7 @@ class ScheduleStore:
                         _RUN.c.started_at.is_(None),
                         _RUN.c.error.is_(None),
                         _RUN.c.fired_at < claimed_before,
+                        ~_UNTAKEN,
                     ),
                     _RUN.c.workflow_id.in_(
                         sa.select(_W.c.workflow_id)

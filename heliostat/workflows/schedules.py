@@ -259,8 +259,10 @@ def trigger(name: str) -> str:
     ``workflow.run_async``; it runs in this process, so wait for it
     (``workflow.get_status`` / ``get_output``) before exiting, or a running scheduler
     daemon resumes it once this process is gone. Without a runtime the run is only
-    recorded, and a running scheduler daemon starts it within about a minute
-    (:data:`~heliostat.workflows.triggers.STRANDED_GRACE` plus one sweep).
+    recorded, as a request, and this process may exit at once: a running scheduler
+    daemon starts it at its next pass, within
+    :data:`~heliostat.workflows.triggers.POLL_INTERVAL`, or a daemon started later at
+    its first pass.
 
     Raises:
         ScheduleNotFoundError: there is no such schedule.
@@ -277,7 +279,8 @@ def trigger(name: str) -> str:
         return workflow_id
     dag = build_dag(info.target, logical_time=at, kwargs=info.kwargs, schedule=name)
     current_client()  # the runtime is still there: fail before recording anything
-    run = store.record_manual(name, at=at, workflow_id=workflow_id)
+    # Taken by this process: no scheduler starts it too.
+    run = store.record_manual(name, at=at, workflow_id=workflow_id, taken_at=_now())
     try:
         api.run_async(
             dag,

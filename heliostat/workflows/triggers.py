@@ -24,6 +24,15 @@ one database, a restarted loop, or an edited schedule never start an interval tw
    sweep resumes scheduled runs whose driver died (RESUMABLE, or RUNNING under a lease
    that is no longer live), as DESIGN §4 asks of the scheduler.
 
+Manual runs. ``heliostat schedule trigger NAME`` in a shell (no runtime there) records a
+request and exits; each pass takes the requests first
+(:meth:`ScheduleStore.take_manual`: one conditional UPDATE, which admits one loop per
+request) and starts them like claimed intervals, under their own ids
+(``nightly@manual-...``). So a running loop starts a manual run within one poll of the
+trigger, at once if the trigger went through this process's store. A request is not a
+stranded claim: only a claim a loop took (an interval, or a taken request) and did not
+start within the grace is one.
+
 Sleeping. Between passes the loop sleeps until the earliest future fire time, but at
 most :data:`POLL_INTERVAL` (5 s): no busy polling. It wakes at once when a schedule is
 changed through the same store in this process (the API sets its event); a change made
@@ -283,12 +292,15 @@ class TriggerLoop:
     def run_once(self) -> list[FiredRun]:
         """Fire everything due now: claim, start, record. Returns the runs fired.
 
-        Examines each due schedule once (in batches of ``batch_size``, one transaction
-        each); intervals held back by ``max_active_runs`` stay due for a later pass.
+        First takes and starts the manual runs people asked for (up to ``batch_size``;
+        more wait for the next pass), then examines each due schedule once (in batches
+        of ``batch_size``, one transaction each); intervals held back by
+        ``max_active_runs`` stay due for a later pass.
         """
         now = self.clock.now()
         cause = f"pass-{next(self._passes)}"
-        fired: list[FiredRun] = []
+        fired = self.store.take_manual(now, limit=self._batch, cause_id=cause)
+        self._start(fired)
         after: tuple[dt.datetime, str] | None = None
         planner = self._planner(now)
         while True:
@@ -408,7 +420,11 @@ class TriggerLoop:
                 else:
                     log.info("resumed scheduled run %s (its driver died)", s.run.workflow_id)
         if to_start:
-            log.info("starting %d run(s) claimed but never started", len(to_start))
+            log.info(
+                "starting %d run(s) claimed but never started (their scheduler stopped "
+                "before starting them)",
+                len(to_start),
+            )
             self._start(to_start)
         return stranded
 

@@ -203,3 +203,34 @@ def test_trigger_wait_shows_progress_as_plain_lines_in_a_pipe(jobs: Cli) -> None
     assert [(m["done"], m["total"]) for m in progress if m["done"] == m["total"]] == [("1", "1")]
     assert " SUCCESSFUL" in result.stdout
 
+
+def test_scheduler_starts_a_manual_trigger_from_another_process_within_a_poll(
+    jobs: Cli, wait_for: Callable[..., Any]
+) -> None:
+    cli = jobs
+    cli.run("schedule", "add", "adhoc", "--cron", "0 0 1 1 *", "--target", "jobs:nightly")
+    with cli.start("scheduler", "--num-cpus", "1") as daemon:
+        wait_for(
+            lambda: "heliostat scheduler: running" in daemon.stderr(),
+            timeout=60,
+            what="the scheduler to start",
+        )
+        # The trigger records the run and exits at once; nothing else is needed.
+        workflow_id = _json(cli.run("schedule", "trigger", "adhoc", "--json"))["workflow_id"]
+        wait_for(
+            lambda: (
+                cli.rows(f"SELECT status FROM workflows WHERE workflow_id = '{workflow_id}'")
+                == [("SUCCESSFUL",)]
+            ),
+            timeout=15,  # one poll (5 s) and a one-step run, with room to spare
+            interval=0.1,
+            what=f"the scheduler to run {workflow_id} to success",
+        )
+        code, _out, err = daemon.stop()
+    assert code == 0, err
+    assert f"started manual run {workflow_id}" in err
+    assert "never started" not in err and "Traceback" not in err
+    assert "\r" not in err and "\x1b" not in err
+    assert "heliostat scheduler: stopped" in err
+    (run,) = _json(cli.run("schedule", "show", "adhoc", "--json"))["runs"]
+    assert (run["workflow_id"], run["kind"], run["status"]) == (workflow_id, "manual", "SUCCESSFUL")

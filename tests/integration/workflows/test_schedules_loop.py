@@ -8,6 +8,7 @@ real workflows is in ``test_schedules_api.py``.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,12 +18,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from heliostat.scheduler.cron import ScheduleSpec, run_id
+from heliostat.scheduler.cron import ScheduleSpec, manual_run_id, run_id
 from heliostat.storage.models import Schedule, ScheduleRunKind, Workflow
 from heliostat.storage.models import ScheduleRun as ScheduleRunRow
 from heliostat.storage.states import WorkflowStatus
 from heliostat.workflows.schedule_store import FiredRun, ScheduleInfo, ScheduleStore
-from heliostat.workflows.triggers import FakeClock, TriggerLoop
+from heliostat.workflows.triggers import POLL_INTERVAL, STRANDED_GRACE, FakeClock, TriggerLoop
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 1, 0, 0, tzinfo=UTC)  # the New York fall-back day (UTC)
@@ -223,7 +224,9 @@ def test_a_second_claim_of_an_interval_is_refused(store: ScheduleStore) -> None:
 def test_an_interval_claimed_elsewhere_is_not_started_here(store: ScheduleStore) -> None:
     clock = FakeClock(T0)
     add(store, "hourly", T0, cron="0 * * * *", max_active_runs=5)
-    store.record_manual("hourly", at=T0, workflow_id="unrelated")  # not a conflict
+    # A manual run at the same instant, started by its trigger: not a conflict.
+    store.record_manual("hourly", at=T0, workflow_id="unrelated", taken_at=T0)
+    store.mark_started([("unrelated", T0, None)])
     table: sa.Table = ScheduleRunRow.__table__  # type: ignore[assignment]
     with store.engine.begin() as conn:  # another scheduler got 01:00 but its cursor lags
         conn.execute(
@@ -471,6 +474,107 @@ def test_recover_resumes_scheduled_runs_whose_driver_died(store: ScheduleStore) 
     assert resumed == [run.workflow_id]
     set_workflow(store, run.workflow_id, WorkflowStatus.SUCCESSFUL)
     assert loop.recover() == []
+
+
+# --- manual runs ---------------------------------------------------------------------------
+
+
+def test_a_manual_run_triggered_elsewhere_is_started_at_the_next_poll(
+    open_store: Callable[[], ScheduleStore],
+    wait_for: Callable[..., Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="heliostat.schedules")
+    clock = FakeClock(T0)
+    store, shell = open_store(), open_store()  # the daemon's, and `schedule trigger`'s
+    add(store, "nightly", T0, cron="0 3 * * *")
+    recorder = Recorder()
+    loop = loop_of(store, clock, recorder)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        clock.wait_for_sleepers(1)
+        assert clock.deadlines == [T0 + POLL_INTERVAL]
+        # Another process records the request (it does not wake this loop) and exits.
+        workflow_id = manual_run_id("nightly", clock.now())
+        shell.record_manual("nightly", at=clock.now(), workflow_id=workflow_id)
+        shell.close()
+        clock.advance(POLL_INTERVAL)  # the loop's next poll, well before any sweep
+        wait_for(lambda: recorder.ids() == [workflow_id], what="the loop to start the run")
+        clock.wait_for_sleepers(1)
+    finally:
+        loop.stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    (run,) = recorder.runs
+    assert run.kind == ScheduleRunKind.MANUAL and run.logical_time == T0
+    (row,) = store.runs("nightly")
+    assert row.started_at == T0 + POLL_INTERVAL and row.error is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"schedule 'nightly': started manual run {workflow_id} [pass-2]" in messages
+    assert not [m for m in messages if "never started" in m]
+
+
+def race(*calls: Callable[[], object]) -> None:
+    """Run ``calls`` in threads released together."""
+    barrier = threading.Barrier(len(calls))
+
+    def go(call: Callable[[], object]) -> None:
+        barrier.wait(timeout=10)
+        call()
+
+    threads = [threading.Thread(target=go, args=(call,), daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_two_loops_start_each_manual_run_once(open_store: Callable[[], ScheduleStore]) -> None:
+    clock = FakeClock(T0 + dt.timedelta(minutes=1))
+    first, second, shell = open_store(), open_store(), open_store()
+    add(shell, "adhoc", T0, cron="0 3 * * *")
+    recorder = Recorder()
+    loops = [loop_of(s, clock, recorder) for s in (first, second)]
+    asked: list[str] = []
+    for k in range(10):
+        at = T0 + dt.timedelta(seconds=k)
+        asked.append(manual_run_id("adhoc", at))
+        shell.record_manual("adhoc", at=at, workflow_id=asked[-1])
+        race(*(loop.run_once for loop in loops))  # both passes at once
+    for loop in loops:
+        assert loop.run_once() == []
+    clock.advance(STRANDED_GRACE * 2)
+    for loop in loops:
+        assert loop.recover() == []
+    assert Counter(recorder.ids()) == Counter(asked)  # every one, none twice
+    assert all(r.started_at is not None for r in shell.runs("adhoc"))
+
+
+@pytest.mark.parametrize("taker", ["a loop", "the triggering process"])
+def test_a_manual_run_taken_and_not_started_is_stranded_only_after_the_grace(
+    open_store: Callable[[], ScheduleStore], taker: str
+) -> None:
+    clock = FakeClock(T0)
+    dead, alive = open_store(), open_store()
+    add(dead, "adhoc", T0, cron="0 3 * * *")
+    workflow_id = manual_run_id("adhoc", T0)
+    clock.advance(1)
+    if taker == "a loop":  # its last act: the request taken, nothing started
+        dead.record_manual("adhoc", at=T0, workflow_id=workflow_id)
+        taken = dead.take_manual(clock.now(), limit=10)
+        assert [r.workflow_id for r in taken] == [workflow_id]
+    else:  # `trigger` with a runtime, killed before it started the run
+        dead.record_manual("adhoc", at=T0, workflow_id=workflow_id, taken_at=clock.now())
+    recorder = Recorder()
+    survivor = loop_of(alive, clock, recorder)
+    assert survivor.run_once() == []  # taken: whoever took it may be alive
+    assert survivor.recover() == []
+    clock.advance(STRANDED_GRACE + dt.timedelta(seconds=1))
+    assert [s.run.workflow_id for s in survivor.recover()] == [workflow_id]
+    assert recorder.ids() == [workflow_id]
+    assert survivor.recover() == [] and survivor.run_once() == []
 
 
 # --- sleeping and waking -------------------------------------------------------------------
