@@ -325,7 +325,41 @@ class WorkflowNotFoundError(WorkflowError, KeyError):
 
 
 class WorkflowLeaseError(WorkflowError):
-    """The workflow is held by another live driver; two drivers never run one workflow."""
+    """The workflow is held by another live driver; two drivers never run one workflow.
+
+    Raised to a second taker (``holder_host``, ``holder_pid`` and ``holder_since`` name
+    the driver that holds it), and to a driver that lost its lease while it ran
+    (``fenced`` is True: another driver took the workflow over, so this one stopped
+    without writing anything more).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_id: str = "",
+        task_id: str = "",
+        holder_host: str = "",
+        holder_pid: int = 0,
+        holder_since: str = "",
+        fenced: bool = False,
+    ) -> None:
+        super().__init__(message, workflow_id=workflow_id, task_id=task_id)
+        self.holder_host = holder_host
+        self.holder_pid = holder_pid
+        self.holder_since = holder_since
+        self.fenced = fenced
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {
+            "workflow_id": self.workflow_id,
+            "task_id": self.task_id,
+            "holder_host": self.holder_host,
+            "holder_pid": self.holder_pid,
+            "holder_since": self.holder_since,
+            "fenced": self.fenced,
+        }
+        return (_rebuild_kw, (type(self), self.args, fields))
 
 
 class WorkflowCancelledError(WorkflowError):

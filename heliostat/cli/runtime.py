@@ -152,7 +152,7 @@ def _db_summary() -> dict[str, Any]:
     import sqlalchemy as sa
 
     from heliostat.storage.db import current_revision, default_db_url, make_engine
-    from heliostat.storage.models import Lease, Workflow
+    from heliostat.storage.models import Workflow
 
     url = default_db_url()
     shown = sa.make_url(url).render_as_string(hide_password=True)
@@ -174,16 +174,29 @@ def _db_summary() -> dict[str, Any]:
             wf = Workflow.__table__
             rows = conn.execute(sa.select(wf.c.status, sa.func.count()).group_by(wf.c.status))
             summary["workflows"] = {str(status): int(n) for status, n in rows}
-            lease = Lease.__table__
-            now = dt.datetime.now(dt.UTC)
-            live = conn.execute(
-                sa.select(sa.func.count()).select_from(lease).where(lease.c.expires_at > now)
-            ).scalar_one()
-            summary["live_leases"] = int(live)
+            summary["live_leases"] = _live_leases(conn, revision)
             summary["schedules"] = _schedule_counts(conn)
     finally:
         engine.dispose()
     return summary
+
+
+def _live_leases(conn: Any, revision: str) -> int:
+    """Workflows a driver holds now (leases moved into ``workflows`` at revision 0004)."""
+    import sqlalchemy as sa
+
+    from heliostat.storage.models import Workflow
+
+    now = dt.datetime.now(dt.UTC)
+    if revision >= "0004":
+        expires = Workflow.__table__.c.lease_expires_at
+        query = sa.select(sa.func.count()).where(
+            Workflow.__table__.c.lease_owner.is_not(None), expires > now
+        )
+    else:  # a database this heliostat has not migrated yet
+        leases = sa.table("leases", sa.column("expires_at", Workflow.__table__.c.created_at.type))
+        query = sa.select(sa.func.count()).select_from(leases).where(leases.c.expires_at > now)
+    return int(conn.execute(query).scalar_one())
 
 
 def _schedule_counts(conn: Any) -> dict[str, int] | None:

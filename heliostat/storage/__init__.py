@@ -42,8 +42,8 @@ if TYPE_CHECKING:
         upgrade,
     )
     from heliostat.storage.models import (
+        AttemptLog,
         Edge,
-        Lease,
         Schedule,
         ScheduleRun,
         ScheduleRunKind,
@@ -86,8 +86,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "upgrade",
     ),
     "heliostat.storage.models": (
+        "AttemptLog",
         "Edge",
-        "Lease",
         "metadata",
         "Schedule",
         "ScheduleRun",
@@ -121,11 +121,11 @@ would otherwise cost about 0.3 s)."""
 __all__ = [
     "STEP_TRANSITIONS",
     "WORKFLOW_TRANSITIONS",
+    "AttemptLog",
     "CheckpointFormat",
     "CheckpointRef",
     "CheckpointStore",
     "Edge",
-    "Lease",
     "Schedule",
     "ScheduleRun",
     "ScheduleRunKind",

@@ -72,6 +72,7 @@ __all__ = [
     "current_revision",
     "default_db_url",
     "default_home",
+    "downgrade",
     "ensure_schema",
     "head_revision",
     "is_transient_db_error",
@@ -260,7 +261,7 @@ def _alembic_config(connection: Connection) -> Iterator[Any]:
         yield config
 
 
-SCHEMA_HEAD: Final = "0003"
+SCHEMA_HEAD: Final = "0004"
 """The newest migration revision this version of heliostat ships. A constant, so that
 opening a database at head needs neither Alembic (about 0.12 s to import) nor a read
 of the migration scripts; a test checks it against the scripts."""
@@ -309,20 +310,54 @@ def upgrade(engine_or_url: Engine | str, revision: str = "head") -> None:
         engine_or_url: an engine from :func:`make_engine`, or a URL to make one from.
         revision: target revision id, or ``"head"``.
     """
+    _migrate(engine_or_url, "upgrade", revision)
+
+
+def downgrade(engine_or_url: Engine | str, revision: str) -> None:
+    """Undo migrations down to ``revision``, in one transaction (no cross-process lock)."""
+    _migrate(engine_or_url, "downgrade", revision)
+
+
+def _migrate(engine_or_url: Engine | str, direction: str, revision: str) -> None:
     engine, owned = _engine_of(engine_or_url)
     try:
-        with engine.begin() as conn:
-            _upgrade_on(conn, revision)
+        with engine.connect() as conn, _foreign_keys_off(conn), conn.begin():
+            _upgrade_on(conn, revision, direction)
     finally:
         if owned:
             engine.dispose()
 
 
-def _upgrade_on(conn: Connection, revision: str) -> None:
+@contextlib.contextmanager
+def _foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """SQLite: no foreign key actions while a migration runs (a no-op elsewhere).
+
+    A batch migration rebuilds a table by copying it and dropping the old one; with
+    foreign keys on, that DROP would cascade and delete every row referring to the
+    table (a step's attempts, a workflow's steps). The pragma only takes effect outside
+    a transaction, so this wraps the migration's transaction; afterwards
+    ``foreign_key_check`` must find nothing.
+    """
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+        problems = raw.execute("PRAGMA foreign_key_check").fetchall()
+        if problems:
+            raise StorageError(f"a migration left rows without their parents: {problems[:5]}")
+    finally:
+        raw.execute("PRAGMA foreign_keys = ON")
+
+
+def _upgrade_on(conn: Connection, revision: str, direction: str = "upgrade") -> None:
     from alembic import command
 
     with _alembic_config(conn) as config:
-        command.upgrade(config, revision)
+        getattr(command, direction)(config, revision)
 
 
 def ensure_schema(engine: Engine | str) -> str:
@@ -358,7 +393,7 @@ def ensure_schema(engine: Engine | str) -> str:
             with conn.begin():
                 if _read_revision(conn) == head:
                     return head
-        with engine.connect() as conn:
+        with engine.connect() as conn, _foreign_keys_off(conn):
             # SQLite: our "begin" hook reads this option and takes the write lock.
             conn.execution_options(**{SQLITE_BEGIN_OPTION: "EXCLUSIVE"})
             with conn.begin():

@@ -21,10 +21,12 @@ Choices:
 * **Ids** are strings chosen by the user (workflow ids) or derived deterministically
   (task ids), so they are natural primary keys; log-like tables (attempts, WAL,
   transitions) use an auto-increment surrogate key.
-* **State changes** go through :meth:`Workflow.transition` and :meth:`Step.transition`,
-  which check the edge against the tables in :mod:`heliostat.storage.states`, set the
-  status and add one ``transitions`` lineage row in the same session (so the row commits
-  or rolls back with the change).
+* **State changes** are decided in one place, the pure workflow state machine
+  (``heliostat.workflows.machine``), against the tables in
+  :mod:`heliostat.storage.states`; the workflow store writes what it decided. The
+  models hold no behaviour.
+* **The lease** of a running workflow lives in its ``workflows`` row (owner, expiry,
+  fencing generation), so the one UPDATE that fences a group commit also renews it.
 """
 
 from __future__ import annotations
@@ -38,27 +40,25 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
-    Session,
     mapped_column,
-    object_session,
     relationship,
 )
 
-from heliostat.exceptions import HeliostatInternalError
 from heliostat.storage.states import (
+    AttemptStatus,
     StepStatus,
     TransitionEntity,
     WalKind,
     WorkflowStatus,
-    check_transition,
 )
 
 __all__ = [
     "ID_LENGTH",
+    "LOG_LIMIT",
     "NAMING_CONVENTION",
+    "AttemptLog",
     "Base",
     "Edge",
-    "Lease",
     "Schedule",
     "ScheduleRun",
     "ScheduleRunKind",
@@ -84,8 +84,13 @@ NAMING_CONVENTION: dict[str, str] = {
 ID_LENGTH = 255
 """Longest workflow id or task id, in characters."""
 
+LOG_LIMIT = 1 << 20
+"""Most bytes of one attempt's printed output that are kept (the last ones)."""
+
 _STATE_LENGTH = 16  # longest state value is NEEDS_ATTENTION (15)
 _CHECKSUM_LENGTH = 80  # "sha256:" + 64 hex digits
+_SIGNATURE_LENGTH = 96  # "hmac-sha256:" + 64 hex digits
+_HASH_LENGTH = 64
 _BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite rowid needs INTEGER
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
@@ -127,15 +132,6 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         return value.astimezone(dt.UTC)
 
 
-def _session_of(row: Base) -> Session:
-    session = object_session(row)
-    if session is None:  # the lineage row would be lost: a bug in the caller
-        raise HeliostatInternalError(
-            f"{type(row).__name__} must be added to a session before it changes state"
-        )
-    return session
-
-
 def _state_column_type(enum_cls: type[Any], name: str) -> sa.Enum:
     # native_enum=False: VARCHAR + CHECK (named ck_<table>_<name>) on every backend.
     return sa.Enum(
@@ -161,15 +157,22 @@ class Base(DeclarativeBase):
 
 
 class Workflow(Base):
-    """One workflow run: its compiled DAG, status and outcome.
+    """One workflow run: its compiled DAG, status, outcome and lease.
 
-    ``status`` is changed only through :meth:`transition`, which also records lineage.
+    The lease: a running workflow is run by exactly one driver, named by ``lease_owner``
+    (NULL once released), alive while ``lease_expires_at`` is in the future.
+    Invariant: ``lease_generation`` only grows; it is bumped by every take-over, and
+    every lineage write of a run checks it in the same transaction (the fencing token),
+    so a driver whose lease was taken over can write nothing more. ``commit_seq``
+    counts the run's group commits (a retried commit whose first try did commit is
+    recognised by it).
     """
 
     __tablename__ = "workflows"
     __table_args__ = (
         sa.Index(None, "status", "created_at"),  # the UI's filtered, time-ordered list
         sa.Index(None, "created_at"),  # the UI's unfiltered list
+        sa.Index(None, "lease_expires_at"),  # resume_all: find expired leases
     )
 
     workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
@@ -190,6 +193,21 @@ class Workflow(Base):
     output_task_id: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
     error: Mapped[str | None] = mapped_column(sa.Text)
     resume_count: Mapped[int] = mapped_column(default=0)
+    dag_signature: Mapped[str | None] = mapped_column(sa.String(_SIGNATURE_LENGTH))
+    """HMAC of ``dag`` with the installation key: checked before ``dag`` is unpickled."""
+    schedule: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    """The schedule that fired this run, if one did."""
+    steps_total: Mapped[int] = mapped_column(default=0, server_default="0")
+    steps_done: Mapped[int] = mapped_column(default=0, server_default="0")
+    """Steps known / committed, kept current by the group commit (listings read them)."""
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    lease_host: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    lease_pid: Mapped[int | None]
+    lease_acquired_at: Mapped[dt.datetime | None]
+    lease_heartbeat_at: Mapped[dt.datetime | None]
+    lease_expires_at: Mapped[dt.datetime | None]
+    lease_generation: Mapped[int] = mapped_column(_BIGINT, default=0, server_default="0")
+    commit_seq: Mapped[int] = mapped_column(_BIGINT, default=0, server_default="0")
 
     # Relationships also tell the unit of work to INSERT parents before children.
     # passive_deletes: deleting a workflow leaves the cascade to the database.
@@ -197,69 +215,13 @@ class Workflow(Base):
         back_populates="workflow", passive_deletes=True, order_by="Step.position"
     )
 
-    def transition(
-        self,
-        finish: WorkflowStatus,
-        *,
-        cause: str = "",
-        at: dt.datetime | None = None,
-    ) -> Transition:
-        """Move this workflow to ``finish``, recording one lineage row.
-
-        Sets ``status`` and ``updated_at`` (and ``started_at`` / ``finished_at`` on
-        entering ``RUNNING`` / a terminal state) and adds a :class:`Transition` to the
-        session that holds this row, so both commit together.
-
-        Args:
-            finish: the new state.
-            cause: why, in a few words (``"resume"``, ``"step load failed"``); a
-                correlation id is fine too.
-            at: when (default now, UTC).
-
-        Returns:
-            The lineage row added.
-
-        Raises:
-            InvalidTransition: the transition table forbids the edge.
-            HeliostatInternalError: this row is in no session (the lineage row would
-                be lost); ``session.add`` it first.
-        """
-        start = self.status
-        check_transition(TransitionEntity.WORKFLOW, self.workflow_id, start, finish)
-        session = _session_of(self)
-        at = at or utcnow()
-        self.status = finish
-        self.updated_at = at
-        if finish is WorkflowStatus.RUNNING and self.started_at is None:
-            self.started_at = at
-        if finish in (
-            WorkflowStatus.SUCCESSFUL,
-            WorkflowStatus.FAILED,
-            WorkflowStatus.CANCELED,
-        ):
-            self.finished_at = at
-        elif finish is WorkflowStatus.RUNNING:
-            self.finished_at = None
-        row = Transition(
-            entity=TransitionEntity.WORKFLOW,
-            workflow_id=self.workflow_id,
-            task_id=None,
-            start=str(start),
-            finish=str(finish),
-            cause=cause,
-            at=at,
-        )
-        session.add(row)
-        return row
-
-
 class Step(Base):
     """One step of a workflow: its options, state, attempts and checkpointed output.
 
-    ``status`` is changed only through :meth:`transition`, which also records lineage.
-    Invariant: ``output_checksum`` is set, with either ``output_location`` (a checkpoint
-    file) or ``output_inline`` (a small checkpoint kept in the row), only when the
-    step's COMMIT record is written (a step with ``checkpoint=False`` has none).
+    ``status`` is decided by the workflow state machine only. Invariant:
+    ``output_checksum`` is set, with either ``output_location`` (a checkpoint file) or
+    ``output_inline`` (a small checkpoint kept in the row), only when the step's COMMIT
+    record is written (a step with ``checkpoint=False`` has none).
     """
 
     __tablename__ = "steps"
@@ -287,68 +249,36 @@ class Step(Base):
     output_inline: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     """The checkpoint's bytes when it is small enough to live in this row (then
     ``output_location`` is NULL and ``output_checksum`` covers these bytes)."""
+    output_signature: Mapped[str | None] = mapped_column(sa.String(_SIGNATURE_LENGTH))
+    """HMAC, with the installation key, of the output's location, checksum and format:
+    checked before the output is read, so a row nobody with the key wrote is refused."""
     error: Mapped[str | None] = mapped_column(sa.Text)
+    """The latest failed attempt's exception, ``Type: message``."""
+    error_type: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
     traceback: Mapped[str | None] = mapped_column(sa.Text)
+    queued_at: Mapped[dt.datetime | None]
+    """When the latest attempt was handed to the engine (its INTENT)."""
     started_at: Mapped[dt.datetime | None]
+    """When the latest attempt began executing in its worker."""
     finished_at: Mapped[dt.datetime | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     position: Mapped[int] = mapped_column(default=0)
     """Order of the step in the compiled graph (a topological order), for display."""
+    code_hash: Mapped[str | None] = mapped_column(sa.String(_HASH_LENGTH))
+    """Hash of the step function's code, to tell a changed definition from a resume."""
+    input_hash: Mapped[str | None] = mapped_column(sa.String(_HASH_LENGTH))
+    """Hash of the step's arguments (upstream outputs stand in by their step id)."""
 
     workflow: Mapped[Workflow] = relationship(back_populates="steps")
 
-    def transition(
-        self,
-        finish: StepStatus,
-        *,
-        cause: str = "",
-        at: dt.datetime | None = None,
-    ) -> Transition:
-        """Move this step to ``finish``, recording one lineage row.
-
-        Sets ``status`` (and ``started_at`` on entering ``RUNNING``, ``finished_at`` on
-        entering ``SUCCESSFUL`` / ``FAILED`` / ``SKIPPED``) and adds a
-        :class:`Transition` to the session that holds this row.
-
-        Args:
-            finish: the new state.
-            cause: why, in a few words or a correlation id.
-            at: when (default now, UTC).
-
-        Returns:
-            The lineage row added.
-
-        Raises:
-            InvalidTransition: the transition table forbids the edge.
-            HeliostatInternalError: this row is in no session (the lineage row would
-                be lost); ``session.add`` it first.
-        """
-        start = self.status
-        ident = f"{self.workflow_id}/{self.task_id}"
-        check_transition(TransitionEntity.STEP, ident, start, finish)
-        session = _session_of(self)
-        at = at or utcnow()
-        self.status = finish
-        if finish is StepStatus.RUNNING:
-            self.started_at = at
-            self.finished_at = None
-        elif finish in (StepStatus.SUCCESSFUL, StepStatus.FAILED, StepStatus.SKIPPED):
-            self.finished_at = at
-        row = Transition(
-            entity=TransitionEntity.STEP,
-            workflow_id=self.workflow_id,
-            task_id=self.task_id,
-            start=str(start),
-            finish=str(finish),
-            cause=cause,
-            at=at,
-        )
-        session.add(row)
-        return row
-
-
 class StepAttempt(Base):
-    """One execution attempt of a step (attempts count from 1)."""
+    """One execution attempt of a step (attempts count from 1).
+
+    Times: ``queued_at`` is the INTENT (handed to the engine), ``started_at`` and
+    ``finished_at`` bracket the execution in the worker, so the attempt's duration is
+    its execution time and ``started_at - queued_at`` its time in the queue. An
+    interrupted attempt has no ``started_at`` when nobody saw it start.
+    """
 
     __tablename__ = "step_attempts"
     __table_args__ = (
@@ -364,12 +294,18 @@ class StepAttempt(Base):
     workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH))
     task_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH))
     attempt: Mapped[int]
-    status: Mapped[StepStatus] = mapped_column(
-        _state_column_type(StepStatus, "status"), default=StepStatus.RUNNING
+    status: Mapped[AttemptStatus] = mapped_column(
+        _state_column_type(AttemptStatus, "status"), default=AttemptStatus.RUNNING
     )
-    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(sa.Text)
+    """``Type: message`` of what it raised, or why it was interrupted."""
+    error_type: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
+    """The qualified class name of the exception it raised."""
+    traceback: Mapped[str | None] = mapped_column(sa.Text)
+    """The traceback as the worker formatted it (the user's file names and lines)."""
     worker: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
     """Where it ran: ``host:pid`` of the worker, or a node id."""
 
@@ -437,29 +373,29 @@ class WalRecord(Base):
     workflow: Mapped[Workflow] = relationship()
 
 
-class Lease(Base):
-    """The right of one driver to run one workflow, kept alive by heartbeats.
+class AttemptLog(Base):
+    """What one attempt of a step printed (stdout and stderr interleaved, as written).
 
-    Invariant: at most one row per workflow (the primary key); a driver may take over a
-    workflow only when ``expires_at`` is in the past.
+    Bounded: only the last ``LOG_LIMIT`` bytes of an attempt's output are kept
+    (``size`` says how much it wrote in all, ``truncated`` whether the start is gone).
+    Its own table, so listings of attempts never carry the text.
     """
 
-    __tablename__ = "leases"
-    __table_args__ = (sa.Index(None, "expires_at"),)  # resume_all: find expired leases
-
-    workflow_id: Mapped[str] = mapped_column(
-        sa.String(ID_LENGTH),
-        sa.ForeignKey("workflows.workflow_id", ondelete="CASCADE"),
-        primary_key=True,
+    __tablename__ = "attempt_logs"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["workflow_id", "task_id"],
+            ["steps.workflow_id", "steps.task_id"],
+            ondelete="CASCADE",
+        ),
     )
-    owner: Mapped[str] = mapped_column(sa.String(ID_LENGTH))
-    host: Mapped[str] = mapped_column(sa.String(ID_LENGTH), default="")
-    pid: Mapped[int] = mapped_column(default=0)
-    acquired_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[dt.datetime]
 
-    workflow: Mapped[Workflow] = relationship()
+    workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    task_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    attempt: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(sa.Text, default="")
+    size: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    truncated: Mapped[bool] = mapped_column(default=False)
 
 
 _WORKFLOW_VALUES = ", ".join(f"'{s.value}'" for s in WorkflowStatus)

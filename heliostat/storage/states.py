@@ -3,8 +3,8 @@
 The values of these enums are exactly what the SQL ``status`` columns store (the columns
 carry CHECK constraints listing them), so renaming a member is a schema migration.
 
-A lifecycle is changed only through :func:`check_transition` (the models' ``transition``
-methods call it): any edge not in the table raises
+A lifecycle is changed only through :func:`check_transition` (the workflow state
+machine, ``heliostat.workflows.machine``, calls it): any edge not in the table raises
 :class:`~heliostat.exceptions.InvalidTransition`. Terminal states map to an empty set.
 
 Workflows::
@@ -23,14 +23,26 @@ hook, so a person must decide before the run goes on.
 
 Steps::
 
-    PENDING ──> RUNNING ──> SUCCESSFUL                      (terminal)
-       │          ├───────> FAILED ──> RUNNING              (resume retries a failed step)
-       │          ├───────> IN_DOUBT ──> SUCCESSFUL / RUNNING / FAILED
-       │          └───────> PENDING                         (driver crashed; idempotent re-run)
-       └──> SKIPPED                                         (terminal)
+    PENDING ──> RUNNING ──> SUCCESSFUL ──┐                   (output lost: back to
+       │          │                      └──> PENDING / IN_DOUBT   PENDING or IN_DOUBT)
+       │          ├───────> FAILED ──> PENDING              (resume retries a failed step)
+       │          ├───────> PENDING                         (attempt failed and is retried,
+       │          │                                          or was interrupted: re-run)
+       │          └───────> IN_DOUBT ──> SUCCESSFUL / PENDING / FAILED
+       └──> SKIPPED                                         (terminal: workflow canceled)
 
-``RUNNING -> RUNNING`` is not an edge: a retry of a running step is a new *attempt*
-(a row in ``step_attempts``), not a state change of the step.
+Every edge is one thing that really happened to the step: ``RUNNING -> PENDING`` is an
+attempt that ended without a result (it raised and will be retried, or its driver or
+worker went away and the step is idempotent); ``IN_DOUBT -> PENDING`` is a person or an
+``on_in_doubt`` hook asking for a re-run. ``RUNNING -> RUNNING`` is not an edge: a new
+attempt goes through ``PENDING``.
+
+Attempts (one row of ``step_attempts`` each)::
+
+    RUNNING ──> SUCCESSFUL | FAILED | INTERRUPTED           (all terminal)
+
+``INTERRUPTED`` means the attempt's outcome is unknown or was cut short: its driver
+died, lost its lease, or the workflow was canceled while it ran.
 """
 
 from __future__ import annotations
@@ -43,8 +55,10 @@ from typing import TypeVar
 from heliostat.exceptions import InvalidTransition
 
 __all__ = [
+    "ATTEMPT_TRANSITIONS",
     "STEP_TRANSITIONS",
     "WORKFLOW_TRANSITIONS",
+    "AttemptStatus",
     "StepStatus",
     "TransitionEntity",
     "WalKind",
@@ -76,6 +90,15 @@ class StepStatus(StrEnum):
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
     IN_DOUBT = "IN_DOUBT"
+
+
+class AttemptStatus(StrEnum):
+    """The outcome of one attempt of a step; see the module docstring."""
+
+    RUNNING = "RUNNING"
+    SUCCESSFUL = "SUCCESSFUL"
+    FAILED = "FAILED"
+    INTERRUPTED = "INTERRUPTED"
 
 
 class WalKind(StrEnum):
@@ -116,22 +139,35 @@ WORKFLOW_TRANSITIONS: Mapping[WorkflowStatus, frozenset[WorkflowStatus]] = {
 
 STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
     _S.PENDING: frozenset({_S.RUNNING, _S.SKIPPED}),
-    # -> PENDING: the driver died mid-attempt and the step is idempotent, so it re-runs.
+    # -> PENDING: the attempt failed and is retried, or was interrupted (idempotent step).
+    # -> IN_DOUBT: a non-idempotent step's attempt was interrupted: did it act or not?
     _S.RUNNING: frozenset({_S.SUCCESSFUL, _S.FAILED, _S.IN_DOUBT, _S.PENDING}),
-    # The on_in_doubt hook returned the result (SUCCESSFUL), asked for a re-run
-    # (RUNNING), or a person / the hook declared the attempt failed (FAILED).
-    _S.IN_DOUBT: frozenset({_S.SUCCESSFUL, _S.RUNNING, _S.FAILED}),
-    _S.FAILED: frozenset({_S.RUNNING}),
-    # -> PENDING: its checkpoint turned out corrupt on a later read; it re-runs (idempotent).
-    # -> IN_DOUBT: the same for a non-idempotent step, which a person or hook resolves.
+    # The on_in_doubt hook or a person gave the result (SUCCESSFUL), asked for a
+    # re-run (PENDING), or declared the attempt failed / the hook raised (FAILED).
+    _S.IN_DOUBT: frozenset({_S.SUCCESSFUL, _S.PENDING, _S.FAILED}),
+    # -> PENDING: a resume retries it.
+    _S.FAILED: frozenset({_S.PENDING}),
+    # -> PENDING: its output is gone (corrupt checkpoint, or never checkpointed) and it
+    # is needed again; -> IN_DOUBT: the same for a non-idempotent step.
     _S.SUCCESSFUL: frozenset({_S.PENDING, _S.IN_DOUBT}),
     _S.SKIPPED: frozenset(),
 }
 """Allowed step edges: ``STEP_TRANSITIONS[start]`` is the set of legal finishes."""
 
-_TABLES: dict[TransitionEntity, Mapping[StrEnum, frozenset[StrEnum]]] = {
-    TransitionEntity.WORKFLOW: WORKFLOW_TRANSITIONS,  # type: ignore[dict-item]
-    TransitionEntity.STEP: STEP_TRANSITIONS,  # type: ignore[dict-item]
+_A = AttemptStatus
+
+ATTEMPT_TRANSITIONS: Mapping[AttemptStatus, frozenset[AttemptStatus]] = {
+    _A.RUNNING: frozenset({_A.SUCCESSFUL, _A.FAILED, _A.INTERRUPTED}),
+    _A.SUCCESSFUL: frozenset(),
+    _A.FAILED: frozenset(),
+    _A.INTERRUPTED: frozenset(),
+}
+"""Allowed attempt edges: an attempt runs, then ends one way, once."""
+
+_TABLES: dict[str, Mapping[StrEnum, frozenset[StrEnum]]] = {
+    TransitionEntity.WORKFLOW.value: WORKFLOW_TRANSITIONS,  # type: ignore[dict-item]
+    TransitionEntity.STEP.value: STEP_TRANSITIONS,  # type: ignore[dict-item]
+    "attempt": ATTEMPT_TRANSITIONS,  # type: ignore[dict-item]
 }
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -141,7 +177,7 @@ def check_transition(kind: str, ident: str, start: _E, finish: _E) -> _E:
     """Check that ``start -> finish`` is an allowed edge for this kind of entity.
 
     Args:
-        kind: ``"workflow"`` or ``"step"`` (a :class:`TransitionEntity`).
+        kind: ``"workflow"``, ``"step"`` or ``"attempt"`` (a :class:`TransitionEntity`).
         ident: the entity's id, for the error message (``"etl"`` or ``"etl/load"``).
         start: the current state.
         finish: the requested state; must be of the same enum as ``start``.
@@ -153,10 +189,9 @@ def check_transition(kind: str, ident: str, start: _E, finish: _E) -> _E:
         InvalidTransition: the table has no such edge (also when the two states belong
             to different enums, or ``kind`` names no table).
     """
-    try:
-        table = _TABLES[TransitionEntity(kind)]
-    except ValueError:
-        raise InvalidTransition(kind, ident, str(start), str(finish)) from None
+    table = _TABLES.get(str(kind))
+    if table is None:
+        raise InvalidTransition(kind, ident, str(start), str(finish))
     allowed = table.get(start)
     if allowed is None or finish not in allowed or type(finish) is not type(start):
         raise InvalidTransition(kind, ident, str(start), str(finish))

@@ -2,14 +2,20 @@
 
 Where things live: the lineage database is ``HELIOSTAT_DB_URL`` (default SQLite at
 ``$HELIOSTAT_HOME/heliostat.db``); checkpoints go to ``hs.init(storage=...)``, else
-``HELIOSTAT_STORAGE``, else ``$HELIOSTAT_HOME/checkpoints``.
+``HELIOSTAT_STORAGE``, else ``$HELIOSTAT_HOME/checkpoints``. The stores belong to the
+runtime (:mod:`heliostat.workflows.services`).
+
+Every way of running a workflow (``run``, ``resume``, ``resume_all``, the scheduler's
+recovery, the CLI) takes the workflow's lease first and holds it for the whole run
+(:mod:`heliostat.workflows.lease`); a second taker gets
+:class:`~heliostat.exceptions.WorkflowLeaseError` naming the holder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -20,31 +26,56 @@ from heliostat.engine.dag import DAGNode
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.runtime import current_client, current_runtime
 from heliostat.exceptions import (
+    HeliostatError,
     WorkflowCancelledError,
+    WorkflowDefinitionError,
+    WorkflowError,
     WorkflowLeaseError,
     WorkflowNotFoundError,
 )
-from heliostat.storage.checkpoints import CheckpointStore
-from heliostat.storage.db import default_db_url
+from heliostat.storage.models import ID_LENGTH
 from heliostat.storage.states import StepStatus, WorkflowStatus
-from heliostat.workflows.compile import CompiledWorkflow, compile_dag
-from heliostat.workflows.executor import WorkflowExecutor
+from heliostat.workflows.compile import (
+    CompiledWorkflow,
+    compile_dag,
+    definition_differences,
+)
+from heliostat.workflows.executor import WorkflowExecutor, plan_from_lineage
+from heliostat.workflows.lease import LeaseOwner, lease_timeout
+from heliostat.workflows.machine import (
+    AlreadySucceeded,
+    WorkflowMachine,
+    cancel_moves,
+    reconcile_moves,
+    resolve_records,
+    resume_moves,
+)
+from heliostat.workflows.services import (
+    WorkflowServices,
+    runtime_services,
+    workflow_services,
+)
+from heliostat.workflows.step import StepLogs
 from heliostat.workflows.store import (
-    Batch,
-    LeaseOwner,
+    AttemptRecord,
     StepRecord,
     WorkflowRecord,
     WorkflowStore,
+    held_error,
 )
 
 __all__ = [
+    "attempts",
     "cancel",
     "delete",
     "describe",
     "get_metadata",
     "get_output",
     "get_status",
+    "lease_timeout",
     "list_all",
+    "logs",
+    "reconcile",
     "resolve",
     "resume",
     "resume_all",
@@ -55,75 +86,59 @@ __all__ = [
 
 log = logging.getLogger("heliostat.workflows")
 
-_lock = threading.Lock()
-_stores: dict[str, WorkflowStore] = {}
-_checkpoint_stores: dict[str, CheckpointStore] = {}
-_owner = LeaseOwner.this_process()
+Progress = Callable[[int, int, int], None]
 
 
-def lease_timeout() -> float:
-    """Seconds a workflow's lease lasts without a heartbeat (``HELIOSTAT_LEASE_TIMEOUT``)."""
-    return float(os.environ.get("HELIOSTAT_LEASE_TIMEOUT", "6"))
+# --- checks at the boundary ----------------------------------------------------------------
 
 
-def _store() -> WorkflowStore:
-    url = default_db_url()
-    with _lock:
-        store = _stores.get(url)
-        if store is None:
-            store = _stores[url] = WorkflowStore.open(url)
-        return store
+def _check_id(workflow_id: object, what: str = "workflow_id") -> str:
+    if not isinstance(workflow_id, str):
+        raise TypeError(f"{what} must be a str, not {type(workflow_id).__name__}.")
+    if not workflow_id.strip() or len(workflow_id) > ID_LENGTH:
+        raise ValueError(f"{what} must be 1 to {ID_LENGTH} characters, got {workflow_id!r}.")
+    return workflow_id
 
 
-def _checkpoints() -> CheckpointStore:
-    runtime = current_runtime()
-    url = (runtime.storage if runtime is not None else None) or os.environ.get("HELIOSTAT_STORAGE")
-    key = url or ""
-    with _lock:
-        store = _checkpoint_stores.get(key)
-        if store is None:
-            store = _checkpoint_stores[key] = CheckpointStore(url)
-        return store
+def _check_metadata(metadata: object) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}.")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata must be JSON-serializable: {exc}") from exc
+    return dict(metadata)
 
 
-class _LeaseKeeper:
-    """Renews the leases of the workflows this process runs, every third of a timeout."""
-
-    def __init__(self) -> None:
-        self._held: dict[str, WorkflowStore] = {}
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def hold(self, workflow_id: str, store: WorkflowStore) -> None:
-        with self._cond:
-            self._held[workflow_id] = store
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name="heliostat-lease-keeper", daemon=True
-                )
-                self._thread.start()
-
-    def drop(self, workflow_id: str) -> None:
-        with self._cond:
-            self._held.pop(workflow_id, None)
-
-    def _loop(self) -> None:
-        while True:
-            timeout = lease_timeout()
-            with self._cond:
-                self._cond.wait(timeout / 3)
-                held = dict(self._held)
-            by_store: dict[int, tuple[WorkflowStore, list[str]]] = {}
-            for wid, store in held.items():
-                by_store.setdefault(id(store), (store, []))[1].append(wid)
-            for store, ids in by_store.values():
-                try:
-                    store.renew_leases(_owner, ids, timeout)
-                except Exception:  # a database hiccup: the next beat retries
-                    log.warning("could not renew workflow leases", exc_info=True)
+def _check_progress(on_progress: object) -> Progress | None:
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(f"on_progress must be callable, not {type(on_progress).__name__}.")
+    return on_progress
 
 
-_keeper = _LeaseKeeper()
+def _refuse_inside_task(call: str) -> None:
+    """A workflow is driven from a driver; inside a task there is no runtime to own it."""
+    if current_runtime() is None:
+        try:
+            current_client()
+        except HeliostatError:
+            return  # no runtime at all: the caller's own check names that
+        raise WorkflowError(
+            f"workflow.{call}() cannot be called inside a task or actor: a workflow is "
+            "run by a driver, which holds its lease. Start it from the driver, or return "
+            "workflow.continuation(dag) from a workflow step to extend the running "
+            "workflow with more steps."
+        )
+
+
+def _services() -> WorkflowServices:
+    """The current runtime's services; a clear error without a runtime."""
+    current_client()  # raises NotInitializedError, naming init()
+    services = runtime_services()
+    assert services is not None  # a current client in the driver means a runtime
+    return services
 
 
 def _default_id(dag: DAGNode) -> str:
@@ -131,28 +146,7 @@ def _default_id(dag: DAGNode) -> str:
     return f"{name}.{time.strftime('%Y%m%d-%H%M%S')}.{uuid.uuid4().hex[:6]}"
 
 
-def _execute(
-    workflow_id: str,
-    compiled: CompiledWorkflow,
-    store: WorkflowStore,
-    record: WorkflowRecord | None,
-    on_progress: Callable[[int, int, int], None] | None,
-) -> Any:
-    current_client()  # fail early, clearly, without a runtime
-    _keeper.hold(workflow_id, store)
-    try:
-        executor = WorkflowExecutor(
-            workflow_id=workflow_id,
-            compiled=compiled,
-            store=store,
-            checkpoints=_checkpoints(),
-            records=record.steps if record is not None else None,
-            on_progress=on_progress,
-        )
-        return executor.run()
-    finally:
-        _keeper.drop(workflow_id)
-        store.release_lease(workflow_id, _owner)
+# --- running ----------------------------------------------------------------------------------
 
 
 def run(
@@ -160,94 +154,124 @@ def run(
     *,
     workflow_id: str | None = None,
     metadata: dict[str, Any] | None = None,
-    on_progress: Callable[[int, int, int], None] | None = None,
+    on_progress: Progress | None = None,
 ) -> Any:
     """Run ``dag`` durably and return its output.
 
-    With the id of a finished workflow, returns its stored output without running
-    anything; with the id of a failed, resumable or in-doubt one, resumes it.
+    With the id of an existing workflow of the same definition (the same steps, code
+    and arguments), returns its stored output if it succeeded, else resumes it. A
+    different definition under an existing id is refused: use another id, or
+    :func:`resume` with ``dag=`` to continue the stored run with changed code.
+    ``metadata["schedule"]``, if given, names the schedule the run came from.
 
     Raises:
-        WorkflowDefinitionError: the DAG is invalid (nothing ran).
+        WorkflowDefinitionError: the DAG is invalid, or differs from the stored run of
+            ``workflow_id`` (the message names what differs); nothing ran.
         WorkflowExecutionError / WorkflowNeedsAttentionError / WorkflowCancelledError:
             how the run ended, if not successfully.
-        WorkflowLeaseError: another live driver runs this workflow.
+        WorkflowLeaseError: another live driver runs this workflow (named).
+        StorageError: the lineage database or checkpoint storage cannot be used.
     """
-    current_client()  # no runtime: fail before anything is recorded
-    store = _store()
-    workflow_id = workflow_id or _default_id(dag)
-    if store.exists(workflow_id):
-        status = get_status(workflow_id)
-        if status is WorkflowStatus.SUCCESSFUL:
-            return get_output(workflow_id)
-        return _resume(workflow_id, on_progress=on_progress, dag=compile_dag(dag))
+    _refuse_inside_task("run")
+    services = _services()
+    workflow_id = _check_id(workflow_id) if workflow_id is not None else _default_id(dag)
+    meta = _check_metadata(metadata)
+    on_progress = _check_progress(on_progress)
     compiled = compile_dag(dag)
-    store.create(
+    checkpoints = services.checkpoints()  # a bad storage URL fails before any row
+    store = services.store()
+    owner = LeaseOwner.new()
+    schedule = meta.get("schedule")
+    lease = store.create(
         workflow_id=workflow_id,
         compiled=compiled,
-        metadata=dict(metadata or {}),
+        metadata=meta,
         name=getattr(dag, "name", ""),
-        owner=_owner,
-        lease_timeout=lease_timeout(),
+        schedule=schedule if isinstance(schedule, str) else None,
+        owner=owner,
+        timeout=lease_timeout(),
+        now=services.clock.now(),
     )
-    return _execute(workflow_id, compiled, store, None, on_progress)
+    if lease is None:  # the id exists: the same workflow, or a mistake
+        record = store.load(workflow_id, with_steps=False)
+        differences = definition_differences(store.load_dag(record), compiled)
+        if differences:
+            raise WorkflowDefinitionError(
+                f"Workflow {workflow_id!r} exists with a different definition: "
+                f"{'; '.join(differences)}. Run it under a new workflow_id, or continue "
+                f"the stored run: workflow.resume({workflow_id!r}) with its own DAG, or "
+                f"workflow.resume({workflow_id!r}, dag=...) with this one.",
+                workflow_id=workflow_id,
+            )
+        if record.status is WorkflowStatus.SUCCESSFUL:
+            return get_output(workflow_id)
+        return _resume(services, workflow_id, compiled, on_progress, cause="run()")
+    executor = WorkflowExecutor(
+        workflow_id=workflow_id,
+        compiled=compiled,
+        store=store,
+        checkpoints=checkpoints,
+        lease=lease,
+        seq=0,
+        clock=services.clock,
+        keeper=services.keeper,
+        on_progress=on_progress,
+    )
+    return _drive(services, executor)
 
 
-def _in_thread(fn: Callable[[], Any]) -> ObjectRef:
-    client = current_client()
-    ref = client.promise()
-
-    def body() -> None:
-        try:
-            value = fn()
-        except BaseException as exc:  # delivered to whoever gets the ref
-            client.fulfill(ref, error=exc)
-        else:
-            client.fulfill(ref, value)
-
-    threading.Thread(target=body, name="heliostat-workflow", daemon=True).start()
-    return ref
+def _drive(services: WorkflowServices, executor: WorkflowExecutor) -> Any:
+    services.register(executor.workflow_id, executor)
+    try:
+        return executor.run()
+    finally:
+        services.unregister(executor.workflow_id, executor)
 
 
-def run_async(
-    dag: DAGNode, *, workflow_id: str | None = None, metadata: dict[str, Any] | None = None
-) -> ObjectRef:
-    """Like :func:`run`, in the background; returns a ref to the output."""
-    workflow_id = workflow_id or _default_id(dag)
-    compile_dag(dag)  # reject a bad DAG here, not in the background
-    return _in_thread(lambda: run(dag, workflow_id=workflow_id, metadata=metadata))
-
-
-def resume(workflow_id: str, *, on_progress: Callable[[int, int, int], None] | None = None) -> Any:
+def resume(
+    workflow_id: str,
+    *,
+    dag: DAGNode | None = None,
+    on_progress: Progress | None = None,
+) -> Any:
     """Resume a workflow that failed, lost its driver, or needs attention.
 
-    Committed steps are not re-run. Returns the workflow's output. The stored DAG is
-    resumed; to resume with new code or new step options (an ``on_in_doubt`` hook
-    added after a NEEDS_ATTENTION, say), call ``run(new_dag, workflow_id=...)``
-    with a DAG of the same shape.
+    Committed steps are not re-run. Returns the workflow's output. Without ``dag`` the
+    stored DAG runs; with ``dag`` (the same steps and edges), its code and step
+    options are used for the steps still to run: how to resume with a bug fixed, or
+    with an ``on_in_doubt`` hook added after a NEEDS_ATTENTION.
 
     Raises:
         WorkflowNotFoundError: no such workflow.
-        WorkflowLeaseError: another live driver runs it.
+        WorkflowLeaseError: another live driver runs it (named).
         WorkflowCancelledError: it was cancelled.
+        WorkflowDefinitionError: ``dag`` has other steps or edges than the stored run.
     """
-    return _resume(workflow_id, on_progress=on_progress, dag=None)
-
-
-def _same_shape(a: CompiledWorkflow, b: CompiledWorkflow) -> bool:
-    return a.output == b.output and {(t, s.parents) for t, s in a.steps.items()} == {
-        (t, s.parents) for t, s in b.steps.items()
-    }
+    _refuse_inside_task("resume")
+    _check_id(workflow_id)
+    on_progress = _check_progress(on_progress)
+    if runtime_services() is None:  # say who holds it before saying init() is missing
+        with workflow_services() as temporary:
+            record = temporary.store().load(workflow_id, with_steps=False)
+            if WorkflowStore.lease_is_live(record.lease, temporary.clock.now()):
+                raise held_error(workflow_id, record.lease)
+    services = _services()
+    compiled = None
+    if dag is not None:
+        compiled = compile_dag(dag)
+    return _resume(services, workflow_id, compiled, on_progress, cause="resume()")
 
 
 def _resume(
+    services: WorkflowServices,
     workflow_id: str,
+    compiled: CompiledWorkflow | None,
+    on_progress: Progress | None,
     *,
-    on_progress: Callable[[int, int, int], None] | None,
-    dag: CompiledWorkflow | None,
+    cause: str,
 ) -> Any:
-    store = _store()
-    record = store.load(workflow_id)
+    store = services.store()
+    record = store.load(workflow_id, with_steps=False)
     if record.status is WorkflowStatus.SUCCESSFUL:
         return get_output(workflow_id)
     if record.status is WorkflowStatus.CANCELED:
@@ -255,64 +279,183 @@ def _resume(
             f"Workflow {workflow_id!r} was cancelled; it cannot be resumed.",
             workflow_id=workflow_id,
         )
-    if record.lease_owner != _owner.owner and WorkflowStore.lease_is_live(
-        record.lease_owner, record.lease_host, record.lease_pid, record.lease_expires_at
-    ):
-        store.acquire_lease(workflow_id, _owner, lease_timeout())  # raises, naming the holder
-    current_client()  # no runtime: fail before the lease is taken
-    store.acquire_lease(workflow_id, _owner, lease_timeout())
-    if record.status is WorkflowStatus.RUNNING:
-        store.set_status(workflow_id, WorkflowStatus.RESUMABLE, cause="its driver is gone")
-    store.set_status(workflow_id, WorkflowStatus.RUNNING, cause="resume()")
-    assert record.dag is not None
-    compiled = CompiledWorkflow.from_bytes(record.dag)
-    if dag is not None:
-        if _same_shape(dag, compiled):
-            compiled = dag  # same steps and edges: the caller's code and options win
-        else:
-            log.warning(
-                "workflow %r: the DAG passed to run() differs from the stored one "
-                "(other steps or edges); resuming the stored DAG",
-                workflow_id,
+    stored = store.load_dag(record)
+    if compiled is None:
+        compiled = stored
+    else:
+        differences = definition_differences(stored, compiled)
+        shape = [d for d in differences if "code" not in d and "arguments" not in d]
+        if shape:
+            raise WorkflowDefinitionError(
+                f"Cannot resume workflow {workflow_id!r} with this DAG: {'; '.join(shape)}. "
+                "A resume keeps the stored steps and edges; run a new workflow instead.",
+                workflow_id=workflow_id,
             )
-    return _execute(workflow_id, compiled, store, record, on_progress)
+        for difference in differences:
+            log.info("workflow %r resumes with new code: %s", workflow_id, difference)
+    checkpoints = services.checkpoints()
+    owner = LeaseOwner.new()
+    try:
+        lease, seq = store.take_over(
+            workflow_id,
+            owner,
+            timeout=lease_timeout(),
+            now=services.clock.now(),
+            moves=resume_moves(workflow_id, cause),
+        )
+    except AlreadySucceeded:
+        return get_output(workflow_id)
+    record = store.load(workflow_id)
+    executor = WorkflowExecutor(
+        workflow_id=workflow_id,
+        compiled=compiled,
+        store=store,
+        checkpoints=checkpoints,
+        lease=lease,
+        seq=seq,
+        clock=services.clock,
+        keeper=services.keeper,
+        records=record.steps,
+        on_progress=on_progress,
+    )
+    return _drive(services, executor)
 
 
-def resume_async(workflow_id: str) -> ObjectRef:
+def _in_thread(fn: Callable[[], Any]) -> ObjectRef:
+    """Run ``fn`` in a thread; the ref is always completed, with its value or error."""
+    client = current_client()
+    ref = client.promise()
+
+    def body() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:  # delivered to whoever gets the ref
+            try:
+                client.fulfill(ref, error=exc)
+            except Exception:  # the error itself cannot travel: say what it was
+                client.fulfill(
+                    ref,
+                    error=WorkflowError(f"{type(exc).__name__}: {exc}".splitlines()[0]),
+                )
+        else:
+            try:
+                client.fulfill(ref, value)
+            except Exception as exc:  # an output that cannot be stored in the object store
+                client.fulfill(ref, error=WorkflowError(f"the output cannot be returned: {exc}"))
+
+    threading.Thread(target=body, name="heliostat-workflow", daemon=True).start()
+    return ref
+
+
+def run_async(
+    dag: DAGNode,
+    *,
+    workflow_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    on_progress: Progress | None = None,
+) -> ObjectRef:
+    """Like :func:`run`, in the background; returns a ref to the output.
+
+    The DAG and the arguments are checked here, before the call returns.
+    """
+    _refuse_inside_task("run_async")
+    workflow_id = _check_id(workflow_id) if workflow_id is not None else _default_id(dag)
+    _check_metadata(metadata)
+    _check_progress(on_progress)
+    compile_dag(dag)  # reject a bad DAG here, not in the background
+    return _in_thread(
+        lambda: run(dag, workflow_id=workflow_id, metadata=metadata, on_progress=on_progress)
+    )
+
+
+def resume_async(workflow_id: str, *, dag: DAGNode | None = None) -> ObjectRef:
     """Like :func:`resume`, in the background; returns a ref to the output."""
-    _store().load(workflow_id, with_steps=False)  # unknown id: fail here
-    return _in_thread(lambda: resume(workflow_id))
+    _refuse_inside_task("resume_async")
+    _check_id(workflow_id)
+    _services().store().load(workflow_id, with_steps=False)  # unknown id: fail here
+    return _in_thread(lambda: resume(workflow_id, dag=dag))
 
 
 def resume_all(include_failed: bool = False) -> list[tuple[str, ObjectRef]]:
     """Resume every workflow whose driver is gone (and failed ones, if asked).
 
-    Only workflows whose lease has expired (or whose driver process on this host has
-    exited) are taken, so a workflow another driver runs is never run twice.
+    Only workflows nobody holds a live lease on are taken (each resume takes the lease
+    first, so one another driver runs is never run twice).
     """
+    if not isinstance(include_failed, bool):
+        raise TypeError(f"include_failed must be a bool, not {type(include_failed).__name__}.")
     statuses = [WorkflowStatus.RUNNING, WorkflowStatus.RESUMABLE]
     if include_failed:
         statuses.append(WorkflowStatus.FAILED)
     out = []
-    for record in _store().list_workflows(statuses):
-        if record.status is WorkflowStatus.RUNNING and WorkflowStore.lease_is_live(
-            record.lease_owner, record.lease_host, record.lease_pid, record.lease_expires_at
-        ):
+    for record in _services().store().list_workflows(statuses):
+        if WorkflowStore.lease_is_live(record.lease):
             continue
         out.append((record.workflow_id, resume_async(record.workflow_id)))
     return out
 
 
-def _effective(store: WorkflowStore, record: WorkflowRecord) -> WorkflowStatus:
-    """RUNNING with a dead lease is RESUMABLE: record that and say so."""
+# --- reading ---------------------------------------------------------------------------------
+
+
+def reconcile(workflow_id: str) -> WorkflowStatus:
+    """Record that a RUNNING workflow's driver is gone: RESUMABLE, attempts interrupted.
+
+    Steps that were running get the decision a resume would make (an interrupted
+    idempotent step back to PENDING, a non-idempotent one IN_DOUBT, one whose output
+    was written before the crash committed), under the workflow's lease. A workflow
+    whose lease is live, or that is not RUNNING, is left as it is.
+
+    Returns:
+        The workflow's status afterwards.
+    """
+    _check_id(workflow_id)
+    with workflow_services() as services:
+        return _reconcile(services, services.store().load(workflow_id, with_steps=False))
+
+
+def _reconcile(services: WorkflowServices, record: WorkflowRecord) -> WorkflowStatus:
+    if record.status is not WorkflowStatus.RUNNING or WorkflowStore.lease_is_live(
+        record.lease, services.clock.now()
+    ):
+        return record.status
+    store = services.store()
+    wid = record.workflow_id
+    try:
+        lease, seq = store.take_over(
+            wid,
+            LeaseOwner.new(),
+            timeout=lease_timeout(),
+            now=services.clock.now(),
+            moves=reconcile_moves(wid),
+        )
+    except WorkflowLeaseError:  # somebody resumed it meanwhile
+        return store.status(wid)
+    try:
+        full = store.load(wid)
+        machine = WorkflowMachine(wid, store.load_dag(full), now=services.clock.now)
+        plan = plan_from_lineage(machine, full.steps, services.checkpoints())
+        machine.load(plan, {t: r.attempts for t, r in full.steps.items()})
+        records = machine.take_records()
+    except Exception:
+        store.commit(lease, seq + 1, [], now=services.clock.now(), release=True)
+        raise
+    store.commit(lease, seq + 1, records, now=services.clock.now(), release=True)
+    return WorkflowStatus.RESUMABLE
+
+
+def _effective(services: WorkflowServices, record: WorkflowRecord) -> WorkflowStatus:
+    """RUNNING with a dead lease is RESUMABLE: reconcile it and say so."""
     if record.status is WorkflowStatus.RUNNING and not WorkflowStore.lease_is_live(
-        record.lease_owner, record.lease_host, record.lease_pid, record.lease_expires_at
+        record.lease, services.clock.now()
     ):
         try:
-            store.set_status(record.workflow_id, WorkflowStatus.RESUMABLE, cause="lease expired")
-        except Exception:  # somebody else moved it meanwhile: read again
-            return store.status(record.workflow_id)
-        return WorkflowStatus.RESUMABLE
+            return _reconcile(services, record)
+        except WorkflowNotFoundError:
+            raise
+        except Exception:  # reconciling is a courtesy of the reader: report, don't fail
+            log.warning("could not reconcile workflow %r", record.workflow_id, exc_info=True)
+            return WorkflowStatus.RESUMABLE
     return record.status
 
 
@@ -331,8 +474,9 @@ def _step_of(record: WorkflowRecord, task_id: str) -> StepRecord:
 
 def get_status(workflow_id: str) -> WorkflowStatus:
     """The workflow's status (RESUMABLE once its driver is gone)."""
-    store = _store()
-    return _effective(store, store.load(workflow_id, with_steps=False))
+    _check_id(workflow_id)
+    with workflow_services() as services:
+        return _effective(services, services.store().load(workflow_id, with_steps=False))
 
 
 def get_output(workflow_id: str, *, task_id: str | None = None) -> Any:
@@ -340,44 +484,50 @@ def get_output(workflow_id: str, *, task_id: str | None = None) -> Any:
 
     Raises:
         WorkflowNotFoundError: no such workflow or step, or the step has no output yet.
+        UnauthenticatedDataError: the output's record is not signed with this
+            installation's key (it is not read).
     """
-    store = _store()
-    record = store.load(workflow_id)
-    target = task_id or record.output_task_id
-    checkpoints = _checkpoints()
-    seen = set()
-    while True:
-        step = _step_of(record, target or "")
-        if step.checkpoint is None:
-            raise WorkflowNotFoundError(
-                f"Step {target!r} of workflow {workflow_id!r} has no stored output "
-                f"(status {step.status}).",
-                workflow_id=workflow_id,
-                task_id=target or "",
-            )
-        if step.output_format != "continuation":
-            return checkpoints.read(step.checkpoint)
-        cont = checkpoints.read(step.checkpoint)
-        seen.add(target)
-        target = compile_dag(cont.dag, prefix=f"{target}.").output
+    _check_id(workflow_id)
+    if task_id is not None:
+        _check_id(task_id, "task_id")
+    with workflow_services() as services:
+        record = services.store().load(workflow_id)
+        target = task_id or record.output_task_id
+        checkpoints = services.checkpoints()
+        while True:
+            step = _step_of(record, target or "")
+            if step.checkpoint is None:
+                raise WorkflowNotFoundError(
+                    f"Step {target!r} of workflow {workflow_id!r} has no stored output "
+                    f"(status {step.status}).",
+                    workflow_id=workflow_id,
+                    task_id=target or "",
+                )
+            if step.output_format != "continuation":
+                return checkpoints.read(step.checkpoint)
+            cont = checkpoints.read(step.checkpoint)
+            target = compile_dag(cont.dag, prefix=f"{target}.").output
 
 
 def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]:
     """Status, timings and user metadata of a workflow or one step."""
-    store = _store()
-    record = store.load(workflow_id)
-    if task_id is None:
-        return {
-            "workflow_id": record.workflow_id,
-            "status": str(_effective(store, record)),
-            "user_metadata": record.metadata,
-            "created_at": record.created_at.isoformat(),
-            "started_at": record.started_at.isoformat() if record.started_at else None,
-            "finished_at": record.finished_at.isoformat() if record.finished_at else None,
-            "error": record.error,
-            "resume_count": record.resume_count,
-            "steps": len(record.steps),
-        }
+    _check_id(workflow_id)
+    with workflow_services() as services:
+        record = services.store().load(workflow_id)
+        if task_id is None:
+            return {
+                "workflow_id": record.workflow_id,
+                "status": str(_effective(services, record)),
+                "user_metadata": record.metadata,
+                "schedule": record.schedule,
+                "created_at": record.created_at.isoformat(),
+                "started_at": record.started_at.isoformat() if record.started_at else None,
+                "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+                "error": record.error,
+                "resume_count": record.resume_count,
+                "steps": len(record.steps),
+                "steps_done": record.steps_done,
+            }
     step = _step_of(record, task_id)
     return {
         "task_id": step.task_id,
@@ -385,9 +535,14 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
         "status": str(step.status),
         "attempts": step.attempts,
         "user_metadata": step.metadata,
+        "queued_at": step.queued_at.isoformat() if step.queued_at else None,
         "started_at": step.started_at.isoformat() if step.started_at else None,
         "finished_at": step.finished_at.isoformat() if step.finished_at else None,
+        "duration": step.duration,
         "error": step.error,
+        "error_type": step.error_type,
+        "traceback": step.traceback,
+        "idempotency_key": step.idempotency_key,
         "checkpoint": step.checkpoint.location if step.checkpoint else None,
     }
 
@@ -402,20 +557,48 @@ def list_all(
     if status_filter is not None:
         items = [status_filter] if isinstance(status_filter, str) else list(status_filter)
         statuses = [WorkflowStatus(s) for s in items]
-    store = _store()
-    records = store.list_workflows(statuses, limit=limit)
-    return [(r.workflow_id, _effective(store, r)) for r in records]
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise TypeError(f"limit must be an int >= 0 or None, not {limit!r}.")
+    with workflow_services() as services:
+        records = services.store().list_workflows(statuses, limit=limit)
+        return [(r.workflow_id, _effective(services, r)) for r in records]
+
+
+def list_records(
+    status_filter: Iterable[WorkflowStatus] | None = None,
+    *,
+    limit: int | None = None,
+    search: str | None = None,
+) -> list[WorkflowRecord]:
+    """Workflow records (no steps or DAG) newest first, statuses made effective."""
+    with workflow_services() as services:
+        records = services.store().list_workflows(status_filter, limit=limit, search=search)
+        out = []
+        for r in records:
+            status = _effective(services, r)
+            out.append(r if status is r.status else dataclasses.replace(r, status=status))
+        return out
 
 
 def cancel(workflow_id: str) -> None:
-    """Cancel a workflow: its driver stops submitting steps and marks it CANCELED."""
-    store = _store()
-    status = store.status(workflow_id)
-    if status in (WorkflowStatus.SUCCESSFUL, WorkflowStatus.CANCELED):
-        return
-    # A running executor (maybe in another process) sees this within half a second,
-    # stops submitting steps and cancels the ones in flight.
-    store.set_status(workflow_id, WorkflowStatus.CANCELED, cause="cancel()")
+    """Cancel a workflow: no new step of it starts once this returns.
+
+    A run in progress (in this process or another) interrupts its idempotent steps in
+    flight, lets a non-idempotent one finish and records its result, starts nothing
+    downstream, and ends CANCELED; its steps that never started become SKIPPED. A
+    workflow nobody runs is marked CANCELED at once. A finished workflow is left as it is.
+    """
+    _check_id(workflow_id)
+    with workflow_services() as services:
+        store = services.store()
+        record = store.load(workflow_id, with_steps=False)
+        if record.status in (WorkflowStatus.SUCCESSFUL, WorkflowStatus.CANCELED):
+            return
+        _effective(services, record)  # a dead run's attempts are marked interrupted first
+        # The status check of every group commit that starts steps happens under the
+        # same row lock, so no INTENT is written after this commits.
+        store.move(workflow_id, cancel_moves(workflow_id), now=services.clock.now())
+        services.notify_cancel(workflow_id)
 
 
 _UNSET: Any = object()
@@ -425,44 +608,85 @@ def resolve(workflow_id: str, task_id: str, *, result: Any = _UNSET, rerun: bool
     """Settle an in-doubt step by hand, after checking what really happened.
 
     Give either ``result`` (the step did its work: this becomes its output) or
-    ``rerun=True`` (it did not: run it again). Then ``resume`` the workflow.
+    ``rerun=True`` (it did not: run it again). Then resume the workflow
+    (``workflow.resume(workflow_id)``, or ``heliostat workflow resume ID``).
 
     Raises:
         WorkflowNotFoundError: no such workflow or step.
+        WorkflowLeaseError: a driver is running the workflow right now.
         ValueError: the step is not IN_DOUBT, or not exactly one of result / rerun.
+        TypeError: ``rerun`` is not a bool.
     """
+    _check_id(workflow_id)
+    _check_id(task_id, "task_id")
+    if not isinstance(rerun, bool):
+        raise TypeError(f"rerun must be a bool, not {type(rerun).__name__}.")
     if (result is _UNSET) == (not rerun):
         raise ValueError("Pass exactly one of result=... or rerun=True.")
-    store = _store()
-    record = store.load(workflow_id)
-    step = _step_of(record, task_id)
-    if step.status is not StepStatus.IN_DOUBT:
-        raise ValueError(
-            f"Step {task_id!r} of workflow {workflow_id!r} is {step.status}, not IN_DOUBT; "
-            "only an in-doubt step can be resolved."
+    with workflow_services() as services:
+        store = services.store()
+        step = _step_of(store.load(workflow_id), task_id)
+        if step.status is not StepStatus.IN_DOUBT:
+            raise ValueError(
+                f"Step {task_id!r} of workflow {workflow_id!r} is {step.status}, not "
+                "IN_DOUBT; only an in-doubt step can be resolved."
+            )
+        lease, seq = store.take_over(
+            workflow_id,
+            LeaseOwner.new(),
+            timeout=lease_timeout(),
+            now=services.clock.now(),
+            moves=lambda status, live: [],
         )
-    batch = Batch()
-    if rerun:
-        batch.step_status(task_id, StepStatus.RUNNING, "resolve(rerun=True)")
-        batch.step_status(task_id, StepStatus.PENDING, "re-run requested")
-    else:
-        attempt = max(step.attempts, 1)
-        ref = _checkpoints().write(workflow_id, task_id, attempt, result)
-        batch.commit(task_id, attempt, ref, "resolve(result=...)", start=StepStatus.IN_DOUBT)
-    store.apply(workflow_id, batch)
+        try:
+            checkpoint = None
+            if not rerun:
+                checkpoint = services.checkpoints().write(
+                    workflow_id, task_id, max(step.attempts, 1), result
+                )
+            records = resolve_records(
+                workflow_id,
+                task_id,
+                store.load(workflow_id).steps[task_id].status,
+                step.attempts,
+                checkpoint=checkpoint,
+                rerun=rerun,
+                at=services.clock.now(),
+            )
+        except BaseException:
+            store.commit(lease, seq + 1, [], now=services.clock.now(), release=True)
+            raise
+        store.commit(lease, seq + 1, records, now=services.clock.now(), release=True)
+    log.info(
+        "step %r of workflow %r resolved (%s); resume the workflow to go on: "
+        "heliostat workflow resume %s",
+        task_id,
+        workflow_id,
+        "re-run" if rerun else "result given",
+        workflow_id,
+    )
 
 
 def delete(workflow_id: str) -> None:
-    """Forget a workflow: its lineage rows and its checkpoints."""
-    store = _store()
-    status = get_status(workflow_id)
-    if status is WorkflowStatus.RUNNING:
-        raise WorkflowLeaseError(
-            f"Workflow {workflow_id!r} is running; cancel it before deleting it.",
-            workflow_id=workflow_id,
-        )
-    store.delete(workflow_id)
-    _checkpoints().delete_workflow(workflow_id)
+    """Forget a workflow: its lineage rows and its checkpoints.
+
+    Raises:
+        WorkflowLeaseError: a driver runs it now (cancel it first).
+    """
+    _check_id(workflow_id)
+    with workflow_services() as services:
+        store = services.store()
+        record = store.load(workflow_id, with_steps=False)
+        if WorkflowStore.lease_is_live(record.lease, services.clock.now()):
+            raise WorkflowLeaseError(
+                f"Workflow {workflow_id!r} is running ({record.lease.describe()}); cancel "
+                "it before deleting it.",
+                workflow_id=workflow_id,
+                holder_host=record.lease.host or "",
+                holder_pid=record.lease.pid or 0,
+            )
+        store.delete(workflow_id)
+        services.checkpoints().delete_workflow(workflow_id)
 
 
 def describe(workflow_id: str) -> WorkflowRecord:
@@ -470,12 +694,45 @@ def describe(workflow_id: str) -> WorkflowRecord:
 
     The record's status is the one :func:`get_status` reports (RESUMABLE once the
     driver is gone); ``steps`` maps each task id to its record: status, attempts,
-    timings, first error.
+    timings, latest error.
 
     Raises:
         WorkflowNotFoundError: no such workflow.
     """
-    store = _store()
-    record = store.load(workflow_id)
-    status = _effective(store, record)
-    return record if status is record.status else dataclasses.replace(record, status=status)
+    _check_id(workflow_id)
+    with workflow_services() as services:
+        store = services.store()
+        record = store.load(workflow_id, with_steps=False)
+        status = _effective(services, record)
+        record = store.load(workflow_id)
+        return record if status is record.status else dataclasses.replace(record, status=status)
+
+
+def attempts(workflow_id: str, task_id: str | None = None) -> list[AttemptRecord]:
+    """Every attempt of the workflow's steps (of one step), oldest first: times, worker,
+    outcome, and the exception's type, message and traceback for failed ones."""
+    _check_id(workflow_id)
+    with workflow_services() as services:
+        store = services.store()
+        record = store.load(workflow_id, with_steps=task_id is not None)
+        if task_id is not None:
+            _step_of(record, task_id)
+        return store.attempts(workflow_id, task_id)
+
+
+def logs(workflow_id: str, task_id: str | None = None) -> list[tuple[str, int, StepLogs]]:
+    """What the workflow's steps printed (stdout and stderr), per step and attempt.
+
+    Each attempt keeps the last megabyte it printed; ``StepLogs.truncated`` says when
+    the start was cut.
+
+    Returns:
+        ``(task id, attempt, logs)`` in step order, attempts in order.
+    """
+    _check_id(workflow_id)
+    with workflow_services() as services:
+        store = services.store()
+        record = store.load(workflow_id, with_steps=task_id is not None)
+        if task_id is not None:
+            _step_of(record, task_id)
+        return store.logs(workflow_id, task_id)

@@ -6,6 +6,11 @@ placeholders, checks that everything can be pickled, and builds a networkx
 ``DiGraph`` (edges point from a step to the steps that consume its output). All
 rejections happen here, before anything runs, with a message naming the step.
 
+Each step also gets two hashes: of its function's code and of its arguments (upstream
+outputs stand in by their step ids). Running an existing workflow id again compares them
+with the stored run (:func:`definition_differences`), so a changed DAG or changed inputs
+are never mistaken for a resume.
+
 Task ids: an explicit ``workflow.options(task_id=...)`` wins; otherwise the function's
 name, suffixed ``_1``, ``_2``, ... in the order a depth-first walk meets the steps
 (arguments left to right). The same code building the same DAG gets the same ids, so a
@@ -14,6 +19,9 @@ resumed run maps onto the steps already recorded.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,7 +36,20 @@ from heliostat.workflows.options import StepOptions, step_options
 if TYPE_CHECKING:
     import networkx as nx
 
-__all__ = ["CompiledWorkflow", "StepSpec", "Upstream", "compile_dag", "upstream_ids"]
+__all__ = [
+    "MAX_ARGUMENT_BYTES",
+    "CompiledWorkflow",
+    "StepSpec",
+    "Upstream",
+    "code_hash",
+    "compile_dag",
+    "definition_differences",
+    "upstream_ids",
+]
+
+MAX_ARGUMENT_BYTES = 64 << 20
+"""Most bytes one step's arguments may pickle to: they are stored in the lineage
+database with the DAG, which is no place for data sets."""
 
 
 class Upstream:
@@ -75,6 +96,10 @@ class StepSpec:
     options: StepOptions
     parents: tuple[str, ...]
     position: int
+    code_hash: str = ""
+    """sha256 of the function's code (bytecode, constants, names), hex."""
+    input_hash: str = ""
+    """sha256 of the pickled arguments (upstream outputs as their step ids), hex."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,6 +190,7 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
     graph = nx.DiGraph()
     steps: dict[str, StepSpec] = {}
     checked_functions: set[int] = set()
+    code_hashes: dict[int, str] = {}
     for position, node in enumerate(nodes, start=start_position):
         assert isinstance(node, FunctionNode)
         task_id = ids[node._uid]
@@ -172,6 +198,10 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
         kwargs = map_nodes(node.kwargs, lambda n: Upstream(ids[n._uid]))
         _check_function_picklable(task_id, node, checked_functions)
         parents = tuple(dict.fromkeys(ids[c._uid] for c in node.children()))
+        fn = node.remote_function.underlying_function
+        fn_hash = code_hashes.get(id(fn))
+        if fn_hash is None:
+            fn_hash = code_hashes[id(fn)] = code_hash(fn)
         steps[task_id] = StepSpec(
             task_id=task_id,
             name=node.name,
@@ -181,15 +211,17 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
             options=parsed[node._uid],
             parents=parents,
             position=position,
+            code_hash=fn_hash,
         )
         graph.add_node(task_id)
         for parent in parents:
             graph.add_edge(parent, task_id)
-    _check_arguments_picklable(steps, {ids[n._uid]: n for n in nodes})
     if not nx.is_directed_acyclic_graph(graph):
         cycle = nx.find_cycle(graph)
         path = " -> ".join(edge[0] for edge in cycle) + f" -> {cycle[0][0]}"
         raise WorkflowDefinitionError(f"The workflow has a cycle: {path}.")
+    hashes = _argument_hashes(steps, {ids[n._uid]: n for n in nodes})
+    steps = {t: dataclasses.replace(spec, input_hash=hashes[t]) for t, spec in steps.items()}
     return CompiledWorkflow(steps=steps, graph=graph, output=ids[root._uid])
 
 
@@ -197,29 +229,116 @@ def _safe_name(name: str) -> str:
     return name.replace("<", "").replace(">", "").replace("/", ".")
 
 
-def _check_arguments_picklable(steps: dict[str, StepSpec], nodes: dict[str, Any]) -> None:
-    """Raise naming the step and argument that cannot be pickled, if any.
+def _argument_hashes(steps: dict[str, StepSpec], nodes: dict[str, Any]) -> dict[str, str]:
+    """sha256 of each step's pickled arguments; raise naming a step that cannot be stored.
 
-    One pickle of every step's arguments together is the fast path (a 10,000-step
-    fan-out would otherwise pay one pickler per argument); only when it fails are the
-    arguments tried one by one, to name the culprit.
+    Raises:
+        WorkflowDefinitionError: an argument cannot be pickled (the message names the
+            step and the argument), or a step's arguments are larger than
+            :data:`MAX_ARGUMENT_BYTES`.
     """
-    try:
-        cloudpickle.dumps([(spec.args, spec.kwargs) for spec in steps.values()], protocol=5)
-        return
-    except Exception:  # pickling raises many types; find out where below
-        pass
+    out: dict[str, str] = {}
     for task_id, spec in steps.items():
-        for key, value in [*enumerate(spec.args), *spec.kwargs.items()]:
-            try:
-                cloudpickle.dumps(value, protocol=5)
-            except Exception as exc:  # pickling raises many types
-                where = f"argument {key}" if isinstance(key, int) else f"argument {key!r}"
-                raise WorkflowDefinitionError(
-                    f"Step {task_id!r} ({nodes[task_id].name}): {where} cannot be "
-                    f"serialized: {exc}",
-                    task_id=task_id,
-                ) from exc
+        try:
+            data = cloudpickle.dumps((spec.args, spec.kwargs), protocol=5)
+        except Exception as exc:  # pickling raises many types; name the culprit
+            _raise_unpicklable(task_id, spec, nodes[task_id].name, exc)
+        if len(data) > MAX_ARGUMENT_BYTES:
+            raise WorkflowDefinitionError(
+                f"Step {task_id!r} ({nodes[task_id].name}): its arguments pickle to "
+                f"{len(data) / 2**20:,.1f} MiB; a workflow stores step arguments in its "
+                f"lineage database, at most {MAX_ARGUMENT_BYTES >> 20} MiB per step. Pass a "
+                "path or URL of the data instead, or produce it in an upstream step (step "
+                "outputs are checkpointed to storage, not the database).",
+                task_id=task_id,
+            )
+        out[task_id] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def _raise_unpicklable(task_id: str, spec: StepSpec, name: str, exc: Exception) -> None:
+    for key, value in [*enumerate(spec.args), *spec.kwargs.items()]:
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as inner:  # pickling raises many types
+            where = f"argument {key}" if isinstance(key, int) else f"argument {key!r}"
+            raise WorkflowDefinitionError(
+                f"Step {task_id!r} ({name}): {where} cannot be serialized: {inner}",
+                task_id=task_id,
+            ) from inner
+    raise WorkflowDefinitionError(
+        f"Step {task_id!r} ({name}): its arguments cannot be serialized: {exc}",
+        task_id=task_id,
+    ) from exc
+
+
+def code_hash(fn: Any) -> str:
+    """sha256 (hex) of a function's code: bytecode, constants (nested code included),
+    names and defaults; stable across processes and runs of the same source.
+
+    A callable without ``__code__`` (a class, a C function) hashes its qualified name.
+    """
+    h = hashlib.sha256()
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a callable object: its class's __call__
+        code = getattr(vars(type(fn)).get("__call__"), "__code__", None)
+    if code is None:
+        h.update(
+            f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}".encode()
+        )
+        return h.hexdigest()
+    stack: list[Any] = [code]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, types.CodeType):
+            h.update(item.co_code)
+            h.update(repr((item.co_name, item.co_names, item.co_varnames)).encode())
+            h.update(b"consts")
+            stack.extend(reversed(item.co_consts))
+        else:
+            h.update(type(item).__name__.encode())
+            h.update(repr(item).encode("utf-8", "surrogatepass"))
+    defaults = getattr(fn, "__defaults__", None)
+    if defaults:
+        h.update(repr(defaults).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def definition_differences(stored: CompiledWorkflow, new: CompiledWorkflow) -> list[str]:
+    """How ``new`` differs from the ``stored`` DAG of a run, one line per difference.
+
+    Compares the steps, their edges, their functions' code and their arguments. Empty
+    when the two are the same workflow (step options may differ: an ``on_in_doubt``
+    hook added to settle a stuck step changes no definition).
+    """
+    out: list[str] = []
+    added = sorted(set(new.steps) - set(stored.steps))
+    removed = sorted(set(stored.steps) - set(new.steps))
+    if added:
+        out.append(f"steps added: {', '.join(added[:10])}{' ...' if len(added) > 10 else ''}")
+    if removed:
+        out.append(f"steps removed: {', '.join(removed[:10])}{' ...' if len(removed) > 10 else ''}")
+    if new.output != stored.output:
+        out.append(f"output step: {stored.output} -> {new.output}")
+    for task_id in sorted(set(new.steps) & set(stored.steps)):
+        old, cur = stored.steps[task_id], new.steps[task_id]
+        if old.parents != cur.parents:
+            out.append(f"step {task_id!r}: inputs from {list(old.parents)} -> {list(cur.parents)}")
+        old_code = getattr(old, "code_hash", "")
+        if old_code and old_code != cur.code_hash:
+            out.append(f"step {task_id!r}: the code of {cur.name} changed")
+        old_input = getattr(old, "input_hash", "")
+        if old_input and old_input != cur.input_hash and not _same_arguments(old, cur):
+            out.append(f"step {task_id!r}: its arguments changed")
+    return out
+
+
+def _same_arguments(a: StepSpec, b: StepSpec) -> bool:
+    """Equal arguments that pickled differently (a set's order varies between processes)."""
+    try:
+        return bool(a.args == b.args and a.kwargs == b.kwargs)
+    except Exception:  # an argument whose == raises or is ambiguous (numpy arrays)
+        return False
 
 
 def _check_function_picklable(task_id: str, node: FunctionNode, checked: set[int]) -> None:

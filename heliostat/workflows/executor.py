@@ -1,32 +1,40 @@
-"""The durable executor: an event loop in the driver over a compiled workflow.
+"""The durable executor: the I/O around the workflow state machine, in the driver.
+
+The machine (:mod:`heliostat.workflows.machine`) decides; this module acts: it submits
+steps to the engine, turns their completions into events, writes the machine's records
+to SQL as group commits fenced by the run's lease, calls ``on_in_doubt`` hooks, and
+polls for a cancel.
 
 Crash-safety protocol (the SQL log *is* the write-ahead log):
 
-1. Before a step is submitted, an INTENT row (step, attempt, idempotency key) is
+1. Before a step is submitted, its INTENT (step, attempt, idempotency key) is
    committed, and the step's status becomes RUNNING, in the same transaction.
 2. The step runs in a worker. If it is checkpointed, the worker writes its output to
-   checkpoint storage (temporary name, fsync, rename, checksum) before it returns;
-   a small output of an idempotent step instead comes back inline, to be stored in
-   the SQL row (one fsync for data and record; see ``INLINE_LIMIT``).
-3. The executor commits a COMMIT row with the checkpoint's location and checksum (and
-   the inline bytes), and the step's status becomes SUCCESSFUL.
+   checkpoint storage (temporary name, fsync, rename, checksum) before it returns; a
+   small output of an idempotent step comes back inline instead, to be stored in the
+   SQL row (one fsync for data and record; see ``INLINE_LIMIT``).
+3. The executor commits a COMMIT row with the checkpoint's location, checksum and
+   signature (and the inline bytes); the step's status becomes SUCCESSFUL.
 4. Records ready at the same moment share one transaction (group commit): the COMMITs
    of steps that just finished and the INTENTs of the steps they unblock cost one
-   fsync together.
+   fsync together. Every group commit first checks the run's lease generation (the
+   fencing token, see :mod:`heliostat.workflows.lease`): a driver whose lease was
+   taken over writes nothing more and starts no further step.
 
-What a resume finds, and does:
+What a resume does with each step is decided by
+:func:`heliostat.workflows.resume_plan.plan_resume` from the lineage:
 
-* SUCCESSFUL (COMMIT present): not re-run; consumers read its checkpoint.
-* RUNNING (INTENT, no COMMIT): if the checkpoint of that attempt exists and verifies,
-  the step did finish (the crash came between steps 2 and 3): commit it now.
-  Otherwise an idempotent step is re-run; a non-idempotent one is IN_DOUBT: only its
-  ``on_in_doubt(idempotency_key)`` hook may resolve it (return the result, or
-  ``RERUN``); without a hook the workflow stops in NEEDS_ATTENTION naming the step.
-* FAILED: re-run (resume is how a user retries after fixing the cause).
+* committed: not re-run; consumers read its checkpoint;
+* INTENT without COMMIT: if that attempt's checkpoint exists and verifies, the step
+  did finish (the crash came between steps 2 and 3): commit it now. Otherwise an
+  idempotent step is re-run and a non-idempotent one is IN_DOUBT: only its
+  ``on_in_doubt(idempotency_key)`` hook may settle it (return the result, or
+  ``RERUN``); without a hook the workflow stops in NEEDS_ATTENTION naming the step;
+* failed: re-run (resume is how a user retries after fixing the cause).
 
 Data never makes an extra trip through the driver: consumers take the producer's
-ObjectRef (the engine resolves it in the worker) or its checkpoint record (the
-worker reads and verifies it).
+ObjectRef (the engine resolves it in the worker) or its checkpoint record (the worker
+reads and verifies it).
 """
 
 from __future__ import annotations
@@ -34,31 +42,67 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
+
+import cloudpickle
 
 import heliostat.engine as hs
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction
 from heliostat.exceptions import (
-    CorruptCheckpointError,
     HeliostatInternalError,
+    StorageError,
     TaskCancelledError,
-    WorkerCrashedError,
+    TaskError,
     WorkflowCancelledError,
+    WorkflowError,
     WorkflowExecutionError,
+    WorkflowLeaseError,
     WorkflowNeedsAttentionError,
 )
 from heliostat.storage.checkpoints import INLINE_LIMIT, CheckpointRef, SupportsCheckpoints
 from heliostat.storage.states import StepStatus, WorkflowStatus
+from heliostat.workflows.clock import Clock
 from heliostat.workflows.compile import CompiledWorkflow, StepSpec, compile_dag
 from heliostat.workflows.context import idempotency_key
-from heliostat.workflows.step import Continuation, StepCall, StepEnv, StepMeta
-from heliostat.workflows.store import Batch, StepRecord, WorkflowStore
+from heliostat.workflows.lease import Lease, LeaseKeeper
+from heliostat.workflows.machine import (
+    AskHook,
+    CancelRequested,
+    Commit,
+    HookAnswered,
+    InputCorrupt,
+    Instruction,
+    Intent,
+    IntentsRefused,
+    Interrupt,
+    LeaseLost,
+    LostCause,
+    Outcome,
+    Record,
+    StepDone,
+    StepLost,
+    StepRaised,
+    Submit,
+    Tick,
+    WorkflowMachine,
+    outcome_moves,
+)
+from heliostat.workflows.resume_plan import Decision, StepFacts, plan_resume
+from heliostat.workflows.step import (
+    Continuation,
+    ErrorInfo,
+    Failure,
+    StepCall,
+    StepEnv,
+    StepMeta,
+)
+from heliostat.workflows.store import CommitResult, StepRecord, WorkflowStore
 
-__all__ = ["RERUN", "WorkflowExecutor"]
+__all__ = ["RERUN", "WorkflowExecutor", "plan_from_lineage"]
 
 log = logging.getLogger("heliostat.workflows")
 
@@ -76,23 +120,76 @@ _COMMIT_DELAY_S = 0.05  # longest a COMMIT waits for company (see _must_commit)
 _MAX_DEFERRED_COMMITS = 512
 
 
-@dataclass(slots=True)
-class _StepState:
-    """The executor's view of one step. Changed only by the executor's methods."""
+def plan_from_lineage(
+    machine: WorkflowMachine, records: dict[str, StepRecord], checkpoints: SupportsCheckpoints
+) -> dict[str, Decision]:
+    """The resume plan of a run whose steps' lineage is ``records``.
 
-    spec: StepSpec
-    status: StepStatus = StepStatus.PENDING
-    attempt: int = 0
-    waiting: int = 0  # parents (through continuations) not done yet
-    value: Any = None  # ObjectRef (live) or CheckpointRef, once done
-    checkpoint: CheckpointRef | None = None
-    children: list[str] = field(default_factory=list)
-    unfinished_children: int = 0  # children not succeeded yet (see _release)
-    retry_at: float = 0.0
+    The I/O half of resume planning: it attaches the continuations the lineage
+    committed (reading their checkpoints), and looks for the checkpoint each
+    interrupted attempt may have left; :func:`~heliostat.workflows.resume_plan.plan_resume`
+    decides.
+    """
+    wid = machine.workflow_id
+    changed = True
+    while changed:  # continuations add steps, whose records may continue further
+        changed = False
+        for task_id in list(machine.steps):
+            record = records.get(task_id)
+            if (
+                record is None
+                or machine.continued(task_id) is not None
+                or record.status is not StepStatus.SUCCESSFUL
+                or record.output_format != "continuation"
+                or record.checkpoint is None
+            ):
+                continue
+            cont: Continuation = checkpoints.read(record.checkpoint)
+            sub = compile_dag(
+                cont.dag, prefix=f"{task_id}.", start_position=machine.next_free_position
+            )
+            machine.expand(task_id, sub)
+            changed = True
+    facts = {}
+    alias = {}
+    for task_id, run in machine.steps.items():
+        record = records.get(task_id)
+        sub_output = machine.continued(task_id)
+        if sub_output is not None:
+            alias[task_id] = sub_output
+        found = None
+        if (
+            record is not None
+            and record.status is StepStatus.RUNNING
+            and run.spec.options.checkpoint
+        ):
+            found = checkpoints.find(wid, task_id, record.attempts)
+        facts[task_id] = StepFacts(
+            parents=run.spec.parents,
+            status=record.status if record else None,
+            idempotent=record.idempotent if record else run.spec.options.idempotent,
+            checkpoint=record.checkpoint if record else None,
+            continued=sub_output is not None,
+            found=found,
+        )
+    return plan_resume(facts, output=machine.compiled.output, alias=alias)
 
 
 class WorkflowExecutor:
-    """Runs one workflow to completion (or to a stop) in the calling thread."""
+    """Runs one workflow to completion (or to a stop) in the calling thread.
+
+    Args:
+        workflow_id: the run's id.
+        compiled: its DAG (as stored, or the caller's of the same shape on a resume).
+        store: the lineage store.
+        checkpoints: the checkpoint store.
+        lease: the lease this run holds (taken by the caller).
+        seq: the run's last committed group-commit number.
+        clock: stamps records and times retries.
+        keeper: renews the lease while the run goes on.
+        records: the steps' lineage, for a resume (``None`` for a new run).
+        on_progress: called with (steps done, steps known, failed attempts).
+    """
 
     def __init__(
         self,
@@ -101,6 +198,10 @@ class WorkflowExecutor:
         compiled: CompiledWorkflow,
         store: WorkflowStore,
         checkpoints: SupportsCheckpoints,
+        lease: Lease,
+        seq: int,
+        clock: Clock,
+        keeper: LeaseKeeper,
         records: dict[str, StepRecord] | None = None,
         on_progress: Callable[[int, int, int], None] | None = None,
     ) -> None:
@@ -108,122 +209,55 @@ class WorkflowExecutor:
         self.compiled = compiled
         self.store = store
         self.checkpoints = checkpoints
-        self._records = records or {}
-        self._steps: dict[str, _StepState] = {}
-        self._alias: dict[str, str] = {}  # continued step -> the sub-DAG's output step
-        self._continued_by: dict[str, str] = {}
-        self._ready: deque[str] = deque()
-        self._inflight: dict[ObjectRef, str] = {}
-        # Refs of finished steps, handed over by the node manager (on_ready callbacks).
-        self._finished_refs: deque[ObjectRef] = deque()
-        self._finished_cond = threading.Condition()
-        self._values: dict[str, ObjectRef] = {}
-        self._retries: dict[str, float] = {}
-        self._batch = Batch()
-        self._failure: tuple[str, BaseException] | None = None
-        self._attention: list[str] = []
-        self._cancelled = False
+        self.lease = lease
+        self._seq = seq
+        self.clock = clock
+        self.keeper = keeper
+        self._records = records
+        self.machine = WorkflowMachine(workflow_id, compiled, now=clock.now)
+        self._inflight: dict[ObjectRef, tuple[str, int, ObjectRef]] = {}  # meta ref -> step
+        self._running: dict[str, tuple[ObjectRef, ObjectRef]] = {}  # step -> (value, meta)
+        self._events: deque[Any] = deque()  # finished meta refs and control events
+        self._cond = threading.Condition()
         self._remote_cache: dict[tuple[int, bool], RemoteFunction] = {}
-        self._next_position = max((s.position for s in compiled.steps.values()), default=0) + 1
         self._on_progress = on_progress
-        self._n_done = 0
-        self._n_failed = 0  # failed attempts, retried or not
         self._last_commit = time.monotonic()
+        self._released = False
         # memory:// lives in one process: there the driver writes the checkpoints.
         self._worker_writes = checkpoints.shared_across_processes
 
-    # ------------------------------------------------------------------ setup --
+    # --- control from other threads ----------------------------------------------------
 
-    def _add_steps(self, compiled: CompiledWorkflow) -> list[str]:
-        added = []
-        for task_id in compiled.order():
-            spec = compiled.steps[task_id]
-            self._steps[task_id] = _StepState(spec=spec)
-            added.append(task_id)
-        for task_id in added:
-            for parent in self._steps[task_id].spec.parents:
-                self._steps[parent].children.append(task_id)
-                self._steps[parent].unfinished_children += 1
-        return added
+    def request_cancel(self) -> None:
+        """The workflow was canceled (in this process): act on it at once."""
+        self._post(CancelRequested())
 
-    def _prepare(self) -> None:
-        """Rebuild the executor's state from the log (a no-op for a new workflow)."""
-        self._add_steps(self.compiled)
+    def lease_lost(self) -> None:
+        """The lease keeper found the lease taken over."""
+        self._post(
+            LeaseLost(message=f"workflow {self.workflow_id!r}: lease lost to another driver")
+        )
+
+    def _post(self, event: Any) -> None:
+        with self._cond:
+            self._events.append(event)
+            self._cond.notify()
+
+    def _on_step_ready(self, ref: ObjectRef) -> None:
+        self._post(ref)  # runs on the node manager's thread: only hand it over
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _prepare(self) -> list[Instruction]:
+        """Rebuild the state from the lineage (a no-op plan for a new workflow)."""
         records = self._records
-        changed = True
-        while changed:  # continuations add steps, whose records may continue further
-            changed = False
-            for task_id in list(self._steps):
-                record = records.get(task_id)
-                state = self._steps[task_id]
-                if record is None or task_id in self._alias:
-                    continue
-                if (
-                    record.status is StepStatus.SUCCESSFUL
-                    and record.output_format == "continuation"
-                ):
-                    assert record.checkpoint is not None
-                    cont = self.checkpoints.read(record.checkpoint)
-                    self._continue(task_id, cont, persist=False)
-                    state.status = StepStatus.SUCCESSFUL
-                    state.attempt = record.attempts
-                    changed = True
-        for task_id, state in self._steps.items():
-            record = records.get(task_id)
-            if record is None:
-                continue
-            state.attempt = record.attempts
-            status = record.status
-            if task_id in self._alias:
-                continue
-            if status is StepStatus.SUCCESSFUL:
-                if record.checkpoint is not None:
-                    state.status = StepStatus.SUCCESSFUL
-                    state.checkpoint = record.checkpoint
-                    state.value = record.checkpoint
-                # Not checkpointed: it re-runs if anything still needs it (below).
-            elif status is StepStatus.RUNNING:
-                self._recover_interrupted(state, record)
-            elif status is StepStatus.IN_DOUBT:
-                state.status = StepStatus.IN_DOUBT
-            # FAILED and PENDING steps run again.
-        for task_id, state in self._steps.items():
-            if state.status is StepStatus.SUCCESSFUL and state.value is None:
-                if task_id not in self._alias and self._needed(task_id):
-                    state.status = StepStatus.PENDING
-        for state in self._steps.values():
-            state.waiting = sum(1 for p in state.spec.parents if not self._done(p))
-        for task_id, state in self._steps.items():
-            if state.status is StepStatus.IN_DOUBT:
-                self._resolve_in_doubt(task_id)
-            elif state.status is StepStatus.PENDING and state.waiting == 0:
-                self._ready.append(task_id)
+        machine = self.machine
+        if records is None:
+            return machine.load({}, {})
+        plan = plan_from_lineage(machine, records, self.checkpoints)
+        return machine.load(plan, {t: r.attempts for t, r in records.items()})
 
-    def _needed(self, task_id: str) -> bool:
-        if self._resolve(task_id) == self._resolve(self.compiled.output):
-            return True
-        return any(not self._done(c) for c in self._steps[task_id].children)
-
-    def _recover_interrupted(self, state: _StepState, record: StepRecord) -> None:
-        """INTENT without COMMIT: finished (checkpoint proves it), re-run, or in doubt."""
-        task_id = state.spec.task_id
-        if state.spec.options.checkpoint:
-            ref = self.checkpoints.find(self.workflow_id, task_id, record.attempts)
-            if ref is not None:
-                log.info("step %r finished before the crash; committing it", task_id)
-                state.status = StepStatus.SUCCESSFUL
-                state.checkpoint = ref
-                state.value = ref
-                self._batch.commit(task_id, record.attempts, ref, "recovered from checkpoint")
-                return
-        if state.spec.options.idempotent:
-            state.status = StepStatus.PENDING
-            self._batch.step_status(task_id, StepStatus.PENDING, "re-run after a crash")
-        else:
-            state.status = StepStatus.IN_DOUBT
-            self._batch.step_status(task_id, StepStatus.IN_DOUBT, "interrupted by a crash")
-
-    # ------------------------------------------------------------------ the loop --
+    # --- the loop ------------------------------------------------------------------------
 
     def run(self) -> Any:
         """Run until the output step is committed; return its value.
@@ -231,131 +265,186 @@ class WorkflowExecutor:
         Raises:
             WorkflowExecutionError: a step failed after its retries.
             WorkflowNeedsAttentionError: a non-idempotent step is in doubt.
-            WorkflowCancelledError: the workflow was cancelled meanwhile.
+            WorkflowCancelledError: the workflow was canceled meanwhile.
+            WorkflowLeaseError: another driver took the workflow over (``fenced``).
+            StorageError: the lineage database or checkpoint storage failed; the
+                workflow is left resumable.
         """
-        self._prepare()
-        self._n_done = sum(1 for s in self._steps.values() if s.status is StepStatus.SUCCESSFUL)
+        self.keeper.hold(self.lease, self.store, self.lease_lost)
+        try:
+            instructions = self._prepare()
+            self._report_progress()
+            return self._loop(instructions)
+        finally:
+            self.keeper.drop(self.lease)
+            if not self._released:
+                self._abandon()
+
+    def _loop(self, instructions: list[Instruction]) -> Any:
+        machine = self.machine
         last_cancel_check = time.monotonic()
         while True:
+            instructions.extend(self._drain_events())
             now = time.monotonic()
             if now - last_cancel_check > _CANCEL_POLL_S:
                 last_cancel_check = now
-                if self.store.is_cancelled(self.workflow_id):
-                    self._cancel_inflight()
-            self._release_due_retries(now)
-            stopping = self._stopping()
-            submit: list[str] = []
-            if not stopping:
-                while self._ready:
-                    task_id = self._ready.popleft()
-                    state = self._steps[task_id]
-                    if state.status is not StepStatus.PENDING:
-                        continue
-                    state.attempt += 1
-                    state.status = StepStatus.RUNNING
-                    self._batch.intent(
-                        task_id, state.attempt, idempotency_key(self.workflow_id, task_id)
-                    )
-                    submit.append(task_id)
-            if self._must_commit(submit, now):
-                if any(c[2] is not None and not c[2].inline for c in self._batch.commits):
-                    # Workers renamed their checkpoints without a directory fsync: one
-                    # here covers them all, before any COMMIT names them.
-                    self.checkpoints.sync_workflow_dir(self.workflow_id)
-                self.store.apply(self.workflow_id, self._batch)  # group commit
-                self._batch = Batch()
-                self._last_commit = now
-            for task_id in submit:
-                self._submit(task_id)
-            if self._finished():
-                return self._finish()
+                if self.store.status(self.workflow_id) is WorkflowStatus.CANCELED:
+                    instructions.extend(machine.handle(CancelRequested()))
+            if machine.next_retry() is not None:
+                machine.handle(Tick())
+            submits = machine.start_ready()
+            if machine.records and self._must_commit(now):
+                refused = self._commit(machine.take_records())
+                if refused:
+                    submits = []
+                    instructions.extend(machine.handle(IntentsRefused(task_ids=refused)))
+                    self._commit(machine.take_records())
+            instructions.extend(submits)
+            for instruction in instructions:
+                self._act(instruction)
+            instructions = []
+            outcome = machine.outcome()
+            if outcome is not None:
+                return self._finish(outcome)
             self._wait()
 
-    def _must_commit(self, submit: list[str], now: float) -> bool:
-        """Whether to write the batch now, or let more COMMITs join it.
+    def _must_commit(self, now: float) -> bool:
+        """Whether to write the records now, or let more COMMITs join them.
 
-        INTENTs (steps about to run), failures and status changes go out at once.
+        INTENTs (steps about to run), failures and other changes go out at once.
         COMMITs alone may wait a little while other steps are in flight: nothing
         depends on them being durable yet (a crash meanwhile is recovered from the
         step's checkpoint, or re-runs an idempotent step), and a fan-out then pays one
         fsync for many steps instead of one per handful.
         """
-        batch = self._batch
-        if not batch:
-            return False
-        if submit or batch.intents or batch.failures or batch.statuses or batch.new_steps:
+        records = self.machine.records
+        if not all(isinstance(r, Commit) and r.attempt_ended for r in records):
             return True
-        if not self._inflight or self._stopping():
+        if not self._inflight or self.machine.stopping:
             return True
-        return len(batch.commits) >= _MAX_DEFERRED_COMMITS or (
-            now - self._last_commit >= _COMMIT_DELAY_S
-        )
+        return len(records) >= _MAX_DEFERRED_COMMITS or (now - self._last_commit >= _COMMIT_DELAY_S)
 
-    def _stopping(self) -> bool:
-        return self._failure is not None or bool(self._attention) or self._cancelled
+    def _commit(
+        self,
+        records: list[Record],
+        *,
+        outcome: Outcome | None = None,
+    ) -> tuple[str, ...]:
+        """One fenced group commit; returns the step ids whose INTENTs were refused."""
+        if any(
+            isinstance(r, Commit) and r.checkpoint is not None and not r.checkpoint.inline
+            for r in records
+        ):
+            # Workers renamed their checkpoints without a directory fsync: one here
+            # covers them all, before any COMMIT names them.
+            self.checkpoints.sync_workflow_dir(self.workflow_id)
+        self._seq += 1
+        try:
+            result = self.store.commit(
+                self.lease,
+                self._seq,
+                records,
+                now=self.clock.now(),
+                finish=outcome_moves(outcome) if outcome is not None else None,
+                error=outcome.message or None if outcome is not None else None,
+                release=outcome is not None,
+            )
+        except WorkflowLeaseError:
+            self._seq -= 1
+            self._released = True  # not ours to release any more
+            self.machine.handle(LeaseLost(message="fenced"))
+            self._interrupt_all()
+            raise
+        except BaseException:
+            self._seq -= 1
+            raise
+        self._last_commit = time.monotonic()
+        if outcome is not None:
+            self._released = True
+        if result == CommitResult.INTENTS_REFUSED:
+            self._seq -= 1
+            return tuple(r.task_id for r in records if isinstance(r, Intent))
+        return ()
 
-    def _finished(self) -> bool:
-        if self._done(self.compiled.output):
-            return True
-        if self._inflight:
-            return False
-        if self._stopping():
-            return True
-        if not self._ready and not self._retries:
-            # Nothing runs and nothing can: a bug, or every path is blocked.
-            self._attention.extend(
-                t for t, s in self._steps.items() if s.status is StepStatus.IN_DOUBT
+    def _finish(self, outcome: Outcome) -> Any:
+        machine = self.machine
+        if outcome.status is None:  # the lease was lost: nothing may be written
+            self._released = True
+            self._interrupt_all()
+            raise WorkflowLeaseError(
+                f"Workflow {self.workflow_id!r}: this driver lost its lease to another "
+                "driver, which now runs the workflow; this run stopped without writing "
+                "anything more.",
+                workflow_id=self.workflow_id,
+                fenced=True,
             )
-            return True
-        return False
-
-    def _finish(self) -> Any:
-        if self._done(self.compiled.output) and not self._cancelled:
-            output = self._resolve(self.compiled.output)
-            self.store.set_status(self.workflow_id, WorkflowStatus.SUCCESSFUL, cause="finished")
-            value = self._steps[output].value
-            if isinstance(value, ObjectRef):
-                return hs.get(value)
-            return self.checkpoints.read(value)
-        if self._cancelled:
-            self.store.set_status(self.workflow_id, WorkflowStatus.CANCELED, cause="cancel()")
-            raise WorkflowCancelledError(
-                f"Workflow {self.workflow_id!r} was cancelled.", workflow_id=self.workflow_id
+        value: Any = None
+        if outcome.status is WorkflowStatus.SUCCESSFUL:
+            handle = machine.output_value()
+            value = (
+                hs.get(handle) if isinstance(handle, ObjectRef) else self.checkpoints.read(handle)
             )
-        if self._attention:
-            names = ", ".join(repr(t) for t in self._attention)
-            message = (
-                f"Workflow {self.workflow_id!r} needs attention: step {names} is in doubt "
-                "after a crash (it may or may not have run). Check what happened, then "
-                "call workflow.resolve(workflow_id, task_id, result=... or rerun=True) "
-                "and resume; or give the step an on_in_doubt= hook."
-            )
-            self.store.set_status(
-                self.workflow_id, WorkflowStatus.NEEDS_ATTENTION, cause="in doubt", error=message
-            )
+        records = machine.finish_records(outcome)
+        refused = self._commit(records, outcome=outcome)
+        if refused:  # cannot be: the final batch starts nothing
+            raise HeliostatInternalError(f"final commit of {self.workflow_id!r} refused {refused}")
+        self._report_progress()
+        wid = self.workflow_id
+        if outcome.status is WorkflowStatus.SUCCESSFUL:
+            return value
+        if outcome.status is WorkflowStatus.CANCELED:
+            raise WorkflowCancelledError(f"Workflow {wid!r} was cancelled.", workflow_id=wid)
+        if outcome.status is WorkflowStatus.NEEDS_ATTENTION:
             raise WorkflowNeedsAttentionError(
-                message, workflow_id=self.workflow_id, task_id=self._attention[0]
+                outcome.message, workflow_id=wid, task_id=outcome.task_id or ""
             )
-        if self._failure is None:
-            stuck = sorted(t for t, st in self._steps.items() if st.status is StepStatus.PENDING)
-            raise HeliostatInternalError(
-                f"Workflow {self.workflow_id!r} cannot make progress: steps {stuck[:10]} are "
-                "pending with nothing running. This is a bug in heliostat; please report it."
-            )
-        task_id, exc = self._failure
-        message = f"Workflow {self.workflow_id!r} failed: step {task_id!r} raised {exc!r}"
-        self.store.set_status(
-            self.workflow_id, WorkflowStatus.FAILED, cause=f"step {task_id} failed", error=message
-        )
+        if outcome.status is WorkflowStatus.RESUMABLE:
+            raise StorageError(outcome.message)
+        exc = outcome.exception
         raise WorkflowExecutionError(
-            message, workflow_id=self.workflow_id, task_id=task_id, cause=exc
+            outcome.message, workflow_id=wid, task_id=outcome.task_id or "", cause=exc
         ) from exc
 
-    # ------------------------------------------------------------------ steps --
+    def _abandon(self) -> None:
+        """The run ends by an error of its own: release the lease if the store can.
+
+        The workflow stays RUNNING in the lineage; with no owner it reads as
+        RESUMABLE, and whoever resumes it marks its interrupted attempts.
+        """
+        self._released = True
+        self._interrupt_all()
+        try:
+            self.store.commit(self.lease, self._seq + 1, [], now=self.clock.now(), release=True)
+        except Exception:  # the database is what failed: the lease simply expires
+            log.debug("could not release the lease of %r", self.workflow_id, exc_info=True)
+
+    def _interrupt_all(self) -> None:
+        for task_id, (value_ref, meta_ref) in list(self._running.items()):
+            run = self.machine.steps.get(task_id)
+            if run is not None and run.idempotent:
+                for ref in (value_ref, meta_ref):
+                    try:
+                        hs.cancel(ref)
+                    except Exception:  # the runtime is going down with us
+                        log.debug("could not cancel step %r", task_id, exc_info=True)
+
+    # --- acting ----------------------------------------------------------------------------
+
+    def _act(self, instruction: Instruction) -> None:
+        if isinstance(instruction, Submit):
+            self._submit(instruction)
+        elif isinstance(instruction, Interrupt):
+            refs = self._running.get(instruction.task_id)
+            if refs is not None:
+                for ref in refs:
+                    hs.cancel(ref)
+        elif isinstance(instruction, AskHook):
+            self._post(self._ask_hook(instruction))
+        else:
+            raise HeliostatInternalError(f"unknown instruction {instruction!r}")
 
     def _remote_for(self, spec: StepSpec) -> RemoteFunction:
-        opts = spec.options
-        key = (id(spec.function), opts.idempotent)
+        key = (id(spec.function), spec.options.idempotent)
         rf = self._remote_cache.get(key)
         if rf is None:
             base = spec.function
@@ -364,288 +453,204 @@ class WorkflowExecutor:
                 for k, v in base.task_options.raw
                 if k in ("num_cpus", "num_gpus", "resources", "scheduling_strategy", "memory")
             }
-            # A non-idempotent step is never re-run by the engine behind our back.
-            engine_opts["max_retries"] = opts.max_retries if opts.idempotent else 0
+            # The engine never retries nor rebuilds a step: each attempt is the
+            # workflow's own decision, with its own INTENT.
+            engine_opts["max_retries"] = 0
             engine_opts["num_returns"] = 2
             engine_opts["name"] = spec.name
             rf = hs.remote(**engine_opts)(StepCall(base.underlying_function))
             self._remote_cache[key] = rf
         return rf
 
-    def _submit(self, task_id: str) -> None:
-        state = self._steps[task_id]
-        spec = state.spec
+    def _submit(self, submit: Submit) -> None:
+        spec = self.machine.steps[submit.task_id].spec
         opts = spec.options
         env = StepEnv(
             workflow_id=self.workflow_id,
-            task_id=task_id,
-            attempt=state.attempt,
-            idempotency_key=idempotency_key(self.workflow_id, task_id),
+            task_id=submit.task_id,
+            attempt=submit.attempt,
+            idempotency_key=idempotency_key(self.workflow_id, submit.task_id),
             checkpoint_url=self.checkpoints.url
             if opts.checkpoint and self._worker_writes
             else None,
-            inline_limit=self._inline_limit(spec),
+            inline_limit=INLINE_LIMIT if spec.options.idempotent else 0,
             catch_exceptions=opts.catch_exceptions,
         )
-        parent_values = [self._steps[self._resolve(p)].value for p in spec.parents]
+        inputs = list(submit.inputs)
         if not self._worker_writes:  # workers cannot read this storage: hand values over
-            parent_values = [
+            inputs = [
                 hs.put(self.checkpoints.read(v)) if isinstance(v, CheckpointRef) else v
-                for v in parent_values
+                for v in inputs
             ]
         value_ref, meta_ref = self._remote_for(spec).remote(
-            env, spec.args, spec.kwargs, spec.parents, *parent_values
+            env, spec.args, spec.kwargs, spec.parents, *inputs
         )
-        self._values[task_id] = value_ref
-        self._inflight[meta_ref] = task_id
+        self._inflight[meta_ref] = (submit.task_id, submit.attempt, value_ref)
+        self._running[submit.task_id] = (value_ref, meta_ref)
         hs.current_client().on_ready(meta_ref, self._on_step_ready)
 
-    @staticmethod
-    def _inline_limit(spec: StepSpec) -> int:
-        """How small an output must be to be committed inline in SQL (0: never).
+    def _ask_hook(self, ask: AskHook) -> HookAnswered:
+        """Call an in-doubt step's ``on_in_doubt`` hook (user code, in this thread)."""
+        spec = self.machine.steps[ask.task_id].spec
+        hook = spec.options.on_in_doubt
+        assert hook is not None  # the machine asks only steps that have one
+        try:
+            result = hook(ask.key)
+        except Exception as exc:  # the hook's failure fails the step
+            error = ErrorInfo.of(exc, "".join(traceback.format_exception(exc)))
+            return HookAnswered(task_id=ask.task_id, error=error, exception=exc)
+        if result is RERUN:
+            return HookAnswered(task_id=ask.task_id, rerun=True)
+        ref = None
+        if spec.options.checkpoint:
+            attempt = max(self.machine.steps[ask.task_id].attempt, 1)
+            ref = self.checkpoints.write(self.workflow_id, ask.task_id, attempt, result)
+        return HookAnswered(task_id=ask.task_id, value=hs.put(result), checkpoint=ref)
 
-        Only an idempotent step's: an inline output exists nowhere until its COMMIT,
-        so a crash before that re-runs the step. A non-idempotent step always writes a
-        file before it returns, which a resume finds and commits instead of declaring
-        the step in doubt.
-        """
-        return INLINE_LIMIT if spec.options.idempotent else 0
-
-    def _on_step_ready(self, ref: ObjectRef) -> None:
-        with self._finished_cond:
-            self._finished_refs.append(ref)
-            self._finished_cond.notify()
+    # --- events ---------------------------------------------------------------------------
 
     def _wait(self) -> None:
-        timeout = None
-        if self._retries:
-            timeout = max(0.0, min(self._retries.values()) - time.monotonic())
-        timeout = _CANCEL_POLL_S if timeout is None else min(timeout, _CANCEL_POLL_S)
-        if self._batch.commits:  # wake up in time to write the deferred COMMITs
+        timeout = _CANCEL_POLL_S
+        retry = self.machine.next_retry()
+        if retry is not None:
+            timeout = min(timeout, max(0.0, (retry - self.clock.now()).total_seconds()))
+        if self.machine.records:  # wake up in time to write the deferred COMMITs
             due = self._last_commit + _COMMIT_DELAY_S - time.monotonic()
             timeout = max(0.0, min(timeout, due))
-        with self._finished_cond:
-            if not self._finished_refs:
-                self._finished_cond.wait(timeout)
-            ready = list(self._finished_refs)
-            self._finished_refs.clear()
-        for meta_ref in ready:
-            if meta_ref in self._inflight:
-                self._completed(meta_ref)
+        with self._cond:
+            if not self._events:
+                self._cond.wait(timeout)
 
-    def _completed(self, meta_ref: ObjectRef) -> None:
-        task_id = self._inflight.pop(meta_ref)
-        value_ref = self._values.pop(task_id)
+    def _drain_events(self) -> list[Instruction]:
+        with self._cond:
+            events = list(self._events)
+            self._events.clear()
+        out: list[Instruction] = []
+        for event in events:
+            if isinstance(event, ObjectRef):
+                entry = self._inflight.pop(event, None)
+                if entry is None:
+                    continue
+                step_event = self._completed(event, *entry)
+                out.extend(self.machine.handle(step_event))
+                self._report_progress()
+            else:
+                out.extend(self.machine.handle(event))
+        return out
+
+    def _completed(
+        self, meta_ref: ObjectRef, task_id: str, attempt: int, value_ref: ObjectRef
+    ) -> Any:
+        """Turn a finished step task into the machine's event."""
+        self._running.pop(task_id, None)
+        spec = self.machine.steps[task_id].spec
         try:
             meta: StepMeta = hs.get(meta_ref)
-        except BaseException as exc:  # the step's failure, whatever it raised
-            self._failed(task_id, exc)
-            return
-        state = self._steps[task_id]
-        if state.status is not StepStatus.RUNNING:
-            return  # cancelled meanwhile
+        except TaskCancelledError as exc:
+            return StepLost(
+                task_id=task_id,
+                attempt=attempt,
+                cause=LostCause.INTERRUPTED,
+                error=ErrorInfo.of(exc),
+                exception=exc,
+            )
+        except TaskError as exc:  # StepCall itself could not run (its arguments, say)
+            error = ErrorInfo(
+                type_name=type(exc.cause).__name__ if exc.cause else "TaskError",
+                message=str(exc.cause) if exc.cause else exc.cause_repr,
+                traceback=exc.remote_traceback,
+            )
+            return StepRaised(task_id=task_id, attempt=attempt, error=error, exception=exc)
+        except Exception as exc:  # the worker died, the object was lost ...
+            return StepLost(
+                task_id=task_id,
+                attempt=attempt,
+                cause=LostCause.WORKER_DIED,
+                error=ErrorInfo.of(exc),
+                exception=exc,
+            )
+        if meta.failure is not None:
+            assert meta.error is not None  # set with every failure
+            failure = self._exception_of(spec, meta)
+            if meta.failure is Failure.CORRUPT_INPUT:
+                return InputCorrupt(
+                    task_id=task_id,
+                    attempt=attempt,
+                    location=meta.corrupt_location or "",
+                    error=meta.error,
+                    exception=failure,
+                )
+            if meta.failure is Failure.OUTPUT_NOT_STORED:
+                return StepLost(
+                    task_id=task_id,
+                    attempt=attempt,
+                    cause=LostCause.OUTPUT_NOT_STORED,
+                    error=meta.error,
+                    exception=failure,
+                )
+            return StepRaised(
+                task_id=task_id,
+                attempt=attempt,
+                error=meta.error,
+                exception=failure,
+                started_at=meta.started,
+                finished_at=meta.finished,
+                worker=meta.worker,
+                logs=meta.logs,
+            )
         ref = meta.checkpoint
-        if state.spec.options.checkpoint and ref is None:
-            # Storage the workers cannot reach (memory://): the driver writes it.
-            ref = self.checkpoints.write(
-                self.workflow_id,
-                task_id,
-                state.attempt,
-                hs.get(value_ref),
-                inline_limit=self._inline_limit(state.spec),
-            )
-        if meta.continuation:
-            cont: Continuation = hs.get(value_ref)
-            self._batch.commit(
-                task_id, state.attempt, ref, "continued", output_format="continuation"
-            )
-            state.status = StepStatus.SUCCESSFUL
-            self._continue(task_id, cont, persist=True)
-            return
-        state.value = value_ref
-        # The batch keeps an inline output's bytes until they are committed; the
-        # executor itself reads the live value, so it need not hold them.
-        state.checkpoint = ref.without_data() if ref is not None else None
-        self._batch.commit(task_id, state.attempt, ref, "finished")
-        self._succeeded(task_id)
-
-    def _continue(self, task_id: str, cont: Continuation, *, persist: bool) -> None:
-        sub = compile_dag(cont.dag, prefix=f"{task_id}.", start_position=self._next_position)
-        self._next_position += len(sub.steps) + 1
-        added = self._add_steps(sub)
-        self._alias[task_id] = sub.output
-        self._continued_by[sub.output] = task_id
-        if persist:
-            self._batch.add_steps(sub)
-            for new in added:
-                state = self._steps[new]
-                state.waiting = sum(1 for p in state.spec.parents if not self._done(p))
-                if state.waiting == 0:
-                    self._ready.append(new)
-
-    def _succeeded(self, task_id: str) -> None:
-        state = self._steps[task_id]
-        state.status = StepStatus.SUCCESSFUL
-        self._report_progress(done=1)
-        for input_id in state.spec.parents:
-            producer = self._steps[input_id]
-            producer.unfinished_children -= 1
-            if producer.unfinished_children == 0:
-                self._release(input_id)
-        done = [task_id]
-        while done:
-            finished = done.pop()
-            for child in self._steps[finished].children:
-                child_state = self._steps[child]
-                child_state.waiting -= 1
-                if child_state.waiting == 0 and child_state.status is StepStatus.PENDING:
-                    self._ready.append(child)
-            parent = self._continued_by.get(finished)
-            if parent is not None:
-                self._steps[parent].value = self._steps[finished].value
-                done.append(parent)
-
-    def _release(self, task_id: str) -> None:
-        """Every consumer of ``task_id`` has succeeded: stop holding its live value.
-
-        The object store may then free it; the step's checkpoint file stands in if
-        anything reads it again (a resumed or re-run consumer). Without this, a chain of
-        steps with large outputs would keep every output in memory to the end. Inline
-        (small) outputs stay live: a file checkpoint is what makes letting go cheap.
-        """
-        producer = self._resolve(task_id)
-        if producer == self._resolve(self.compiled.output):
-            return
-        state = self._steps[producer]
-        ref = state.checkpoint
-        if ref is None or ref.inline or not isinstance(state.value, ObjectRef):
-            return
-        state.value = ref
-        self._steps[task_id].value = ref
-
-    def _failed(self, task_id: str, exc: BaseException) -> None:
-        self._report_progress(failed=1)
-        state = self._steps[task_id]
-        opts = state.spec.options
-        if isinstance(exc, CorruptCheckpointError) and self._invalidate_input(task_id, exc):
-            return
-        crashed = isinstance(exc, (WorkerCrashedError, TaskCancelledError))
-        if crashed and not opts.idempotent:
-            state.status = StepStatus.IN_DOUBT
-            self._batch.step_status(task_id, StepStatus.IN_DOUBT, f"worker lost: {exc}")
-            self._resolve_in_doubt(task_id)
-            return
-        retry = opts.retry_exceptions
-        retryable = (
-            crashed or retry is True or (isinstance(retry, tuple) and isinstance(exc, retry))
-        )
-        if retryable and state.attempt <= opts.max_retries and not self._stopping():
-            delay = opts.retry_backoff * (2 ** (state.attempt - 1)) if opts.retry_backoff else 0.0
-            state.status = StepStatus.PENDING
-            self._batch.attempt_failed(task_id, state.attempt, exc, final=False)
-            if delay:
-                self._retries[task_id] = time.monotonic() + delay
-            else:
-                self._ready.append(task_id)
-            return
-        state.status = StepStatus.FAILED
-        self._batch.attempt_failed(task_id, state.attempt, exc, final=True)
-        if self._failure is None:
-            self._failure = (task_id, exc)
-
-    def _invalidate_input(self, task_id: str, exc: CorruptCheckpointError) -> bool:
-        """An input checkpoint of ``task_id`` is corrupt: re-run (or doubt) its producer.
-
-        Returns False if the corrupt file is not one of the step's inputs.
-        """
-        state = self._steps[task_id]
-        for parent_id in state.spec.parents:
-            producer = self._resolve(parent_id)
-            parent = self._steps[producer]
-            if parent.checkpoint is None or parent.checkpoint.location != exc.location:
-                continue
-            log.warning("checkpoint of step %r is corrupt (%s); re-running it", producer, exc)
-            parent.value = None
-            parent.checkpoint = None
-            # This step did not really run: back to waiting, attempt not counted.
-            state.status = StepStatus.PENDING
-            state.waiting += 1
-            self._batch.attempt_failed(task_id, state.attempt, exc, final=False)
-            for child in parent.children:  # siblings already queued wait as well
-                sibling = self._steps[child]
-                if child != task_id and sibling.status is StepStatus.PENDING:
-                    sibling.waiting += 1
-                    if child in self._ready:
-                        self._ready.remove(child)
-            if parent.spec.options.idempotent:
-                parent.status = StepStatus.PENDING
-                self._batch.step_status(producer, StepStatus.PENDING, "checkpoint corrupt")
-                self._ready.append(producer)
-            else:
-                parent.status = StepStatus.IN_DOUBT
-                self._batch.step_status(producer, StepStatus.IN_DOUBT, "checkpoint corrupt")
-                self._resolve_in_doubt(producer)
-            return True
-        return False
-
-    def _release_due_retries(self, now: float) -> None:
-        for task_id, at in list(self._retries.items()):
-            if at <= now:
-                del self._retries[task_id]
-                self._ready.append(task_id)
-
-    def _resolve_in_doubt(self, task_id: str) -> None:
-        state = self._steps[task_id]
-        hook = state.spec.options.on_in_doubt
-        if hook is None:
-            self._attention.append(task_id)
-            return
-        key = idempotency_key(self.workflow_id, task_id)
         try:
-            result = hook(key)
-        except Exception as exc:  # the hook's failure fails the step
-            state.status = StepStatus.FAILED
-            self._batch.attempt_failed(task_id, state.attempt, exc, final=True)
-            if self._failure is None:
-                self._failure = (task_id, exc)
-            return
-        if result is RERUN:
-            state.status = StepStatus.PENDING
-            self._batch.step_status(task_id, StepStatus.RUNNING, "on_in_doubt asked to re-run")
-            self._batch.step_status(task_id, StepStatus.PENDING, "re-run requested")
-            if state.waiting == 0:
-                self._ready.append(task_id)
-            return
-        ref = None
-        if state.spec.options.checkpoint:
-            ref = self.checkpoints.write(self.workflow_id, task_id, state.attempt, result)
-        state.value = hs.put(result)
-        state.checkpoint = ref
-        self._batch.commit(
-            task_id, state.attempt, ref, "resolved by on_in_doubt", start=StepStatus.IN_DOUBT
+            if spec.options.checkpoint and ref is None:
+                # Storage the workers cannot reach (memory://): the driver writes it.
+                ref = self.checkpoints.write(
+                    self.workflow_id,
+                    task_id,
+                    attempt,
+                    hs.get(value_ref),
+                    inline_limit=INLINE_LIMIT if spec.options.idempotent else 0,
+                )
+            sub = None
+            if meta.continuation:
+                cont: Continuation = hs.get(value_ref)
+                sub = compile_dag(
+                    cont.dag,
+                    prefix=f"{task_id}.",
+                    start_position=self.machine.next_free_position,
+                )
+        except WorkflowError as bad:  # a continuation that cannot run
+            return StepRaised(
+                task_id=task_id, attempt=attempt, error=ErrorInfo.of(bad), exception=bad
+            )
+        return StepDone(
+            task_id=task_id,
+            attempt=attempt,
+            value=value_ref,
+            checkpoint=ref,
+            continuation=sub,
+            started_at=meta.started,
+            finished_at=meta.finished,
+            worker=meta.worker,
+            logs=meta.logs,
         )
-        self._succeeded(task_id)
 
-    def _cancel_inflight(self) -> None:
-        self._cancelled = True
-        for meta_ref, task_id in list(self._inflight.items()):
-            hs.cancel(self._values[task_id])
-            hs.cancel(meta_ref)
+    @staticmethod
+    def _exception_of(spec: StepSpec, meta: StepMeta) -> BaseException:
+        """The step's exception as the driver sees it (``TaskError`` of its class)."""
+        assert meta.error is not None
+        cause: BaseException | None = None
+        if meta.exception is not None:
+            try:
+                cause = cloudpickle.loads(meta.exception)
+            except Exception:  # its class is not importable here: keep its text
+                cause = None
+        pid = int(meta.worker.rsplit(":", 1)[-1]) if meta.worker else 0
+        err = TaskError(
+            spec.name, meta.error.traceback, cause, pid=pid, cause_repr=meta.error.summary
+        )
+        return err.as_instanceof_cause()
 
-    # ------------------------------------------------------------------ helpers --
-
-    def _resolve(self, task_id: str) -> str:
-        while task_id in self._alias:
-            task_id = self._alias[task_id]
-        return task_id
-
-    def _done(self, task_id: str) -> bool:
-        state = self._steps[self._resolve(task_id)]
-        return state.status is StepStatus.SUCCESSFUL and state.value is not None
-
-    def _report_progress(self, *, done: int = 0, failed: int = 0) -> None:
+    def _report_progress(self) -> None:
         """Tell ``on_progress`` (steps done, steps known, failed attempts so far)."""
-        self._n_done += done
-        self._n_failed += failed
         if self._on_progress is not None:
-            self._on_progress(self._n_done, len(self._steps), self._n_failed)
+            m = self.machine
+            self._on_progress(m.n_done, len(m.steps), m.n_failed)

@@ -66,7 +66,7 @@ from sqlalchemy.engine import Connection, Engine
 from heliostat.exceptions import ScheduleExistsError, ScheduleNotFoundError
 from heliostat.scheduler.cron import FirePlan, ScheduleSpec, run_id
 from heliostat.storage.db import SQLITE_BEGIN_OPTION, ensure_schema, make_engine
-from heliostat.storage.models import Lease, Schedule, ScheduleRunKind, Workflow
+from heliostat.storage.models import Schedule, ScheduleRunKind, Workflow
 from heliostat.storage.models import ScheduleRun as ScheduleRunRow
 from heliostat.storage.states import WorkflowStatus
 from heliostat.workflows.store import WorkflowStore
@@ -84,7 +84,6 @@ __all__ = [
 _SCH: sa.Table = Schedule.__table__  # type: ignore[assignment]
 _RUN: sa.Table = ScheduleRunRow.__table__  # type: ignore[assignment]
 _W: sa.Table = Workflow.__table__  # type: ignore[assignment]
-_L: sa.Table = Lease.__table__  # type: ignore[assignment]
 
 ACTIVE_STATUSES = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatus.RESUMABLE)
 """Workflow states in which a scheduled run counts against ``max_active_runs``."""
@@ -819,15 +818,12 @@ class ScheduleStore:
                 _SCH.c.target,
                 _SCH.c.kwargs,
                 _W.c.status,
-                _L.c.owner,
-                _L.c.host,
-                _L.c.pid,
-                _L.c.expires_at,
+                *WorkflowStore.LEASE_COLUMNS,
             )
             .select_from(
-                _RUN.join(_SCH, _SCH.c.name == _RUN.c.schedule_name)
-                .outerjoin(_W, _W.c.workflow_id == _RUN.c.workflow_id)
-                .outerjoin(_L, _L.c.workflow_id == _RUN.c.workflow_id)
+                _RUN.join(_SCH, _SCH.c.name == _RUN.c.schedule_name).outerjoin(
+                    _W, _W.c.workflow_id == _RUN.c.workflow_id
+                )
             )
             .where(
                 sa.or_(
@@ -865,9 +861,7 @@ class ScheduleStore:
                     continue
             elif status == WorkflowStatus.RESUMABLE or (
                 status == WorkflowStatus.RUNNING
-                and not WorkflowStore.lease_is_live(
-                    m["owner"], m["host"], m["pid"], m["expires_at"]
-                )
+                and not WorkflowStore.lease_is_live(WorkflowStore.holder_of(m))
             ):
                 resume = True
             else:

@@ -13,21 +13,55 @@ fsync makes both durable.
 A step's inputs arrive as live values (the parent's ObjectRef, resolved by the
 engine) or, after a resume, as :class:`~heliostat.storage.checkpoints.CheckpointRef`
 records that the worker loads (and verifies) itself.
+
+A step never fails as a task: :class:`StepCall` catches what the step raises and
+reports it in :class:`StepMeta` (the exception's type, message and the worker's
+traceback of the user's code, the exception itself pickled when it can be), with what
+the step printed (stdout and stderr, the last ``LOG_LIMIT`` bytes) and when it really
+started and finished executing. So every attempt's lineage is complete, and the
+engine never retries a step behind the workflow's back. Only an interruption
+(cancel) or the death of the worker ends the task without a ``StepMeta``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
-import time
+import io
+import os
+import socket
+import sys
+import threading
+import traceback
+from collections import deque
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
+import cloudpickle
+
 from heliostat.engine.dag import DAGNode, map_leaves
+from heliostat.exceptions import CorruptCheckpointError, StorageError
 from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore, decode_checkpoint
 from heliostat.workflows.compile import Upstream
 from heliostat.workflows.context import WorkflowContext, step_context
 
-__all__ = ["Continuation", "StepCall", "StepEnv", "StepMeta", "continuation", "substitute"]
+__all__ = [
+    "CAPTURE_LIMIT",
+    "Continuation",
+    "ErrorInfo",
+    "Failure",
+    "StepCall",
+    "StepEnv",
+    "StepLogs",
+    "StepMeta",
+    "continuation",
+    "substitute",
+]
+
+CAPTURE_LIMIT = 1 << 20
+"""Characters of a step's printed output kept (the last ones); the lineage stores as
+many (``heliostat.storage.models.LOG_LIMIT``)."""
 
 
 class Continuation:
@@ -67,13 +101,132 @@ class StepEnv:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorInfo:
+    """An exception as lineage keeps it: its class, its message, the worker's traceback."""
+
+    type_name: str
+    message: str
+    traceback: str
+
+    @property
+    def summary(self) -> str:
+        """``KeyError: 'amount_usd'``: one line for listings."""
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+    @staticmethod
+    def of(exc: BaseException, tb: str = "") -> ErrorInfo:
+        """The info of ``exc`` (``tb``: its formatted traceback, if known)."""
+        cls = type(exc)
+        module = cls.__module__
+        name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        try:
+            message = str(exc)
+        except Exception:  # a broken __str__ must not hide the error itself
+            message = repr(exc)
+        return ErrorInfo(type_name=name, message=message, traceback=tb)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepLogs:
+    """What an attempt printed: the last ``CAPTURE_LIMIT`` characters, and how much."""
+
+    text: str
+    size: int
+    truncated: bool
+
+
+class Failure(StrEnum):
+    """How a step's attempt failed, as :class:`StepCall` saw it."""
+
+    RAISED = "raised"  # the step's code raised
+    CORRUPT_INPUT = "corrupt input"  # an input checkpoint failed its checksum
+    OUTPUT_NOT_STORED = "output not stored"  # it returned; its checkpoint failed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StepMeta:
-    """What the executor learns from a finished step."""
+    """What the executor learns from a step's attempt."""
 
     checkpoint: CheckpointRef | None
     continuation: bool
-    started: float
-    finished: float
+    started: dt.datetime
+    finished: dt.datetime
+    worker: str
+    logs: StepLogs | None = None
+    failure: Failure | None = None
+    error: ErrorInfo | None = None
+    exception: bytes | None = None  # the exception, cloudpickled (None: it cannot be)
+    corrupt_location: str | None = None
+
+
+class _Capture:
+    """Keeps the last ``CAPTURE_LIMIT`` characters written to it, and a running total."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[str] = deque()
+        self._kept = 0
+        self.size = 0
+        self._lock = threading.Lock()
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            self.size += len(text)
+            self._chunks.append(text)
+            self._kept += len(text)
+            while self._kept - len(self._chunks[0]) >= CAPTURE_LIMIT:
+                self._kept -= len(self._chunks.popleft())
+
+    def logs(self) -> StepLogs | None:
+        if not self.size:
+            return None
+        text = "".join(self._chunks)[-CAPTURE_LIMIT:]
+        return StepLogs(text=text, size=self.size, truncated=len(text) < self.size)
+
+
+class _Tee(io.TextIOBase):
+    """A stdout/stderr stand-in: writes go on to the stream it wraps and to a capture."""
+
+    def __init__(self, inner: Any, capture: _Capture) -> None:
+        self._inner = inner
+        self._capture = capture
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._capture.add(text)
+        return int(self._inner.write(text))
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self._inner, "encoding", "utf-8"))
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return int(self._inner.fileno())
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` from the step function's frame on (not StepCall's)."""
+    ours = (StepCall.__call__.__code__, StepCall.run_user.__code__)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code in ours:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _pickle_exception(exc: BaseException) -> bytes | None:
+    try:
+        return bytes(cloudpickle.dumps(exc, protocol=5))
+    except Exception:  # an exception holding a lock, a socket...: keep its text only
+        return None
 
 
 _stores: dict[str, CheckpointStore] = {}
@@ -107,17 +260,23 @@ class StepCall:
         parent_ids: tuple[str, ...],
         *parent_values: Any,
     ) -> tuple[Any, StepMeta]:
-        started = time.time()
-        outputs = {}
-        for task_id, value in zip(parent_ids, parent_values, strict=True):
-            if isinstance(value, CheckpointRef):
-                if value.data is not None:  # kept in SQL, handed over with the ref
-                    value = decode_checkpoint(
-                        value.location, value.checksum, value.format, value.data
-                    )
-                else:
-                    value = checkpoint_store(env.checkpoint_url or value.store_url).read(value)
-            outputs[task_id] = value
+        started = dt.datetime.now(dt.UTC)
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        capture = _Capture()
+        try:
+            outputs = _load_inputs(env, parent_ids, parent_values)
+        except CorruptCheckpointError as exc:
+            return None, StepMeta(
+                checkpoint=None,
+                continuation=False,
+                started=started,
+                finished=dt.datetime.now(dt.UTC),
+                worker=worker,
+                failure=Failure.CORRUPT_INPUT,
+                error=ErrorInfo.of(exc, "".join(traceback.format_exception(exc))),
+                exception=_pickle_exception(exc),
+                corrupt_location=exc.location,
+            )
         args = substitute(args, outputs)
         kwargs = substitute(kwargs, outputs)
         token = step_context.set(
@@ -128,31 +287,91 @@ class StepCall:
                 idempotency_key=env.idempotency_key,
             )
         )
+        stdout, stderr = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(stdout, capture), _Tee(stderr, capture)
         try:
-            if env.catch_exceptions:
-                try:
-                    result: Any = (self.fn(*args, **kwargs), None)
-                except Exception as exc:  # catch_exceptions hands the error to the caller
-                    result = (None, exc)
-            else:
-                result = self.fn(*args, **kwargs)
+            result = self.run_user(env, args, kwargs)
+        except Exception as exc:  # the step's failure: reported, not raised
+            return None, StepMeta(
+                checkpoint=None,
+                continuation=False,
+                started=started,
+                finished=dt.datetime.now(dt.UTC),
+                worker=worker,
+                logs=_flushed(capture),
+                failure=Failure.RAISED,
+                error=ErrorInfo.of(exc, _user_traceback(exc)),
+                exception=_pickle_exception(exc),
+            )
         finally:
+            sys.stdout, sys.stderr = stdout, stderr
             step_context.reset(token)
+        finished = dt.datetime.now(dt.UTC)
         is_continuation = isinstance(result, Continuation)
         ref = None
         if env.checkpoint_url is not None:
             store = checkpoint_store(env.checkpoint_url)
-            # The executor fsyncs the directory once per group commit (before COMMIT);
-            # a small output comes back inline and is committed in the SQL row.
-            ref = store.write(
-                env.workflow_id,
-                env.task_id,
-                env.attempt,
-                result,
-                sync_dir=False,
-                inline_limit=env.inline_limit,
-            )
+            try:
+                # The executor fsyncs the directory once per group commit (before
+                # COMMIT); a small output comes back inline and is committed in SQL.
+                ref = store.write(
+                    env.workflow_id,
+                    env.task_id,
+                    env.attempt,
+                    result,
+                    sync_dir=False,
+                    inline_limit=env.inline_limit,
+                )
+            except StorageError as exc:
+                return None, StepMeta(
+                    checkpoint=None,
+                    continuation=is_continuation,
+                    started=started,
+                    finished=finished,
+                    worker=worker,
+                    logs=capture.logs(),
+                    failure=Failure.OUTPUT_NOT_STORED,
+                    error=ErrorInfo.of(exc, "".join(traceback.format_exception(exc))),
+                    exception=_pickle_exception(exc),
+                )
         meta = StepMeta(
-            checkpoint=ref, continuation=is_continuation, started=started, finished=time.time()
+            checkpoint=ref,
+            continuation=is_continuation,
+            started=started,
+            finished=finished,
+            worker=worker,
+            logs=capture.logs(),
         )
         return result, meta
+
+    def run_user(self, env: StepEnv, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call the step function (its frame is where a user's traceback starts)."""
+        if env.catch_exceptions:
+            try:
+                return (self.fn(*args, **kwargs), None)
+            except Exception as exc:  # catch_exceptions hands the error to the caller
+                return (None, exc)
+        return self.fn(*args, **kwargs)
+
+
+def _flushed(capture: _Capture) -> StepLogs | None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: the capture has what it got
+            continue
+    return capture.logs()
+
+
+def _load_inputs(
+    env: StepEnv, parent_ids: tuple[str, ...], parent_values: tuple[Any, ...]
+) -> dict[str, Any]:
+    outputs = {}
+    for task_id, value in zip(parent_ids, parent_values, strict=True):
+        if isinstance(value, CheckpointRef):
+            if value.data is not None:  # kept in SQL, handed over with the ref
+                value = decode_checkpoint(value.location, value.checksum, value.format, value.data)
+            else:
+                value = checkpoint_store(env.checkpoint_url or value.store_url).read(value)
+        outputs[task_id] = value
+    return outputs

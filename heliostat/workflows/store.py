@@ -1,224 +1,240 @@
-"""The workflow executor's view of the SQL lineage: one transaction per batch.
+"""The workflow executor's SQL: fenced group commits, leases, and the lineage it reads.
 
-:class:`WorkflowStore` turns the executor's :class:`Batch` of records (INTENTs,
-COMMITs, failed attempts, status changes, steps added by continuations) into rows of
-the lineage schema (``heliostat.storage.models``) in *one* transaction: this is the
-group commit of DESIGN §9. It uses SQLAlchemy Core ``executemany`` statements, since
-the ORM's unit of work costs far more per row than the fsync it shares.
+:class:`WorkflowStore` writes what the workflow state machine decided
+(:mod:`heliostat.workflows.machine` records) and decides nothing itself, with one
+exception that must sit inside a transaction: whether the lease may be taken, which it
+asks the pure :func:`~heliostat.workflows.lease.decide_takeover` under the row lock.
 
-Leases (DESIGN §4): a running workflow has one ``leases`` row (owner, host, pid,
-heartbeat, expiry). A driver takes a workflow only when the row is absent, is its own,
-has expired, or names a process on this host that no longer exists.
+A group commit (:meth:`WorkflowStore.commit`), in one transaction:
+
+1. **Fence.** ``UPDATE workflows SET commit_seq = n, lease_expires_at = ..., ...
+   WHERE workflow_id = w AND lease_generation = g AND commit_seq = n - 1`` (and, when
+   the batch starts steps, ``AND status = 'RUNNING'``). One row: go on; the lease is
+   renewed as a side effect. No row: read why. Another generation: the lease was taken
+   over, raise :class:`~heliostat.exceptions.WorkflowLeaseError` (``fenced``), write
+   nothing. ``commit_seq`` already ``n``: this is a retry of a commit whose first try
+   did commit before its connection broke; done. Not RUNNING: the workflow was
+   canceled, so the batch's INTENTs are refused (the caller drops them and commits
+   the rest).
+2. Insert the records as rows: WAL INTENT / COMMIT / ABORT, attempts, step rows,
+   transitions, logs, with one ``executemany`` per statement on the DBAPI cursor
+   (:class:`~heliostat.storage.prepared.PreparedCache`).
+3. Commit: one fsync for the whole batch.
+
+Every pickled value this store hands out is authenticated first: the stored DAG by its
+``dag_signature``, each step output by its ``output_signature`` (an HMAC over the
+workflow and step ids, the output's location, checksum and format, with the
+installation key; the checksum then vouches for the bytes). A row written without the
+key raises :class:`~heliostat.exceptions.UnauthenticatedDataError` instead.
+
+Connection failures (a PostgreSQL restart) are retried with backoff for up to
+``retry_timeout`` seconds (``HELIOSTAT_DB_RETRY_TIMEOUT``, default 60); errors a user
+must fix (a full disk, a read-only database) become a
+:class:`~heliostat.exceptions.StorageError` that names the database and the setting.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import operator
+import logging
 import os
-import socket
-import traceback
-import uuid
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from heliostat.exceptions import HeliostatInternalError, WorkflowLeaseError, WorkflowNotFoundError
+from heliostat.exceptions import (
+    HeliostatInternalError,
+    StorageError,
+    WorkflowLeaseError,
+    WorkflowNotFoundError,
+)
 from heliostat.storage.checkpoints import CheckpointRef
-from heliostat.storage.db import ensure_schema, make_engine, raw_transaction
-from heliostat.storage.models import Edge, Lease, Step, StepAttempt, Transition, WalRecord, Workflow
-from heliostat.storage.states import StepStatus, WalKind, WorkflowStatus, check_transition
+from heliostat.storage.db import (
+    SQLITE_BEGIN_OPTION,
+    ensure_schema,
+    is_transient_db_error,
+    make_engine,
+    raw_transaction,
+    storage_error_from,
+)
+from heliostat.storage.models import (
+    LOG_LIMIT,
+    AttemptLog,
+    Edge,
+    Step,
+    StepAttempt,
+    Transition,
+    WalRecord,
+    Workflow,
+)
+from heliostat.storage.prepared import PreparedCache
+from heliostat.storage.signing import Signer
+from heliostat.storage.states import (
+    AttemptStatus,
+    StepStatus,
+    WalKind,
+    WorkflowStatus,
+    check_transition,
+)
 from heliostat.workflows.compile import CompiledWorkflow
+from heliostat.workflows.lease import (
+    Lease,
+    LeaseHolder,
+    LeaseOwner,
+    Refuse,
+    decide_takeover,
+    holder_is_live,
+)
+from heliostat.workflows.machine import (
+    AttemptEnded,
+    Commit,
+    Intent,
+    Record,
+    StepLogs,
+    StepMoved,
+    StepsAdded,
+    WorkflowMove,
+)
 
 __all__ = [
-    "Batch",
-    "LeaseOwner",
+    "DEFAULT_RETRY_TIMEOUT",
+    "AttemptRecord",
+    "CommitResult",
     "StepRecord",
+    "WalEntry",
+    "WorkflowMove",
     "WorkflowRecord",
     "WorkflowStore",
+    "held_error",
+    "retry_timeout",
 ]
+
+log = logging.getLogger("heliostat.workflows")
+
+DEFAULT_RETRY_TIMEOUT = 60.0
+"""Seconds a lineage write keeps retrying a lost database connection."""
 
 _W: sa.Table = Workflow.__table__  # type: ignore[assignment]
 _S: sa.Table = Step.__table__  # type: ignore[assignment]
 _A: sa.Table = StepAttempt.__table__  # type: ignore[assignment]
 _E: sa.Table = Edge.__table__  # type: ignore[assignment]
 _WAL: sa.Table = WalRecord.__table__  # type: ignore[assignment]
-_L: sa.Table = Lease.__table__  # type: ignore[assignment]
 _T: sa.Table = Transition.__table__  # type: ignore[assignment]
+_LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
+
+_T_ = TypeVar("_T_")
+
+
+def retry_timeout() -> float:
+    """``HELIOSTAT_DB_RETRY_TIMEOUT`` seconds, else :data:`DEFAULT_RETRY_TIMEOUT`."""
+    raw = os.environ.get("HELIOSTAT_DB_RETRY_TIMEOUT")
+    if raw is None:
+        return DEFAULT_RETRY_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ValueError(f"HELIOSTAT_DB_RETRY_TIMEOUT must be seconds >= 0, not {raw!r}.")
+    return value
 
 
 def _key(table: sa.Table) -> Any:
     return (table.c.workflow_id == sa.bindparam("w")) & (table.c.task_id == sa.bindparam("t"))
 
 
-# Statements of the group commit, built once (see WorkflowStore.apply).
+# Statements of the group commit, built once (PreparedCache keys on their identity).
 _WAL_INSERT = _WAL.insert()
 _STEP_INSERT = _S.insert()
 _EDGE_INSERT = _E.insert()
 _ATTEMPT_INSERT = _A.insert()
 _TRANSITION_INSERT = _T.insert()
-_STEP_COMMIT = (
-    _S.update()
-    .where(_key(_S))
-    .values(
-        status=sa.bindparam("st"),
-        attempts=sa.bindparam("a"),
-        output_location=sa.bindparam("loc"),
-        output_checksum=sa.bindparam("sum"),
-        output_format=sa.bindparam("fmt"),
-        output_size=sa.bindparam("size"),
-        output_inline=sa.bindparam("data"),
-        finished_at=sa.bindparam("now"),
-        error=sa.bindparam("err"),
-    )
-)
-_STEP_FAIL = (
-    _S.update()
-    .where(_key(_S))
-    .values(
-        status=sa.bindparam("step_st"),
-        error=sa.bindparam("err"),
-        traceback=sa.bindparam("tb"),
-        finished_at=sa.bindparam("now"),
-    )
-)
-_STEP_STATUS_OF = sa.select(_S.c.status).where(_key(_S))
-_STEP_STATUS = _S.update().where(_key(_S)).values(status=sa.bindparam("st"))
-_STEP_INTENT = (
-    _S.update()
-    .where(_key(_S))
-    .values(
-        status=StepStatus.RUNNING,
-        attempts=sa.bindparam("a"),
-        started_at=sa.bindparam("now"),
-        finished_at=None,
-    )
-)
-_ATTEMPT_DONE = (
+_LOG_INSERT = _LOG.insert()
+_ATTEMPT_END = (
     _A.update()
     .where(_key(_A) & (_A.c.attempt == sa.bindparam("a")))
-    .values(status=sa.bindparam("st"), finished_at=sa.bindparam("now"), error=sa.bindparam("err"))
+    .values(
+        status=sa.bindparam("st"),
+        started_at=sa.func.coalesce(
+            sa.bindparam("started", type_=_A.c.started_at.type), _A.c.started_at
+        ),
+        finished_at=sa.bindparam("finished"),
+        worker=sa.bindparam("worker"),
+        error=sa.bindparam("err"),
+        error_type=sa.bindparam("etype"),
+        traceback=sa.bindparam("tb"),
+    )
 )
 
 
-class _Prepared:
-    """One DML statement compiled once for a dialect and run on the DBAPI cursor.
-
-    The group commit runs on every executor turn, a few statements each; going through
-    ``Connection.execute`` costs about 0.1 ms per statement in SQLAlchemy's Python
-    (parameter processing, result setup, events), which was most of a chain step's
-    cost. Here the SQL text, the order of its parameters and each parameter's bind
-    processor (the column type's conversion, e.g. ``UTCDateTime``) are worked out once;
-    a row becomes a parameter tuple (or dict) by one ``itemgetter`` call plus the
-    conversions, each distinct value converted once per batch.
-    """
-
-    __slots__ = ("_convert", "_fixed", "_get", "_names", "_positional", "sql")
-
-    def __init__(self, stmt: Any, dialect: Any, keys: Iterable[str] | None = None) -> None:
-        compiled = stmt.compile(dialect=dialect, column_keys=list(keys) if keys else None)
-        self.sql: str = compiled.string
-        self._positional: bool = bool(compiled.positional)
-        names = list(compiled.positiontup or ()) if self._positional else list(compiled.binds)
-        given = set(keys or ())
-        self._names = names
-        self._convert: list[tuple[int, Any]] = []
-        self._fixed: dict[str, Any] = {}
-        for i, name in enumerate(names):
-            bind = compiled.binds[name]
-            proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if proc is not None:
-                self._convert.append((i, proc))
-            if bind.required or name in given:
-                continue  # each row gives it
-            if bind.callable is not None:  # a Python-side default: give it in the rows
-                raise HeliostatInternalError(f"{name!r} of {self.sql!r} needs a value per row")
-            self._fixed[name] = bind.value  # a literal of .values(...)
-        if not names:
-            self._get: Callable[[dict[str, Any]], Any] = lambda row: ()
-        elif len(names) == 1:
-            only = names[0]
-            self._get = lambda row: (row[only],)
-        else:
-            self._get = operator.itemgetter(*names)
-
-    def params(self, rows: list[dict[str, Any]]) -> list[Any]:
-        get, fixed, convert = self._get, self._fixed, self._convert
-        # Rows share most values (the batch's one timestamp, the workflow id, states):
-        # each distinct object is converted once. ``rows`` keeps them alive, so their
-        # ids are not reused meanwhile.
-        done: dict[tuple[int, int], Any] = {}
-        out: list[Any] = []
-        for row in rows:
-            values = list(get({**fixed, **row} if fixed else row))
-            for i, proc in convert:
-                v = values[i]
-                key = (i, id(v))
-                if key in done:
-                    values[i] = done[key]
-                else:
-                    values[i] = done[key] = proc(v)
-            out.append(
-                tuple(values) if self._positional else dict(zip(self._names, values, strict=True))
-            )
-        return out
-
-
-def _wal_row(
-    workflow_id: str,
-    task_id: str,
-    attempt: int,
-    kind: WalKind,
-    now: dt.datetime,
-    ref: CheckpointRef | None,
-) -> dict[str, Any]:
-    return {
-        "workflow_id": workflow_id,
-        "task_id": task_id,
-        "attempt": attempt,
-        "kind": kind,
-        "idempotency_key": f"{workflow_id}:{task_id}",
-        "created_at": now,
-        "location": ref.location if ref else None,
-        "checksum": ref.checksum if ref else None,
-    }
-
-
-def _ref_format(output_format: str | None) -> Any:
-    if output_format in (None, "continuation"):
-        return "pickle"
-    return output_format
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseOwner:
-    """Who runs a workflow: one per driver process."""
-
-    owner: str
-    host: str
-    pid: int
-
-    @staticmethod
-    def this_process() -> LeaseOwner:
-        return LeaseOwner(
-            owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
-            host=socket.gethostname(),
-            pid=os.getpid(),
+def _fence(*, running: bool) -> Any:
+    """The fencing UPDATE (see the module docstring); ``running``: refuse if canceled."""
+    where = (
+        (_W.c.workflow_id == sa.bindparam("w"))
+        & (_W.c.lease_generation == sa.bindparam("g"))
+        & (_W.c.commit_seq == sa.bindparam("prev"))
+    )
+    if running:
+        where = where & (_W.c.status == WorkflowStatus.RUNNING)
+    return (
+        _W.update()
+        .where(where)
+        .values(
+            commit_seq=sa.bindparam("seq"),
+            updated_at=sa.bindparam("now"),
+            lease_heartbeat_at=sa.bindparam("now"),
+            lease_expires_at=sa.bindparam("exp"),
+            steps_done=_W.c.steps_done + sa.bindparam("done"),
+            steps_total=_W.c.steps_total + sa.bindparam("added"),
         )
+    )
+
+
+_FENCE_RUNNING = _fence(running=True)
+_FENCE_ANY = _fence(running=False)
+_FENCED_ROW = (_W.c.workflow_id == sa.bindparam("w")) & (_W.c.lease_generation == sa.bindparam("g"))
+_RELEASE = (
+    _W.update()
+    .where(_FENCED_ROW)
+    .values(
+        updated_at=sa.bindparam("now"),
+        lease_owner=sa.bindparam("owner"),
+        lease_expires_at=sa.bindparam("exp"),
+    )
+)
+_FINISH = _RELEASE.values(
+    status=sa.bindparam("st"), finished_at=sa.bindparam("fin"), error=sa.bindparam("err")
+)
+_FENCE_STATE = sa.select(_W.c.lease_generation, _W.c.commit_seq, _W.c.status).where(
+    _W.c.workflow_id == sa.bindparam("w")
+)
+# Step row updates, one statement per set of columns a batch changes (see _step_updates).
+_STEP_UPDATES: dict[frozenset[str], Any] = {}
+
+
+def _step_update(columns: frozenset[str]) -> Any:
+    stmt = _STEP_UPDATES.get(columns)
+    if stmt is None:
+        stmt = _STEP_UPDATES[columns] = (
+            _S.update()
+            .where(_key(_S))
+            .values({c: sa.bindparam(f"v_{c}", type_=_S.c[c].type) for c in sorted(columns)})
+        )
+    return stmt
+
+
+# --- records read back ----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepRecord:
-    """A step as the log knows it."""
+    """A step as the lineage knows it."""
 
     task_id: str
     name: str
@@ -228,80 +244,1065 @@ class StepRecord:
     checkpoint: CheckpointRef | None
     output_format: str | None
     error: str | None
+    error_type: str | None
     traceback: str | None
+    queued_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     position: int
     metadata: dict[str, Any]
+    idempotency_key: str | None = None
+    code_hash: str | None = None
+    input_hash: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds its latest attempt executed (not counting its time in the queue)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    """One attempt of a step."""
+
+    task_id: str
+    attempt: int
+    status: AttemptStatus
+    queued_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    error: str | None
+    error_type: str | None
+    traceback: str | None
+    worker: str | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds it executed (``None`` if it never reported its start or end)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def queue_seconds(self) -> float | None:
+        """Seconds between its INTENT and the start of its execution."""
+        if self.queued_at is None or self.started_at is None:
+            return None
+        return (self.started_at - self.queued_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WalEntry:
+    """One write-ahead-log row."""
+
+    task_id: str
+    attempt: int
+    kind: WalKind
+    idempotency_key: str | None
+    created_at: dt.datetime
+    location: str | None
+    checksum: str | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkflowRecord:
-    """A workflow as the log knows it (steps included when loaded with them)."""
+    """A workflow as the lineage knows it (``steps`` filled when loaded with them)."""
 
     workflow_id: str
     status: WorkflowStatus
+    name: str
     dag: bytes | None
+    dag_signature: str | None
     metadata: dict[str, Any]
     output_task_id: str | None
     error: str | None
     created_at: dt.datetime
+    updated_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     resume_count: int
-    lease_owner: str | None = None
-    lease_host: str | None = None
-    lease_pid: int | None = None
-    lease_expires_at: dt.datetime | None = None
+    schedule: str | None
+    steps_total: int
+    steps_done: int
+    lease: LeaseHolder
+    commit_seq: int
     steps: dict[str, StepRecord] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class Batch:
-    """Records the executor produced since its last commit."""
+class CommitResult:
+    """What :meth:`WorkflowStore.commit` did."""
 
-    intents: list[tuple[str, int, str]] = field(default_factory=list)
-    commits: list[tuple[str, int, CheckpointRef | None, str, str | None, StepStatus]] = field(
-        default_factory=list
+    COMMITTED = "committed"
+    INTENTS_REFUSED = "intents refused"  # the workflow was canceled: nothing written
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+class WorkflowStore:
+    """SQL access for workflow runs: create, fenced group commits, leases, reads.
+
+    Args:
+        engine: an engine from :func:`heliostat.storage.db.make_engine` (schema at head).
+        signer: signs and checks the pickled data rows refer to.
+        retry_for: seconds to retry a lost connection (None: :func:`retry_timeout`).
+    """
+
+    LEASE_COLUMNS = (
+        _W.c.lease_owner,
+        _W.c.lease_host,
+        _W.c.lease_pid,
+        _W.c.lease_acquired_at,
+        _W.c.lease_heartbeat_at,
+        _W.c.lease_expires_at,
+        _W.c.lease_generation,
     )
-    failures: list[tuple[str, int, str, str, bool]] = field(default_factory=list)
-    statuses: list[tuple[str, StepStatus, str]] = field(default_factory=list)
-    new_steps: list[CompiledWorkflow] = field(default_factory=list)
+    """The lease columns, for queries of other stores (the schedule store's)."""
 
-    def intent(self, task_id: str, attempt: int, key: str) -> None:
-        self.intents.append((task_id, attempt, key))
+    def __init__(self, engine: Engine, *, signer: Signer, retry_for: float | None = None) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.retry_for = retry_timeout() if retry_for is None else retry_for
+        self._prepared = PreparedCache(engine.dialect)
+        self.where = _describe_db(engine)
+
+    @classmethod
+    def open(cls, url: str, *, signer: Signer, retry_for: float | None = None) -> WorkflowStore:
+        """Connect to ``url`` and migrate the schema to head if needed."""
+        engine = make_engine(url)
+        try:
+            ensure_schema(engine)
+        except Exception as exc:
+            engine.dispose()
+            error = storage_error_from(exc, url)
+            if error is not None:
+                raise error from exc
+            raise
+        return cls(engine, signer=signer, retry_for=retry_for)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- the retry loop -------------------------------------------------------------
+
+    def _retrying(self, what: str, fn: Callable[[], _T_]) -> _T_:
+        """Run ``fn`` (one transaction), retrying lost connections for ``retry_for`` s.
+
+        Raises:
+            StorageError: a problem the user must fix (disk full, read-only database),
+                or the database stayed unreachable past the retry bound.
+        """
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        warned = False
+        while True:
+            try:
+                return fn()
+            except (WorkflowLeaseError, WorkflowNotFoundError, HeliostatInternalError):
+                raise
+            except Exception as exc:
+                error = storage_error_from(exc, self.engine.url)
+                if error is not None:
+                    raise error from exc
+                if not is_transient_db_error(exc):
+                    if isinstance(exc, sa.exc.DBAPIError):
+                        raise StorageError(
+                            f"The lineage database {self.where} failed to {what}: "
+                            f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}"
+                        ) from exc
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StorageError(
+                        f"The lineage database {self.where} was unreachable for "
+                        f"{self.retry_for:g} s while trying to {what} "
+                        f"({type(exc).__name__}). The workflow was left as it was and can "
+                        "be resumed once the database is back (raise "
+                        "HELIOSTAT_DB_RETRY_TIMEOUT to wait longer)."
+                    ) from exc
+                if not warned:
+                    log.warning(
+                        "lineage database %s unreachable (%s); retrying for up to %g s",
+                        self.where,
+                        type(exc).__name__,
+                        self.retry_for,
+                    )
+                    warned = True
+                time.sleep(delay)  # backing off from a database that is down
+                delay = min(delay * 2, 2.0)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for reading: on SQLite it begins DEFERRED, taking no write lock
+        (the engine's transactions otherwise begin IMMEDIATE)."""
+        with self.engine.connect() as conn:
+            yield conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+
+    # --- creating and taking workflows ------------------------------------------------
+
+    def create(
+        self,
+        *,
+        workflow_id: str,
+        compiled: CompiledWorkflow,
+        metadata: dict[str, Any],
+        name: str,
+        schedule: str | None,
+        owner: LeaseOwner,
+        timeout: float,
+        now: dt.datetime,
+    ) -> Lease | None:
+        """Record a new workflow, its steps and edges, RUNNING under ``owner``'s lease.
+
+        One transaction. Returns the lease, or ``None`` if a workflow with this id
+        exists already (then nothing was written).
+        """
+        dag = compiled.to_bytes()
+        signature = self.signer.sign("workflow-dag", workflow_id, dag)
+        steps, edges = _step_rows(workflow_id, compiled)
+
+        def write() -> Lease | None:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        _W.insert().values(
+                            workflow_id=workflow_id,
+                            status=WorkflowStatus.RUNNING,
+                            name=name,
+                            created_at=now,
+                            updated_at=now,
+                            started_at=now,
+                            metadata=metadata,
+                            dag=dag,
+                            dag_signature=signature,
+                            output_task_id=compiled.output,
+                            resume_count=0,
+                            schedule=schedule,
+                            steps_total=len(steps),
+                            steps_done=0,
+                            lease_owner=owner.owner,
+                            lease_host=owner.host,
+                            lease_pid=owner.pid,
+                            lease_acquired_at=now,
+                            lease_heartbeat_at=now,
+                            lease_expires_at=now + dt.timedelta(seconds=timeout),
+                            lease_generation=1,
+                            commit_seq=0,
+                        )
+                    )
+                    dbapi = conn.connection.dbapi_connection
+                    with contextlib.closing(dbapi.cursor()) as cursor:  # type: ignore[union-attr]
+                        self._prepared.run(cursor, _STEP_INSERT, steps)
+                        self._prepared.run(cursor, _EDGE_INSERT, edges)
+                    conn.execute(
+                        _T.insert().values(
+                            entity="workflow",
+                            workflow_id=workflow_id,
+                            start=None,
+                            finish=WorkflowStatus.RUNNING,
+                            cause="run()",
+                            at=now,
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                if self.exists(workflow_id):
+                    return None  # somebody created it first
+                raise
+            return Lease(workflow_id=workflow_id, owner=owner, generation=1, timeout=timeout)
+
+        return self._retrying("record a new workflow", write)
+
+    def take_over(
+        self,
+        workflow_id: str,
+        owner: LeaseOwner,
+        *,
+        timeout: float,
+        now: dt.datetime,
+        moves: Callable[[WorkflowStatus, bool], list[WorkflowMove]],
+    ) -> tuple[Lease, int]:
+        """Take the workflow's lease and move its status, in one transaction.
+
+        ``moves(status, previous_live)`` decides the status transitions (pure; it may
+        raise to refuse). Returns the lease and the run's current ``commit_seq``.
+
+        Raises:
+            WorkflowLeaseError: a live lease of another owner holds it (names the holder).
+            WorkflowNotFoundError: no such workflow.
+        """
+
+        def write() -> tuple[Lease, int]:
+            with self.engine.begin() as conn:
+                query = sa.select(_W.c.status, _W.c.commit_seq, *self.LEASE_COLUMNS).where(
+                    _W.c.workflow_id == workflow_id
+                )
+                if self.engine.dialect.name == "postgresql":
+                    query = query.with_for_update()
+                row = conn.execute(query).first()
+                if row is None:
+                    raise _not_found(workflow_id)
+                m = row._mapping
+                holder = self.holder_of(m)
+                decision = decide_takeover(
+                    holder, owner, now, timeout, pid_exists=psutil.pid_exists
+                )
+                if isinstance(decision, Refuse):
+                    raise held_error(workflow_id, decision.holder)
+                status = WorkflowStatus(m["status"])
+                steps = moves(status, decision.previous_live and holder.owner != owner.owner)
+                values: dict[str, Any] = {
+                    "lease_owner": owner.owner,
+                    "lease_host": owner.host,
+                    "lease_pid": owner.pid,
+                    "lease_acquired_at": now,
+                    "lease_heartbeat_at": now,
+                    "lease_expires_at": decision.expires_at,
+                    "lease_generation": decision.generation,
+                    "updated_at": now,
+                }
+                values.update(self._move_values(workflow_id, status, steps, now, conn))
+                conn.execute(_W.update().where(_W.c.workflow_id == workflow_id).values(**values))
+            lease = Lease(
+                workflow_id=workflow_id,
+                owner=owner,
+                generation=decision.generation,
+                timeout=timeout,
+            )
+            return lease, int(m["commit_seq"])
+
+        return self._retrying("take the workflow's lease", write)
+
+    @staticmethod
+    def _move_values(
+        workflow_id: str,
+        status: WorkflowStatus,
+        moves: list[WorkflowMove],
+        now: dt.datetime,
+        conn: Connection,
+        error: str | None = None,
+    ) -> dict[str, Any]:
+        """Columns for ``moves`` (checked against the table), transitions rows written."""
+        values: dict[str, Any] = {}
+        for move in moves:
+            if move.start is not status:
+                raise HeliostatInternalError(
+                    f"workflow {workflow_id!r} is {status}, not {move.start} as planned"
+                )
+            check_transition("workflow", workflow_id, move.start, move.finish)
+            conn.execute(
+                _T.insert().values(
+                    entity="workflow",
+                    workflow_id=workflow_id,
+                    start=move.start,
+                    finish=move.finish,
+                    cause=move.cause,
+                    at=now,
+                )
+            )
+            status = move.finish
+            values["status"] = status
+            if status is WorkflowStatus.RUNNING:
+                values["started_at"] = now
+                values["finished_at"] = None
+                values["error"] = None
+                values["resume_count"] = _W.c.resume_count + 1
+            elif status is not WorkflowStatus.RESUMABLE:
+                values["finished_at"] = now
+        if error is not None:
+            values["error"] = error
+        return values
+
+    def move(
+        self,
+        workflow_id: str,
+        moves: Callable[[WorkflowStatus], list[WorkflowMove]],
+        *,
+        now: dt.datetime,
+        error: str | None = None,
+    ) -> WorkflowStatus:
+        """Move a workflow's status outside of a run (cancel); returns the new status.
+
+        ``moves(status)`` decides from the status read under the row lock.
+        """
+
+        def write() -> WorkflowStatus:
+            with self.engine.begin() as conn:
+                query = sa.select(_W.c.status).where(_W.c.workflow_id == workflow_id)
+                if self.engine.dialect.name == "postgresql":
+                    query = query.with_for_update()
+                row = conn.execute(query).first()
+                if row is None:
+                    raise _not_found(workflow_id)
+                status = WorkflowStatus(row[0])
+                steps = moves(status)
+                if not steps:
+                    return status
+                values = self._move_values(workflow_id, status, steps, now, conn, error)
+                values["updated_at"] = now
+                conn.execute(_W.update().where(_W.c.workflow_id == workflow_id).values(**values))
+                return steps[-1].finish
+
+        return self._retrying("change the workflow's status", write)
+
+    # --- leases --------------------------------------------------------------------------
+
+    @staticmethod
+    def holder_of(m: Mapping[str, Any] | sa.RowMapping) -> LeaseHolder:
+        """The lease columns of a row (selected with :attr:`LEASE_COLUMNS`)."""
+        return LeaseHolder(
+            owner=m["lease_owner"],
+            host=m["lease_host"],
+            pid=m["lease_pid"],
+            acquired_at=m["lease_acquired_at"],
+            heartbeat_at=m["lease_heartbeat_at"],
+            expires_at=m["lease_expires_at"],
+            generation=int(m["lease_generation"] or 0),
+        )
+
+    @staticmethod
+    def lease_is_live(holder: LeaseHolder, now: dt.datetime | None = None) -> bool:
+        """Whether ``holder`` protects its workflow now (real time unless given)."""
+        import socket
+
+        return holder_is_live(
+            holder,
+            now or dt.datetime.now(dt.UTC),
+            this_host=socket.gethostname(),
+            pid_exists=psutil.pid_exists,
+        )
+
+    def renew_leases(self, leases: list[Lease], now: dt.datetime) -> list[str]:
+        """Renew each lease, fenced; return the workflow ids whose lease was lost."""
+        if not leases:
+            return []
+        lost: list[str] = []
+
+        def write() -> None:
+            lost.clear()
+            with self.engine.begin() as conn:
+                for lease in leases:
+                    result = conn.execute(
+                        _W.update()
+                        .where(
+                            (_W.c.workflow_id == lease.workflow_id)
+                            & (_W.c.lease_generation == lease.generation)
+                            & (_W.c.lease_owner == lease.owner.owner)
+                        )
+                        .values(
+                            lease_heartbeat_at=now,
+                            lease_expires_at=now + dt.timedelta(seconds=lease.timeout),
+                        )
+                    )
+                    if result.rowcount == 0:
+                        lost.append(lease.workflow_id)
+
+        # A heartbeat is not retried here: the keeper's next beat is the retry.
+        write()
+        return lost
+
+    # --- the group commit ----------------------------------------------------------------
 
     def commit(
         self,
-        task_id: str,
-        attempt: int,
-        ref: CheckpointRef | None,
-        cause: str,
-        output_format: str | None = None,
-        start: StepStatus = StepStatus.RUNNING,
+        lease: Lease,
+        seq: int,
+        records: list[Record],
+        *,
+        now: dt.datetime,
+        finish: list[WorkflowMove] | None = None,
+        error: str | None = None,
+        release: bool = False,
+    ) -> str:
+        """Write ``records`` as group commit number ``seq`` of the run holding ``lease``.
+
+        With ``finish``, the workflow's final transitions go in the same transaction,
+        and ``release`` clears the lease. A ``finish`` whose start is no longer the
+        stored status (a concurrent cancel) is not written, the rest is.
+
+        Returns:
+            :attr:`CommitResult.COMMITTED`, or :attr:`CommitResult.INTENTS_REFUSED`
+            when the batch starts steps but the workflow was canceled meanwhile (then
+            nothing was written; drop the INTENTs and commit the rest).
+
+        Raises:
+            WorkflowLeaseError: the lease was taken over (``fenced``); nothing written.
+            StorageError: the database cannot be written (see the module docstring).
+        """
+        has_intents = any(isinstance(r, Intent) for r in records)
+        done = 0
+        added = 0
+        for r in records:
+            if isinstance(r, Commit) and r.start is not StepStatus.SUCCESSFUL:
+                done += 1
+            elif isinstance(r, StepMoved) and r.start is StepStatus.SUCCESSFUL:
+                done -= 1
+            elif isinstance(r, StepsAdded):
+                added += len(r.compiled.steps)
+        wid = lease.workflow_id
+        fence_row = {
+            "w": wid,
+            "g": lease.generation,
+            "prev": seq - 1,
+            "seq": seq,
+            "now": now,
+            "exp": now + dt.timedelta(seconds=lease.timeout),
+            "done": done,
+            "added": added,
+        }
+
+        def write() -> str:
+            with raw_transaction(self.engine) as cursor:
+                fence = _FENCE_RUNNING if has_intents else _FENCE_ANY
+                if self._prepared.run(cursor, fence, [fence_row]) != 1:
+                    self._prepared.run(cursor, _FENCE_STATE, [{"w": wid}])
+                    found = cursor.fetchone()
+                    if found is None:
+                        raise _not_found(wid)
+                    generation, committed_seq, status = found
+                    if int(generation) != lease.generation:
+                        raise _fenced_error(wid, lease)
+                    if int(committed_seq) == seq:
+                        return CommitResult.COMMITTED  # a retry: the first try committed
+                    if has_intents and status != WorkflowStatus.RUNNING:
+                        return CommitResult.INTENTS_REFUSED
+                    raise HeliostatInternalError(
+                        f"workflow {wid!r}: group commit {seq} found commit {committed_seq}"
+                    )
+                self._write_records(cursor, wid, records)
+                if finish or release:
+                    self._finish(cursor, wid, finish or [], now, error, release, lease)
+            return CommitResult.COMMITTED
+
+        return self._retrying("write the workflow's lineage", write)
+
+    def _finish(
+        self,
+        cursor: Any,
+        wid: str,
+        moves: list[WorkflowMove],
+        now: dt.datetime,
+        error: str | None,
+        release: bool,
+        lease: Lease,
     ) -> None:
-        self.commits.append((task_id, attempt, ref, cause, output_format, start))
+        """The run's last transitions (unless a cancel got there first) and release."""
+        run = self._prepared.run
+        run(cursor, _FENCE_STATE, [{"w": wid}])
+        found = cursor.fetchone()
+        assert found is not None  # the fence matched it in this transaction
+        status = WorkflowStatus(found[2])
+        row: dict[str, Any] = {
+            "w": wid,
+            "g": lease.generation,
+            "now": now,
+            "owner": None if release else lease.owner.owner,
+            "exp": None if release else now + dt.timedelta(seconds=lease.timeout),
+        }
+        if not moves or moves[0].start is not status:
+            run(cursor, _RELEASE, [row])
+            return
+        transitions = []
+        for move in moves:
+            if move.start is not status:
+                raise HeliostatInternalError(f"workflow {wid!r}: moves {moves} do not chain")
+            check_transition("workflow", wid, move.start, move.finish)
+            transitions.append(
+                {
+                    "entity": "workflow",
+                    "workflow_id": wid,
+                    "task_id": None,
+                    "start": move.start,
+                    "finish": move.finish,
+                    "cause": move.cause,
+                    "at": now,
+                }
+            )
+            status = move.finish
+        row["st"] = status
+        row["fin"] = None if status is WorkflowStatus.RESUMABLE else now
+        row["err"] = error
+        run(cursor, _FINISH, [row])
+        run(cursor, _TRANSITION_INSERT, transitions)
 
-    def attempt_failed(
-        self, task_id: str, attempt: int, exc: BaseException, *, final: bool
-    ) -> None:
-        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        tb = getattr(exc, "remote_traceback", "") or "".join(traceback.format_exception(exc))
-        self.failures.append((task_id, attempt, text[:4000], tb, final))
+    def _write_records(self, cursor: Any, w: str, records: Iterable[Record]) -> None:
+        run = self._prepared.run
+        wal: list[dict[str, Any]] = []
+        transitions: list[dict[str, Any]] = []
+        attempts_new: list[dict[str, Any]] = []
+        attempts_end: list[dict[str, Any]] = []
+        logs: list[dict[str, Any]] = []
+        steps: dict[str, dict[str, Any]] = {}  # task -> columns, later records win
 
-    def step_status(self, task_id: str, status: StepStatus, cause: str) -> None:
-        self.statuses.append((task_id, status, cause))
+        def moved(task_id: str, start: Any, finish: Any, cause: str, at: dt.datetime) -> None:
+            transitions.append(
+                {
+                    "entity": "step",
+                    "workflow_id": w,
+                    "task_id": task_id,
+                    "start": start,
+                    "finish": finish,
+                    "cause": cause,
+                    "at": at,
+                }
+            )
 
-    def add_steps(self, compiled: CompiledWorkflow) -> None:
-        self.new_steps.append(compiled)
+        def log_row(task_id: str, attempt: int, got: StepLogs | None) -> None:
+            if got is not None and (got.text or got.size):
+                logs.append(
+                    {
+                        "workflow_id": w,
+                        "task_id": task_id,
+                        "attempt": attempt,
+                        "text": got.text[-LOG_LIMIT:],
+                        "size": got.size,
+                        "truncated": got.truncated,
+                    }
+                )
 
-    def __bool__(self) -> bool:
-        return bool(
-            self.intents or self.commits or self.failures or self.statuses or self.new_steps
+        for r in records:
+            if isinstance(r, StepsAdded):
+                rows, edges = _step_rows(w, r.compiled)
+                run(cursor, _STEP_INSERT, rows)
+                run(cursor, _EDGE_INSERT, edges)
+            elif isinstance(r, Intent):
+                wal.append(_wal_row(w, r.task_id, r.attempt, WalKind.INTENT, r.at, None, r.key))
+                attempts_new.append(
+                    {
+                        "workflow_id": w,
+                        "task_id": r.task_id,
+                        "attempt": r.attempt,
+                        "status": AttemptStatus.RUNNING,
+                        "queued_at": r.at,
+                    }
+                )
+                steps.setdefault(r.task_id, {}).update(
+                    status=StepStatus.RUNNING,
+                    attempts=r.attempt,
+                    queued_at=r.at,
+                    started_at=None,
+                    finished_at=None,
+                )
+            elif isinstance(r, Commit):
+                ref = r.checkpoint
+                wal.append(_wal_row(w, r.task_id, r.attempt, WalKind.COMMIT, r.at, ref, None))
+                columns: dict[str, Any] = {
+                    "status": StepStatus.SUCCESSFUL,
+                    "output_location": ref.location if ref else None,
+                    "output_checksum": ref.checksum if ref else None,
+                    "output_format": r.output_format,
+                    "output_size": ref.size if ref else None,
+                    "output_inline": ref.data if ref else None,
+                    "output_signature": (
+                        self._sign_output(w, r.task_id, ref, r.output_format) if ref else None
+                    ),
+                    "finished_at": r.finished_at or r.at,
+                    "error": None,
+                    "error_type": None,
+                    "traceback": None,
+                }
+                if r.started_at is not None:
+                    columns["started_at"] = r.started_at
+                steps.setdefault(r.task_id, {}).update(columns)
+                if r.attempt_ended:
+                    attempts_end.append(
+                        _attempt_end(w, r.task_id, r.attempt, AttemptStatus.SUCCESSFUL, r, None)
+                    )
+                    log_row(r.task_id, r.attempt, r.logs)
+                if r.start is not StepStatus.RUNNING or r.cause != "finished":
+                    moved(r.task_id, r.start, StepStatus.SUCCESSFUL, r.cause, r.at)
+            elif isinstance(r, AttemptEnded):
+                if r.status is AttemptStatus.FAILED or r.finish is StepStatus.PENDING:
+                    wal.append(_wal_row(w, r.task_id, r.attempt, WalKind.ABORT, r.at, None, None))
+                attempts_end.append(_attempt_end(w, r.task_id, r.attempt, r.status, r, r.error))
+                log_row(r.task_id, r.attempt, r.logs)
+                columns = {"status": r.finish}
+                if r.error is not None:
+                    columns.update(
+                        error=r.error.summary[:4000],
+                        error_type=r.error.type_name,
+                        traceback=r.error.traceback,
+                    )
+                if r.started_at is not None:
+                    columns["started_at"] = r.started_at
+                if r.finish is StepStatus.FAILED:
+                    columns["finished_at"] = r.finished_at or r.at
+                steps.setdefault(r.task_id, {}).update(columns)
+                moved(r.task_id, StepStatus.RUNNING, r.finish, r.cause, r.at)
+            elif isinstance(r, StepMoved):
+                columns = {"status": r.finish}
+                if r.error is not None:
+                    columns.update(
+                        error=r.error.summary[:4000],
+                        error_type=r.error.type_name,
+                        traceback=r.error.traceback,
+                    )
+                if r.finish in (StepStatus.FAILED, StepStatus.SKIPPED):
+                    columns["finished_at"] = r.at
+                steps.setdefault(r.task_id, {}).update(columns)
+                moved(r.task_id, r.start, r.finish, r.cause, r.at)
+            else:
+                raise HeliostatInternalError(f"unknown workflow record {r!r}")
+        run(cursor, _ATTEMPT_INSERT, attempts_new)
+        run(cursor, _ATTEMPT_END, attempts_end)
+        by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+        for task_id, columns in steps.items():
+            row = {f"v_{c}": v for c, v in columns.items()}
+            row["w"] = w
+            row["t"] = task_id
+            by_columns.setdefault(frozenset(columns), []).append(row)
+        for names, rows in by_columns.items():
+            run(cursor, _step_update(names), rows)
+        run(cursor, _WAL_INSERT, wal)
+        run(cursor, _TRANSITION_INSERT, transitions)
+        run(cursor, _LOG_INSERT, logs)
+
+    def _sign_output(
+        self, workflow_id: str, task_id: str, ref: CheckpointRef, fmt: str | None
+    ) -> str:
+        return self.signer.sign(
+            "step-output", workflow_id, task_id, ref.location, ref.checksum, fmt or ref.format
         )
 
+    # --- reads ---------------------------------------------------------------------------
 
-def _step_rows(workflow_id: str, compiled: CompiledWorkflow) -> tuple[list[dict[str, Any]], ...]:
+    def exists(self, workflow_id: str) -> bool:
+        with self._read() as conn:
+            row = conn.execute(sa.select(_W.c.workflow_id).where(_W.c.workflow_id == workflow_id))
+            return row.first() is not None
+
+    def load(self, workflow_id: str, *, with_steps: bool = True) -> WorkflowRecord:
+        """The workflow's record (its steps too, unless ``with_steps=False``).
+
+        Raises:
+            WorkflowNotFoundError: no such workflow.
+            UnauthenticatedDataError: a step output's row is not signed with this
+                installation's key.
+        """
+
+        def read() -> WorkflowRecord:
+            with self._read() as conn:
+                row = conn.execute(sa.select(_W).where(_W.c.workflow_id == workflow_id)).first()
+                if row is None:
+                    raise _not_found(workflow_id)
+                steps = self._load_steps(conn, workflow_id) if with_steps else {}
+            return self._record(row._mapping, steps)
+
+        return self._retrying("read the workflow", read)
+
+    def load_dag(self, record: WorkflowRecord) -> CompiledWorkflow:
+        """The run's stored DAG, authenticated before it is unpickled.
+
+        Raises:
+            UnauthenticatedDataError: its signature is missing or wrong.
+        """
+        if record.dag is None:
+            raise HeliostatInternalError(f"workflow {record.workflow_id!r} has no stored DAG")
+        self.signer.check(
+            record.dag_signature,
+            "workflow-dag",
+            record.workflow_id,
+            record.dag,
+            what=f"the compiled DAG of workflow {record.workflow_id!r}",
+            origin=f"the lineage database {self.where}",
+        )
+        return CompiledWorkflow.from_bytes(record.dag)
+
+    def _record(
+        self, m: Mapping[str, Any] | sa.RowMapping, steps: dict[str, StepRecord]
+    ) -> WorkflowRecord:
+        return WorkflowRecord(
+            workflow_id=m["workflow_id"],
+            status=WorkflowStatus(m["status"]),
+            name=m["name"],
+            dag=m.get("dag"),
+            dag_signature=m.get("dag_signature"),
+            metadata=m["metadata"] or {},
+            output_task_id=m["output_task_id"],
+            error=m["error"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+            started_at=m["started_at"],
+            finished_at=m["finished_at"],
+            resume_count=m["resume_count"],
+            schedule=m["schedule"],
+            steps_total=m["steps_total"],
+            steps_done=m["steps_done"],
+            lease=self.holder_of(m),
+            commit_seq=int(m["commit_seq"]),
+            steps=steps,
+        )
+
+    def _load_steps(self, conn: Connection, workflow_id: str) -> dict[str, StepRecord]:
+        rows = conn.execute(sa.select(_S).where(_S.c.workflow_id == workflow_id)).all()
+        out = {}
+        for r in rows:
+            m = r._mapping
+            ref = None
+            if m["output_location"]:
+                fmt = m["output_format"]
+                ref = CheckpointRef(
+                    location=m["output_location"],
+                    checksum=m["output_checksum"] or "",
+                    # A continuation's checkpoint is the pickled sub-DAG.
+                    format="pickle" if fmt in (None, "continuation") else fmt,
+                    size=m["output_size"] or 0,
+                    data=m["output_inline"],
+                )
+                self.signer.check(
+                    m["output_signature"],
+                    "step-output",
+                    workflow_id,
+                    m["task_id"],
+                    ref.location,
+                    ref.checksum,
+                    fmt or ref.format,
+                    what=f"the output record of step {m['task_id']!r} of workflow {workflow_id!r}",
+                    origin=f"the lineage database {self.where}",
+                )
+            out[m["task_id"]] = StepRecord(
+                task_id=m["task_id"],
+                name=m["function_name"],
+                status=StepStatus(m["status"]),
+                attempts=m["attempts"],
+                idempotent=m["idempotent"],
+                checkpoint=ref,
+                output_format=m["output_format"],
+                error=m["error"],
+                error_type=m["error_type"],
+                traceback=m["traceback"],
+                queued_at=m["queued_at"],
+                started_at=m["started_at"],
+                finished_at=m["finished_at"],
+                position=m["position"],
+                metadata=m["metadata"] or {},
+                idempotency_key=m["idempotency_key"],
+                code_hash=m["code_hash"],
+                input_hash=m["input_hash"],
+            )
+        return out
+
+    def list_workflows(
+        self,
+        status_filter: Iterable[WorkflowStatus] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        search: str | None = None,
+    ) -> list[WorkflowRecord]:
+        """Workflows newest first, without their DAGs or steps."""
+        columns = [c for c in _W.c if c.name != "dag"]
+        query = sa.select(*columns).order_by(_W.c.created_at.desc(), _W.c.workflow_id)
+        if status_filter is not None:
+            query = query.where(_W.c.status.in_([str(s) for s in status_filter]))
+        if search:
+            query = query.where(_W.c.workflow_id.contains(search, autoescape=True))
+        if limit is not None:
+            query = query.limit(limit).offset(offset)
+
+        def read() -> list[WorkflowRecord]:
+            with self._read() as conn:
+                return [self._record(row._mapping, {}) for row in conn.execute(query)]
+
+        return self._retrying("list workflows", read)
+
+    def status(self, workflow_id: str) -> WorkflowStatus:
+        def read() -> WorkflowStatus:
+            with self._read() as conn:
+                row = conn.execute(
+                    sa.select(_W.c.status).where(_W.c.workflow_id == workflow_id)
+                ).first()
+            if row is None:
+                raise _not_found(workflow_id)
+            return WorkflowStatus(row[0])
+
+        return self._retrying("read the workflow's status", read)
+
+    def attempts(self, workflow_id: str, task_id: str | None = None) -> list[AttemptRecord]:
+        """Attempts of a workflow's steps (of one step), in the order they were made."""
+        query = sa.select(_A).where(_A.c.workflow_id == workflow_id).order_by(_A.c.id)
+        if task_id is not None:
+            query = query.where(_A.c.task_id == task_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            AttemptRecord(
+                task_id=m["task_id"],
+                attempt=m["attempt"],
+                status=AttemptStatus(m["status"]),
+                queued_at=m["queued_at"],
+                started_at=m["started_at"],
+                finished_at=m["finished_at"],
+                error=m["error"],
+                error_type=m["error_type"],
+                traceback=m["traceback"],
+                worker=m["worker"],
+            )
+            for m in (r._mapping for r in rows)
+        ]
+
+    def logs(self, workflow_id: str, task_id: str | None = None) -> list[tuple[str, int, StepLogs]]:
+        """``(task id, attempt, logs)`` of what the steps printed, in step order."""
+        query = (
+            sa.select(_LOG, _S.c.position)
+            .select_from(
+                _LOG.join(
+                    _S, (_S.c.workflow_id == _LOG.c.workflow_id) & (_S.c.task_id == _LOG.c.task_id)
+                )
+            )
+            .where(_LOG.c.workflow_id == workflow_id)
+            .order_by(_S.c.position, _LOG.c.attempt)
+        )
+        if task_id is not None:
+            query = query.where(_LOG.c.task_id == task_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (
+                m["task_id"],
+                m["attempt"],
+                StepLogs(text=m["text"], size=m["size"], truncated=m["truncated"]),
+            )
+            for m in (r._mapping for r in rows)
+        ]
+
+    def wal(self, workflow_id: str, task_id: str | None = None) -> list[WalEntry]:
+        """The WAL records of a workflow (of one step), oldest first."""
+        query = sa.select(_WAL).where(_WAL.c.workflow_id == workflow_id).order_by(_WAL.c.id)
+        if task_id is not None:
+            query = query.where(_WAL.c.task_id == task_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            WalEntry(
+                task_id=m["task_id"],
+                attempt=m["attempt"],
+                kind=WalKind(m["kind"]),
+                idempotency_key=m["idempotency_key"],
+                created_at=m["created_at"],
+                location=m["location"],
+                checksum=m["checksum"],
+            )
+            for m in (r._mapping for r in rows)
+        ]
+
+    def transitions(
+        self, workflow_id: str, task_id: str | None = None
+    ) -> list[tuple[str | None, str | None, str, str, dt.datetime]]:
+        """``(task id or None, start, finish, cause, at)`` rows, oldest first."""
+        query = sa.select(_T).where(_T.c.workflow_id == workflow_id).order_by(_T.c.id)
+        if task_id is not None:
+            query = query.where(_T.c.task_id == task_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (m["task_id"], m["start"], m["finish"], m["cause"], m["at"])
+            for m in (r._mapping for r in rows)
+        ]
+
+    def delete(self, workflow_id: str) -> None:
+        def write() -> None:
+            with self.engine.begin() as conn:
+                for table in (_T, _WAL, _LOG, _A, _E, _S):
+                    conn.execute(table.delete().where(table.c.workflow_id == workflow_id))
+                result = conn.execute(_W.delete().where(_W.c.workflow_id == workflow_id))
+                if result.rowcount == 0:
+                    raise _not_found(workflow_id)
+
+        self._retrying("delete the workflow", write)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _describe_db(engine: Engine) -> str:
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        return str(url.database or ":memory:")
+    return url.render_as_string(hide_password=True)
+
+
+def _not_found(workflow_id: str) -> WorkflowNotFoundError:
+    return WorkflowNotFoundError(f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id)
+
+
+def held_error(workflow_id: str, holder: LeaseHolder) -> WorkflowLeaseError:
+    expires = (
+        f"; its lease expires at {holder.expires_at:%Y-%m-%d %H:%M:%S} UTC unless renewed"
+        if holder.expires_at
+        else ""
+    )
+    return WorkflowLeaseError(
+        f"Workflow {workflow_id!r} is being run by another driver ({holder.describe()})"
+        f"{expires}. Two drivers never run one workflow at once; wait for it to finish, "
+        f"or cancel it (heliostat workflow cancel {workflow_id}).",
+        workflow_id=workflow_id,
+        holder_host=holder.host or "",
+        holder_pid=holder.pid or 0,
+        holder_since=holder.acquired_at.isoformat() if holder.acquired_at else "",
+    )
+
+
+def _fenced_error(workflow_id: str, lease: Lease) -> WorkflowLeaseError:
+    return WorkflowLeaseError(
+        f"Workflow {workflow_id!r}: this driver lost its lease (generation "
+        f"{lease.generation}) to another driver, which now runs the workflow; this run "
+        "stopped without writing anything more. (Was this process paused or cut off "
+        "from the database for longer than the lease timeout, "
+        "HELIOSTAT_LEASE_TIMEOUT?)",
+        workflow_id=workflow_id,
+        fenced=True,
+    )
+
+
+def _attempt_end(
+    w: str,
+    task_id: str,
+    attempt: int,
+    status: AttemptStatus,
+    r: Commit | AttemptEnded,
+    error: Any,
+) -> dict[str, Any]:
+    return {
+        "w": w,
+        "t": task_id,
+        "a": attempt,
+        "st": status,
+        "started": r.started_at,
+        "finished": r.finished_at or r.at,
+        "worker": r.worker,
+        "err": error.summary[:4000]
+        if error is not None
+        else (r.cause if status is AttemptStatus.INTERRUPTED else None),
+        "etype": error.type_name if error is not None else None,
+        "tb": error.traceback if error is not None else None,
+    }
+
+
+def _wal_row(
+    workflow_id: str,
+    task_id: str,
+    attempt: int,
+    kind: WalKind,
+    at: dt.datetime,
+    ref: CheckpointRef | None,
+    key: str | None,
+) -> dict[str, Any]:
+    return {
+        "workflow_id": workflow_id,
+        "task_id": task_id,
+        "attempt": attempt,
+        "kind": kind,
+        "idempotency_key": key or f"{workflow_id}:{task_id}",
+        "created_at": at,
+        "location": ref.location if ref else None,
+        "checksum": ref.checksum if ref else None,
+    }
+
+
+def _step_rows(
+    workflow_id: str, compiled: CompiledWorkflow
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     steps = []
     edges = []
     for task_id, spec in compiled.steps.items():
@@ -319,6 +1320,8 @@ def _step_rows(workflow_id: str, compiled: CompiledWorkflow) -> tuple[list[dict[
                 "idempotency_key": f"{workflow_id}:{task_id}",
                 "metadata": dict(opts.metadata),
                 "position": spec.position,
+                "code_hash": getattr(spec, "code_hash", "") or None,
+                "input_hash": getattr(spec, "input_hash", "") or None,
             }
         )
         for position, parent in enumerate(spec.parents):
@@ -331,466 +1334,3 @@ def _step_rows(workflow_id: str, compiled: CompiledWorkflow) -> tuple[list[dict[
                 }
             )
     return steps, edges
-
-
-class WorkflowStore:
-    """SQL access for workflows: create, load, group-committed batches, leases."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._prepared: dict[tuple[int, tuple[str, ...]], _Prepared] = {}
-
-    @classmethod
-    def open(cls, url: str) -> WorkflowStore:
-        """Connect to ``url`` and migrate the schema to head if needed."""
-        engine = make_engine(url)
-        ensure_schema(engine)
-        return cls(engine)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    # --- workflows ----------------------------------------------------------------
-
-    def create(
-        self,
-        *,
-        workflow_id: str,
-        compiled: CompiledWorkflow,
-        metadata: dict[str, Any],
-        name: str,
-        owner: LeaseOwner,
-        lease_timeout: float,
-    ) -> None:
-        """Record a new workflow, its steps and edges, and take its lease: one transaction."""
-        now = _now()
-        steps, edges = _step_rows(workflow_id, compiled)
-        with self.engine.begin() as conn:
-            conn.execute(
-                _W.insert().values(
-                    workflow_id=workflow_id,
-                    status=WorkflowStatus.RUNNING,
-                    name=name,
-                    created_at=now,
-                    updated_at=now,
-                    started_at=now,
-                    metadata=metadata,
-                    dag=compiled.to_bytes(),
-                    output_task_id=compiled.output,
-                    resume_count=0,
-                )
-            )
-            # Thousands of rows for a big fan-out: the prepared path (see _Prepared).
-            dbapi = conn.connection.dbapi_connection
-            with contextlib.closing(dbapi.cursor()) as cursor:  # type: ignore[union-attr]
-                self._run(cursor, _STEP_INSERT, steps)
-                if edges:
-                    self._run(cursor, _EDGE_INSERT, edges)
-            conn.execute(
-                _T.insert().values(
-                    entity="workflow",
-                    workflow_id=workflow_id,
-                    start=None,
-                    finish=WorkflowStatus.RUNNING,
-                    cause="run()",
-                    at=now,
-                )
-            )
-            self._write_lease(conn, workflow_id, owner, lease_timeout, now, insert=True)
-
-    def exists(self, workflow_id: str) -> bool:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(_W.c.workflow_id).where(_W.c.workflow_id == workflow_id))
-            return row.first() is not None
-
-    def load(self, workflow_id: str, *, with_steps: bool = True) -> WorkflowRecord:
-        """The workflow's record.
-
-        Raises:
-            WorkflowNotFoundError: no such workflow.
-        """
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(_W, _L.c.owner, _L.c.host, _L.c.pid, _L.c.expires_at)
-                .select_from(_W.outerjoin(_L, _L.c.workflow_id == _W.c.workflow_id))
-                .where(_W.c.workflow_id == workflow_id)
-            ).first()
-            if row is None:
-                raise WorkflowNotFoundError(
-                    f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
-                )
-            steps = self._load_steps(conn, workflow_id) if with_steps else {}
-        return self._record(row, steps)
-
-    @staticmethod
-    def _record(row: Any, steps: dict[str, StepRecord]) -> WorkflowRecord:
-        m = row._mapping
-        return WorkflowRecord(
-            workflow_id=m["workflow_id"],
-            status=WorkflowStatus(m["status"]),
-            dag=m.get("dag"),
-            metadata=m["metadata"] or {},
-            output_task_id=m["output_task_id"],
-            error=m["error"],
-            created_at=m["created_at"],
-            started_at=m["started_at"],
-            finished_at=m["finished_at"],
-            resume_count=m["resume_count"],
-            lease_owner=m.get("owner"),
-            lease_host=m.get("host"),
-            lease_pid=m.get("pid"),
-            lease_expires_at=m.get("expires_at"),
-            steps=steps,
-        )
-
-    def _load_steps(self, conn: Connection, workflow_id: str) -> dict[str, StepRecord]:
-        rows = conn.execute(sa.select(_S).where(_S.c.workflow_id == workflow_id)).all()
-        out = {}
-        for r in rows:
-            m = r._mapping
-            ref = None
-            if m["output_location"]:
-                ref = CheckpointRef(
-                    location=m["output_location"],
-                    checksum=m["output_checksum"] or "",
-                    # A continuation's checkpoint is the pickled sub-DAG.
-                    format=_ref_format(m["output_format"]),
-                    size=m["output_size"] or 0,
-                    data=m["output_inline"],
-                )
-            out[m["task_id"]] = StepRecord(
-                task_id=m["task_id"],
-                name=m["function_name"],
-                status=StepStatus(m["status"]),
-                attempts=m["attempts"],
-                idempotent=m["idempotent"],
-                checkpoint=ref,
-                output_format=m["output_format"],
-                error=m["error"],
-                traceback=m["traceback"],
-                started_at=m["started_at"],
-                finished_at=m["finished_at"],
-                position=m["position"],
-                metadata=m["metadata"] or {},
-            )
-        return out
-
-    def list_workflows(
-        self,
-        status_filter: Iterable[WorkflowStatus] | None = None,
-        *,
-        limit: int | None = None,
-        offset: int = 0,
-        search: str | None = None,
-    ) -> list[WorkflowRecord]:
-        # Every column but the pickled DAG, which a listing never needs (and which is
-        # most of a row's bytes).
-        columns = [c for c in _W.c if c.name != "dag"]
-        query = (
-            sa.select(*columns, _L.c.owner, _L.c.host, _L.c.pid, _L.c.expires_at)
-            .select_from(_W.outerjoin(_L, _L.c.workflow_id == _W.c.workflow_id))
-            .order_by(_W.c.created_at.desc(), _W.c.workflow_id)
-        )
-        if status_filter is not None:
-            query = query.where(_W.c.status.in_([str(s) for s in status_filter]))
-        if search:
-            query = query.where(_W.c.workflow_id.contains(search, autoescape=True))
-        if limit is not None:
-            query = query.limit(limit).offset(offset)
-        with self.engine.connect() as conn:
-            return [self._record(row, {}) for row in conn.execute(query)]
-
-    def delete(self, workflow_id: str) -> None:
-        with self.engine.begin() as conn:
-            for table in (_T, _WAL, _A, _E, _S, _L):
-                conn.execute(table.delete().where(table.c.workflow_id == workflow_id))
-            result = conn.execute(_W.delete().where(_W.c.workflow_id == workflow_id))
-            if result.rowcount == 0:
-                raise WorkflowNotFoundError(
-                    f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
-                )
-
-    def set_status(
-        self, workflow_id: str, status: WorkflowStatus, *, cause: str, error: str | None = None
-    ) -> WorkflowStatus:
-        """Move the workflow to ``status`` (checked against the state table)."""
-        now = _now()
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(_W.c.status).where(_W.c.workflow_id == workflow_id).with_for_update()
-            ).first()
-            if row is None:
-                raise WorkflowNotFoundError(
-                    f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
-                )
-            start = WorkflowStatus(row[0])
-            if start is status:
-                return start
-            check_transition("workflow", workflow_id, start, status)
-            values: dict[str, Any] = {"status": status, "updated_at": now}
-            if error is not None or status is WorkflowStatus.SUCCESSFUL:
-                values["error"] = error
-            if status in (
-                WorkflowStatus.SUCCESSFUL,
-                WorkflowStatus.FAILED,
-                WorkflowStatus.CANCELED,
-                WorkflowStatus.NEEDS_ATTENTION,
-            ):
-                values["finished_at"] = now
-            if status is WorkflowStatus.RUNNING:
-                values["started_at"] = now
-                values["finished_at"] = None
-                values["resume_count"] = _W.c.resume_count + 1
-            conn.execute(_W.update().where(_W.c.workflow_id == workflow_id).values(**values))
-            conn.execute(
-                _T.insert().values(
-                    entity="workflow",
-                    workflow_id=workflow_id,
-                    start=start,
-                    finish=status,
-                    cause=cause,
-                    at=now,
-                )
-            )
-            if status is not WorkflowStatus.RUNNING:
-                conn.execute(_L.delete().where(_L.c.workflow_id == workflow_id))
-        return start
-
-    def status(self, workflow_id: str) -> WorkflowStatus:
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(_W.c.status).where(_W.c.workflow_id == workflow_id)
-            ).first()
-        if row is None:
-            raise WorkflowNotFoundError(
-                f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
-            )
-        return WorkflowStatus(row[0])
-
-    def is_cancelled(self, workflow_id: str) -> bool:
-        return self.status(workflow_id) is WorkflowStatus.CANCELED
-
-    # --- the group commit ------------------------------------------------------------
-
-    def apply(self, workflow_id: str, batch: Batch) -> None:
-        """Write every record of ``batch`` in one transaction (nothing if it is empty).
-
-        The statements are built once at import (module constants) and compiled once
-        per database (:class:`_Prepared`), so a batch costs parameter lists and one
-        DBAPI ``executemany`` per statement, then one commit.
-        """
-        if not batch:
-            return
-        now = _now()
-        w = workflow_id
-        transitions: list[dict[str, Any]] = []
-
-        def moved(task_id: str, start: StepStatus | None, finish: StepStatus, cause: str) -> None:
-            transitions.append(
-                {
-                    "entity": "step",
-                    "workflow_id": w,
-                    "task_id": task_id,
-                    "start": start,
-                    "finish": finish,
-                    "cause": cause,
-                    "at": now,
-                }
-            )
-
-        wal: list[dict[str, Any]] = []
-        with raw_transaction(self.engine) as cursor:
-
-            def run(stmt: Any, rows: list[dict[str, Any]]) -> None:
-                self._run(cursor, stmt, rows)
-
-            for compiled in batch.new_steps:
-                steps, edges = _step_rows(w, compiled)
-                run(_STEP_INSERT, steps)
-                if edges:
-                    run(_EDGE_INSERT, edges)
-            if batch.statuses:
-                current: dict[str, StepStatus] = {}
-                for t, _s, _c in batch.statuses:
-                    if t not in current:
-                        run(_STEP_STATUS_OF, [{"w": w, "t": t}])
-                        found = cursor.fetchone()
-                        if found is not None:
-                            current[t] = StepStatus(found[0])
-                for t, status, cause in batch.statuses:
-                    start = current.get(t)
-                    if start is not None and start is not status:
-                        check_transition("step", f"{w}/{t}", start, status)
-                    moved(t, start, status, cause)
-                    current[t] = status
-                run(_STEP_STATUS, [{"w": w, "t": t, "st": st} for t, st, _c in batch.statuses])
-            if batch.commits:
-                rows = []
-                for t, a, ref, cause, fmt, start in batch.commits:
-                    wal.append(_wal_row(w, t, a, WalKind.COMMIT, now, ref))
-                    rows.append(
-                        {
-                            "w": w,
-                            "t": t,
-                            "a": a,
-                            "st": StepStatus.SUCCESSFUL,
-                            "loc": ref.location if ref else None,
-                            "sum": ref.checksum if ref else None,
-                            "fmt": fmt or (ref.format if ref else None),
-                            "size": ref.size if ref else None,
-                            "data": ref.data if ref else None,
-                            "now": now,
-                            "err": None,
-                        }
-                    )
-                    if start is not StepStatus.RUNNING or cause != "finished":
-                        moved(t, start, StepStatus.SUCCESSFUL, cause)
-                run(_STEP_COMMIT, rows)
-                run(_ATTEMPT_DONE, rows)
-            if batch.failures:
-                rows = []
-                for t, a, err, tb, final in batch.failures:
-                    wal.append(_wal_row(w, t, a, WalKind.ABORT, now, None))
-                    rows.append(
-                        {
-                            "w": w,
-                            "t": t,
-                            "a": a,
-                            "st": StepStatus.FAILED,
-                            "step_st": StepStatus.FAILED if final else StepStatus.PENDING,
-                            "err": err,
-                            "tb": tb,
-                            "now": now,
-                        }
-                    )
-                    moved(t, StepStatus.RUNNING, StepStatus.FAILED, "raised")
-                    if not final:
-                        moved(t, StepStatus.FAILED, StepStatus.RUNNING, "retry")
-                        moved(t, StepStatus.RUNNING, StepStatus.PENDING, "retry queued")
-                run(_STEP_FAIL, rows)
-                run(_ATTEMPT_DONE, rows)
-            if batch.intents:
-                rows = []
-                for t, a, key in batch.intents:
-                    row = _wal_row(w, t, a, WalKind.INTENT, now, None)
-                    row["idempotency_key"] = key
-                    wal.append(row)
-                    rows.append({"w": w, "t": t, "a": a, "now": now})
-                run(_STEP_INTENT, rows)
-                run(
-                    _ATTEMPT_INSERT,
-                    [
-                        {
-                            "workflow_id": w,
-                            "task_id": r["t"],
-                            "attempt": r["a"],
-                            "status": StepStatus.RUNNING,
-                            "started_at": now,
-                        }
-                        for r in rows
-                    ],
-                )
-            if wal:
-                run(_WAL_INSERT, wal)
-            if transitions:
-                run(_TRANSITION_INSERT, transitions)
-
-    def _run(self, cursor: Any, stmt: Any, rows: list[dict[str, Any]]) -> None:
-        prepared = self._prepare(stmt, rows[0])
-        if len(rows) == 1:
-            cursor.execute(prepared.sql, prepared.params(rows)[0])
-        else:
-            cursor.executemany(prepared.sql, prepared.params(rows))
-
-    def _prepare(self, stmt: Any, row: dict[str, Any]) -> _Prepared:
-        key = (id(stmt), tuple(row))
-        prepared = self._prepared.get(key)
-        if prepared is None:
-            keys = row if isinstance(stmt, sa.Insert) else None  # an INSERT names its columns
-            prepared = self._prepared[key] = _Prepared(stmt, self.engine.dialect, keys)
-        return prepared
-
-    # --- leases ---------------------------------------------------------------------
-
-    @staticmethod
-    def _write_lease(
-        conn: Connection,
-        workflow_id: str,
-        owner: LeaseOwner,
-        timeout: float,
-        now: dt.datetime,
-        *,
-        insert: bool,
-    ) -> None:
-        values = {
-            "owner": owner.owner,
-            "host": owner.host,
-            "pid": owner.pid,
-            "acquired_at": now,
-            "heartbeat_at": now,
-            "expires_at": now + dt.timedelta(seconds=timeout),
-        }
-        if insert:
-            conn.execute(_L.insert().values(workflow_id=workflow_id, **values))
-        else:
-            conn.execute(_L.update().where(_L.c.workflow_id == workflow_id).values(**values))
-
-    @staticmethod
-    def lease_is_live(
-        owner: str | None, host: str | None, pid: int | None, expires_at: dt.datetime | None
-    ) -> bool:
-        """Whether a lease still protects its workflow."""
-        if owner is None or expires_at is None:
-            return False
-        if host == socket.gethostname() and pid and not psutil.pid_exists(pid):
-            return False  # its process is gone: no need to wait for the expiry
-        return expires_at > _now()
-
-    def acquire_lease(self, workflow_id: str, owner: LeaseOwner, timeout: float) -> None:
-        """Take the workflow's lease, or raise if another live driver holds it.
-
-        Raises:
-            WorkflowLeaseError: the lease is held by a live driver.
-            WorkflowNotFoundError: no such workflow.
-        """
-        now = _now()
-        with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(_W.c.workflow_id).where(_W.c.workflow_id == workflow_id).with_for_update()
-            ).first()
-            if exists is None:
-                raise WorkflowNotFoundError(
-                    f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id
-                )
-            row = conn.execute(sa.select(_L).where(_L.c.workflow_id == workflow_id)).first()
-            if row is None:
-                self._write_lease(conn, workflow_id, owner, timeout, now, insert=True)
-                return
-            m = row._mapping
-            if m["owner"] != owner.owner and self.lease_is_live(
-                m["owner"], m["host"], m["pid"], m["expires_at"]
-            ):
-                raise WorkflowLeaseError(
-                    f"Workflow {workflow_id!r} is being run by another driver "
-                    f"({m['owner']}, pid {m['pid']} on {m['host']}); its lease expires at "
-                    f"{m['expires_at']:%Y-%m-%d %H:%M:%S} UTC unless renewed.",
-                    workflow_id=workflow_id,
-                )
-            self._write_lease(conn, workflow_id, owner, timeout, now, insert=False)
-
-    def renew_leases(self, owner: LeaseOwner, workflow_ids: list[str], timeout: float) -> None:
-        if not workflow_ids:
-            return
-        now = _now()
-        with self.engine.begin() as conn:
-            conn.execute(
-                _L.update()
-                .where(_L.c.workflow_id.in_(workflow_ids), _L.c.owner == owner.owner)
-                .values(heartbeat_at=now, expires_at=now + dt.timedelta(seconds=timeout))
-            )
-
-    def release_lease(self, workflow_id: str, owner: LeaseOwner) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                _L.delete().where(_L.c.workflow_id == workflow_id, _L.c.owner == owner.owner)
-            )

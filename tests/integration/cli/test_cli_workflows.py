@@ -124,10 +124,10 @@ def test_run_progress_is_plain_separate_lines_off_an_interactive_terminal(
     assert "\r" not in text and "\x1b" not in text
     lines = text.splitlines()
     progress = [m for m in map(PROGRESS.fullmatch, lines) if m]
-    # Each update a line of its own: the first one, then the final one (3 steps end
-    # well within the throttle's interval).
+    # Each update a line of its own: the first one (the run has started), then the
+    # final one (3 steps end well within the throttle's interval).
     assert [(m["id"], m["done"], m["total"]) for m in progress] == [
-        ("wf-log", "1", "3"),
+        ("wf-log", "0", "3"),
         ("wf-log", "3", "3"),
     ], text
     assert [line for line in lines if "steps done" in line and not line.startswith("workflow")] == [
@@ -223,12 +223,12 @@ def test_failed_run_exits_1_and_resumes_after_the_fix(flows: Cli) -> None:
         "run", "flows:fragile", f"flag={flag}", "--id", "wf-fix", "--num-cpus", "1", expect=1
     )
     assert "workflow wf-fix: FAILED" in failed.stdout
-    assert "step 'check' raised ValueError('flag file flag is present')" in failed.stdout
+    assert "step 'check' raised ValueError: flag file flag is present" in failed.stdout
     assert "heliostat workflow resume wf-fix" in failed.stdout
 
     table = cli.run("workflow", "show", "wf-fix").stdout
     check_row = next(line for line in table.splitlines() if line.startswith("check "))
-    assert "FAILED" in check_row and "ValueError('flag file flag is present')" in check_row
+    assert "FAILED" in check_row and "ValueError: flag file flag is present" in check_row
 
     no_output = cli.run("workflow", "output", "wf-fix", expect=1)
     assert_one_line_error(no_output, ["wf-fix", "FAILED", "no stored output"])

@@ -31,7 +31,7 @@ TABLES = {
     "step_attempts",
     "edges",
     "wal",
-    "leases",
+    "attempt_logs",
     "transitions",
     "schedules",
     "schedule_runs",
@@ -66,6 +66,55 @@ def test_upgrade_empty_database_to_head(engine: Engine) -> None:
     db.upgrade(engine)
     assert db.current_revision(engine) == db.head_revision()
     assert _table_names(engine) == TABLES | {"alembic_version"}
+
+
+def test_0004_moves_live_leases_into_workflows_and_maps_attempt_states(engine: Engine) -> None:
+    """Data written by 0003 survives 0004: leases, counters, attempts (and back)."""
+    db.upgrade(engine, "0003")
+    t = "'2026-11-30 10:00:00'"
+    later = "'2026-11-30 10:00:06'"
+    with engine.begin() as conn:
+        for sql in (
+            "INSERT INTO workflows (workflow_id, status, name, created_at, updated_at, "
+            f"metadata, resume_count) VALUES ('w', 'RUNNING', '', {t}, {t}, '{{}}', 0)",
+            "INSERT INTO steps (workflow_id, task_id, function_name, status, attempts, "
+            "max_retries, idempotent, checkpoint, metadata, position) VALUES "
+            "('w', 'a', 'a', 'SUCCESSFUL', 1, 3, true, true, '{}', 0), "
+            "('w', 'b', 'b', 'IN_DOUBT', 1, 3, false, true, '{}', 1)",
+            "INSERT INTO step_attempts (workflow_id, task_id, attempt, status, started_at) "
+            f"VALUES ('w', 'a', 1, 'SUCCESSFUL', {t}), ('w', 'b', 1, 'IN_DOUBT', {t})",
+            "INSERT INTO leases (workflow_id, owner, host, pid, acquired_at, heartbeat_at, "
+            f"expires_at) VALUES ('w', 'host:1:x', 'host', 1, {t}, {t}, {later})",
+        ):
+            conn.execute(sa.text(sql))
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        wf = conn.execute(
+            sa.text(
+                "SELECT lease_owner, lease_host, lease_pid, lease_generation, commit_seq, "
+                "steps_total, steps_done FROM workflows"
+            )
+        ).one()
+        assert tuple(wf) == ("host:1:x", "host", 1, 1, 0, 2, 1)
+        attempts = conn.execute(
+            sa.text(
+                "SELECT task_id, status, queued_at IS NOT NULL FROM step_attempts ORDER BY task_id"
+            )
+        ).all()
+        assert [tuple(r) for r in attempts] == [
+            ("a", "SUCCESSFUL", True),
+            ("b", "INTERRUPTED", True),
+        ]
+    assert "leases" not in _table_names(engine)
+    db.downgrade(engine, "0003")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT owner FROM leases")).scalar_one() == "host:1:x"
+        assert (
+            conn.execute(
+                sa.text("SELECT status FROM step_attempts WHERE task_id = 'b'")
+            ).scalar_one()
+            == "FAILED"
+        )
 
 
 def test_upgrade_accepts_a_url(db_url_factory: Any) -> None:

@@ -1,4 +1,4 @@
-"""The lineage models on a migrated SQLite database: transitions, times, cascades."""
+"""The lineage models on a migrated SQLite database: defaults, times, constraints, cascades."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from heliostat.exceptions import HeliostatInternalError, InvalidTransition
 from heliostat.storage import db
 from heliostat.storage.models import (
+    AttemptLog,
     Edge,
-    Lease,
     Step,
     StepAttempt,
     Transition,
@@ -22,7 +21,7 @@ from heliostat.storage.models import (
     Workflow,
     utcnow,
 )
-from heliostat.storage.states import StepStatus, TransitionEntity, WalKind, WorkflowStatus
+from heliostat.storage.states import AttemptStatus, StepStatus, WalKind, WorkflowStatus
 
 
 @pytest.fixture
@@ -67,52 +66,31 @@ def test_defaults_and_json_round_trip(sqlite_store: sa.Engine) -> None:
         assert (step.idempotent, step.checkpoint) == (False, True)
 
 
-def test_transitions_change_state_and_write_one_lineage_row_each(sqlite_store: sa.Engine) -> None:
-    t0 = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+def test_attempt_status_takes_attempt_outcomes_only(sqlite_store: sa.Engine) -> None:
     with Session(sqlite_store) as session, session.begin():
-        wf = _workflow_with_steps(session)
-        wf.transition(WorkflowStatus.RUNNING, cause="run", at=t0)
-        step = session.get_one(Step, ("etl", "extract"))
-        step.transition(StepStatus.RUNNING, cause="dispatch", at=t0)
-        step.transition(StepStatus.SUCCESSFUL, cause="commit", at=t0 + dt.timedelta(seconds=1))
-        wf.transition(WorkflowStatus.RESUMABLE, cause="lease expired")
-        wf.transition(WorkflowStatus.RUNNING, cause="resume")
+        _workflow_with_steps(session)
+        session.add(
+            StepAttempt(
+                workflow_id="etl", task_id="load", attempt=1, status=AttemptStatus.INTERRUPTED
+            )
+        )
+    with pytest.raises(sa.exc.IntegrityError), sqlite_store.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO step_attempts (workflow_id, task_id, attempt, status) "
+                "VALUES ('etl', 'load', 2, 'IN_DOUBT')"
+            )
+        )
+
+
+def test_a_new_workflow_row_holds_no_lease(sqlite_store: sa.Engine) -> None:
+    with Session(sqlite_store) as session, session.begin():
+        _workflow_with_steps(session)
     with Session(sqlite_store) as session:
-        rows = session.scalars(sa.select(Transition).order_by(Transition.id)).all()
-        assert [(r.entity, r.task_id, r.start, r.finish, r.cause) for r in rows] == [
-            (TransitionEntity.WORKFLOW, None, "PENDING", "RUNNING", "run"),
-            (TransitionEntity.STEP, "extract", "PENDING", "RUNNING", "dispatch"),
-            (TransitionEntity.STEP, "extract", "RUNNING", "SUCCESSFUL", "commit"),
-            (TransitionEntity.WORKFLOW, None, "RUNNING", "RESUMABLE", "lease expired"),
-            (TransitionEntity.WORKFLOW, None, "RESUMABLE", "RUNNING", "resume"),
-        ]
         wf = session.get_one(Workflow, "etl")
-        assert wf.status is WorkflowStatus.RUNNING
-        assert wf.started_at == t0
-        step = session.get_one(Step, ("etl", "extract"))
-        assert step.finished_at == t0 + dt.timedelta(seconds=1)
-
-
-def test_forbidden_transition_raises_and_changes_nothing(sqlite_store: sa.Engine) -> None:
-    with Session(sqlite_store) as session, session.begin():
-        wf = _workflow_with_steps(session)
-        wf.transition(WorkflowStatus.RUNNING)
-        wf.transition(WorkflowStatus.SUCCESSFUL)
-        with pytest.raises(InvalidTransition):
-            wf.transition(WorkflowStatus.RUNNING)
-        assert wf.status is WorkflowStatus.SUCCESSFUL
-        step = session.get_one(Step, ("etl", "load"))
-        with pytest.raises(InvalidTransition, match="etl/load"):
-            step.transition(StepStatus.IN_DOUBT)
-    with Session(sqlite_store) as session:
-        assert session.scalar(sa.select(sa.func.count()).select_from(Transition)) == 2
-
-
-def test_a_row_outside_a_session_cannot_change_state() -> None:
-    wf = Workflow(workflow_id="loose", status=WorkflowStatus.PENDING)
-    with pytest.raises(HeliostatInternalError, match="session"):
-        wf.transition(WorkflowStatus.RUNNING)
-    assert wf.status is WorkflowStatus.PENDING
+        assert (wf.lease_owner, wf.lease_expires_at) == (None, None)
+        assert (wf.lease_generation, wf.commit_seq) == (0, 0)
+        assert (wf.steps_total, wf.steps_done) == (0, 0)
 
 
 def test_times_come_back_aware_in_utc(sqlite_store: sa.Engine) -> None:
@@ -162,12 +140,15 @@ def test_deleting_a_workflow_cascades_to_all_its_rows(sqlite_store: sa.Engine) -
                 idempotency_key="etl/load/1",
             )
         )
-        session.add(Lease(workflow_id="etl", owner="driver-1", expires_at=now))
-        wf.transition(WorkflowStatus.RUNNING)
+        session.add(AttemptLog(workflow_id="etl", task_id="load", attempt=1, text="hi", size=2))
+        session.add(
+            Transition(entity="workflow", workflow_id="etl", finish="RUNNING", cause="run", at=now)
+        )
+        wf.lease_owner = "driver-1"
     with sqlite_store.begin() as conn:
         conn.execute(sa.delete(Workflow).where(Workflow.workflow_id == "etl"))
     with sqlite_store.connect() as conn:
-        for model in (Step, StepAttempt, Edge, WalRecord, Lease, Transition):
+        for model in (Step, StepAttempt, Edge, WalRecord, AttemptLog, Transition):
             count = conn.scalar(sa.select(sa.func.count()).select_from(model))
             assert count == 0, model.__tablename__
 

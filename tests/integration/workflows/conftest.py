@@ -2,8 +2,8 @@
 
 * ``wf_home``: ``HELIOSTAT_HOME`` set to a new directory of this test (so its SQLite
   database and its checkpoints are its own), ``HELIOSTAT_DB_URL`` / ``HELIOSTAT_STORAGE``
-  unset, and the workflow API's per-URL store caches emptied before and after (their
-  engines disposed).
+  unset, and the runtime's workflow stores closed before and after (their engines
+  disposed).
 * ``pg_schema_url``: a factory of URLs, each naming a new PostgreSQL schema (of the
   database at ``HELIOSTAT_TEST_PG_URL``) dropped at teardown. Unreachable PostgreSQL
   skips the test, except under ``CI=true``, where it fails.
@@ -18,17 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from heliostat.workflows import api
+from heliostat.workflows.services import runtime_services
 
 
 def reset_workflow_caches() -> None:
-    """Dispose the API's cached database engines and forget its cached stores."""
-    with api._lock:
-        stores = list(api._stores.values())
-        api._stores.clear()
-        api._checkpoint_stores.clear()
-    for store in stores:
-        store.close()
+    """Close the current runtime's workflow stores (their engines disposed): the next
+    call opens the stores of the environment as it is then."""
+    services = runtime_services()
+    if services is not None:
+        services.close_stores()
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ from heliostat.exceptions import (
 from heliostat.storage.checkpoints import EXTENSIONS
 from heliostat.storage.models import Step
 from heliostat.workflows import StepStatus, WorkflowStatus
-from heliostat.workflows import api as workflow_api
 from heliostat.workflows import executor as executor_module
+from heliostat.workflows.services import runtime_services
 
 pytestmark = pytest.mark.usefixtures("wf_home")
 
@@ -604,7 +604,9 @@ def _corrupt(workflow_id: str, task_id: str, location: str) -> None:
     if location.startswith("inline:"):
         steps = Step.__table__
         where = (steps.c.workflow_id == workflow_id) & (steps.c.task_id == task_id)
-        with workflow_api._store().engine.begin() as conn:
+        services = runtime_services()
+        assert services is not None
+        with services.store().engine.begin() as conn:
             data = bytearray(
                 conn.execute(sa.select(steps.c.output_inline).where(where)).scalar_one()
             )

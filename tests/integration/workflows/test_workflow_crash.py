@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from heliostat import workflow
 from heliostat.exceptions import WorkflowLeaseError
-from heliostat.storage.models import Lease, Step
+from heliostat.storage.models import Step, Workflow
 from heliostat.workflows import StepStatus, WorkflowStatus
 
 DRIVER_TIMEOUT_S = 90
@@ -351,7 +351,10 @@ def test_chain_killed_in_the_middle_of_a_step_resumes(lab: Crashlab, wait_for: A
     driver.kill()
 
     assert workflow.get_status(cfg["wid"]) is WorkflowStatus.RESUMABLE
-    assert workflow.get_metadata(cfg["wid"], "s5")["status"] == str(StepStatus.RUNNING)
+    # Reading the status reconciled the dead run: the step caught mid-attempt is no
+    # longer RUNNING; its attempt is recorded as interrupted, and it waits to re-run.
+    assert workflow.get_metadata(cfg["wid"], "s5")["status"] == str(StepStatus.PENDING)
+    assert [a.status for a in workflow.attempts(cfg["wid"], "s5")] == ["INTERRUPTED"]
     assert lab.start(cfg, "resume").result() == {"value": CHAIN_OUTPUT}
     for i in range(CHAIN):
         assert lab.attempts(f"s{i}") == ([1, 2] if i == 5 else [1]), lab.lines()
@@ -371,9 +374,9 @@ def test_lease_of_a_driver_elsewhere_protects_until_it_expires(
     try:
         with engine.begin() as conn:
             moved = conn.execute(
-                sa.update(Lease)
-                .where(Lease.workflow_id == cfg["wid"])
-                .values(host="a-host-elsewhere", expires_at=later)
+                sa.update(Workflow)
+                .where(Workflow.workflow_id == cfg["wid"])
+                .values(lease_host="a-host-elsewhere", lease_expires_at=later)
             )
             assert moved.rowcount == 1
 
@@ -383,9 +386,9 @@ def test_lease_of_a_driver_elsewhere_protects_until_it_expires(
 
         with engine.begin() as conn:
             conn.execute(
-                sa.update(Lease)
-                .where(Lease.workflow_id == cfg["wid"])
-                .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+                sa.update(Workflow)
+                .where(Workflow.workflow_id == cfg["wid"])
+                .values(lease_expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
             )
     finally:
         engine.dispose()

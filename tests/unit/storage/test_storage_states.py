@@ -11,8 +11,10 @@ import pytest
 
 from heliostat.exceptions import InvalidTransition
 from heliostat.storage.states import (
+    ATTEMPT_TRANSITIONS,
     STEP_TRANSITIONS,
     WORKFLOW_TRANSITIONS,
+    AttemptStatus,
     StepStatus,
     TransitionEntity,
     WalKind,
@@ -114,13 +116,26 @@ def test_resume_edges_of_a_workflow(start: WorkflowStatus, finish: WorkflowStatu
 
 
 def test_in_doubt_step_resolves_three_ways_and_never_silently_reruns() -> None:
+    # Settled with a result, sent back to wait for a re-run (a real edge, no detour
+    # through RUNNING), or declared failed; never straight back to RUNNING.
     assert STEP_TRANSITIONS[StepStatus.IN_DOUBT] == {
         StepStatus.SUCCESSFUL,
-        StepStatus.RUNNING,
+        StepStatus.PENDING,
         StepStatus.FAILED,
     }
     with pytest.raises(InvalidTransition):
-        check_transition("step", "etl/charge", StepStatus.IN_DOUBT, StepStatus.PENDING)
+        check_transition("step", "etl/charge", StepStatus.IN_DOUBT, StepStatus.RUNNING)
+
+
+def test_attempts_end_once() -> None:
+    assert terminal_states(ATTEMPT_TRANSITIONS) == {
+        AttemptStatus.SUCCESSFUL,
+        AttemptStatus.FAILED,
+        AttemptStatus.INTERRUPTED,
+    }
+    assert reachable(ATTEMPT_TRANSITIONS, AttemptStatus.RUNNING) == set(AttemptStatus)
+    with pytest.raises(InvalidTransition):
+        check_transition("attempt", "etl/x@1", AttemptStatus.FAILED, AttemptStatus.RUNNING)
 
 
 def test_forbidden_edge_raises_with_a_message_naming_the_entity() -> None:

@@ -1,0 +1,194 @@
+"""The workflow layer's per-runtime services: lineage stores, checkpoint stores, leases.
+
+They belong to the runtime: opened on the first workflow call after ``hs.init()``
+(so ``init`` itself stays fast and imports no SQL), closed by ``hs.shutdown()``
+(:attr:`heliostat.engine.runtime.Runtime.extensions`). Nothing lives in module
+globals: two runtimes one after the other (tests) share nothing.
+
+A call that needs no runtime (reading a status, listing, cancelling from the command
+line) gets short-lived services of its own, closed when it returns
+(:func:`workflow_services`).
+
+The clock is injected here: :func:`install` gives a runtime services with a
+:class:`~heliostat.workflows.clock.FakeClock`, and leases then expire only when a test
+moves that clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+from heliostat.engine.runtime import Runtime, current_runtime
+from heliostat.storage.checkpoints import (
+    CheckpointStore,
+    default_storage_url,
+    validate_storage_url,
+)
+from heliostat.storage.db import default_db_url
+from heliostat.storage.signing import default_signer
+from heliostat.workflows.clock import Clock, SystemClock
+from heliostat.workflows.lease import LeaseKeeper
+from heliostat.workflows.store import WorkflowStore
+
+__all__ = ["EXTENSION", "WorkflowServices", "install", "runtime_services", "workflow_services"]
+
+EXTENSION = "heliostat.workflows"
+"""The key of the services in ``Runtime.extensions``."""
+
+
+class _Cancellable(Protocol):
+    def request_cancel(self) -> None: ...
+
+
+class WorkflowServices:
+    """Stores (one per database URL and key), checkpoint stores, the lease keeper and
+    the registry of runs in progress, for one runtime (or one call without one).
+
+    Args:
+        clock: the time source of leases and records (default: the system clock).
+        storage: the checkpoint URL given to ``hs.init(storage=...)``, if any.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, storage: str | None = None) -> None:
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.storage = storage
+        self.keeper = LeaseKeeper(self.clock)
+        self._stores: dict[tuple[str, int], WorkflowStore] = {}
+        self._checkpoints: dict[str, CheckpointStore] = {}
+        self._running: dict[str, _Cancellable] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def store(self, url: str | None = None) -> WorkflowStore:
+        """The lineage store of ``url`` (default: ``HELIOSTAT_DB_URL`` / the home's SQLite).
+
+        Raises:
+            StorageError: the database cannot be opened or the installation key read.
+        """
+        url = url or default_db_url()
+        signer = default_signer()  # follows HELIOSTAT_HOME / HELIOSTAT_SECRET_KEY
+        key = (url, id(signer))
+        with self._lock:
+            store = self._stores.get(key)
+        if store is not None:
+            return store
+        store = WorkflowStore.open(url, signer=signer)
+        with self._lock:
+            existing = self._stores.get(key)
+            if existing is None:
+                self._stores[key] = store
+                return store
+        store.close()  # another thread opened it first
+        return existing
+
+    def checkpoints(self) -> CheckpointStore:
+        """The checkpoint store: ``hs.init(storage=)``, ``HELIOSTAT_STORAGE`` or the home's.
+
+        Raises:
+            StorageError: the URL names no filesystem fsspec knows, or one whose package
+                is not installed (the message names where the URL came from).
+        """
+        if self.storage:
+            url, source = self.storage, "hs.init(storage=...)"
+        elif os.environ.get("HELIOSTAT_STORAGE"):
+            url, source = (
+                os.environ["HELIOSTAT_STORAGE"],
+                "the environment variable HELIOSTAT_STORAGE",
+            )
+        else:
+            url, source = default_storage_url(), "the default under HELIOSTAT_HOME"
+        with self._lock:
+            store = self._checkpoints.get(url)
+        if store is not None:
+            return store
+        validate_storage_url(url, source=source)
+        store = CheckpointStore(url)
+        with self._lock:
+            return self._checkpoints.setdefault(url, store)
+
+    # --- runs in progress ---------------------------------------------------------------
+
+    def register(self, workflow_id: str, run: _Cancellable) -> None:
+        with self._lock:
+            self._running[workflow_id] = run
+
+    def unregister(self, workflow_id: str, run: _Cancellable) -> None:
+        with self._lock:
+            if self._running.get(workflow_id) is run:
+                del self._running[workflow_id]
+
+    def notify_cancel(self, workflow_id: str) -> None:
+        """Tell a run of ``workflow_id`` in this process that it was canceled."""
+        with self._lock:
+            run = self._running.get(workflow_id)
+        if run is not None:
+            run.request_cancel()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def close_stores(self) -> None:
+        """Close the stores (the next call opens them again); tests switch databases."""
+        with self._lock:
+            stores = list(self._stores.values())
+            self._stores.clear()
+            self._checkpoints.clear()
+        for store in stores:
+            store.close()
+
+    def close(self) -> None:
+        """Stop the lease keeper and close every store (called by ``hs.shutdown()``)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.keeper.close()
+        self.close_stores()
+
+
+def install(runtime: Runtime, *, clock: Clock | None = None) -> WorkflowServices:
+    """Give ``runtime`` workflow services with ``clock`` (tests pass a FakeClock).
+
+    Replaces (and closes) services it had already.
+    """
+    old = runtime.extensions.pop(EXTENSION, None)
+    if old is not None:
+        old.close()
+    services = WorkflowServices(clock=clock, storage=runtime.storage)
+    runtime.extensions[EXTENSION] = services
+    return services
+
+
+_install_lock = threading.Lock()
+
+
+def runtime_services(runtime: Runtime | None = None) -> WorkflowServices | None:
+    """The services of ``runtime`` (default: the current one), opened on first use;
+    ``None`` without a runtime."""
+    runtime = runtime or current_runtime()
+    if runtime is None:
+        return None
+    services = runtime.extensions.get(EXTENSION)
+    if services is None:
+        with _install_lock:
+            services = runtime.extensions.get(EXTENSION)
+            if services is None:
+                services = install(runtime)
+    assert isinstance(services, WorkflowServices)
+    return services
+
+
+@contextlib.contextmanager
+def workflow_services() -> Iterator[WorkflowServices]:
+    """The current runtime's services, or short-lived ones closed on exit."""
+    services = runtime_services()
+    if services is not None:
+        yield services
+        return
+    temporary = WorkflowServices()
+    try:
+        yield temporary
+    finally:
+        temporary.close()
