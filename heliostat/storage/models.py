@@ -215,6 +215,7 @@ class Workflow(Base):
         back_populates="workflow", passive_deletes=True, order_by="Step.position"
     )
 
+
 class Step(Base):
     """One step of a workflow: its options, state, attempts and checkpointed output.
 
@@ -270,6 +271,7 @@ class Step(Base):
     """Hash of the step's arguments (upstream outputs stand in by their step id)."""
 
     workflow: Mapped[Workflow] = relationship(back_populates="steps")
+
 
 class StepAttempt(Base):
     """One execution attempt of a step (attempts count from 1).
@@ -503,9 +505,11 @@ class ScheduleRun(Base):
 
     ``started_at`` is set once the run was handed to the workflow engine, or starting
     it failed (then ``error`` says why: a target that gave no DAG, say). A row without
-    ``started_at`` older than a grace period was claimed by a scheduler that died
-    before starting it, and is started again (under the same workflow id, so never
-    twice). Deleting the schedule deletes these rows; the runs' workflows stay.
+    ``started_at`` whose ``fired_at`` is older than a grace period was claimed by a
+    scheduler that died before starting it, and is started again (under the same
+    workflow id, so never twice). A manual run recorded where nothing could start it
+    is a request (``fired_at`` NULL) that the next scheduler pass takes. Deleting the
+    schedule deletes these rows; the runs' workflows stay.
     """
 
     __tablename__ = "schedule_runs"
@@ -522,7 +526,9 @@ class ScheduleRun(Base):
     kind: Mapped[ScheduleRunKind] = mapped_column(
         _state_column_type(ScheduleRunKind, "kind"), default=ScheduleRunKind.SCHEDULED
     )
-    fired_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    fired_at: Mapped[dt.datetime | None] = mapped_column(default=utcnow)
+    """When a scheduler claimed it (or a process took it to start it); NULL for a manual
+    run recorded as a request that no scheduler has taken yet."""
     started_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(sa.Text)
 

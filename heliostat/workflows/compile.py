@@ -157,7 +157,7 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
             raise WorkflowDefinitionError(f"Unsupported node type {type(node).__name__}.")
         try:
             opts = step_options(node.workflow_options)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise WorkflowDefinitionError(f"Step {node.name!r}: {exc}") from exc
         parsed[node._uid] = opts
         if opts.task_id is not None:

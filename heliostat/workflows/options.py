@@ -57,7 +57,19 @@ class StepOptions:
     retry_backoff: float = 0.0
 
 
+def _flag(raw: dict[str, Any], name: str, default: bool) -> bool:
+    """A bool option: a real ``True`` / ``False`` only (``"false"`` is not False)."""
+    value = raw.get(name, default)
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"workflow option {name} must be True or False, not {value!r} "
+            f"({type(value).__name__})."
+        )
+    return value
+
+
 def _validate(raw: dict[str, Any]) -> StepOptions:
+    """Check every option's type (TypeError) and value (ValueError)."""
     unknown = sorted(set(raw) - STEP_OPTION_NAMES)
     if unknown:
         raise ValueError(
@@ -65,36 +77,56 @@ def _validate(raw: dict[str, Any]) -> StepOptions:
             f"known options: {', '.join(sorted(STEP_OPTION_NAMES))}."
         )
     task_id = raw.get("task_id")
-    if task_id is not None and (not isinstance(task_id, str) or not task_id.strip()):
+    if task_id is not None and not isinstance(task_id, str):
+        raise TypeError(f"workflow option task_id must be a str, not {type(task_id).__name__}.")
+    if task_id is not None and not task_id.strip():
         raise ValueError(f"task_id must be a non-empty string, got {task_id!r}.")
     if task_id is not None and ("/" in task_id or task_id.startswith(".")):
         raise ValueError(f"task_id {task_id!r} may not contain '/' or start with '.'.")
-    metadata = raw.get("metadata") or {}
+    metadata = raw.get("metadata")
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict):
-        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}.")
+        raise TypeError(f"workflow option metadata must be a dict, not {type(metadata).__name__}.")
     hook = raw.get("on_in_doubt")
     if hook is not None and not callable(hook):
-        raise ValueError("on_in_doubt must be callable: hook(idempotency_key) -> result.")
+        raise TypeError(
+            f"workflow option on_in_doubt must be callable, hook(idempotency_key) -> result; "
+            f"got {type(hook).__name__}."
+        )
     max_retries = raw.get("max_retries", 3)
-    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
-        raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}.")
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool):
+        raise TypeError(
+            f"workflow option max_retries must be an int, not {type(max_retries).__name__}."
+        )
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, got {max_retries}.")
     retry = raw.get("retry_exceptions", False)
     if not isinstance(retry, bool):
         if isinstance(retry, type):
             retry = (retry,)
+        if not isinstance(retry, (list, tuple)) or not all(
+            isinstance(c, type) and issubclass(c, BaseException) for c in retry
+        ):
+            raise TypeError(
+                "workflow option retry_exceptions must be True, False, an exception class "
+                f"or a list of them; got {retry!r}."
+            )
         retry = tuple(retry)
-        if not all(isinstance(c, type) and issubclass(c, BaseException) for c in retry):
-            raise ValueError("retry_exceptions must be a bool or exception classes.")
     backoff = raw.get("retry_backoff", 0.0)
-    if not isinstance(backoff, (int, float)) or backoff < 0:
+    if not isinstance(backoff, (int, float)) or isinstance(backoff, bool):
+        raise TypeError(
+            f"workflow option retry_backoff must be seconds (a number), not {backoff!r}."
+        )
+    if backoff < 0:
         raise ValueError(f"retry_backoff must be seconds >= 0, got {backoff!r}.")
     return StepOptions(
         task_id=task_id,
         metadata=dict(metadata),
-        checkpoint=bool(raw.get("checkpoint", True)),
-        idempotent=bool(raw.get("idempotent", True)),
+        checkpoint=_flag(raw, "checkpoint", True),
+        idempotent=_flag(raw, "idempotent", True),
         on_in_doubt=hook,
-        catch_exceptions=bool(raw.get("catch_exceptions", False)),
+        catch_exceptions=_flag(raw, "catch_exceptions", False),
         max_retries=max_retries,
         retry_exceptions=retry,
         retry_backoff=float(backoff),
@@ -110,6 +142,8 @@ def options(**kwargs: Any) -> dict[str, Any]:
     by the engine).
 
     Raises:
+        TypeError: an option of the wrong type (``idempotent="false"`` is refused, not
+            read as true).
         ValueError: an unknown option (the message lists the known ones) or a bad value.
     """
     _validate(kwargs)

@@ -30,12 +30,11 @@ finds them after a grace period so they are started again under the same workflo
 
 Manual runs. A person who triggers a run where there is no runtime to start it
 (``heliostat schedule trigger NAME``) records a *request*: a ``manual`` row that nobody
-has taken yet. Its ``fired_at`` equals its ``logical_time`` (the moment it was asked
-for) until a starter takes it, which moves ``fired_at`` to the time of the take:
+has taken yet, whose ``fired_at`` is NULL until a starter takes it:
 
 1. Every pass of a trigger loop looks for requests (:meth:`ScheduleStore.take_manual`,
    a read that takes no lock) and takes them with one conditional UPDATE (``SET
-   fired_at = now WHERE fired_at = logical_time AND started_at IS NULL``). Two loops
+   fired_at = now WHERE fired_at IS NULL AND started_at IS NULL``). Two loops
    may both see a request; the UPDATE admits one of them, as the unique constraint
    does for intervals, and only the loop it admits starts the run.
 2. From then on the run is a claim like an interval's: the loop starts it and calls
@@ -172,8 +171,8 @@ class ScheduleRun:
         logical_time: the interval's logical time (a manual run: when it was triggered).
         workflow_id: the run's workflow id (``name@<time>`` / ``name@manual-<time>``).
         kind: ``"scheduled"`` or ``"manual"``.
-        fired_at: when it was claimed; for a manual run, when a starter took it, and
-            until one does, ``logical_time`` (see "Manual runs" in the module doc).
+        fired_at: when it was claimed; for a manual run, when a starter took it (None
+            until one does; see "Manual runs" in the module docstring).
         started_at: when the scheduler (or ``trigger``) started it, or tried to (then
             ``error`` says why it failed); None before that, e.g. a manual run recorded
             without a runtime, until a scheduler daemon's next pass starts it.
@@ -186,7 +185,7 @@ class ScheduleRun:
     logical_time: dt.datetime
     workflow_id: str
     kind: ScheduleRunKind
-    fired_at: dt.datetime
+    fired_at: dt.datetime | None
     started_at: dt.datetime | None
     error: str | None
     status: WorkflowStatus | None
@@ -337,9 +336,7 @@ _MARK = (
     .values(started_at=sa.bindparam("s"), error=sa.bindparam("e"))
 )
 # A manual run nobody has taken yet (see "Manual runs" in the module docstring).
-_UNTAKEN = sa.and_(_RUN.c.kind == ScheduleRunKind.MANUAL, _RUN.c.fired_at == _RUN.c.logical_time)
-_REQUESTED = sa.and_(_RUN.c.started_at.is_(None), _RUN.c.error.is_(None), _UNTAKEN)
-# `logical_time != now`: taking sets fired_at to now, which must differ from it.
+_REQUESTED = sa.and_(_RUN.c.fired_at.is_(None), _RUN.c.started_at.is_(None), _RUN.c.error.is_(None))
 _REQUESTS = (
     sa.select(_RUN, _SCH.c.target, _SCH.c.kwargs, _W.c.status)
     .select_from(
@@ -347,7 +344,7 @@ _REQUESTS = (
             _W, _W.c.workflow_id == _RUN.c.workflow_id
         )
     )
-    .where(_REQUESTED, _RUN.c.logical_time != sa.bindparam("now"))
+    .where(_REQUESTED)
     .order_by(_RUN.c.logical_time, _RUN.c.workflow_id)
     .limit(sa.bindparam("limit"))
 )
@@ -357,7 +354,6 @@ _TAKE = (
     .values(fired_at=sa.bindparam("now"))
     .returning(_RUN.c.workflow_id)
 )
-_TICK = dt.timedelta(microseconds=1)  # the smallest step both backends keep
 
 
 class ScheduleStore:
@@ -588,8 +584,6 @@ class ScheduleStore:
             ScheduleNotFoundError: there is none.
         """
         info = self.get(name)
-        # A taken run's fired_at differs from its logical_time (see the module doc).
-        fired_at = at if taken_at is None else max(taken_at, at + _TICK)
         with self.engine.begin() as conn:  # the foreign key catches a delete meanwhile
             conn.execute(
                 _RUN.insert().values(
@@ -597,7 +591,7 @@ class ScheduleStore:
                     schedule_name=name,
                     logical_time=at,
                     kind=ScheduleRunKind.MANUAL,
-                    fired_at=fired_at,
+                    fired_at=taken_at,  # None: a request nobody has taken yet
                     started_at=None,
                     error=None,
                 )
@@ -632,7 +626,7 @@ class ScheduleStore:
         for row in rows:
             m = row._mapping
             if m["status"] is not None:
-                started.append((m["workflow_id"], m["fired_at"], None))
+                started.append((m["workflow_id"], now, None))
                 continue
             wanted[m["workflow_id"]] = FiredRun(
                 schedule=m["schedule_name"],
@@ -830,8 +824,7 @@ class ScheduleStore:
                     sa.and_(
                         _RUN.c.started_at.is_(None),
                         _RUN.c.error.is_(None),
-                        _RUN.c.fired_at < claimed_before,
-                        ~_UNTAKEN,
+                        _RUN.c.fired_at < claimed_before,  # a request (NULL) is not stranded
                     ),
                     _RUN.c.workflow_id.in_(
                         sa.select(_W.c.workflow_id)

@@ -218,15 +218,35 @@ def test_options_rejects_unknown_keys_listing_the_known_ones() -> None:
         ({"task_id": "a/b"}, "task_id"),
         ({"task_id": ".hidden"}, "task_id"),
         ({"max_retries": -1}, "max_retries"),
-        ({"max_retries": True}, "max_retries"),
         ({"retry_backoff": -0.5}, "retry_backoff"),
-        ({"retry_exceptions": ["nope"]}, "retry_exceptions"),
-        ({"on_in_doubt": "not callable"}, "on_in_doubt"),
-        ({"metadata": ["a"]}, "metadata"),
     ],
 )
 def test_options_rejects_bad_values(kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
+        workflow.options(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        # A string where a bool belongs is refused: "false" would read as true, and a
+        # step meant as non-idempotent would be re-run blindly.
+        ({"idempotent": "false"}, "idempotent must be True or False"),
+        ({"idempotent": 0}, "idempotent"),
+        ({"checkpoint": "no"}, "checkpoint"),
+        ({"catch_exceptions": None}, "catch_exceptions"),
+        ({"task_id": 7}, "task_id"),
+        ({"max_retries": True}, "max_retries"),
+        ({"max_retries": 2.0}, "max_retries"),
+        ({"retry_backoff": "1s"}, "retry_backoff"),
+        ({"retry_exceptions": ["nope"]}, "retry_exceptions"),
+        ({"retry_exceptions": "ValueError"}, "retry_exceptions"),
+        ({"on_in_doubt": "not callable"}, "on_in_doubt"),
+        ({"metadata": ["a"]}, "metadata"),
+    ],
+)
+def test_options_refuse_values_of_the_wrong_type(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(TypeError, match=fragment):
         workflow.options(**kwargs)
 
 

@@ -17,6 +17,8 @@ Create Date: 2026-12-02
 * ``steps`` gain ``queued_at``, ``error_type``, ``output_signature``, ``code_hash``
   and ``input_hash``.
 * New table ``attempt_logs``: the last megabyte an attempt printed.
+* ``schedule_runs.fired_at`` may be NULL: a manual run recorded as a request that no
+  scheduler has taken yet. Old unstarted manual runs become such requests.
 
 Hand-written in the style of ``0001_initial.py``.
 """
@@ -111,6 +113,13 @@ def upgrade() -> None:
             op.f("ck_step_attempts_status"), _in("status", ATTEMPT_STATES)
         )
 
+    with op.batch_alter_table("schedule_runs") as batch:
+        batch.alter_column("fired_at", existing_type=sa.DateTime(timezone=True), nullable=True)
+    op.execute(
+        "UPDATE schedule_runs SET fired_at = NULL WHERE kind = 'manual' "
+        "AND started_at IS NULL AND error IS NULL"
+    )
+
     op.create_table(
         "attempt_logs",
         sa.Column("workflow_id", sa.String(length=ID), nullable=False),
@@ -131,6 +140,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("attempt_logs")
+    op.execute("UPDATE schedule_runs SET fired_at = logical_time WHERE fired_at IS NULL")
+    with op.batch_alter_table("schedule_runs") as batch:
+        batch.alter_column("fired_at", existing_type=sa.DateTime(timezone=True), nullable=False)
     with op.batch_alter_table("step_attempts") as batch:
         batch.drop_constraint(op.f("ck_step_attempts_status"), type_="check")
     op.execute("UPDATE step_attempts SET status = 'FAILED' WHERE status = 'INTERRUPTED'")
