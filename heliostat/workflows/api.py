@@ -42,13 +42,9 @@ from heliostat.workflows.compile import (
 )
 from heliostat.workflows.executor import WorkflowExecutor, plan_from_lineage
 from heliostat.workflows.lease import LeaseOwner, lease_timeout
+from heliostat.workflows.lineage import AttemptRecord, StepRecord, WorkflowRecord
 from heliostat.workflows.machine import (
-    AlreadySucceeded,
     WorkflowMachine,
-    cancel_moves,
-    reconcile_moves,
-    resolve_records,
-    resume_moves,
 )
 from heliostat.workflows.services import (
     WorkflowServices,
@@ -56,12 +52,13 @@ from heliostat.workflows.services import (
     workflow_services,
 )
 from heliostat.workflows.step import StepLogs
-from heliostat.workflows.store import (
-    AttemptRecord,
-    StepRecord,
-    WorkflowRecord,
-    WorkflowStore,
-    held_error,
+from heliostat.workflows.store import WorkflowStore, held_error
+from heliostat.workflows.transitions import (
+    AlreadySucceeded,
+    cancel_moves,
+    reconcile_moves,
+    resolve_records,
+    resume_moves,
 )
 
 __all__ = [

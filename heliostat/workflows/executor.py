@@ -68,8 +68,7 @@ from heliostat.storage.states import StepStatus, WorkflowStatus
 from heliostat.workflows.clock import Clock
 from heliostat.workflows.compile import CompiledWorkflow, StepSpec, compile_dag
 from heliostat.workflows.context import idempotency_key
-from heliostat.workflows.lease import Lease, LeaseKeeper
-from heliostat.workflows.machine import (
+from heliostat.workflows.events import (
     AskHook,
     CancelRequested,
     Commit,
@@ -88,8 +87,11 @@ from heliostat.workflows.machine import (
     StepRaised,
     Submit,
     Tick,
+)
+from heliostat.workflows.lease import Lease, LeaseKeeper
+from heliostat.workflows.lineage import StepRecord
+from heliostat.workflows.machine import (
     WorkflowMachine,
-    outcome_moves,
 )
 from heliostat.workflows.resume_plan import Decision, StepFacts, plan_resume
 from heliostat.workflows.step import (
@@ -100,7 +102,10 @@ from heliostat.workflows.step import (
     StepEnv,
     StepMeta,
 )
-from heliostat.workflows.store import CommitResult, StepRecord, WorkflowStore
+from heliostat.workflows.store import CommitResult, WorkflowStore
+from heliostat.workflows.transitions import (
+    outcome_moves,
+)
 
 __all__ = ["RERUN", "WorkflowExecutor", "plan_from_lineage"]
 

@@ -13,16 +13,9 @@ checks the edge against :data:`~heliostat.storage.states.STEP_TRANSITIONS` and e
 exactly one record for it; an edge that did not happen is never recorded to get
 round the table. The run's own end state is decided by :meth:`WorkflowMachine.outcome`.
 
-What the records mean to the store (:mod:`heliostat.workflows.store`):
-
-* :class:`Intent`: PENDING -> RUNNING, a new attempt: its INTENT row, committed
-  before the step is submitted.
-* :class:`Commit`: -> SUCCESSFUL: the COMMIT row with the output's checkpoint.
-* :class:`AttemptEnded`: RUNNING -> PENDING / FAILED / IN_DOUBT: an attempt ended
-  without a result (it raised, its worker died, it was interrupted).
-* :class:`StepMoved`: any other edge (a failed step retried by a resume, an in-doubt
-  step settled, an output found lost, a step skipped by a cancel).
-* :class:`StepsAdded`: a continuation's sub-DAG joined the workflow.
+The events, instructions and records are in :mod:`heliostat.workflows.events`; what
+the records mean to the store is said there. The workflow's own moves outside a run
+(resume, cancel, reconcile) are decided in :mod:`heliostat.workflows.transitions`.
 
 Values: the machine holds each finished step's value as an opaque handle (a live
 ``ObjectRef`` or a ``CheckpointRef``, whatever the executor passed in) and hands the
@@ -35,295 +28,41 @@ import datetime as dt
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-from heliostat.exceptions import HeliostatInternalError, WorkflowCancelledError
+from heliostat.exceptions import HeliostatInternalError
 from heliostat.storage.checkpoints import CheckpointRef
-from heliostat.storage.states import (
-    AttemptStatus,
-    StepStatus,
-    WorkflowStatus,
-    check_transition,
-)
+from heliostat.storage.states import AttemptStatus, StepStatus, WorkflowStatus, check_transition
 from heliostat.workflows.compile import CompiledWorkflow, StepSpec
 from heliostat.workflows.context import idempotency_key
-from heliostat.workflows.resume_plan import Decision, InDoubt, Recommit, Rerun, Skip
-from heliostat.workflows.step import ErrorInfo, StepLogs
-
-__all__ = [
-    "AskHook",
-    "AttemptEnded",
-    "CancelRequested",
-    "Commit",
-    "ErrorInfo",
-    "HookAnswered",
-    "InputCorrupt",
-    "Instruction",
-    "Intent",
-    "IntentsRefused",
-    "Interrupt",
-    "LeaseLost",
-    "LostCause",
-    "Outcome",
-    "Record",
-    "StepDone",
-    "StepLogs",
-    "StepLost",
-    "StepMoved",
-    "StepRaised",
-    "StepRun",
-    "StepsAdded",
-    "Submit",
-    "Tick",
-    "WorkflowMachine",
-    "WorkflowMove",
-    "cancel_moves",
-    "outcome_moves",
-    "reconcile_moves",
-    "resolve_records",
-    "resume_moves",
-]
-
-
-# --- values carried by events and records ----------------------------------------------
-
-
-# --- events: executor -> machine -----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepDone:
-    """A step's attempt returned; its output is stored at ``checkpoint`` (if any)."""
-
-    task_id: str
-    attempt: int
-    value: Any  # the live handle (ObjectRef) of the output
-    checkpoint: CheckpointRef | None
-    continuation: CompiledWorkflow | None = None
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
-    worker: str | None = None
-    logs: StepLogs | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepRaised:
-    """A step's attempt raised an exception (in the user's code)."""
-
-    task_id: str
-    attempt: int
-    error: ErrorInfo
-    exception: BaseException
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
-    worker: str | None = None
-    logs: StepLogs | None = None
-
-
-class LostCause(StrEnum):
-    """Why an attempt ended without an answer from the step itself."""
-
-    WORKER_DIED = "worker died"
-    INTERRUPTED = "interrupted"  # the executor interrupted it (cancel)
-    OUTPUT_NOT_STORED = "output not stored"  # it returned, but its checkpoint failed
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepLost:
-    """A step's attempt ended without a result of its own (see :class:`LostCause`)."""
-
-    task_id: str
-    attempt: int
-    cause: LostCause
-    error: ErrorInfo
-    exception: BaseException
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InputCorrupt:
-    """A step found the checkpoint at ``location`` (one of its inputs) corrupt."""
-
-    task_id: str
-    attempt: int
-    location: str
-    error: ErrorInfo
-    exception: BaseException
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HookAnswered:
-    """An ``on_in_doubt`` hook returned: a result (stored at ``checkpoint``), a re-run
-    request (``rerun``), or raised (``error``)."""
-
-    task_id: str
-    value: Any = None
-    checkpoint: CheckpointRef | None = None
-    rerun: bool = False
-    error: ErrorInfo | None = None
-    exception: BaseException | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IntentsRefused:
-    """The database refused these INTENTs: the workflow was canceled meanwhile."""
-
-    task_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CancelRequested:
-    """The workflow was canceled: start nothing more, interrupt what may be."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseLost:
-    """Another driver took the workflow over: stop at once, write nothing."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Tick:
-    """Time passed: retries whose backoff ran out become ready."""
-
-
-Event = (
-    StepDone
-    | StepRaised
-    | StepLost
-    | InputCorrupt
-    | HookAnswered
-    | IntentsRefused
-    | CancelRequested
-    | LeaseLost
-    | Tick
+from heliostat.workflows.events import (
+    AskHook,
+    AttemptEnded,
+    CancelRequested,
+    Commit,
+    Event,
+    HookAnswered,
+    InputCorrupt,
+    Instruction,
+    Intent,
+    IntentsRefused,
+    Interrupt,
+    LeaseLost,
+    LostCause,
+    Outcome,
+    Record,
+    StepDone,
+    StepLost,
+    StepMoved,
+    StepRaised,
+    StepsAdded,
+    Submit,
+    Tick,
 )
+from heliostat.workflows.resume_plan import Decision, InDoubt, Recommit, Rerun, Skip
+from heliostat.workflows.step import ErrorInfo
 
-
-# --- instructions: machine -> executor ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Submit:
-    """Run attempt ``attempt`` of a step; ``inputs`` are its parents' values in order."""
-
-    task_id: str
-    attempt: int
-    inputs: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Interrupt:
-    """Cancel the engine task of a running step (it is idempotent)."""
-
-    task_id: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AskHook:
-    """Call the step's ``on_in_doubt`` hook with ``key``; answer with HookAnswered."""
-
-    task_id: str
-    key: str
-
-
-Instruction = Submit | Interrupt | AskHook
-
-
-# --- records: machine -> store --------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Intent:
-    """PENDING -> RUNNING: attempt ``attempt`` is about to be submitted."""
-
-    task_id: str
-    attempt: int
-    key: str
-    at: dt.datetime
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Commit:
-    """``start`` -> SUCCESSFUL: the step's output is durable at ``checkpoint``."""
-
-    task_id: str
-    attempt: int
-    start: StepStatus
-    checkpoint: CheckpointRef | None
-    output_format: str | None
-    cause: str
-    at: dt.datetime
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
-    worker: str | None = None
-    logs: StepLogs | None = None
-    attempt_ended: bool = True  # False: no attempt was running (an in-doubt resolution)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AttemptEnded:
-    """RUNNING -> ``finish``: attempt ``attempt`` ended ``status`` without a result."""
-
-    task_id: str
-    attempt: int
-    status: AttemptStatus
-    finish: StepStatus
-    cause: str
-    at: dt.datetime
-    error: ErrorInfo | None = None
-    started_at: dt.datetime | None = None
-    finished_at: dt.datetime | None = None
-    worker: str | None = None
-    logs: StepLogs | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepMoved:
-    """``start`` -> ``finish`` with no attempt ending (see the module docstring)."""
-
-    task_id: str
-    start: StepStatus
-    finish: StepStatus
-    cause: str
-    at: dt.datetime
-    error: ErrorInfo | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepsAdded:
-    """A continuation added these steps (all PENDING) to the workflow."""
-
-    compiled: CompiledWorkflow
-    at: dt.datetime
-
-
-Record = Intent | Commit | AttemptEnded | StepMoved | StepsAdded
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowMove:
-    """One workflow transition to write: ``start -> finish`` because ``cause``."""
-
-    start: WorkflowStatus
-    finish: WorkflowStatus
-    cause: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outcome:
-    """How the run ended: the workflow's next status and why.
-
-    ``status`` is ``None`` when nothing may be written (the lease was lost).
-    """
-
-    status: WorkflowStatus | None
-    cause: str
-    message: str = ""
-    task_id: str | None = None
-    exception: BaseException | None = None
-    attention: tuple[str, ...] = ()
+__all__ = ["StepRun", "WorkflowMachine"]
 
 
 # --- the machine ---------------------------------------------------------------------
@@ -1032,143 +771,3 @@ class WorkflowMachine:
                 run.retry_at = None
                 if not self.stopping:
                     self._ready.append(task_id)
-
-
-# --- the workflow's own transitions, outside the step machine ---------------------------
-#
-# Each takes the status read under the row lock and returns the moves to write (checked
-# against WORKFLOW_TRANSITIONS here and again by the store), so who may move a workflow
-# where is decided in this one module.
-
-_W = WorkflowStatus
-
-
-def _checked(workflow_id: str, moves: list[WorkflowMove]) -> list[WorkflowMove]:
-    for move in moves:
-        check_transition("workflow", workflow_id, move.start, move.finish)
-    return moves
-
-
-def outcome_moves(outcome: Outcome) -> list[WorkflowMove]:
-    """A run's last transition: RUNNING -> how it ended (none if the lease was lost)."""
-    if outcome.status is None:
-        return []
-    return [WorkflowMove(start=_W.RUNNING, finish=outcome.status, cause=outcome.cause)]
-
-
-def resume_moves(
-    workflow_id: str, cause: str
-) -> Callable[[WorkflowStatus, bool], list[WorkflowMove]]:
-    """The moves of a driver taking a workflow over to run it (run, resume, recovery).
-
-    A workflow still RUNNING whose holder is gone goes through RESUMABLE, which is what
-    it was since its driver died. The returned function raises
-    :class:`~heliostat.exceptions.WorkflowCancelledError` for a canceled workflow and
-    :class:`_AlreadySucceeded` for one that succeeded meanwhile.
-    """
-
-    def moves(status: WorkflowStatus, previous_live: bool) -> list[WorkflowMove]:
-        if status is _W.CANCELED:
-            raise WorkflowCancelledError(
-                f"Workflow {workflow_id!r} was cancelled; it cannot be resumed.",
-                workflow_id=workflow_id,
-            )
-        if status is _W.SUCCESSFUL:
-            raise AlreadySucceeded(workflow_id)
-        out = []
-        if status is _W.RUNNING:
-            out.append(
-                WorkflowMove(
-                    start=_W.RUNNING,
-                    finish=_W.RESUMABLE,
-                    cause="its driver is gone (lease expired or process exited)",
-                )
-            )
-            status = _W.RESUMABLE
-        out.append(WorkflowMove(start=status, finish=_W.RUNNING, cause=cause))
-        return _checked(workflow_id, out)
-
-    return moves
-
-
-def reconcile_moves(workflow_id: str) -> Callable[[WorkflowStatus, bool], list[WorkflowMove]]:
-    """The moves of marking a run whose driver died: RUNNING -> RESUMABLE, else none."""
-
-    def moves(status: WorkflowStatus, previous_live: bool) -> list[WorkflowMove]:
-        if status is _W.RUNNING:
-            return _checked(
-                workflow_id,
-                [
-                    WorkflowMove(
-                        start=_W.RUNNING,
-                        finish=_W.RESUMABLE,
-                        cause="its driver is gone (lease expired or process exited)",
-                    )
-                ],
-            )
-        return []
-
-    return moves
-
-
-def cancel_moves(workflow_id: str) -> Callable[[WorkflowStatus], list[WorkflowMove]]:
-    """The move of ``cancel()``: any unfinished status -> CANCELED (finished: none)."""
-
-    def moves(status: WorkflowStatus) -> list[WorkflowMove]:
-        if status in (_W.SUCCESSFUL, _W.CANCELED):
-            return []
-        return _checked(
-            workflow_id, [WorkflowMove(start=status, finish=_W.CANCELED, cause="cancel()")]
-        )
-
-    return moves
-
-
-class AlreadySucceeded(Exception):
-    """Internal: the workflow a driver meant to take over succeeded meanwhile."""
-
-    def __init__(self, workflow_id: str) -> None:
-        super().__init__(workflow_id)
-        self.workflow_id = workflow_id
-
-
-def resolve_records(
-    workflow_id: str,
-    task_id: str,
-    status: StepStatus,
-    attempt: int,
-    *,
-    checkpoint: CheckpointRef | None,
-    rerun: bool,
-    at: dt.datetime,
-) -> list[Record]:
-    """What settling an in-doubt step by hand writes (``workflow.resolve``).
-
-    Raises:
-        InvalidTransition: the step is not IN_DOUBT.
-    """
-    ident = f"{workflow_id}/{task_id}"
-    if rerun:
-        check_transition("step", ident, status, StepStatus.PENDING)
-        return [
-            StepMoved(
-                task_id=task_id,
-                start=status,
-                finish=StepStatus.PENDING,
-                cause="resolve(rerun=True)",
-                at=at,
-            )
-        ]
-    check_transition("step", ident, status, StepStatus.SUCCESSFUL)
-    return [
-        Commit(
-            task_id=task_id,
-            attempt=max(attempt, 1),
-            start=status,
-            checkpoint=checkpoint,
-            output_format=checkpoint.format if checkpoint else None,
-            cause="resolve(result=...)",
-            at=at,
-            attempt_ended=False,
-        )
-    ]

@@ -19,7 +19,7 @@ from heliostat.storage.checkpoints import inline_ref
 from heliostat.storage.states import STEP_TRANSITIONS, AttemptStatus, StepStatus, WorkflowStatus
 from heliostat.workflows.clock import FakeClock
 from heliostat.workflows.compile import compile_dag
-from heliostat.workflows.machine import (
+from heliostat.workflows.events import (
     AskHook,
     AttemptEnded,
     CancelRequested,
@@ -38,14 +38,18 @@ from heliostat.workflows.machine import (
     StepRaised,
     Submit,
     Tick,
+)
+from heliostat.workflows.machine import (
     WorkflowMachine,
+)
+from heliostat.workflows.resume_plan import InDoubt, Recommit, Rerun, Skip
+from heliostat.workflows.step import ErrorInfo
+from heliostat.workflows.transitions import (
     cancel_moves,
     outcome_moves,
     resolve_records,
     resume_moves,
 )
-from heliostat.workflows.resume_plan import InDoubt, Recommit, Rerun, Skip
-from heliostat.workflows.step import ErrorInfo
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 

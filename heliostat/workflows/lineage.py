@@ -1,0 +1,535 @@
+"""The lineage a workflow run leaves in SQL, read back: runs, steps, attempts, logs, WAL.
+
+:class:`LineageReader` holds the reads that the API, the CLI and (later) the UI share;
+:class:`~heliostat.workflows.store.WorkflowStore` adds the writes. Reads take no write
+lock on SQLite (they begin DEFERRED), never load a DAG or steps a listing does not
+need, and authenticate what could be unpickled: a step's output record is checked
+against its ``output_signature`` when it is read, and the DAG against its
+``dag_signature`` by :meth:`LineageReader.load_dag`, before anything is decoded.
+
+Connection failures are retried for ``retry_for`` seconds (see :meth:`_retrying`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psutil
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from heliostat.exceptions import (
+    HeliostatInternalError,
+    StorageError,
+    WorkflowLeaseError,
+    WorkflowNotFoundError,
+)
+from heliostat.storage.checkpoints import CheckpointRef
+from heliostat.storage.db import SQLITE_BEGIN_OPTION, is_transient_db_error, storage_error_from
+from heliostat.storage.models import AttemptLog, Step, StepAttempt, Transition, WalRecord, Workflow
+from heliostat.storage.signing import Signer
+from heliostat.storage.states import AttemptStatus, StepStatus, WalKind, WorkflowStatus
+from heliostat.workflows.compile import CompiledWorkflow
+from heliostat.workflows.lease import LeaseHolder, holder_is_live
+from heliostat.workflows.step import StepLogs
+
+__all__ = [
+    "DEFAULT_RETRY_TIMEOUT",
+    "AttemptRecord",
+    "LineageReader",
+    "StepRecord",
+    "WalEntry",
+    "WorkflowRecord",
+    "not_found",
+    "retry_timeout",
+]
+
+log = logging.getLogger("heliostat.workflows")
+
+DEFAULT_RETRY_TIMEOUT = 60.0
+"""Seconds a lineage read or write keeps retrying a lost database connection."""
+
+_W: sa.Table = Workflow.__table__  # type: ignore[assignment]
+_S: sa.Table = Step.__table__  # type: ignore[assignment]
+_A: sa.Table = StepAttempt.__table__  # type: ignore[assignment]
+_WAL: sa.Table = WalRecord.__table__  # type: ignore[assignment]
+_T: sa.Table = Transition.__table__  # type: ignore[assignment]
+_LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
+
+_R = TypeVar("_R")
+
+
+def retry_timeout() -> float:
+    """``HELIOSTAT_DB_RETRY_TIMEOUT`` seconds, else :data:`DEFAULT_RETRY_TIMEOUT`."""
+    raw = os.environ.get("HELIOSTAT_DB_RETRY_TIMEOUT")
+    if raw is None:
+        return DEFAULT_RETRY_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ValueError(f"HELIOSTAT_DB_RETRY_TIMEOUT must be seconds >= 0, not {raw!r}.")
+    return value
+
+
+# --- records read back ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepRecord:
+    """A step as the lineage knows it."""
+
+    task_id: str
+    name: str
+    status: StepStatus
+    attempts: int
+    idempotent: bool
+    checkpoint: CheckpointRef | None
+    output_format: str | None
+    error: str | None
+    error_type: str | None
+    traceback: str | None
+    queued_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    position: int
+    metadata: dict[str, Any]
+    idempotency_key: str | None = None
+    code_hash: str | None = None
+    input_hash: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds its latest attempt executed (not counting its time in the queue)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    """One attempt of a step."""
+
+    task_id: str
+    attempt: int
+    status: AttemptStatus
+    queued_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    error: str | None
+    error_type: str | None
+    traceback: str | None
+    worker: str | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds it executed (``None`` if it never reported its start or end)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def queue_seconds(self) -> float | None:
+        """Seconds between its INTENT and the start of its execution."""
+        if self.queued_at is None or self.started_at is None:
+            return None
+        return (self.started_at - self.queued_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WalEntry:
+    """One write-ahead-log row."""
+
+    task_id: str
+    attempt: int
+    kind: WalKind
+    idempotency_key: str | None
+    created_at: dt.datetime
+    location: str | None
+    checksum: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowRecord:
+    """A workflow as the lineage knows it (``steps`` filled when loaded with them)."""
+
+    workflow_id: str
+    status: WorkflowStatus
+    name: str
+    dag: bytes | None
+    dag_signature: str | None
+    metadata: dict[str, Any]
+    output_task_id: str | None
+    error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    resume_count: int
+    schedule: str | None
+    steps_total: int
+    steps_done: int
+    lease: LeaseHolder
+    commit_seq: int
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+
+
+class LineageReader:
+    """Reads of the lineage database (see the module docstring).
+
+    Args:
+        engine: an engine from :func:`heliostat.storage.db.make_engine` (schema at head).
+        signer: checks the signatures of the pickled data rows refer to.
+        retry_for: seconds to retry a lost connection (None: :func:`retry_timeout`).
+    """
+
+    LEASE_COLUMNS = (
+        _W.c.lease_owner,
+        _W.c.lease_host,
+        _W.c.lease_pid,
+        _W.c.lease_acquired_at,
+        _W.c.lease_heartbeat_at,
+        _W.c.lease_expires_at,
+        _W.c.lease_generation,
+    )
+    """The lease columns, for queries of other stores (the schedule store's)."""
+
+    def __init__(self, engine: Engine, *, signer: Signer, retry_for: float | None = None) -> None:
+        self.engine = engine
+        self.signer = signer
+        self.retry_for = retry_timeout() if retry_for is None else retry_for
+        self.where = _describe_db(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _retrying(self, what: str, fn: Callable[[], _R]) -> _R:
+        """Run ``fn`` (one transaction), retrying lost connections for ``retry_for`` s.
+
+        Raises:
+            StorageError: a problem the user must fix (disk full, read-only database),
+                or the database stayed unreachable past the retry bound.
+        """
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        warned = False
+        while True:
+            try:
+                return fn()
+            except (WorkflowLeaseError, WorkflowNotFoundError, HeliostatInternalError):
+                raise
+            except Exception as exc:
+                error = storage_error_from(exc, self.engine.url)
+                if error is not None:
+                    raise error from exc
+                if not is_transient_db_error(exc):
+                    if isinstance(exc, sa.exc.DBAPIError):
+                        raise StorageError(
+                            f"The lineage database {self.where} failed to {what}: "
+                            f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}"
+                        ) from exc
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StorageError(
+                        f"The lineage database {self.where} was unreachable for "
+                        f"{self.retry_for:g} s while trying to {what} "
+                        f"({type(exc).__name__}). The workflow was left as it was and can "
+                        "be resumed once the database is back (raise "
+                        "HELIOSTAT_DB_RETRY_TIMEOUT to wait longer)."
+                    ) from exc
+                if not warned:
+                    log.warning(
+                        "lineage database %s unreachable (%s); retrying for up to %g s",
+                        self.where,
+                        type(exc).__name__,
+                        self.retry_for,
+                    )
+                    warned = True
+                time.sleep(delay)  # backing off from a database that is down
+                delay = min(delay * 2, 2.0)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for reading: on SQLite it begins DEFERRED, taking no write lock
+        (the engine's transactions otherwise begin IMMEDIATE)."""
+        with self.engine.connect() as conn:
+            yield conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+
+    # --- creating and taking workflows ------------------------------------------------
+
+    @staticmethod
+    def holder_of(m: Mapping[str, Any] | sa.RowMapping) -> LeaseHolder:
+        """The lease columns of a row (selected with :attr:`LEASE_COLUMNS`)."""
+        return LeaseHolder(
+            owner=m["lease_owner"],
+            host=m["lease_host"],
+            pid=m["lease_pid"],
+            acquired_at=m["lease_acquired_at"],
+            heartbeat_at=m["lease_heartbeat_at"],
+            expires_at=m["lease_expires_at"],
+            generation=int(m["lease_generation"] or 0),
+        )
+
+    @staticmethod
+    def lease_is_live(holder: LeaseHolder, now: dt.datetime | None = None) -> bool:
+        """Whether ``holder`` protects its workflow now (real time unless given)."""
+        return holder_is_live(
+            holder,
+            now or dt.datetime.now(dt.UTC),
+            this_host=socket.gethostname(),
+            pid_exists=psutil.pid_exists,
+        )
+
+    def exists(self, workflow_id: str) -> bool:
+        with self._read() as conn:
+            row = conn.execute(sa.select(_W.c.workflow_id).where(_W.c.workflow_id == workflow_id))
+            return row.first() is not None
+
+    def load(self, workflow_id: str, *, with_steps: bool = True) -> WorkflowRecord:
+        """The workflow's record (its steps too, unless ``with_steps=False``).
+
+        Raises:
+            WorkflowNotFoundError: no such workflow.
+            UnauthenticatedDataError: a step output's row is not signed with this
+                installation's key.
+        """
+
+        def read() -> WorkflowRecord:
+            with self._read() as conn:
+                row = conn.execute(sa.select(_W).where(_W.c.workflow_id == workflow_id)).first()
+                if row is None:
+                    raise not_found(workflow_id)
+                steps = self._load_steps(conn, workflow_id) if with_steps else {}
+            return self._record(row._mapping, steps)
+
+        return self._retrying("read the workflow", read)
+
+    def load_dag(self, record: WorkflowRecord) -> CompiledWorkflow:
+        """The run's stored DAG, authenticated before it is unpickled.
+
+        Raises:
+            UnauthenticatedDataError: its signature is missing or wrong.
+        """
+        if record.dag is None:
+            raise HeliostatInternalError(f"workflow {record.workflow_id!r} has no stored DAG")
+        self.signer.check(
+            record.dag_signature,
+            "workflow-dag",
+            record.workflow_id,
+            record.dag,
+            what=f"the compiled DAG of workflow {record.workflow_id!r}",
+            origin=f"the lineage database {self.where}",
+        )
+        return CompiledWorkflow.from_bytes(record.dag)
+
+    def _record(
+        self, m: Mapping[str, Any] | sa.RowMapping, steps: dict[str, StepRecord]
+    ) -> WorkflowRecord:
+        return WorkflowRecord(
+            workflow_id=m["workflow_id"],
+            status=WorkflowStatus(m["status"]),
+            name=m["name"],
+            dag=m.get("dag"),
+            dag_signature=m.get("dag_signature"),
+            metadata=m["metadata"] or {},
+            output_task_id=m["output_task_id"],
+            error=m["error"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+            started_at=m["started_at"],
+            finished_at=m["finished_at"],
+            resume_count=m["resume_count"],
+            schedule=m["schedule"],
+            steps_total=m["steps_total"],
+            steps_done=m["steps_done"],
+            lease=self.holder_of(m),
+            commit_seq=int(m["commit_seq"]),
+            steps=steps,
+        )
+
+    def _load_steps(self, conn: Connection, workflow_id: str) -> dict[str, StepRecord]:
+        rows = conn.execute(sa.select(_S).where(_S.c.workflow_id == workflow_id)).all()
+        out = {}
+        for r in rows:
+            m = r._mapping
+            ref = None
+            if m["output_location"]:
+                fmt = m["output_format"]
+                ref = CheckpointRef(
+                    location=m["output_location"],
+                    checksum=m["output_checksum"] or "",
+                    # A continuation's checkpoint is the pickled sub-DAG.
+                    format="pickle" if fmt in (None, "continuation") else fmt,
+                    size=m["output_size"] or 0,
+                    data=m["output_inline"],
+                )
+                self.signer.check(
+                    m["output_signature"],
+                    "step-output",
+                    workflow_id,
+                    m["task_id"],
+                    ref.location,
+                    ref.checksum,
+                    fmt or ref.format,
+                    what=f"the output record of step {m['task_id']!r} of workflow {workflow_id!r}",
+                    origin=f"the lineage database {self.where}",
+                )
+            out[m["task_id"]] = StepRecord(
+                task_id=m["task_id"],
+                name=m["function_name"],
+                status=StepStatus(m["status"]),
+                attempts=m["attempts"],
+                idempotent=m["idempotent"],
+                checkpoint=ref,
+                output_format=m["output_format"],
+                error=m["error"],
+                error_type=m["error_type"],
+                traceback=m["traceback"],
+                queued_at=m["queued_at"],
+                started_at=m["started_at"],
+                finished_at=m["finished_at"],
+                position=m["position"],
+                metadata=m["metadata"] or {},
+                idempotency_key=m["idempotency_key"],
+                code_hash=m["code_hash"],
+                input_hash=m["input_hash"],
+            )
+        return out
+
+    def list_workflows(
+        self,
+        status_filter: Iterable[WorkflowStatus] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        search: str | None = None,
+    ) -> list[WorkflowRecord]:
+        """Workflows newest first, without their DAGs or steps."""
+        columns = [c for c in _W.c if c.name != "dag"]
+        query = sa.select(*columns).order_by(_W.c.created_at.desc(), _W.c.workflow_id)
+        if status_filter is not None:
+            query = query.where(_W.c.status.in_([str(s) for s in status_filter]))
+        if search:
+            query = query.where(_W.c.workflow_id.contains(search, autoescape=True))
+        if limit is not None:
+            query = query.limit(limit).offset(offset)
+
+        def read() -> list[WorkflowRecord]:
+            with self._read() as conn:
+                return [self._record(row._mapping, {}) for row in conn.execute(query)]
+
+        return self._retrying("list workflows", read)
+
+    def status(self, workflow_id: str) -> WorkflowStatus:
+        def read() -> WorkflowStatus:
+            with self._read() as conn:
+                row = conn.execute(
+                    sa.select(_W.c.status).where(_W.c.workflow_id == workflow_id)
+                ).first()
+            if row is None:
+                raise not_found(workflow_id)
+            return WorkflowStatus(row[0])
+
+        return self._retrying("read the workflow's status", read)
+
+    def attempts(self, workflow_id: str, task_id: str | None = None) -> list[AttemptRecord]:
+        """Attempts of a workflow's steps (of one step), in the order they were made."""
+        query = sa.select(_A).where(_A.c.workflow_id == workflow_id).order_by(_A.c.id)
+        if task_id is not None:
+            query = query.where(_A.c.task_id == task_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            AttemptRecord(
+                task_id=m["task_id"],
+                attempt=m["attempt"],
+                status=AttemptStatus(m["status"]),
+                queued_at=m["queued_at"],
+                started_at=m["started_at"],
+                finished_at=m["finished_at"],
+                error=m["error"],
+                error_type=m["error_type"],
+                traceback=m["traceback"],
+                worker=m["worker"],
+            )
+            for m in (r._mapping for r in rows)
+        ]
+
+    def logs(self, workflow_id: str, task_id: str | None = None) -> list[tuple[str, int, StepLogs]]:
+        """``(task id, attempt, logs)`` of what the steps printed, in step order."""
+        query = (
+            sa.select(_LOG, _S.c.position)
+            .select_from(
+                _LOG.join(
+                    _S, (_S.c.workflow_id == _LOG.c.workflow_id) & (_S.c.task_id == _LOG.c.task_id)
+                )
+            )
+            .where(_LOG.c.workflow_id == workflow_id)
+            .order_by(_S.c.position, _LOG.c.attempt)
+        )
+        if task_id is not None:
+            query = query.where(_LOG.c.task_id == task_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (
+                m["task_id"],
+                m["attempt"],
+                StepLogs(text=m["text"], size=m["size"], truncated=m["truncated"]),
+            )
+            for m in (r._mapping for r in rows)
+        ]
+
+    def wal(self, workflow_id: str, task_id: str | None = None) -> list[WalEntry]:
+        """The WAL records of a workflow (of one step), oldest first."""
+        query = sa.select(_WAL).where(_WAL.c.workflow_id == workflow_id).order_by(_WAL.c.id)
+        if task_id is not None:
+            query = query.where(_WAL.c.task_id == task_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            WalEntry(
+                task_id=m["task_id"],
+                attempt=m["attempt"],
+                kind=WalKind(m["kind"]),
+                idempotency_key=m["idempotency_key"],
+                created_at=m["created_at"],
+                location=m["location"],
+                checksum=m["checksum"],
+            )
+            for m in (r._mapping for r in rows)
+        ]
+
+    def transitions(
+        self, workflow_id: str, task_id: str | None = None
+    ) -> list[tuple[str | None, str | None, str, str, dt.datetime]]:
+        """``(task id or None, start, finish, cause, at)`` rows, oldest first."""
+        query = sa.select(_T).where(_T.c.workflow_id == workflow_id).order_by(_T.c.id)
+        if task_id is not None:
+            query = query.where(_T.c.task_id == task_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (m["task_id"], m["start"], m["finish"], m["cause"], m["at"])
+            for m in (r._mapping for r in rows)
+        ]
+
+
+def _describe_db(engine: Engine) -> str:
+    url = engine.url
+    if url.get_backend_name() == "sqlite":
+        return str(url.database or ":memory:")
+    return url.render_as_string(hide_password=True)
+
+
+def not_found(workflow_id: str) -> WorkflowNotFoundError:
+    return WorkflowNotFoundError(f"No workflow with id {workflow_id!r}.", workflow_id=workflow_id)
