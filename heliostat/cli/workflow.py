@@ -32,7 +32,7 @@ from heliostat.cli.run import add_runtime_flags, execute_workflow
 
 if TYPE_CHECKING:
     from heliostat.storage.states import WorkflowStatus
-    from heliostat.workflows.store import StepRecord, WorkflowRecord
+    from heliostat.workflows.lineage import StepRecord, WorkflowRecord
 
 __all__ = ["register"]
 

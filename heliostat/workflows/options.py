@@ -62,8 +62,7 @@ def _flag(raw: dict[str, Any], name: str, default: bool) -> bool:
     value = raw.get(name, default)
     if not isinstance(value, bool):
         raise TypeError(
-            f"workflow option {name} must be True or False, not {value!r} "
-            f"({type(value).__name__})."
+            f"workflow option {name} must be True or False, not {value!r} ({type(value).__name__})."
         )
     return value
 
