@@ -168,7 +168,7 @@ def runtime_services(runtime: Runtime | None = None) -> WorkflowServices | None:
     """The services of ``runtime`` (default: the current one), opened on first use;
     ``None`` without a runtime."""
     runtime = runtime or current_runtime()
-    if runtime is None:
+    if runtime is None or runtime.client.closed:  # none, or shut down
         return None
     services = runtime.extensions.get(EXTENSION)
     if services is None:
