@@ -194,7 +194,7 @@ def test_resume_with_fixed_code_continues_the_run(runtime: Runtime, tmp_path: Pa
         workflow.run(dag, workflow_id="fixme")
 
     @hs.remote
-    def check(x: int, flag: str) -> int:  # noqa: F811 - the fix
+    def check(x: int, flag: str) -> int:
         return x + 1
 
     with pytest.raises(WorkflowDefinitionError, match=r"the code of \S*check changed"):
@@ -205,7 +205,7 @@ def test_resume_with_fixed_code_continues_the_run(runtime: Runtime, tmp_path: Pa
 
 def test_a_huge_argument_is_refused_before_anything_is_written(runtime: Runtime) -> None:
     blob = b"x" * (65 << 20)
-    with pytest.raises(WorkflowDefinitionError, match="MiB.*produce it in an upstream step"):
+    with pytest.raises(WorkflowDefinitionError, match=r"MiB.*produce it in an upstream step"):
         workflow.run(plus.bind(blob, b""), workflow_id="huge")
     assert workflow.list_all() == []
 
