@@ -50,7 +50,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Literal, Protocol
 from urllib.parse import unquote, urlsplit
@@ -271,13 +271,28 @@ class CheckpointRef:
 
     def without_data(self) -> CheckpointRef:
         """The same record without the bytes (what to keep once they are committed)."""
-        return self if self.data is None else replace(self, data=None)
+        if self.data is None:
+            return self
+        return CheckpointRef(
+            location=self.location, checksum=self.checksum, format=self.format, size=self.size
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A plain tuple: a slots dataclass's default pickling walks fields() each
+        # time, and every step's result carries one of these.
+        return (_checkpoint_ref, (self.location, self.checksum, self.format, self.size, self.data))
 
     @property
     def store_url(self) -> str:
         """The root URL of the store that wrote it (``location`` less the layout's
         ``{workflow}/{task}@{attempt}.{ext}``)."""
         return self.location.rsplit("/", _LAYOUT_DEPTH)[0]
+
+
+def _checkpoint_ref(
+    location: str, checksum: str, fmt: CheckpointFormat, size: int, data: bytes | None
+) -> CheckpointRef:
+    return CheckpointRef(location=location, checksum=checksum, format=fmt, size=size, data=data)
 
 
 class SupportsCheckpoints(Protocol):

@@ -68,6 +68,7 @@ __all__ = [
     "UTCDateTime",
     "WalRecord",
     "Workflow",
+    "WorkflowDag",
     "metadata",
     "utcnow",
 ]
@@ -188,13 +189,9 @@ class Workflow(Base):
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
-    dag: Mapped[bytes | None]
-    """The compiled graph, pickled, so a resume needs no user code to rebuild it."""
     output_task_id: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
     error: Mapped[str | None] = mapped_column(sa.Text)
     resume_count: Mapped[int] = mapped_column(default=0)
-    dag_signature: Mapped[str | None] = mapped_column(sa.String(_SIGNATURE_LENGTH))
-    """HMAC of ``dag`` with the installation key: checked before ``dag`` is unpickled."""
     schedule: Mapped[str | None] = mapped_column(sa.String(ID_LENGTH))
     """The schedule that fired this run, if one did."""
     steps_total: Mapped[int] = mapped_column(default=0, server_default="0")
@@ -214,6 +211,25 @@ class Workflow(Base):
     steps: Mapped[list[Step]] = relationship(
         back_populates="workflow", passive_deletes=True, order_by="Step.position"
     )
+
+
+class WorkflowDag(Base):
+    """A workflow's compiled graph, pickled, so a resume needs no user code to rebuild it.
+
+    In a table of its own: the workflow row is updated by every group commit (lease,
+    counters), and SQLite rewrites a whole row, blob included, on any update.
+    """
+
+    __tablename__ = "workflow_dags"
+
+    workflow_id: Mapped[str] = mapped_column(
+        sa.String(ID_LENGTH),
+        sa.ForeignKey("workflows.workflow_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    dag: Mapped[bytes]
+    signature: Mapped[str] = mapped_column(sa.String(_SIGNATURE_LENGTH))
+    """HMAC of ``dag`` with the installation key: checked before ``dag`` is unpickled."""
 
 
 class Step(Base):

@@ -27,7 +27,13 @@ class Prepared:
 
     __slots__ = ("_convert", "_fixed", "_get", "_names", "_positional", "sql")
 
-    def __init__(self, stmt: Any, dialect: Any, keys: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        stmt: Any,
+        dialect: Any,
+        keys: Iterable[str] | None = None,
+        processors: dict[str, Any] | None = None,
+    ) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys) if keys else None)
         self.sql: str = compiled.string
         self._positional: bool = bool(compiled.positional)
@@ -38,7 +44,15 @@ class Prepared:
         self._fixed: dict[str, Any] = {}
         for i, name in enumerate(names):
             bind = compiled.binds[name]
-            proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            # Columns of one type share one converter, so a value bound to several
+            # columns of a batch (its timestamp) is converted once (see params).
+            type_key = repr(bind.type)
+            if processors is not None and type_key in processors:
+                proc = processors[type_key]
+            else:
+                proc = bind.type.dialect_impl(dialect).bind_processor(dialect)
+                if processors is not None:
+                    processors[type_key] = proc
             if proc is not None:
                 self._convert.append((i, proc))
             if bind.required or name in given:
@@ -54,18 +68,25 @@ class Prepared:
         else:
             self._get = operator.itemgetter(*names)
 
-    def params(self, rows: list[dict[str, Any]]) -> list[Any]:
+    def params(
+        self, rows: list[dict[str, Any]], done: dict[tuple[int, int], Any] | None = None
+    ) -> list[Any]:
+        """The DBAPI parameters of ``rows``.
+
+        Rows share most values (the batch's one timestamp, the workflow id, states):
+        each distinct object is converted once per ``done`` memo (one per transaction
+        may serve several statements). The caller keeps the rows alive while the memo
+        lives, so the ids it is keyed by are not reused meanwhile.
+        """
         get, fixed, convert = self._get, self._fixed, self._convert
-        # Rows share most values (the batch's one timestamp, the workflow id, states):
-        # each distinct object is converted once. ``rows`` keeps them alive, so their
-        # ids are not reused meanwhile.
-        done: dict[tuple[int, int], Any] = {}
+        if done is None:
+            done = {}
         out: list[Any] = []
         for row in rows:
             values = list(get({**fixed, **row} if fixed else row))
             for i, proc in convert:
                 v = values[i]
-                key = (i, id(v))
+                key = (id(proc), id(v))
                 if key in done:
                     values[i] = done[key]
                 else:
@@ -82,16 +103,26 @@ class PreparedCache:
     def __init__(self, dialect: Any) -> None:
         self._dialect = dialect
         self._prepared: dict[tuple[int, tuple[str, ...]], Prepared] = {}
+        self._processors: dict[str, Any] = {}
 
-    def run(self, cursor: Any, stmt: Any, rows: list[dict[str, Any]]) -> int:
-        """Execute ``stmt`` once per row (``executemany`` for several); returns rowcount."""
+    def run(
+        self,
+        cursor: Any,
+        stmt: Any,
+        rows: list[dict[str, Any]],
+        memo: dict[tuple[int, int], Any] | None = None,
+    ) -> int:
+        """Execute ``stmt`` once per row (``executemany`` for several); returns rowcount.
+
+        ``memo``: converted values shared by the statements of one transaction.
+        """
         if not rows:
             return 0
         prepared = self._get(stmt, rows[0])
         if len(rows) == 1:
-            cursor.execute(prepared.sql, prepared.params(rows)[0])
+            cursor.execute(prepared.sql, prepared.params(rows, memo)[0])
         else:
-            cursor.executemany(prepared.sql, prepared.params(rows))
+            cursor.executemany(prepared.sql, prepared.params(rows, memo))
         return int(cursor.rowcount)
 
     def _get(self, stmt: Any, row: dict[str, Any]) -> Prepared:
@@ -99,5 +130,7 @@ class PreparedCache:
         prepared = self._prepared.get(key)
         if prepared is None:
             keys = row if isinstance(stmt, sa.Insert) else None  # an INSERT names its columns
-            prepared = self._prepared[key] = Prepared(stmt, self._dialect, keys)
+            prepared = self._prepared[key] = Prepared(
+                stmt, self._dialect, keys, self._processors
+            )
         return prepared

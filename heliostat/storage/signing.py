@@ -117,7 +117,7 @@ class Signer:
         dag = pickle.loads(dag_bytes)                           # only after check()
     """
 
-    __slots__ = ("_key", "key_file", "source")
+    __slots__ = ("_base", "_key", "key_file", "source")
 
     def __init__(
         self,
@@ -129,6 +129,7 @@ class Signer:
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"a signing key needs at least {MIN_KEY_BYTES} bytes; got {len(key)}")
         self._key = bytes(key)
+        self._base = hmac.new(self._key, _DOMAIN, hashlib.sha256)
         self.source = source
         self.key_file = key_file
 
@@ -145,7 +146,7 @@ class Signer:
             TypeError: a part is neither ``bytes`` nor ``str`` (convert numbers
                 yourself, so that ``1`` and ``"1"`` cannot be confused).
         """
-        mac = hmac.new(self._key, _DOMAIN, hashlib.sha256)
+        mac = self._base.copy()  # keyed once: a copy skips the key schedule
         for part in parts:
             if isinstance(part, str):
                 data: bytes | memoryview = part.encode("utf-8", "surrogatepass")

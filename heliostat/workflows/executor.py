@@ -39,6 +39,7 @@ reads and verifies it).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -219,7 +220,10 @@ class WorkflowExecutor:
         self.clock = clock
         self.keeper = keeper
         self._records = records
-        self.machine = WorkflowMachine(workflow_id, compiled, now=clock.now)
+        # One timestamp per turn of the loop: the records of a turn share it, so the
+        # group commit converts one datetime for all of them, not one per record.
+        self._turn_now = clock.now()
+        self.machine = WorkflowMachine(workflow_id, compiled, now=self._now)
         self._inflight: dict[ObjectRef, tuple[str, int, ObjectRef]] = {}  # meta ref -> step
         self._running: dict[str, tuple[ObjectRef, ObjectRef]] = {}  # step -> (value, meta)
         self._events: deque[Any] = deque()  # finished meta refs and control events
@@ -230,6 +234,9 @@ class WorkflowExecutor:
         self._released = False
         # memory:// lives in one process: there the driver writes the checkpoints.
         self._worker_writes = checkpoints.shared_across_processes
+
+    def _now(self) -> dt.datetime:
+        return self._turn_now
 
     # --- control from other threads ----------------------------------------------------
 
@@ -289,6 +296,7 @@ class WorkflowExecutor:
         machine = self.machine
         last_cancel_check = time.monotonic()
         while True:
+            self._turn_now = self.clock.now()
             instructions.extend(self._drain_events())
             now = time.monotonic()
             if now - last_cancel_check > _CANCEL_POLL_S:
@@ -349,7 +357,7 @@ class WorkflowExecutor:
                 self.lease,
                 self._seq,
                 records,
-                now=self.clock.now(),
+                now=self._turn_now,
                 finish=outcome_moves(outcome) if outcome is not None else None,
                 error=outcome.message or None if outcome is not None else None,
                 release=outcome is not None,

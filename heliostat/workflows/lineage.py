@@ -5,7 +5,7 @@
 lock on SQLite (they begin DEFERRED), never load a DAG or steps a listing does not
 need, and authenticate what could be unpickled: a step's output record is checked
 against its ``output_signature`` when it is read, and the DAG against its
-``dag_signature`` by :meth:`LineageReader.load_dag`, before anything is decoded.
+signature (table ``workflow_dags``) by :meth:`LineageReader.load_dag`, before anything is decoded.
 
 Connection failures are retried for ``retry_for`` seconds (see :meth:`_retrying`).
 """
@@ -34,7 +34,15 @@ from heliostat.exceptions import (
 )
 from heliostat.storage.checkpoints import CheckpointRef
 from heliostat.storage.db import SQLITE_BEGIN_OPTION, is_transient_db_error, storage_error_from
-from heliostat.storage.models import AttemptLog, Step, StepAttempt, Transition, WalRecord, Workflow
+from heliostat.storage.models import (
+    AttemptLog,
+    Step,
+    StepAttempt,
+    Transition,
+    WalRecord,
+    Workflow,
+    WorkflowDag,
+)
 from heliostat.storage.signing import Signer
 from heliostat.storage.states import AttemptStatus, StepStatus, WalKind, WorkflowStatus
 from heliostat.workflows.compile import CompiledWorkflow
@@ -63,6 +71,7 @@ _A: sa.Table = StepAttempt.__table__  # type: ignore[assignment]
 _WAL: sa.Table = WalRecord.__table__  # type: ignore[assignment]
 _T: sa.Table = Transition.__table__  # type: ignore[assignment]
 _LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
+_DAG: sa.Table = WorkflowDag.__table__  # type: ignore[assignment]
 
 _R = TypeVar("_R")
 
@@ -165,8 +174,6 @@ class WorkflowRecord:
     workflow_id: str
     status: WorkflowStatus
     name: str
-    dag: bytes | None
-    dag_signature: str | None
     metadata: dict[str, Any]
     output_task_id: str | None
     error: str | None
@@ -319,17 +326,28 @@ class LineageReader:
         Raises:
             UnauthenticatedDataError: its signature is missing or wrong.
         """
-        if record.dag is None:
-            raise HeliostatInternalError(f"workflow {record.workflow_id!r} has no stored DAG")
+        wid = record.workflow_id
+
+        def read() -> tuple[bytes, str] | None:
+            with self._read() as conn:
+                row = conn.execute(
+                    sa.select(_DAG.c.dag, _DAG.c.signature).where(_DAG.c.workflow_id == wid)
+                ).first()
+            return (bytes(row[0]), str(row[1])) if row is not None else None
+
+        found = self._retrying("read the workflow's DAG", read)
+        if found is None:
+            raise HeliostatInternalError(f"workflow {wid!r} has no stored DAG")
+        dag, signature = found
         self.signer.check(
-            record.dag_signature,
+            signature or None,
             "workflow-dag",
-            record.workflow_id,
-            record.dag,
-            what=f"the compiled DAG of workflow {record.workflow_id!r}",
+            wid,
+            dag,
+            what=f"the compiled DAG of workflow {wid!r}",
             origin=f"the lineage database {self.where}",
         )
-        return CompiledWorkflow.from_bytes(record.dag)
+        return CompiledWorkflow.from_bytes(dag)
 
     def _record(
         self, m: Mapping[str, Any] | sa.RowMapping, steps: dict[str, StepRecord]
@@ -338,8 +356,6 @@ class LineageReader:
             workflow_id=m["workflow_id"],
             status=WorkflowStatus(m["status"]),
             name=m["name"],
-            dag=m.get("dag"),
-            dag_signature=m.get("dag_signature"),
             metadata=m["metadata"] or {},
             output_task_id=m["output_task_id"],
             error=m["error"],
@@ -414,8 +430,7 @@ class LineageReader:
         search: str | None = None,
     ) -> list[WorkflowRecord]:
         """Workflows newest first, without their DAGs or steps."""
-        columns = [c for c in _W.c if c.name != "dag"]
-        query = sa.select(*columns).order_by(_W.c.created_at.desc(), _W.c.workflow_id)
+        query = sa.select(_W).order_by(_W.c.created_at.desc(), _W.c.workflow_id)
         if status_filter is not None:
             query = query.where(_W.c.status.in_([str(s) for s in status_filter]))
         if search:

@@ -82,9 +82,6 @@ class StepRun:
     unfinished_children: int = 0  # children not succeeded yet (see _release)
     value: Any = None  # live handle or CheckpointRef, once done
     checkpoint: CheckpointRef | None = None
-    retry_at: dt.datetime | None = None
-    inflight: bool = False  # submitted and not reported yet
-    asking_hook: bool = False
 
 
 class WorkflowMachine:
@@ -111,6 +108,12 @@ class WorkflowMachine:
         self._alias: dict[str, str] = {}  # continued step -> its sub-DAG's output step
         self._continued_by: dict[str, str] = {}
         self._ready: deque[str] = deque()
+        # Invariants: a step is in _inflight from its Submit until its report, in
+        # _asking while its on_in_doubt hook is being asked, in _retry_at while it
+        # waits out a retry backoff (PENDING, not in _ready).
+        self._inflight: set[str] = set()
+        self._asking: set[str] = set()
+        self._retry_at: dict[str, dt.datetime] = {}
         self._failure: tuple[str, ErrorInfo, BaseException] | None = None
         self._attention: list[str] = []
         self._canceled = False
@@ -254,7 +257,7 @@ class WorkflowMachine:
             run.attempt += 1
             self._check(task_id, StepStatus.RUNNING)
             run.status = StepStatus.RUNNING
-            run.inflight = True
+            self._inflight.add(task_id)
             self.records.append(
                 Intent(
                     task_id=task_id,
@@ -287,12 +290,11 @@ class WorkflowMachine:
 
     @property
     def inflight(self) -> int:
-        return sum(1 for r in self.steps.values() if r.inflight)
+        return len(self._inflight)
 
     def next_retry(self) -> dt.datetime | None:
         """When the earliest backed-off retry becomes ready, if any waits."""
-        times = [r.retry_at for r in self.steps.values() if r.retry_at is not None]
-        return min(times) if times else None
+        return min(self._retry_at.values()) if self._retry_at else None
 
     def outcome(self) -> Outcome | None:
         """How the run ends, once it has ended; ``None`` while it goes on."""
@@ -301,7 +303,7 @@ class WorkflowMachine:
         output = self.resolve(self.compiled.output)
         if self._done(output) and not self._canceled:
             return Outcome(status=WorkflowStatus.SUCCESSFUL, cause="finished", task_id=output)
-        if any(r.inflight or r.asking_hook for r in self.steps.values()):
+        if self._inflight or self._asking:
             return None
         if self._canceled:
             return Outcome(status=WorkflowStatus.CANCELED, cause="cancel()")
@@ -375,7 +377,7 @@ class WorkflowMachine:
         if outcome.status is WorkflowStatus.CANCELED:
             for task_id, run in self.steps.items():
                 if run.status is StepStatus.PENDING and task_id not in self._alias:
-                    run.retry_at = None
+                    self._retry_at.pop(task_id, None)
                     self._move(task_id, StepStatus.SKIPPED, "workflow canceled")
         return self.take_records()
 
@@ -444,7 +446,7 @@ class WorkflowMachine:
             )
         )
         run.status = finish
-        run.inflight = False
+        self._inflight.discard(task_id)
 
     def _commit(
         self,
@@ -475,14 +477,14 @@ class WorkflowMachine:
             )
         )
         run.status = StepStatus.SUCCESSFUL
-        run.inflight = False
+        self._inflight.discard(task_id)
 
     # --- event handlers -------------------------------------------------------------------
 
     def _current(self, task_id: str, attempt: int) -> StepRun | None:
         """The step if ``attempt`` is its running attempt (else the report is stale)."""
         run = self.steps.get(task_id)
-        if run is None or not run.inflight or run.attempt != attempt:
+        if run is None or task_id not in self._inflight or run.attempt != attempt:
             return None
         return run
 
@@ -591,7 +593,7 @@ class WorkflowMachine:
             event=event,
         )
         if delay:
-            run.retry_at = self.now() + dt.timedelta(seconds=delay)
+            self._retry_at[task_id] = self.now() + dt.timedelta(seconds=delay)
         else:
             self._ready.append(task_id)
 
@@ -701,14 +703,14 @@ class WorkflowMachine:
         if run.spec.options.on_in_doubt is None or self._lease_lost is not None:
             self._attention.append(task_id)
             return []
-        run.asking_hook = True
+        self._asking.add(task_id)
         return [AskHook(task_id=task_id, key=idempotency_key(self.workflow_id, task_id))]
 
     def _hook_answered(self, event: HookAnswered) -> list[Instruction]:
         run = self.steps[event.task_id]
-        if not run.asking_hook or self._lease_lost is not None:
+        if event.task_id not in self._asking or self._lease_lost is not None:
             return []
-        run.asking_hook = False
+        self._asking.discard(event.task_id)
         task_id = event.task_id
         if event.error is not None:
             self._move(
@@ -740,7 +742,7 @@ class WorkflowMachine:
         for task_id in event.task_ids:
             run = self.steps[task_id]
             run.status = StepStatus.PENDING
-            run.inflight = False
+            self._inflight.discard(task_id)
             run.attempt -= 1
         self.records = [
             r for r in self.records if not (isinstance(r, Intent) and r.task_id in event.task_ids)
@@ -754,7 +756,7 @@ class WorkflowMachine:
         self._ready.clear()
         # Idempotent steps in flight are interrupted (they re-run nothing); a
         # non-idempotent one is left to finish and its result is recorded.
-        return [Interrupt(task_id=t) for t, r in self.steps.items() if r.inflight and r.idempotent]
+        return [Interrupt(task_id=t) for t in sorted(self._inflight) if self.steps[t].idempotent]
 
     def _lost_lease(self, event: LeaseLost) -> list[Instruction]:
         if self._lease_lost is not None:
@@ -762,12 +764,12 @@ class WorkflowMachine:
         self._lease_lost = event.message
         self._ready.clear()
         self.records.clear()  # nothing more may be written
-        return [Interrupt(task_id=t) for t, r in self.steps.items() if r.inflight and r.idempotent]
+        return [Interrupt(task_id=t) for t in sorted(self._inflight) if self.steps[t].idempotent]
 
     def _release_due_retries(self) -> None:
         now = self.now()
-        for task_id, run in self.steps.items():
-            if run.retry_at is not None and run.retry_at <= now:
-                run.retry_at = None
+        for task_id, at in list(self._retry_at.items()):
+            if at <= now:
+                del self._retry_at[task_id]
                 if not self.stopping:
                     self._ready.append(task_id)

@@ -99,6 +99,42 @@ class StepEnv:
     inline_limit: int  # outputs pickled this small go to SQL with the COMMIT (0: never)
     catch_exceptions: bool
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A plain tuple: a slots dataclass's default pickling walks fields() each
+        # time, which the hot path of every step paid twice.
+        return (
+            _step_env,
+            (
+                self.workflow_id,
+                self.task_id,
+                self.attempt,
+                self.idempotency_key,
+                self.checkpoint_url,
+                self.inline_limit,
+                self.catch_exceptions,
+            ),
+        )
+
+
+def _step_env(
+    workflow_id: str,
+    task_id: str,
+    attempt: int,
+    idempotency_key: str,
+    checkpoint_url: str | None,
+    inline_limit: int,
+    catch_exceptions: bool,
+) -> StepEnv:
+    return StepEnv(
+        workflow_id=workflow_id,
+        task_id=task_id,
+        attempt=attempt,
+        idempotency_key=idempotency_key,
+        checkpoint_url=checkpoint_url,
+        inline_limit=inline_limit,
+        catch_exceptions=catch_exceptions,
+    )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorInfo:
@@ -157,6 +193,61 @@ class StepMeta:
     error: ErrorInfo | None = None
     exception: bytes | None = None  # the exception, cloudpickled (None: it cannot be)
     corrupt_location: str | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a plain tuple: see StepEnv.__reduce__
+        return (
+            _step_meta,
+            (
+                self.checkpoint,
+                self.continuation,
+                self.started,
+                self.finished,
+                self.worker,
+                self.logs,
+                self.failure,
+                self.error,
+                self.exception,
+                self.corrupt_location,
+            ),
+        )
+
+
+def _step_meta(
+    checkpoint: CheckpointRef | None,
+    continuation: bool,
+    started: dt.datetime,
+    finished: dt.datetime,
+    worker: str,
+    logs: StepLogs | None,
+    failure: Failure | None,
+    error: ErrorInfo | None,
+    exception: bytes | None,
+    corrupt_location: str | None,
+) -> StepMeta:
+    return StepMeta(
+        checkpoint=checkpoint,
+        continuation=continuation,
+        started=started,
+        finished=finished,
+        worker=worker,
+        logs=logs,
+        failure=failure,
+        error=error,
+        exception=exception,
+        corrupt_location=corrupt_location,
+    )
+
+
+_worker_id: tuple[int, str] | None = None
+
+
+def _worker() -> str:
+    """``host:pid`` of this process (asked of the system once per process)."""
+    global _worker_id
+    pid = os.getpid()
+    if _worker_id is None or _worker_id[0] != pid:  # new, or a forked child
+        _worker_id = (pid, f"{socket.gethostname()}:{pid}")
+    return _worker_id[1]
 
 
 class _Capture:
@@ -261,7 +352,7 @@ class StepCall:
         *parent_values: Any,
     ) -> tuple[Any, StepMeta]:
         started = dt.datetime.now(dt.UTC)
-        worker = f"{socket.gethostname()}:{os.getpid()}"
+        worker = _worker()
         capture = _Capture()
         try:
             outputs = _load_inputs(env, parent_ids, parent_values)

@@ -23,7 +23,7 @@ A group commit (:meth:`WorkflowStore.commit`), in one transaction:
 3. Commit: one fsync for the whole batch.
 
 Every pickled value this store hands out is authenticated first: the stored DAG by its
-``dag_signature``, each step output by its ``output_signature`` (an HMAC over the
+signature in ``workflow_dags``, each step output by its ``output_signature`` (an HMAC over the
 workflow and step ids, the output's location, checksum and format, with the
 installation key; the checksum then vouches for the bytes). A row written without the
 key raises :class:`~heliostat.exceptions.UnauthenticatedDataError` instead.
@@ -40,7 +40,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import sqlalchemy as sa
@@ -66,6 +66,7 @@ from heliostat.storage.models import (
     Transition,
     WalRecord,
     Workflow,
+    WorkflowDag,
 )
 from heliostat.storage.prepared import PreparedCache
 from heliostat.storage.signing import Signer
@@ -110,8 +111,7 @@ _E: sa.Table = Edge.__table__  # type: ignore[assignment]
 _WAL: sa.Table = WalRecord.__table__  # type: ignore[assignment]
 _T: sa.Table = Transition.__table__  # type: ignore[assignment]
 _LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
-
-_T_ = TypeVar("_T_")
+_DAG: sa.Table = WorkflowDag.__table__  # type: ignore[assignment]
 
 
 def _key(table: sa.Table) -> Any:
@@ -269,8 +269,6 @@ class WorkflowStore(LineageReader):
                             updated_at=now,
                             started_at=now,
                             metadata=metadata,
-                            dag=dag,
-                            dag_signature=signature,
                             output_task_id=compiled.output,
                             resume_count=0,
                             schedule=schedule,
@@ -285,6 +283,9 @@ class WorkflowStore(LineageReader):
                             lease_generation=1,
                             commit_seq=0,
                         )
+                    )
+                    conn.execute(
+                        _DAG.insert().values(workflow_id=workflow_id, dag=dag, signature=signature)
                     )
                     dbapi = conn.connection.dbapi_connection
                     with contextlib.closing(dbapi.cursor()) as cursor:  # type: ignore[union-attr]
@@ -522,9 +523,10 @@ class WorkflowStore(LineageReader):
         }
 
         def write() -> str:
+            memo: dict[tuple[int, int], Any] = {}  # values converted once per batch
             with raw_transaction(self.engine) as cursor:
                 fence = _FENCE_RUNNING if has_intents else _FENCE_ANY
-                if self._prepared.run(cursor, fence, [fence_row]) != 1:
+                if self._prepared.run(cursor, fence, [fence_row], memo) != 1:
                     self._prepared.run(cursor, _FENCE_STATE, [{"w": wid}])
                     found = cursor.fetchone()
                     if found is None:
@@ -539,7 +541,7 @@ class WorkflowStore(LineageReader):
                     raise HeliostatInternalError(
                         f"workflow {wid!r}: group commit {seq} found commit {committed_seq}"
                     )
-                self._write_records(cursor, wid, records)
+                self._write_records(cursor, wid, records, memo)
                 if finish or release:
                     self._finish(cursor, wid, finish or [], now, error, release, lease)
             return CommitResult.COMMITTED
@@ -595,8 +597,18 @@ class WorkflowStore(LineageReader):
         run(cursor, _FINISH, [row])
         run(cursor, _TRANSITION_INSERT, transitions)
 
-    def _write_records(self, cursor: Any, w: str, records: Iterable[Record]) -> None:
-        run = self._prepared.run
+    def _write_records(
+        self,
+        cursor: Any,
+        w: str,
+        records: Iterable[Record],
+        memo: dict[tuple[int, int], Any],
+    ) -> None:
+        prepared = self._prepared
+
+        def run(cursor: Any, stmt: Any, rows: list[dict[str, Any]]) -> int:
+            return prepared.run(cursor, stmt, rows, memo)
+
         wal: list[dict[str, Any]] = []
         transitions: list[dict[str, Any]] = []
         attempts_new: list[dict[str, Any]] = []
@@ -739,7 +751,7 @@ class WorkflowStore(LineageReader):
     def delete(self, workflow_id: str) -> None:
         def write() -> None:
             with self.engine.begin() as conn:
-                for table in (_T, _WAL, _LOG, _A, _E, _S):
+                for table in (_T, _WAL, _LOG, _A, _E, _S, _DAG):
                     conn.execute(table.delete().where(table.c.workflow_id == workflow_id))
                 result = conn.execute(_W.delete().where(_W.c.workflow_id == workflow_id))
                 if result.rowcount == 0:

@@ -32,6 +32,7 @@ TABLES = {
     "edges",
     "wal",
     "attempt_logs",
+    "workflow_dags",
     "transitions",
     "schedules",
     "schedule_runs",

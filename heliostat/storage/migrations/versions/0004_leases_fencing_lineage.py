@@ -8,8 +8,12 @@ Create Date: 2026-12-02
   fencing generation that only grows and a group-commit sequence number: the one
   UPDATE that fences a group commit then also renews the lease. Live leases are
   copied over; the ``leases`` table is dropped.
-* ``workflows`` also gains ``dag_signature`` (HMAC of the stored DAG), ``schedule``
-  (the schedule that fired the run) and the step counters the listings read.
+* The pickled DAG moves out of ``workflows`` into ``workflow_dags`` with its HMAC
+  signature (empty for DAGs stored before signing: they are refused, never unpickled):
+  every group commit updates the workflow row, and SQLite rewrites a whole row, a
+  megabyte of DAG included, on any update.
+* ``workflows`` also gains ``schedule`` (the schedule that fired the run) and the step
+  counters the listings read.
 * ``step_attempts.status`` takes attempt outcomes (RUNNING, SUCCESSFUL, FAILED,
   INTERRUPTED) instead of step states; attempts gain ``queued_at`` (``started_at`` is
   now the start of execution, NULL when nobody saw it), ``error_type`` and
@@ -56,7 +60,6 @@ def _bigint() -> sa.types.TypeEngine[int]:
 
 def upgrade() -> None:
     with op.batch_alter_table("workflows") as batch:
-        batch.add_column(sa.Column("dag_signature", sa.String(length=SIGNATURE), nullable=True))
         batch.add_column(sa.Column("schedule", sa.String(length=ID), nullable=True))
         batch.add_column(sa.Column("steps_total", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("steps_done", sa.Integer(), nullable=False, server_default="0"))
@@ -88,6 +91,27 @@ def upgrade() -> None:
     )
     op.drop_index(op.f("ix_leases_expires_at"), table_name="leases")
     op.drop_table("leases")
+
+    op.create_table(
+        "workflow_dags",
+        sa.Column("workflow_id", sa.String(length=ID), nullable=False),
+        sa.Column("dag", sa.LargeBinary(), nullable=False),
+        sa.Column("signature", sa.String(length=SIGNATURE), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["workflow_id"],
+            ["workflows.workflow_id"],
+            name=op.f("fk_workflow_dags_workflow_id_workflows"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("workflow_id", name=op.f("pk_workflow_dags")),
+    )
+    # Unsigned: a DAG written before this version is refused until its run is deleted.
+    op.execute(
+        "INSERT INTO workflow_dags (workflow_id, dag, signature) "
+        "SELECT workflow_id, dag, '' FROM workflows WHERE dag IS NOT NULL"
+    )
+    with op.batch_alter_table("workflows") as batch:
+        batch.drop_column("dag")
 
     with op.batch_alter_table("steps") as batch:
         batch.add_column(sa.Column("output_signature", sa.String(length=SIGNATURE), nullable=True))
@@ -181,6 +205,13 @@ def downgrade() -> None:
         "FROM workflows WHERE lease_owner IS NOT NULL"
     )
     with op.batch_alter_table("workflows") as batch:
+        batch.add_column(sa.Column("dag", sa.LargeBinary(), nullable=True))
+    op.execute(
+        "UPDATE workflows SET dag = (SELECT workflow_dags.dag FROM workflow_dags "
+        "WHERE workflow_dags.workflow_id = workflows.workflow_id)"
+    )
+    op.drop_table("workflow_dags")
+    with op.batch_alter_table("workflows") as batch:
         batch.drop_index(op.f("ix_workflows_lease_expires_at"))
         for column in (
             "commit_seq",
@@ -194,6 +225,5 @@ def downgrade() -> None:
             "steps_done",
             "steps_total",
             "schedule",
-            "dag_signature",
         ):
             batch.drop_column(column)
