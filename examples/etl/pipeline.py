@@ -228,8 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[_CRASH_ENV] = args.crash_at
         os.environ[_DRIVER_ENV] = str(os.getpid())
 
+    redraw = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+    shown = {"at": 0.0, "done": -1}
+
     def progress(done: int, total: int, failed: int) -> None:
-        print(f"\r[etl] {workflow_id}: {done}/{total} steps done", end="", flush=True)
+        text = f"[etl] {workflow_id}: {done}/{total} steps done"
+        if redraw:  # a terminal: one line, redrawn in place
+            print(f"\r{text}", end="", flush=True)
+            return
+        now = time.monotonic()  # a log or a pipe: plain lines, about one a second
+        if done != shown["done"] and (done == total or now - shown["at"] >= 1.0):
+            shown.update(at=now, done=done)
+            print(text, flush=True)
 
     started = time.perf_counter()
     hs.init(num_cpus=args.num_cpus)
@@ -242,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             print(f"[etl] workflow {workflow_id} exists ({previous}): resuming it")
         output = workflow.run(build_dag(root, days), workflow_id=workflow_id, on_progress=progress)
-        print()
+        if redraw:
+            print()
         status = workflow.get_status(workflow_id)
     finally:
         hs.shutdown()
