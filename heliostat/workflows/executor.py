@@ -307,11 +307,13 @@ class WorkflowExecutor:
                 machine.handle(Tick())
             submits = machine.start_ready()
             if machine.records and self._must_commit(now):
-                refused = self._commit(machine.take_records())
-                if refused:
-                    submits = []
+                batch = machine.take_records()
+                refused = self._commit(batch)
+                if refused:  # canceled meanwhile: nothing was written; all but the
+                    submits = []  # INTENTs go again, with what the cancel adds
                     instructions.extend(machine.handle(IntentsRefused(task_ids=refused)))
-                    self._commit(machine.take_records())
+                    rest = [r for r in batch if not isinstance(r, Intent)]
+                    self._commit(rest + machine.take_records())
             instructions.extend(submits)
             for instruction in instructions:
                 self._act(instruction)

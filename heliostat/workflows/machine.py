@@ -737,16 +737,13 @@ class WorkflowMachine:
         return []
 
     def _intents_refused(self, event: IntentsRefused) -> list[Instruction]:
-        # The INTENTs were never written: as far as lineage knows these steps never
-        # left PENDING, and neither do they here.
+        # The INTENTs were never written (the executor drops them from its batch): as
+        # far as lineage knows these steps never left PENDING, and neither do they here.
         for task_id in event.task_ids:
             run = self.steps[task_id]
             run.status = StepStatus.PENDING
             self._inflight.discard(task_id)
             run.attempt -= 1
-        self.records = [
-            r for r in self.records if not (isinstance(r, Intent) and r.task_id in event.task_ids)
-        ]
         return self._cancel()
 
     def _cancel(self) -> list[Instruction]:

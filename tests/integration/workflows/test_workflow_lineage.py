@@ -315,3 +315,61 @@ def test_intents_are_refused_once_the_workflow_is_canceled(store: WorkflowStore)
     assert _rows(store, "stop")[0] == 0
     assert store.commit(lease, 1, [], now=T0, release=True) == CommitResult.COMMITTED
     assert store.load("stop").status is WorkflowStatus.CANCELED
+
+
+# --- cancel from elsewhere, seen only at the next INTENT ----------------------------
+
+
+@hs.remote
+def gated(log: str, gate: str) -> str:
+    import os
+    import time
+
+    with open(log, "a") as f:
+        f.write("gated started\n")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the step's work: waiting for the test to open the gate
+    return "through"
+
+
+@hs.remote
+def downstream(log: str, value: str) -> str:
+    with open(log, "a") as f:
+        f.write("downstream ran\n")
+    return value
+
+
+def test_a_cancel_from_elsewhere_refuses_the_next_intent_and_keeps_the_finished_result(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait_for: Any
+) -> None:
+    from heliostat.exceptions import WorkflowCancelledError
+    from heliostat.workflows import executor as executor_module
+
+    # The run learns of the cancel only when the database refuses its next INTENT.
+    monkeypatch.setattr(executor_module, "_CANCEL_POLL_S", 3600.0)
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    first = gated.options(**workflow.options(task_id="a", idempotent=False))
+    dag = downstream.options(**workflow.options(task_id="b")).bind(
+        str(log), first.bind(str(log), str(gate))
+    )
+    ref = workflow.run_async(dag, workflow_id="elsewhere")
+    wait_for(lambda: log.exists() and "gated started" in log.read_text(), what="a to start")
+
+    services = runtime_services()
+    assert services is not None
+    now = dt.datetime.now(dt.UTC)
+    assert services.store().move("elsewhere", cancel_moves("elsewhere"), now=now) is (
+        WorkflowStatus.CANCELED
+    )
+    gate.touch()
+    with pytest.raises(WorkflowCancelledError):
+        hs.get(ref, timeout=60)
+
+    assert "downstream ran" not in log.read_text()
+    record = workflow.describe("elsewhere")
+    assert record.status is WorkflowStatus.CANCELED
+    assert record.steps["a"].status is StepStatus.SUCCESSFUL  # its result is recorded
+    assert workflow.get_output("elsewhere", task_id="a") == "through"
+    assert record.steps["b"].status is StepStatus.SKIPPED
+    assert [a.attempt for a in workflow.attempts("elsewhere")] == [1]  # b never had one

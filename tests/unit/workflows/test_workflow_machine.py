@@ -407,6 +407,7 @@ def test_refused_intents_are_undone_and_the_run_is_canceled(clock: FakeClock) ->
     m = _machine(_chain(), clock)
     m.load({}, {})
     m.start_ready()
+    assert [type(r) for r in m.take_records()] == [Intent]  # the batch the store refused
     m.handle(IntentsRefused(task_ids=("a",)))
     assert m.records == []
     assert m.steps["a"].status is StepStatus.PENDING and m.steps["a"].attempt == 0
