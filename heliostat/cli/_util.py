@@ -39,6 +39,7 @@ __all__ = [
     "first_line",
     "format_duration",
     "format_time",
+    "format_utc",
     "import_target",
     "parse_call_args",
     "parse_kwarg",
@@ -198,10 +199,21 @@ def format_time(when: dt.datetime | None) -> str:
     return "-" if when is None else _utc(when).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def format_utc(when: dt.datetime | None) -> str:
+    """``2026-11-21 03:00:00 UTC``, or ``-``: a time shown alone, saying its zone."""
+    return "-" if when is None else format_time(when) + " UTC"
+
+
 def format_duration(seconds: float | None) -> str:
-    """``0.25 s``, ``12.3 s``, ``4m 05s``, ``2h 03m``; ``-`` for ``None``."""
+    """``3.70 ms``, ``0.25 s``, ``12.3 s``, ``4m 05s``, ``2h 03m``; ``-`` for ``None``.
+
+    Under 10 ms in milliseconds: a step's execution often is that short, and ``0.00 s``
+    would say nothing.
+    """
     if seconds is None:
         return "-"
+    if 0 < seconds < 0.01:
+        return f"{seconds * 1000:.2f} ms"
     if seconds < 10:
         return f"{seconds:.2f} s"
     if seconds < 60:

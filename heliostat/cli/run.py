@@ -185,7 +185,15 @@ def _no_interrupts() -> Iterator[None]:
 
 
 def _error_summary(exc: BaseException) -> str:
-    """What went wrong, in one line: the failing step's own error where there is one."""
+    """What went wrong, in one line: the failing step's own error where there is one.
+
+    A NEEDS_ATTENTION error is given whole: the commands that settle its in-doubt
+    step follow its first line.
+    """
+    from heliostat.exceptions import WorkflowNeedsAttentionError
+
+    if isinstance(exc, WorkflowNeedsAttentionError):
+        return str(exc)
     cause = getattr(exc, "cause", None)
     task_id = getattr(exc, "task_id", "")
     if cause is not None and task_id:

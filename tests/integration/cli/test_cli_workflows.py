@@ -80,6 +80,30 @@ FLOWS = '''
         return charge.options(**step).bind(add.bind(1, 1), flag)
 
 
+    @hs.remote
+    def charge_both(x, flag, me, other):
+        # Like charge, once the other charge has started too: both are in doubt.
+        with open(flag + ".log", "a") as log:
+            print(me, file=log)
+        open(flag + "." + me, "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(flag + "." + other):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{other} never started")
+            time.sleep(0.02)
+        if not os.path.exists(flag):
+            os._exit(1)
+        return x * 100
+
+
+    def double_billing(flag):
+        def charge_step(me, other):
+            step = workflow.options(task_id=me, idempotent=False)
+            return charge_both.options(**step).bind(1, flag, me, other)
+
+        return total.bind(charge_step("card", "bank"), charge_step("bank", "card"))
+
+
     def not_a_dag():
         return {"steps": 3}
 
@@ -250,11 +274,20 @@ def test_in_doubt_step_is_settled_by_resolve_then_resume(flows: Cli) -> None:
     flag = cli.mods / "charged"
     stuck = cli.run("run", "flows:billing", f"flag={flag}", "--id", "wf-bill", expect=1)
     assert "NEEDS_ATTENTION" in stuck.stdout and "charge" in stuck.stdout
-    steps = {
-        s["task_id"]: s["status"]
-        for s in _json(cli.run("workflow", "show", "wf-bill", "--json"))["steps"]
-    }
+    # The error is given whole: the commands that settle the step follow its first line.
+    assert "heliostat workflow resolve wf-bill charge --rerun" in stuck.stdout
+    show, status = cli.run_many(
+        [("workflow", "show", "wf-bill", "--json"), ("workflow", "status", "wf-bill")]
+    )
+    steps = {s["task_id"]: s["status"] for s in _json(show)["steps"]}
     assert steps["charge"] == "IN_DOUBT"
+    assert _json(show)["in_doubt"] == ["charge"]
+    # status names the in-doubt step and both ways to settle it.
+    text = cli.ok(status)
+    assert "in doubt:  charge" in text and "wf-bill:charge" in text  # its idempotency key
+    assert "heliostat workflow resolve wf-bill charge --result VALUE" in text
+    assert "heliostat workflow resolve wf-bill charge --rerun" in text
+    assert "then resume it: heliostat workflow resume wf-bill" in text
 
     not_in_doubt = cli.run("workflow", "resolve", "wf-bill", "add", "--rerun", expect=2)
     assert_one_line_error(not_in_doubt, ["'add'", "not IN_DOUBT"])
@@ -263,10 +296,49 @@ def test_in_doubt_step_is_settled_by_resolve_then_resume(flows: Cli) -> None:
 
     # The operator checked: the charge went through, for 200.
     settled = cli.run("workflow", "resolve", "wf-bill", "charge", "--result", "200")
-    assert "heliostat workflow resume wf-bill" in settled.stdout
+    assert settled.stdout.splitlines() == [
+        "step charge of workflow wf-bill: resolved; its output is 200",
+        "resume it: heliostat workflow resume wf-bill",
+    ]
     resumed = _json(cli.run("workflow", "resume", "wf-bill", "--json", "--num-cpus", "1"))
     assert resumed["status"] == "SUCCESSFUL" and resumed["output"] == 200
     assert (cli.mods / "charged.log").read_text() == "charged\n"  # not run again
+
+
+def test_resolve_names_the_steps_still_in_doubt(flows: Cli) -> None:
+    cli = flows
+    flag = cli.mods / "paid"
+    args = ("run", "flows:double_billing", f"flag={flag}", "--id", "wf-two", "--num-cpus", "2")
+    cli.run(*args, expect=1)
+    status = cli.run("workflow", "status", "wf-two")
+    for step in ("bank", "card"):
+        assert f"heliostat workflow resolve wf-two {step} --rerun" in status.stdout
+    assert sorted(_json(cli.run("workflow", "status", "wf-two", "--json"))["in_doubt"]) == [
+        "bank",
+        "card",
+    ]
+
+    first = cli.run("workflow", "resolve", "wf-two", "card", "--result", "100").stdout
+    assert first.splitlines() == [
+        "step card of workflow wf-two: resolved; its output is 100",
+        "still in doubt: bank; settle each first:",
+        "  heliostat workflow resolve wf-two bank --result VALUE   (it did its work: VALUE is "
+        "its output)",
+        "  heliostat workflow resolve wf-two bank --rerun          (it did not: run it again)",
+        "then resume it: heliostat workflow resume wf-two",
+    ]
+    flag.touch()  # the bank charge did not go through: it runs again, and now succeeds
+    second = cli.run("workflow", "resolve", "wf-two", "bank", "--rerun").stdout
+    assert second.splitlines() == [
+        "step bank of workflow wf-two: resolved; it runs again when the run resumes",
+        "resume it: heliostat workflow resume wf-two",
+    ]
+    settled = cli.run("workflow", "status", "wf-two").stdout
+    assert "next:      resume it: heliostat workflow resume wf-two" in settled
+    assert "in doubt" not in settled
+    resumed = _json(cli.run("workflow", "resume", "wf-two", "--json", "--num-cpus", "2"))
+    assert (resumed["status"], resumed["output"]) == ("SUCCESSFUL", 200)
+    assert sorted((cli.mods / "paid.log").read_text().split()) == ["bank", "bank", "card"]
 
 
 def test_ctrl_c_stops_the_run_and_leaves_it_resumable(
@@ -293,8 +365,12 @@ def test_ctrl_c_stops_the_run_and_leaves_it_resumable(
 
     assert _json(cli.run("workflow", "status", "wf-int", "--json"))["status"] == "RESUMABLE"
     gate.touch()
-    resumed = _json(cli.run("workflow", "resume-all", "--json", "--num-cpus", "1"))
-    assert resumed == [{"workflow_id": "wf-int", "status": "SUCCESSFUL", "error": None}]
+    resumed = cli.run("workflow", "resume-all", "--num-cpus", "1")
+    assert resumed.stdout == "workflow wf-int: SUCCESSFUL\n"  # the result; the rest on stderr
+    assert "heliostat: resuming workflow 'wf-int'\n" in resumed.stderr
+    nothing = cli.run("workflow", "resume-all", "--json", "--num-cpus", "1")
+    assert _json(nothing) == [] and "heliostat: no workflow to resume\n" in nothing.stderr
+    assert _json(cli.run("workflow", "status", "wf-int", "--json"))["status"] == "SUCCESSFUL"
 
 
 def test_unknown_ids_and_refused_actions_exit_2(flows: Cli) -> None:

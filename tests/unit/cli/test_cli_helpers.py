@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 
 import pyarrow as pa
 import pytest
@@ -12,6 +13,7 @@ from heliostat.cli._util import (
     CommandParser,
     error_line,
     format_duration,
+    format_utc,
     parse_call_args,
     parse_kwarg,
     parse_value,
@@ -88,6 +90,12 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 def test_output_helpers() -> None:
     assert format_duration(None) == "-"
     assert format_duration(0.25) == "0.25 s"
+    assert format_duration(0.0037) == "3.70 ms"  # a step's execution is often this short
+    assert format_duration(0.0) == "0.00 s"
+    assert format_utc(None) == "-"
+    assert format_utc(dt.datetime(2026, 11, 21, 3, 0, 5)) == "2026-11-21 03:00:05 UTC"
+    berlin = dt.timezone(dt.timedelta(hours=1))
+    assert format_utc(dt.datetime(2026, 11, 21, 4, 0, tzinfo=berlin)) == "2026-11-21 03:00:00 UTC"
     assert format_duration(12.34) == "12.3 s"
     assert format_duration(245) == "4m 05s"
     assert format_duration(7380) == "2h 03m"
