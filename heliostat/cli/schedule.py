@@ -13,6 +13,7 @@ daemons, or a restarted one, never start one interval twice.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import signal
 import sys
@@ -369,29 +370,31 @@ def _trigger_and_wait(args: argparse.Namespace) -> int:
     schedules = _schedules()
     schedules.get(args.name)  # an unknown name: exit 2 before a node starts
     lines = StatusLines(sys.stderr)
-    hs.init(num_cpus=args.num_cpus)
-    try:
-        workflow_id = schedules.trigger(args.name)
-        lines.line(f"heliostat: schedule {args.name}: running workflow {workflow_id!r}")
-        progress = Progress(workflow_id, lines)
-        status = "PENDING"
+    # With --json, stdout holds the document only: the steps' output goes to stderr.
+    redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with redirect:
+        hs.init(num_cpus=args.num_cpus)
         try:
-            while status not in _TERMINAL:
-                time.sleep(_POLL_S)
-                try:
-                    record = workflow.describe(workflow_id)
-                except KeyError:  # not recorded yet
-                    continue
-                status = str(record.status)
-                states = [str(step.status) for step in record.steps.values()]
-                progress(states.count("SUCCESSFUL"), len(states), states.count("FAILED"))
+            workflow_id = schedules.trigger(args.name)
+            lines.line(f"heliostat: schedule {args.name}: running workflow {workflow_id!r}")
+            progress = Progress(workflow_id, lines)
+            status = "PENDING"
+            try:
+                while status not in _TERMINAL:
+                    time.sleep(_POLL_S)  # the run goes on in this process's workflow thread
+                    try:  # the run's row only (its counters): no steps, no DAG
+                        record = workflow.describe(workflow_id, steps=False)
+                    except KeyError:  # not recorded yet
+                        continue
+                    status = str(record.status)
+                    progress(record.steps_done, record.steps_total, 0)
+            finally:
+                progress.close()
+        except KeyboardInterrupt:
+            lines.line("heliostat: interrupted; the run is resumable")
+            return EXIT_INTERRUPTED
         finally:
-            progress.close()
-    except KeyboardInterrupt:
-        lines.line("heliostat: interrupted; the run is resumable")
-        return EXIT_INTERRUPTED
-    finally:
-        hs.shutdown()
+            hs.shutdown()
     error = workflow.describe(workflow_id).error
     if args.json:
         print_json({"schedule": args.name, "workflow_id": workflow_id, "status": status})

@@ -71,6 +71,7 @@ __all__ = [
     "get_status",
     "lease_timeout",
     "list_all",
+    "list_records",
     "logs",
     "reconcile",
     "resolve",
@@ -544,32 +545,56 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
     }
 
 
+def _statuses(
+    status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None,
+) -> list[WorkflowStatus] | None:
+    if status_filter is None:
+        return None
+    items = [status_filter] if isinstance(status_filter, str) else list(status_filter)
+    return [WorkflowStatus(s) for s in items]
+
+
+def _check_limit(limit: object) -> None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+        raise TypeError(f"limit must be an int or None, not {type(limit).__name__}.")
+    if isinstance(limit, int) and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}.")
+
+
 def list_all(
     status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
     *,
     limit: int | None = None,
 ) -> list[tuple[str, WorkflowStatus]]:
     """(workflow id, status) of every workflow (the newest ``limit`` ones), newest first."""
-    statuses = None
-    if status_filter is not None:
-        items = [status_filter] if isinstance(status_filter, str) else list(status_filter)
-        statuses = [WorkflowStatus(s) for s in items]
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise TypeError(f"limit must be an int >= 0 or None, not {limit!r}.")
+    statuses = _statuses(status_filter)
+    _check_limit(limit)
     with workflow_services() as services:
         records = services.store().list_workflows(statuses, limit=limit)
         return [(r.workflow_id, _effective(services, r)) for r in records]
 
 
 def list_records(
-    status_filter: Iterable[WorkflowStatus] | None = None,
+    status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
     *,
     limit: int | None = None,
     search: str | None = None,
 ) -> list[WorkflowRecord]:
-    """Workflow records (no steps or DAG) newest first, statuses made effective."""
+    """Workflow records, newest first, as a listing needs them: status (made effective:
+    RESUMABLE once a driver is gone), times, steps done / total, the schedule a run came
+    from; no steps, no DAG.
+
+    Args:
+        status_filter: only these statuses.
+        limit: at most this many.
+        search: only ids containing this text.
+    """
+    statuses = _statuses(status_filter)
+    _check_limit(limit)
+    if search is not None and not isinstance(search, str):
+        raise TypeError(f"search must be a str, not {type(search).__name__}.")
     with workflow_services() as services:
-        records = services.store().list_workflows(status_filter, limit=limit, search=search)
+        records = services.store().list_workflows(statuses, limit=limit, search=search)
         out = []
         for r in records:
             status = _effective(services, r)
@@ -686,22 +711,27 @@ def delete(workflow_id: str) -> None:
         services.checkpoints().delete_workflow(workflow_id)
 
 
-def describe(workflow_id: str) -> WorkflowRecord:
+def describe(workflow_id: str, *, steps: bool = True) -> WorkflowRecord:
     """The workflow's lineage record with its steps, for display (``heliostat workflow show``).
 
     The record's status is the one :func:`get_status` reports (RESUMABLE once the
     driver is gone); ``steps`` maps each task id to its record: status, attempts,
-    timings, latest error.
+    timings, latest error. With ``steps=False`` only the run's own row is read (its
+    ``steps_done`` / ``steps_total`` counters are kept current by every commit): what
+    a poll of a running workflow needs.
 
     Raises:
         WorkflowNotFoundError: no such workflow.
     """
     _check_id(workflow_id)
+    if not isinstance(steps, bool):
+        raise TypeError(f"steps must be a bool, not {type(steps).__name__}.")
     with workflow_services() as services:
         store = services.store()
         record = store.load(workflow_id, with_steps=False)
         status = _effective(services, record)
-        record = store.load(workflow_id)
+        if steps or status is not record.status:
+            record = store.load(workflow_id, with_steps=steps)
         return record if status is record.status else dataclasses.replace(record, status=status)
 
 

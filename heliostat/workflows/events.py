@@ -112,6 +112,7 @@ class StepLost:
     cause: LostCause
     error: ErrorInfo
     exception: BaseException
+    worker: str | None = None  # host:pid, when known (a dead worker's pid is)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
 import threading
 import time
 import traceback
@@ -121,6 +122,7 @@ class _Rerun:
 RERUN: Any = _Rerun()
 """Return this from an ``on_in_doubt`` hook to run the in-doubt step again."""
 
+_HOST = socket.gethostname()  # workers run on the driver's node (one machine)
 _CANCEL_POLL_S = 0.5
 _COMMIT_DELAY_S = 0.05  # longest a COMMIT waits for company (see _must_commit)
 _MAX_DEFERRED_COMMITS = 512
@@ -312,7 +314,7 @@ class WorkflowExecutor:
                 if refused:  # canceled meanwhile: nothing was written; all but the
                     submits = []  # INTENTs go again, with what the cancel adds
                     instructions.extend(machine.handle(IntentsRefused(task_ids=refused)))
-                    rest = [r for r in batch if not isinstance(r, Intent)]
+                    rest: list[Record] = [r for r in batch if not isinstance(r, Intent)]
                     self._commit(rest + machine.take_records())
             instructions.extend(submits)
             for instruction in instructions:
@@ -577,12 +579,14 @@ class WorkflowExecutor:
             )
             return StepRaised(task_id=task_id, attempt=attempt, error=error, exception=exc)
         except Exception as exc:  # the worker died, the object was lost ...
+            pid = getattr(exc, "pid", 0)
             return StepLost(
                 task_id=task_id,
                 attempt=attempt,
                 cause=LostCause.WORKER_DIED,
                 error=ErrorInfo.of(exc),
                 exception=exc,
+                worker=f"{_HOST}:{pid}" if pid else None,
             )
         if meta.failure is not None:
             assert meta.error is not None  # set with every failure

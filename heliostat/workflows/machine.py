@@ -427,9 +427,12 @@ class WorkflowMachine:
         *,
         error: ErrorInfo | None = None,
         event: StepRaised | None = None,
+        worker: str | None = None,
     ) -> None:
         run = self.steps[task_id]
         self._check(task_id, finish)
+        if status is AttemptStatus.FAILED:
+            self.n_failed += 1
         self.records.append(
             AttemptEnded(
                 task_id=task_id,
@@ -441,7 +444,7 @@ class WorkflowMachine:
                 error=error,
                 started_at=event.started_at if event else None,
                 finished_at=event.finished_at if event else None,
-                worker=event.worker if event else None,
+                worker=event.worker if event else worker,
                 logs=event.logs if event else None,
             )
         )
@@ -556,7 +559,6 @@ class WorkflowMachine:
         run = self._current(event.task_id, event.attempt)
         if run is None or self._lease_lost is not None:
             return []
-        self.n_failed += 1
         opts = run.spec.options
         retry = opts.retry_exceptions
         retryable = retry is True or (
@@ -578,7 +580,13 @@ class WorkflowMachine:
         return []
 
     def _retry(
-        self, task_id: str, status: AttemptStatus, error: ErrorInfo, event: StepRaised | None
+        self,
+        task_id: str,
+        status: AttemptStatus,
+        error: ErrorInfo,
+        event: StepRaised | None,
+        *,
+        worker: str | None = None,
     ) -> None:
         run = self.steps[task_id]
         backoff = run.spec.options.retry_backoff
@@ -591,6 +599,7 @@ class WorkflowMachine:
             f"attempt {run.attempt} failed; retry {when}",
             error=error,
             event=event,
+            worker=worker,
         )
         if delay:
             self._retry_at[task_id] = self.now() + dt.timedelta(seconds=delay)
@@ -602,7 +611,6 @@ class WorkflowMachine:
         if run is None or self._lease_lost is not None:
             return []
         task_id = event.task_id
-        self.n_failed += 1
         if event.cause is LostCause.INTERRUPTED:
             self._end_attempt(
                 task_id,
@@ -610,6 +618,7 @@ class WorkflowMachine:
                 StepStatus.PENDING,
                 "interrupted: workflow canceled" if self._canceled else "interrupted",
                 error=event.error,
+                worker=event.worker,
             )
             return []
         if event.cause is LostCause.OUTPUT_NOT_STORED and self._suspended is None:
@@ -622,15 +631,25 @@ class WorkflowMachine:
                 else AttemptStatus.INTERRUPTED
             )
             self._end_attempt(
-                task_id, status, StepStatus.IN_DOUBT, str(event.cause), error=event.error
+                task_id,
+                status,
+                StepStatus.IN_DOUBT,
+                str(event.cause),
+                error=event.error,
+                worker=event.worker,
             )
             return self._in_doubt(task_id)
         if run.attempt <= run.spec.options.max_retries and not self.stopping:
-            self._retry(task_id, AttemptStatus.FAILED, event.error, None)
+            self._retry(task_id, AttemptStatus.FAILED, event.error, None, worker=event.worker)
             return []
         finish = StepStatus.PENDING if self._suspended is not None else StepStatus.FAILED
         self._end_attempt(
-            task_id, AttemptStatus.FAILED, finish, str(event.cause), error=event.error
+            task_id,
+            AttemptStatus.FAILED,
+            finish,
+            str(event.cause),
+            error=event.error,
+            worker=event.worker,
         )
         if finish is StepStatus.FAILED and self._failure is None:
             self._failure = (task_id, event.error, event.exception)

@@ -269,6 +269,7 @@ def test_a_dead_worker_puts_a_non_idempotent_step_in_doubt(clock: FakeClock) -> 
     assert [(r.status, r.finish) for r in records] == [
         (AttemptStatus.INTERRUPTED, StepStatus.IN_DOUBT)
     ]
+    assert m.n_failed == 0  # interrupted, not failed: progress must not say otherwise
     assert m.start_ready() == []
     outcome = m.outcome()
     assert outcome is not None and outcome.status is WorkflowStatus.NEEDS_ATTENTION
