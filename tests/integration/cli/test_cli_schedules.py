@@ -23,12 +23,22 @@ JOBS = """
         return f"{label}@{when}"
 
 
+    @hs.remote
+    def chatty(when):
+        print("a line the step prints")
+        return when
+
+
     def nightly(logical_time, label="x"):
         return stamp.bind(logical_time.isoformat(), label)
 
 
     def no_time():
         return stamp.bind("never", "x")
+
+
+    def talks(logical_time):
+        return chatty.bind(logical_time.isoformat())
 """
 
 
@@ -190,6 +200,14 @@ def test_scheduler_daemon_fires_runs_and_stops_on_sigterm(
 
 
 PROGRESS = re.compile(r"\[(?P<id>[^\]]+)\] (?P<done>\d+)/(?P<total>\d+) steps done, \d+ failed, .+")
+
+
+def test_trigger_wait_json_keeps_stdout_for_the_document(jobs: Cli) -> None:
+    cli = jobs
+    cli.run("schedule", "add", "talk", "--cron", "0 0 1 1 *", "--target", "jobs:talks")
+    result = cli.run("schedule", "trigger", "talk", "--wait", "--num-cpus", "1", "--json")
+    assert _json(result)["status"] == "SUCCESSFUL"  # stdout parses: the document only
+    assert "a line the step prints" in result.stderr
 
 
 def test_trigger_wait_shows_progress_as_plain_lines_in_a_pipe(jobs: Cli) -> None:
