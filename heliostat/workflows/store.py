@@ -49,6 +49,7 @@ from sqlalchemy.engine import Connection, Engine
 from heliostat.exceptions import (
     HeliostatInternalError,
     WorkflowLeaseError,
+    WorkflowNotFoundError,
 )
 from heliostat.storage.checkpoints import CheckpointRef
 from heliostat.storage.db import (
@@ -302,9 +303,16 @@ class WorkflowStore(LineageReader):
                         )
                     )
             except sa.exc.IntegrityError:
-                if self.exists(workflow_id):
-                    return None  # somebody created it first
-                raise
+                try:
+                    existing = self.load(workflow_id, with_steps=False)
+                except WorkflowNotFoundError:
+                    raise  # another constraint: a bug in heliostat's rows
+                if existing.lease.owner == owner.owner and existing.lease.generation == 1:
+                    # Our own first try committed; only its acknowledgement was lost.
+                    return Lease(
+                        workflow_id=workflow_id, owner=owner, generation=1, timeout=timeout
+                    )
+                return None  # somebody else created it first
             return Lease(workflow_id=workflow_id, owner=owner, generation=1, timeout=timeout)
 
         return self._retrying("record a new workflow", write)
@@ -340,6 +348,16 @@ class WorkflowStore(LineageReader):
                     raise not_found(workflow_id)
                 m = row._mapping
                 holder = self.holder_of(m)
+                if holder.owner == owner.owner:
+                    # A retry whose first try committed (its acknowledgement was lost):
+                    # the lease and the status moves are already written.
+                    mine = Lease(
+                        workflow_id=workflow_id,
+                        owner=owner,
+                        generation=holder.generation,
+                        timeout=timeout,
+                    )
+                    return mine, int(m["commit_seq"])
                 decision = decide_takeover(
                     holder, owner, now, timeout, pid_exists=psutil.pid_exists
                 )
@@ -749,12 +767,22 @@ class WorkflowStore(LineageReader):
     # --- reads ---------------------------------------------------------------------------
 
     def delete(self, workflow_id: str) -> None:
+        """Delete a workflow's rows.
+
+        Raises:
+            WorkflowNotFoundError: no such workflow (a retry that finds the rows gone
+                after a first try whose acknowledgement was lost does not raise).
+        """
+        tries = 0
+
         def write() -> None:
+            nonlocal tries
+            tries += 1
             with self.engine.begin() as conn:
                 for table in (_T, _WAL, _LOG, _A, _E, _S, _DAG):
                     conn.execute(table.delete().where(table.c.workflow_id == workflow_id))
                 result = conn.execute(_W.delete().where(_W.c.workflow_id == workflow_id))
-                if result.rowcount == 0:
+                if result.rowcount == 0 and tries == 1:
                     raise not_found(workflow_id)
 
         self._retrying("delete the workflow", write)

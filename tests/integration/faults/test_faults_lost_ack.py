@@ -135,7 +135,7 @@ def test_lost_acks_of_group_commits_are_retried_without_rerunning_a_step(
 ) -> None:
     log = tmp_path / "steps.log"
     dag = _chain(log, 8)
-    # Every other commit after the create (see the xfail below for the create's).
+    # Every other commit after the create (the create's own has a test below).
     lost_acks.arm(lambda n: n > 1 and n % 2 == parity)
 
     assert workflow.run(dag, workflow_id="acks") == sum(range(8))
@@ -148,15 +148,6 @@ def test_lost_acks_of_group_commits_are_retried_without_rerunning_a_step(
     assert resumes == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: WorkflowStore.create retried after a lost commit acknowledgement finds the "
-        "row (IntegrityError -> exists -> None), and run() then resumes it under a new "
-        "lease owner, which is refused by the live lease of its own first try: "
-        "WorkflowLeaseError naming this very process"
-    ),
-)
 def test_lost_ack_of_the_create_does_not_refuse_the_run_itself(
     lost_acks: LostAcks, tmp_path: Path
 ) -> None:
@@ -170,15 +161,6 @@ def test_lost_ack_of_the_create_does_not_refuse_the_run_itself(
     assert _runs(log) == Counter({"s0 1": 1, "s1 1": 1, "s2 1": 1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: WorkflowStore.take_over retried after a lost commit acknowledgement reads "
-        "the status its first try wrote (RUNNING) and records RUNNING -> RESUMABLE "
-        "('its driver is gone') -> RUNNING that never happened, and counts the resume "
-        "twice: the lineage is not the transitions as they happened"
-    ),
-)
 def test_lost_ack_of_a_resume_takeover_records_the_resume_once(
     lost_acks: LostAcks, on_postgres: str, tmp_path: Path
 ) -> None:
@@ -203,14 +185,6 @@ def test_lost_ack_of_a_resume_takeover_records_the_resume_once(
     assert resumes == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: WorkflowStore.delete retried after a lost commit acknowledgement deletes "
-        "no row and raises WorkflowNotFoundError, so workflow.delete() reports a "
-        "deleted workflow as unknown and leaves its checkpoints behind"
-    ),
-)
 def test_lost_ack_of_a_delete_still_deletes_cleanly(
     lost_acks: LostAcks, on_postgres: str, tmp_path: Path
 ) -> None:
