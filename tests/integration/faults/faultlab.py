@@ -249,6 +249,7 @@ class Lab:
     env: dict[str, str] = field(default_factory=dict)
     drivers: list[Driver] = field(default_factory=list)
     db_url: str = ""
+    strays_killed: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -343,7 +344,8 @@ class Lab:
 
     def close(self) -> list[int]:
         """Kill and reap every driver and whatever runs below it; return the pids of
-        processes that had to be killed after their driver was gone (strays)."""
+        processes that had to be killed after their driver was gone (strays), of this
+        call and every earlier one."""
         for d in self.drivers:
             if d.alive():
                 d.proc.send_signal(signal.SIGKILL)
@@ -358,7 +360,8 @@ class Lab:
         for p in strays:
             with contextlib.suppress(psutil.Error):
                 p.kill()
-        return [p.pid for p in strays]
+        self.strays_killed.extend(p.pid for p in strays)
+        return list(self.strays_killed)
 
     # --- the side-effect logs ------------------------------------------------------
 
