@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -33,15 +34,17 @@ from heliostat.exceptions import (
     WorkflowLeaseError,
     WorkflowNotFoundError,
 )
+from heliostat.storage.checkpoints import safe_segment
 from heliostat.storage.models import ID_LENGTH
 from heliostat.storage.states import StepStatus, WorkflowStatus
+from heliostat.workflows.beacon import LeaseBeacon
 from heliostat.workflows.compile import (
     CompiledWorkflow,
     compile_dag,
     definition_differences,
 )
 from heliostat.workflows.executor import WorkflowExecutor, plan_from_lineage
-from heliostat.workflows.lease import LeaseOwner, lease_timeout
+from heliostat.workflows.lease import Lease, LeaseOwner, lease_timeout
 from heliostat.workflows.lineage import AttemptRecord, StepRecord, WorkflowRecord
 from heliostat.workflows.machine import (
     WorkflowMachine,
@@ -180,6 +183,7 @@ def run(
     store = services.store()
     owner = LeaseOwner.new()
     schedule = meta.get("schedule")
+    acquired = time.monotonic()  # before the lease is written: see beacon.py
     lease = store.create(
         workflow_id=workflow_id,
         compiled=compiled,
@@ -214,8 +218,19 @@ def run(
         clock=services.clock,
         keeper=services.keeper,
         on_progress=on_progress,
+        beacon=_beacon(lease, acquired),
     )
     return _drive(services, executor)
+
+
+def _beacon(lease: Lease, acquired: float) -> LeaseBeacon:
+    """The run's lease beacon in the runtime's session directory, published at once."""
+    runtime = current_runtime()
+    assert runtime is not None  # the caller checked for a runtime
+    name = f"{safe_segment(lease.workflow_id)}-{lease.generation}-{uuid.uuid4().hex[:8]}"
+    beacon = LeaseBeacon(os.path.join(runtime.session_dir, "leases", name))
+    beacon.publish(acquired + lease.timeout)
+    return beacon
 
 
 def _drive(services: WorkflowServices, executor: WorkflowExecutor) -> Any:
@@ -293,6 +308,7 @@ def _resume(
             log.info("workflow %r resumes with new code: %s", workflow_id, difference)
     checkpoints = services.checkpoints()
     owner = LeaseOwner.new()
+    acquired = time.monotonic()  # before the lease is written: see beacon.py
     try:
         lease, seq = store.take_over(
             workflow_id,
@@ -315,6 +331,7 @@ def _resume(
         keeper=services.keeper,
         records=record.steps,
         on_progress=on_progress,
+        beacon=_beacon(lease, acquired),
     )
     return _drive(services, executor)
 

@@ -101,6 +101,7 @@ class LostCause(StrEnum):
     WORKER_DIED = "worker died"
     INTERRUPTED = "interrupted"  # the executor interrupted it (cancel)
     OUTPUT_NOT_STORED = "output not stored"  # it returned, but its checkpoint failed
+    NOT_STARTED = "not started"  # the lease was not renewed in time: its code never ran
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -67,6 +67,7 @@ from heliostat.exceptions import (
 )
 from heliostat.storage.checkpoints import INLINE_LIMIT, CheckpointRef, SupportsCheckpoints
 from heliostat.storage.states import StepStatus, WorkflowStatus
+from heliostat.workflows.beacon import LeaseBeacon, fence_margin
 from heliostat.workflows.clock import Clock
 from heliostat.workflows.compile import CompiledWorkflow, StepSpec, compile_dag
 from heliostat.workflows.context import idempotency_key
@@ -197,6 +198,8 @@ class WorkflowExecutor:
         keeper: renews the lease while the run goes on.
         records: the steps' lineage, for a resume (``None`` for a new run).
         on_progress: called with (steps done, steps known, failed attempts).
+        beacon: the run's lease beacon, published by the caller from the moment it
+            took the lease (its non-idempotent steps watch it; see beacon.py).
     """
 
     def __init__(
@@ -212,8 +215,10 @@ class WorkflowExecutor:
         keeper: LeaseKeeper,
         records: dict[str, StepRecord] | None = None,
         on_progress: Callable[[int, int, int], None] | None = None,
+        beacon: LeaseBeacon | None = None,
     ) -> None:
         self.workflow_id = workflow_id
+        self.beacon = beacon
         self.compiled = compiled
         self.store = store
         self.checkpoints = checkpoints
@@ -284,7 +289,7 @@ class WorkflowExecutor:
             StorageError: the lineage database or checkpoint storage failed; the
                 workflow is left resumable.
         """
-        self.keeper.hold(self.lease, self.store, self.lease_lost)
+        self.keeper.hold(self.lease, self.store, self.lease_lost, beacon=self.beacon)
         try:
             instructions = self._prepare()
             self._report_progress()
@@ -293,6 +298,8 @@ class WorkflowExecutor:
             self.keeper.drop(self.lease)
             if not self._released:
                 self._abandon()
+            if self.beacon is not None:
+                self.beacon.close()
 
     def _loop(self, instructions: list[Instruction]) -> Any:
         machine = self.machine
@@ -492,6 +499,8 @@ class WorkflowExecutor:
             else None,
             inline_limit=INLINE_LIMIT if spec.options.idempotent else 0,
             catch_exceptions=opts.catch_exceptions,
+            beacon=None if opts.idempotent or self.beacon is None else self.beacon.path,
+            fence_margin=fence_margin(self.lease.timeout),
         )
         inputs = list(submit.inputs)
         if not self._worker_writes:  # workers cannot read this storage: hand values over
@@ -598,6 +607,15 @@ class WorkflowExecutor:
                     location=meta.corrupt_location or "",
                     error=meta.error,
                     exception=failure,
+                )
+            if meta.failure is Failure.NOT_STARTED:
+                return StepLost(
+                    task_id=task_id,
+                    attempt=attempt,
+                    cause=LostCause.NOT_STARTED,
+                    error=meta.error,
+                    exception=failure,
+                    worker=meta.worker,
                 )
             if meta.failure is Failure.OUTPUT_NOT_STORED:
                 return StepLost(

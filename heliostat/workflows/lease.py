@@ -41,6 +41,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,11 +198,18 @@ class SupportsRenewal(Protocol):
         ...
 
 
+class SupportsPublish(Protocol):
+    """Where a renewed lease's deadline is published (a :class:`LeaseBeacon`)."""
+
+    def publish(self, deadline: float) -> None: ...
+
+
 @dataclass(slots=True)
 class _Held:
     lease: Lease
     store: SupportsRenewal
     on_lost: Callable[[], None]
+    beacon: SupportsPublish | None
 
 
 class LeaseKeeper:
@@ -222,12 +230,25 @@ class LeaseKeeper:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def hold(self, lease: Lease, store: SupportsRenewal, on_lost: Callable[[], None]) -> None:
-        """Keep ``lease`` alive until :meth:`drop`; call ``on_lost`` if it is taken."""
+    def hold(
+        self,
+        lease: Lease,
+        store: SupportsRenewal,
+        on_lost: Callable[[], None],
+        *,
+        beacon: SupportsPublish | None = None,
+    ) -> None:
+        """Keep ``lease`` alive until :meth:`drop`; call ``on_lost`` if it is taken.
+
+        Each successful renewal publishes to ``beacon`` the monotonic time until which
+        the lease is surely held (taken before the renewal was sent, plus the timeout).
+        """
         with self._lock:
             if self._closed:
                 return
-            self._held[(lease.workflow_id, lease.owner.owner)] = _Held(lease, store, on_lost)
+            self._held[(lease.workflow_id, lease.owner.owner)] = _Held(
+                lease, store, on_lost, beacon
+            )
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="heliostat-lease-keeper", daemon=True
@@ -251,13 +272,16 @@ class LeaseKeeper:
         by_store: dict[int, tuple[SupportsRenewal, list[_Held]]] = {}
         for h in held:
             by_store.setdefault(id(h.store), (h.store, []))[1].append(h)
-        now = self._clock.now()
         for store, items in by_store.values():
+            sent = time.monotonic()  # before the renewal: its deadline is never late
             try:
-                lost = set(store.renew_leases([h.lease for h in items], now))
+                lost = set(store.renew_leases([h.lease for h in items], self._clock.now()))
             except Exception:  # the database went away for a moment: next beat retries
                 log.warning("could not renew workflow leases", exc_info=True)
                 continue
+            for h in items:
+                if h.lease.workflow_id not in lost and h.beacon is not None:
+                    h.beacon.publish(sent + h.lease.timeout)
             for h in items:
                 if h.lease.workflow_id in lost:
                     log.error(

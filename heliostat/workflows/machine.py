@@ -611,6 +611,18 @@ class WorkflowMachine:
         if run is None or self._lease_lost is not None:
             return []
         task_id = event.task_id
+        if event.cause is LostCause.NOT_STARTED:  # nothing ran: safe to run it again
+            self._end_attempt(
+                task_id,
+                AttemptStatus.INTERRUPTED,
+                StepStatus.PENDING,
+                "not started: the lease was not renewed in time",
+                error=event.error,
+                worker=event.worker,
+            )
+            if not self.stopping:
+                self._ready.append(task_id)
+            return []
         if event.cause is LostCause.INTERRUPTED:
             self._end_attempt(
                 task_id,

@@ -43,6 +43,7 @@ import cloudpickle
 from heliostat.engine.dag import DAGNode, map_leaves
 from heliostat.exceptions import CorruptCheckpointError, StorageError
 from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore, decode_checkpoint
+from heliostat.workflows.beacon import LeaseExpired, Watchdog
 from heliostat.workflows.compile import Upstream
 from heliostat.workflows.context import WorkflowContext, step_context
 
@@ -98,6 +99,8 @@ class StepEnv:
     checkpoint_url: str | None  # None: the step writes no checkpoint itself
     inline_limit: int  # outputs pickled this small go to SQL with the COMMIT (0: never)
     catch_exceptions: bool
+    beacon: str | None = None  # a non-idempotent step's lease beacon (see beacon.py)
+    fence_margin: float = 0.0
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A plain tuple: a slots dataclass's default pickling walks fields() each
@@ -112,6 +115,8 @@ class StepEnv:
                 self.checkpoint_url,
                 self.inline_limit,
                 self.catch_exceptions,
+                self.beacon,
+                self.fence_margin,
             ),
         )
 
@@ -124,6 +129,8 @@ def _step_env(
     checkpoint_url: str | None,
     inline_limit: int,
     catch_exceptions: bool,
+    beacon: str | None,
+    fence_margin: float,
 ) -> StepEnv:
     return StepEnv(
         workflow_id=workflow_id,
@@ -133,6 +140,8 @@ def _step_env(
         checkpoint_url=checkpoint_url,
         inline_limit=inline_limit,
         catch_exceptions=catch_exceptions,
+        beacon=beacon,
+        fence_margin=fence_margin,
     )
 
 
@@ -177,6 +186,7 @@ class Failure(StrEnum):
     RAISED = "raised"  # the step's code raised
     CORRUPT_INPUT = "corrupt input"  # an input checkpoint failed its checksum
     OUTPUT_NOT_STORED = "output not stored"  # it returned; its checkpoint failed
+    NOT_STARTED = "not started"  # its driver's lease was not being renewed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -381,7 +391,21 @@ class StepCall:
         stdout, stderr = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = _Tee(stdout, capture), _Tee(stderr, capture)
         try:
-            result = self.run_user(env, args, kwargs)
+            if env.beacon is not None:  # non-idempotent: stop with the lease
+                with Watchdog(env.beacon, env.fence_margin, what=f"step {env.task_id!r}"):
+                    result = self.run_user(env, args, kwargs)
+            else:
+                result = self.run_user(env, args, kwargs)
+        except LeaseExpired as exc:
+            return None, StepMeta(
+                checkpoint=None,
+                continuation=False,
+                started=started,
+                finished=dt.datetime.now(dt.UTC),
+                worker=worker,
+                failure=Failure.NOT_STARTED,
+                error=ErrorInfo.of(exc),
+            )
         except Exception as exc:  # the step's failure: reported, not raised
             return None, StepMeta(
                 checkpoint=None,
