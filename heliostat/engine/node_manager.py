@@ -16,6 +16,42 @@ Task path: submit -> (arguments pending: WAITING) -> ready queue of its resource
 shape -> an idle worker whose node has room -> ``EXECUTE`` -> ``TASK_DONE`` with the
 results inline or as shared-memory paths the worker wrote itself -> waiters of the
 returns are answered.
+
+Pipelining and stealing: short tasks are sent *ahead* to a busy worker of the same
+resource shape (``WorkerRecord.queued``), so it never waits a round trip between two
+of them. When a worker idles while another holds tasks sent ahead, the manager sends
+that one a ``REVOKE`` (and SIGUSR1, so a worker busy in Python code reads it at once);
+the worker hands back the tasks it has not started (``returned``).
+
+A worker that is stopped (SIGSTOP, or stuck in a C call that never returns to Python)
+never answers. After ``revoke_timeout_s`` the manager takes back the revoked tasks that
+are still *queued* on it (not yet promoted to its running task), and runs them
+elsewhere. The invariant: **a task taken back this way never runs on the worker it
+was taken from.** The handshake rests on what already orders a worker's tasks: the
+manager promotes ``queued[0]`` to the running task when the previous task's end
+(``TASK_DONE``, ``TASK_FAILED``, or ``returned`` naming it) arrives, and the worker
+starts a task sent ahead only after writing that end. So the end of the previous task
+is the claim on the next one:
+
+1. The worker (``WorkerClient.take``), before it runs a task sent ahead, has written
+   the previous task's end, then dispatches every message complete in its socket
+   after that write; a REVOKE among them removes the task from its inbox, and it does
+   not run. (With another thread reading its socket, it asks ``claim`` instead, and
+   the manager's answer, sent after any REVOKE, decides; ``TaskSpec.claimed``.)
+2. The manager takes back a task only after the deadline, only once the REVOKE has
+   left its outbox (so it is complete in the worker's socket), and only after reading
+   everything the worker has written so far (``_reclaim``); a task promoted by then
+   stays with the worker.
+
+Why no task runs twice: say the REVOKE is complete in the worker's socket at time R,
+the manager decides at X >= R, the previous task's end is complete in the manager's
+socket at E, and the worker drains its socket at D > E. The worker runs the task only
+if the REVOKE was not there at D, so D < R; the manager takes it back only if it has
+not read the end (it would have promoted the task) at X, so E > X. Together
+E < D < R <= X < E: impossible. The worker's late answer to that REVOKE lists the
+tasks taken back too; they are ignored (``PendingRevoke.reclaimed``). Not taken back:
+a task promoted just before the worker stopped (it stopped between writing one task's
+end and starting the next); it waits for the worker.
 """
 
 from __future__ import annotations
@@ -24,6 +60,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import pickle
 import selectors
@@ -44,6 +81,7 @@ from heliostat.engine.records import (
     ActorOptions,
     ActorRecord,
     ActorState,
+    PendingRevoke,
     TaskKind,
     TaskSpec,
     TaskState,
@@ -93,6 +131,9 @@ class NodeConfig:
     # Tasks sent ahead to a busy worker (same resource shape), so it never waits a
     # round trip between two short tasks.
     pipeline_depth: int = 2
+    # How long a worker may take to answer a REVOKE before the tasks still queued on
+    # it are taken back and run elsewhere (it may be stopped; see above).
+    revoke_timeout_s: float = 0.2
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -181,6 +222,8 @@ class NodeManager:
         self._logs: list[tuple[str, str, int, str]] = []
         self._infeasible_cache: dict[ResourceSet, bool] = {}
         self._cpu_of: dict[ResourceSet, ResourceSet] = {}
+        self._revoke_ids = itertools.count(1)
+        self._revoke_due = math.inf  # the earliest deadline of an unanswered REVOKE
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle --
@@ -356,10 +399,14 @@ class NodeManager:
     ) -> None:
         self._await(proc, req_id, ids, num_returns, reply, is_get=False)
 
-    def _v_returned(self, proc: WorkerRecord, reply: Reply | None, task_ids: list[int]) -> None:
-        """A worker handed back tasks we had queued on it (after a REVOKE)."""
-        proc.revoking = False
+    def _v_returned(
+        self, proc: WorkerRecord, reply: Reply | None, task_ids: list[int], revoke_id: int
+    ) -> None:
+        """A worker handed back tasks we had queued on it (its answer to a REVOKE)."""
+        pending = proc.revokes.pop(revoke_id, None)
         returned = set(task_ids)
+        if pending is not None and pending.reclaimed:
+            returned -= pending.reclaimed  # taken back when it did not answer in time
         handed_back = [s for s in proc.queued if s.task_id in returned]
         for spec in handed_back:
             proc.queued.remove(spec)
@@ -369,16 +416,42 @@ class NodeManager:
             # had handed it back before starting it: it runs nowhere.
             handed_back.insert(0, current)
             self._next_queued_or_idle(proc)
-        for spec in handed_back:
+        self._hand_back(handed_back)
+        if proc.blocked and proc.queued:
+            self._revoke_queued(proc)  # sent ahead while the first REVOKE was on its way
+        self._schedule()
+
+    def _hand_back(self, specs: list[TaskSpec]) -> None:
+        """Tasks sent ahead that never started: to the ready queue (or cancelled).
+
+        Reversed, as each goes to the front of the queue: they keep their order.
+        """
+        for spec in reversed(specs):
             spec.attempts -= 1
             spec.worker = None
             if spec.cancel_requested:
                 self._cancel_unstarted(spec)
             else:
                 self._retry(spec)
-        if proc.blocked and proc.queued:
-            self._revoke_queued(proc)  # sent ahead while the first REVOKE was on its way
-        self._schedule()
+
+    def _sent_ahead(self, proc: WorkerRecord, task_id: int) -> TaskSpec | None:
+        current = proc.task
+        if current is not None and current.task_id == task_id:
+            return current
+        for spec in proc.queued:
+            if spec.task_id == task_id:
+                return spec
+        return None
+
+    def _v_claim(self, proc: WorkerRecord, reply: Reply, task_id: int) -> None:
+        """May the worker run this task sent ahead? (It cannot drain its own socket.)
+
+        Yes while it is still the worker's; from then on it is never taken back.
+        """
+        spec = self._sent_ahead(proc, task_id)
+        if spec is not None:
+            spec.claimed = True
+        reply(True, spec is not None)
 
     def _v_forget(self, proc: WorkerRecord, reply: Reply | None, req_id: int) -> None:
         waiter = self._waiters.pop((proc.index, req_id), None)
@@ -426,8 +499,7 @@ class NodeManager:
             return
         if spec in worker.queued:  # sent ahead, not started: ask for it back
             spec.cancel_requested = "soft"
-            self._send(worker, (Op.REVOKE, [spec.task_id]))
-            self._poke(worker)
+            self._send_revoke(worker, [spec.task_id])
             reply(True, True)
             return
         spec.cancel_requested = "force" if force else "soft"
@@ -765,7 +837,7 @@ class NodeManager:
                     if (
                         task is None
                         or worker.blocked
-                        or worker.revoking
+                        or worker.revokes
                         or task.resources != resources
                         or len(worker.queued) >= depth
                     ):
@@ -800,6 +872,7 @@ class NodeManager:
         transition(spec, TaskState.RUNNING)
         spec.attempts += 1
         spec.worker = worker
+        spec.claimed = False
         if ahead:
             worker.queued.append(spec)
         else:
@@ -824,6 +897,7 @@ class NodeManager:
                 spec.return_ids,
                 spec.name,
                 spec.retry_exceptions,
+                ahead,
             ),
         )
 
@@ -1205,10 +1279,71 @@ class NodeManager:
                 proc.held = proc.held + cpu
 
     def _revoke_queued(self, worker: WorkerRecord) -> None:
-        if worker.queued and not worker.revoking:
-            worker.revoking = True
-            self._send(worker, (Op.REVOKE, [s.task_id for s in worker.queued]))
-            self._poke(worker)
+        if worker.queued and not worker.revokes:
+            self._send_revoke(worker, [s.task_id for s in worker.queued])
+
+    def _send_revoke(self, worker: WorkerRecord, task_ids: list[int]) -> None:
+        """Ask a worker for tasks sent ahead; those still queued come back at the deadline."""
+        revoke_id = next(self._revoke_ids)
+        deadline = time.monotonic() + self.config.revoke_timeout_s
+        worker.revokes[revoke_id] = PendingRevoke(frozenset(task_ids), deadline)
+        self._revoke_due = min(self._revoke_due, deadline)
+        self._send(worker, (Op.REVOKE, task_ids, revoke_id))
+        self._poke(worker)
+
+    def _expire_revokes(self, now: float) -> None:
+        """Take back the tasks still queued on workers that did not answer a REVOKE."""
+        for worker in list(self._workers.values()):
+            if worker.revokes and any(
+                p.reclaimed is None and p.deadline <= now for p in worker.revokes.values()
+            ):
+                self._reclaim(worker, now)
+        # After every reclaim: each may have sent REVOKEs to workers seen before it.
+        self._revoke_due = min(
+            (
+                p.deadline
+                for w in self._workers.values()
+                for p in w.revokes.values()
+                if p.reclaimed is None
+            ),
+            default=math.inf,
+        )
+
+    def _reclaim(self, worker: WorkerRecord, now: float) -> None:
+        """Steps of the handshake in the module docstring, on the manager's side."""
+        conn = worker.conn
+        if conn is None or worker.outbox or conn.wants_write:
+            return  # the REVOKE may not be in the worker's socket yet: try again later
+        try:
+            messages = conn.feed()  # a task's end already written promotes the next
+        except ConnectionClosed:
+            self._on_worker_exit(worker, None)
+            return
+        for message in messages:
+            self._guarded(self._on_message, worker, message)
+        if worker.state is WorkerState.DEAD:
+            return
+        taken: list[TaskSpec] = []
+        for pending in worker.revokes.values():
+            if pending.reclaimed is not None or pending.deadline > now:
+                continue
+            ids = pending.task_ids
+            mine = [s for s in worker.queued if s.task_id in ids and not s.claimed]
+            pending.reclaimed = {s.task_id for s in mine}
+            taken.extend(mine)
+        if not taken:
+            return
+        for spec in taken:
+            worker.queued.remove(spec)
+        log.warning(
+            "worker pid %d did not answer within %.2f s (stopped or stuck in native code?); "
+            "running %d task(s) queued on it elsewhere",
+            worker.pid,
+            self.config.revoke_timeout_s,
+            len(taken),
+        )
+        self._hand_back(taken)
+        self._schedule()
 
     def _poke(self, worker: WorkerRecord) -> None:
         """Make a worker busy in user code read its messages now (SIGUSR1).
@@ -1713,6 +1848,8 @@ class NodeManager:
                     for event in fork_events:
                         self._guarded(self._on_fork_event, event)
                     now = time.monotonic()
+                    if now >= self._revoke_due:
+                        self._expire_revokes(now)
                     if now - last_tick > 1.0:
                         last_tick = now
                         self._trim_idle()

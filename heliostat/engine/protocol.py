@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import pickle
+import select
 import socket
 import struct
 import threading
@@ -64,15 +65,18 @@ class Op(enum.IntEnum):
     INTROSPECT = 8  # (op, what)
 
     # manager -> worker
-    EXECUTE = 20  # (op, task_id, fn_id, fn_bytes_or_None, args_payload, resolved,
-    #               return_ids, name, options_tuple)
+    EXECUTE = 20  # (op, task_id, fn_id, fn_bytes_or_None, args_payload, ref_positions,
+    #               resolved, return_ids, name, retry_exceptions, ahead)
+    #   ahead: sent to a busy worker; checked for a REVOKE before it runs
+    #   (node_manager.py)
     CREATE_ACTOR = 21  # (op, actor_id, cls_id, cls_bytes, args_payload, resolved, name,
     #                    max_concurrency)
     ACTOR_CALL = 22  # (op, task_id, method, args_payload, resolved, return_ids, name)
     REPLY = 23  # (op, request_id, ok, value)
     UNMAP = 24  # (op, object_ids)
     EXIT = 25  # (op,)
-    REVOKE = 26  # (op, task_ids): hand back these queued tasks if not started
+    REVOKE = 26  # (op, task_ids, revoke_id): hand back these queued tasks if not
+    #              started; answered by the POST ``returned`` (task_ids, revoke_id)
 
 
 class ConnectionClosed(Exception):
@@ -133,6 +137,12 @@ class BlockingChannel:
         self._parser = _FrameParser()
         self._rbuf = bytearray(_RECV_SIZE)
         self._rview = memoryview(self._rbuf)
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
+        # True when a read found the socket empty after our last write: every frame
+        # complete before that write has been received. (Reads happen in the worker's
+        # reader role, which a sender checking this holds; see WorkerClient.take.)
+        self.caught_up = False
 
     def send(self, messages: list[tuple[Any, ...]]) -> None:
         frame = encode_frame(messages)
@@ -140,6 +150,7 @@ class BlockingChannel:
             self._sock.sendall(frame)
             while self._deferred:
                 self._sock.sendall(self._deferred.popleft())
+            self.caught_up = False
 
     def send_soon(self, messages: list[tuple[Any, ...]]) -> None:
         """Send now if no send is in progress, else right after it (never blocks on it).
@@ -151,10 +162,15 @@ class BlockingChannel:
         if self._send_lock.acquire(blocking=False):
             try:
                 self._sock.sendall(frame)
+                self.caught_up = False
             finally:
                 self._send_lock.release()
         else:
             self._deferred.append(frame)
+
+    @property
+    def has_deferred(self) -> bool:
+        return bool(self._deferred)
 
     def flush_deferred(self) -> None:
         if self._deferred:
@@ -166,9 +182,29 @@ class BlockingChannel:
             n = self._sock.recv_into(self._rbuf)
             if not n:
                 raise ConnectionClosed("node manager closed the connection")
+            if n < _RECV_SIZE:
+                self.caught_up = True
             messages = self._parser.feed(self._rview[:n])
             if messages:
                 return messages
+
+    def recv_ready(self) -> list[tuple[Any, ...]]:
+        """The messages whose frames are complete in the socket now; never blocks.
+
+        Reads until the socket is empty (a short read), so every frame that was
+        complete when this was called is among the messages returned.
+        """
+        messages: list[tuple[Any, ...]] = []
+        # poll(0) before recv: a recv that finds nothing raises, which costs more.
+        while self._poll.poll(0):
+            n = self._sock.recv_into(self._rbuf)
+            if not n:
+                raise ConnectionClosed("node manager closed the connection")
+            messages.extend(self._parser.feed(self._rview[:n]))
+            if n < _RECV_SIZE:
+                break
+        self.caught_up = True
+        return messages
 
     def close(self) -> None:
         try:

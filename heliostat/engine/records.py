@@ -31,6 +31,7 @@ __all__ = [
     "ActorOptions",
     "ActorRecord",
     "ActorState",
+    "PendingRevoke",
     "TaskKind",
     "TaskSpec",
     "TaskState",
@@ -156,6 +157,7 @@ class TaskSpec:
         "cancel_requested",
         "live_returns",
         "strategy",
+        "claimed",
     )
 
     def __init__(
@@ -205,6 +207,9 @@ class TaskSpec:
         self.cancel_requested: str = ""  # "", "soft" or "force"
         self.live_returns = len(return_ids)
         self.strategy = strategy
+        # Sent ahead to a worker that asked to run it (``claim``): from then on only
+        # that worker may run it (see node_manager.py).
+        self.claimed = False
 
     def label(self) -> str:
         return f"{self.name}#{self.task_id:x}"
@@ -229,7 +234,7 @@ class WorkerRecord:
         "exit_status",
         "purpose",
         "queued",
-        "revoking",
+        "revokes",
     )
 
     def __init__(self, index: int, pid: int = 0) -> None:
@@ -250,10 +255,25 @@ class WorkerRecord:
         # Tasks sent ahead to run after ``task`` (pipelining); they hold no resources
         # until they start, and go back to the ready queue if the worker blocks.
         self.queued: deque[TaskSpec] = deque()
-        self.revoking = False  # a REVOKE for ``queued`` is on its way
+        # REVOKEs sent and not answered yet, by revoke id. While one is pending no
+        # task is sent ahead to this worker.
+        self.revokes: dict[int, PendingRevoke] = {}
 
     def label(self) -> str:
         return f"worker {self.index} (pid {self.pid})"
+
+
+class PendingRevoke:
+    """A REVOKE sent to a worker and not answered yet (the worker may be stopped)."""
+
+    __slots__ = ("task_ids", "deadline", "reclaimed")
+
+    def __init__(self, task_ids: frozenset[int], deadline: float) -> None:
+        self.task_ids = task_ids
+        self.deadline = deadline  # time.monotonic() after which unclaimed ones go back
+        # None until the deadline passed; then the ids taken back without an answer
+        # (the answer, when it comes, lists them too and is ignored for them).
+        self.reclaimed: set[int] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

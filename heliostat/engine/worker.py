@@ -60,6 +60,7 @@ from heliostat.exceptions import GetTimeoutError, HeliostatError, TaskError
 __all__ = ["WorkerClient", "format_remote_traceback", "run_worker"]
 
 _INLINE, _SHM = 1, 2
+_AHEAD = 10  # index of the ``ahead`` flag in an EXECUTE message
 _PR_SET_PDEATHSIG = 1
 
 
@@ -167,6 +168,114 @@ class WorkerClient(CoreClient):
                 self._reader_active = False
                 cv.notify_all()
 
+    def take(self, reply: tuple[Any, ...] | None = None) -> tuple[Any, ...] | None:
+        """Send ``reply`` (the last task's) and return the next inbox message to run.
+
+        Returns None when the inbox is empty, or when a REVOKE read just now took its
+        first message away.
+
+        A task the node manager sent ahead (``EXECUTE`` with ``ahead`` set) may have
+        been taken back by a manager that gave up waiting for a REVOKE answer (this
+        worker was stopped) and run elsewhere; it must then not run here (the
+        invariant and its proof: ``node_manager.py``). The end of the previous task
+        (its reply, or our ``returned``) is what tells the manager that the next one
+        starts, so before a task sent ahead runs:
+
+        1. Everything we sent is written (``reply``, and frames a signal handler had
+           to defer).
+        2. Every message complete in the socket after that write is dispatched, so a
+           REVOKE the manager wrote before it could read our write has removed the
+           task from the inbox. A read that already found the socket empty since our
+           last write is enough (``caught_up``): none needed after waiting for work.
+        3. When another thread is the reader, ask the manager instead (``claim``):
+           its answer comes after any such REVOKE, which that reader dispatches.
+
+        The task runs only if it is still first in the inbox. As the reader, this
+        thread alone changes the inbox (a SIGUSR1 handler backs off).
+        """
+        chan = self._chan
+        inbox = self.inbox
+        if reply is not None:
+            chan.send([reply])
+        if not inbox:
+            return None
+        message = inbox[0]
+        if message[0] != Op.EXECUTE or not message[_AHEAD]:
+            # Nothing to check (a REVOKE only removes tasks sent ahead, so this stays
+            # first whatever a signal handler dispatches meanwhile).
+            return inbox.popleft()
+        return self._take_ahead(message)
+
+    def _take_ahead(self, message: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Steps 1 and 2 of ``take`` for ``message``, first in the inbox: run it?"""
+        cv = self._cv
+        inbox = self.inbox
+        chan = self._chan
+        # The condition's lock taken directly: ``with cv`` costs microseconds a task.
+        cv.acquire()
+        if self._reader_active:
+            try:
+                return self._take_as_follower(message)
+            finally:
+                cv.release()
+        self._reader_active = True  # a SIGUSR1 handler (pump_now) now backs off
+        cv.release()
+        try:
+            if chan.has_deferred:
+                chan.flush_deferred()
+            if not chan.caught_up:
+                self._drain()
+            if not inbox or inbox[0] is not message:
+                return None  # handed back: a REVOKE named it
+            return inbox.popleft()
+        except ConnectionClosed:
+            self.exiting = True
+            inbox.append((Op.EXIT,))
+            return None
+        finally:
+            cv.acquire()
+            self._reader_active = False
+            cv.notify_all()
+            cv.release()
+
+    def _take_as_follower(self, message: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Step 3 of ``take``: another thread reads the socket, so the manager decides.
+
+        Called with the condition lock held; the reader needs it to dispatch.
+        """
+        inbox = self.inbox
+        self._cv.release()  # let the reader dispatch the answer (and any REVOKE)
+        try:
+            granted = bool(self._call("claim", message[1]))
+        except HeliostatError:  # the node manager went away
+            granted = False
+        finally:
+            self._cv.acquire()
+        if not inbox or inbox[0] is not message:
+            return None  # handed back: a REVOKE named it
+        inbox.popleft()
+        if granted:
+            return message
+        self._keep_code(message)  # not ours any more (no REVOKE can have said so)
+        return None
+
+    def _keep_code(self, message: tuple[Any, ...]) -> None:
+        """A task dropped unrun: keep the code that came with it (it will not come again)."""
+        if message[3] is not None:
+            self.revoked_code[message[2]] = message[3]
+
+    def _drain(self) -> None:
+        """Dispatch every message complete in the socket now (the caller is the reader)."""
+        messages = self._chan.recv_ready()
+        if messages:
+            cv = self._cv
+            cv.acquire()
+            try:
+                for message in messages:
+                    self._dispatch(message)
+            finally:
+                cv.release()
+
     def pump_until(self, done: Any, deadline: float | None) -> bool:
         """Read and dispatch messages until ``done()`` or the deadline passes."""
         cv = self._cv
@@ -231,7 +340,8 @@ class WorkerClient(CoreClient):
         elif op == Op.UNMAP:
             self.mappings.drop(message[1])
         elif op == Op.REVOKE:
-            wanted = set(message[1])
+            _op, task_ids, revoke_id = message
+            wanted = set(task_ids)
             inbox = self.inbox
             keep = [m for m in inbox if not (m[0] == Op.EXECUTE and m[1] in wanted)]
             returned = []
@@ -243,7 +353,7 @@ class WorkerClient(CoreClient):
             inbox.clear()
             inbox.extend(keep)
             # send_soon: this may run in a signal handler that interrupted a send.
-            self._chan.send_soon([(Op.POST, "returned", (returned,))])
+            self._chan.send_soon([(Op.POST, "returned", (returned, revoke_id))])
         else:
             self.inbox.append(message)
 
@@ -313,12 +423,16 @@ class Worker:
         sys.stderr = self._stderr
         client = self.client
         inbox = client.inbox
+        reply: tuple[Any, ...] | None = None  # of the last task; take() sends it
         while True:
-            while inbox:
-                message = inbox.popleft()
+            while inbox or reply is not None:
+                message = client.take(reply)
+                reply = None
+                if message is None:
+                    continue
                 op = message[0]
                 if op == Op.EXECUTE:
-                    self._execute(message)
+                    reply = self._execute(message)
                 elif op == Op.ACTOR_CALL:
                     if self._pool is not None:
                         self._pool.submit(self._actor_call, message)
@@ -413,7 +527,8 @@ class Worker:
         finally:
             self._in_user_code = False
 
-    def _execute(self, message: tuple[Any, ...]) -> None:
+    def _execute(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Run a task; return its reply (``TASK_DONE`` or ``TASK_FAILED``), unsent."""
         (
             _op,
             task_id,
@@ -425,8 +540,8 @@ class Worker:
             return_ids,
             name,
             retry_exceptions,
+            _ahead,
         ) = message
-        client = self.client
         self.current_name = name
         started = time.time()
         reply: tuple[Any, ...]
@@ -452,7 +567,7 @@ class Worker:
         self._stdout.flush()
         self._stderr.flush()
         self.current_name = ""
-        client.send(reply)
+        return reply
 
     def _create_actor(self, message: tuple[Any, ...]) -> None:
         (_op, actor_id, cls_id, cls_bytes, payload, positions, resolved, label, max_concurrency) = (
