@@ -31,6 +31,7 @@ import cloudpickle
 
 from heliostat.engine.dag import DAGNode, FunctionNode, map_nodes
 from heliostat.engine.remote_function import RemoteFunction
+from heliostat.engine.serialization import cloudpickle_dumps
 from heliostat.exceptions import WorkflowDefinitionError
 from heliostat.workflows.options import StepOptions, step_options
 
@@ -121,7 +122,9 @@ class CompiledWorkflow:
         return self.steps[task_id].position
 
     def to_bytes(self) -> bytes:
-        return bytes(cloudpickle.dumps(self, protocol=5))
+        # heliostat's pickler: the stored step functions keep their real file names, so
+        # a resumed run's tracebacks name the user's files.
+        return cloudpickle_dumps(self)
 
     @staticmethod
     def from_bytes(data: bytes) -> CompiledWorkflow:
@@ -286,7 +289,7 @@ def _raise_unpicklable(
 ) -> None:
     for key, value in [*enumerate(args), *kwargs.items()]:
         try:
-            cloudpickle.dumps(value, protocol=5)
+            cloudpickle_dumps(value)
         except Exception as inner:  # pickling raises many types
             where = f"argument {key}" if isinstance(key, int) else f"argument {key!r}"
             raise WorkflowDefinitionError(
@@ -373,7 +376,7 @@ def _check_function_picklable(task_id: str, node: FunctionNode, checked: set[int
         return
     checked.add(id(node.remote_function))
     try:
-        cloudpickle.dumps(node.remote_function, protocol=5)
+        cloudpickle_dumps(node.remote_function)
     except Exception as exc:
         raise WorkflowDefinitionError(
             f"Step {task_id!r}: its function {node.name!r} cannot be serialized: {exc}",

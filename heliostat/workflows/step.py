@@ -38,9 +38,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import cloudpickle
-
 from heliostat.engine.dag import DAGNode, map_leaves
+from heliostat.engine.serialization import cloudpickle_dumps
 from heliostat.exceptions import CorruptCheckpointError, StorageError
 from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore, decode_checkpoint
 from heliostat.workflows.beacon import LeaseExpired, Watchdog
@@ -325,7 +324,7 @@ def _user_traceback(exc: BaseException) -> str:
 
 def _pickle_exception(exc: BaseException) -> bytes | None:
     try:
-        return bytes(cloudpickle.dumps(exc, protocol=5))
+        return cloudpickle_dumps(exc)
     except Exception:  # an exception holding a lock, a socket...: keep its text only
         return None
 
