@@ -218,6 +218,14 @@ class Driver:
         wait_gone(below, gone_within, f"the fork server and workers of driver {self.name}")
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie counts as ended)."""
+    try:
+        return _dead(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _dead(p: psutil.Process) -> bool:
     try:
         return p.status() == psutil.STATUS_ZOMBIE
@@ -304,9 +312,10 @@ class Lab:
         workflows: list[dict[str, Any]],
         *,
         barrier: tuple[Path, Path] | None = None,
-        **env: str,
+        **env: str | None,
     ) -> Driver:
-        """Start a driver of ``workflows``; ``barrier``: (ready file, go file)."""
+        """Start a driver of ``workflows``; ``barrier``: (ready file, go file); ``env``:
+        variables to set for it (``None``: unset, e.g. to get a default)."""
         cfg: dict[str, Any] = {
             "workflows": workflows,
             "log": str(self.log),
@@ -322,7 +331,7 @@ class Lab:
             proc = subprocess.Popen(
                 [sys.executable, str(DRIVER), json.dumps(cfg)],
                 cwd=self.dir,
-                env={**self.env, **env},
+                env={k: v for k, v in {**self.env, **env}.items() if v is not None},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
