@@ -185,7 +185,7 @@ class Driver:
 
     def descendants(self) -> list[psutil.Process]:
         try:
-            return psutil.Process(self.pid).children(recursive=True)
+            return list(psutil.Process(self.pid).children(recursive=True))
         except psutil.NoSuchProcess:
             return []
 
@@ -228,7 +228,7 @@ def process_gone(pid: int) -> bool:
 
 def _dead(p: psutil.Process) -> bool:
     try:
-        return p.status() == psutil.STATUS_ZOMBIE
+        return bool(p.status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
@@ -445,7 +445,7 @@ class Lab:
                 ("wal", WalRecord),
                 ("transitions", Transition),
             ):
-                table = model.__table__
+                table: Any = model.__table__
                 pk = list(table.primary_key.columns)
                 query = sa.select(table).where(table.c.workflow_id == wid).order_by(*pk)
                 out[name] = [tuple(r) for r in conn.execute(query)]

@@ -48,7 +48,7 @@ def _wal(lab: Lab, wid: str) -> list[tuple[str, int, str]]:
             .where(WalRecord.workflow_id == wid)
             .order_by(WalRecord.id)
         )
-        return [tuple(r) for r in rows]
+        return [(t, a, k) for t, a, k in rows]
 
 
 def test_cancel_from_other_processes_starts_no_new_step_and_stays_canceled(

@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -93,7 +94,7 @@ def add(log: str, k: int, *inputs: int) -> int:
     return abs(k) + sum(inputs)
 
 
-def _chain(log: Path, length: int, fail_last: bool = False) -> object:
+def _chain(log: Path, length: int, fail_last: bool = False) -> Any:
     node = None
     for i in range(length):
         k = -i if fail_last and i == length - 1 else i

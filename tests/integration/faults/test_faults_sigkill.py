@@ -20,6 +20,7 @@ idempotency key; the outputs are right; each step has exactly one COMMIT.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -71,6 +72,10 @@ class Round:
 
 def _new_round(number: int) -> Round:
     return Round(number, {f"chain-{number}": CHAIN, f"fan-{number}": FAN})
+
+
+def _reached(lab: Lab, driver: Driver, lines: int) -> bool:
+    return len(lab.attempts()) >= lines or not driver.alive()
 
 
 def _finished(driver: Driver) -> dict[str, Any] | None:
@@ -146,7 +151,7 @@ def test_sigkill_campaign_never_reruns_committed_steps_nor_repeats_side_effects(
         target = before + offset
         delay = rng.uniform(0, 4.0) if offset == 0 else rng.uniform(0, 0.2)
         poll(
-            lambda d=driver, n=target: len(lab.attempts()) >= n or not d.alive(),
+            functools.partial(_reached, lab, driver, target),
             90,
             f"{where} attempt line {target}",
         )

@@ -163,7 +163,7 @@ def test_full_disk_under_the_sqlite_lineage_gives_storage_error_and_stays_resuma
     _reopen_stores()
     assert workflow.list_all() == []  # the database and its schema exist now
     log = tmp_path / "steps.log"
-    node = None
+    node: Any = None
     for i in range(12):  # each ~40 KiB output is kept inline, in the database
         node = _step(f"s{i}", log, 40 * KIB, *([node] if node is not None else []))
     ballast = _fill(home, 200 * KIB)
