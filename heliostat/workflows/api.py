@@ -394,8 +394,10 @@ def resume_async(workflow_id: str, *, dag: DAGNode | None = None) -> ObjectRef:
 def resume_all(include_failed: bool = False) -> list[tuple[str, ObjectRef]]:
     """Resume every workflow whose driver is gone (and failed ones, if asked).
 
-    Only workflows nobody holds a live lease on are taken (each resume takes the lease
-    first, so one another driver runs is never run twice).
+    Only workflows whose driver has surely stopped are taken: no lease, a driver
+    process on this host that exited, or a lease lapsed longer ago than a driver keeps
+    retrying a lost database (each resume takes the lease first, so one another driver
+    runs is never run twice).
     """
     if not isinstance(include_failed, bool):
         raise TypeError(f"include_failed must be a bool, not {type(include_failed).__name__}.")
@@ -403,8 +405,9 @@ def resume_all(include_failed: bool = False) -> list[tuple[str, ObjectRef]]:
     if include_failed:
         statuses.append(WorkflowStatus.FAILED)
     out = []
-    for record in _services().store().list_workflows(statuses):
-        if WorkflowStore.lease_is_live(record.lease):
+    store = _services().store()
+    for record in store.list_workflows(statuses):
+        if not store.holder_is_gone(record.lease):  # it may still run, or renew
             continue
         out.append((record.workflow_id, resume_async(record.workflow_id)))
     return out
@@ -430,11 +433,11 @@ def reconcile(workflow_id: str) -> WorkflowStatus:
 
 
 def _reconcile(services: WorkflowServices, record: WorkflowRecord) -> WorkflowStatus:
-    if record.status is not WorkflowStatus.RUNNING or WorkflowStore.lease_is_live(
+    store = services.store()
+    if record.status is not WorkflowStatus.RUNNING or not store.holder_is_gone(
         record.lease, services.clock.now()
     ):
         return record.status
-    store = services.store()
     wid = record.workflow_id
     try:
         lease, seq = store.take_over(
@@ -460,8 +463,12 @@ def _reconcile(services: WorkflowServices, record: WorkflowRecord) -> WorkflowSt
 
 
 def _effective(services: WorkflowServices, record: WorkflowRecord) -> WorkflowStatus:
-    """RUNNING with a dead lease is RESUMABLE: reconcile it and say so."""
-    if record.status is WorkflowStatus.RUNNING and not WorkflowStore.lease_is_live(
+    """RUNNING whose driver is surely gone is RESUMABLE: reconcile it and say so.
+
+    A lapsed lease alone is not enough: its driver may be riding out a database
+    outage and renew it at the next beat; reading must not fence it.
+    """
+    if record.status is WorkflowStatus.RUNNING and services.store().holder_is_gone(
         record.lease, services.clock.now()
     ):
         try:

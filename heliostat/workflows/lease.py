@@ -59,6 +59,7 @@ __all__ = [
     "Take",
     "decide_takeover",
     "holder_is_live",
+    "lease_gone",
     "lease_timeout",
 ]
 
@@ -164,6 +165,24 @@ def holder_is_live(
     if holder.host == this_host and holder.pid and not pid_exists(holder.pid):
         return False
     return holder.expires_at > now
+
+
+def lease_gone(
+    holder: LeaseHolder,
+    now: dt.datetime,
+    *,
+    grace: dt.timedelta,
+    this_host: str,
+    pid_exists: Callable[[int], bool],
+) -> bool:
+    """Whether ``holder``'s driver has surely stopped: no owner, its process on this
+    host has exited, or its lease lapsed more than ``grace`` ago (a driver riding out a
+    database outage renews a lapsed lease once it can)."""
+    if holder.owner is None or holder.expires_at is None:
+        return True
+    if holder.host == this_host and holder.pid and not pid_exists(holder.pid):
+        return True
+    return holder.expires_at + grace <= now
 
 
 def decide_takeover(

@@ -46,7 +46,7 @@ from heliostat.storage.models import (
 from heliostat.storage.signing import Signer
 from heliostat.storage.states import AttemptStatus, StepStatus, WalKind, WorkflowStatus
 from heliostat.workflows.compile import CompiledWorkflow
-from heliostat.workflows.lease import LeaseHolder, holder_is_live
+from heliostat.workflows.lease import LeaseHolder, holder_is_live, lease_gone, lease_timeout
 from heliostat.workflows.step import StepLogs
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "StepRecord",
     "WalEntry",
     "WorkflowRecord",
+    "driver_gone",
     "not_found",
     "retry_timeout",
 ]
@@ -74,6 +75,36 @@ _LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
 _DAG: sa.Table = WorkflowDag.__table__  # type: ignore[assignment]
 
 _R = TypeVar("_R")
+
+
+def driver_gone(
+    holder: LeaseHolder, now: dt.datetime | None = None, *, retry_for: float | None = None
+) -> bool:
+    """Whether ``holder``'s driver has surely stopped running its workflow.
+
+    Stricter than an expired lease, for those who act on a run they were not asked to
+    take (a status read marking it RESUMABLE, the scheduler's recovery, ``resume_all``):
+    a driver that rides out a database outage, as ``HELIOSTAT_DB_RETRY_TIMEOUT`` lets
+    it, renews its lapsed lease once the database is back and must not be fenced
+    meanwhile. Gone: nobody holds the lease, its process on this host has exited, or it
+    lapsed longer ago than a driver keeps retrying (``retry_for``, default
+    :func:`retry_timeout`) plus a lease timeout.
+    """
+    retry = retry_timeout() if retry_for is None else retry_for
+    return lease_gone(
+        holder,
+        now or dt.datetime.now(dt.UTC),
+        grace=dt.timedelta(seconds=retry + _lease_timeout_or_default()),
+        this_host=socket.gethostname(),
+        pid_exists=psutil.pid_exists,
+    )
+
+
+def _lease_timeout_or_default() -> float:
+    try:
+        return lease_timeout()
+    except ValueError:  # a bad setting is reported by whoever takes a lease
+        return 0.0
 
 
 def retry_timeout() -> float:
@@ -295,6 +326,10 @@ class LineageReader:
             this_host=socket.gethostname(),
             pid_exists=psutil.pid_exists,
         )
+
+    def holder_is_gone(self, holder: LeaseHolder, now: dt.datetime | None = None) -> bool:
+        """Whether ``holder``'s driver has surely stopped (see :func:`driver_gone`)."""
+        return driver_gone(holder, now, retry_for=self.retry_for)
 
     def exists(self, workflow_id: str) -> bool:
         with self._read() as conn:

@@ -68,6 +68,7 @@ from heliostat.storage.db import SQLITE_BEGIN_OPTION, ensure_schema, make_engine
 from heliostat.storage.models import Schedule, ScheduleRunKind, Workflow
 from heliostat.storage.models import ScheduleRun as ScheduleRunRow
 from heliostat.storage.states import WorkflowStatus
+from heliostat.workflows.lineage import driver_gone
 from heliostat.workflows.store import WorkflowStore
 
 __all__ = [
@@ -803,8 +804,8 @@ class ScheduleStore:
           start (if their workflow exists it died after the start and the run is only
           marked started here). A manual request nobody has taken is not stranded:
           :meth:`take_manual` hands it to the next pass;
-        * whose workflow is RESUMABLE, or RUNNING under a lease that is no longer live:
-          their driver died.
+        * whose workflow is RESUMABLE, or RUNNING and its driver surely gone (see
+          ``heliostat.workflows.lineage.driver_gone``): their driver died.
         """
         query = (
             sa.select(
@@ -854,7 +855,7 @@ class ScheduleStore:
                     continue
             elif status == WorkflowStatus.RESUMABLE or (
                 status == WorkflowStatus.RUNNING
-                and not WorkflowStore.lease_is_live(WorkflowStore.holder_of(m))
+                and driver_gone(WorkflowStore.holder_of(m))
             ):
                 resume = True
             else:

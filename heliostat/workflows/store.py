@@ -56,7 +56,6 @@ from heliostat.storage.db import (
     ensure_schema,
     make_engine,
     raw_transaction,
-    storage_error_from,
 )
 from heliostat.storage.models import (
     LOG_LIMIT,
@@ -225,17 +224,21 @@ class WorkflowStore(LineageReader):
 
     @classmethod
     def open(cls, url: str, *, signer: Signer, retry_for: float | None = None) -> WorkflowStore:
-        """Connect to ``url`` and migrate the schema to head if needed."""
-        engine = make_engine(url)
+        """Connect to ``url`` and migrate the schema to head if needed.
+
+        A database that is down (restarting) is waited for, as long as a write would
+        be (``retry_for``).
+
+        Raises:
+            StorageError: the database stays unreachable, or cannot be used as it is.
+        """
+        store = cls(make_engine(url), signer=signer, retry_for=retry_for)
         try:
-            ensure_schema(engine)
-        except Exception as exc:
-            engine.dispose()
-            error = storage_error_from(exc, url)
-            if error is not None:
-                raise error from exc
+            store._retrying("open the lineage database", lambda: ensure_schema(store.engine))
+        except BaseException:
+            store.close()
             raise
-        return cls(engine, signer=signer, retry_for=retry_for)
+        return store
 
     def create(
         self,

@@ -107,16 +107,6 @@ def test_postgres_outage_past_the_retry_timeout_stops_with_storage_error_and_res
     assert set(again) | committed == {s["task_id"] for s in spec[0]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a status read (workflow.get_status, list_all, describe: the CLI and the "
-        "UI) reconciles a RUNNING workflow whose lease lapsed, i.e. takes its lease "
-        "over: a driver that rode out a database outage longer than "
-        "HELIOSTAT_LEASE_TIMEOUT, as HELIOSTAT_DB_RETRY_TIMEOUT lets it, is fenced by "
-        "the first status read after the database is back"
-    ),
-)
 def test_status_read_after_an_outage_does_not_fence_the_driver_that_rode_it_out(
     pg_schema_url: Callable[[], str],
     postgres_server: PostgresServer,
@@ -143,7 +133,7 @@ def test_status_read_after_an_outage_does_not_fence_the_driver_that_rode_it_out(
         while not stop.is_set():
             try:
                 seen.append(str(workflow.get_status(wid)))
-            except Exception as exc:  # the database is down (see the xfail below)
+            except Exception as exc:  # the database is down
                 seen.append(type(exc).__name__)
             stop.wait(0.02)
 
@@ -167,15 +157,6 @@ def test_status_read_after_an_outage_does_not_fence_the_driver_that_rode_it_out(
     assert got == {"value": expected_output(*spec)}, got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: opening the lineage store (WorkflowStore.open -> ensure_schema) neither "
-        "retries a refused connection for HELIOSTAT_DB_RETRY_TIMEOUT nor turns it into a "
-        "StorageError: a driver (or a status read) during a PostgreSQL restart fails at "
-        "once with sqlalchemy.exc.OperationalError"
-    ),
-)
 def test_driver_started_while_postgres_restarts_waits_for_it(
     pg_schema_url: Callable[[], str],
     postgres_server: PostgresServer,

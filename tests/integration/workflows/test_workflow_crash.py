@@ -384,12 +384,20 @@ def test_lease_of_a_driver_elsewhere_protects_until_it_expires(
         with pytest.raises(WorkflowLeaseError, match="remote-lease"):
             workflow.resume(cfg["wid"])
 
-        with engine.begin() as conn:
-            conn.execute(
-                sa.update(Workflow)
-                .where(Workflow.workflow_id == cfg["wid"])
-                .values(lease_expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
-            )
+        def expire(ago: dt.timedelta) -> None:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.update(Workflow)
+                    .where(Workflow.workflow_id == cfg["wid"])
+                    .values(lease_expires_at=dt.datetime.now(dt.UTC) - ago)
+                )
+
+        # Just lapsed: its driver may be riding out a database outage and renew it, so
+        # a reader does not declare it gone (nor fence it by reconciling).
+        expire(dt.timedelta(seconds=1))
+        assert workflow.get_status(cfg["wid"]) is WorkflowStatus.RUNNING
+        # Lapsed longer ago than any driver keeps retrying: gone.
+        expire(dt.timedelta(hours=1))
     finally:
         engine.dispose()
 
