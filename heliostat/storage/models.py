@@ -124,6 +124,25 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
             return value.replace(tzinfo=None)
         return value
 
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        # SQLite: the text SQLAlchemy's DATETIME writes, made in one step (the group
+        # commit converts a few of these per workflow step).
+        def process(value: dt.datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None or value.utcoffset() is None:
+                raise ValueError(f"naive datetime {value!r}: heliostat stores only aware times")
+            v = value.astimezone(dt.UTC)
+            return (
+                f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
+                f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+            )
+
+        return process
+
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
@@ -173,7 +192,6 @@ class Workflow(Base):
     __table_args__ = (
         sa.Index(None, "status", "created_at"),  # the UI's filtered, time-ordered list
         sa.Index(None, "created_at"),  # the UI's unfiltered list
-        sa.Index(None, "lease_expires_at"),  # resume_all: find expired leases
     )
 
     workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)

@@ -50,7 +50,6 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
-import hashlib
 import hmac
 import os
 import re
@@ -117,7 +116,7 @@ class Signer:
         dag = pickle.loads(dag_bytes)                           # only after check()
     """
 
-    __slots__ = ("_base", "_key", "key_file", "source")
+    __slots__ = ("_key", "key_file", "source")
 
     def __init__(
         self,
@@ -129,7 +128,6 @@ class Signer:
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"a signing key needs at least {MIN_KEY_BYTES} bytes; got {len(key)}")
         self._key = bytes(key)
-        self._base = hmac.new(self._key, _DOMAIN, hashlib.sha256)
         self.source = source
         self.key_file = key_file
 
@@ -146,17 +144,19 @@ class Signer:
             TypeError: a part is neither ``bytes`` nor ``str`` (convert numbers
                 yourself, so that ``1`` and ``"1"`` cannot be confused).
         """
-        mac = self._base.copy()  # keyed once: a copy skips the key schedule
+        # One message, one C call: hmac.digest is several times faster than feeding
+        # an HMAC object part by part, and a record is signed at every step.
+        chunks: list[bytes | memoryview] = [_DOMAIN]
         for part in parts:
             if isinstance(part, str):
                 data: bytes | memoryview = part.encode("utf-8", "surrogatepass")
             elif isinstance(part, (bytes, bytearray, memoryview)):
-                data = memoryview(part).cast("B")  # no copy of a large DAG
+                data = memoryview(part).cast("B")
             else:
                 raise TypeError(f"can only sign bytes and str parts, not {type(part).__name__}")
-            mac.update(len(data).to_bytes(8, "big"))
-            mac.update(data)
-        return SIGNATURE_PREFIX + mac.hexdigest()
+            chunks.append(len(data).to_bytes(8, "big"))
+            chunks.append(data)
+        return SIGNATURE_PREFIX + hmac.digest(self._key, b"".join(chunks), "sha256").hex()
 
     def verify(self, signature: str | None, *parts: bytes | str) -> bool:
         """Whether ``signature`` is this key's signature of ``parts`` (constant time).

@@ -184,6 +184,10 @@ def plan_from_lineage(
     return plan_resume(facts, output=machine.compiled.output, alias=alias)
 
 
+def _utc(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
 class WorkflowExecutor:
     """Runs one workflow to completion (or to a stop) in the calling thread.
 
@@ -630,8 +634,8 @@ class WorkflowExecutor:
                 attempt=attempt,
                 error=meta.error,
                 exception=failure,
-                started_at=meta.started,
-                finished_at=meta.finished,
+                started_at=_utc(meta.started),
+                finished_at=_utc(meta.finished),
                 worker=meta.worker,
                 logs=meta.logs,
             )
@@ -664,8 +668,8 @@ class WorkflowExecutor:
             value=value_ref,
             checkpoint=ref,
             continuation=sub,
-            started_at=meta.started,
-            finished_at=meta.finished,
+            started_at=_utc(meta.started),
+            finished_at=_utc(meta.finished),
             worker=meta.worker,
             logs=meta.logs,
         )

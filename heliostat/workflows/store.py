@@ -99,6 +99,7 @@ from heliostat.workflows.lineage import (
     LineageReader,
     not_found,
 )
+from heliostat.workflows.step import ErrorInfo
 
 __all__ = ["CommitResult", "WorkflowStore", "held_error"]
 
@@ -187,15 +188,26 @@ _FENCE_STATE = sa.select(_W.c.lease_generation, _W.c.commit_seq, _W.c.status).wh
 _STEP_UPDATES: dict[frozenset[str], Any] = {}
 
 
-def _step_update(columns: frozenset[str]) -> Any:
-    stmt = _STEP_UPDATES.get(columns)
+def _step_update(names: frozenset[str]) -> Any:
+    """The UPDATE of a step row setting the columns whose bind names (``v_`` + column)
+    are ``names``."""
+    stmt = _STEP_UPDATES.get(names)
     if stmt is None:
-        stmt = _STEP_UPDATES[columns] = (
+        columns = sorted(n.removeprefix("v_") for n in names)
+        stmt = _STEP_UPDATES[names] = (
             _S.update()
             .where(_key(_S))
-            .values({c: sa.bindparam(f"v_{c}", type_=_S.c[c].type) for c in sorted(columns)})
+            .values({c: sa.bindparam(f"v_{c}", type_=_S.c[c].type) for c in columns})
         )
     return stmt
+
+
+def _error_columns(error: ErrorInfo) -> dict[str, Any]:
+    return {
+        "v_error": error.summary[:4000],
+        "v_error_type": error.type_name,
+        "v_traceback": error.traceback,
+    }
 
 
 class CommitResult:
@@ -635,7 +647,16 @@ class WorkflowStore(LineageReader):
         attempts_new: list[dict[str, Any]] = []
         attempts_end: list[dict[str, Any]] = []
         logs: list[dict[str, Any]] = []
-        steps: dict[str, dict[str, Any]] = {}  # task -> columns, later records win
+        # task -> its row's new values, keyed by bind name ("v_" + column); later
+        # records of a task win.
+        steps: dict[str, dict[str, Any]] = {}
+
+        def merge(task_id: str, columns: dict[str, Any]) -> None:
+            earlier = steps.get(task_id)
+            if earlier is None:
+                steps[task_id] = columns
+            else:
+                earlier.update(columns)
 
         def moved(task_id: str, start: Any, finish: Any, cause: str, at: dt.datetime) -> None:
             transitions.append(
@@ -679,34 +700,37 @@ class WorkflowStore(LineageReader):
                         "queued_at": r.at,
                     }
                 )
-                steps.setdefault(r.task_id, {}).update(
-                    status=StepStatus.RUNNING,
-                    attempts=r.attempt,
-                    queued_at=r.at,
-                    started_at=None,
-                    finished_at=None,
+                merge(
+                    r.task_id,
+                    {
+                        "v_status": StepStatus.RUNNING,
+                        "v_attempts": r.attempt,
+                        "v_queued_at": r.at,
+                        "v_started_at": None,
+                        "v_finished_at": None,
+                    },
                 )
             elif isinstance(r, Commit):
                 ref = r.checkpoint
                 wal.append(_wal_row(w, r.task_id, r.attempt, WalKind.COMMIT, r.at, ref, None))
                 columns: dict[str, Any] = {
-                    "status": StepStatus.SUCCESSFUL,
-                    "output_location": ref.location if ref else None,
-                    "output_checksum": ref.checksum if ref else None,
-                    "output_format": r.output_format,
-                    "output_size": ref.size if ref else None,
-                    "output_inline": ref.data if ref else None,
-                    "output_signature": (
+                    "v_status": StepStatus.SUCCESSFUL,
+                    "v_output_location": ref.location if ref else None,
+                    "v_output_checksum": ref.checksum if ref else None,
+                    "v_output_format": r.output_format,
+                    "v_output_size": ref.size if ref else None,
+                    "v_output_inline": ref.data if ref else None,
+                    "v_output_signature": (
                         self._sign_output(w, r.task_id, ref, r.output_format) if ref else None
                     ),
-                    "finished_at": r.finished_at or r.at,
-                    "error": None,
-                    "error_type": None,
-                    "traceback": None,
+                    "v_finished_at": r.finished_at or r.at,
+                    "v_error": None,
+                    "v_error_type": None,
+                    "v_traceback": None,
                 }
                 if r.started_at is not None:
-                    columns["started_at"] = r.started_at
-                steps.setdefault(r.task_id, {}).update(columns)
+                    columns["v_started_at"] = r.started_at
+                merge(r.task_id, columns)
                 if r.attempt_ended:
                     attempts_end.append(
                         _attempt_end(w, r.task_id, r.attempt, AttemptStatus.SUCCESSFUL, r, None)
@@ -719,30 +743,22 @@ class WorkflowStore(LineageReader):
                     wal.append(_wal_row(w, r.task_id, r.attempt, WalKind.ABORT, r.at, None, None))
                 attempts_end.append(_attempt_end(w, r.task_id, r.attempt, r.status, r, r.error))
                 log_row(r.task_id, r.attempt, r.logs)
-                columns = {"status": r.finish}
+                columns = {"v_status": r.finish}
                 if r.error is not None:
-                    columns.update(
-                        error=r.error.summary[:4000],
-                        error_type=r.error.type_name,
-                        traceback=r.error.traceback,
-                    )
+                    columns.update(_error_columns(r.error))
                 if r.started_at is not None:
-                    columns["started_at"] = r.started_at
+                    columns["v_started_at"] = r.started_at
                 if r.finish is StepStatus.FAILED:
-                    columns["finished_at"] = r.finished_at or r.at
-                steps.setdefault(r.task_id, {}).update(columns)
+                    columns["v_finished_at"] = r.finished_at or r.at
+                merge(r.task_id, columns)
                 moved(r.task_id, StepStatus.RUNNING, r.finish, r.cause, r.at)
             elif isinstance(r, StepMoved):
-                columns = {"status": r.finish}
+                columns = {"v_status": r.finish}
                 if r.error is not None:
-                    columns.update(
-                        error=r.error.summary[:4000],
-                        error_type=r.error.type_name,
-                        traceback=r.error.traceback,
-                    )
+                    columns.update(_error_columns(r.error))
                 if r.finish in (StepStatus.FAILED, StepStatus.SKIPPED):
-                    columns["finished_at"] = r.at
-                steps.setdefault(r.task_id, {}).update(columns)
+                    columns["v_finished_at"] = r.at
+                merge(r.task_id, columns)
                 moved(r.task_id, r.start, r.finish, r.cause, r.at)
             else:
                 raise HeliostatInternalError(f"unknown workflow record {r!r}")
@@ -750,10 +766,10 @@ class WorkflowStore(LineageReader):
         run(cursor, _ATTEMPT_END, attempts_end)
         by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
         for task_id, columns in steps.items():
-            row = {f"v_{c}": v for c, v in columns.items()}
-            row["w"] = w
-            row["t"] = task_id
-            by_columns.setdefault(frozenset(columns), []).append(row)
+            names = frozenset(columns)
+            columns["w"] = w
+            columns["t"] = task_id
+            by_columns.setdefault(names, []).append(columns)
         for names, rows in by_columns.items():
             run(cursor, _step_update(names), rows)
         run(cursor, _WAL_INSERT, wal)

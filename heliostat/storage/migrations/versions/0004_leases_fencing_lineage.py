@@ -73,7 +73,6 @@ def upgrade() -> None:
             sa.Column("lease_generation", _bigint(), nullable=False, server_default="0")
         )
         batch.add_column(sa.Column("commit_seq", _bigint(), nullable=False, server_default="0"))
-        batch.create_index(op.f("ix_workflows_lease_expires_at"), ["lease_expires_at"])
 
     # Carry live leases over, and the counters of existing workflows.
     for column in ("owner", "host", "pid", "acquired_at", "heartbeat_at", "expires_at"):
@@ -212,7 +211,6 @@ def downgrade() -> None:
     )
     op.drop_table("workflow_dags")
     with op.batch_alter_table("workflows") as batch:
-        batch.drop_index(op.f("ix_workflows_lease_expires_at"))
         for column in (
             "commit_seq",
             "lease_generation",
