@@ -342,7 +342,10 @@ def checkpoint_store(url: str) -> CheckpointStore:
     """One store per URL per process (fsspec filesystems are cached anyway)."""
     store = _stores.get(url)
     if store is None:
-        store = _stores[url] = CheckpointStore(url)
+        store = _stores[url] = CheckpointStore(
+            url,
+            source="the workflow's checkpoint storage (hs.init(storage=...) or HELIOSTAT_STORAGE)",
+        )
     return store
 
 
