@@ -1,9 +1,10 @@
 """The checkpoint store: step outputs as checksummed files in any fsspec filesystem.
 
-A checkpoint is one file per step attempt, at ``{root}/{workflow}/{task}@{attempt}.{ext}``
-(see :data:`PATH_TEMPLATE`; ids are made safe by :func:`safe_segment`). The root is a
-URL: ``file://`` by default (``HELIOSTAT_STORAGE``, else ``{HELIOSTAT_HOME}/checkpoints``),
-``memory://`` for tests, ``s3://`` or any other fsspec URL for a cluster.
+A checkpoint is one file per step attempt, at
+``{root}/{workflow}/{task}@{attempt}.{tag}.{ext}`` (see :data:`PATH_TEMPLATE`; ids are
+made safe by :func:`safe_segment`). The root is a URL: ``file://`` by default
+(``HELIOSTAT_STORAGE``, else ``{HELIOSTAT_HOME}/checkpoints``), ``memory://`` for tests,
+``s3://`` or any other fsspec URL for a cluster.
 
 Formats, chosen by the value's type (:data:`FORMATS`):
 
@@ -20,6 +21,14 @@ Every checkpoint is checksummed (``sha256:<hex>``) while it is written, and the 
 is verified *before* decoding on read, so corrupt bytes are never unpickled. The
 checksum is returned in a :class:`CheckpointRef`, which the caller commits to SQL (the
 WAL COMMIT record): the SQL row, not the file, is the source of truth.
+
+A file's name carries a *tag*: an HMAC, with the installation's key
+(:mod:`heliostat.storage.signing`), of the workflow, step, attempt, format and checksum.
+Reads never need it (they go by a location and checksum from a signed SQL row); it is
+for recovery, where :meth:`CheckpointStore.find` adopts a file that no row names yet (its
+writer died before the COMMIT). Without the tag, anyone able to write the checkpoint
+store could plant a pickle at the predictable path of an interrupted attempt and have
+the next resume unpickle it; a file whose tag does not check out is ignored.
 
 Why one file per attempt rather than per step: an attempt that crashed mid-write can
 never clobber the output of another attempt, and the location recorded in SQL names
@@ -42,17 +51,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import hmac
 import io
+import logging
 import os
 import pickle
 import re
 import shutil
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 import cloudpickle
@@ -62,6 +73,11 @@ from fsspec.registry import known_implementations
 
 from heliostat.exceptions import CorruptCheckpointError, StorageError
 from heliostat.storage.home import PRIVATE_FILE_MODE, default_home, make_private_dirs
+
+if TYPE_CHECKING:
+    from heliostat.storage.signing import Signer
+
+_log = logging.getLogger("heliostat.storage")
 
 __all__ = [
     "ATOMIC_PUT_PROTOCOLS",
@@ -73,6 +89,7 @@ __all__ = [
     "PATH_TEMPLATE",
     "PICKLE_PROTOCOL",
     "STORAGE_ENV",
+    "TAG_LEN",
     "TMP_INFIX",
     "CheckpointFormat",
     "CheckpointRef",
@@ -96,12 +113,16 @@ EXTENSIONS: Final[Mapping[CheckpointFormat, str]] = {
     "parquet": "parquet",
     "pickle": "pkl",
 }
-PATH_TEMPLATE: Final = "{root}/{workflow}/{task}@{attempt}.{ext}"
-"""Where a checkpoint lives; ``workflow`` and ``task`` are :func:`safe_segment` ids.
+PATH_TEMPLATE: Final = "{root}/{workflow}/{task}@{attempt}.{tag}.{ext}"
+"""Where a checkpoint lives; ``workflow`` and ``task`` are :func:`safe_segment` ids and
+``tag`` is :data:`TAG_LEN` hex digits of the file's signature (see the module docstring).
 
 One directory per workflow, not per step: a new directory costs a ``mkdir`` and an
 fsync of its parent, which doubled the cost of a small checkpoint. ``@`` never occurs in
-a safe segment, so the attempt is unambiguous."""
+a safe segment, so the attempt is unambiguous, and the attempt is all digits, so
+``{task}@{attempt}.`` starts the names of that attempt's files and no other's."""
+TAG_LEN: Final = 32
+"""Hex digits of the HMAC kept in a checkpoint's name: 128 bits, beyond guessing."""
 _LAYOUT_DEPTH: Final = 2  # path segments PATH_TEMPLATE adds below the root
 TMP_INFIX: Final = ".tmp-"
 """A file being written is ``{final path}.tmp-{uuid4 hex}`` until it is renamed."""
@@ -150,7 +171,7 @@ def safe_segment(ident: str) -> str:
 
 
 def checkpoint_path(
-    root: str, workflow_id: str, task_id: str, attempt: int, fmt: CheckpointFormat
+    root: str, workflow_id: str, task_id: str, attempt: int, fmt: CheckpointFormat, tag: str
 ) -> str:
     """The path of one checkpoint under ``root`` (a path in the store's filesystem)."""
     return PATH_TEMPLATE.format(
@@ -158,8 +179,20 @@ def checkpoint_path(
         workflow=safe_segment(workflow_id),
         task=safe_segment(task_id),
         attempt=int(attempt),
+        tag=tag,
         ext=EXTENSIONS[fmt],
     )
+
+
+def _attempt_prefix(task_id: str, attempt: int) -> str:
+    """The start of the file names of one attempt's checkpoints."""
+    return f"{safe_segment(task_id)}@{int(attempt)}."
+
+
+_FORMAT_OF_EXTENSION: Final[Mapping[str, CheckpointFormat]] = {
+    ext: fmt for fmt, ext in EXTENSIONS.items()
+}
+_TAG_AND_EXTENSION = re.compile(rf"([0-9a-f]{{{TAG_LEN}}})\.([a-z]+)")
 
 
 STORAGE_ENV: Final = "HELIOSTAT_STORAGE"
@@ -488,6 +521,9 @@ class CheckpointStore:
         source: where ``url`` came from, for error messages (``"hs.init(storage=...)"``);
             by default the environment variable or the default under HELIOSTAT_HOME
             when ``url`` is ``None``, else "the URL given to CheckpointStore".
+        signer: tags file names (see the module docstring); by default the
+            installation's key (:func:`~heliostat.storage.signing.default_signer`),
+            as it is when a file is written or looked for.
 
     Raises:
         StorageError: the URL names no usable filesystem (see
@@ -504,7 +540,9 @@ class CheckpointStore:
         fsync: bool = True,
         storage_options: Mapping[str, Any] | None = None,
         source: str | None = None,
+        signer: Signer | None = None,
     ) -> None:
+        self._signer = signer
         if url is None:
             url, default_source = _default_storage()
         else:
@@ -542,9 +580,32 @@ class CheckpointStore:
 
     # -- paths
 
-    def path(self, workflow_id: str, task_id: str, attempt: int, fmt: CheckpointFormat) -> str:
-        """The filesystem path a checkpoint of this attempt would have."""
-        return checkpoint_path(self.root, workflow_id, task_id, attempt, fmt)
+    def path(
+        self, workflow_id: str, task_id: str, attempt: int, fmt: CheckpointFormat, checksum: str
+    ) -> str:
+        """The filesystem path of the checkpoint of this attempt with these bytes."""
+        tag = self._tag(workflow_id, task_id, attempt, fmt, checksum)
+        return checkpoint_path(self.root, workflow_id, task_id, attempt, fmt, tag)
+
+    def _tag(
+        self, workflow_id: str, task_id: str, attempt: int, fmt: CheckpointFormat, checksum: str
+    ) -> str:
+        signer = self._signer
+        if signer is None:
+            from heliostat.storage.signing import default_signer
+
+            # Not cached: it follows HELIOSTAT_HOME / HELIOSTAT_SECRET_KEY as the lineage
+            # store does (one stat per call), and a file write costs far more.
+            signer = default_signer()
+        signature = signer.sign(
+            "checkpoint-file", workflow_id, task_id, str(int(attempt)), fmt, checksum
+        )
+        return signature.rsplit(":", 1)[1][:TAG_LEN]
+
+    def _draft(self, workflow_id: str, task_id: str, attempt: int, fmt: CheckpointFormat) -> str:
+        """The untagged name a file is written under before its checksum is known."""
+        directory = f"{self.root}/{safe_segment(workflow_id)}"
+        return f"{directory}/{_attempt_prefix(task_id, attempt)}{EXTENSIONS[fmt]}"
 
     def _location(self, path: str) -> str:
         # Paths below the root are made of safe segments: no URL quoting needed.
@@ -635,12 +696,15 @@ class CheckpointStore:
                 return inline_ref(workflow_id, task_id, attempt, small)
             if encoded is not None:
                 obj = encoded
-        final = self.path(workflow_id, task_id, attempt, fmt)
-        tmp = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
+        draft = self._draft(workflow_id, task_id, attempt, fmt)
+
+        def final_path(checksum: str) -> str:
+            return self.path(workflow_id, task_id, attempt, fmt, checksum)
+
         if self._local:
-            checksum, size = self._write_local(fmt, obj, tmp, final, sync_dir)
+            final, checksum, size = self._write_local(fmt, obj, draft, final_path, sync_dir)
         else:
-            checksum, size = self._write_fsspec(fmt, obj, tmp, final)
+            final, checksum, size = self._write_fsspec(fmt, obj, draft, final_path)
         return CheckpointRef(
             location=self._location(final), checksum=checksum, format=fmt, size=size
         )
@@ -663,19 +727,30 @@ class CheckpointStore:
         )
 
     def _write_local(
-        self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str, sync_dir: bool
-    ) -> tuple[str, int]:
+        self,
+        fmt: CheckpointFormat,
+        obj: Any,
+        draft: str,
+        final_path: Callable[[str], str],
+        sync_dir: bool,
+    ) -> tuple[str, str, int]:
         try:
-            return self._write_local_file(fmt, obj, tmp, final, sync_dir)
+            return self._write_local_file(fmt, obj, draft, final_path, sync_dir)
         except OSError as exc:
-            err = self._storage_error(f"the checkpoint {final}", exc)
+            err = self._storage_error(f"the checkpoint {draft}", exc)
             if err is exc:
                 raise
             raise err from exc
 
     def _write_local_file(
-        self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str, sync_dir: bool
-    ) -> tuple[str, int]:
+        self,
+        fmt: CheckpointFormat,
+        obj: Any,
+        draft: str,
+        final_path: Callable[[str], str],
+        sync_dir: bool,
+    ) -> tuple[str, str, int]:
+        tmp = f"{draft}{TMP_INFIX}{uuid.uuid4().hex}"
         # O_EXCL: the name is ours alone; 0o600 whatever the umask: private to the user.
         try:
             fd = os.open(tmp, _TMP_FLAGS, PRIVATE_FILE_MODE)
@@ -690,6 +765,8 @@ class CheckpointStore:
                 if self.fsync:
                     raw.flush()
                     os.fsync(fd)
+            checksum = sink.checksum()
+            final = final_path(checksum)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -697,7 +774,7 @@ class CheckpointStore:
             raise
         if self.fsync and sync_dir:
             _fsync_dir(os.path.dirname(final))
-        return sink.checksum(), sink.size
+        return final, checksum, sink.size
 
     def sync_workflow_dir(self, workflow_id: str) -> None:
         """Make the renames of this workflow's checkpoints durable (one directory fsync).
@@ -712,19 +789,22 @@ class CheckpointStore:
             _fsync_dir(directory)
 
     def _write_fsspec(
-        self, fmt: CheckpointFormat, obj: Any, tmp: str, final: str
-    ) -> tuple[str, int]:
+        self, fmt: CheckpointFormat, obj: Any, draft: str, final_path: Callable[[str], str]
+    ) -> tuple[str, str, int]:
         # Encode fully in memory first: an fsspec file that sees an exception inside its
         # ``with`` block still closes, i.e. *uploads*, the partial content.
         buffer = io.BytesIO()
         sink = _HashingWriter(buffer)
         _encode(fmt, obj, sink)
         data = buffer.getvalue()
+        checksum = sink.checksum()
+        final = final_path(checksum)
+        tmp = f"{draft}{TMP_INFIX}{uuid.uuid4().hex}"
         fs = self.fs
         try:
             if self._atomic_put:
                 fs.pipe_file(final, data)  # one PUT: the object appears whole or not at all
-                return sink.checksum(), sink.size
+                return final, checksum, sink.size
             try:
                 fs.pipe_file(tmp, data)
                 fs.mv(tmp, final)
@@ -737,7 +817,7 @@ class CheckpointStore:
             if err is exc:
                 raise
             raise err from exc
-        return sink.checksum(), sink.size
+        return final, checksum, sink.size
 
     # -- read
 
@@ -807,8 +887,11 @@ class CheckpointStore:
         For recovery: an attempt whose process died after :meth:`write` renamed the
         file (step 3) but before the COMMIT record was written left a complete file
         that no SQL row names. A final file is only ever created whole (rename or
-        atomic PUT), so it is safe to adopt; its checksum is computed here, from the
-        bytes found. Temporary (``.tmp-``) files are never returned.
+        atomic PUT), so it is safe to adopt once its name's tag proves that a process
+        holding this installation's key wrote exactly these bytes; its checksum is
+        computed here, from the bytes found. A file whose tag does not match is
+        ignored (and logged): it was planted or damaged, and adopting it would unpickle
+        bytes nobody vouches for. Temporary (``.tmp-``) files are never returned.
 
         Args:
             workflow_id: the workflow's id.
@@ -818,16 +901,44 @@ class CheckpointStore:
         Returns:
             A reference to the checkpoint (to be committed by the caller), or ``None``.
         """
-        for fmt in FORMATS:
-            path = self.path(workflow_id, task_id, attempt, fmt)
-            location = self._location(path)
+        prefix = _attempt_prefix(task_id, attempt)
+        directory = f"{self.root}/{safe_segment(workflow_id)}"
+        for name in sorted(self._names_in(directory)):
+            if not name.startswith(prefix) or TMP_INFIX in name:
+                continue
+            parsed = _TAG_AND_EXTENSION.fullmatch(name[len(prefix) :])
+            fmt = _FORMAT_OF_EXTENSION.get(parsed.group(2)) if parsed else None
+            if parsed is None or fmt is None:
+                continue
+            location = self._location(f"{directory}/{name}")
             try:
                 data = self._read_bytes(location, "")
             except CorruptCheckpointError:
                 continue
             checksum = f"{CHECKSUM_ALGORITHM}:{hashlib.sha256(data).hexdigest()}"
+            expected = self._tag(workflow_id, task_id, attempt, fmt, checksum)
+            if not hmac.compare_digest(parsed.group(1), expected):
+                _log.warning(
+                    "Ignoring checkpoint %s of step %r of workflow %r: its name's tag does "
+                    "not match its bytes under this installation's key (written with "
+                    "another key, altered, or planted); the step is treated as having "
+                    "left no output.",
+                    location,
+                    task_id,
+                    workflow_id,
+                )
+                continue
             return CheckpointRef(location=location, checksum=checksum, format=fmt, size=len(data))
         return None
+
+    def _names_in(self, directory: str) -> list[str]:
+        """The names of the files in one directory of the store (none if it is absent)."""
+        try:
+            if self._local:
+                return os.listdir(directory)
+            return [str(p).rsplit("/", 1)[-1] for p in self.fs.ls(directory, detail=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     # -- housekeeping
 

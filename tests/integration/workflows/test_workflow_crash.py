@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -105,6 +106,16 @@ DRIVER = textwrap.dedent(
         return f"charged {amount}"
 
 
+    @hs.remote
+    def charge_then_freeze(cfg, amount):
+        ctx = mark(cfg["log"])
+        if first_time(cfg["marker"]):
+            # Stop the driver, then finish: the worker writes the output file, and the
+            # driver is killed (by the test) before it can COMMIT it.
+            os.kill(cfg["driver_pid"], signal.SIGSTOP)
+        return f"charged {amount}"
+
+
     def charged_already(key):
         append(CFG["keys"], f"hook {key}")
         return "resolved by hook"
@@ -151,6 +162,10 @@ DRIVER = textwrap.dedent(
             if cfg.get("hook"):
                 opts["on_in_doubt"] = charged_already
             paid = charge.options(**workflow.options(**opts)).bind(cfg, 5)
+            return after.options(**workflow.options(task_id="after")).bind(cfg, paid)
+        if kind == "frozen":
+            opts = workflow.options(task_id="charge", idempotent=False)
+            paid = charge_then_freeze.options(**opts).bind(cfg, 5)
             return after.options(**workflow.options(task_id="after")).bind(cfg, paid)
         if kind == "fanout":
             parts = [square.bind(cfg, i) for i in range(cfg["width"])]
@@ -464,6 +479,77 @@ def test_in_doubt_step_is_resolved_by_its_hook_with_the_same_key(
     assert workflow.get_output("hooked", task_id="charge") == "resolved by hook"
     assert lab.attempts("charge") == [1]
     assert lab.attempts("after") == [1]
+
+
+# --- an output file left without its COMMIT ---------------------------------------------
+
+
+class _OpensForWriting:
+    """Unpickling this calls ``open(path, "w")``: the file's existence proves it ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def _frozen_with_its_output_written(lab: Crashlab, wid: str, wait_for: Any) -> Path:
+    """Run the "frozen" DAG until its non-idempotent step has written its output file
+    and the driver is stopped before the COMMIT; kill the driver; return the file."""
+    cfg = lab.config(wid, "frozen")
+    driver = lab.start(cfg, "run")
+    directory = lab.home / "checkpoints" / wid
+
+    def written() -> list[Path]:
+        return sorted(directory.glob("charge@1.*.pkl")) if directory.exists() else []
+
+    wait_for(
+        lambda: written() or driver.proc.poll() is not None,
+        timeout=60,
+        what="the output file of the step that stopped its driver",
+    )
+    assert driver.proc.poll() is None, driver.text()
+    driver.kill()
+    (found,) = written()
+    return found
+
+
+def test_an_output_written_before_the_crash_is_committed_not_rerun(
+    lab: Crashlab, wait_for: Any
+) -> None:
+    # The worker tagged the file with the installation's key; the next driver checks the
+    # tag, adopts the file and commits it: the non-idempotent step is neither re-run nor
+    # left in doubt.
+    _frozen_with_its_output_written(lab, "frozen", wait_for)
+    result = lab.start(lab.config("frozen", "frozen"), "resume").result()
+    assert result == {"value": "after: charged 5"}, result
+    assert lab.attempts("charge") == [1]
+    assert workflow.get_metadata("frozen", "charge")["status"] == str(StepStatus.SUCCESSFUL)
+
+
+def test_a_pickle_planted_as_an_interrupted_steps_output_is_never_loaded(
+    lab: Crashlab, wait_for: Any
+) -> None:
+    # Someone who can write the checkpoint store (not the key) swaps the file for a
+    # pickle that would create a marker when loaded, under the real name and under the
+    # untagged one. The resume must not adopt either: the step is in doubt, the pickle
+    # is never unpickled.
+    genuine = _frozen_with_its_output_written(lab, "planted", wait_for)
+    marker, control = lab.dir / "unpickled.marker", lab.dir / "control.marker"
+    pickle.loads(pickle.dumps(_OpensForWriting(control))).close()
+    assert control.exists()  # the payload does act when it is unpickled
+    payload = pickle.dumps(_OpensForWriting(marker))
+    genuine.write_bytes(payload)
+    genuine.with_name("charge@1.pkl").write_bytes(payload)
+    assert not marker.exists()
+
+    result = lab.start(lab.config("planted", "frozen"), "resume").result()
+
+    assert result["error"] == "WorkflowNeedsAttentionError", result
+    assert workflow.get_metadata("planted", "charge")["status"] == str(StepStatus.IN_DOUBT)
+    assert not marker.exists()
+    assert lab.attempts("charge") == [1]
 
 
 # --- a wide fan-out killed half-way ------------------------------------------------------

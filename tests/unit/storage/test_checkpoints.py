@@ -29,6 +29,7 @@ from heliostat.storage.checkpoints import (
     default_storage_url,
     safe_segment,
 )
+from heliostat.storage.signing import Signer
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_arrow_table_round_trips_as_arrow_ipc(store: CheckpointStore) -> None:
     table = pa.table({"day": ["2026-11-21", "2026-11-22"], "rows": [3, 4]})
     ref = store.write("etl", "extract", 1, table)
     assert ref.format == "arrow"
-    assert ref.location.endswith("/etl/extract@1.arrows")
+    assert re.search(r"/etl/extract@1\.[0-9a-f]{32}\.arrows$", ref.location)
     back = store.read(ref)
     assert isinstance(back, pa.Table)
     assert back.equals(table)
@@ -96,7 +97,7 @@ def test_pandas_dataframe_round_trips_as_parquet(store: CheckpointStore) -> None
     )
     ref = store.write("etl", "transform", 2, df)
     assert ref.format == "parquet"
-    assert ref.location.endswith("/etl/transform@2.parquet")
+    assert re.search(r"/etl/transform@2\.[0-9a-f]{32}\.parquet$", ref.location)
     pd.testing.assert_frame_equal(store.read(ref), df)
 
 
@@ -122,7 +123,7 @@ def test_dataframe_that_parquet_cannot_keep_exact_goes_to_pickle(store: Checkpoi
 def test_other_values_round_trip_with_pickle(store: CheckpointStore, value: Any) -> None:
     ref = store.write("wf", "step", 1, value)
     assert ref.format == "pickle"
-    assert ref.location.endswith("/wf/step@1.pkl")
+    assert re.search(r"/wf/step@1\.[0-9a-f]{32}\.pkl$", ref.location)
     back = store.read(ref)
     if isinstance(value, np.ndarray):
         np.testing.assert_array_equal(back, value)
@@ -143,7 +144,8 @@ def test_ref_records_checksum_size_and_location(store: CheckpointStore) -> None:
     assert ref.checksum == "sha256:" + hashlib.sha256(data).hexdigest()
     assert ref.size == len(data)
     assert store.exists(ref.location)
-    assert ref.location == f"{ref.store_url}/wf/step@3.pkl"
+    prefix = re.escape(f"{ref.store_url}/wf/step@3.")
+    assert re.fullmatch(prefix + r"[0-9a-f]{32}\.pkl", ref.location)
     assert CheckpointStore(ref.store_url).read(ref) == {"k": "v"}
 
 
@@ -246,8 +248,7 @@ def test_a_write_that_fails_midway_leaves_no_file(
     with pytest.raises(RuntimeError, match="disk on fire"):
         store.write("wf", "step", 1, {"x": 1})
     assert _all_files(store) == []
-    path = store.path("wf", "step", 1, "pickle")
-    assert not store.fs.exists(path)
+    assert store.find("wf", "step", 1) is None
 
 
 def test_an_unpicklable_value_raises_and_leaves_nothing(store: CheckpointStore) -> None:
@@ -256,25 +257,25 @@ def test_an_unpicklable_value_raises_and_leaves_nothing(store: CheckpointStore) 
     assert _all_files(store) == []
 
 
-def test_concurrent_writers_of_one_path_leave_one_whole_file(tmp_path: Path) -> None:
+def test_concurrent_writers_of_one_attempt_each_leave_their_whole_file(tmp_path: Path) -> None:
+    # A file's name carries its bytes' tag, so writers of different bytes never share a
+    # final name: each leaves its own complete file, and each ref reads back its value.
     store = CheckpointStore(tmp_path.as_uri(), fsync=False)
-    refs: list[CheckpointRef] = []
+    refs: dict[bytes, CheckpointRef] = {}
     payloads = [bytes([i]) * 100_000 for i in range(8)]
 
     def write(p: bytes) -> None:
-        refs.append(store.write("wf", "step", 1, p))
+        refs[p] = store.write("wf", "step", 1, p)
 
     threads = [threading.Thread(target=write, args=(p,)) for p in payloads]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(_all_files(store)) == 1
-    assert len({r.location for r in refs}) == 1
-    # The survivor is exactly one writer's whole bytes: that writer's checksum verifies.
-    survivors = [r for r in refs if _checks(store, r)]
-    assert len(survivors) == 1
-    assert store.read(survivors[0]) in payloads
+    assert len(_all_files(store)) == len(payloads)
+    assert all(store.read(ref) == p for p, ref in refs.items())
+    found = store.find("wf", "step", 1)
+    assert found is not None and store.read(found) in payloads
 
 
 def _checks(store: CheckpointStore, ref: CheckpointRef) -> bool:
@@ -291,7 +292,9 @@ def _checks(store: CheckpointStore, ref: CheckpointRef) -> bool:
 def test_safe_ids_are_used_as_they_are() -> None:
     for ident in ("etl-2026-11-21", "load", "step_3.v2"):
         assert safe_segment(ident) == ident
-    assert checkpoint_path("/r/", "etl", "load", 2, "pickle") == "/r/etl/load@2.pkl"
+    assert checkpoint_path("/r/", "etl", "load", 2, "pickle", "ab" * 16) == (
+        f"/r/etl/load@2.{'ab' * 16}.pkl"
+    )
 
 
 @pytest.mark.parametrize(
@@ -330,7 +333,8 @@ def test_path_layout_is_workflow_dir_then_task_at_attempt(
 ) -> None:
     ref = file_checkpoints.write("wf/1", "extract", 7, 1)
     rel = Path(ref.location[len("file://") :]).relative_to(file_checkpoints.root)
-    assert rel.parts == (safe_segment("wf/1"), "extract@7.pkl")
+    assert rel.parts[0] == safe_segment("wf/1")
+    assert re.fullmatch(r"extract@7\.[0-9a-f]{32}\.pkl", rel.parts[1])
 
 
 def test_delete_workflow_removes_its_checkpoints_only(store: CheckpointStore) -> None:
@@ -349,6 +353,56 @@ def test_find_adopts_a_checkpoint_written_before_a_crash(store: CheckpointStore)
     assert found == ref
     assert store.find("wf", "s", 5) is None
     assert store.find("other", "s", 4) is None
+
+
+def _plant(store: CheckpointStore, name: str, value: Any) -> str:
+    """Put pickled ``value`` at ``wf/{name}`` in the store, as an intruder would."""
+    path = f"{store.root}/wf/{name}"
+    store.fs.makedirs(f"{store.root}/wf", exist_ok=True)
+    store.fs.pipe_file(path, pickle.dumps(value))
+    return path
+
+
+def test_find_ignores_a_file_planted_without_the_key(
+    store: CheckpointStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An intruder who can write the store but lacks the key: at the untagged name,
+    # and under a made-up tag. Neither is adopted, so nothing unvouched is unpickled.
+    _plant(store, "s@4.pkl", "evil")
+    _plant(store, f"s@4.{'0' * 32}.pkl", "evil")
+    with caplog.at_level("WARNING", logger="heliostat.storage"):
+        assert store.find("wf", "s", 4) is None
+    assert "does not match its bytes" in caplog.text
+
+
+def test_find_ignores_a_file_written_with_another_key(
+    store: CheckpointStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = CheckpointStore(store.url, signer=Signer(b"k" * 32))
+    other.write("wf", "s", 4, "from another installation")
+    with caplog.at_level("WARNING", logger="heliostat.storage"):
+        assert store.find("wf", "s", 4) is None
+    assert "tag does not match" in caplog.text
+    assert other.find("wf", "s", 4) is not None  # its own key vouches for it
+
+
+def test_find_ignores_a_genuine_file_whose_bytes_were_replaced(store: CheckpointStore) -> None:
+    ref = store.write("wf", "s", 4, "genuine")
+    path = store.fs._strip_protocol(ref.location)
+    store.fs.pipe_file(path, pickle.dumps("swapped"))
+    assert store.find("wf", "s", 4) is None
+
+
+def test_file_tags_bind_workflow_step_and_attempt(store: CheckpointStore) -> None:
+    # A genuine file copied to another attempt's (or step's) name is not adopted there.
+    ref = store.write("wf", "s", 4, "genuine")
+    name = ref.location.rsplit("/", 1)[1]
+    data = store.fs.cat_file(store.fs._strip_protocol(ref.location))
+    for moved in (name.replace("s@4.", "s@5.", 1), name.replace("s@4.", "t@4.", 1)):
+        store.fs.pipe_file(f"{store.root}/wf/{moved}", data)
+    assert store.find("wf", "s", 5) is None
+    assert store.find("wf", "t", 4) is None
+    assert store.find("wf", "s", 4) == ref
 
 
 def test_memory_store_is_not_shared_across_processes(

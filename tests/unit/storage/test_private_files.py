@@ -61,7 +61,7 @@ def test_home_database_and_its_wal_files_are_private(home: Path, umask: int) -> 
 def test_checkpoint_directories_and_files_are_private(home: Path, umask: int) -> None:
     store = CheckpointStore()
     ref = store.write("etl", "extract", 1, {"secret": "hunter2"})
-    path = Path(store.path("etl", "extract", 1, ref.format))
+    path = Path(store.path("etl", "extract", 1, ref.format, ref.checksum))
 
     assert _mode(home) == 0o700
     assert _mode(home / "checkpoints") == 0o700
@@ -74,7 +74,7 @@ def test_checkpoints_without_fsync_are_private_too(tmp_path: Path, umask: int) -
     store = CheckpointStore((tmp_path / "ckpt").as_uri(), fsync=False)
     ref = store.write("wf", "t", 1, list(range(10)))
 
-    assert _mode(Path(store.path("wf", "t", 1, ref.format))) == 0o600
+    assert _mode(Path(store.path("wf", "t", 1, ref.format, ref.checksum))) == 0o600
     assert _mode(tmp_path / "ckpt") == 0o700
 
 
@@ -93,7 +93,7 @@ def test_an_existing_storage_directory_keeps_its_mode_but_new_files_are_private(
 
     store = CheckpointStore()
     ref = store.write("wf", "t", 1, "value")
-    path = Path(store.path("wf", "t", 1, ref.format))
+    path = Path(store.path("wf", "t", 1, ref.format, ref.checksum))
 
     assert _mode(shared) == 0o775  # not ours: left as the user made it
     assert _mode(path.parent) == 0o700
