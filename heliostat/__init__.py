@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typing as _typing
 
-from heliostat import exceptions
+from heliostat import actor, exceptions
 from heliostat.engine import (
     ActorClass,
     ActorHandle,
@@ -60,6 +60,7 @@ __all__ = [
     "ActorHandle",
     "ObjectRef",
     "RemoteFunction",
+    "actor",
     "available_resources",
     "cancel",
     "cluster_resources",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from heliostat.engine.ids import format_id
 from heliostat.engine.object_ref import RefTracker, process_tracker
@@ -20,9 +20,26 @@ from heliostat.engine.records import ActorOptions, TaskKind
 from heliostat.engine.remote_function import _Code, describe_argument
 from heliostat.engine.runtime import current_client
 from heliostat.engine.serialization import note_ref
+from heliostat.engine.validation import (
+    ArgChecker,
+    check_bool,
+    check_int,
+    check_number,
+    check_resources,
+    check_str,
+    method_checker,
+)
+from heliostat.exceptions import HeliostatError
 from heliostat.scheduler import ResourceSet
 
-__all__ = ["ACTOR_OPTION_NAMES", "ActorClass", "ActorHandle", "ActorMethod", "method"]
+__all__ = [
+    "ACTOR_OPTION_NAMES",
+    "ActorClass",
+    "ActorHandle",
+    "ActorMethod",
+    "exit_actor",
+    "method",
+]
 
 ACTOR_OPTION_NAMES = frozenset(
     {
@@ -56,6 +73,27 @@ def method(*, num_returns: int = 1) -> Callable[[Callable[..., Any]], Callable[.
     return mark
 
 
+def _method_checkers(cls: type, methods: dict[str, int]) -> dict[str, ArgChecker | None]:
+    """One argument checker per remote method (None where the signature is unreadable)."""
+    return {
+        name: method_checker(cls, name, f"{cls.__qualname__}.{name}.remote()") for name in methods
+    }
+
+
+def _check_actor_options(options: dict[str, Any], what: str) -> None:
+    """Refuse option values of the wrong type (TypeError) or out of range (ValueError)."""
+    for key in ("num_cpus", "num_gpus", "memory"):
+        check_number(key, options.get(key), what=what)
+    check_resources(options.get("resources"), what=what)
+    check_int("max_restarts", options.get("max_restarts", 0), what=what, minimum=-1)
+    check_int("max_task_retries", options.get("max_task_retries", 0), what=what, minimum=-1)
+    check_int("max_concurrency", options.get("max_concurrency", 1), what=what, minimum=1)
+    check_str("name", options.get("name"), what=what)
+    check_str("namespace", options.get("namespace"), what=what)
+    check_str("lifetime", options.get("lifetime"), what=what)
+    check_bool("get_if_exists", options.get("get_if_exists", False), what=what)
+
+
 def _method_table(cls: type) -> dict[str, int]:
     table: dict[str, int] = {}
     for name, member in inspect.getmembers(cls):
@@ -74,20 +112,19 @@ class ActorClass:
                 f"Unknown option(s) {', '.join(map(repr, unknown))} for actor class "
                 f"{cls.__qualname__!r}; known options: {', '.join(sorted(ACTOR_OPTION_NAMES))}."
             )
+        _check_actor_options(options, f"actor class {cls.__qualname__!r}")
         self._cls = cls
         self._options = dict(options)
-        self._code = code or _Code(cls, f"actor class {cls.__qualname__!r}")
+        if code is None:
+            code = _Code(cls, f"actor class {cls.__qualname__!r}")
+            code.checker = ArgChecker.for_callable(cls, f"{cls.__qualname__}.remote()")
+        self._code = code
         self._methods = _method_table(cls)
+        self._checkers = _method_checkers(cls, self._methods)
         extra = dict(options.get("resources") or {})
         if options.get("num_gpus"):
             extra["GPU"] = options["num_gpus"]
         self._resources = ResourceSet.from_request(options.get("num_cpus"), extra, default_cpus=0)
-        max_restarts = options.get("max_restarts", 0)
-        if not isinstance(max_restarts, int) or max_restarts < -1:
-            raise ValueError(f"max_restarts must be an int >= -1, got {max_restarts!r}")
-        max_concurrency = options.get("max_concurrency", 1)
-        if not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be a positive int, got {max_concurrency!r}")
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be 'detached' or None, got {lifetime!r}")
@@ -98,13 +135,41 @@ class ActorClass:
             f"use {self._cls.__name__}.remote(...)."
         )
 
+    def __getattr__(self, name: str) -> Any:
+        # ``MyActor.CONST`` (in the driver, or in a method of the actor, where the
+        # name is this wrapper) reads the class attribute, as with Ray's actor class.
+        cls = self.__dict__.get("_cls")
+        if cls is None or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(name)
+        try:
+            return getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(
+                f"Actor class {cls.__qualname__!r} has no attribute {name!r}."
+            ) from None
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        raise TypeError(
+            f"Cannot subclass the actor class {self._cls.__qualname__!r}: inheriting from "
+            "a @remote class is not allowed (as in Ray). Subclass the plain class and "
+            f"decorate the subclass, e.g. remote(Sub) where Sub derives from "
+            f"{self._cls.__qualname__}.underlying_class (or from the undecorated class)."
+        )
+
     def options(self, **overrides: Any) -> ActorClass:
         merged = dict(self._options)
         merged.update(overrides)
         return ActorClass(self._cls, merged, self._code)
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
-        """Create the actor; returns its handle at once (construction runs remotely)."""
+        """Create the actor; returns its handle at once (construction runs remotely).
+
+        Raises:
+            TypeError: the arguments do not fit the constructor's signature.
+        """
+        checker = self._code.checker
+        if checker is not None:
+            checker.check(args, kwargs)
         client = current_client()
         opts = self._options
         name = opts.get("name") or ""
@@ -130,13 +195,16 @@ class ActorClass:
                 class_name=self._cls.__qualname__,
                 max_restarts=opts.get("max_restarts", 0),
                 max_concurrency=opts.get("max_concurrency", 1),
+                max_task_retries=opts.get("max_task_retries", 0),
                 detached=opts.get("lifetime") == "detached",
                 methods=self._methods,
             ),
         )
-        return ActorHandle(
+        handle = ActorHandle(
             actor_id, self._cls.__qualname__, self._methods, client.tracker, adopt=None
         )
+        handle._checkers = self._checkers
+        return handle
 
     @property
     def underlying_class(self) -> type:
@@ -161,6 +229,9 @@ class ActorHandle:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
+        # Argument checkers by method; only the creator's handle has them (a handle
+        # from get_actor() or unpickled leaves the check to the call itself).
+        self._checkers: dict[str, ArgChecker | None] = {}
         self._tracker = tracker
         # adopt=None: the creator, already counted by create_actor.
         if tracker is not None and adopt is not None:
@@ -175,7 +246,7 @@ class ActorHandle:
             raise AttributeError(
                 f"Actor {self.__dict__.get('_class_name', '?')!r} has no method {name!r}."
             )
-        return ActorMethod(self, name, methods[name])
+        return ActorMethod(self, name, methods[name], self.__dict__["_checkers"].get(name))
 
     def __del__(self) -> None:
         tracker = self.__dict__.get("_tracker")
@@ -207,12 +278,19 @@ def _rebuild_handle(actor_id: int, class_name: str, methods: dict[str, int]) -> 
 class ActorMethod:
     """``handle.method``: call ``.remote(...)`` to submit a call."""
 
-    __slots__ = ("_handle", "_name", "_num_returns")
+    __slots__ = ("_handle", "_name", "_num_returns", "_checker")
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(
+        self,
+        handle: ActorHandle,
+        name: str,
+        num_returns: int,
+        checker: ArgChecker | None = None,
+    ) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._checker = checker
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -220,10 +298,18 @@ class ActorMethod:
         )
 
     def options(self, *, num_returns: int | None = None, name: str | None = None) -> ActorMethod:
-        m = ActorMethod(self._handle, self._name, num_returns or self._num_returns)
+        m = ActorMethod(self._handle, self._name, num_returns or self._num_returns, self._checker)
         return m
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Submit a call; returns an ObjectRef (a list of them if num_returns > 1).
+
+        Raises:
+            TypeError: the arguments do not fit the method's signature.
+        """
+        checker = self._checker
+        if checker is not None:
+            checker.check(args, kwargs)
         handle = self._handle
         client = current_client()
         refs = client.submit_task(
@@ -241,3 +327,23 @@ class ActorMethod:
             method=self._name,
         )
         return refs[0] if self._num_returns == 1 else refs
+
+
+def exit_actor() -> NoReturn:
+    """End the actor whose method calls this, on purpose (Ray's ``ray.actor.exit_actor``).
+
+    The actor's process exits and the actor is not restarted, whatever its
+    ``max_restarts``. The call that invoked ``exit_actor()`` and the calls queued
+    behind it fail with :class:`~heliostat.exceptions.ActorDiedError`.
+
+    Raises:
+        TypeError: called outside an actor (in the driver or a plain task).
+    """
+    try:
+        client = current_client()
+    except HeliostatError:
+        client = None
+    if client is None or not client.actor_id:
+        raise TypeError("exit_actor() can only be called inside an actor's method.")
+    client._call("exit_actor", client.actor_id)
+    raise SystemExit(0)

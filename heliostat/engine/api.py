@@ -177,6 +177,8 @@ def wait(
     """Split ``refs`` into (ready, not ready) once ``num_returns`` are ready or time is up."""
     if not isinstance(refs, (list, tuple)) or any(type(r) is not ObjectRef for r in refs):
         raise TypeError("wait() takes a list of ObjectRefs.")
+    if not refs:
+        return [], []  # as Ray: nothing to wait for
     if len({r.id for r in refs}) != len(refs):
         raise ValueError("wait() got the same ObjectRef twice.")
     if not 0 <= num_returns <= len(refs):
@@ -185,10 +187,18 @@ def wait(
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
-    """Cancel the task that produces ``ref``; ``force`` kills its worker."""
+    """Cancel the task that produces ``ref``; ``force`` kills its worker.
+
+    With ``recursive`` (the default, as in Ray) the tasks that task submitted, and
+    theirs, are cancelled too; with ``recursive=False`` only the task itself.
+    """
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}.")
-    _rt.current_client().cancel(ref, force)
+    if not isinstance(force, bool):
+        raise TypeError(f"cancel(force=...) must be a bool, got {type(force).__name__}.")
+    if not isinstance(recursive, bool):
+        raise TypeError(f"cancel(recursive=...) must be a bool, got {type(recursive).__name__}.")
+    _rt.current_client().cancel(ref, force, recursive)
 
 
 def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:

@@ -95,6 +95,7 @@ class CoreClient:
         self._registered: set[bytes] = set()
         self._req_ids = itertools.count(1)
         self.closed = False
+        self.actor_id = 0  # the actor this process hosts (a worker's, once created)
 
     # --- transport hooks -----------------------------------------------------------
 
@@ -380,8 +381,8 @@ class CoreClient:
         """
         raise NotImplementedError("on_ready() is available in the driver only")
 
-    def cancel(self, ref: ObjectRef, force: bool) -> bool:
-        return bool(self._call("cancel", ref.id, force))
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> bool:
+        return bool(self._call("cancel", ref.id, force, recursive))
 
     def kill_actor(self, actor_id: int, no_restart: bool) -> None:
         self._call("kill_actor", actor_id, no_restart)

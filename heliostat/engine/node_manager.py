@@ -154,6 +154,8 @@ class _Waiter:
         self.done = False
 
 
+_DONE_STATES = (TaskState.FINISHED, TaskState.CANCELLED)
+
 _INTROSPECT_FINISHED = 1000  # finished tasks listed by ``heliostat list tasks``
 
 
@@ -177,7 +179,10 @@ class NodeManager:
         total = ResourceSet.from_dict({CPU: config.num_cpus, **config.resources})
         self._node = NodeResources(total)
         self._objects = ObjectTable(
-            limit=config.object_store_memory, spill_dir=config.spill_dir, unmap=self._unmap
+            limit=config.object_store_memory,
+            spill_dir=config.spill_dir,
+            unmap=self._unmap,
+            on_unhandled_error=self._log_unhandled_error,
         )
         self._driver_unmap = driver_unmap
         self._driver_drain = driver_drain
@@ -192,6 +197,9 @@ class NodeManager:
         self._next_worker_index = itertools.count(1)
         self._ready: dict[ResourceSet, deque[TaskSpec]] = {}
         self._tasks: dict[int, TaskSpec] = {}  # not finished yet, by task id
+        # Tasks submitted by a running task, by the submitter's task id, for
+        # cancel(recursive=True); dropped when the submitter finishes.
+        self._children: dict[int, list[TaskSpec]] = {}
         self._functions: dict[bytes, bytes] = {}
         self._actors: dict[int, ActorRecord] = {}
         self._named: dict[tuple[str, str], int] = {}
@@ -343,6 +351,7 @@ class NodeManager:
 
     def _v_submit(self, proc: WorkerRecord, reply: Reply | None, fields: tuple[Any, ...]) -> None:
         spec = spec_from_wire(fields, proc.index)
+        self._note_child(proc, spec)
         if spec.kind is TaskKind.ACTOR_CALL:
             self._submit_actor_call(proc, spec)
         else:
@@ -466,24 +475,72 @@ class NodeManager:
             self._objects.mark_lost(entry)
         self._await(proc, req_id, [object_id], 1, reply, is_get=True)
 
-    def _v_cancel(self, proc: WorkerRecord, reply: Reply, object_id: int, force: bool) -> None:
+    def _note_child(self, proc: WorkerRecord, spec: TaskSpec) -> None:
+        """Remember which running task submitted ``spec`` (for a recursive cancel)."""
+        parent = proc.task
+        if parent is None and proc.actor is not None and len(proc.actor.inflight) == 1:
+            parent = next(iter(proc.actor.inflight.values()))
+        if parent is None:
+            return
+        children = self._children.get(parent.task_id)
+        if children is None:
+            self._children[parent.task_id] = [spec]
+            return
+        children.append(spec)
+        if len(children) >= 64 and len(children) & (len(children) - 1) == 0:
+            # A long-running task submitting many children: forget the finished ones
+            # (at sizes that are powers of two, so the cost stays amortized O(1)).
+            children[:] = [c for c in children if c.state not in _DONE_STATES]
+
+    def _v_cancel(
+        self,
+        proc: WorkerRecord,
+        reply: Reply,
+        object_id: int,
+        force: bool,
+        recursive: bool = True,
+    ) -> None:
         entry = self._objects.entries.get(object_id)
         spec = entry.lineage if entry is not None else None
-        if spec is None or spec.state in (TaskState.FINISHED, TaskState.CANCELLED):
+        if spec is None or spec.state in _DONE_STATES:
             reply(True, False)
             return
+        if spec.kind is TaskKind.ACTOR_CALL and force:
+            reply(False, ValueError("force=True is not supported for actor tasks; use kill()"))
+            return
+        # Descendants are collected before the task is cancelled (that forgets them).
+        descendants = self._descendants(spec) if recursive else []
+        cancelled = self._cancel_spec(spec, force)
+        for child in descendants:
+            if child.state not in _DONE_STATES:
+                self._cancel_spec(child, force and child.kind is not TaskKind.ACTOR_CALL)
+        reply(True, cancelled)
+
+    def _descendants(self, spec: TaskSpec) -> list[TaskSpec]:
+        """Tasks ``spec`` submitted, and theirs, breadth first (each once)."""
+        out: list[TaskSpec] = []
+        seen = {spec.task_id}
+        frontier = [spec]
+        while frontier:
+            nxt: list[TaskSpec] = []
+            for parent in frontier:
+                for child in self._children.get(parent.task_id, ()):
+                    if child.task_id not in seen:
+                        seen.add(child.task_id)
+                        out.append(child)
+                        nxt.append(child)
+            frontier = nxt
+        return out
+
+    def _cancel_spec(self, spec: TaskSpec, force: bool) -> bool:
+        """Cancel one unfinished task; False if it can no longer be cancelled."""
         if spec.kind is TaskKind.ACTOR_CALL:
-            if force:
-                reply(False, ValueError("force=True is not supported for actor tasks; use kill()"))
-                return
             actor = self._actors.get(spec.actor_id)
             if actor is not None and spec in actor.queue:
                 actor.queue.remove(spec)
                 self._cancel_unstarted(spec)
-                reply(True, True)
-                return
-            reply(True, False)
-            return
+                return True
+            return False
         if spec.state in (TaskState.WAITING, TaskState.READY):
             if spec.state is TaskState.READY:
                 queue = self._ready.get(spec.resources)
@@ -491,21 +548,18 @@ class NodeManager:
                     with contextlib.suppress(ValueError):
                         queue.remove(spec)
             self._cancel_unstarted(spec)
-            reply(True, True)
-            return
+            return True
         worker = spec.worker
         if worker is None or not worker.pid:
-            reply(True, False)
-            return
+            return False
         if spec in worker.queued:  # sent ahead, not started: ask for it back
             spec.cancel_requested = "soft"
             self._send_revoke(worker, [spec.task_id])
-            reply(True, True)
-            return
+            return True
         spec.cancel_requested = "force" if force else "soft"
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, signal.SIGKILL if force else signal.SIGINT)
-        reply(True, True)
+        return True
 
     def _v_create_actor(
         self, proc: WorkerRecord, reply: Reply, fields: tuple[Any, ...], options: ActorOptions
@@ -545,6 +599,43 @@ class NodeManager:
             self._actor_dead(actor, actor.death_cause)
         if reply is not None:
             reply(True, True)
+
+    def _log_unhandled_error(self, entry: ObjectEntry) -> None:
+        """The last ref to a failed result is gone and no reader ever saw the error.
+
+        Logged at ERROR, as Ray logs an "unhandled error" when such a ref is dropped,
+        so a failure in a task nobody waited for does not pass silently.
+        Cancellations are not reported: whoever cancelled the task knows.
+        """
+        spec = entry.lineage
+        name = spec.name if spec is not None else "put()"
+        try:
+            exc = pickle.loads(entry.payload or b"")
+        except Exception as load_error:  # the class may not load here: say so
+            detail = f"(the error could not be loaded: {load_error!r})"
+            kind = "error"
+        else:
+            if isinstance(exc, TaskCancelledError):
+                return
+            kind = type(exc).__name__
+            detail = str(exc)
+        log.error(
+            "Unhandled error in task %r (its result %s was never retrieved): %s: %s",
+            name,
+            format_id(entry.id),
+            kind,
+            detail,
+        )
+
+    def _v_exit_actor(self, proc: WorkerRecord, reply: Reply, actor_id: int) -> None:
+        """The actor in ``proc`` calls ``exit_actor()``: it exits and is not restarted."""
+        actor = proc.actor
+        if actor is None or actor.actor_id != actor_id:
+            reply(False, TypeError("exit_actor() can only be called inside an actor."))
+            return
+        actor.max_restarts = actor.restarts  # an intended exit: no restart
+        actor.death_cause = "it called exit_actor()"
+        reply(True, None)
 
     def _v_cluster_info(self, proc: WorkerRecord, reply: Reply) -> None:
         reply(True, self.cluster_info_locked())
@@ -773,6 +864,7 @@ class NodeManager:
         for aid in spec.arg_ids:
             arg = entries.get(aid)
             if arg is not None and arg.kind is ObjKind.ERROR:
+                arg.error_seen = True  # it lives on in this task's result
                 if spec.kind is TaskKind.ACTOR_CREATE:
                     actor = self._actors.get(spec.actor_id)
                     if actor is not None:
@@ -942,8 +1034,11 @@ class NodeManager:
                 else:
                     mapped.add(proc.index)
             data: Any = entry.path
-        elif kind is ObjKind.INLINE or kind is ObjKind.ERROR:
+        elif kind is ObjKind.INLINE:
             data = entry.payload
+        elif kind is ObjKind.ERROR:
+            data = entry.payload
+            entry.error_seen = True  # a reader gets it: not an unhandled error
         else:
             self._lost(entry)
             return self._value_for(proc, entry) if entry.kind is ObjKind.ERROR else None
@@ -1099,6 +1194,8 @@ class NodeManager:
         spec.started_at, spec.finished_at = started, finished
         self._record(spec, spec.worker, outcome)
         self._tasks.pop(spec.task_id, None)
+        if self._children:
+            self._children.pop(spec.task_id, None)
         self._unpin_spec(spec)
 
     def _unpin_spec(self, spec: TaskSpec) -> None:
@@ -1146,6 +1243,7 @@ class NodeManager:
         transition(spec, TaskState.CANCELLED)
         self._record(spec, None, "cancelled")
         self._tasks.pop(spec.task_id, None)
+        self._children.pop(spec.task_id, None)
         self._unpin_spec(spec)
 
     # ------------------------------------------------------------------ objects --
@@ -1169,7 +1267,7 @@ class NodeManager:
                         if waiter.pending_deps == 0:
                             self._deps_ready(waiter)
                 else:
-                    self._waiter_progress(waiter)
+                    self._waiter_progress(waiter, entry)
 
     def _await(
         self, proc: WorkerRecord, req_id: int, ids: list[int], need: int, reply: Reply, is_get: bool
@@ -1178,6 +1276,7 @@ class NodeManager:
         waiter = _Waiter(proc, req_id, ids, need, reply, is_get)
         pending: list[ObjectEntry] = []
         ready = 0
+        failed: ObjectEntry | None = None  # the first ready error, for a get
         seen: set[int] = set()
         for oid in ids:
             if oid in seen:
@@ -1197,9 +1296,17 @@ class NodeManager:
                 pending.append(entry)
             else:
                 ready += 1
+                if failed is None and entry.kind is ObjKind.ERROR:
+                    failed = entry
         waiter.need = need - ready
         if waiter.need <= 0:
             self._complete(waiter)
+            return
+        if is_get and failed is not None:
+            # Fail fast, as Ray does: a get raises an error it already has at once,
+            # whether or not the other refs ever become ready.
+            waiter.done = True
+            self._reply_error(waiter, failed)
             return
         for entry in pending:
             if entry.waiters is None:
@@ -1209,14 +1316,26 @@ class NodeManager:
         self._waiters[(proc.index, req_id)] = waiter
         self._block(proc)
 
-    def _waiter_progress(self, waiter: _Waiter) -> None:
+    def _waiter_progress(self, waiter: _Waiter, entry: ObjectEntry) -> None:
         if waiter.done:
             return
         waiter.need -= 1
+        if waiter.need > 0 and waiter.is_get and entry.kind is ObjKind.ERROR:
+            # Fail fast: the other refs of this get need not be waited for.
+            waiter.done = True
+            self._waiters.pop((waiter.proc.index, waiter.req_id), None)
+            self._unblock(waiter.proc)
+            self._reply_error(waiter, entry)
+            return
         if waiter.need <= 0:
             self._waiters.pop((waiter.proc.index, waiter.req_id), None)
             self._unblock(waiter.proc)
             self._complete(waiter)
+
+    def _reply_error(self, waiter: _Waiter, entry: ObjectEntry) -> None:
+        """Answer a get with just the error of ``entry`` (the reader raises it)."""
+        entry.error_seen = True
+        waiter.reply(True, [(entry.id, _ERROR, entry.payload)])
 
     def _complete(self, waiter: _Waiter) -> None:
         waiter.done = True
@@ -1444,6 +1563,7 @@ class NodeManager:
             detached=options.detached or bool(name),
         )
         actor.methods = options.methods
+        actor.max_task_retries = options.max_task_retries
         self._actors[actor.actor_id] = actor
         if name:
             self._named[(namespace, name)] = actor.actor_id
@@ -1525,41 +1645,70 @@ class NodeManager:
         self._track_deps(spec)
 
     def _pump_actor(self, actor: ActorRecord) -> None:
-        """Send queued calls, in order, as far as their arguments are ready."""
+        """Send queued calls whose arguments are ready, in order per caller.
+
+        As in Ray, ordering is per caller (the process that submitted the call): a
+        call waits behind an earlier call *of its own caller* whose arguments are not
+        ready, never behind another caller's.
+        """
         if actor.state is not ActorState.ALIVE:
             return
         worker = actor.worker
         if worker is None:
             return
         queue = actor.queue
-        while queue:
+        while queue:  # the common case: the head is ready
             spec = queue[0]
             if spec.state is TaskState.WAITING and spec.pending_deps > 0:
-                return
+                break
             queue.popleft()
             if spec.state is not TaskState.WAITING:
                 continue  # cancelled or failed before it was sent
-            resolved = self._resolve_args(spec, worker)
-            if resolved is None:
+            if not self._send_actor_call(actor, worker, spec):
                 queue.appendleft(spec)
-                return
-            spec.state = TaskState.RUNNING  # actor calls skip READY: the actor is the queue
-            spec.attempts += 1
-            spec.worker = worker
-            actor.inflight[spec.task_id] = spec
-            self._send(
-                worker,
-                (
-                    Op.ACTOR_CALL,
-                    spec.task_id,
-                    spec.method,
-                    spec.args_payload,
-                    spec.ref_positions,
-                    resolved,
-                    spec.return_ids,
-                    spec.name,
-                ),
-            )
+                break
+        if len(queue) > 1:
+            self._pump_past_blocked(actor, worker)
+
+    def _pump_past_blocked(self, actor: ActorRecord, worker: WorkerRecord) -> None:
+        """The head call waits for an argument: send other callers' ready calls."""
+        blocked: set[int] = set()
+        keep: deque[TaskSpec] = deque()
+        for spec in actor.queue:
+            if spec.state is not TaskState.WAITING:
+                continue  # cancelled or failed before it was sent
+            if (
+                spec.owner in blocked
+                or spec.pending_deps > 0
+                or not self._send_actor_call(actor, worker, spec)
+            ):
+                blocked.add(spec.owner)
+                keep.append(spec)
+        actor.queue = keep
+
+    def _send_actor_call(self, actor: ActorRecord, worker: WorkerRecord, spec: TaskSpec) -> bool:
+        """Send one call to the actor's worker; False if an argument must be rebuilt."""
+        resolved = self._resolve_args(spec, worker)
+        if resolved is None:
+            return False
+        spec.state = TaskState.RUNNING  # actor calls skip READY: the actor is the queue
+        spec.attempts += 1
+        spec.worker = worker
+        actor.inflight[spec.task_id] = spec
+        self._send(
+            worker,
+            (
+                Op.ACTOR_CALL,
+                spec.task_id,
+                spec.method,
+                spec.args_payload,
+                spec.ref_positions,
+                resolved,
+                spec.return_ids,
+                spec.name,
+            ),
+        )
+        return True
 
     def _actor_died_error(self, actor: ActorRecord | None, spec: TaskSpec) -> ActorDiedError:
         if actor is None:
@@ -1578,8 +1727,20 @@ class NodeManager:
         inflight, actor.inflight = actor.inflight, {}
         if not actor.death_cause:
             actor.death_cause = f"its worker process died ({how})"
+        restarts = actor.state is not ActorState.DEAD and (
+            actor.max_restarts < 0 or actor.restarts < actor.max_restarts
+        )
+        retry: list[TaskSpec] = []
         for spec in inflight.values():
+            if restarts and _may_retry_call(actor, spec):
+                retry.append(spec)
+                continue
             self._fail_task(spec, _error_payload(self._actor_died_error(actor, spec)), "actor_dead")
+        for spec in reversed(retry):  # back to the front of the queue, in their order
+            self._record(spec, worker, "crashed")
+            spec.state = TaskState.WAITING  # unsent again (actor calls skip READY)
+            spec.worker = None
+            actor.queue.appendleft(spec)
         actor.worker = None
         if actor.state is not ActorState.DEAD:
             self._node.release(actor.resources)
@@ -1932,6 +2093,14 @@ class NodeManager:
             self._logs.append((message[1], message[2], worker.pid, message[3]))
         elif op == Op.ACTOR_READY:
             self._on_actor_ready(worker, message[1], message[2])
+
+
+def _may_retry_call(actor: ActorRecord, spec: TaskSpec) -> bool:
+    """May a call in flight when the actor's process died run again (max_task_retries)?"""
+    if spec.cancel_requested:
+        return False
+    limit = actor.max_task_retries
+    return limit < 0 or spec.attempts <= limit
 
 
 def _describe_exit(code: int) -> str:

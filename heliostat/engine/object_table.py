@@ -68,6 +68,7 @@ class ObjectEntry:
         "waiters",
         "owner",
         "mapped_by",
+        "error_seen",
     )
 
     def __init__(self, object_id: int, owner: int, lineage: TaskSpec | None) -> None:
@@ -83,6 +84,7 @@ class ObjectEntry:
         self.waiters: list[Any] | None = None
         self.owner = owner
         self.mapped_by: set[int] | None = None  # worker indexes that were sent the path
+        self.error_seen = False  # an ERROR value was handed to a reader (get, a task)
 
 
 class ObjectTable:
@@ -94,6 +96,7 @@ class ObjectTable:
         limit: int,
         spill_dir: str,
         unmap: Callable[[ObjectEntry], None],
+        on_unhandled_error: Callable[[ObjectEntry], None] | None = None,
     ) -> None:
         self.entries: dict[int, ObjectEntry] = {}
         self.limit = limit
@@ -104,6 +107,8 @@ class ObjectTable:
         self.restore_count = 0
         self._lru: OrderedDict[int, ObjectEntry] = OrderedDict()
         self._unmap = unmap
+        # Called when an ERROR value no reader ever saw is freed (Ray's "unhandled error").
+        self._on_unhandled_error = on_unhandled_error
 
     # --- creation and counting -------------------------------------------------------
 
@@ -213,6 +218,9 @@ class ObjectTable:
         elif kind is ObjKind.SPILLED:
             self.spilled_bytes -= entry.size
             unlink_quietly(entry.path)
+        elif kind is ObjKind.ERROR and not entry.error_seen:
+            if self._on_unhandled_error is not None:
+                self._on_unhandled_error(entry)
         entry.payload = None
         entry.path = ""
         entry.kind = ObjKind.FREED

@@ -287,6 +287,9 @@ class ActorOptions:
     max_concurrency: int
     detached: bool
     methods: dict[str, int]  # method name -> num_returns, for handles from get_actor
+    # Times a call in flight when the actor's process dies is run again on the
+    # restarted actor (-1: no limit); 0 fails it with ActorDiedError.
+    max_task_retries: int = 0
 
 
 class ActorRecord:
@@ -311,6 +314,7 @@ class ActorRecord:
         "resources",
         "out_of_scope",
         "methods",
+        "max_task_retries",
     )
 
     def __init__(
@@ -343,6 +347,7 @@ class ActorRecord:
         self.resources = creation.resources
         self.out_of_scope = False  # every handle is gone: exit once the queue drains
         self.methods: dict[str, int] = {}  # method name -> num_returns, for get_actor
+        self.max_task_retries = 0  # see ActorOptions.max_task_retries
 
     def label(self) -> str:
         return f"{self.class_name}({self.name or hex(self.actor_id)})"

@@ -18,6 +18,13 @@ from typing import Any
 from heliostat.engine.dag import FunctionNode
 from heliostat.engine.runtime import current_client
 from heliostat.engine.serialization import cloudpickle_dumps, dumps_function
+from heliostat.engine.validation import (
+    ArgChecker,
+    check_int,
+    check_number,
+    check_resources,
+    check_str,
+)
 from heliostat.scheduler import ResourceSet
 
 __all__ = [
@@ -72,8 +79,12 @@ def _check_unknown(given: dict[str, Any], known: frozenset[str], what: str) -> N
         )
 
 
-def _resources(raw: dict[str, Any], default_cpus: float) -> ResourceSet:
-    extra = dict(raw.get("resources") or {})
+def _resources(raw: dict[str, Any], default_cpus: float, what: str = "") -> ResourceSet:
+    what = what or "a remote function"
+    check_number("num_cpus", raw.get("num_cpus"), what=what)
+    check_number("num_gpus", raw.get("num_gpus"), what=what)
+    check_number("memory", raw.get("memory"), what=what)
+    extra = dict(check_resources(raw.get("resources"), what=what) or {})
     num_gpus = raw.get("num_gpus")
     if num_gpus:
         extra["GPU"] = num_gpus
@@ -87,7 +98,7 @@ def _retry_exceptions(value: Any) -> bool | bytes:
         isinstance(c, type) and issubclass(c, BaseException) for c in value
     ):
         return cloudpickle_dumps(tuple(value))
-    raise ValueError(
+    raise TypeError(
         f"retry_exceptions must be a bool or a list of exception classes, got {value!r}."
     )
 
@@ -95,17 +106,19 @@ def _retry_exceptions(value: Any) -> bool | bytes:
 def task_options(raw: dict[str, Any], *, what: str) -> TaskOptions:
     """Validate task options (from ``@remote(...)`` or ``.options(...)``)."""
     _check_unknown(raw, TASK_OPTION_NAMES, what)
-    num_returns = raw.get("num_returns", 1)
-    if not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 1:
-        raise ValueError(f"num_returns must be a positive int for {what}, got {num_returns!r}.")
-    max_retries = raw.get("max_retries", 3)
-    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < -1:
-        raise ValueError(f"max_retries must be an int >= -1 for {what}, got {max_retries!r}.")
+    num_returns = check_int("num_returns", raw.get("num_returns", 1), what=what, minimum=1)
+    max_retries = check_int("max_retries", raw.get("max_retries", 3), what=what, minimum=-1)
+    check_str("name", raw.get("name"), what=what)
     strategy = raw.get("scheduling_strategy")
     if strategy not in (None, "DEFAULT", "SPREAD") and not hasattr(strategy, "node_id"):
-        raise ValueError(f"Unknown scheduling_strategy {strategy!r} for {what}.")
+        if isinstance(strategy, str):
+            raise ValueError(f"Unknown scheduling_strategy {strategy!r} for {what}.")
+        raise TypeError(
+            f"Option 'scheduling_strategy' of {what} must be 'DEFAULT', 'SPREAD' or a "
+            f"scheduling strategy object, got {type(strategy).__name__}: {strategy!r}."
+        )
     return TaskOptions(
-        resources=_resources(raw, 1.0),
+        resources=_resources(raw, 1.0, what),
         num_returns=num_returns,
         max_retries=max_retries,
         retry_exceptions=_retry_exceptions(raw.get("retry_exceptions", False)),
@@ -135,13 +148,15 @@ def describe_argument(fn: Callable[..., Any], key: Any) -> str:
 class _Code:
     """A function's pickled bytes and id, computed once per process and shared by copies."""
 
-    __slots__ = ("target", "fn_id", "data", "what")
+    __slots__ = ("target", "fn_id", "data", "what", "checker")
 
     def __init__(self, target: Any, what: str) -> None:
         self.target = target
         self.what = what
         self.fn_id = b""
         self.data = b""
+        # Checks ``.remote()`` arguments against the signature (None: unreadable).
+        self.checker: ArgChecker | None = None
 
     def ensure(self) -> bytes:
         if not self.fn_id:
@@ -162,7 +177,10 @@ class RemoteFunction:
     ) -> None:
         self._fn = fn
         self._options = options
-        self._code = code or _Code(fn, f"remote function {fn.__qualname__!r}")
+        if code is None:
+            code = _Code(fn, f"remote function {fn.__qualname__!r}")
+            code.checker = ArgChecker.for_callable(fn, f"{fn.__qualname__}.remote()")
+        self._code = code
         self._name = options.name or fn.__qualname__
         self.__wrapped__ = fn
         self.__doc__ = fn.__doc__
@@ -177,9 +195,16 @@ class RemoteFunction:
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Submit a task; returns an ObjectRef (a list of them if num_returns > 1)."""
-        client = current_client()
+        """Submit a task; returns an ObjectRef (a list of them if num_returns > 1).
+
+        Raises:
+            TypeError: the arguments do not fit the function's signature.
+        """
         code = self._code
+        checker = code.checker
+        if checker is not None:
+            checker.check(args, kwargs)
+        client = current_client()
         fn_id = code.fn_id or code.ensure()
         client.register_function(fn_id, code.payload)
         opts = self._options

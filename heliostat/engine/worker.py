@@ -40,7 +40,7 @@ import traceback
 import types
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 from heliostat.engine import runtime as runtime_module
 from heliostat.engine.core import CoreClient, load_value
@@ -50,6 +50,7 @@ from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
 from heliostat.engine.records import ActorOptions, TaskSpec, spec_to_wire
 from heliostat.engine.serialization import (
     INLINE_THRESHOLD,
+    cloudpickle_dumps,
     deserialize,
     loads_function,
     serialize,
@@ -57,7 +58,7 @@ from heliostat.engine.serialization import (
 from heliostat.engine.shm import create_segment, segment_path
 from heliostat.exceptions import GetTimeoutError, HeliostatError, TaskError
 
-__all__ = ["WorkerClient", "format_remote_traceback", "run_worker"]
+__all__ = ["WorkerClient", "error_payload", "format_remote_traceback", "run_worker"]
 
 _INLINE, _SHM = 1, 2
 _AHEAD = 10  # index of the ``ahead`` flag in an EXECUTE message
@@ -508,17 +509,8 @@ class Worker:
         return out
 
     def _error_payload(self, name: str, exc: BaseException) -> bytes:
-        cause: BaseException | None = exc
-        tb = format_remote_traceback(exc)
-        if isinstance(exc, TaskError):
-            cause = exc.cause
-            tb = tb + "\nCaused by:\n" + exc.remote_traceback
-        err = TaskError(name, tb, cause, pid=os.getpid())
-        try:
-            return pickle.dumps(err, protocol=5)
-        except Exception:
-            plain = TaskError(name, tb, None, pid=os.getpid(), cause_repr=repr(cause))
-            return pickle.dumps(plain, protocol=5)
+        """The task's error, pickled for the node manager: see :func:`error_payload`."""
+        return error_payload(name, exc)
 
     def _run_user(self, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
         self._in_user_code = True
@@ -553,6 +545,8 @@ class Worker:
             reply = (Op.TASK_DONE, task_id, results, started, time.time())
         except KeyboardInterrupt:
             reply = (Op.TASK_FAILED, task_id, b"", False, True, started, time.time())
+        except SystemExit as exc:  # sys.exit() in a task: the worker exits, as in Ray
+            self._exit_process(exc)
         except BaseException as exc:  # a task's failure is data, never the worker's death
             retryable = _should_retry(retry_exceptions, exc)
             reply = (
@@ -587,6 +581,8 @@ class Worker:
         self.current_name = ""
         if error is None and max_concurrency > 1:
             self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
+        if error is None:
+            self.client.actor_id = actor_id
         self.client.send((Op.ACTOR_READY, actor_id, error))
 
     def _actor_call(self, message: tuple[Any, ...]) -> None:
@@ -604,6 +600,8 @@ class Worker:
             reply = (Op.TASK_DONE, task_id, results, started, time.time())
         except KeyboardInterrupt:
             reply = (Op.TASK_FAILED, task_id, b"", False, True, started, time.time())
+        except SystemExit as exc:  # sys.exit() or exit_actor(): the actor's process ends
+            self._exit_process(exc)
         except BaseException as exc:
             reply = (
                 Op.TASK_FAILED,
@@ -619,6 +617,52 @@ class Worker:
             self._stderr.flush()
             self.current_name = ""
         self.client.send(reply)
+
+
+    def _exit_process(self, exc: SystemExit) -> NoReturn:
+        """User code raised SystemExit: end this worker process now, as Ray's worker does.
+
+        Output written so far is sent first. The node manager sees the process exit:
+        a task is retried or fails with WorkerCrashedError; an actor is restarted
+        within max_restarts (not after exit_actor()), its calls fail with
+        ActorDiedError. ``atexit`` handlers do not run (the process is a fork).
+        """
+        code = exc.code
+        if code is not None and not isinstance(code, int):
+            self._stderr.write(f"{code}\n")
+            code = 1
+        self._stdout.flush()
+        self._stderr.flush()
+        with contextlib.suppress(Exception):
+            self.client._chan.flush_deferred()
+        os._exit(code or 0)
+
+
+def error_payload(name: str, exc: BaseException) -> bytes:
+    """A task's exception as the bytes a reader unpickles into a TaskError.
+
+    The original exception travels with cloudpickle, so a class defined in the
+    driver's ``__main__`` or inside a function keeps its identity (``except MyError``
+    catches it, ``.cause`` is the instance). The payload is checked to load again;
+    only an exception that cannot be pickled or unpickled (an unpicklable field, an
+    ``__init__`` whose arguments differ from ``args``) is replaced by a TaskError
+    without ``cause`` whose message names its type and text, with the traceback.
+    """
+    cause: BaseException | None = exc
+    tb = format_remote_traceback(exc)
+    if isinstance(exc, TaskError):
+        cause = exc.cause
+        tb = tb + "\nCaused by:\n" + exc.remote_traceback
+    err = TaskError(name, tb, cause, pid=os.getpid())
+    try:
+        data = cloudpickle_dumps(err)
+        pickle.loads(data)  # an error that fails to load at get would hide the real one
+        return data
+    except Exception as why:
+        detail = f"{type(cause).__name__}: {cause}" if cause is not None else "an error"
+        note = f"{detail} (not picklable, so only its text is kept: {why!r})"
+        plain = TaskError(name, tb, None, pid=os.getpid(), cause_repr=note)
+        return pickle.dumps(plain, protocol=5)
 
 
 def _should_retry(retry_exceptions: Any, exc: BaseException) -> bool:

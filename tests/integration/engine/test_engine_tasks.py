@@ -414,12 +414,17 @@ def test_unknown_option_in_decorator_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"num_returns": 0}, {"max_retries": -2}, {"retry_exceptions": "yes"}],
-    ids=["num_returns", "max_retries", "retry_exceptions"],
+    [{"num_returns": 0}, {"max_retries": -2}],
+    ids=["num_returns", "max_retries"],
 )
 def test_invalid_option_values_are_rejected(options) -> None:
     with pytest.raises(ValueError):
         add.options(**options)
+
+
+def test_retry_exceptions_of_the_wrong_type_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="retry_exceptions"):
+        add.options(retry_exceptions="yes")
 
 
 def test_unknown_actor_option_lists_known_ones() -> None:
