@@ -129,6 +129,7 @@ def _check_round(lab: Lab, rnd: Round, result: dict[str, Any], where: str) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(max(300, KILLS * 30))  # a long campaign is not a hang
 def test_sigkill_campaign_never_reruns_committed_steps_nor_repeats_side_effects(
     lab: Lab, backend: str
 ) -> None:
