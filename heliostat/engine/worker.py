@@ -633,8 +633,9 @@ class Worker:
             code = 1
         self._stdout.flush()
         self._stderr.flush()
-        with contextlib.suppress(Exception):
-            self.client._chan.flush_deferred()
+        where = self.current_name or self._actor_name or "a task"
+        with contextlib.suppress(Exception):  # the manager may be gone already
+            self.client._call("exiting", f"{where} called sys.exit({code or 0})", timeout=5)
         os._exit(code or 0)
 
 
