@@ -618,7 +618,6 @@ class Worker:
             self.current_name = ""
         self.client.send(reply)
 
-
     def _exit_process(self, exc: SystemExit) -> NoReturn:
         """User code raised SystemExit: end this worker process now, as Ray's worker does.
 
