@@ -64,7 +64,7 @@ def test_calls_that_do_not_fit_raise_type_error_naming_the_call(
         checker.check(args, kwargs)
 
 
-def test_positional_only_calls_skip_binding() -> None:
+def test_calls_that_plainly_fit_skip_binding() -> None:
     class Spy(inspect.Signature):
         binds = 0
 
@@ -76,9 +76,12 @@ def test_positional_only_calls_skip_binding() -> None:
     checker = ArgChecker(Spy(list(sig.parameters.values())), "f.remote()")
     checker.check((1,), {})
     checker.check((1, 2), {})
-    assert Spy.binds == 0
     checker.check((1,), {"b": 2})
-    assert Spy.binds == 1
+    checker.check((), {"b": 2, "a": 1})
+    assert Spy.binds == 0
+    with pytest.raises(TypeError):
+        checker.check((1,), {"a": 2})
+    assert Spy.binds == 1  # only a call that may not fit is bound (for the message)
 
 
 def test_unreadable_signature_gives_no_checker() -> None:
