@@ -177,7 +177,9 @@ class ArgChecker:
     def for_callable(cls, fn: Callable[..., Any], what: str) -> ArgChecker | None:
         """A checker for ``fn``, or None when its signature cannot be read (builtins)."""
         try:
-            sig = inspect.signature(fn)
+            # Not through ``__wrapped__``: a wrapper (a workflow step's, a decorator's)
+            # is what gets called, with its own arguments.
+            sig = inspect.signature(fn, follow_wrapped=False)
         except (TypeError, ValueError):
             return None
         return cls(sig, what)
@@ -188,9 +190,9 @@ def method_checker(cls: type, name: str, what: str) -> ArgChecker | None:
     try:
         static = inspect.getattr_static(cls, name)
         if isinstance(static, (staticmethod, classmethod)):
-            sig = inspect.signature(getattr(cls, name))
+            sig = inspect.signature(getattr(cls, name), follow_wrapped=False)
         else:
-            sig = inspect.signature(static)
+            sig = inspect.signature(static, follow_wrapped=False)
             params = list(sig.parameters.values())
             if params and params[0].kind in _POSITIONAL:
                 sig = sig.replace(parameters=params[1:])

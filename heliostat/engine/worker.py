@@ -17,7 +17,9 @@ so the driver prints them in order (as Ray prints ``(task pid=...) ...``).
 Cancellation: the node manager sends SIGINT; the handler raises ``KeyboardInterrupt``
 only while user code runs, and the task is reported as interrupted.
 
-Errors: a task's exception travels back as a :class:`~heliostat.exceptions.TaskError`
+Errors: a task's exception travels back (pickled with cloudpickle, so classes defined
+in the driver's ``__main__`` or in a function keep their identity; see
+:func:`error_payload`) as a :class:`~heliostat.exceptions.TaskError`
 whose remote traceback starts at the user's code: the leading frames of heliostat's own
 machinery (``_execute``, ``_run_user``, a workflow step's wrapper) are cut, see
 :func:`format_remote_traceback`.

@@ -157,3 +157,16 @@ def test_resources_option() -> None:
         check_resources({"db": "1"}, what="f")
     with pytest.raises(ValueError, match=r"resources\['db'\]"):
         check_resources({"db": -1}, what="f")
+
+
+def test_a_wrapper_is_checked_by_its_own_signature() -> None:
+    import functools
+
+    def inner(a: int) -> None: ...
+
+    @functools.wraps(inner)
+    def wrapper(*args: Any, **kwargs: Any) -> None: ...
+
+    checker = ArgChecker.for_callable(wrapper, "w.remote()")
+    assert checker is not None
+    checker.check((1, 2, 3), {"env": 1})  # the wrapper takes anything
