@@ -2,10 +2,12 @@
 
 An :class:`ActorClass` wraps a user class; ``.remote(...)`` creates the actor (a
 dedicated worker process runs the constructor) and returns an :class:`ActorHandle`.
-``handle.method.remote(...)`` submits a call; calls from one handle run in submission
-order. Handles are counted like object refs: when every handle is gone, an unnamed
-actor exits once its queued calls are done (a named one lives until ``kill`` or
-shutdown, as a detached Ray actor does).
+``handle.method.remote(...)`` submits a call; calls from one caller (process) run in
+submission order, and a call whose arguments are ready never waits behind another
+caller's call whose arguments are not (as in Ray). Arguments are checked against the
+method's signature at ``.remote()``. Handles are counted like object refs: when every
+handle is gone, an unnamed actor exits once its queued calls are done (a named one
+lives until ``kill`` or shutdown, as a detached Ray actor does).
 """
 
 from __future__ import annotations

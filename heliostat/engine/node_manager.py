@@ -627,6 +627,11 @@ class NodeManager:
             detail,
         )
 
+    def _v_exiting(self, proc: WorkerRecord, reply: Reply, reason: str) -> None:
+        """A worker is about to exit on purpose (user code raised SystemExit)."""
+        proc.exit_status = reason
+        reply(True, None)
+
     def _v_exit_actor(self, proc: WorkerRecord, reply: Reply, actor_id: int) -> None:
         """The actor in ``proc`` calls ``exit_actor()``: it exits and is not restarted."""
         actor = proc.actor
@@ -1835,6 +1840,8 @@ class NodeManager:
                 worker.exit_status = _describe_exit(code)
             return
         how = _describe_exit(code) if code is not None else "connection lost"
+        if worker.exit_status:  # the worker said why before it went (``exiting``)
+            how = f"{worker.exit_status}, {how}" if code is not None else worker.exit_status
         worker.exit_status = how
         was_starting = worker.state is WorkerState.STARTING
         transition(worker, WorkerState.DEAD)

@@ -124,7 +124,7 @@ class ArgChecker:
     and count like any other argument.
     """
 
-    __slots__ = ("_sig", "_what", "_min_pos", "_max_pos")
+    __slots__ = ("_sig", "_what", "_min_pos", "_max_pos", "_index", "_required")
 
     def __init__(self, sig: inspect.Signature, what: str) -> None:
         self._sig = sig
@@ -133,26 +133,53 @@ class ArgChecker:
         # The fast path applies when every parameter is positional (no *args, no
         # keyword-only, no **kwargs): a positional-only call then fits exactly when
         # its length lies between the required count and the parameter count.
+        # Keywords are checked by name then (``_index``: name -> position), unless a
+        # parameter is positional-only.
+        self._index: dict[str, int] | None = None
         if all(p.kind in _POSITIONAL for p in params):
             self._min_pos = sum(1 for p in params if p.default is inspect.Parameter.empty)
             self._max_pos = len(params)
+            if all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+                self._index = {p.name: i for i, p in enumerate(params)}
         else:
             self._min_pos, self._max_pos = 1, 0  # never satisfied: always bind
+        # Names of the required parameters, in order (they precede those with defaults).
+        self._required = tuple(p.name for p in params[: self._min_pos])
 
     def check(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` if the call would fail to bind."""
-        if not kwargs and self._min_pos <= len(args) <= self._max_pos:
+        n = len(args)
+        if not kwargs:
+            if self._min_pos <= n <= self._max_pos:
+                return
+        elif self._index is not None and n <= self._max_pos and self._keywords_fit(n, kwargs):
             return
         try:
             self._sig.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self._what}: {exc}") from None
 
+    def _keywords_fit(self, n: int, kwargs: dict[str, Any]) -> bool:
+        """Do ``kwargs`` name parameters after the first ``n``, covering the required?"""
+        index = self._index
+        assert index is not None
+        for name in kwargs:
+            position = index.get(name, -1)
+            if position < n:  # unknown, or given positionally already
+                return False
+        # Required parameters come first: those past the positional ones need keywords.
+        for name in self._required[n:]:
+            if name not in kwargs:
+                return False
+        return True
+
     @classmethod
     def for_callable(cls, fn: Callable[..., Any], what: str) -> ArgChecker | None:
         """A checker for ``fn``, or None when its signature cannot be read (builtins)."""
         try:
-            sig = inspect.signature(fn)
+            # Not through ``__wrapped__``: a wrapper (a workflow step's, a decorator's)
+            # is what gets called, with its own arguments.
+            sig = inspect.signature(fn, follow_wrapped=False)
         except (TypeError, ValueError):
             return None
         return cls(sig, what)
@@ -163,9 +190,9 @@ def method_checker(cls: type, name: str, what: str) -> ArgChecker | None:
     try:
         static = inspect.getattr_static(cls, name)
         if isinstance(static, (staticmethod, classmethod)):
-            sig = inspect.signature(getattr(cls, name))
+            sig = inspect.signature(getattr(cls, name), follow_wrapped=False)
         else:
-            sig = inspect.signature(static)
+            sig = inspect.signature(static, follow_wrapped=False)
             params = list(sig.parameters.values())
             if params and params[0].kind in _POSITIONAL:
                 sig = sig.replace(parameters=params[1:])

@@ -17,7 +17,9 @@ so the driver prints them in order (as Ray prints ``(task pid=...) ...``).
 Cancellation: the node manager sends SIGINT; the handler raises ``KeyboardInterrupt``
 only while user code runs, and the task is reported as interrupted.
 
-Errors: a task's exception travels back as a :class:`~heliostat.exceptions.TaskError`
+Errors: a task's exception travels back (pickled with cloudpickle, so classes defined
+in the driver's ``__main__`` or in a function keep their identity; see
+:func:`error_payload`) as a :class:`~heliostat.exceptions.TaskError`
 whose remote traceback starts at the user's code: the leading frames of heliostat's own
 machinery (``_execute``, ``_run_user``, a workflow step's wrapper) are cut, see
 :func:`format_remote_traceback`.
@@ -618,7 +620,6 @@ class Worker:
             self.current_name = ""
         self.client.send(reply)
 
-
     def _exit_process(self, exc: SystemExit) -> NoReturn:
         """User code raised SystemExit: end this worker process now, as Ray's worker does.
 
@@ -633,8 +634,9 @@ class Worker:
             code = 1
         self._stdout.flush()
         self._stderr.flush()
-        with contextlib.suppress(Exception):
-            self.client._chan.flush_deferred()
+        where = self.current_name or self._actor_name or "a task"
+        with contextlib.suppress(Exception):  # the manager may be gone already
+            self.client._call("exiting", f"{where} called sys.exit({code or 0})", timeout=5)
         os._exit(code or 0)
 
 
