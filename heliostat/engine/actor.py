@@ -18,7 +18,7 @@ from heliostat.engine.ids import format_id
 from heliostat.engine.object_ref import RefTracker, process_tracker
 from heliostat.engine.records import ActorOptions, TaskKind
 from heliostat.engine.remote_function import _Code, describe_argument
-from heliostat.engine.runtime import current_client
+from heliostat.engine.runtime import client_or_auto_init, current_client
 from heliostat.engine.serialization import note_ref
 from heliostat.scheduler import ResourceSet
 
@@ -105,7 +105,7 @@ class ActorClass:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         """Create the actor; returns its handle at once (construction runs remotely)."""
-        client = current_client()
+        client = client_or_auto_init()
         opts = self._options
         name = opts.get("name") or ""
         namespace = opts.get("namespace") or client.namespace

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from heliostat.engine.dag import FunctionNode
-from heliostat.engine.runtime import current_client
+from heliostat.engine.runtime import client_or_auto_init
 from heliostat.engine.serialization import cloudpickle_dumps, dumps_function
 from heliostat.scheduler import ResourceSet
 
@@ -178,7 +178,7 @@ class RemoteFunction:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit a task; returns an ObjectRef (a list of them if num_returns > 1)."""
-        client = current_client()
+        client = client_or_auto_init()
         code = self._code
         fn_id = code.fn_id or code.ensure()
         client.register_function(fn_id, code.payload)
