@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typing as _typing
 
-from heliostat import exceptions
+from heliostat import exceptions, util
 from heliostat.engine import (
     ActorClass,
     ActorHandle,
@@ -30,6 +30,7 @@ from heliostat.engine import (
     timeline,
     wait,
 )
+from heliostat.runtime_context import RuntimeContext, get_gpu_ids, get_runtime_context
 
 if _typing.TYPE_CHECKING:
     from heliostat import workflows as workflow
@@ -60,12 +61,15 @@ __all__ = [
     "ActorHandle",
     "ObjectRef",
     "RemoteFunction",
+    "RuntimeContext",
     "available_resources",
     "cancel",
     "cluster_resources",
     "exceptions",
     "get",
     "get_actor",
+    "get_gpu_ids",
+    "get_runtime_context",
     "init",
     "is_initialized",
     "kill",
@@ -76,6 +80,7 @@ __all__ = [
     "schedules",
     "shutdown",
     "timeline",
+    "util",
     "wait",
     "workflow",
 ]

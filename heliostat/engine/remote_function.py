@@ -17,6 +17,11 @@ from typing import Any
 
 from heliostat.engine.dag import FunctionNode
 from heliostat.engine.runtime import client_or_auto_init
+from heliostat.engine.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    check_strategy,
+    refuse_affinity,
+)
 from heliostat.engine.serialization import cloudpickle_dumps, dumps_function
 from heliostat.scheduler import ResourceSet
 
@@ -102,8 +107,7 @@ def task_options(raw: dict[str, Any], *, what: str) -> TaskOptions:
     if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < -1:
         raise ValueError(f"max_retries must be an int >= -1 for {what}, got {max_retries!r}.")
     strategy = raw.get("scheduling_strategy")
-    if strategy not in (None, "DEFAULT", "SPREAD") and not hasattr(strategy, "node_id"):
-        raise ValueError(f"Unknown scheduling_strategy {strategy!r} for {what}.")
+    check_strategy(strategy, what)
     return TaskOptions(
         resources=_resources(raw, 1.0),
         num_returns=num_returns,
@@ -183,6 +187,10 @@ class RemoteFunction:
         fn_id = code.fn_id or code.ensure()
         client.register_function(fn_id, code.payload)
         opts = self._options
+        if isinstance(opts.scheduling_strategy, NodeAffinitySchedulingStrategy):
+            refused = refuse_affinity(client, opts.scheduling_strategy, opts.resources, self._name)
+            if refused is not None:
+                return _failed_refs(client, refused, opts.num_returns)
         refs = client.submit_task(
             fn_id=fn_id,
             name=self._name,
@@ -227,6 +235,16 @@ class RemoteFunction:
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {self._name}>"
+
+
+def _failed_refs(client: Any, error: BaseException, num_returns: int) -> Any:
+    """Refs that raise ``error`` at ``get()``: a task that cannot be scheduled."""
+    refs = []
+    for _ in range(num_returns):
+        ref = client.promise()
+        client.fulfill(ref, error=error)
+        refs.append(ref)
+    return refs[0] if num_returns == 1 else refs
 
 
 def _rebuild_remote_function(fn: Callable[..., Any], raw: dict[str, Any]) -> RemoteFunction:
