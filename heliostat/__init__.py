@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typing as _typing
 
-from heliostat import actor, exceptions
+from heliostat import actor, exceptions, util
 from heliostat.engine import (
     ActorClass,
     ActorHandle,
@@ -30,6 +30,7 @@ from heliostat.engine import (
     timeline,
     wait,
 )
+from heliostat.runtime_context import RuntimeContext, get_gpu_ids, get_runtime_context
 
 if _typing.TYPE_CHECKING:
     from heliostat import workflows as workflow
@@ -60,6 +61,7 @@ __all__ = [
     "ActorHandle",
     "ObjectRef",
     "RemoteFunction",
+    "RuntimeContext",
     "actor",
     "available_resources",
     "cancel",
@@ -67,6 +69,8 @@ __all__ = [
     "exceptions",
     "get",
     "get_actor",
+    "get_gpu_ids",
+    "get_runtime_context",
     "init",
     "is_initialized",
     "kill",
@@ -77,6 +81,7 @@ __all__ = [
     "schedules",
     "shutdown",
     "timeline",
+    "util",
     "wait",
     "workflow",
 ]

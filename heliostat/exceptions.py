@@ -497,3 +497,131 @@ class UnauthenticatedDataError(StorageError):
     def __reduce__(self) -> tuple[Any, ...]:
         fields = {"what": self.what, "origin": self.origin, "key_source": self.key_source}
         return (_rebuild_kw, (type(self), self.args, fields))
+
+
+# --- Ray's exception names ------------------------------------------------------------
+#
+# ``import heliostat as ray`` keeps ``except ray.exceptions.RayActorError`` working: each
+# name of Ray's ``ray.exceptions`` is either an alias of the heliostat class with the same
+# meaning, or (where heliostat has none) a subclass of the nearest heliostat class, so an
+# ``except`` clause written for Ray catches what heliostat raises. Ray's hierarchy is kept
+# where it matters: ``ActorDiedError`` is a ``RayActorError``, ``GetTimeoutError`` a
+# ``TimeoutError``, ``OwnerDiedError`` an ``ObjectLostError``, everything a ``RayError``.
+
+RayError = HeliostatError
+RayTaskError = TaskError
+RayActorError = ActorError
+
+
+class ActorUnavailableError(ActorError):
+    """The actor cannot take calls now (Ray: it is restarting or unreachable); it may recover."""
+
+
+class ActorUnschedulableError(ActorError):
+    """The actor cannot be placed: its scheduling strategy names no usable node."""
+
+
+class TaskUnschedulableError(HeliostatError):
+    """The task cannot be placed: its scheduling strategy names no usable node.
+
+    Raised at ``get()`` for a task whose ``NodeAffinitySchedulingStrategy`` names a node
+    that does not exist, with ``soft=False``.
+    """
+
+
+class RaySystemError(HeliostatError):
+    """heliostat's runtime failed underneath a call (Ray: the raylet was killed)."""
+
+
+class LocalRayletDiedError(RaySystemError):
+    """The node running the task died (Ray's name; the local node manager here)."""
+
+
+class ObjectStoreFullError(HeliostatError):
+    """The object store has no room for an object, even after spilling to disk."""
+
+
+class OutOfDiskError(ObjectStoreFullError):
+    """The local disk is too full to spill objects."""
+
+
+class OutOfMemoryError(HeliostatError):
+    """A task or actor was killed because the machine ran out of memory."""
+
+
+class NodeDiedError(HeliostatError):
+    """The node a task or actor ran on died."""
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    """No copy of an object could be found in time."""
+
+
+class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
+    """An object was freed while a reference to it still existed (a bug: please report)."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """An object was lost and re-running the task that made it failed."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """An object was lost and its task's retries for rebuilding it are spent."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """An object was lost and the record of how to rebuild it is gone."""
+
+
+class PendingCallsLimitExceeded(HeliostatError):
+    """An actor handle has more calls waiting than its ``max_pending_calls`` allows."""
+
+
+class RuntimeEnvSetupError(HeliostatError):
+    """A task's or actor's ``runtime_env`` could not be set up."""
+
+
+class CrossLanguageError(HeliostatError):
+    """An error raised by code in another language (never raised by heliostat)."""
+
+
+class PlacementGroupsNotSupportedError(HeliostatError, NotImplementedError):
+    """Placement groups (``ray.util.placement_group``) are not supported yet."""
+
+
+class TaskPlacementGroupRemoved(HeliostatError):
+    """The placement group a task was scheduled in was removed."""
+
+
+class ActorPlacementGroupRemoved(HeliostatError):
+    """The placement group an actor was scheduled in was removed."""
+
+
+__all__ = sorted(
+    [
+        *__all__,
+        "ActorPlacementGroupRemoved",
+        "ActorUnavailableError",
+        "ActorUnschedulableError",
+        "CrossLanguageError",
+        "LocalRayletDiedError",
+        "NodeDiedError",
+        "ObjectFetchTimedOutError",
+        "ObjectReconstructionFailedError",
+        "ObjectReconstructionFailedLineageEvictedError",
+        "ObjectReconstructionFailedMaxAttemptsExceededError",
+        "ObjectStoreFullError",
+        "OutOfDiskError",
+        "OutOfMemoryError",
+        "PendingCallsLimitExceeded",
+        "PlacementGroupsNotSupportedError",
+        "RayActorError",
+        "RayError",
+        "RaySystemError",
+        "RayTaskError",
+        "ReferenceCountingAssertionError",
+        "RuntimeEnvSetupError",
+        "TaskPlacementGroupRemoved",
+        "TaskUnschedulableError",
+    ]
+)

@@ -274,3 +274,45 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         line = "  ".join(c.ljust(widths[i]) for i, c in enumerate(row))
         out.write(line.rstrip() + "\n")
     out.flush()
+
+
+# What the commands that run workflows say about a runtime the user's code starts.
+RUNTIME_HELP = (
+    "If the target's module calls heliostat.init() when it is imported, the command "
+    "runs the workflow on that runtime (then leave out --num-cpus: pass num_cpus to "
+    "init() instead); a heliostat.init() called by pipeline code once the command's "
+    "runtime is up returns that runtime (with a log line). Either way the command shuts "
+    "the runtime down when it ends."
+)
+
+
+def start_runtime(num_cpus: float | None) -> None:
+    """Start the command's local node, or adopt the one the user's module started.
+
+    A pipeline module that calls ``heliostat.init()`` at import time (as Ray scripts
+    do) has started a runtime before the command gets to it: the command then uses it
+    rather than failing with "already initialized". The runtime is marked as the
+    command's, so a later ``init()`` in user code returns it (``api.init``).
+
+    Raises:
+        CliError: ``--num-cpus`` was given but the module already chose the node.
+    """
+    import logging
+
+    import heliostat as hs
+    from heliostat.engine import current_runtime
+
+    runtime = current_runtime()
+    if runtime is None:
+        runtime = hs.init(num_cpus=num_cpus)
+    else:
+        if num_cpus is not None:
+            raise CliError(
+                "--num-cpus cannot apply: the target's module already started the runtime "
+                "with heliostat.init(); pass num_cpus to that init() or drop --num-cpus"
+            )
+        logging.getLogger("heliostat.cli").info(
+            "using the runtime the target's module started with heliostat.init() (session %s)",
+            runtime.session,
+        )
+    runtime.started_by_cli = True

@@ -31,6 +31,7 @@ from heliostat.cli._util import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    RUNTIME_HELP,
     CliError,
     add_json_flag,
     first_line,
@@ -38,6 +39,7 @@ from heliostat.cli._util import (
     import_target,
     parse_call_args,
     print_json,
+    start_runtime,
     summarize_value,
     to_jsonable,
 )
@@ -53,7 +55,7 @@ def register(sub: Any) -> None:
         ".bind(), and run that DAG as a durable workflow on a local node. ARGS are "
         "positional values or key=value keyword arguments; values are read as JSON when "
         "they parse (3, true, [1,2]), else as strings. Options may come before or after "
-        "the target; put -- before arguments that look like options.",
+        "the target; put -- before arguments that look like options. " + RUNTIME_HELP,
         epilog="example: heliostat run pipelines.etl:build day=2026-11-21 --id etl-1121",
     )
     p.add_argument("target", metavar="MODULE:FUNCTION", help="the function that returns a DAG")
@@ -236,7 +238,7 @@ def execute_workflow(
     redirect = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with redirect, _sigterm_interrupts():
         try:
-            hs.init(num_cpus=num_cpus)
+            start_runtime(num_cpus)
             try:
                 output = start(progress)
             except (WorkflowDefinitionError, WorkflowNotFoundError):

@@ -34,6 +34,7 @@ from heliostat.cli._util import (
     parse_kwarg,
     print_json,
     print_table,
+    start_runtime,
 )
 
 if TYPE_CHECKING:
@@ -373,7 +374,7 @@ def _trigger_and_wait(args: argparse.Namespace) -> int:
     # With --json, stdout holds the document only: the steps' output goes to stderr.
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
-        hs.init(num_cpus=args.num_cpus)
+        start_runtime(args.num_cpus)
         try:
             workflow_id = schedules.trigger(args.name)
             lines.line(f"heliostat: schedule {args.name}: running workflow {workflow_id!r}")
@@ -447,7 +448,7 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
             failure.append(exc)
             stop.set()
 
-    hs.init(num_cpus=args.num_cpus)
+    start_runtime(args.num_cpus)
     try:
         thread = threading.Thread(target=loop, name="heliostat-scheduler", daemon=True)
         thread.start()

@@ -42,6 +42,7 @@ from heliostat.cli._util import (
     parse_value,
     print_json,
     print_table,
+    start_runtime,
     summarize_value,
     to_jsonable,
 )
@@ -673,7 +674,7 @@ def _cmd_resume_all(args: argparse.Namespace) -> int:
     interrupted = False
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
-        hs.init(num_cpus=args.num_cpus)
+        start_runtime(args.num_cpus)
         try:
             started = workflow.resume_all(include_failed=args.include_failed)
             if not started:

@@ -20,7 +20,12 @@ from heliostat.engine.ids import format_id
 from heliostat.engine.object_ref import RefTracker, process_tracker
 from heliostat.engine.records import ActorOptions, TaskKind
 from heliostat.engine.remote_function import _Code, describe_argument
-from heliostat.engine.runtime import current_client
+from heliostat.engine.runtime import client_or_auto_init, current_client
+from heliostat.engine.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    check_strategy,
+    refuse_affinity,
+)
 from heliostat.engine.serialization import note_ref
 from heliostat.engine.validation import (
     ArgChecker,
@@ -31,7 +36,7 @@ from heliostat.engine.validation import (
     check_str,
     method_checker,
 )
-from heliostat.exceptions import HeliostatError
+from heliostat.exceptions import ActorUnschedulableError, HeliostatError
 from heliostat.scheduler import ResourceSet
 
 __all__ = [
@@ -63,8 +68,20 @@ ACTOR_OPTION_NAMES = frozenset(
 _NO_RESOURCES = ResourceSet()
 
 
-def method(*, num_returns: int = 1) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate an actor method to set its options (``num_returns``), as in Ray."""
+def method(
+    *, num_returns: int = 1, concurrency_group: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate an actor method to set its options (``num_returns``), as in Ray.
+
+    Raises:
+        ValueError: ``concurrency_group`` given: concurrency groups are not supported
+            yet (use the actor's ``max_concurrency``).
+    """
+    if concurrency_group is not None:
+        raise ValueError(
+            f"@method(concurrency_group={concurrency_group!r}): concurrency groups are not "
+            "supported yet; set max_concurrency on the actor instead."
+        )
     if not isinstance(num_returns, int) or num_returns < 1:
         raise ValueError(f"num_returns must be a positive int, got {num_returns!r}")
 
@@ -127,6 +144,7 @@ class ActorClass:
         if options.get("num_gpus"):
             extra["GPU"] = options["num_gpus"]
         self._resources = ResourceSet.from_request(options.get("num_cpus"), extra, default_cpus=0)
+        check_strategy(options.get("scheduling_strategy"), f"actor class {cls.__qualname__!r}")
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached", "non_detached"):
             raise ValueError(f"lifetime must be 'detached' or None, got {lifetime!r}")
@@ -172,7 +190,7 @@ class ActorClass:
         checker = self._code.checker
         if checker is not None:
             checker.check(args, kwargs)
-        client = current_client()
+        client = client_or_auto_init()
         opts = self._options
         name = opts.get("name") or ""
         namespace = opts.get("namespace") or client.namespace
@@ -183,6 +201,11 @@ class ActorClass:
                 pass
             else:
                 return ActorHandle(actor_id, class_name, methods, client.tracker, adopt=True)
+        strategy = opts.get("scheduling_strategy")
+        if isinstance(strategy, NodeAffinitySchedulingStrategy):
+            refused = refuse_affinity(client, strategy, self._resources, self._cls.__qualname__)
+            if refused is not None:
+                raise ActorUnschedulableError(str(refused).replace("Task", "Actor", 1))
         cls_id = self._code.ensure()
         client.register_function(cls_id, self._code.payload)
         actor_id = client.create_actor(

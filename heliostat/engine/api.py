@@ -14,6 +14,7 @@ from typing import Any, overload
 from heliostat.engine import runtime as _rt
 from heliostat.engine.actor import ActorClass, ActorHandle
 from heliostat.engine.events import to_chrome_trace
+from heliostat.engine.init_options import check_init_options
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction, task_options
 from heliostat.exceptions import HeliostatError
@@ -42,28 +43,55 @@ def init(
     address: str | None = None,
     *,
     num_cpus: float | None = None,
+    num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
     object_store_memory: int | None = None,
-    storage: str | None = None,
-    namespace: str | None = None,
-    token: str | None = None,
+    local_mode: bool = False,
     ignore_reinit_error: bool = False,
+    namespace: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    logging_level: int | str | None = None,
+    logging_format: str | None = None,
+    configure_logging: bool = True,
+    log_to_driver: bool | None = None,
+    storage: str | None = None,
+    token: str | None = None,
     max_workers: int | None = None,
+    **ray_options: Any,
 ) -> _rt.Runtime:
     """Start a local node (driver, node manager, worker pool) and make it current.
+
+    Takes ``ray.init``'s keywords. Those that mean something on a local node work;
+    Ray's others (``include_dashboard``, ``dashboard_host``, ``dashboard_port``,
+    ``job_config``, ``labels``, ``_system_config``, ``_node_ip_address`` and Ray's other
+    ``_private`` keywords) are accepted and change nothing, which one debug log line
+    says. A keyword Ray does not have either raises ``TypeError``.
 
     Args:
         address: ``None`` or ``"local"`` starts a local node. Connecting to a cluster
             head is not available yet.
         num_cpus: CPUs this node offers (default: all cores).
+        num_gpus: GPUs this node offers (the ``GPU`` resource; default none).
         resources: custom resources, e.g. ``{"db": 1}``.
         object_store_memory: bytes of shared memory before objects spill to disk
             (default: 30% of RAM).
-        storage: workflow storage URL (used by durable workflows).
-        namespace: namespace for named actors.
-        token: cluster token (for clusters; unused locally).
+        local_mode: Ray's deprecated serial mode: only ``False`` is supported.
         ignore_reinit_error: return the running runtime instead of raising.
+        namespace: default namespace for named actors.
+        runtime_env: ``{"env_vars": {...}}`` is set in every worker;
+            ``working_dir`` and ``py_modules`` (local paths) go first on the workers'
+            import path. Other keys (``pip``, ``conda`` ...) raise ``ValueError``.
+        logging_level: level of the ``heliostat`` logger (``logging.DEBUG`` or
+            ``"debug"``); given, ``init`` also adds a stderr handler to that logger
+            (removed again by ``shutdown``).
+        logging_format: format of that handler.
+        configure_logging: ``False`` leaves logging alone.
+        log_to_driver: ``False`` stops printing workers' stdout and stderr here.
+        storage: workflow storage URL (used by durable workflows).
+        token: cluster token (for clusters; unused locally).
         max_workers: cap on pool workers (blocked workers included).
+        **ray_options: ``_temp_dir`` (where the session directory goes) and Ray's
+            keywords without effect here, named above.
 
     Returns:
         The runtime; ``shutdown()`` ends it.
@@ -71,10 +99,40 @@ def init(
     Raises:
         HeliostatError: already initialized (unless ``ignore_reinit_error``), or a
             cluster address was given.
+        TypeError: an unknown keyword or a value of the wrong type.
+        ValueError: a value heliostat cannot honour.
     """
+    _check_type("num_cpus", num_cpus, (int, float))
+    _check_type("resources", resources, dict)
+    _check_type("object_store_memory", object_store_memory, int)
+    _check_type("namespace", namespace, str)
+    _check_type("address", address, str)
+    _check_type("storage", storage, str)
+    _check_type("max_workers", max_workers, int)
+    if not isinstance(ignore_reinit_error, bool):
+        raise TypeError(
+            f"init(): ignore_reinit_error must be a bool, not {type(ignore_reinit_error).__name__}."
+        )
+    checked = check_init_options(
+        num_gpus=num_gpus,
+        logging_level=logging_level,
+        logging_format=logging_format,
+        configure_logging=configure_logging,
+        log_to_driver=log_to_driver,
+        runtime_env=runtime_env,
+        local_mode=local_mode,
+        extra=ray_options,
+    )
     current = _rt.current_runtime()
     if current is not None:
         if ignore_reinit_error:
+            return current
+        if current.started_by_cli:
+            log.info(
+                "init(): the heliostat command already started this process's runtime "
+                "(session %s); using it, so these init() arguments have no effect.",
+                current.session,
+            )
             return current
         raise HeliostatError(
             "heliostat is already initialized; call shutdown() first or pass "
@@ -92,11 +150,65 @@ def init(
         namespace=namespace,
         max_workers=max_workers,
         storage=storage,
+        num_gpus=checked.gpus,
+        log_to_driver=checked.log_to_driver,
+        env_vars=checked.env_vars,
+        import_paths=checked.import_paths,
+        temp_dir=checked.temp_dir,
     )
+    if checked.logging_level is not None:
+        runtime.extensions["logging"] = _LoggerSetup(checked.logging_level, checked.logging_format)
     runtime.start()
     _rt.set_current(runtime)
     log.debug("started local node, session %s", runtime.session)
+    if checked.without_effect:
+        log.debug(
+            "init(): accepted Ray keyword(s) with no effect on a local heliostat node: %s",
+            ", ".join(checked.without_effect),
+        )
     return runtime
+
+
+def _check_type(name: str, value: Any, types: type | tuple[type, ...]) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, types):
+        wanted = (
+            types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        )
+        raise TypeError(f"init(): {name} must be {wanted}, not {type(value).__name__} ({value!r}).")
+
+
+class _LoggerSetup:
+    """``init(logging_level=...)``: the ``heliostat`` logger's level and a stderr handler.
+
+    Closed by ``shutdown`` (a runtime extension), which puts the logger back as it was.
+    """
+
+    def __init__(self, level: int, fmt: str) -> None:
+        self._logger = logging.getLogger("heliostat")
+        self._old_level = self._logger.level
+        self._handler = logging.StreamHandler()
+        self._handler.setFormatter(logging.Formatter(fmt))
+        self._logger.setLevel(level)
+        self._logger.addHandler(self._handler)
+
+    def close(self) -> None:
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._old_level)
+
+
+def _auto_init() -> None:
+    """Start a default runtime on first use of ``.remote()``, ``put()`` or ``get_actor()``."""
+    runtime = init()
+    log.info(
+        "Started a local heliostat node automatically (session %s); call heliostat.init() "
+        "first to choose its options.",
+        runtime.session,
+    )
+
+
+_rt.set_auto_init(_auto_init)
 
 
 def shutdown() -> None:
@@ -109,6 +221,7 @@ def shutdown() -> None:
 
 
 def is_initialized() -> bool:
+    """Whether a runtime is up in this process (``init()`` ran, ``shutdown()`` did not)."""
     return _rt.current_runtime() is not None
 
 
@@ -163,8 +276,8 @@ def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) 
 
 
 def put(value: Any) -> ObjectRef:
-    """Store a value in the object store and return a ref to it."""
-    return _rt.current_client().put(value)
+    """Store a value in the object store and return a ref to it (starts a runtime if none)."""
+    return _rt.client_or_auto_init().put(value)
 
 
 def wait(
@@ -210,7 +323,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """The handle of a named actor. Raises ValueError if there is none."""
-    client = _rt.current_client()
+    client = _rt.client_or_auto_init()
     actor_id, class_name, methods = client.get_actor(name, namespace or client.namespace)
     return ActorHandle(actor_id, class_name, methods, client.tracker, adopt=True)
 

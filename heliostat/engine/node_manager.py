@@ -645,6 +645,26 @@ class NodeManager:
     def _v_cluster_info(self, proc: WorkerRecord, reply: Reply) -> None:
         reply(True, self.cluster_info_locked())
 
+    def _v_context_info(self, proc: WorkerRecord, reply: Reply, task_id: int) -> None:
+        """What ``get_runtime_context()`` asks about the caller: its actor and resources."""
+        actor = proc.actor
+        spec = self._tasks.get(task_id) if task_id else None
+        if actor is not None:
+            resources = actor.resources
+        elif spec is not None:
+            resources = spec.resources
+        else:
+            resources = None
+        reply(
+            True,
+            {
+                "actor_name": actor.name if actor is not None else "",
+                "actor_namespace": actor.namespace if actor is not None else "",
+                "restarts": actor.restarts if actor is not None else 0,
+                "resources": resources.to_dict() if resources is not None else {},
+            },
+        )
+
     def _v_timeline(self, proc: WorkerRecord, reply: Reply) -> None:
         reply(True, self._events.events())
 

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from heliostat.engine.dag import FunctionNode
-from heliostat.engine.runtime import current_client
+from heliostat.engine.runtime import client_or_auto_init
+from heliostat.engine.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    check_strategy,
+    refuse_affinity,
+)
 from heliostat.engine.serialization import cloudpickle_dumps, dumps_function
 from heliostat.engine.validation import (
     ArgChecker,
@@ -110,13 +115,7 @@ def task_options(raw: dict[str, Any], *, what: str) -> TaskOptions:
     max_retries = check_int("max_retries", raw.get("max_retries", 3), what=what, minimum=-1)
     check_str("name", raw.get("name"), what=what)
     strategy = raw.get("scheduling_strategy")
-    if strategy not in (None, "DEFAULT", "SPREAD") and not hasattr(strategy, "node_id"):
-        if isinstance(strategy, str):
-            raise ValueError(f"Unknown scheduling_strategy {strategy!r} for {what}.")
-        raise TypeError(
-            f"Option 'scheduling_strategy' of {what} must be 'DEFAULT', 'SPREAD' or a "
-            f"scheduling strategy object, got {type(strategy).__name__}: {strategy!r}."
-        )
+    check_strategy(strategy, what)
     return TaskOptions(
         resources=_resources(raw, 1.0, what),
         num_returns=num_returns,
@@ -204,10 +203,14 @@ class RemoteFunction:
         checker = code.checker
         if checker is not None:
             checker.check(args, kwargs)
-        client = current_client()
+        client = client_or_auto_init()
         fn_id = code.fn_id or code.ensure()
         client.register_function(fn_id, code.payload)
         opts = self._options
+        if isinstance(opts.scheduling_strategy, NodeAffinitySchedulingStrategy):
+            refused = refuse_affinity(client, opts.scheduling_strategy, opts.resources, self._name)
+            if refused is not None:
+                return _failed_refs(client, refused, opts.num_returns)
         refs = client.submit_task(
             fn_id=fn_id,
             name=self._name,
@@ -252,6 +255,16 @@ class RemoteFunction:
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {self._name}>"
+
+
+def _failed_refs(client: Any, error: BaseException, num_returns: int) -> Any:
+    """Refs that raise ``error`` at ``get()``: a task that cannot be scheduled."""
+    refs = []
+    for _ in range(num_returns):
+        ref = client.promise()
+        client.fulfill(ref, error=error)
+        refs.append(ref)
+    return refs[0] if num_returns == 1 else refs
 
 
 def _rebuild_remote_function(fn: Callable[..., Any], raw: dict[str, Any]) -> RemoteFunction:

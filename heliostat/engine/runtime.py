@@ -60,6 +60,7 @@ __all__ = [
     "Runtime",
     "SessionDir",
     "attach_worker",
+    "client_or_auto_init",
     "create_session_dir",
     "current_client",
     "current_runtime",
@@ -67,6 +68,7 @@ __all__ = [
     "is_stale",
     "read_session_dir",
     "session_dirs",
+    "set_auto_init",
     "set_current",
     "sweep_stale_sessions",
 ]
@@ -76,6 +78,8 @@ log = logging.getLogger("heliostat")
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 _client: CoreClient | None = None
+_auto_init: Callable[[], None] | None = None
+_auto_init_lock = threading.Lock()  # two threads' first calls start one runtime
 
 
 def default_object_store_memory() -> int:
@@ -91,10 +95,14 @@ def default_object_store_memory() -> int:
     return max(limit, 64 << 20)
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(
+    env_vars: dict[str, str] | None = None, import_paths: tuple[str, ...] = ()
+) -> dict[str, str]:
     env = dict(os.environ)
-    # Workers import user modules by name: give them the driver's import path.
-    paths = [p for p in sys.path if p]
+    env.update(env_vars or {})  # runtime_env={"env_vars": ...}
+    # Workers import user modules by name: give them the driver's import path (after
+    # runtime_env's working_dir and py_modules).
+    paths = [*import_paths, *(p for p in sys.path if p)]
     if os.getcwd() not in paths:
         paths.insert(0, os.getcwd())
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -253,6 +261,10 @@ class Closeable(Protocol):
         ...
 
 
+def _drop_log(stream: str, task_name: str, pid: int, text: str) -> None:
+    """The log sink of ``init(log_to_driver=False)``: workers' output is not printed."""
+
+
 class Runtime:
     """A local node and the driver's connection to it."""
 
@@ -265,6 +277,11 @@ class Runtime:
         namespace: str | None,
         max_workers: int | None = None,
         storage: str | None = None,
+        num_gpus: float = 0.0,
+        log_to_driver: bool = True,
+        env_vars: dict[str, str] | None = None,
+        import_paths: tuple[str, ...] = (),
+        temp_dir: str | None = None,
     ) -> None:
         cpus = float(num_cpus) if num_cpus is not None else float(os.cpu_count() or 1)
         if cpus < 0:
@@ -272,8 +289,15 @@ class Runtime:
         extra = dict(resources or {})
         if "CPU" in extra:
             raise ValueError("Give CPUs with num_cpus=, not resources={'CPU': ...}.")
+        if "GPU" in extra:
+            raise ValueError("Give GPUs with num_gpus=, not resources={'GPU': ...}.")
+        if num_gpus:
+            extra["GPU"] = float(num_gpus)
         self.session = f"{os.getpid():x}-{secrets.token_hex(3)}"
-        self.session_dir = create_session_dir(self.session)
+        self.session_dir = create_session_dir(self.session, parent=temp_dir)
+        # Set by the ``heliostat`` command for the runtime it starts: a user's init()
+        # then returns it instead of failing (see ``api.init``).
+        self.started_by_cli = False
         self.namespace = namespace or "default"
         self.storage = storage  # workflow checkpoint URL (None: the default)
         self.config = NodeConfig(
@@ -285,13 +309,13 @@ class Runtime:
             resources=extra,
             object_store_memory=int(object_store_memory or default_object_store_memory()),
             max_workers=max_workers or max(32, 8 * int(max(cpus, 1))),
-            env=_worker_env(),
+            env=_worker_env(env_vars, import_paths),
         )
         self.manager = NodeManager(
             self.config,
             driver_unmap=self._unmap,
             driver_drain=self._drain,
-            log_sink=self._print_log,
+            log_sink=self._print_log if log_to_driver else _drop_log,
         )
         self.client = DriverClient(
             manager=self.manager,
@@ -359,6 +383,31 @@ def attach_worker(client: CoreClient) -> None:
     """Make a worker's client current in its process (called once at worker start)."""
     global _client
     _client = client
+
+
+def set_auto_init(starter: Callable[[], None] | None) -> None:
+    """Register how to start a runtime on first use (``api`` passes a plain ``init``)."""
+    global _auto_init
+    _auto_init = starter
+
+
+def client_or_auto_init() -> CoreClient:
+    """The current client; in a driver with none, start a runtime first (as Ray does).
+
+    Used by the calls Ray starts a runtime for: ``.remote()``, ``put()``, ``get_actor()``.
+    Setting ``HELIOSTAT_AUTO_INIT=0`` turns this off (Ray's ``RAY_ENABLE_AUTO_CONNECT``).
+    """
+    client = _client
+    if client is not None and not client.closed:
+        return client
+    starter = _auto_init
+    # Only a process with no client at all: a worker's closed client means its node
+    # is going away, never that it should start one of its own.
+    if client is None and starter is not None and os.environ.get("HELIOSTAT_AUTO_INIT") != "0":
+        with _auto_init_lock:
+            if _client is None:
+                starter()
+    return current_client()
 
 
 def current_client() -> CoreClient:

@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 from heliostat.engine import runtime as runtime_module
+from heliostat.engine import task_context
 from heliostat.engine.core import CoreClient, load_value
 from heliostat.engine.ids import IdMinter
 from heliostat.engine.object_ref import set_process_tracker
@@ -537,6 +538,7 @@ class Worker:
             _ahead,
         ) = message
         self.current_name = name
+        task_context.running.task_id = task_id
         started = time.time()
         reply: tuple[Any, ...]
         try:
@@ -571,6 +573,7 @@ class Worker:
         )
         self._actor_name = label
         self.current_name = f"{label}.__init__"
+        task_context.set_actor(actor_id)
         try:
             cls = self._load_function(cls_id, cls_bytes)
             args, kwargs = self._arguments(payload, positions, resolved)
@@ -589,6 +592,7 @@ class Worker:
 
     def _actor_call(self, message: tuple[Any, ...]) -> None:
         _op, task_id, method, payload, positions, resolved, return_ids, name = message
+        task_context.running.task_id = task_id
         started = time.time()
         threaded = self._pool is not None
         if not threaded:

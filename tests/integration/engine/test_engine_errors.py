@@ -175,7 +175,10 @@ def test_get_of_non_ref_raises_type_error(runtime) -> None:
         hs.get([hs.put(1), 5])
 
 
-def test_api_before_init_raises_not_initialized() -> None:
+def test_api_before_init_raises_not_initialized(monkeypatch) -> None:
+    # With automatic init turned off (by default .remote() and put() start a runtime,
+    # as in Ray: see test_ray_api_surface.py).
+    monkeypatch.setenv("HELIOSTAT_AUTO_INIT", "0")
     hs.shutdown()
     with pytest.raises(hs.exceptions.NotInitializedError):
         hs.put(1)
