@@ -43,10 +43,12 @@ def __getattr__(name: str) -> _typing.Any:
     # fsspec and pyarrow, which a program using only tasks and actors (and every worker
     # process) should not pay for at import time.
     if name == "workflow":
-        from heliostat import workflows
+        # ``heliostat.workflow`` is another name for the ``heliostat.workflows``
+        # package (see heliostat/workflow.py): importing it makes both names one module.
+        from heliostat import workflow
 
-        globals()["workflow"] = workflows
-        return workflows
+        globals()["workflow"] = workflow
+        return workflow
     if name == "schedules":  # same reason: it is part of the workflows layer
         from heliostat.workflows import schedules
 

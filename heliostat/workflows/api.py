@@ -31,8 +31,10 @@ from heliostat.exceptions import (
     WorkflowCancelledError,
     WorkflowDefinitionError,
     WorkflowError,
+    WorkflowExecutionError,
     WorkflowLeaseError,
     WorkflowNotFoundError,
+    WorkflowNotResumableError,
 )
 from heliostat.storage.checkpoints import safe_segment
 from heliostat.storage.models import ID_LENGTH
@@ -71,7 +73,9 @@ __all__ = [
     "describe",
     "get_metadata",
     "get_output",
+    "get_output_async",
     "get_status",
+    "init",
     "lease_timeout",
     "list_all",
     "list_records",
@@ -265,7 +269,7 @@ def resume(
     on_progress = _check_progress(on_progress)
     if runtime_services() is None:  # say who holds it before saying init() is missing
         with workflow_services() as temporary:
-            record = temporary.store().load(workflow_id, with_steps=False)
+            record = _resumable(temporary.store(), workflow_id)
             if WorkflowStore.lease_is_live(record.lease, temporary.clock.now()):
                 raise held_error(workflow_id, record.lease)
     services = _services()
@@ -273,6 +277,36 @@ def resume(
     if dag is not None:
         compiled = compile_dag(dag)
     return _resume(services, workflow_id, compiled, on_progress, cause="resume()")
+
+
+def _resumable(store: WorkflowStore, workflow_id: str) -> WorkflowRecord:
+    """The record of a workflow to resume; Ray's WorkflowNotResumableError if none."""
+    try:
+        return store.load(workflow_id, with_steps=False)
+    except WorkflowNotFoundError as exc:
+        raise WorkflowNotResumableError(
+            f"Workflow {workflow_id!r} cannot be resumed: {exc}", workflow_id=workflow_id
+        ) from exc
+
+
+def _stored_dag(store: WorkflowStore, record: WorkflowRecord) -> CompiledWorkflow:
+    """The stored DAG of a run to resume; WorkflowNotResumableError if it cannot load.
+
+    A row that fails its signature stays an UnauthenticatedDataError (a storage
+    problem, not the workflow's).
+    """
+    try:
+        return store.load_dag(record)
+    except HeliostatError:
+        raise
+    except Exception as exc:  # unpickling user code fails in many ways
+        wid = record.workflow_id
+        raise WorkflowNotResumableError(
+            f"Workflow {wid!r} cannot be resumed: its stored DAG cannot be loaded "
+            f"({type(exc).__name__}: {exc}); the modules its steps come from must be "
+            "importable by the process that resumes it.",
+            workflow_id=wid,
+        ) from exc
 
 
 def _resume(
@@ -284,7 +318,7 @@ def _resume(
     cause: str,
 ) -> Any:
     store = services.store()
-    record = store.load(workflow_id, with_steps=False)
+    record = _resumable(store, workflow_id)
     if record.status is WorkflowStatus.SUCCESSFUL:
         return get_output(workflow_id)
     if record.status is WorkflowStatus.CANCELED:
@@ -292,7 +326,7 @@ def _resume(
             f"Workflow {workflow_id!r} was cancelled; it cannot be resumed.",
             workflow_id=workflow_id,
         )
-    stored = store.load_dag(record)
+    stored = _stored_dag(store, record)
     if compiled is None:
         compiled = stored
     else:
@@ -387,7 +421,7 @@ def resume_async(workflow_id: str, *, dag: DAGNode | None = None) -> ObjectRef:
     """Like :func:`resume`, in the background; returns a ref to the output."""
     _refuse_inside_task("resume_async")
     _check_id(workflow_id)
-    _services().store().load(workflow_id, with_steps=False)  # unknown id: fail here
+    _resumable(_services().store(), workflow_id)  # unknown id: fail here
     return _in_thread(lambda: resume(workflow_id, dag=dag))
 
 
