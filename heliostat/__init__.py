@@ -6,6 +6,7 @@ Ray-compatible core API: ``import heliostat as hs`` then ``hs.init()``, ``@hs.re
 
 from __future__ import annotations
 
+import importlib as _importlib
 import typing as _typing
 
 from heliostat import exceptions
@@ -45,8 +46,7 @@ def __getattr__(name: str) -> _typing.Any:
     if name == "workflow":
         # ``heliostat.workflow`` is another name for the ``heliostat.workflows``
         # package (see heliostat/workflow.py): importing it makes both names one module.
-        from heliostat import workflow
-
+        workflow = _importlib.import_module("heliostat.workflow")
         globals()["workflow"] = workflow
         return workflow
     if name == "schedules":  # same reason: it is part of the workflows layer

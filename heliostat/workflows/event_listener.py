@@ -62,6 +62,6 @@ class TimerListener(EventListener):
     is in the lineage database.
     """
 
-    async def poll_for_event(self, timestamp: float) -> None:  # type: ignore[override]
+    async def poll_for_event(self, timestamp: float) -> None:
         """Sleep until ``timestamp`` (seconds since the epoch)."""
         await asyncio.sleep(max(0.0, timestamp - time.time()))

@@ -139,8 +139,7 @@ def test_0005_adds_timers_and_step_exceptions_keeping_data(engine: Engine) -> No
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "UPDATE steps SET exception = :e, exception_signature = 'sig' "
-                "WHERE task_id = 'b'"
+                "UPDATE steps SET exception = :e, exception_signature = 'sig' WHERE task_id = 'b'"
             ),
             {"e": b"pickled"},
         )
