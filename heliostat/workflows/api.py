@@ -418,9 +418,16 @@ def run_async(
     _check_metadata(metadata)
     _check_progress(on_progress)
     compile_dag(dag)  # reject a bad DAG here, not in the background
-    return _in_thread(
-        lambda: run(dag, workflow_id=workflow_id, metadata=metadata, on_progress=on_progress)
-    )
+    services = _services()
+    services.expect(workflow_id)  # get_output_async waits for it from now on
+
+    def body() -> Any:
+        try:
+            return run(dag, workflow_id=workflow_id, metadata=metadata, on_progress=on_progress)
+        finally:
+            services.finished(workflow_id)
+
+    return _in_thread(body)
 
 
 def resume_async(workflow_id: str, *, dag: DAGNode | None = None) -> ObjectRef:
@@ -626,7 +633,8 @@ def get_output_async(workflow_id: str, *, task_id: str | None = None) -> ObjectR
     if task_id is not None:
         _check_id(task_id, "task_id")
     services = _services()
-    services.store().load(workflow_id, with_steps=False)  # unknown id: fail here
+    if not services.expected(workflow_id):  # unknown id: fail here
+        services.store().load(workflow_id, with_steps=False)
 
     def fetch() -> Any:
         if task_id is None:

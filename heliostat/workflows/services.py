@@ -127,6 +127,25 @@ class WorkflowServices:
                 if done is not None:
                     done.set()
 
+    def expect(self, workflow_id: str) -> None:
+        """A run of ``workflow_id`` is about to start in this process (``run_async``):
+        :meth:`wait_finished` waits for it from now on, before its row exists."""
+        with self._lock:
+            self._finished.setdefault(workflow_id, threading.Event()).clear()
+
+    def finished(self, workflow_id: str) -> None:
+        """The run :meth:`expect` announced is over, however it ended."""
+        with self._lock:
+            if workflow_id not in self._running:
+                done = self._finished.pop(workflow_id, None)
+                if done is not None:
+                    done.set()
+
+    def expected(self, workflow_id: str) -> bool:
+        """Whether a run of ``workflow_id`` in this process is announced or going on."""
+        with self._lock:
+            return workflow_id in self._finished
+
     def wait_finished(self, workflow_id: str, timeout: float | None = None) -> bool:
         """Wait until the run of ``workflow_id`` in this process (if any) ends.
 
