@@ -123,7 +123,7 @@ def test_options_decorates_a_remote_function(runtime: Runtime) -> None:
 
 
 def test_options_under_remote_is_refused() -> None:
-    with pytest.raises(TypeError, match="above @hs.remote"):
+    with pytest.raises(TypeError, match=r"above @hs\.remote"):
 
         @hs.remote
         @workflow.options(checkpoint=False)
