@@ -128,6 +128,7 @@ _HOST = socket.gethostname()  # workers run on the driver's node (one machine)
 _CANCEL_POLL_S = 0.5
 _COMMIT_DELAY_S = 0.05  # longest a COMMIT waits for company (see _must_commit)
 _MAX_DEFERRED_COMMITS = 512
+_EXCEPTION_LIMIT = 1 << 20  # bytes of a failed step's pickled exception kept in SQL
 
 
 def plan_from_lineage(
@@ -689,7 +690,11 @@ class WorkflowExecutor:
                 finished_at=_utc(meta.finished),
                 worker=meta.worker,
                 logs=meta.logs,
-                exception_data=meta.exception,
+                exception_data=(
+                    meta.exception
+                    if meta.exception is not None and len(meta.exception) <= _EXCEPTION_LIMIT
+                    else None
+                ),
             )
         ref = meta.checkpoint
         try:
