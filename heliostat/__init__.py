@@ -6,6 +6,7 @@ Ray-compatible core API: ``import heliostat as hs`` then ``hs.init()``, ``@hs.re
 
 from __future__ import annotations
 
+import importlib as _importlib
 import typing as _typing
 
 from heliostat import actor, exceptions, util
@@ -44,10 +45,11 @@ def __getattr__(name: str) -> _typing.Any:
     # fsspec and pyarrow, which a program using only tasks and actors (and every worker
     # process) should not pay for at import time.
     if name == "workflow":
-        from heliostat import workflows
-
-        globals()["workflow"] = workflows
-        return workflows
+        # ``heliostat.workflow`` is another name for the ``heliostat.workflows``
+        # package (see heliostat/workflow.py): importing it makes both names one module.
+        workflow = _importlib.import_module("heliostat.workflow")
+        globals()["workflow"] = workflow
+        return workflow
     if name == "schedules":  # same reason: it is part of the workflows layer
         from heliostat.workflows import schedules
 

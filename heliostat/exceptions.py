@@ -25,6 +25,7 @@ Every public error derives from :class:`HeliostatError`::
     │   ├── WorkflowLeaseError          another live driver runs this workflow
     │   ├── WorkflowCancelledError      the workflow was cancelled
     │   ├── WorkflowNeedsAttentionError a non-idempotent step is in doubt
+    │   ├── WorkflowNotResumableError   resume() of a workflow that cannot be rebuilt
     │   └── WorkflowExecutionError      a step failed and the workflow with it
     ├── ScheduleError                   cron / interval schedules
     │   ├── InvalidScheduleError (ValueError)
@@ -81,6 +82,7 @@ __all__ = [
     "WorkflowLeaseError",
     "WorkflowNeedsAttentionError",
     "WorkflowNotFoundError",
+    "WorkflowNotResumableError",
 ]
 
 
@@ -368,6 +370,15 @@ class WorkflowCancelledError(WorkflowError):
 
 class WorkflowNeedsAttentionError(WorkflowError):
     """A non-idempotent step was interrupted and nothing may re-run it blindly."""
+
+
+class WorkflowNotResumableError(WorkflowError):
+    """``resume()`` cannot rebuild the workflow from its lineage (Ray's name).
+
+    Raised, with the reason as ``__cause__``, for an id no workflow has and for a
+    stored workflow whose DAG cannot be loaded (its code is gone, its row is not
+    signed with this installation's key).
+    """
 
 
 class WorkflowExecutionError(WorkflowError):

@@ -29,6 +29,7 @@ __all__ = ["build_parser", "main"]
 
 _BAD_INPUT_ERRORS = (
     "WorkflowNotFoundError",
+    "WorkflowNotResumableError",  # resume of an unknown id: bad input, as not-found is
     "WorkflowDefinitionError",
     "InvalidScheduleError",
     "ScheduleNotFoundError",

@@ -69,6 +69,7 @@ __all__ = [
     "WalRecord",
     "Workflow",
     "WorkflowDag",
+    "WorkflowTimer",
     "metadata",
     "utcnow",
 ]
@@ -303,6 +304,11 @@ class Step(Base):
     """Hash of the step function's code, to tell a changed definition from a resume."""
     input_hash: Mapped[str | None] = mapped_column(sa.String(_HASH_LENGTH))
     """Hash of the step's arguments (upstream outputs stand in by their step id)."""
+    exception: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    """The exception of the attempt that failed the step, cloudpickled (NULL if it could
+    not be pickled): what ``workflow.get_output`` of a failed workflow raises."""
+    exception_signature: Mapped[str | None] = mapped_column(sa.String(_SIGNATURE_LENGTH))
+    """HMAC of ``exception`` with the installation key, checked before it is unpickled."""
 
     workflow: Mapped[Workflow] = relationship(back_populates="steps")
 
@@ -407,6 +413,30 @@ class WalRecord(Base):
     checksum: Mapped[str | None] = mapped_column(sa.String(_CHECKSUM_LENGTH))
 
     workflow: Mapped[Workflow] = relationship()
+
+
+class WorkflowTimer(Base):
+    """The wake-up time of a ``workflow.sleep`` step, fixed when it first started.
+
+    Written in the group commit of the step's first INTENT and never changed: a
+    resumed workflow reads it and waits only for the rest of the duration.
+    """
+
+    __tablename__ = "workflow_timers"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["workflow_id", "task_id"],
+            ["steps.workflow_id", "steps.task_id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    task_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
+    set_at: Mapped[dt.datetime]
+    """When the timer was set (the step's first INTENT)."""
+    wake_at: Mapped[dt.datetime]
+    """When the step completes: ``set_at`` plus the sleep's duration."""
 
 
 class AttemptLog(Base):

@@ -11,6 +11,15 @@ from typing import TYPE_CHECKING
 
 from heliostat._lazy import lazy_exports
 
+# Ray's workflow errors, under ``workflow.`` as Ray has them (exceptions.py is light).
+from heliostat.exceptions import (
+    WorkflowCancelledError,
+    WorkflowError,
+    WorkflowExecutionError,
+    WorkflowNotFoundError,
+    WorkflowNotResumableError,
+)
+
 # Eager, and light: the function ``options`` shares its name with its module, which
 # would otherwise shadow it here once anything imports ``heliostat.workflows.options``.
 from heliostat.workflows.options import options
@@ -27,7 +36,9 @@ if TYPE_CHECKING:
         describe,
         get_metadata,
         get_output,
+        get_output_async,
         get_status,
+        init,
         list_all,
         list_records,
         logs,
@@ -47,11 +58,18 @@ if TYPE_CHECKING:
         WorkflowContext,
         get_context,
     )
+    from heliostat.workflows.event_listener import (
+        EventListener,
+    )
     from heliostat.workflows.executor import (
         RERUN,
     )
     from heliostat.workflows.step import (
         continuation,
+    )
+    from heliostat.workflows.waits import (
+        sleep,
+        wait_for_event,
     )
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
@@ -66,7 +84,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "describe",
         "get_metadata",
         "get_output",
+        "get_output_async",
         "get_status",
+        "init",
         "list_all",
         "list_records",
         "logs",
@@ -86,8 +106,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "get_context",
         "WorkflowContext",
     ),
+    "heliostat.workflows.event_listener": ("EventListener",),
     "heliostat.workflows.executor": ("RERUN",),
     "heliostat.workflows.step": ("continuation",),
+    "heliostat.workflows.waits": ("sleep", "wait_for_event"),
 }
 """Where each public name lives, imported on first use. Workers import
 ``heliostat.workflows.step`` to run steps, which imports this package first: it must not
@@ -97,8 +119,14 @@ pull in SQLAlchemy, networkx and the rest of the driver-side API (about 0.7 s)."
 __all__ = [
     "RERUN",
     "CompiledWorkflow",
+    "EventListener",
     "StepStatus",
+    "WorkflowCancelledError",
     "WorkflowContext",
+    "WorkflowError",
+    "WorkflowExecutionError",
+    "WorkflowNotFoundError",
+    "WorkflowNotResumableError",
     "WorkflowStatus",
     "attempts",
     "cancel",
@@ -109,7 +137,9 @@ __all__ = [
     "get_context",
     "get_metadata",
     "get_output",
+    "get_output_async",
     "get_status",
+    "init",
     "list_all",
     "list_records",
     "logs",
@@ -121,6 +151,8 @@ __all__ = [
     "resume_async",
     "run",
     "run_async",
+    "sleep",
+    "wait_for_event",
 ]
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

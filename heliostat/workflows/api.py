@@ -23,16 +23,22 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import cloudpickle
+
+import heliostat.engine as hs
 from heliostat.engine.dag import DAGNode
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.runtime import current_client, current_runtime
 from heliostat.exceptions import (
     HeliostatError,
+    TaskError,
     WorkflowCancelledError,
     WorkflowDefinitionError,
     WorkflowError,
+    WorkflowExecutionError,
     WorkflowLeaseError,
     WorkflowNotFoundError,
+    WorkflowNotResumableError,
 )
 from heliostat.storage.checkpoints import safe_segment
 from heliostat.storage.models import ID_LENGTH
@@ -71,7 +77,9 @@ __all__ = [
     "describe",
     "get_metadata",
     "get_output",
+    "get_output_async",
     "get_status",
+    "init",
     "lease_timeout",
     "list_all",
     "list_records",
@@ -88,6 +96,8 @@ __all__ = [
 log = logging.getLogger("heliostat.workflows")
 
 Progress = Callable[[int, int, int], None]
+
+_OUTPUT_POLL_S = 0.2  # get_output_async: how often to look at another driver's run
 
 
 # --- checks at the boundary ----------------------------------------------------------------
@@ -265,7 +275,7 @@ def resume(
     on_progress = _check_progress(on_progress)
     if runtime_services() is None:  # say who holds it before saying init() is missing
         with workflow_services() as temporary:
-            record = temporary.store().load(workflow_id, with_steps=False)
+            record = _resumable(temporary.store(), workflow_id)
             if WorkflowStore.lease_is_live(record.lease, temporary.clock.now()):
                 raise held_error(workflow_id, record.lease)
     services = _services()
@@ -273,6 +283,36 @@ def resume(
     if dag is not None:
         compiled = compile_dag(dag)
     return _resume(services, workflow_id, compiled, on_progress, cause="resume()")
+
+
+def _resumable(store: WorkflowStore, workflow_id: str) -> WorkflowRecord:
+    """The record of a workflow to resume; Ray's WorkflowNotResumableError if none."""
+    try:
+        return store.load(workflow_id, with_steps=False)
+    except WorkflowNotFoundError as exc:
+        raise WorkflowNotResumableError(
+            f"Workflow {workflow_id!r} cannot be resumed: {exc}", workflow_id=workflow_id
+        ) from exc
+
+
+def _stored_dag(store: WorkflowStore, record: WorkflowRecord) -> CompiledWorkflow:
+    """The stored DAG of a run to resume; WorkflowNotResumableError if it cannot load.
+
+    A row that fails its signature stays an UnauthenticatedDataError (a storage
+    problem, not the workflow's).
+    """
+    try:
+        return store.load_dag(record)
+    except HeliostatError:
+        raise
+    except Exception as exc:  # unpickling user code fails in many ways
+        wid = record.workflow_id
+        raise WorkflowNotResumableError(
+            f"Workflow {wid!r} cannot be resumed: its stored DAG cannot be loaded "
+            f"({type(exc).__name__}: {exc}); the modules its steps come from must be "
+            "importable by the process that resumes it.",
+            workflow_id=wid,
+        ) from exc
 
 
 def _resume(
@@ -284,7 +324,7 @@ def _resume(
     cause: str,
 ) -> Any:
     store = services.store()
-    record = store.load(workflow_id, with_steps=False)
+    record = _resumable(store, workflow_id)
     if record.status is WorkflowStatus.SUCCESSFUL:
         return get_output(workflow_id)
     if record.status is WorkflowStatus.CANCELED:
@@ -292,7 +332,7 @@ def _resume(
             f"Workflow {workflow_id!r} was cancelled; it cannot be resumed.",
             workflow_id=workflow_id,
         )
-    stored = store.load_dag(record)
+    stored = _stored_dag(store, record)
     if compiled is None:
         compiled = stored
     else:
@@ -378,16 +418,23 @@ def run_async(
     _check_metadata(metadata)
     _check_progress(on_progress)
     compile_dag(dag)  # reject a bad DAG here, not in the background
-    return _in_thread(
-        lambda: run(dag, workflow_id=workflow_id, metadata=metadata, on_progress=on_progress)
-    )
+    services = _services()
+    services.expect(workflow_id)  # get_output_async waits for it from now on
+
+    def body() -> Any:
+        try:
+            return run(dag, workflow_id=workflow_id, metadata=metadata, on_progress=on_progress)
+        finally:
+            services.finished(workflow_id)
+
+    return _in_thread(body)
 
 
 def resume_async(workflow_id: str, *, dag: DAGNode | None = None) -> ObjectRef:
     """Like :func:`resume`, in the background; returns a ref to the output."""
     _refuse_inside_task("resume_async")
     _check_id(workflow_id)
-    _services().store().load(workflow_id, with_steps=False)  # unknown id: fail here
+    _resumable(_services().store(), workflow_id)  # unknown id: fail here
     return _in_thread(lambda: resume(workflow_id, dag=dag))
 
 
@@ -516,8 +563,12 @@ def get_output(workflow_id: str, *, task_id: str | None = None) -> Any:
         record = services.store().load(workflow_id)
         target = task_id or record.output_task_id
         checkpoints = services.checkpoints()
+        if task_id is None and record.status is WorkflowStatus.FAILED:
+            _raise_failure(services.store(), record, None)
         while True:
             step = _step_of(record, target or "")
+            if step.checkpoint is None and step.status is StepStatus.FAILED:
+                _raise_failure(services.store(), record, step)
             if step.checkpoint is None:
                 raise WorkflowNotFoundError(
                     f"Step {target!r} of workflow {workflow_id!r} has no stored output "
@@ -529,6 +580,121 @@ def get_output(workflow_id: str, *, task_id: str | None = None) -> Any:
                 return checkpoints.read(step.checkpoint)
             cont = checkpoints.read(step.checkpoint)
             target = compile_dag(cont.dag, prefix=f"{target}.").output
+
+
+def _raise_failure(store: WorkflowStore, record: WorkflowRecord, step: StepRecord | None) -> None:
+    """Raise what :func:`run` raised when the workflow (or ``step``) failed.
+
+    A :class:`WorkflowExecutionError` whose ``cause`` (and ``__cause__``) is the
+    step's error: a :class:`~heliostat.exceptions.TaskError` that is also an instance
+    of the user's exception class, rebuilt from the signed copy in the lineage. When
+    that copy is missing (the exception could not be pickled, or the worker died), the
+    cause is a TaskError carrying the recorded type, message and traceback.
+    """
+    wid = record.workflow_id
+    if step is None:
+        failed = [s for s in record.steps.values() if s.status is StepStatus.FAILED]
+        if not failed:
+            raise WorkflowExecutionError(
+                record.error or f"Workflow {wid!r} failed.", workflow_id=wid
+            )
+        step = min(failed, key=lambda s: s.finished_at or record.created_at)
+    cause: BaseException | None = None
+    data = store.step_exception(wid, step.task_id)
+    if data is not None:
+        try:
+            cause = cloudpickle.loads(data)
+        except Exception:  # its class is not importable here: keep its text
+            log.debug("cannot unpickle the exception of %s/%s", wid, step.task_id, exc_info=True)
+    summary = step.error or "the step failed"
+    error = TaskError(
+        step.name, step.traceback or "", cause, cause_repr=summary
+    ).as_instanceof_cause()
+    raise WorkflowExecutionError(
+        f"Workflow {wid!r} failed: step {step.task_id!r} raised {summary}",
+        workflow_id=wid,
+        task_id=step.task_id,
+        cause=error,
+    ) from error
+
+
+def get_output_async(workflow_id: str, *, task_id: str | None = None) -> ObjectRef:
+    """Like :func:`get_output`, in the background; returns a ref to the output (Ray's API).
+
+    While the workflow runs in this process the ref completes when it finishes;
+    otherwise it holds the stored output, or the error :func:`get_output` raises
+    (``hs.get`` raises it).
+
+    Raises:
+        TypeError / ValueError: a malformed id (at once, not through the ref).
+        NotInitializedError: no runtime (``hs.init()`` first).
+    """
+    _check_id(workflow_id)
+    if task_id is not None:
+        _check_id(task_id, "task_id")
+    services = _services()
+    if not services.expected(workflow_id):  # unknown id: fail here
+        services.store().load(workflow_id, with_steps=False)
+
+    def fetch() -> Any:
+        if task_id is None:
+            services.wait_finished(workflow_id)  # a run of this process
+            pause = threading.Event()
+            # A run of another driver: its output is there once it stops running.
+            while get_status(workflow_id) in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
+                pause.wait(_OUTPUT_POLL_S)
+        return get_output(workflow_id, task_id=task_id)
+
+    return _in_thread(fetch)
+
+
+def init(
+    storage: str | None = None,
+    *,
+    max_running_workflows: int | None = None,
+    max_pending_workflows: int | None = None,
+) -> None:
+    """Prepare workflows: start the runtime if needed and choose the checkpoint storage.
+
+    Ray's ``workflow.init``. Without a runtime, starts one (``hs.init(storage=...)``).
+    With ``storage``, step outputs are checkpointed there from now on (any fsspec URL,
+    or a local path); it takes precedence over ``HELIOSTAT_STORAGE``, which still
+    applies when ``storage`` is None. The lineage database is chosen by
+    ``HELIOSTAT_DB_URL`` (default: SQLite under ``HELIOSTAT_HOME``) and is not changed here.
+
+    Args:
+        storage: checkpoint URL or path, or None to keep the current choice.
+        max_running_workflows: Ray's limit on concurrent workflows; heliostat runs every
+            workflow it is asked to at once, so only None or -1 (no limit) is accepted.
+        max_pending_workflows: likewise, only None or -1.
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: a limit heliostat does not enforce.
+        WorkflowError: workflows of this runtime already use another storage.
+        StorageError: ``storage`` names no filesystem fsspec knows.
+    """
+    if storage is not None and not isinstance(storage, str):
+        raise TypeError(f"storage must be a str (a URL or path), not {type(storage).__name__}.")
+    for name, limit in (
+        ("max_running_workflows", max_running_workflows),
+        ("max_pending_workflows", max_pending_workflows),
+    ):
+        if limit is None:
+            continue
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise TypeError(f"{name} must be None or an int, not {type(limit).__name__}.")
+        if limit != -1:
+            raise ValueError(
+                f"{name}={limit} is not supported: heliostat runs every workflow at once, "
+                "with no queue; pass None or -1 (no limit)."
+            )
+    _refuse_inside_task("init")
+    if current_runtime() is None:
+        hs.init(storage=storage)
+        return
+    if storage is not None:
+        _services().use_storage(storage)
 
 
 def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]:

@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from heliostat.engine.dag import DAGNode, FunctionNode, map_nodes
+from heliostat.engine.api import get
+from heliostat.engine.dag import DAGNode, FunctionNode, map_leaves, map_nodes
+from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction
 from heliostat.engine.serialization import cloudpickle_dumps
 from heliostat.exceptions import WorkflowDefinitionError
@@ -41,7 +43,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_ARGUMENT_BYTES",
     "CompiledWorkflow",
+    "Placeholder",
     "StepSpec",
+    "StoredValue",
     "Upstream",
     "code_hash",
     "compile_dag",
@@ -54,7 +58,13 @@ MAX_ARGUMENT_BYTES = 64 << 20
 database with the DAG, which is no place for data sets."""
 
 
-class Upstream:
+class Placeholder:
+    """Base of what stands in a stored step's arguments for a value known only later."""
+
+    __slots__ = ()
+
+
+class Upstream(Placeholder):
     """Placeholder for the output of step ``task_id`` inside another step's arguments."""
 
     __slots__ = ("task_id",)
@@ -67,6 +77,53 @@ class Upstream:
 
     def __repr__(self) -> str:
         return f"Upstream({self.task_id!r})"
+
+
+class StoredValue(Placeholder):
+    """The value of an ObjectRef the DAG was built with, stored with the step.
+
+    A ref lives only as long as its driver; its value is what a resume needs. The step
+    receives the value if the ref was an argument itself, or a new ref to it if the ref
+    was nested in a list, tuple or dict (see ``step.resolve_arguments``).
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StoredValue, (self.value,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoredValue) and bool(self.value == other.value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StoredValue({self.value!r})"
+
+
+def _store_refs(nodes: list[Any]) -> dict[int, tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The arguments of each node whose ObjectRefs are replaced by their values.
+
+    All refs of the DAG are fetched with one ``get``; nodes without refs are left out.
+    """
+    refs: list[ObjectRef] = []
+    for node in nodes:
+        map_leaves((node.args, node.kwargs), ObjectRef, refs.append)
+    if not refs:
+        return {}
+    values = dict(zip((id(r) for r in refs), get(refs), strict=True))
+    out = {}
+    for node in nodes:
+        found: list[ObjectRef] = []
+        map_leaves((node.args, node.kwargs), ObjectRef, found.append)
+        if found:
+            out[node._uid] = map_leaves(
+                (node.args, node.kwargs), ObjectRef, lambda r: StoredValue(values[id(r)])
+            )
+    return out
 
 
 def _walk_values(value: Any) -> Iterator[Any]:
@@ -196,11 +253,13 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
     checked_functions: set[int] = set()
     code_hashes: dict[int, str] = {}
     hasher = _ArgumentHasher()
+    stored = _store_refs(nodes)
     for position, node in enumerate(nodes, start=start_position):
         assert isinstance(node, FunctionNode)
         task_id = ids[node._uid]
-        args = map_nodes(node.args, lambda n: Upstream(ids[n._uid]))
-        kwargs = map_nodes(node.kwargs, lambda n: Upstream(ids[n._uid]))
+        node_args, node_kwargs = stored.get(node._uid, (node.args, node.kwargs))
+        args = map_nodes(node_args, lambda n: Upstream(ids[n._uid]))
+        kwargs = map_nodes(node_kwargs, lambda n: Upstream(ids[n._uid]))
         _check_function_picklable(task_id, node, checked_functions)
         parents = tuple(dict.fromkeys(ids[c._uid] for c in node.children()))
         fn = node.remote_function.underlying_function

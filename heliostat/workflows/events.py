@@ -15,6 +15,11 @@
   * :class:`StepMoved`: any other edge (a failed step retried by a resume, an in-doubt
     step settled, an output found lost, a step skipped by a cancel).
   * :class:`StepsAdded`: a continuation's sub-DAG joined the workflow.
+  * :class:`TimerSet`: a ``workflow.sleep`` step started; when it wakes up.
+
+Timer steps (``workflow.sleep``) never go to a worker: the machine tells the executor
+to wait (:class:`StartTimer`), and the executor reports :class:`StepDone` (its output
+``None``, inline) when the time has come.
 
 All are frozen, typed dataclasses: nothing crosses from executor to store as a tuple.
 """
@@ -48,6 +53,7 @@ __all__ = [
     "LostCause",
     "Outcome",
     "Record",
+    "StartTimer",
     "StepDone",
     "StepLogs",
     "StepLost",
@@ -56,6 +62,7 @@ __all__ = [
     "StepsAdded",
     "Submit",
     "Tick",
+    "TimerSet",
     "WorkflowMove",
 ]
 
@@ -93,6 +100,7 @@ class StepRaised:
     finished_at: dt.datetime | None = None
     worker: str | None = None
     logs: StepLogs | None = None
+    exception_data: bytes | None = None  # the exception cloudpickled, if it could be
 
 
 class LostCause(StrEnum):
@@ -204,7 +212,16 @@ class AskHook:
     key: str
 
 
-Instruction = Submit | Interrupt | AskHook
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartTimer:
+    """Wait until ``wake_at``, then report ``TimerFired`` for this attempt of the step."""
+
+    task_id: str
+    attempt: int
+    wake_at: dt.datetime
+
+
+Instruction = Submit | Interrupt | AskHook | StartTimer
 
 
 # --- records: machine -> store --------------------------------------------------------
@@ -253,6 +270,7 @@ class AttemptEnded:
     finished_at: dt.datetime | None = None
     worker: str | None = None
     logs: StepLogs | None = None
+    exception_data: bytes | None = None  # kept with a FAILED step (get_output raises it)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -275,7 +293,20 @@ class StepsAdded:
     at: dt.datetime
 
 
-Record = Intent | Commit | AttemptEnded | StepMoved | StepsAdded
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerSet:
+    """Timer step ``task_id`` started for the first time: it wakes up at ``wake_at``.
+
+    Committed with the step's INTENT, so the wake-up time is durable before the wait
+    begins, and a resume waits only for what is left.
+    """
+
+    task_id: str
+    set_at: dt.datetime
+    wake_at: dt.datetime
+
+
+Record = Intent | Commit | AttemptEnded | StepMoved | StepsAdded | TimerSet
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -85,6 +85,7 @@ from heliostat.workflows.events import (
     LostCause,
     Outcome,
     Record,
+    StartTimer,
     StepDone,
     StepLost,
     StepRaised,
@@ -127,6 +128,7 @@ _HOST = socket.gethostname()  # workers run on the driver's node (one machine)
 _CANCEL_POLL_S = 0.5
 _COMMIT_DELAY_S = 0.05  # longest a COMMIT waits for company (see _must_commit)
 _MAX_DEFERRED_COMMITS = 512
+_EXCEPTION_LIMIT = 1 << 20  # bytes of a failed step's pickled exception kept in SQL
 
 
 def plan_from_lineage(
@@ -237,6 +239,7 @@ class WorkflowExecutor:
         self.machine = WorkflowMachine(workflow_id, compiled, now=self._now)
         self._inflight: dict[ObjectRef, tuple[str, int, ObjectRef]] = {}  # meta ref -> step
         self._running: dict[str, tuple[ObjectRef, ObjectRef]] = {}  # step -> (value, meta)
+        self._timers: dict[str, tuple[dt.datetime, int]] = {}  # sleeping step -> (wake, attempt)
         self._events: deque[Any] = deque()  # finished meta refs and control events
         self._cond = threading.Condition()
         self._remote_cache: dict[tuple[int, bool], RemoteFunction] = {}
@@ -278,7 +281,11 @@ class WorkflowExecutor:
         if records is None:
             return machine.load({}, {})
         plan = plan_from_lineage(machine, records, self.checkpoints)
-        return machine.load(plan, {t: r.attempts for t, r in records.items()})
+        return machine.load(
+            plan,
+            {t: r.attempts for t, r in records.items()},
+            self.store.timers(self.workflow_id),
+        )
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -311,6 +318,8 @@ class WorkflowExecutor:
         while True:
             self._turn_now = self.clock.now()
             instructions.extend(self._drain_events())
+            if self._timers:
+                instructions.extend(self._fire_timers())
             now = time.monotonic()
             if now - last_cancel_check > _CANCEL_POLL_S:
                 last_cancel_check = now
@@ -447,6 +456,7 @@ class WorkflowExecutor:
             log.debug("could not release the lease of %r", self.workflow_id, exc_info=True)
 
     def _interrupt_all(self) -> None:
+        self._timers.clear()  # a sleep holds nothing to cancel
         for task_id, (value_ref, meta_ref) in list(self._running.items()):
             run = self.machine.steps.get(task_id)
             if run is not None and run.idempotent:
@@ -461,6 +471,20 @@ class WorkflowExecutor:
     def _act(self, instruction: Instruction) -> None:
         if isinstance(instruction, Submit):
             self._submit(instruction)
+        elif isinstance(instruction, StartTimer):
+            self._timers[instruction.task_id] = (instruction.wake_at, instruction.attempt)
+        elif isinstance(instruction, Interrupt) and instruction.task_id in self._timers:
+            _, attempt = self._timers.pop(instruction.task_id)
+            stop = TaskCancelledError(f"sleep step {instruction.task_id!r} interrupted")
+            self._post(
+                StepLost(
+                    task_id=instruction.task_id,
+                    attempt=attempt,
+                    cause=LostCause.INTERRUPTED,
+                    error=ErrorInfo.of(stop),
+                    exception=stop,
+                )
+            )
         elif isinstance(instruction, Interrupt):
             refs = self._running.get(instruction.task_id)
             if refs is not None:
@@ -539,11 +563,39 @@ class WorkflowExecutor:
 
     # --- events ---------------------------------------------------------------------------
 
+    def _fire_timers(self) -> list[Instruction]:
+        """Complete the sleep steps whose wake-up time has come (output ``None``)."""
+        now = self._turn_now
+        out: list[Instruction] = []
+        for task_id, (wake, attempt) in list(self._timers.items()):
+            if wake > now:
+                continue
+            del self._timers[task_id]
+            # Stored inline, in the step's row: no file to write for a None.
+            ref = self.checkpoints.write(
+                self.workflow_id, task_id, attempt, None, inline_limit=INLINE_LIMIT
+            )
+            out.extend(
+                self.machine.handle(
+                    StepDone(
+                        task_id=task_id,
+                        attempt=attempt,
+                        value=ref,
+                        checkpoint=ref,
+                        finished_at=now,
+                    )
+                )
+            )
+        return out
+
     def _wait(self) -> None:
         timeout = _CANCEL_POLL_S
         retry = self.machine.next_retry()
         if retry is not None:
             timeout = min(timeout, max(0.0, (retry - self.clock.now()).total_seconds()))
+        if self._timers:
+            wake = min(w for w, _ in self._timers.values())
+            timeout = min(timeout, max(0.0, (wake - self.clock.now()).total_seconds()))
         if self.machine.records:  # wake up in time to write the deferred COMMITs
             due = self._last_commit + _COMMIT_DELAY_S - time.monotonic()
             timeout = max(0.0, min(timeout, due))
@@ -638,6 +690,11 @@ class WorkflowExecutor:
                 finished_at=_utc(meta.finished),
                 worker=meta.worker,
                 logs=meta.logs,
+                exception_data=(
+                    meta.exception
+                    if meta.exception is not None and len(meta.exception) <= _EXCEPTION_LIMIT
+                    else None
+                ),
             )
         ref = meta.checkpoint
         try:

@@ -42,6 +42,7 @@ from heliostat.storage.models import (
     WalRecord,
     Workflow,
     WorkflowDag,
+    WorkflowTimer,
 )
 from heliostat.storage.signing import Signer
 from heliostat.storage.states import AttemptStatus, StepStatus, WalKind, WorkflowStatus
@@ -57,6 +58,7 @@ __all__ = [
     "WalEntry",
     "WorkflowRecord",
     "driver_gone",
+    "exception_signed_parts",
     "not_found",
     "retry_timeout",
 ]
@@ -73,6 +75,7 @@ _WAL: sa.Table = WalRecord.__table__  # type: ignore[assignment]
 _T: sa.Table = Transition.__table__  # type: ignore[assignment]
 _LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
 _DAG: sa.Table = WorkflowDag.__table__  # type: ignore[assignment]
+_TIMER: sa.Table = WorkflowTimer.__table__  # type: ignore[assignment]
 
 _R = TypeVar("_R")
 
@@ -384,6 +387,51 @@ class LineageReader:
         )
         return CompiledWorkflow.from_bytes(dag)
 
+    def timers(self, workflow_id: str) -> dict[str, dt.datetime]:
+        """The wake-up time of each ``workflow.sleep`` step of the run that has started."""
+
+        def read() -> dict[str, dt.datetime]:
+            with self._read() as conn:
+                rows = conn.execute(
+                    sa.select(_TIMER.c.task_id, _TIMER.c.wake_at).where(
+                        _TIMER.c.workflow_id == workflow_id
+                    )
+                ).all()
+            return {str(r[0]): r[1] for r in rows}
+
+        return self._retrying("read the workflow's timers", read)
+
+    def step_exception(self, workflow_id: str, task_id: str) -> bytes | None:
+        """The pickled exception that failed step ``task_id``, authenticated; ``None``
+        when none was stored (the step did not fail, or its error could not be pickled).
+
+        Raises:
+            UnauthenticatedDataError: the bytes are not signed with this installation's key.
+        """
+
+        def read() -> tuple[bytes, str | None] | None:
+            with self._read() as conn:
+                row = conn.execute(
+                    sa.select(_S.c.exception, _S.c.exception_signature).where(
+                        (_S.c.workflow_id == workflow_id) & (_S.c.task_id == task_id)
+                    )
+                ).first()
+            if row is None or row[0] is None:
+                return None
+            return bytes(row[0]), row[1]
+
+        found = self._retrying("read the step's exception", read)
+        if found is None:
+            return None
+        data, signature = found
+        self.signer.check(
+            signature,
+            *exception_signed_parts(workflow_id, task_id, data),
+            what=f"the exception of step {task_id!r} of workflow {workflow_id!r}",
+            origin=f"the lineage database {self.where}",
+        )
+        return data
+
     def _record(
         self, m: Mapping[str, Any] | sa.RowMapping, steps: dict[str, StepRecord]
     ) -> WorkflowRecord:
@@ -579,6 +627,11 @@ def _describe_db(engine: Engine) -> str:
     if url.get_backend_name() == "sqlite":
         return str(url.database or ":memory:")
     return url.render_as_string(hide_password=True)
+
+
+def exception_signed_parts(workflow_id: str, task_id: str, data: bytes) -> tuple[bytes | str, ...]:
+    """What the signature of a step's stored exception covers (writer and reader agree)."""
+    return ("step-exception", workflow_id, task_id, data)
 
 
 def not_found(workflow_id: str) -> WorkflowNotFoundError:

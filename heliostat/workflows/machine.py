@@ -51,6 +51,7 @@ from heliostat.workflows.events import (
     LostCause,
     Outcome,
     Record,
+    StartTimer,
     StepDone,
     StepLost,
     StepMoved,
@@ -58,9 +59,11 @@ from heliostat.workflows.events import (
     StepsAdded,
     Submit,
     Tick,
+    TimerSet,
 )
 from heliostat.workflows.resume_plan import Decision, InDoubt, Recommit, Rerun, Skip
 from heliostat.workflows.step import ErrorInfo
+from heliostat.workflows.waits import timer_duration
 
 __all__ = ["StepRun", "WorkflowMachine"]
 
@@ -114,6 +117,9 @@ class WorkflowMachine:
         self._inflight: set[str] = set()
         self._asking: set[str] = set()
         self._retry_at: dict[str, dt.datetime] = {}
+        # Invariant: a timer step (workflow.sleep) is in _wake_at from its first start
+        # on, with the wake-up time the lineage keeps (TimerSet); it never changes.
+        self._wake_at: dict[str, dt.datetime] = {}
         self._failure: tuple[str, ErrorInfo, BaseException] | None = None
         self._attention: list[str] = []
         self._canceled = False
@@ -161,13 +167,20 @@ class WorkflowMachine:
         """The first display position no step has yet (for a continuation's steps)."""
         return self._next_position
 
-    def load(self, plan: Mapping[str, Decision], attempts: Mapping[str, int]) -> list[Instruction]:
+    def load(
+        self,
+        plan: Mapping[str, Decision],
+        attempts: Mapping[str, int],
+        timers: Mapping[str, dt.datetime] | None = None,
+    ) -> list[Instruction]:
         """Start from a resume plan (:func:`heliostat.workflows.resume_plan.plan_resume`).
 
-        ``attempts`` are the attempts each step has had so far (attempt numbers go on).
+        ``attempts`` are the attempts each step has had so far (attempt numbers go on);
+        ``timers`` the wake-up times of the timer steps that have started.
         Returns the first instructions; :attr:`records` holds what the plan changes.
         """
         out: list[Instruction] = []
+        self._wake_at.update(timers or {})
         for task_id, run in self.steps.items():
             run.attempt = attempts.get(task_id, 0)
         for task_id, decision in plan.items():
@@ -239,15 +252,17 @@ class WorkflowMachine:
             return []
         raise HeliostatInternalError(f"unknown workflow event {event!r}")
 
-    def start_ready(self) -> list[Submit]:
+    def start_ready(self) -> list[Submit | StartTimer]:
         """Start every ready step (unless the run is stopping): INTENTs and submits.
 
+        A timer step (``workflow.sleep``) is started with :class:`StartTimer` instead
+        of a submit; the first time, a :class:`TimerSet` record fixes its wake-up time.
         The executor must commit :attr:`records` (the INTENTs) before it acts on the
         returned instructions: that is the write-ahead rule.
         """
         if self.stopping:
             return []
-        out: list[Submit] = []
+        out: list[Submit | StartTimer] = []
         at = self.now()
         while self._ready:
             task_id = self._ready.popleft()
@@ -266,6 +281,14 @@ class WorkflowMachine:
                     at=at,
                 )
             )
+            duration = timer_duration(run.spec.function, run.spec.args)
+            if duration is not None:
+                wake = self._wake_at.get(task_id)
+                if wake is None:
+                    wake = self._wake_at[task_id] = at + dt.timedelta(seconds=duration)
+                    self.records.append(TimerSet(task_id=task_id, set_at=at, wake_at=wake))
+                out.append(StartTimer(task_id=task_id, attempt=run.attempt, wake_at=wake))
+                continue
             inputs = tuple(self.steps[self.resolve(p)].value for p in run.spec.parents)
             out.append(Submit(task_id=task_id, attempt=run.attempt, inputs=inputs))
         return out
@@ -446,6 +469,11 @@ class WorkflowMachine:
                 finished_at=event.finished_at if event else None,
                 worker=event.worker if event else worker,
                 logs=event.logs if event else None,
+                exception_data=(
+                    event.exception_data
+                    if event is not None and finish is StepStatus.FAILED
+                    else None
+                ),
             )
         )
         run.status = finish

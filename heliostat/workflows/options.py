@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from heliostat.engine.remote_function import WORKFLOW_OPTIONS_KEY
+from heliostat.engine.remote_function import WORKFLOW_OPTIONS_KEY, RemoteFunction
 
-__all__ = ["STEP_OPTION_NAMES", "StepOptions", "options", "step_options"]
+__all__ = ["STEP_OPTION_NAMES", "StepOptions", "WorkflowOptions", "options", "step_options"]
 
 STEP_OPTION_NAMES = frozenset(
     {
@@ -132,13 +132,41 @@ def _validate(raw: dict[str, Any]) -> StepOptions:
     )
 
 
-def options(**kwargs: Any) -> dict[str, Any]:
-    """Workflow options for ``f.options(**workflow.options(...))``.
+class WorkflowOptions(dict[str, Any]):
+    """What :func:`options` returns: a mapping for ``f.options(**...)``, and a decorator.
 
-    Returns a dict with the validated options under the engine's workflow key. The
-    executor derives the task's own engine options from them (an idempotent step's
-    ``max_retries`` also covers worker crashes; a non-idempotent one is never re-run
-    by the engine).
+    As a mapping it holds the validated options under the engine's workflow key. As a
+    decorator it goes on top of ``@hs.remote`` (as in Ray) and returns the remote
+    function with these workflow options as its defaults::
+
+        @workflow.options(task_id="load", checkpoint=False)
+        @hs.remote
+        def load(rows): ...
+    """
+
+    def __call__(self, fn: Any) -> RemoteFunction:
+        """Give the remote function ``fn`` these workflow options.
+
+        Raises:
+            TypeError: ``fn`` is not a remote function (``@workflow.options`` must sit
+                above ``@hs.remote``, which must have made the function remote first).
+        """
+        if not isinstance(fn, RemoteFunction):
+            raise TypeError(
+                "@workflow.options(...) applies to a remote function: put it above "
+                f"@hs.remote (got {type(fn).__name__} {getattr(fn, '__qualname__', fn)!r})."
+            )
+        return fn.options(**self)
+
+
+def options(**kwargs: Any) -> WorkflowOptions:
+    """Workflow options for ``f.options(**workflow.options(...))``, or a decorator.
+
+    Returns a mapping with the validated options under the engine's workflow key; used
+    as a decorator above ``@hs.remote`` it sets them on the remote function (see
+    :class:`WorkflowOptions`). The executor derives the task's own engine options from
+    them (an idempotent step's ``max_retries`` also covers worker crashes; a
+    non-idempotent one is never re-run by the engine).
 
     Raises:
         TypeError: an option of the wrong type (``idempotent="false"`` is refused, not
@@ -146,8 +174,7 @@ def options(**kwargs: Any) -> dict[str, Any]:
         ValueError: an unknown option (the message lists the known ones) or a bad value.
     """
     _validate(kwargs)
-    out: dict[str, Any] = {WORKFLOW_OPTIONS_KEY: dict(kwargs)}
-    return out
+    return WorkflowOptions({WORKFLOW_OPTIONS_KEY: dict(kwargs)})
 
 
 def step_options(raw: dict[str, Any]) -> StepOptions:

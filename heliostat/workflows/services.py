@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from heliostat.engine.runtime import Runtime, current_runtime
+from heliostat.exceptions import WorkflowError
 from heliostat.storage.checkpoints import (
     CheckpointStore,
     default_storage_url,
@@ -60,6 +61,7 @@ class WorkflowServices:
         self._stores: dict[tuple[str, int], WorkflowStore] = {}
         self._checkpoints: dict[str, CheckpointStore] = {}
         self._running: dict[str, _Cancellable] = {}
+        self._finished: dict[str, threading.Event] = {}  # set when the run ends
         self._lock = threading.Lock()
         self._closed = False
 
@@ -115,11 +117,63 @@ class WorkflowServices:
     def register(self, workflow_id: str, run: _Cancellable) -> None:
         with self._lock:
             self._running[workflow_id] = run
+            self._finished.setdefault(workflow_id, threading.Event()).clear()
 
     def unregister(self, workflow_id: str, run: _Cancellable) -> None:
         with self._lock:
             if self._running.get(workflow_id) is run:
                 del self._running[workflow_id]
+                done = self._finished.pop(workflow_id, None)
+                if done is not None:
+                    done.set()
+
+    def expect(self, workflow_id: str) -> None:
+        """A run of ``workflow_id`` is about to start in this process (``run_async``):
+        :meth:`wait_finished` waits for it from now on, before its row exists."""
+        with self._lock:
+            self._finished.setdefault(workflow_id, threading.Event()).clear()
+
+    def finished(self, workflow_id: str) -> None:
+        """The run :meth:`expect` announced is over, however it ended."""
+        with self._lock:
+            if workflow_id not in self._running:
+                done = self._finished.pop(workflow_id, None)
+                if done is not None:
+                    done.set()
+
+    def expected(self, workflow_id: str) -> bool:
+        """Whether a run of ``workflow_id`` in this process is announced or going on."""
+        with self._lock:
+            return workflow_id in self._finished
+
+    def wait_finished(self, workflow_id: str, timeout: float | None = None) -> bool:
+        """Wait until the run of ``workflow_id`` in this process (if any) ends.
+
+        Returns:
+            False if it still runs after ``timeout`` seconds, else True.
+        """
+        with self._lock:
+            done = self._finished.get(workflow_id)
+        return True if done is None else done.wait(timeout)
+
+    def use_storage(self, url: str) -> None:
+        """Checkpoint to ``url`` from now on (``workflow.init(storage=...)``).
+
+        Raises:
+            WorkflowError: workflows of this runtime already checkpoint elsewhere
+                (their steps would be split between two storages).
+            StorageError: ``url`` names no filesystem fsspec knows.
+        """
+        validate_storage_url(url, source="workflow.init(storage=...)")
+        with self._lock:
+            used = set(self._checkpoints)
+            if used and used != {url}:
+                raise WorkflowError(
+                    f"workflow.init(storage={url!r}): workflows of this runtime already "
+                    f"checkpoint to {sorted(used)[0]!r}. Choose the storage before the "
+                    "first workflow runs (or hs.shutdown() and start again)."
+                )
+            self.storage = url
 
     def notify_cancel(self, workflow_id: str) -> None:
         """Tell a run of ``workflow_id`` in this process that it was canceled."""

@@ -37,12 +37,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from heliostat.engine.api import get, put
 from heliostat.engine.dag import DAGNode, map_leaves
 from heliostat.engine.serialization import cloudpickle_dumps
 from heliostat.exceptions import CorruptCheckpointError, StorageError
 from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore, decode_checkpoint
 from heliostat.workflows.beacon import LeaseExpired, Watchdog
-from heliostat.workflows.compile import Upstream
+from heliostat.workflows.compile import Placeholder, StoredValue, Upstream
 from heliostat.workflows.context import WorkflowContext, step_context
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "StepLogs",
     "StepMeta",
     "continuation",
+    "resolve_arguments",
     "substitute",
 ]
 
@@ -75,14 +77,22 @@ class Continuation:
         return (Continuation, (self.dag,))
 
 
-def continuation(dag: DAGNode) -> Continuation:
+def continuation(dag: DAGNode) -> Any:
     """Return this from a step to replace its output with the output of ``dag``.
 
-    The sub-DAG's steps become part of the workflow (ids prefixed by the step's id),
-    are checkpointed like the others, and survive resume.
+    Inside a workflow step it returns a :class:`Continuation`: the sub-DAG's steps
+    become part of the workflow (ids prefixed by the step's id), are checkpointed like
+    the others, and survive resume. Anywhere else (a task run by ``dag.execute()``, the
+    driver) it runs ``dag`` as plain tasks and returns its value, as Ray does, so a
+    function written for workflows also works in a DAG executed without them.
+
+    Raises:
+        TypeError: ``dag`` is not a DAG node.
     """
     if not isinstance(dag, DAGNode):
         raise TypeError(f"continuation() takes a DAG built with .bind(...), not {type(dag)}.")
+    if step_context.get() is None:
+        return get(dag.execute())
     return Continuation(dag)
 
 
@@ -354,6 +364,35 @@ def substitute(value: Any, outputs: dict[str, Any]) -> Any:
     return map_leaves(value, Upstream, lambda up: outputs[up.task_id])
 
 
+def resolve_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], outputs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A step's arguments as its function receives them, as Ray passes them.
+
+    A placeholder that is an argument itself (an upstream step's output, or an
+    ObjectRef the DAG was built with) becomes its value. One nested inside a list,
+    tuple or dict becomes an ObjectRef of that value, for the step to ``get``: Ray
+    resolves only top-level arguments, and Ray programs rely on that
+    (``sum(ray.get(values))``). The value is put in the object store only then.
+    """
+
+    def top(value: Any) -> Any:
+        if isinstance(value, Upstream):
+            return outputs[value.task_id]
+        if isinstance(value, StoredValue):
+            return value.value
+        if type(value) in (list, tuple, dict):
+            return map_leaves(value, Placeholder, nested)
+        return value
+
+    def nested(value: Upstream | StoredValue) -> Any:
+        if isinstance(value, Upstream):
+            return put(outputs[value.task_id])
+        return put(value.value)
+
+    return tuple(top(a) for a in args), {k: top(v) for k, v in kwargs.items()}
+
+
 class StepCall:
     """A step function wrapped to run inside its workflow context, in a worker."""
 
@@ -386,8 +425,7 @@ class StepCall:
                 exception=_pickle_exception(exc),
                 corrupt_location=exc.location,
             )
-        args = substitute(args, outputs)
-        kwargs = substitute(kwargs, outputs)
+        args, kwargs = resolve_arguments(args, kwargs, outputs)
         token = step_context.set(
             WorkflowContext(
                 workflow_id=env.workflow_id,

@@ -67,6 +67,7 @@ from heliostat.storage.models import (
     WalRecord,
     Workflow,
     WorkflowDag,
+    WorkflowTimer,
 )
 from heliostat.storage.prepared import PreparedCache
 from heliostat.storage.signing import Signer
@@ -86,6 +87,7 @@ from heliostat.workflows.events import (
     StepLogs,
     StepMoved,
     StepsAdded,
+    TimerSet,
     WorkflowMove,
 )
 from heliostat.workflows.lease import (
@@ -97,6 +99,7 @@ from heliostat.workflows.lease import (
 )
 from heliostat.workflows.lineage import (
     LineageReader,
+    exception_signed_parts,
     not_found,
 )
 from heliostat.workflows.step import ErrorInfo
@@ -113,6 +116,7 @@ _WAL: sa.Table = WalRecord.__table__  # type: ignore[assignment]
 _T: sa.Table = Transition.__table__  # type: ignore[assignment]
 _LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
 _DAG: sa.Table = WorkflowDag.__table__  # type: ignore[assignment]
+_TIMER: sa.Table = WorkflowTimer.__table__  # type: ignore[assignment]
 
 
 def _key(table: sa.Table) -> Any:
@@ -126,6 +130,7 @@ _EDGE_INSERT = _E.insert()
 _ATTEMPT_INSERT = _A.insert()
 _TRANSITION_INSERT = _T.insert()
 _LOG_INSERT = _LOG.insert()
+_TIMER_INSERT = _TIMER.insert()
 _ATTEMPT_END = (
     _A.update()
     .where(_key(_A) & (_A.c.attempt == sa.bindparam("a")))
@@ -647,6 +652,7 @@ class WorkflowStore(LineageReader):
         attempts_new: list[dict[str, Any]] = []
         attempts_end: list[dict[str, Any]] = []
         logs: list[dict[str, Any]] = []
+        timers: list[dict[str, Any]] = []
         # task -> its row's new values, keyed by bind name ("v_" + column); later
         # records of a task win.
         steps: dict[str, dict[str, Any]] = {}
@@ -750,6 +756,11 @@ class WorkflowStore(LineageReader):
                     columns["v_started_at"] = r.started_at
                 if r.finish is StepStatus.FAILED:
                     columns["v_finished_at"] = r.finished_at or r.at
+                    if r.exception_data is not None:
+                        columns["v_exception"] = r.exception_data
+                        columns["v_exception_signature"] = self.signer.sign(
+                            *exception_signed_parts(w, r.task_id, r.exception_data)
+                        )
                 merge(r.task_id, columns)
                 moved(r.task_id, StepStatus.RUNNING, r.finish, r.cause, r.at)
             elif isinstance(r, StepMoved):
@@ -760,6 +771,15 @@ class WorkflowStore(LineageReader):
                     columns["v_finished_at"] = r.at
                 merge(r.task_id, columns)
                 moved(r.task_id, r.start, r.finish, r.cause, r.at)
+            elif isinstance(r, TimerSet):
+                timers.append(
+                    {
+                        "workflow_id": w,
+                        "task_id": r.task_id,
+                        "set_at": r.set_at,
+                        "wake_at": r.wake_at,
+                    }
+                )
             else:
                 raise HeliostatInternalError(f"unknown workflow record {r!r}")
         run(cursor, _ATTEMPT_INSERT, attempts_new)
@@ -775,6 +795,7 @@ class WorkflowStore(LineageReader):
         run(cursor, _WAL_INSERT, wal)
         run(cursor, _TRANSITION_INSERT, transitions)
         run(cursor, _LOG_INSERT, logs)
+        run(cursor, _TIMER_INSERT, timers)
 
     def _sign_output(
         self, workflow_id: str, task_id: str, ref: CheckpointRef, fmt: str | None

@@ -33,6 +33,7 @@ TABLES = {
     "wal",
     "attempt_logs",
     "workflow_dags",
+    "workflow_timers",
     "transitions",
     "schedules",
     "schedule_runs",
@@ -116,6 +117,52 @@ def test_0004_moves_live_leases_into_workflows_and_maps_attempt_states(engine: E
             ).scalar_one()
             == "FAILED"
         )
+
+
+def test_0005_adds_timers_and_step_exceptions_keeping_data(engine: Engine) -> None:
+    """Rows written at 0004 survive 0005 and its downgrade; the new columns and table
+    hold data, and a timer goes with its step."""
+    db.upgrade(engine, "0004")
+    t = "'2026-12-01 10:00:00'"
+    with engine.begin() as conn:
+        for sql in (
+            "INSERT INTO workflows (workflow_id, status, name, created_at, updated_at, "
+            f"metadata, resume_count) VALUES ('w', 'FAILED', '', {t}, {t}, '{{}}', 0)",
+            "INSERT INTO steps (workflow_id, task_id, function_name, status, attempts, "
+            "max_retries, idempotent, checkpoint, metadata, position, error) VALUES "
+            "('w', 'nap', 'sleep', 'RUNNING', 1, 3, true, true, '{}', 0, NULL), "
+            "('w', 'b', 'b', 'FAILED', 1, 3, true, true, '{}', 1, 'ValueError: x')",
+        ):
+            conn.execute(sa.text(sql))
+    db.upgrade(engine)
+    assert db.current_revision(engine) == "0005"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE steps SET exception = :e, exception_signature = 'sig' WHERE task_id = 'b'"
+            ),
+            {"e": b"pickled"},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO workflow_timers (workflow_id, task_id, set_at, wake_at) "
+                "VALUES ('w', 'nap', '2026-12-01 10:00:00', '2026-12-01 11:00:00')"
+            )
+        )
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT error, exception, exception_signature FROM steps WHERE task_id='b'")
+        ).one()
+        assert (row[0], bytes(row[1]), row[2]) == ("ValueError: x", b"pickled", "sig")
+    with engine.begin() as conn:  # the timer goes with its step
+        conn.execute(sa.text("DELETE FROM steps WHERE task_id = 'nap'"))
+        assert conn.execute(sa.text("SELECT count(*) FROM workflow_timers")).scalar_one() == 0
+    db.downgrade(engine, "0004")
+    assert "workflow_timers" not in _table_names(engine)
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("steps")}
+    assert "exception" not in columns and "exception_signature" not in columns
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT error FROM steps")).scalar_one() == "ValueError: x"
 
 
 def test_upgrade_accepts_a_url(db_url_factory: Any) -> None:

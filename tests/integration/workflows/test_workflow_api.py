@@ -26,6 +26,7 @@ from heliostat.exceptions import (
     WorkflowExecutionError,
     WorkflowNeedsAttentionError,
     WorkflowNotFoundError,
+    WorkflowNotResumableError,
 )
 from heliostat.storage.checkpoints import EXTENSIONS
 from heliostat.storage.models import Step
@@ -62,6 +63,12 @@ def _wait_gate(gate: str, timeout: float = 60.0) -> bool:
 def source(log: str, value: Any) -> Any:
     _mark(log)
     return value
+
+
+@hs.remote
+def gather(log: str, refs: list[Any]) -> list[Any]:
+    _mark(log)
+    return list(hs.get(refs))
 
 
 @hs.remote
@@ -298,10 +305,8 @@ def test_delete_removes_rows_and_checkpoints(
         workflow.get_status,
         workflow.get_output,
         workflow.get_metadata,
-        workflow.resume,
         workflow.cancel,
         workflow.delete,
-        workflow.resume_async,
     ],
     ids=lambda fn: fn.__name__,
 )
@@ -309,6 +314,17 @@ def test_unknown_workflow_id_raises_not_found_naming_it(runtime: Runtime, call: 
     with pytest.raises(WorkflowNotFoundError, match="no-such-wf") as info:
         call("no-such-wf")
     assert info.value.workflow_id == "no-such-wf"
+
+
+@pytest.mark.parametrize("call", [workflow.resume, workflow.resume_async], ids=lambda f: f.__name__)
+def test_resume_of_an_unknown_id_is_not_resumable_because_not_found(
+    runtime: Runtime, call: Any
+) -> None:
+    """Ray raises WorkflowNotResumableError; the not-found error is its cause."""
+    with pytest.raises(WorkflowNotResumableError, match="no-such-wf") as info:
+        call("no-such-wf")
+    assert info.value.workflow_id == "no-such-wf"
+    assert isinstance(info.value.__cause__, WorkflowNotFoundError)
 
 
 def test_run_async_ref_resolves_to_the_output(runtime: Runtime, tmp_path: Path) -> None:
@@ -381,7 +397,8 @@ def test_on_progress_counts_done_steps_and_failed_attempts(
     dag = add.options(**_opts("total")).bind(str(log), dag, 0)
     calls: list[tuple[int, int, int]] = []
 
-    join = source.options(**_opts("join")).bind(str(log), [shaky, dag])
+    # Nested in a list, the two outputs reach the step as refs (as in Ray).
+    join = gather.options(**_opts("join")).bind(str(log), [shaky, dag])
 
     out = workflow.run(join, workflow_id="progress", on_progress=lambda *a: calls.append(a))
 

@@ -119,3 +119,23 @@ def test_list_all_and_delete(wf_backend: str, runtime: Runtime, tmp_path: Path) 
     assert workflow.list_all() == [("green", WorkflowStatus.SUCCESSFUL)]
     with pytest.raises(WorkflowNotFoundError, match="'red'"):
         workflow.get_status("red")
+
+
+class OutOfStock(Exception):
+    """A user's exception class: it must come back from the lineage as itself."""
+
+
+@hs.remote
+def sell(item: str) -> None:
+    raise OutOfStock(item)
+
+
+def test_timer_and_failed_step_exception_round_trip(wf_backend: str, runtime: Runtime) -> None:
+    """The new lineage rows (workflow_timers, a step's signed exception) on each backend."""
+    assert workflow.run(number.bind(os.devnull, workflow.sleep(0.2)), workflow_id="nap") is None
+    assert workflow.get_metadata("nap", "sleep")["status"] == "SUCCESSFUL"
+    with pytest.raises(WorkflowExecutionError):
+        workflow.run(sell.bind("tea"), workflow_id="sold-out")
+    with pytest.raises(WorkflowExecutionError) as info:
+        workflow.get_output("sold-out")
+    assert isinstance(info.value.cause, OutOfStock)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
 import threading
@@ -314,10 +315,10 @@ def test_step_call_substitutes_parents_sets_context_and_checkpoints() -> None:
     call = StepCall(_with_context)
 
     value, meta = call(
-        _env(url), (Upstream("p"), [Upstream("q")]), {"c": {"k": Upstream("p")}}, ("p", "q"), 1, 2
+        _env(url), (Upstream("p"), Upstream("q")), {"c": Upstream("p")}, ("p", "q"), 1, 2
     )
 
-    assert value == (1, [2], {"k": 1}, "wf", "t", 2, "wf:t")
+    assert value == (1, 2, 1, "wf", "t", 2, "wf:t")
     assert meta.continuation is False
     assert meta.checkpoint is not None
     assert CheckpointStore(url).read(meta.checkpoint) == value
@@ -392,3 +393,28 @@ def test_running_a_step_imports_none_of_the_driver_side_libraries() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_nested_placeholders_become_refs_and_top_level_ones_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray resolves top-level arguments only: a step output or a stored ObjectRef value
+    nested in a list, tuple or dict reaches the step as a ref (here a fake put's)."""
+    from heliostat.workflows import step as step_module
+    from heliostat.workflows.compile import StoredValue
+
+    monkeypatch.setattr(step_module, "put", lambda value: ("ref", value))
+    args, kwargs = step_module.resolve_arguments(
+        (Upstream("p"), [Upstream("q"), 5], StoredValue(7), (StoredValue(8),)),
+        {"k": {"x": Upstream("p")}, "v": StoredValue(9)},
+        {"p": 1, "q": 2},
+    )
+    assert args == (1, [("ref", 2), 5], 7, (("ref", 8),))
+    assert kwargs == {"k": {"x": ("ref", 1)}, "v": 9}
+
+
+def test_stored_value_pickles_and_compares_by_value() -> None:
+    from heliostat.workflows.compile import StoredValue
+
+    assert pickle.loads(pickle.dumps(StoredValue([1, 2]))) == StoredValue([1, 2])
+    assert StoredValue(1) != StoredValue(2)
