@@ -32,9 +32,9 @@ def render_cli(parser: argparse.ArgumentParser | None = None) -> str:
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "88"  # argparse wraps to this width; keep builds stable
     try:
-        out = ["## heliostat", "", "```text", parser.format_help().rstrip(), "```", ""]
+        out = ["### heliostat", "", "```text", parser.format_help().rstrip(), "```", ""]
         for path, summary, sub in _commands(parser, ("heliostat",)):
-            out += [f"{'#' * min(len(path) + 1, 4)} {' '.join(path)}", ""]
+            out += [f"{'#' * min(len(path) + 2, 5)} {' '.join(path)}", ""]
             if summary:
                 out += [summary[0].upper() + summary[1:] + ".", ""]
             out += ["```text", sub.format_help().rstrip(), "```", ""]
