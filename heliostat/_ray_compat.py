@@ -86,6 +86,7 @@ RAY_NAMES: tuple[RayName, ...] = (
             "ray.get_gpu_ids",
             "ray.ObjectRef",
             "ray.ObjectRefGenerator",
+            ("ray.actor", "The module itself."),
             "ray.actor.exit_actor",
             ("ray.client", "Ray Client (ray://) has no counterpart."),
             ("ray.job_config.JobConfig", "Pass init() keywords instead."),
@@ -109,6 +110,7 @@ RAY_NAMES: tuple[RayName, ...] = (
     *_names(
         _UTIL,
         [
+            ("ray.util", "The module itself."),
             "ray.util.ActorPool",
             "ray.util.queue.Queue",
             "ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy",
@@ -141,6 +143,14 @@ RAY_NAMES: tuple[RayName, ...] = (
             "ray.exceptions.TaskUnschedulableError",
             "ray.exceptions.ActorUnschedulableError",
             "ray.exceptions.RuntimeEnvSetupError",
+            "ray.exceptions.ObjectFetchTimedOutError",
+            "ray.exceptions.ObjectReconstructionFailedError",
+            "ray.exceptions.ObjectFreedError",
+            "ray.exceptions.ReferenceCountingAssertionError",
+            "ray.exceptions.AsyncioActorExit",
+            "ray.exceptions.PendingCallsLimitExceeded",
+            "ray.exceptions.LocalRayletDiedError",
+            "ray.exceptions.CrossLanguageError",
         ],
     ),
     *_names(
@@ -170,12 +180,20 @@ RAY_NAMES: tuple[RayName, ...] = (
     RayName(
         ray="ray.workflow.exceptions.WorkflowError",
         group=_WF,
-        heliostat=("heliostat.exceptions.WorkflowError",),
+        heliostat=(
+            "heliostat.exceptions.WorkflowError",
+            "heliostat.workflow.exceptions.WorkflowError",
+            "heliostat.workflow.WorkflowError",
+        ),
     ),
     RayName(
         ray="ray.workflow.exceptions.WorkflowExecutionError",
         group=_WF,
-        heliostat=("heliostat.exceptions.WorkflowExecutionError",),
+        heliostat=(
+            "heliostat.exceptions.WorkflowExecutionError",
+            "heliostat.workflow.exceptions.WorkflowExecutionError",
+            "heliostat.workflow.WorkflowExecutionError",
+        ),
     ),
     RayName(
         ray="ray.workflow.exceptions.WorkflowCancellationError",
@@ -189,12 +207,20 @@ RAY_NAMES: tuple[RayName, ...] = (
     RayName(
         ray="ray.workflow.exceptions.WorkflowNotResumableError",
         group=_WF,
-        heliostat=("heliostat.exceptions.WorkflowNotResumableError",),
+        heliostat=(
+            "heliostat.exceptions.WorkflowNotResumableError",
+            "heliostat.workflow.exceptions.WorkflowNotResumableError",
+            "heliostat.workflow.WorkflowNotResumableError",
+        ),
     ),
     RayName(
         ray="ray.workflow.exceptions.WorkflowNotFoundError",
         group=_WF,
-        heliostat=("heliostat.exceptions.WorkflowNotFoundError",),
+        heliostat=(
+            "heliostat.exceptions.WorkflowNotFoundError",
+            "heliostat.workflow.exceptions.WorkflowNotFoundError",
+            "heliostat.workflow.WorkflowNotFoundError",
+        ),
     ),
     *_names(
         _LIBS,
