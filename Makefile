@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-workflows bench-scheduler lint clean
+.PHONY: venv demo test docs docs-serve bench bench-workflows bench-scheduler lint clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,14 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken reference fails.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# Serve it at http://127.0.0.1:8000, rebuilt on every change.
+docs-serve: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
 bench: venv
 	$(BIN)/python benchmarks/core.py
 
@@ -34,4 +42,4 @@ lint: venv
 	$(BIN)/ruff check heliostat tests
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache
