@@ -67,6 +67,14 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
         read_by=("heliostat.storage.db",),
     ),
     EnvVar(
+        name="HELIOSTAT_AUTO_INIT",
+        default="`1`",
+        meaning="`0` stops `.remote()`, `put()` and `get_actor()` from starting a runtime "
+        "when none is running (as Ray's auto-connect does); they then raise instead. Any "
+        "value other than `0` or `1` is refused.",
+        read_by=("heliostat.engine.runtime",),
+    ),
+    EnvVar(
         name="HELIOSTAT_STORAGE",
         default="`file://$HELIOSTAT_HOME/checkpoints`",
         meaning="Where step outputs are checkpointed: any fsspec URL (`file://`, `s3://` "

@@ -391,6 +391,14 @@ def set_auto_init(starter: Callable[[], None] | None) -> None:
     _auto_init = starter
 
 
+def _auto_init_enabled() -> bool:
+    """``HELIOSTAT_AUTO_INIT``: unset or ``1`` on, ``0`` off; anything else is refused."""
+    value = os.environ.get("HELIOSTAT_AUTO_INIT", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"HELIOSTAT_AUTO_INIT must be 0 or 1, got {value!r}.")
+    return value != "0"
+
+
 def client_or_auto_init() -> CoreClient:
     """The current client; in a driver with none, start a runtime first (as Ray does).
 
@@ -403,7 +411,7 @@ def client_or_auto_init() -> CoreClient:
     starter = _auto_init
     # Only a process with no client at all: a worker's closed client means its node
     # is going away, never that it should start one of its own.
-    if client is None and starter is not None and os.environ.get("HELIOSTAT_AUTO_INIT") != "0":
+    if client is None and starter is not None and _auto_init_enabled():
         with _auto_init_lock:
             if _client is None:
                 starter()
