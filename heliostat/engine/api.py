@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
+from heliostat.engine import async_refs  # noqa: F401  (installs await ref, ref.future())
 from heliostat.engine import runtime as _rt
 from heliostat.engine.actor import ActorClass, ActorHandle
 from heliostat.engine.events import to_chrome_trace

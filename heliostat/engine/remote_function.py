@@ -9,6 +9,7 @@ costs serializing the arguments and one message.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from collections.abc import Callable
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from heliostat.engine.dag import FunctionNode
+from heliostat.engine.generators import ObjectRefGenerator
 from heliostat.engine.runtime import current_client
 from heliostat.engine.serialization import cloudpickle_dumps, dumps_function
+from heliostat.engine.streams import STREAMING, is_generator_function, parse_num_returns
 from heliostat.scheduler import ResourceSet
 
 __all__ = [
@@ -54,7 +57,7 @@ class TaskOptions:
     """Validated options of a remote function."""
 
     resources: ResourceSet
-    num_returns: int = 1
+    num_returns: int = 1  # or streams.STREAMING / streams.DYNAMIC
     max_retries: int = 3
     retry_exceptions: bool | bytes = False  # bytes: a pickled tuple of exception classes
     name: str = ""
@@ -95,9 +98,7 @@ def _retry_exceptions(value: Any) -> bool | bytes:
 def task_options(raw: dict[str, Any], *, what: str) -> TaskOptions:
     """Validate task options (from ``@remote(...)`` or ``.options(...)``)."""
     _check_unknown(raw, TASK_OPTION_NAMES, what)
-    num_returns = raw.get("num_returns", 1)
-    if not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 1:
-        raise ValueError(f"num_returns must be a positive int for {what}, got {num_returns!r}.")
+    num_returns = parse_num_returns(raw.get("num_returns"), what=what, generator=False)
     max_retries = raw.get("max_retries", 3)
     if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < -1:
         raise ValueError(f"max_retries must be an int >= -1 for {what}, got {max_retries!r}.")
@@ -160,6 +161,8 @@ class RemoteFunction:
     def __init__(
         self, fn: Callable[..., Any], options: TaskOptions, code: _Code | None = None
     ) -> None:
+        if is_generator_function(fn) and not any(k == "num_returns" for k, _ in options.raw):
+            options = dataclasses.replace(options, num_returns=STREAMING)  # as in Ray
         self._fn = fn
         self._options = options
         self._code = code or _Code(fn, f"remote function {fn.__qualname__!r}")
@@ -183,6 +186,8 @@ class RemoteFunction:
         fn_id = code.fn_id or code.ensure()
         client.register_function(fn_id, code.payload)
         opts = self._options
+        if opts.num_returns < 0:
+            return self._remote_generator(client, fn_id, args, kwargs)
         refs = client.submit_task(
             fn_id=fn_id,
             name=self._name,
@@ -195,6 +200,25 @@ class RemoteFunction:
             retry_exceptions=opts.retry_exceptions,
         )
         return refs[0] if opts.num_returns == 1 else refs
+
+    def _remote_generator(
+        self, client: Any, fn_id: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Submit a generator task: an ObjectRefGenerator (streaming) or one ref (dynamic)."""
+        opts = self._options
+        (ref,) = client.submit_task(
+            fn_id=fn_id,
+            name=self._name,
+            args=args,
+            kwargs=kwargs,
+            describe=self._describe,
+            num_returns=1,
+            resources=opts.resources,
+            max_retries=opts.max_retries,
+            retry_exceptions=opts.retry_exceptions,
+            generator=opts.num_returns,
+        )
+        return ObjectRefGenerator(ref) if opts.num_returns == STREAMING else ref
 
     def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
         """A lazy call: a graph node to ``execute()`` or run as a durable workflow."""
