@@ -155,4 +155,3 @@ class AsyncActorExecutor:
                 break
             sink.put(value)
         return sink.result()
-

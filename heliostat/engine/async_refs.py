@@ -89,8 +89,9 @@ class _Resolver:
         self._thread: threading.Thread | None = None
         self._queued = 0
 
-    def put(self, client: CoreClient, future: concurrent.futures.Future[Any], ok: bool,
-            value: Any) -> None:
+    def put(
+        self, client: CoreClient, future: concurrent.futures.Future[Any], ok: bool, value: Any
+    ) -> None:
         with self._lock:
             self._queued += 1
             self._queue.put((client, future, ok, value))

@@ -113,7 +113,7 @@ class WorkerClient(CoreClient):
         self._sock = sock
         self._cv = threading.Condition()
         self._reader_active = False
-        self._slots: dict[int, list[Any]] = {}
+        self._slots: dict[int, Any] = {}  # a reply slot (list) or a callback
         self.inbox: deque[tuple[Any, ...]] = deque()
         self.exiting = False
         # Function code that arrived with a task we handed back (REVOKE).
@@ -759,7 +759,8 @@ class GeneratorSink:
         client = worker.client
         if self._mode == STREAMING:
             oid, kind, payload, contained, size = worker.item_record(self._name, value)
-            client._post("gen_item", self._stream_id, self._index, oid, kind, payload, contained, size)
+            index = self._index
+            client._post("gen_item", self._stream_id, index, oid, kind, payload, contained, size)
         else:
             ser = serialize(value, what=f"a value yielded by {self._name!r}")
             self._refs.append(client.put_serialized(ser))
