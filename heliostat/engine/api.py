@@ -15,6 +15,7 @@ from heliostat.engine import async_refs  # noqa: F401  (installs await ref, ref.
 from heliostat.engine import runtime as _rt
 from heliostat.engine.actor import ActorClass, ActorHandle
 from heliostat.engine.events import to_chrome_trace
+from heliostat.engine.generators import ObjectRefGenerator
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction, task_options
 from heliostat.exceptions import HeliostatError
@@ -187,6 +188,8 @@ def wait(
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that produces ``ref``; ``force`` kills its worker."""
+    if isinstance(ref, ObjectRefGenerator):  # as in Ray: cancels the generator task
+        ref = ref.completed()
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}.")
     _rt.current_client().cancel(ref, force)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import queue
 import threading
 from collections.abc import Generator
@@ -58,7 +59,8 @@ async def _await(ref: ObjectRef) -> Any:
             future.set_exception(value)
 
     def on_reply(ok: bool, value: Any) -> None:
-        loop.call_soon_threadsafe(settle, ok, value)
+        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+            loop.call_soon_threadsafe(settle, ok, value)
 
     req_id = client.next_request_id()
     client._call_async("get", (req_id, [ref.id]), on_reply)

@@ -12,6 +12,7 @@ drops the stream id, which tells the node manager to release what was never aske
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,7 +46,7 @@ class ObjectRefGenerator:
         self._finished = False
         # An item asked for by a cancelled ``__anext__``: its answer is kept for the
         # next call, so no item is skipped.
-        self._pending: asyncio.Future[int] | None = None
+        self._pending: asyncio.Future[ObjectRef | None] | None = None
 
     def completed(self) -> ObjectRef:
         """A ref that is ready when the task ends; it raises if the task failed."""
@@ -85,12 +86,13 @@ class ObjectRefGenerator:
         pending = self._pending
         if pending is None or pending.get_loop() is not asyncio.get_running_loop():
             pending = self._pending = _ask_next(client, self._completed.id, self._index)
-        object_id = await asyncio.shield(pending)
+        ref = await asyncio.shield(pending)
         self._pending = None
-        try:
-            return self._advance(object_id, client.tracker)
-        except StopIteration:
-            raise StopAsyncIteration from None
+        if ref is None:
+            self._finished = True
+            raise StopAsyncIteration
+        self._index += 1
+        return ref
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError(
@@ -102,10 +104,10 @@ class ObjectRefGenerator:
         return f"ObjectRefGenerator({self._completed.hex()}, next={self._index})"
 
 
-def _ask_next(client: Any, stream_id: int, index: int) -> asyncio.Future[int]:
-    """Ask the node manager for item ``index``; the future gets its id (0: the end)."""
+def _ask_next(client: Any, stream_id: int, index: int) -> asyncio.Future[ObjectRef | None]:
+    """Ask the node manager for item ``index``; the future gets its ref (None: the end)."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[int] = loop.create_future()
+    future: asyncio.Future[ObjectRef | None] = loop.create_future()
 
     def settle(ok: bool, value: Any) -> None:
         if future.done():
@@ -116,7 +118,14 @@ def _ask_next(client: Any, stream_id: int, index: int) -> asyncio.Future[int]:
             future.set_exception(value)
 
     def on_reply(ok: bool, value: Any) -> None:
-        loop.call_soon_threadsafe(settle, ok, value)
+        if ok and value:
+            # Adopt the node manager's hold now: if nobody takes the ref (the loop is
+            # gone), dropping it releases the item.
+            value = ObjectRef(value, client.tracker, adopt=True)
+        elif ok:
+            value = None
+        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+            loop.call_soon_threadsafe(settle, ok, value)
 
     client._call_async("gen_next", (stream_id, index), on_reply)
     return future

@@ -466,6 +466,7 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._async: AsyncActorExecutor | None = None
         self._in_user_code = False
+        self._sigint_pending = False
         self.current_name = ""
         self._stdout = _LineForwarder(self, "stdout")
         self._stderr = _LineForwarder(self, "stderr")
@@ -477,6 +478,7 @@ class Worker:
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._in_user_code:
             raise KeyboardInterrupt
+        self._sigint_pending = True  # a generator task checks it before its next item
 
     def _on_poke(self, signum: int, frame: Any) -> None:
         self.client.pump_now()
@@ -714,9 +716,13 @@ class Worker:
             )
         stream = self.sink(mode, stream_id, name)
         sentinel = object()
+        self._sigint_pending = False
         while True:
             self._in_user_code = True
             try:
+                if self._sigint_pending:  # cancelled while we stored the last item
+                    self._sigint_pending = False
+                    raise KeyboardInterrupt
                 value = next(gen, sentinel)
             except Exception as exc:
                 if mode == STREAMING:
