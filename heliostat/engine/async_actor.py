@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import threading
 import time
@@ -92,7 +93,17 @@ class AsyncActorExecutor:
             now = time.time()
             self._worker.client.send((Op.TASK_FAILED, task_id, b"", False, True, now, now))
             return
-        self._tasks[task_id] = self._loop.create_task(self._call(message))
+        task = self._loop.create_task(self._call(message))
+        self._tasks[task_id] = task
+        task.add_done_callback(functools.partial(self._never_ran, task_id))
+
+    def _never_ran(self, task_id: int, _task: asyncio.Task[None]) -> None:
+        """A call cancelled before its coroutine took a step sent no reply: send one."""
+        if self._tasks.pop(task_id, None) is None:
+            return  # ``_call`` ran and replied
+        self._cancelled.discard(task_id)
+        now = time.time()
+        self._worker.client.send((Op.TASK_FAILED, task_id, b"", False, True, now, now))
 
     def _cancel(self, task_id: int) -> None:
         task = self._tasks.get(task_id)

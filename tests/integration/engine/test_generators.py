@@ -189,8 +189,8 @@ def test_generator_task_consumed_inside_a_task(runtime) -> None:
     assert hs.get(consume_inside.remote(4), timeout=TIMEOUT) == 60
 
 
-def test_dropping_a_generator_frees_its_items(runtime, wait_for) -> None:
-    manager = runtime.manager
+def test_dropping_a_generator_frees_its_items(fresh_runtime, wait_for) -> None:
+    manager = fresh_runtime().manager  # a node of its own: nothing else frees objects
     before = manager.object_stats()["objects"]
     gen = count.remote(20)
     hs.get(gen.completed(), timeout=TIMEOUT)
