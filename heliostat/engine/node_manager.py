@@ -743,8 +743,8 @@ class NodeManager:
             self._objects.make_room(size)
         entry = self._objects.create(object_id, owner, None)  # the caller holds it
         self._set_value(entry, ObjKind(kind), payload, size, contained)
-        for _index, index_of, answer in stream.add(object_id):
-            self._answer_stream_waiter(index_of, answer, object_id)
+        for _index, waiting, answer in stream.add(object_id):
+            self._answer_stream_waiter(waiting, answer, object_id)
 
     def _v_gen_next(self, proc: WorkerRecord, reply: Reply, stream_id: int, index: int) -> None:
         """The id of item ``index`` of a stream, 0 at its end; waits until one is known."""
@@ -759,8 +759,9 @@ class NodeManager:
         stream.waiters.append((index, proc.index, reply))
         self._block(proc)
 
-    def _answer_stream_waiter(self, index: int, answer: Reply, object_id: int) -> None:
-        proc = self._proc_of(index)
+    def _answer_stream_waiter(self, waiting: int, answer: Reply, object_id: int) -> None:
+        """Answer a ``gen_next`` (``waiting``: the asking process) and unblock it."""
+        proc = self._proc_of(waiting)
         if proc is not None:
             self._unblock(proc)
         answer(True, object_id)
@@ -775,10 +776,10 @@ class NodeManager:
             object_id = self._own_ids.next()
             entry = self._objects.create(object_id, owner, None)
             self._set_value(entry, ObjKind.ERROR, error, 0, ())
-            for _index, index_of, answer in stream.add(object_id):
-                self._answer_stream_waiter(index_of, answer, object_id)
-        for _index, index_of, answer in stream.finish():
-            self._answer_stream_waiter(index_of, answer, 0)
+            for _index, waiting, answer in stream.add(object_id):
+                self._answer_stream_waiter(waiting, answer, object_id)
+        for _index, waiting, answer in stream.finish():
+            self._answer_stream_waiter(waiting, answer, 0)
         if stream.dropped:
             del self._streams[stream_id]
 
