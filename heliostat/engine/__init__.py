@@ -23,6 +23,7 @@ from heliostat.engine.api import (
     wait,
 )
 from heliostat.engine.events import TaskEvent
+from heliostat.engine.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction
 from heliostat.engine.runtime import Runtime, current_client, current_runtime
@@ -32,7 +33,9 @@ __all__ = [
     "ActorClass",
     "ActorHandle",
     "ActorMethod",
+    "DynamicObjectRefGenerator",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "Runtime",
     "TaskEvent",

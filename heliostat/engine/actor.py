@@ -16,6 +16,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from heliostat.engine.async_actor import DEFAULT_ASYNC_MAX_CONCURRENCY, is_async_class
+from heliostat.engine.generators import ObjectRefGenerator
 from heliostat.engine.ids import format_id
 from heliostat.engine.object_ref import RefTracker, process_tracker
 from heliostat.engine.records import ActorOptions, TaskKind
@@ -27,6 +29,7 @@ from heliostat.engine.scheduling_strategies import (
     refuse_affinity,
 )
 from heliostat.engine.serialization import note_ref
+from heliostat.engine.streams import STREAMING, is_generator_function, parse_num_returns
 from heliostat.engine.validation import (
     ArgChecker,
     check_bool,
@@ -69,9 +72,12 @@ _NO_RESOURCES = ResourceSet()
 
 
 def method(
-    *, num_returns: int = 1, concurrency_group: str | None = None
+    *, num_returns: int | str | None = None, concurrency_group: str | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate an actor method to set its options (``num_returns``), as in Ray.
+
+    ``num_returns`` is a count, or ``"streaming"`` / ``"dynamic"`` for a generator
+    method (a generator method streams by default).
 
     Raises:
         ValueError: ``concurrency_group`` given: concurrency groups are not supported
@@ -82,11 +88,13 @@ def method(
             f"@method(concurrency_group={concurrency_group!r}): concurrency groups are not "
             "supported yet; set max_concurrency on the actor instead."
         )
-    if not isinstance(num_returns, int) or num_returns < 1:
-        raise ValueError(f"num_returns must be a positive int, got {num_returns!r}")
+    # 0 when not given: the method's kind decides (see _method_table).
+    code = 0
+    if num_returns is not None:
+        code = parse_num_returns(num_returns, what="an actor method", generator=False)
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__heliostat_num_returns__ = num_returns  # type: ignore[attr-defined]
+        fn.__heliostat_num_returns__ = code  # type: ignore[attr-defined]
         return fn
 
     return mark
@@ -117,7 +125,8 @@ def _method_table(cls: type) -> dict[str, int]:
     table: dict[str, int] = {}
     for name, member in inspect.getmembers(cls):
         if callable(member) and (not name.startswith("__") or name == "__call__"):
-            table[name] = getattr(member, "__heliostat_num_returns__", 1)
+            given = getattr(member, "__heliostat_num_returns__", 0)
+            table[name] = given or (STREAMING if is_generator_function(member) else 1)
     return table
 
 
@@ -219,7 +228,10 @@ class ActorClass:
                 namespace=namespace,
                 class_name=self._cls.__qualname__,
                 max_restarts=opts.get("max_restarts", 0),
-                max_concurrency=opts.get("max_concurrency", 1),
+                max_concurrency=opts.get(
+                    "max_concurrency",
+                    DEFAULT_ASYNC_MAX_CONCURRENCY if is_async_class(self._cls) else 1,
+                ),
                 max_task_retries=opts.get("max_task_retries", 0),
                 detached=opts.get("lifetime") == "detached",
                 methods=self._methods,
@@ -322,7 +334,13 @@ class ActorMethod:
             f"Actor method {self._name!r} cannot be called directly; use .{self._name}.remote(...)."
         )
 
-    def options(self, *, num_returns: int | None = None, name: str | None = None) -> ActorMethod:
+    def options(
+        self, *, num_returns: int | str | None = None, name: str | None = None
+    ) -> ActorMethod:
+        if num_returns is not None:
+            num_returns = parse_num_returns(
+                num_returns, what=f"actor method {self._name!r}", generator=False
+            )
         m = ActorMethod(self._handle, self._name, num_returns or self._num_returns, self._checker)
         return m
 
@@ -337,21 +355,25 @@ class ActorMethod:
             checker.check(args, kwargs)
         handle = self._handle
         client = current_client()
+        generator = self._num_returns if self._num_returns < 0 else 0
         refs = client.submit_task(
             fn_id=b"",
             name=f"{handle._class_name}.{self._name}",
             args=args,
             kwargs=kwargs,
             describe=lambda key: f"argument {key}",
-            num_returns=self._num_returns,
+            num_returns=self._num_returns if not generator else 1,
             resources=_NO_RESOURCES,
             max_retries=0,
             retry_exceptions=False,
             kind=TaskKind.ACTOR_CALL,
             actor_id=handle._actor_id,
             method=self._name,
+            generator=generator,
         )
-        return refs[0] if self._num_returns == 1 else refs
+        if generator == STREAMING:
+            return ObjectRefGenerator(refs[0])
+        return refs[0] if self._num_returns == 1 or generator else refs
 
 
 def exit_actor() -> NoReturn:

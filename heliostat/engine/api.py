@@ -11,9 +11,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
+from heliostat.engine import async_refs  # noqa: F401  (installs await ref, ref.future())
 from heliostat.engine import runtime as _rt
 from heliostat.engine.actor import ActorClass, ActorHandle
 from heliostat.engine.events import to_chrome_trace
+from heliostat.engine.generators import ObjectRefGenerator
 from heliostat.engine.init_options import check_init_options
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction, task_options
@@ -303,8 +305,11 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     """Cancel the task that produces ``ref``; ``force`` kills its worker.
 
     With ``recursive`` (the default, as in Ray) the tasks that task submitted, and
-    theirs, are cancelled too; with ``recursive=False`` only the task itself.
+    theirs, are cancelled too; with ``recursive=False`` only the task itself. An
+    ``ObjectRefGenerator`` cancels its generator task, as in Ray.
     """
+    if isinstance(ref, ObjectRefGenerator):
+        ref = ref.completed()
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() takes an ObjectRef, not {type(ref).__name__}.")
     if not isinstance(force, bool):

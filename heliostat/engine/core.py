@@ -114,6 +114,24 @@ class CoreClient:
     def _report_release(self, ids: list[int]) -> None:
         self._post("release", ids)
 
+    def _call_async(
+        self, verb: str, args: tuple[Any, ...], on_reply: Callable[[bool, Any], None]
+    ) -> None:
+        """Send a request; ``on_reply(ok, value)`` runs later on an internal thread.
+
+        The callback must only hand the reply over (to an event loop, a queue): in the
+        driver it runs with the node manager's lock held.
+        """
+        raise NotImplementedError
+
+    def cancel_async(self, req_id: int) -> None:
+        """Give up a request made with :meth:`_call_async` (its waiter is dropped)."""
+        self._post("forget", req_id)
+
+    def next_request_id(self) -> int:
+        """A fresh request id (for ``get``/``wait`` requests made with ``_call_async``)."""
+        return next(self._req_ids)
+
     # --- functions ------------------------------------------------------------------
 
     def register_function(self, fn_id: bytes, data: Callable[[], bytes]) -> None:
@@ -205,8 +223,13 @@ class CoreClient:
         kind: TaskKind = TaskKind.NORMAL,
         actor_id: int = 0,
         method: str = "",
+        generator: int = 0,
     ) -> list[ObjectRef]:
-        """Submit a task or actor call; returns one ref per return value."""
+        """Submit a task or actor call; returns one ref per return value.
+
+        ``generator`` (``streams.STREAMING`` or ``streams.DYNAMIC``) makes it a generator
+        task; ``num_returns`` is then 1 (its stream id).
+        """
         tracker = self.tracker
         if tracker.has_pending():
             tracker.drain()
@@ -232,6 +255,7 @@ class CoreClient:
             actor_id=actor_id,
             method=method,
             submitted_at=time.time(),
+            generator=generator,
         )
         self._submit_spec(spec)
         del keep  # the spec pins the large arguments now
@@ -423,6 +447,11 @@ class DriverClient(CoreClient):
 
     def _create_actor_spec(self, spec: TaskSpec, options: ActorOptions) -> None:
         self._manager.create_actor(self._proc, spec, options)
+
+    def _call_async(
+        self, verb: str, args: tuple[Any, ...], on_reply: Callable[[bool, Any], None]
+    ) -> None:
+        self._manager.handle(self._proc, verb, args, on_reply)
 
     def on_ready(self, ref: ObjectRef, callback: Callable[[ObjectRef], None]) -> None:
         req_id = next(self._req_ids)

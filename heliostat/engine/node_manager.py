@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from heliostat.engine.events import TaskEventLog
-from heliostat.engine.ids import format_id
+from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.object_table import ObjectEntry, ObjectTable, ObjKind, keeps_lineage
 from heliostat.engine.protocol import ConnectionClosed, Op, PeerConnection
 from heliostat.engine.records import (
@@ -91,6 +91,7 @@ from heliostat.engine.records import (
     transition,
 )
 from heliostat.engine.shm import SHM_DIR, segment_path, session_glob
+from heliostat.engine.streams import MANAGER_PROCESS_INDEX, STREAMING, StreamState
 from heliostat.engine.worker_pool import ForkServerClient
 from heliostat.exceptions import (
     ActorDiedError,
@@ -206,6 +207,9 @@ class NodeManager:
         self._pending_actors: deque[ActorRecord] = deque()
         self._waiters: dict[tuple[int, int], _Waiter] = {}
         self._events = TaskEventLog()
+        # Streaming generator tasks by stream id (streams.py).
+        self._streams: dict[int, StreamState] = {}
+        self._own_ids = IdMinter(config.node_index, MANAGER_PROCESS_INDEX)
         self._pool = ForkServerClient(
             {
                 "socket_path": config.socket_path,
@@ -399,6 +403,8 @@ class NodeManager:
                 self._release_actor(proc, ident)
             else:
                 objects.release(proc, ident)
+        if self._streams:
+            self._streams_released(ids)
 
     def _v_get(self, proc: WorkerRecord, reply: Reply, req_id: int, ids: list[int]) -> None:
         self._await(proc, req_id, ids, len(set(ids)), reply, is_get=True)
@@ -539,6 +545,13 @@ class NodeManager:
             if actor is not None and spec in actor.queue:
                 actor.queue.remove(spec)
                 self._cancel_unstarted(spec)
+                return True
+            if actor is not None and actor.worker is not None and spec.task_id in actor.inflight:
+                # Sent: the worker drops it if not started, or cancels its coroutine
+                # on an async actor; a running call of a sync actor goes on (as Ray).
+                spec.cancel_requested = "soft"
+                self._send(actor.worker, (Op.CANCEL_CALL, spec.task_id))
+                self._poke(actor.worker)
                 return True
             return False
         if spec.state in (TaskState.WAITING, TaskState.READY):
@@ -821,6 +834,97 @@ class NodeManager:
                 return ("MISSING", "")
             return (entry.kind.name, entry.path)
 
+    # ------------------------------------------------------------ generator tasks --
+
+    def _v_gen_item(
+        self,
+        proc: WorkerRecord,
+        reply: Reply | None,
+        stream_id: int,
+        index: int,
+        object_id: int,
+        kind: int,
+        payload: Any,
+        contained: tuple[int, ...],
+        size: int,
+    ) -> None:
+        """A streaming generator yielded item ``index`` (streams.py, step 1)."""
+        stream = self._streams.get(stream_id)
+        owner = self._proc_of(stream.owner) if stream is not None else None
+        if stream is None or owner is None or not stream.accepts(index):
+            self._objects.discard_payload(ObjKind(kind), payload)
+            return
+        if kind == _SHM:
+            self._objects.make_room(size)
+        entry = self._objects.create(object_id, owner, None)  # the caller holds it
+        self._set_value(entry, ObjKind(kind), payload, size, contained)
+        for _index, waiting, answer in stream.add(object_id):
+            self._answer_stream_waiter(waiting, answer, object_id)
+
+    def _v_gen_next(self, proc: WorkerRecord, reply: Reply, stream_id: int, index: int) -> None:
+        """The id of item ``index`` of a stream, 0 at its end; waits until one is known."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            reply(True, 0)
+            return
+        found = stream.lookup(index)
+        if found is not None:
+            reply(True, found)
+            return
+        stream.waiters.append((index, proc.index, reply))
+        self._block(proc)
+
+    def _answer_stream_waiter(self, waiting: int, answer: Reply, object_id: int) -> None:
+        """Answer a ``gen_next`` (``waiting``: the asking process) and unblock it."""
+        proc = self._proc_of(waiting)
+        if proc is not None:
+            self._unblock(proc)
+        answer(True, object_id)
+
+    def _end_stream(self, stream_id: int, error: bytes | None) -> None:
+        """The generator task ended (streams.py, step 3): store its error as the last item."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.finished:
+            return
+        owner = self._proc_of(stream.owner)
+        if error is not None and owner is not None and not stream.dropped:
+            object_id = self._own_ids.next()
+            entry = self._objects.create(object_id, owner, None)
+            self._set_value(entry, ObjKind.ERROR, error, 0, ())
+            for _index, waiting, answer in stream.add(object_id):
+                self._answer_stream_waiter(waiting, answer, object_id)
+        for _index, waiting, answer in stream.finish():
+            self._answer_stream_waiter(waiting, answer, 0)
+        if stream.dropped:
+            del self._streams[stream_id]
+
+    def _streams_released(self, ids: list[int]) -> None:
+        """Step 4 of streams.py: a caller let go of a generator (its stream id is free)."""
+        streams = self._streams
+        entries = self._objects.entries
+        for ident in ids:
+            stream = streams.get(ident)
+            if stream is None or stream.dropped:
+                continue
+            entry = entries.get(ident)
+            if entry is not None and entry.count > 0:
+                continue
+            owner = self._proc_of(stream.owner)
+            for object_id in stream.drop():
+                if owner is not None:
+                    self._objects.release(owner, object_id)
+            if stream.finished:
+                del streams[ident]
+
+    def _proc_of(self, index: int) -> WorkerRecord | None:
+        """The live process with this index (0: the driver)."""
+        if index == 0:
+            return self.driver
+        worker = self._workers.get(index)
+        if worker is None or worker.state is WorkerState.DEAD:
+            return None
+        return worker
+
     # ------------------------------------------------------------------ tasks --
 
     def _register_task(self, proc: WorkerRecord, spec: TaskSpec) -> None:
@@ -832,6 +936,8 @@ class NodeManager:
             objects.pin(aid)
         for cid in spec.contained:
             self._pin_any(cid)
+        if spec.generator == STREAMING:
+            self._streams[spec.return_ids[0]] = StreamState(proc.index)
         if keeps_lineage(spec):
             entries = objects.entries
             for aid in spec.arg_ids:
@@ -1015,6 +1121,7 @@ class NodeManager:
                 spec.name,
                 spec.retry_exceptions,
                 ahead,
+                spec.generator,
             ),
         )
 
@@ -1217,6 +1324,8 @@ class NodeManager:
     def _finish(self, spec: TaskSpec, started: float, finished: float, outcome: str) -> None:
         transition(spec, TaskState.FINISHED)
         spec.started_at, spec.finished_at = started, finished
+        if spec.generator == STREAMING:
+            self._end_stream(spec.return_ids[0], None)
         self._record(spec, spec.worker, outcome)
         self._tasks.pop(spec.task_id, None)
         if self._children:
@@ -1251,6 +1360,8 @@ class NodeManager:
             entry = entries.get(rid)
             if entry is not None and entry.kind is ObjKind.PENDING:
                 self._set_value(entry, ObjKind.ERROR, payload, 0, ())
+        if spec.generator == STREAMING:
+            self._end_stream(spec.return_ids[0], payload)
         if spec.state is not TaskState.FINISHED:
             self._finish(spec, spec.started_at, spec.finished_at or time.time(), outcome)
 
@@ -1265,6 +1376,8 @@ class NodeManager:
             entry = entries.get(rid)
             if entry is not None and entry.kind is ObjKind.PENDING:
                 self._set_value(entry, ObjKind.ERROR, _error_payload(exc), 0, ())
+        if spec.generator == STREAMING:
+            self._end_stream(spec.return_ids[0], _error_payload(exc))
         transition(spec, TaskState.CANCELLED)
         self._record(spec, None, "cancelled")
         self._tasks.pop(spec.task_id, None)
@@ -1731,6 +1844,7 @@ class NodeManager:
                 resolved,
                 spec.return_ids,
                 spec.name,
+                spec.generator,
             ),
         )
         return True

@@ -24,6 +24,7 @@ Reference counting protocol (ownership lives in the node manager's object table)
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from heliostat.engine.serialization import note_ref
 __all__ = [
     "ObjectRef",
     "RefTracker",
+    "install_async_support",
     "process_tracker",
     "set_process_tracker",
 ]
@@ -115,6 +117,26 @@ def process_tracker() -> RefTracker | None:
     return _process_tracker
 
 
+# ``await ref`` and ``ref.future()`` are implemented in ``async_refs.py``, which needs
+# the runtime (above this module); it installs them here when it is imported.
+_await_ref: Callable[[ObjectRef], Any] | None = None
+_ref_future: Callable[[ObjectRef], Any] | None = None
+
+
+def install_async_support(
+    await_ref: Callable[[ObjectRef], Any], ref_future: Callable[[ObjectRef], Any]
+) -> None:
+    """Provide the implementations of ``ObjectRef.__await__`` and ``ObjectRef.future``."""
+    global _await_ref, _ref_future
+    _await_ref, _ref_future = await_ref, ref_future
+
+
+def _async_support() -> tuple[Callable[[ObjectRef], Any], Callable[[ObjectRef], Any]]:
+    if _await_ref is None or _ref_future is None:
+        raise RuntimeError("heliostat.engine.async_refs is not imported")
+    return _await_ref, _ref_future
+
+
 def _rebuild_ref(object_id: int) -> ObjectRef:
     return ObjectRef(object_id, _process_tracker, adopt=True)
 
@@ -152,6 +174,24 @@ class ObjectRef:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ObjectRef:
         return ObjectRef(self.id, self._tracker)
+
+    def __await__(self) -> Any:
+        """``await ref`` in asyncio code: the value, without blocking the event loop."""
+        return _async_support()[0](self)
+
+    def future(self) -> Any:
+        """A ``concurrent.futures.Future`` that gets the value (or the error) when ready.
+
+        ``asyncio.wrap_future(ref.future())`` turns it into an asyncio future.
+        """
+        return _async_support()[1](self)
+
+    def as_future(self) -> Any:
+        """An asyncio future for the value, on the running loop (as Ray's ``as_future``)."""
+        return asyncio.ensure_future(self._awaitable())
+
+    async def _awaitable(self) -> Any:
+        return await self
 
     def hex(self) -> str:
         """The id as fixed-width hex (as in Ray)."""

@@ -66,17 +66,21 @@ class Op(enum.IntEnum):
 
     # manager -> worker
     EXECUTE = 20  # (op, task_id, fn_id, fn_bytes_or_None, args_payload, ref_positions,
-    #               resolved, return_ids, name, retry_exceptions, ahead)
+    #               resolved, return_ids, name, retry_exceptions, ahead, generator)
     #   ahead: sent to a busy worker; checked for a REVOKE before it runs
     #   (node_manager.py)
     CREATE_ACTOR = 21  # (op, actor_id, cls_id, cls_bytes, args_payload, resolved, name,
     #                    max_concurrency)
-    ACTOR_CALL = 22  # (op, task_id, method, args_payload, resolved, return_ids, name)
+    ACTOR_CALL = 22  # (op, task_id, method, args_payload, ref_positions, resolved,
+    #                  return_ids, name, generator)
+    #   generator: 0, or streams.STREAMING / streams.DYNAMIC
     REPLY = 23  # (op, request_id, ok, value)
     UNMAP = 24  # (op, object_ids)
     EXIT = 25  # (op,)
     REVOKE = 26  # (op, task_ids, revoke_id): hand back these queued tasks if not
     #              started; answered by the POST ``returned`` (task_ids, revoke_id)
+    CANCEL_CALL = 27  # (op, task_id): cancel this actor call: dropped if not started,
+    #                   its coroutine cancelled if it runs on an async actor's loop
 
 
 class ConnectionClosed(Exception):

@@ -158,6 +158,7 @@ class TaskSpec:
         "live_returns",
         "strategy",
         "claimed",
+        "generator",
     )
 
     def __init__(
@@ -180,6 +181,7 @@ class TaskSpec:
         method: str = "",
         submitted_at: float = 0.0,
         strategy: Any = None,
+        generator: int = 0,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -210,6 +212,9 @@ class TaskSpec:
         # Sent ahead to a worker that asked to run it (``claim``): from then on only
         # that worker may run it (see node_manager.py).
         self.claimed = False
+        # 0, or ``streams.STREAMING`` / ``streams.DYNAMIC``: a generator task whose one
+        # return id is its stream id (see streams.py).
+        self.generator = generator
 
     def label(self) -> str:
         return f"{self.name}#{self.task_id:x}"
@@ -371,6 +376,7 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
         actor_id,
         method,
         submitted_at,
+        generator,
     ) = fields
     return TaskSpec(
         task_id=task_id,
@@ -389,6 +395,7 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
         actor_id=actor_id,
         method=method,
         submitted_at=submitted_at,
+        generator=generator,
     )
 
 
@@ -410,4 +417,5 @@ def spec_to_wire(spec: TaskSpec) -> tuple[Any, ...]:
         spec.actor_id,
         spec.method,
         spec.submitted_at,
+        spec.generator,
     )

@@ -9,6 +9,7 @@ costs serializing the arguments and one message.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from heliostat.engine.dag import FunctionNode
+from heliostat.engine.generators import ObjectRefGenerator
 from heliostat.engine.runtime import client_or_auto_init
 from heliostat.engine.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
@@ -23,6 +25,7 @@ from heliostat.engine.scheduling_strategies import (
     refuse_affinity,
 )
 from heliostat.engine.serialization import cloudpickle_dumps, dumps_function
+from heliostat.engine.streams import STREAMING, is_generator_function, parse_num_returns
 from heliostat.engine.validation import (
     ArgChecker,
     check_int,
@@ -66,7 +69,7 @@ class TaskOptions:
     """Validated options of a remote function."""
 
     resources: ResourceSet
-    num_returns: int = 1
+    num_returns: int = 1  # or streams.STREAMING / streams.DYNAMIC
     max_retries: int = 3
     retry_exceptions: bool | bytes = False  # bytes: a pickled tuple of exception classes
     name: str = ""
@@ -111,7 +114,7 @@ def _retry_exceptions(value: Any) -> bool | bytes:
 def task_options(raw: dict[str, Any], *, what: str) -> TaskOptions:
     """Validate task options (from ``@remote(...)`` or ``.options(...)``)."""
     _check_unknown(raw, TASK_OPTION_NAMES, what)
-    num_returns = check_int("num_returns", raw.get("num_returns", 1), what=what, minimum=1)
+    num_returns = parse_num_returns(raw.get("num_returns"), what=what, generator=False)
     max_retries = check_int("max_retries", raw.get("max_retries", 3), what=what, minimum=-1)
     check_str("name", raw.get("name"), what=what)
     strategy = raw.get("scheduling_strategy")
@@ -174,6 +177,8 @@ class RemoteFunction:
     def __init__(
         self, fn: Callable[..., Any], options: TaskOptions, code: _Code | None = None
     ) -> None:
+        if is_generator_function(fn) and not any(k == "num_returns" for k, _ in options.raw):
+            options = dataclasses.replace(options, num_returns=STREAMING)  # as in Ray
         self._fn = fn
         self._options = options
         if code is None:
@@ -211,6 +216,8 @@ class RemoteFunction:
             refused = refuse_affinity(client, opts.scheduling_strategy, opts.resources, self._name)
             if refused is not None:
                 return _failed_refs(client, refused, opts.num_returns)
+        if opts.num_returns < 0:
+            return self._remote_generator(client, fn_id, args, kwargs)
         refs = client.submit_task(
             fn_id=fn_id,
             name=self._name,
@@ -223,6 +230,25 @@ class RemoteFunction:
             retry_exceptions=opts.retry_exceptions,
         )
         return refs[0] if opts.num_returns == 1 else refs
+
+    def _remote_generator(
+        self, client: Any, fn_id: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Submit a generator task: an ObjectRefGenerator (streaming) or one ref (dynamic)."""
+        opts = self._options
+        (ref,) = client.submit_task(
+            fn_id=fn_id,
+            name=self._name,
+            args=args,
+            kwargs=kwargs,
+            describe=self._describe,
+            num_returns=1,
+            resources=opts.resources,
+            max_retries=opts.max_retries,
+            retry_exceptions=opts.retry_exceptions,
+            generator=opts.num_returns,
+        )
+        return ObjectRefGenerator(ref) if opts.num_returns == STREAMING else ref
 
     def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
         """A lazy call: a graph node to ``execute()`` or run as a durable workflow."""

@@ -41,12 +41,15 @@ import time
 import traceback
 import types
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
 from heliostat.engine import runtime as runtime_module
 from heliostat.engine import task_context
+from heliostat.engine.async_actor import AsyncActorExecutor, is_async_class
 from heliostat.engine.core import CoreClient, load_value
+from heliostat.engine.generators import DynamicObjectRefGenerator
 from heliostat.engine.ids import IdMinter
 from heliostat.engine.object_ref import set_process_tracker
 from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
@@ -59,9 +62,16 @@ from heliostat.engine.serialization import (
     serialize,
 )
 from heliostat.engine.shm import create_segment, segment_path
+from heliostat.engine.streams import STREAMING
 from heliostat.exceptions import GetTimeoutError, HeliostatError, TaskError
 
-__all__ = ["WorkerClient", "error_payload", "format_remote_traceback", "run_worker"]
+__all__ = [
+    "GeneratorSink",
+    "WorkerClient",
+    "error_payload",
+    "format_remote_traceback",
+    "run_worker",
+]
 
 _INLINE, _SHM = 1, 2
 _AHEAD = 10  # index of the ``ahead`` flag in an EXECUTE message
@@ -113,11 +123,19 @@ class WorkerClient(CoreClient):
         self._sock = sock
         self._cv = threading.Condition()
         self._reader_active = False
-        self._slots: dict[int, list[Any]] = {}
+        self._slots: dict[int, Any] = {}  # a reply slot (list) or a callback
         self.inbox: deque[tuple[Any, ...]] = deque()
         self.exiting = False
         # Function code that arrived with a task we handed back (REVOKE).
         self.revoked_code: dict[bytes, bytes] = {}
+        # Requests answered through a callback (``_call_async``) still unanswered, and
+        # the thread that reads the socket for them when no other thread does.
+        self._async_waiting = 0
+        self._async_pump: threading.Thread | None = None
+        # True when the main thread always reads the socket (an async actor's worker).
+        self.main_reads = False
+        # Cancels a running actor call (set by an async actor's executor).
+        self.cancel_hook: Any = None
 
     # --- transport ------------------------------------------------------------------
 
@@ -146,6 +164,53 @@ class WorkerClient(CoreClient):
         if not slot[1]:
             raise slot[2]
         return slot[2]
+
+    def _call_async(self, verb: str, args: tuple[Any, ...], on_reply: Any) -> None:
+        rid = next(self._req_ids)
+        if verb in ("get", "wait"):
+            rid = args[0]  # their request id is their first argument
+        with self._cv:
+            self._slots[rid] = on_reply
+            self._async_waiting += 1
+            start = not self.main_reads and self._async_pump is None
+            if start:
+                self._async_pump = threading.Thread(
+                    target=self._pump_async, name="heliostat-async-reader", daemon=True
+                )
+        self._chan.send([(Op.REQUEST, rid, verb, args)])
+        if start:
+            assert self._async_pump is not None
+            self._async_pump.start()
+
+    def cancel_async(self, req_id: int) -> None:
+        with self._cv:
+            if callable(self._slots.pop(req_id, None)):
+                self._async_waiting -= 1
+        self._post("forget", req_id)
+
+    def _pump_async(self) -> None:
+        """Read the socket while requests made with ``_call_async`` wait (no other reader)."""
+        while True:
+            self.pump_until(lambda: self._async_waiting <= 0 or self.exiting, None)
+            with self._cv:
+                if self._async_waiting <= 0 or self.exiting:
+                    self._async_pump = None
+                    return
+
+    def _cancel_call(self, task_id: int) -> None:
+        """CANCEL_CALL: drop the call if it waits in the inbox, else ask the executor."""
+        for message in list(self.inbox):
+            if message[0] == Op.ACTOR_CALL and message[1] == task_id:
+                try:
+                    self.inbox.remove(message)
+                except ValueError:
+                    break  # taken by the main thread just now: it runs
+                now = time.time()
+                # send_soon: this may run in a signal handler that interrupted a send.
+                self._chan.send_soon([(Op.TASK_FAILED, task_id, b"", False, True, now, now)])
+                return
+        if self.cancel_hook is not None:
+            self.cancel_hook(task_id)
 
     def pump_now(self) -> None:
         """Read what has arrived, if no other thread is reading (from a signal handler).
@@ -339,8 +404,11 @@ class WorkerClient(CoreClient):
         op = message[0]
         if op == Op.REPLY:
             slot = self._slots.pop(message[1], None)
-            if slot is not None:
+            if type(slot) is list:
                 slot[:] = [True, message[2], message[3]]
+            elif slot is not None:  # a callback of _call_async
+                self._async_waiting -= 1
+                slot(message[2], message[3])
         elif op == Op.UNMAP:
             self.mappings.drop(message[1])
         elif op == Op.REVOKE:
@@ -358,6 +426,8 @@ class WorkerClient(CoreClient):
             inbox.extend(keep)
             # send_soon: this may run in a signal handler that interrupted a send.
             self._chan.send_soon([(Op.POST, "returned", (returned, revoke_id))])
+        elif op == Op.CANCEL_CALL:
+            self._cancel_call(message[1])
         else:
             self.inbox.append(message)
 
@@ -404,7 +474,9 @@ class Worker:
         self._actor: Any = None
         self._actor_name = ""
         self._pool: ThreadPoolExecutor | None = None
+        self._async: AsyncActorExecutor | None = None
         self._in_user_code = False
+        self._sigint_pending = False
         self.current_name = ""
         self._stdout = _LineForwarder(self, "stdout")
         self._stderr = _LineForwarder(self, "stderr")
@@ -416,6 +488,7 @@ class Worker:
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._in_user_code:
             raise KeyboardInterrupt
+        self._sigint_pending = True  # a generator task checks it before its next item
 
     def _on_poke(self, signum: int, frame: Any) -> None:
         self.client.pump_now()
@@ -438,13 +511,17 @@ class Worker:
                 if op == Op.EXECUTE:
                     reply = self._execute(message)
                 elif op == Op.ACTOR_CALL:
-                    if self._pool is not None:
+                    if self._async is not None:
+                        self._async.submit(message)
+                    elif self._pool is not None:
                         self._pool.submit(self._actor_call, message)
                     else:
                         self._actor_call(message)
                 elif op == Op.CREATE_ACTOR:
                     self._create_actor(message)
                 elif op == Op.EXIT:
+                    if self._async is not None:
+                        self._async.stop()
                     if self._pool is not None:
                         self._pool.shutdown(wait=False, cancel_futures=True)
                     return 0
@@ -536,6 +613,7 @@ class Worker:
             name,
             retry_exceptions,
             _ahead,
+            generator,
         ) = message
         self.current_name = name
         task_context.running.task_id = task_id
@@ -545,6 +623,8 @@ class Worker:
             fn = self._load_function(fn_id, fn_bytes)
             args, kwargs = self._arguments(payload, positions, resolved)
             result = self._run_user(fn, args, kwargs)
+            if generator:
+                result = self.drive_generator(generator, return_ids[0], name, result)
             results = self._results(name, return_ids, result)
             reply = (Op.TASK_DONE, task_id, results, started, time.time())
         except KeyboardInterrupt:
@@ -584,14 +664,16 @@ class Worker:
         self._stdout.flush()
         self._stderr.flush()
         self.current_name = ""
-        if error is None and max_concurrency > 1:
+        if error is None and is_async_class(type(self._actor)):
+            self._async = AsyncActorExecutor(self, max_concurrency)
+        elif error is None and max_concurrency > 1:
             self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="actor")
         if error is None:
             self.client.actor_id = actor_id
         self.client.send((Op.ACTOR_READY, actor_id, error))
 
     def _actor_call(self, message: tuple[Any, ...]) -> None:
-        _op, task_id, method, payload, positions, resolved, return_ids, name = message
+        _op, task_id, method, payload, positions, resolved, return_ids, name, generator = message
         task_context.running.task_id = task_id
         started = time.time()
         threaded = self._pool is not None
@@ -602,6 +684,8 @@ class Worker:
             fn = getattr(self._actor, method)
             args, kwargs = self._arguments(payload, positions, resolved)
             result = fn(*args, **kwargs) if threaded else self._run_user(fn, args, kwargs)
+            if generator:
+                result = self.drive_generator(generator, return_ids[0], name, result)
             results = self._results(name, return_ids, result)
             reply = (Op.TASK_DONE, task_id, results, started, time.time())
         except KeyboardInterrupt:
@@ -643,6 +727,55 @@ class Worker:
             self.client._call("exiting", f"{where} called sys.exit({code or 0})", timeout=5)
         os._exit(code or 0)
 
+    # --- generator tasks (streams.py) -------------------------------------------------
+
+    def drive_generator(self, mode: int, stream_id: int, name: str, gen: Any) -> Any:
+        """Run a generator task's generator to its end; returns the task's one value.
+
+        Streaming: each value is reported as it is yielded and the value is None.
+        Dynamic: the values are stored one by one and the value is a
+        ``DynamicObjectRefGenerator`` of their refs, with an error ending it as one
+        more ref that raises (as in Ray). Iterating runs user code, so a cancel
+        (SIGINT) interrupts it.
+        """
+        if not isinstance(gen, Iterator):
+            raise TypeError(
+                f"{name!r} has num_returns={'streaming' if mode == STREAMING else 'dynamic'!r} "
+                f"but returned a {type(gen).__name__}, not a generator."
+            )
+        stream = self.sink(mode, stream_id, name)
+        sentinel = object()
+        self._sigint_pending = False
+        while True:
+            self._in_user_code = True
+            try:
+                if self._sigint_pending:  # cancelled while we stored the last item
+                    self._sigint_pending = False
+                    raise KeyboardInterrupt
+                value = next(gen, sentinel)
+            except Exception as exc:
+                if mode == STREAMING:
+                    raise
+                stream.fail(exc)
+                break
+            finally:
+                self._in_user_code = False
+            if value is sentinel:
+                break
+            stream.put(value)
+        return stream.result()
+
+    def sink(self, mode: int, stream_id: int, name: str) -> GeneratorSink:
+        """Where the values of one generator task go."""
+        return GeneratorSink(self, mode, stream_id, name)
+
+    def item_record(self, name: str, value: Any) -> tuple[int, int, Any, tuple[int, ...], int]:
+        """Serialize one yielded value under a new object id: (id, kind, payload, ...)."""
+        result: tuple[int, int, Any, tuple[int, ...], int] = self._results(
+            name, (self.client.minter.next(),), value
+        )[0]
+        return result
+
 
 def error_payload(name: str, exc: BaseException) -> bytes:
     """A task's exception as the bytes a reader unpickles into a TaskError.
@@ -669,6 +802,44 @@ def error_payload(name: str, exc: BaseException) -> bytes:
         note = f"{detail} (not picklable, so only its text is kept: {why!r})"
         plain = TaskError(name, tb, None, pid=os.getpid(), cause_repr=note)
         return pickle.dumps(plain, protocol=5)
+
+
+class GeneratorSink:
+    """Where one generator task's values go: reported one by one, or collected as refs."""
+
+    def __init__(self, worker: Worker, mode: int, stream_id: int, name: str) -> None:
+        self._worker = worker
+        self._mode = mode
+        self._stream_id = stream_id
+        self._name = name
+        self._index = 0
+        self._refs: list[Any] = []
+
+    def put(self, value: Any) -> None:
+        """Report (streaming) or store (dynamic) the next yielded value."""
+        worker = self._worker
+        client = worker.client
+        if self._mode == STREAMING:
+            oid, kind, payload, contained, size = worker.item_record(self._name, value)
+            index = self._index
+            client._post("gen_item", self._stream_id, index, oid, kind, payload, contained, size)
+        else:
+            ser = serialize(value, what=f"a value yielded by {self._name!r}")
+            self._refs.append(client.put_serialized(ser))
+        self._index += 1
+
+    def fail(self, exc: BaseException) -> None:
+        """A dynamic generator raised: its error becomes one more ref."""
+        client = self._worker.client
+        ref = client.promise()
+        client.fulfill(ref, error=pickle.loads(self._worker._error_payload(self._name, exc)))
+        self._refs.append(ref)
+
+    def result(self) -> Any:
+        """The task's value: None (streaming) or the refs (dynamic)."""
+        if self._mode == STREAMING:
+            return None
+        return DynamicObjectRefGenerator(self._refs)
 
 
 def _should_retry(retry_exceptions: Any, exc: BaseException) -> bool:

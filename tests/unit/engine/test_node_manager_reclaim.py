@@ -87,7 +87,7 @@ def _busy_with_two_queued(manager: NodeManager, worker: _FakeWorker) -> list[Tas
     record = worker.record
     assert record.task is specs[0] and list(record.queued) == specs[1:]
     sent = worker.received()
-    assert [(m[0], m[1], m[-1]) for m in sent] == [
+    assert [(m[0], m[1], m[10]) for m in sent] == [  # m[10]: the ``ahead`` flag
         (Op.EXECUTE, 1, False),
         (Op.EXECUTE, 2, True),
         (Op.EXECUTE, 3, True),
