@@ -531,14 +531,25 @@ class WorkflowExecutor:
             fence_margin=fence_margin(self.lease.timeout),
         )
         inputs = list(submit.inputs)
-        if not self._worker_writes:  # workers cannot read this storage: hand values over
-            inputs = [
-                hs.put(self.checkpoints.read(v)) if isinstance(v, CheckpointRef) else v
-                for v in inputs
-            ]
-        value_ref, meta_ref = self._remote_for(spec).remote(
-            env, spec.args, spec.kwargs, spec.parents, *inputs
-        )
+        try:
+            if not self._worker_writes:  # workers cannot read this storage: hand values over
+                inputs = [
+                    hs.put(self.checkpoints.read(v)) if isinstance(v, CheckpointRef) else v
+                    for v in inputs
+                ]
+            value_ref, meta_ref = self._remote_for(spec).remote(
+                env, spec.args, spec.kwargs, spec.parents, *inputs
+            )
+        except Exception as exc:
+            # Submitting failed (an input checkpoint unreadable, the engine refusing the
+            # task): the attempt failed before it started. Tell the machine as it would
+            # hear of a step that raised, or nothing would ever finish this attempt.
+            error = ErrorInfo.of(exc, "".join(traceback.format_exception(exc)))
+            failed = StepRaised(
+                task_id=submit.task_id, attempt=submit.attempt, error=error, exception=exc
+            )
+            self._post(failed)
+            return
         self._inflight[meta_ref] = (submit.task_id, submit.attempt, value_ref)
         self._running[submit.task_id] = (value_ref, meta_ref)
         hs.current_client().on_ready(meta_ref, self._on_step_ready)

@@ -219,6 +219,36 @@ def test_run_returns_output_and_status_successful(runtime: Runtime, tmp_path: Pa
     assert _runs(log) == {"one": 1, "two": 1, "sum": 1}
 
 
+def test_a_step_the_engine_refuses_to_submit_fails_the_run_instead_of_hanging(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fault injection: every submission after the first raises in .remote() (as an
+    # unreadable input checkpoint or a refused task would). The attempt must fail like
+    # a step that raised, retries included, and the run end FAILED, not wait forever.
+    log = tmp_path / "log"
+    real = hs.RemoteFunction.remote
+    calls = Counter[str]()
+
+    def refusing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["submit"] += 1
+        if calls["submit"] > 1:
+            raise RuntimeError("injected: the engine refused the task")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(hs.RemoteFunction, "remote", refusing)
+    dag = add.options(**_opts("sum")).bind(
+        str(log), source.options(**_opts("one")).bind(str(log), 1), 2
+    )
+
+    with pytest.raises(WorkflowExecutionError, match="injected: the engine refused"):
+        workflow.run(dag, workflow_id="refused")
+
+    assert workflow.get_status("refused") is WorkflowStatus.FAILED
+    assert workflow.get_metadata("refused", "one")["status"] == str(StepStatus.SUCCESSFUL)
+    assert workflow.get_metadata("refused", "sum")["status"] == str(StepStatus.FAILED)
+    assert _runs(log) == {"one": 1}
+
+
 def test_run_of_a_finished_workflow_returns_stored_output_without_rerunning(
     runtime: Runtime, tmp_path: Path
 ) -> None:
