@@ -33,11 +33,13 @@ class ObjectRefGenerator:
     and not serializable (as in Ray).
 
     Example:
-        >>> @hs.remote
-        ... def count(n):
-        ...     yield from range(n)
-        >>> [hs.get(ref) for ref in count.remote(3)]
-        [0, 1, 2]
+        ```python
+        @hs.remote
+        def count(n):
+            yield from range(n)
+
+        [hs.get(ref) for ref in count.remote(3)]  # [0, 1, 2]
+        ```
     """
 
     def __init__(self, completed: ObjectRef) -> None:

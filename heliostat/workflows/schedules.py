@@ -158,7 +158,8 @@ def create(
         max_active_runs: runs of this schedule that may be active (PENDING, RUNNING,
             RESUMABLE) at once; further intervals wait for a slot.
         paused: create it paused.
-        start, end: bounds of the fire times, inclusive.
+        start: no fire time before this instant (inclusive).
+        end: no fire time after this instant (inclusive).
         replace: redefine an existing schedule of this name.
 
     Returns:
