@@ -613,12 +613,7 @@ def create_app(
         """Runs by start time (keyset paged), with the counts per status."""
         return _page(state, status, search, cursor, limit, order)
 
-    @app.get("/api/workflows/{workflow_id}", response_model=WorkflowDetail, tags=["workflows"])
-    def api_workflow(workflow_id: str) -> WorkflowDetail:
-        """One run: steps, edges, statuses, timings, attempts."""
-        return _detail(state, _load(state, workflow_id))
-
-    @app.get("/api/workflows/{workflow_id}/steps/{task_id}", response_model=StepDetail,
+    @app.get("/api/workflows/{workflow_id:path}/steps/{task_id}", response_model=StepDetail,
              tags=["workflows"])
     def api_step(workflow_id: str, task_id: str) -> StepDetail:
         """One step: attempts, error, traceback, logs, WAL records, output preview."""
@@ -643,7 +638,7 @@ def create_app(
                        ("pause", "sch"), ("unpause", "sch")):
         _add_api_action(app, verb, kind, state, check_api_action)
 
-    @app.post("/api/workflows/{workflow_id}/steps/{task_id}/resolve",
+    @app.post("/api/workflows/{workflow_id:path}/steps/{task_id}/resolve",
               response_model=ActionResult, tags=["actions"])
     async def api_resolve(workflow_id: str, task_id: str, request: Request) -> ActionResult:
         """Settle an in-doubt step: JSON ``{"rerun": true}`` or ``{"result": value}``."""
@@ -709,17 +704,13 @@ def create_app(
             "title": record.workflow_id,
         }
 
-    @app.get("/workflows/{workflow_id}", response_class=HTMLResponse, include_in_schema=False)
-    def page_workflow(request: Request, workflow_id: str) -> HTMLResponse:
-        return render(request, "workflow.html", **workflow_parts(_load(state, workflow_id)))
-
-    @app.get("/workflows/{workflow_id}/live", response_class=HTMLResponse,
+    @app.get("/workflows/{workflow_id:path}/live", response_class=HTMLResponse,
              include_in_schema=False)
     def page_workflow_live(request: Request, workflow_id: str) -> HTMLResponse:
         """The part of the workflow page that changes while it runs (polled)."""
         return render(request, "workflow_live.html", **workflow_parts(_load(state, workflow_id)))
 
-    @app.get("/workflows/{workflow_id}/steps/{task_id}", response_class=HTMLResponse,
+    @app.get("/workflows/{workflow_id:path}/steps/{task_id}", response_class=HTMLResponse,
              include_in_schema=False)
     def page_step(request: Request, workflow_id: str, task_id: str) -> HTMLResponse:
         record = _load(state, workflow_id)
@@ -727,7 +718,7 @@ def create_app(
         return render(request, "step.html", title=f"{task_id} · {workflow_id}", step=detail,
                       wf_status=state.effective(record))
 
-    @app.get("/workflows/{workflow_id}/steps/{task_id}/checkpoint", include_in_schema=False)
+    @app.get("/workflows/{workflow_id:path}/steps/{task_id}/checkpoint", include_in_schema=False)
     def download(workflow_id: str, task_id: str) -> Response:
         """The step's checkpoint bytes, only from this app's checkpoint store."""
         step = _step(_load(state, workflow_id), task_id)
@@ -788,7 +779,7 @@ def create_app(
 
     def add_form(verb: str, kind: str) -> None:
         if kind == "wf":
-            route = f"/workflows/{{target}}/{verb}"
+            route = f"/workflows/{{target:path}}/{verb}"
         else:
             route = f"/schedules/{{target}}/{verb}"
 
@@ -806,7 +797,7 @@ def create_app(
                        ("pause", "sch"), ("unpause", "sch")):
         add_form(verb, kind)
 
-    @app.post("/workflows/{workflow_id}/steps/{task_id}/resolve", include_in_schema=False)
+    @app.post("/workflows/{workflow_id:path}/steps/{task_id}/resolve", include_in_schema=False)
     async def form_resolve(request: Request, workflow_id: str, task_id: str) -> Response:
         form = await check_form(request)
         if form.get("choice") == "rerun":
@@ -823,11 +814,21 @@ def create_app(
             status_code=303,
         )
 
+    # Last: a workflow id may hold '/', so these match only what nothing above did.
+    @app.get("/api/workflows/{workflow_id:path}", response_model=WorkflowDetail, tags=["workflows"])
+    def api_workflow(workflow_id: str) -> WorkflowDetail:
+        """One run: steps, edges, statuses, timings, attempts."""
+        return _detail(state, _load(state, workflow_id))
+
+    @app.get("/workflows/{workflow_id:path}", response_class=HTMLResponse, include_in_schema=False)
+    def page_workflow(request: Request, workflow_id: str) -> HTMLResponse:
+        return render(request, "workflow.html", **workflow_parts(_load(state, workflow_id)))
+
     return app
 
 
 def _add_api_action(app: FastAPI, verb: str, kind: str, state: UiState, check: Any) -> None:
-    prefix = "/api/workflows/{target}" if kind == "wf" else "/api/schedules/{target}"
+    prefix = "/api/workflows/{target:path}" if kind == "wf" else "/api/schedules/{target}"
 
     def action(target: str, request: Request) -> ActionResult:
         check(request)
