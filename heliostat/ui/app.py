@@ -252,7 +252,25 @@ def _step(record: WorkflowRecord, task_id: str) -> StepRecord:
     return step
 
 
-StatusQuery = Annotated[list[WorkflowStatus] | None, Query(description="only these statuses")]
+StatusQuery = Annotated[
+    list[str] | None, Query(description="only these statuses (repeatable; empty: any)")
+]
+
+
+def _statuses(values: list[str] | None) -> list[WorkflowStatus] | None:
+    """The statuses asked for (blank values ignored: a form's "any" choice).
+
+    Raises:
+        HTTPException: 422 for a status that does not exist.
+    """
+    chosen = [v.strip().upper() for v in values or [] if v.strip()]
+    known = {str(s) for s in WorkflowStatus}
+    bad = [v for v in chosen if v not in known]
+    if bad:
+        raise HTTPException(
+            422, f"unknown status {bad[0]!r}; one of {', '.join(sorted(known))}"
+        )
+    return [WorkflowStatus(v) for v in chosen] or None
 LimitQuery = Annotated[int, Query(ge=1, le=500, description="page size")]
 SearchQuery = Annotated[str | None, Query(max_length=200, description="text in the id")]
 OrderQuery = Annotated[str, Query(pattern="^(asc|desc)$", description="by start time")]
@@ -611,7 +629,7 @@ def create_app(
         order: OrderQuery = "desc",
     ) -> WorkflowPage:
         """Runs by start time (keyset paged), with the counts per status."""
-        return _page(state, status, search, cursor, limit, order)
+        return _page(state, _statuses(status), search, cursor, limit, order)
 
     @app.get("/api/workflows/{workflow_id:path}/steps/{task_id}", response_model=StepDetail,
              tags=["workflows"])
@@ -666,12 +684,13 @@ def create_app(
         limit: LimitQuery = 50,
         order: OrderQuery = "desc",
     ) -> HTMLResponse:
-        page = _page(state, status, search, cursor, limit, order)
+        statuses = _statuses(status)
+        page = _page(state, statuses, search, cursor, limit, order)
         chart = graphics.runs_chart_svg(
             [(_utc(t) or t, str(s)) for t, s in state.store.recent_runs(500)]
         )
         base = {k: v for k, v in (("search", search), ("order", order)) if v}
-        chosen = [str(s) for s in status or []]
+        chosen = [str(s) for s in statuses or []]
         next_url = None
         if page.next_cursor:
             next_url = "/workflows?" + urlencode(
@@ -697,6 +716,7 @@ def create_app(
         return {
             "wf": detail,
             "dag": graphics.dag_svg(layout, step_url),
+            "dag_height": int(min(520, max(150, layout.height + 20))),
             "gantt": gantt,
             "attention": attention,
             "active": detail.status in ACTIVE,

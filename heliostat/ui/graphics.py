@@ -146,10 +146,11 @@ def _order_layers(graph: nx.DiGraph[str], layers: list[list[str]], sweeps: int =
     def sweep(seq: Sequence[list[str]], neighbours: object) -> None:
         for prev, layer in zip(seq, seq[1:], strict=False):
             pos = {k: i for i, k in enumerate(prev)}
+            here = {k: i for i, k in enumerate(layer)}
 
-            def centre(key: str, pos: dict[str, int] = pos) -> float:
+            def centre(key: str, pos: dict[str, int] = pos, here: dict[str, int] = here) -> float:
                 near = [pos[n] for n in neighbours(key) if n in pos]  # type: ignore[operator]
-                return sum(near) / len(near) if near else float(layer.index(key))
+                return sum(near) / len(near) if near else float(here[key])
 
             layer.sort(key=centre)
 
@@ -282,7 +283,7 @@ def runs_chart_svg(runs: Sequence[tuple[dt.datetime, str]], *, buckets: int = 30
     tallest = max(sum(c.values()) for c in counts) or 1
     w, h, bw = 600, 70, 600 / buckets
     out = [
-        f'<svg class="runs-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h + 14}" '
+        f'<svg class="runs-chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" '
         'preserveAspectRatio="none" role="img" aria-label="runs over time">'
     ]
     for i, c in enumerate(counts):
@@ -299,7 +300,7 @@ def runs_chart_svg(runs: Sequence[tuple[dt.datetime, str]], *, buckets: int = 30
             )
     fmt = "%Y-%m-%d %H:%M"
     out.append(
-        f'<text x="0" y="{h + 12}" class="tick" text-anchor="start">{lo:{fmt}}</text>'
-        f'<text x="{w}" y="{h + 12}" class="tick" text-anchor="end">{hi:{fmt}} UTC</text></svg>'
+        f'</svg><div class="chart-axis"><span>{lo:{fmt}}</span>'
+        f"<span>{len(runs)} newest runs</span><span>{hi:{fmt}} UTC</span></div>"
     )
     return Markup("".join(out))

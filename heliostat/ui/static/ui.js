@@ -16,7 +16,7 @@
       var scale = Math.max(full.w / rect.width, full.h / rect.height, 1 / 1.3);
       if (scale > 2.5) scale = 2.5;
       vb.width = rect.width * scale; vb.height = rect.height * scale;
-      vb.x = 0; vb.y = Math.max(0, (full.h - vb.height) / 2);
+      vb.x = full.w < vb.width ? (full.w - vb.width) / 2 : 0; vb.y = (full.h - vb.height) / 2;
     }
     svg.removeAttribute("width"); svg.removeAttribute("height");
     var save = function () { view = { x: vb.x, y: vb.y, w: vb.width, h: vb.height }; };
