@@ -28,12 +28,24 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8265, help="port (default 8265; 0: any free)")
-    p.add_argument("--db-url", default=None, metavar="URL",
-                   help="lineage database (default HELIOSTAT_DB_URL, else the home's SQLite)")
-    p.add_argument("--storage", default=None, metavar="URL",
-                   help="checkpoint store (default HELIOSTAT_STORAGE, else the home's)")
-    p.add_argument("--token", default=None, metavar="T",
-                   help="token actions need (default HELIOSTAT_TOKEN); required off loopback")
+    p.add_argument(
+        "--db-url",
+        default=None,
+        metavar="URL",
+        help="lineage database (default HELIOSTAT_DB_URL, else the home's SQLite)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="checkpoint store (default HELIOSTAT_STORAGE, else the home's)",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        metavar="T",
+        help="token actions need (default HELIOSTAT_TOKEN); required off loopback",
+    )
     p.set_defaults(func=_cmd_ui)
 
 
@@ -72,7 +84,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
 def _server_class() -> Any:
     import uvicorn
 
-    class Server(uvicorn.Server):  # type: ignore[misc]
+    class Server(uvicorn.Server):
         """uvicorn's server, stopping cleanly on SIGINT / SIGTERM without re-raising
         the signal afterwards (uvicorn does, which would make Ctrl-C exit 130)."""
 

@@ -153,7 +153,9 @@ class UiState:
                 )
             self.children.remove(child)
 
-        threading.Thread(target=reap, name=f"heliostat-ui-resume-{workflow_id}", daemon=True).start()
+        threading.Thread(
+            target=reap, name=f"heliostat-ui-resume-{workflow_id}", daemon=True
+        ).start()
 
     def close(self) -> None:
         for child in list(self.children):
@@ -246,9 +248,7 @@ def _load(state: UiState, workflow_id: str) -> WorkflowRecord:
 def _step(record: WorkflowRecord, task_id: str) -> StepRecord:
     step = record.steps.get(task_id)
     if step is None:
-        raise HTTPException(
-            404, f"Workflow {record.workflow_id!r} has no step {task_id!r}."
-        )
+        raise HTTPException(404, f"Workflow {record.workflow_id!r} has no step {task_id!r}.")
     return step
 
 
@@ -267,10 +267,10 @@ def _statuses(values: list[str] | None) -> list[WorkflowStatus] | None:
     known = {str(s) for s in WorkflowStatus}
     bad = [v for v in chosen if v not in known]
     if bad:
-        raise HTTPException(
-            422, f"unknown status {bad[0]!r}; one of {', '.join(sorted(known))}"
-        )
+        raise HTTPException(422, f"unknown status {bad[0]!r}; one of {', '.join(sorted(known))}")
     return [WorkflowStatus(v) for v in chosen] or None
+
+
 LimitQuery = Annotated[int, Query(ge=1, le=500, description="page size")]
 SearchQuery = Annotated[str | None, Query(max_length=200, description="text in the id")]
 OrderQuery = Annotated[str, Query(pattern="^(asc|desc)$", description="by start time")]
@@ -414,8 +414,13 @@ def _runtime() -> list[dict[str, Any]]:
 # --- actions (the CLI's code paths) ---------------------------------------------------
 
 
-def _act(state: UiState, action: str, target: str, task_id: str | None = None,
-         body: dict[str, Any] | None = None) -> ActionResult:
+def _act(
+    state: UiState,
+    action: str,
+    target: str,
+    task_id: str | None = None,
+    body: dict[str, Any] | None = None,
+) -> ActionResult:
     from heliostat import workflow
     from heliostat.workflows import schedules
 
@@ -426,15 +431,17 @@ def _act(state: UiState, action: str, target: str, task_id: str | None = None,
             if status not in RESUMABLE_FROM:
                 raise HTTPException(409, f"Workflow {target!r} is {status}; nothing to resume.")
             state.spawn_resume(target)
-            return ActionResult(ok=True, message=f"Resuming {target}.", status=status,
-                                workflow_id=target)
+            return ActionResult(
+                ok=True, message=f"Resuming {target}.", status=status, workflow_id=target
+            )
         if action == "cancel":
             _load(state, target)
             with state.api_env():
                 workflow.cancel(target)
             status = state.effective(_load(state, target))
-            return ActionResult(ok=True, message=f"Canceled {target}.", status=status,
-                                workflow_id=target)
+            return ActionResult(
+                ok=True, message=f"Canceled {target}.", status=status, workflow_id=target
+            )
         if action == "resolve":
             assert task_id is not None
             _step(_load(state, target), task_id)
@@ -525,8 +532,8 @@ def create_app(
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["dur"] = lambda s: graphics._fmt_seconds(s) if s is not None else "–"
-    env.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M:%S") if t else "–"
+    env.filters["dur"] = lambda s: graphics._fmt_seconds(s) if s is not None else "\u2013"
+    env.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M:%S") if t else "\u2013"
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.filters["lower_status"] = lambda s: (s or "none").lower().replace("_", " ")
     env.globals["STATUSES"] = [str(s) for s in WorkflowStatus]
@@ -584,18 +591,31 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if wants_html(request):
-            return render(request, "error.html", exc.status_code, code=exc.status_code,
-                          detail=str(exc.detail), title="Error")
+            return render(
+                request,
+                "error.html",
+                exc.status_code,
+                code=exc.status_code,
+                detail=str(exc.detail),
+                title="Error",
+            )
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def bad_params(request: Request, exc: RequestValidationError) -> Response:
         errors = [
-            f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg')}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg')}"
+            for e in exc.errors()
         ]
         if wants_html(request):
-            return render(request, "error.html", 422, code=422, detail="; ".join(errors),
-                          title="Bad parameters")
+            return render(
+                request,
+                "error.html",
+                422,
+                code=422,
+                detail="; ".join(errors),
+                title="Bad parameters",
+            )
         return JSONResponse({"detail": exc.errors()}, status_code=422)
 
     def check_api_action(request: Request) -> None:
@@ -631,8 +651,11 @@ def create_app(
         """Runs by start time (keyset paged), with the counts per status."""
         return _page(state, _statuses(status), search, cursor, limit, order)
 
-    @app.get("/api/workflows/{workflow_id:path}/steps/{task_id}", response_model=StepDetail,
-             tags=["workflows"])
+    @app.get(
+        "/api/workflows/{workflow_id:path}/steps/{task_id}",
+        response_model=StepDetail,
+        tags=["workflows"],
+    )
     def api_step(workflow_id: str, task_id: str) -> StepDetail:
         """One step: attempts, error, traceback, logs, WAL records, output preview."""
         record = _load(state, workflow_id)
@@ -652,12 +675,20 @@ def create_app(
         """The live local runtimes: resources, workers, tasks, actors, object store."""
         return _runtime()
 
-    for verb, kind in (("resume", "wf"), ("cancel", "wf"), ("trigger", "sch"),
-                       ("pause", "sch"), ("unpause", "sch")):
+    for verb, kind in (
+        ("resume", "wf"),
+        ("cancel", "wf"),
+        ("trigger", "sch"),
+        ("pause", "sch"),
+        ("unpause", "sch"),
+    ):
         _add_api_action(app, verb, kind, state, check_api_action)
 
-    @app.post("/api/workflows/{workflow_id:path}/steps/{task_id}/resolve",
-              response_model=ActionResult, tags=["actions"])
+    @app.post(
+        "/api/workflows/{workflow_id:path}/steps/{task_id}/resolve",
+        response_model=ActionResult,
+        tags=["actions"],
+    )
     async def api_resolve(workflow_id: str, task_id: str, request: Request) -> ActionResult:
         """Settle an in-doubt step: JSON ``{"rerun": true}`` or ``{"result": value}``."""
         check_api_action(request)
@@ -694,12 +725,26 @@ def create_app(
         next_url = None
         if page.next_cursor:
             next_url = "/workflows?" + urlencode(
-                [*base.items(), *(("status", s) for s in chosen), ("limit", limit),
-                 ("cursor", page.next_cursor)]
+                [
+                    *base.items(),
+                    *(("status", s) for s in chosen),
+                    ("limit", limit),
+                    ("cursor", page.next_cursor),
+                ]
             )
-        return render(request, "workflows.html", title="Workflows", page=page, chart=chart,
-                      search=search or "", chosen=chosen, order=order, next_url=next_url,
-                      total=sum(page.counts.values()), paged=cursor is not None)
+        return render(
+            request,
+            "workflows.html",
+            title="Workflows",
+            page=page,
+            chart=chart,
+            search=search or "",
+            chosen=chosen,
+            order=order,
+            next_url=next_url,
+            total=sum(page.counts.values()),
+            paged=cursor is not None,
+        )
 
     def workflow_parts(record: WorkflowRecord) -> dict[str, Any]:
         detail = _detail(state, record)
@@ -708,8 +753,10 @@ def create_app(
         )
         step_url = f"/workflows/{quote(record.workflow_id, safe='')}/steps/"
         gantt = graphics.gantt_svg(
-            [(a.task_id, a.attempt, a.status, a.started_at, a.finished_at)
-             for a in detail.attempts],
+            [
+                (a.task_id, a.attempt, a.status, a.started_at, a.finished_at)
+                for a in detail.attempts
+            ],
             now=_now(),
         )
         attention = [s for s in detail.steps if s.status == "IN_DOUBT"]
@@ -724,19 +771,28 @@ def create_app(
             "title": record.workflow_id,
         }
 
-    @app.get("/workflows/{workflow_id:path}/live", response_class=HTMLResponse,
-             include_in_schema=False)
+    @app.get(
+        "/workflows/{workflow_id:path}/live", response_class=HTMLResponse, include_in_schema=False
+    )
     def page_workflow_live(request: Request, workflow_id: str) -> HTMLResponse:
         """The part of the workflow page that changes while it runs (polled)."""
         return render(request, "workflow_live.html", **workflow_parts(_load(state, workflow_id)))
 
-    @app.get("/workflows/{workflow_id:path}/steps/{task_id}", response_class=HTMLResponse,
-             include_in_schema=False)
+    @app.get(
+        "/workflows/{workflow_id:path}/steps/{task_id}",
+        response_class=HTMLResponse,
+        include_in_schema=False,
+    )
     def page_step(request: Request, workflow_id: str, task_id: str) -> HTMLResponse:
         record = _load(state, workflow_id)
         detail = _step_detail(state, record, _step(record, task_id))
-        return render(request, "step.html", title=f"{task_id} · {workflow_id}", step=detail,
-                      wf_status=state.effective(record))
+        return render(
+            request,
+            "step.html",
+            title=f"{task_id} · {workflow_id}",
+            step=detail,
+            wf_status=state.effective(record),
+        )
 
     @app.get("/workflows/{workflow_id:path}/steps/{task_id}/checkpoint", include_in_schema=False)
     def download(workflow_id: str, task_id: str) -> Response:
@@ -750,8 +806,8 @@ def create_app(
         if ref.data is not None:
             return Response(ref.data, media_type="application/octet-stream", headers=headers)
         store = state.checkpoints()
-        root_url = store._root_url.rstrip("/") + "/"  # noqa: SLF001 - the store's own root
-        rel = ref.location[len(root_url):] if ref.location.startswith(root_url) else None
+        root_url = store._root_url.rstrip("/") + "/"
+        rel = ref.location[len(root_url) :] if ref.location.startswith(root_url) else None
         if rel is None or any(part in ("", ".", "..") for part in rel.split("/")):
             raise HTTPException(403, "that checkpoint is outside this UI's checkpoint store")
         path = store.root.rstrip("/") + "/" + rel
@@ -766,20 +822,30 @@ def create_app(
 
     @app.get("/schedules", response_class=HTMLResponse, include_in_schema=False)
     def page_schedules(request: Request) -> HTMLResponse:
-        return render(request, "schedules.html", title="Schedules", schedules=_schedules(state),
-                      zone_times=_zone_times)
+        return render(
+            request,
+            "schedules.html",
+            title="Schedules",
+            schedules=_schedules(state),
+            zone_times=_zone_times,
+        )
 
     @app.get("/schedules/{name}", response_class=HTMLResponse, include_in_schema=False)
     def page_schedule(request: Request, name: str) -> HTMLResponse:
-        return render(request, "schedule.html", title=name, s=_schedule(state, name, runs=20),
-                      zone_times=_zone_times)
+        return render(
+            request,
+            "schedule.html",
+            title=name,
+            s=_schedule(state, name, runs=20),
+            zone_times=_zone_times,
+        )
 
     @app.get("/runtime", response_class=HTMLResponse, include_in_schema=False)
     def page_runtime(request: Request) -> HTMLResponse:
         return render(request, "runtime.html", title="Runtime", runtimes=_runtime())
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-    def page_login(request: Request, next: str = "/workflows") -> HTMLResponse:  # noqa: A002
+    def page_login(request: Request, next: str = "/workflows") -> HTMLResponse:
         return render(request, "login.html", title="Sign in", next=next, error=None)
 
     @app.post("/login", include_in_schema=False)
@@ -790,11 +856,18 @@ def create_app(
         if not target.startswith("/") or target.startswith("//"):
             target = "/workflows"
         if not state.token or not secrets.compare_digest(form.get("token", ""), state.token):
-            return render(request, "login.html", 401, title="Sign in", next=target,
-                          error="That is not the token this server was started with.")
+            return render(
+                request,
+                "login.html",
+                401,
+                title="Sign in",
+                next=target,
+                error="That is not the token this server was started with.",
+            )
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(auth.SESSION_COOKIE, auth.new_session(state.secret), httponly=True,
-                            samesite="strict")
+        response.set_cookie(
+            auth.SESSION_COOKIE, auth.new_session(state.secret), httponly=True, samesite="strict"
+        )
         return response
 
     def add_form(verb: str, kind: str) -> None:
@@ -806,15 +879,24 @@ def create_app(
         async def form_action(request: Request, target: str) -> Response:
             await check_form(request)
             result = _act(state, verb, target)
-            back = (f"/workflows/{quote(target, safe='')}" + "?watch=1&"
-                    if kind == "wf" else f"/schedules/{quote(target, safe='')}?")
+            back = (
+                f"/workflows/{quote(target, safe='')}" + "?watch=1&"
+                if kind == "wf"
+                else f"/schedules/{quote(target, safe='')}?"
+            )
             return RedirectResponse(back + urlencode({"msg": result.message}), status_code=303)
 
-        app.add_api_route(route, form_action, methods=["POST"], include_in_schema=False,
-                          name=f"form_{verb}")
+        app.add_api_route(
+            route, form_action, methods=["POST"], include_in_schema=False, name=f"form_{verb}"
+        )
 
-    for verb, kind in (("resume", "wf"), ("cancel", "wf"), ("trigger", "sch"),
-                       ("pause", "sch"), ("unpause", "sch")):
+    for verb, kind in (
+        ("resume", "wf"),
+        ("cancel", "wf"),
+        ("trigger", "sch"),
+        ("pause", "sch"),
+        ("unpause", "sch"),
+    ):
         add_form(verb, kind)
 
     @app.post("/workflows/{workflow_id:path}/steps/{task_id}/resolve", include_in_schema=False)
@@ -861,8 +943,14 @@ def _add_api_action(app: FastAPI, verb: str, kind: str, state: UiState, check: A
         "pause": "Pause the schedule.",
         "unpause": "Resume the paused schedule.",
     }[verb]
-    app.add_api_route(f"{prefix}/{verb}", action, methods=["POST"], response_model=ActionResult,
-                      tags=["actions"], name=f"api_{verb}")
+    app.add_api_route(
+        f"{prefix}/{verb}",
+        action,
+        methods=["POST"],
+        response_model=ActionResult,
+        tags=["actions"],
+        name=f"api_{verb}",
+    )
 
 
 def _zone_times(when: dt.datetime, zone: str) -> tuple[str, str]:
@@ -870,5 +958,6 @@ def _zone_times(when: dt.datetime, zone: str) -> tuple[str, str]:
     from zoneinfo import ZoneInfo
 
     local = when.astimezone(ZoneInfo(zone))
-    return local.strftime("%Y-%m-%d %H:%M %Z"), when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
+    return local.strftime("%Y-%m-%d %H:%M %Z"), when.astimezone(dt.UTC).strftime(
+        "%Y-%m-%d %H:%M UTC"
+    )

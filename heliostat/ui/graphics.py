@@ -11,6 +11,7 @@ says how many steps it holds.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,14 +23,24 @@ __all__ = [
     "STATUS_ORDER",
     "DagBox",
     "DagLayout",
+    "dag_svg",
     "gantt_svg",
     "layout_dag",
-    "dag_svg",
     "runs_chart_svg",
 ]
 
-STATUS_ORDER = ("FAILED", "IN_DOUBT", "NEEDS_ATTENTION", "RUNNING", "PENDING", "RESUMABLE",
-                "CANCELED", "SKIPPED", "INTERRUPTED", "SUCCESSFUL")
+STATUS_ORDER = (
+    "FAILED",
+    "IN_DOUBT",
+    "NEEDS_ATTENTION",
+    "RUNNING",
+    "PENDING",
+    "RESUMABLE",
+    "CANCELED",
+    "SKIPPED",
+    "INTERRUPTED",
+    "SUCCESSFUL",
+)
 """Worst first: a folded box takes the worst state of the steps it holds."""
 
 BOX_W, BOX_H, GAP_X, GAP_Y = 168, 46, 64, 18
@@ -104,7 +115,7 @@ def layout_dag(
             durations = [d for m in members if (d := steps[m][2]) is not None]
             boxes[key] = DagBox(
                 key=key,
-                label=f"{name} ×{len(members)}",
+                label=f"{name} \u00d7{len(members)}",
                 status=_worst(counts),
                 task_id=None,
                 count=len(members),
@@ -134,9 +145,7 @@ def layout_dag(
             boxes[key].x = GAP_Y + i * (BOX_W + GAP_X)
             boxes[key].y = offset + j * (BOX_H + GAP_Y)
     width = len(layers) * (BOX_W + GAP_X) - GAP_X + 2 * GAP_Y
-    return DagLayout(
-        boxes=boxes, edges=list(graph.edges()), width=max(width, BOX_W), height=height
-    )
+    return DagLayout(boxes=boxes, edges=list(graph.edges()), width=max(width, BOX_W), height=height)
 
 
 def _order_layers(graph: nx.DiGraph[str], layers: list[list[str]], sweeps: int = 4) -> None:
@@ -144,7 +153,7 @@ def _order_layers(graph: nx.DiGraph[str], layers: list[list[str]], sweeps: int =
     sweeping down then up, so edges cross less."""
 
     def sweep(seq: Sequence[list[str]], neighbours: object) -> None:
-        for prev, layer in zip(seq, seq[1:], strict=False):
+        for prev, layer in itertools.pairwise(seq):
             pos = {k: i for i, k in enumerate(prev)}
             here = {k: i for i, k in enumerate(layer)}
 
@@ -199,7 +208,7 @@ def dag_svg(layout: DagLayout, step_url: str) -> Markup:
             f'<path d="M{x1:.1f},{y1:.1f} C{mx:.1f},{y1:.1f} {mx:.1f},{y2:.1f} '
             f'{x2 - 2:.1f},{y2:.1f}" marker-end="url(#arrow)"/>'
         )
-    out.append("</g><g class=\"boxes\">")
+    out.append('</g><g class="boxes">')
     for box in sorted(layout.boxes.values(), key=lambda b: b.key):
         title = escape(box.label if box.task_id is None else box.task_id)
         detail = _fmt_seconds(box.duration)
@@ -231,13 +240,19 @@ def gantt_svg(
     attempts: Sequence[tuple[str, int, str, dt.datetime | None, dt.datetime | None]],
     *,
     now: dt.datetime,
-    max_rows: int = 400,
+    max_rows: int = 60,
 ) -> Markup:
     """A timeline of attempts: rows of ``(task id, attempt, status, start, finish)``;
     an attempt with no finish runs to ``now``."""
-    rows = [a for a in attempts if a[3] is not None][:max_rows]
+    started = [a for a in attempts if a[3] is not None]
+    rows = started[:max_rows]
     if not rows:
         return Markup('<p class="muted">No attempt has started yet.</p>')
+    more = (
+        f'<p class="muted small">The first {max_rows} of {len(started)} attempts.</p>'
+        if len(started) > max_rows
+        else ""
+    )
     start = min(a[3] for a in rows if a[3] is not None)
     end = max((a[4] or now) for a in rows)
     span = max((end - start).total_seconds(), 1e-3)
@@ -249,9 +264,10 @@ def gantt_svg(
     ]
     for i in range(5):
         x = label_w + plot_w * i / 4
+        tick = _fmt_seconds(span * i / 4) or "0"
         out.append(
             f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" class="grid"/>'
-            f'<text x="{x:.1f}" y="{height - 4}" class="tick">+{_fmt_seconds(span * i / 4) or "0"}</text>'
+            f'<text x="{x:.1f}" y="{height - 4}" class="tick">+{tick}</text>'
         )
     for i, (tid, attempt, status, s, f) in enumerate(rows):
         assert s is not None
@@ -265,7 +281,7 @@ def gantt_svg(
             f'rx="3" class="bar st-{escape(status)}"><title>{escape(label)}: '
             f"{escape(status)} {_fmt_seconds(((f or now) - s).total_seconds())}</title></rect>"
         )
-    out.append("</svg>")
+    out.append("</svg>" + more)
     return Markup("".join(out))
 
 

@@ -29,7 +29,7 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_S = 120
 
-FLOWS = '''
+FLOWS = """
 from pathlib import Path
 
 import heliostat as hs
@@ -95,7 +95,7 @@ def wide():
 
 def nightly(logical_time):
     return load.bind(1)
-'''
+"""
 
 
 def _need_browser() -> Any:
@@ -130,7 +130,9 @@ class World:
         self.env.update(
             HELIOSTAT_HOME=str(root / "home"),
             TMPDIR=str(tmpdir),
-            PYTHONPATH=os.pathsep.join([str(self.mods), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            PYTHONPATH=os.pathsep.join(
+                [str(self.mods), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
         )
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -184,13 +186,23 @@ def server(world: World) -> Iterator[str]:
 def test_browse_fix_resume_and_trigger(world: World, server: str, tmp_path: Path) -> None:
     sync_playwright = _need_browser()
     flag = world.root / "flag"
-    failed = world.run("run", "uiflows:build", f"flag={flag}", "--id", "e2e-etl-1121",
-                       "--num-cpus", "2")
+    failed = world.run(
+        "run", "uiflows:build", f"flag={flag}", "--id", "e2e-etl-1121", "--num-cpus", "2"
+    )
     assert failed.returncode == 1, failed.stderr
     wide = world.run("run", "uiflows:wide", "--id", "wide-200", "--num-cpus", "2")
     assert wide.returncode == 0, wide.stderr
-    added = world.run("schedule", "add", "nightly", "--cron", "0 3 * * *", "--tz",
-                      "Europe/Paris", "--target", "uiflows:nightly")
+    added = world.run(
+        "schedule",
+        "add",
+        "nightly",
+        "--cron",
+        "0 3 * * *",
+        "--tz",
+        "Europe/Paris",
+        "--target",
+        "uiflows:nightly",
+    )
     assert added.returncode == 0, added.stderr
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -249,8 +261,8 @@ def test_browse_fix_resume_and_trigger(world: World, server: str, tmp_path: Path
             # The 200-step DAG.
             page.goto(f"{server}/workflows/wide-200")
             page.wait_for_selector("svg.dag .box.group")
-            assert "×190" in (page.text_content("svg.dag") or "")
-            page.screenshot(path=str(shots / "workflow_200.png"), full_page=True)
+            assert "\u00d7190" in (page.text_content("svg.dag") or "")
+            page.screenshot(path=str(shots / "workflow_200.png"))
 
             # Trigger a schedule from its page.
             page.goto(f"{server}/schedules/nightly")

@@ -33,7 +33,7 @@ def extract(n: int) -> Any:
 def transform(df: Any, flag: str) -> int:
     if not Path(flag).exists():
         raise ValueError(f"{EVIL} flag {flag} is missing")
-    return int(len(df))
+    return len(df)
 
 
 @hs.remote
@@ -78,7 +78,7 @@ def test_a_failed_run_read_back_escaped(wf_backend: str, runtime: Runtime, tmp_p
 
         step = c.get(f"/api/workflows/{quote(wid, safe='')}/steps/{failed}").json()
         assert "ValueError" in step["traceback"] and "flag" in step["error"]
-        assert [w["kind"] for w in step["wal"]][0] == "INTENT"
+        assert next(w["kind"] for w in step["wal"]) == "INTENT"
         good = c.get(f"/api/workflows/{quote(wid, safe='')}/steps/{ok}").json()
         assert [w["kind"] for w in good["wal"]] == ["INTENT", "COMMIT"]
         assert good["preview"]["kind"] == "table"
@@ -107,7 +107,7 @@ def test_a_failed_run_read_back_escaped(wf_backend: str, runtime: Runtime, tmp_p
 
 
 def good_checksum(step: dict[str, Any]) -> str:
-    commit = [w for w in step["wal"] if w["kind"] == "COMMIT"][0]
+    commit = next(w for w in step["wal"] if w["kind"] == "COMMIT")
     return str(commit["checksum"])
 
 
@@ -119,8 +119,13 @@ def test_not_found_and_bad_parameters(wf_backend: str) -> None:
         assert page.status_code == 404 and "No workflow with id" in page.text
         assert c.get("/api/schedules/nope").status_code == 404
         assert c.post("/api/workflows/nope/cancel").status_code == 404
-        for params in ({"limit": 0}, {"limit": 501}, {"status": "BOGUS"}, {"cursor": "zz"},
-                       {"order": "sideways"}):
+        for params in (
+            {"limit": 0},
+            {"limit": 501},
+            {"status": "BOGUS"},
+            {"cursor": "zz"},
+            {"order": "sideways"},
+        ):
             assert c.get("/api/workflows", params=params).status_code == 422, params
         assert c.get("/workflows", params={"status": "BOGUS"}).status_code == 422
 
@@ -197,8 +202,7 @@ def test_token_rules(wf_backend: str) -> None:
         assert page.status_code == 303 and page.headers["location"].startswith("/login")
         assert c.post("/login", data={"token": "nope"}).status_code == 401
         assert c.post("/api/schedules/x/pause").status_code == 401
-        r = c.post("/login", data={"token": "s3cret", "next": "/schedules"},
-                   follow_redirects=False)
+        r = c.post("/login", data={"token": "s3cret", "next": "/schedules"}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/schedules"
         assert c.get("/workflows").status_code == 200  # the session cookie
         # a form without its CSRF token is refused
