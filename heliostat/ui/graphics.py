@@ -214,7 +214,7 @@ def dag_svg(layout: DagLayout, step_url: str) -> Markup:
         detail = _fmt_seconds(box.duration)
         if box.count > 1:
             done = box.counts.get("SUCCESSFUL", 0)
-            detail = f"{done}/{box.count} done" + (f" · ≤{detail}" if detail else "")
+            detail = f"{done}/{box.count} done"
         status_text = box.status.lower().replace("_", " ")
         inner = (
             f'<rect x="{box.x:.1f}" y="{box.y:.1f}" width="{BOX_W}" height="{BOX_H}" rx="7"/>'

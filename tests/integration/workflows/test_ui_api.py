@@ -222,3 +222,13 @@ def test_loopback_forms_need_the_csrf_token(wf_backend: str) -> None:
         assert schedules.get("hourly").paused
     fresh = TestClient(create_app())  # no session cookie at all
     assert fresh.post("/schedules/hourly/unpause", data={"csrf": csrf}).status_code == 401
+
+
+def test_runtime_shows_the_live_local_runtime(wf_home: Path, runtime: Runtime) -> None:
+    import os
+
+    with _client() as c:
+        found = [r for r in c.get("/api/runtime").json() if r["pid"] == os.getpid()]
+        assert len(found) == 1 and found[0]["status"] is not None, found
+        html = c.get("/runtime").text
+        assert found[0]["session"] in html and "Object store" in html and "CPU" in html
