@@ -72,6 +72,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     except OSError as exc:
         sock.close()
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     port = sock.getsockname()[1]
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"heliostat UI on http://{shown}:{port}/  (Ctrl-C to stop)", flush=True)

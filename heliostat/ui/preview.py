@@ -1,10 +1,11 @@
 """Output previews of step checkpoints, bounded in size and time.
 
-A checkpoint is decoded (after its checksum is verified) in a short-lived child
-process that is killed after :data:`PREVIEW_TIMEOUT` seconds, and only if it is at most
-:data:`PREVIEW_MAX_BYTES` big: unpickling runs arbitrary constructors, and a huge or
-hostile value must not hang or bloat the server. The child prints a JSON description:
-an Arrow table or DataFrame as its first rows with column types, a numpy array by
+A checkpoint is previewed only if it is at most :data:`PREVIEW_MAX_BYTES` big, after
+its checksum is verified. Arrow and Parquet checkpoints (tables, DataFrames) are
+decoded in the server: nothing is unpickled. A pickled one is decoded in a short-lived
+child process killed after :data:`PREVIEW_TIMEOUT` seconds: unpickling runs arbitrary
+constructors, and a slow or hostile value must not hang or bloat the server. The
+description: an Arrow table or DataFrame as its first rows with column types, a numpy array by
 shape, dtype and first values, anything else as a truncated ``repr``.
 """
 
@@ -80,6 +81,15 @@ def preview(ref: CheckpointRef, storage_url: str) -> dict[str, Any]:
             "reason": f"the checkpoint is {ref.size} bytes; previews read at most "
             f"{PREVIEW_MAX_BYTES} (download it instead)",
         }
+    if ref.format in ("arrow", "parquet"):
+        # Columnar formats are decoded without unpickling anything: here, at once.
+        from heliostat.exceptions import CorruptCheckpointError
+        from heliostat.storage.checkpoints import CheckpointStore
+
+        try:
+            return describe_value(CheckpointStore(storage_url).read(ref))
+        except (CorruptCheckpointError, OSError, ValueError) as exc:
+            return {"kind": "unavailable", "reason": str(exc).splitlines()[0]}
     request = {
         "storage": storage_url,
         "location": ref.location,

@@ -213,7 +213,7 @@ def test_browse_fix_resume_and_trigger(world: World, server: str, tmp_path: Path
         )
         try:
             page = browser.new_page(viewport={"width": 1360, "height": 900})
-            page.set_default_timeout(30_000)
+            page.set_default_timeout(90_000)  # a loaded CI machine
             page.goto(f"{server}/workflows")
             page.screenshot(path=str(shots / "workflows.png"), full_page=True)
             assert page.locator(".wf-table tbody tr").count() == 2

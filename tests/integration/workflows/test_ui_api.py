@@ -153,6 +153,9 @@ def test_keyset_paging(wf_backend: str, runtime: Runtime, tmp_path: Path) -> Non
         asc = c.get("/api/workflows", params={"limit": 5, "order": "asc"}).json()
         assert [w["workflow_id"] for w in asc["items"]] == [f"run-{i:03d}" for i in range(5)]
         assert asc["counts"] == {"SUCCESSFUL": 23}
+        # A pickled output is previewed (in a child process) by its repr.
+        pv = c.get("/api/workflows/run-005/steps/load").json()["preview"]
+        assert pv == {"kind": "repr", "type": "builtins.int", "text": "50", "truncated": False}
         # the page shows a working "next" link
         html = c.get("/workflows", params={"limit": 10}).text
         assert "Next page" in html
