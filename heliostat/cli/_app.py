@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 
-from heliostat.cli import db, misc, run, runtime, schedule, workflow
+from heliostat.cli import db, misc, run, runtime, schedule, ui, workflow
 from heliostat.cli._util import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -53,6 +53,7 @@ def build_parser() -> CommandParser:
     schedule.register(sub)
     runtime.register(sub)
     db.register(sub)
+    ui.register(sub)
     misc.register(sub)
     return parser
 

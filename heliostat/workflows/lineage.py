@@ -36,6 +36,7 @@ from heliostat.storage.checkpoints import CheckpointRef
 from heliostat.storage.db import SQLITE_BEGIN_OPTION, is_transient_db_error, storage_error_from
 from heliostat.storage.models import (
     AttemptLog,
+    Edge,
     Step,
     StepAttempt,
     Transition,
@@ -76,6 +77,7 @@ _T: sa.Table = Transition.__table__  # type: ignore[assignment]
 _LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
 _DAG: sa.Table = WorkflowDag.__table__  # type: ignore[assignment]
 _TIMER: sa.Table = WorkflowTimer.__table__  # type: ignore[assignment]
+_E: sa.Table = Edge.__table__  # type: ignore[assignment]
 
 _R = TypeVar("_R")
 
@@ -526,6 +528,90 @@ class LineageReader:
                 return [self._record(row._mapping, {}) for row in conn.execute(query)]
 
         return self._retrying("list workflows", read)
+
+    def list_page(
+        self,
+        status_filter: Iterable[WorkflowStatus] | None = None,
+        *,
+        limit: int,
+        search: str | None = None,
+        after: tuple[dt.datetime, str] | None = None,
+        newest_first: bool = True,
+    ) -> list[WorkflowRecord]:
+        """One page of workflows ordered by creation (start) time, then id: keyset paging.
+
+        ``after`` is the ``(created_at, workflow_id)`` of the last row of the previous
+        page; the page holds the rows after it in the chosen order. The order rides the
+        ``(status, created_at)`` and ``(created_at)`` indexes, so a page costs the same
+        on the first page and the thousandth.
+        """
+        if newest_first:
+            order = (_W.c.created_at.desc(), _W.c.workflow_id.desc())
+        else:
+            order = (_W.c.created_at.asc(), _W.c.workflow_id.asc())
+        query = sa.select(_W).order_by(*order).limit(limit)
+        if status_filter is not None:
+            query = query.where(_W.c.status.in_([str(s) for s in status_filter]))
+        if search:
+            query = query.where(_W.c.workflow_id.contains(search, autoescape=True))
+        if after is not None:
+            at, wid = after
+            if newest_first:
+                query = query.where(
+                    sa.or_(
+                        _W.c.created_at < at,
+                        sa.and_(_W.c.created_at == at, _W.c.workflow_id < wid),
+                    )
+                )
+            else:
+                query = query.where(
+                    sa.or_(
+                        _W.c.created_at > at,
+                        sa.and_(_W.c.created_at == at, _W.c.workflow_id > wid),
+                    )
+                )
+
+        def read() -> list[WorkflowRecord]:
+            with self._read() as conn:
+                return [self._record(row._mapping, {}) for row in conn.execute(query)]
+
+        return self._retrying("list workflows", read)
+
+    def status_counts(self) -> dict[WorkflowStatus, int]:
+        """How many workflows are in each stored status (one GROUP BY on the status index)."""
+        query = sa.select(_W.c.status, sa.func.count()).group_by(_W.c.status)
+
+        def read() -> dict[WorkflowStatus, int]:
+            with self._read() as conn:
+                return {WorkflowStatus(s): int(n) for s, n in conn.execute(query)}
+
+        return self._retrying("count workflows", read)
+
+    def recent_runs(self, limit: int) -> list[tuple[dt.datetime, WorkflowStatus]]:
+        """``(created_at, status)`` of the newest ``limit`` workflows, newest first."""
+        query = (
+            sa.select(_W.c.created_at, _W.c.status).order_by(_W.c.created_at.desc()).limit(limit)
+        )
+
+        def read() -> list[tuple[dt.datetime, WorkflowStatus]]:
+            with self._read() as conn:
+                return [(at, WorkflowStatus(s)) for at, s in conn.execute(query)]
+
+        return self._retrying("list recent workflows", read)
+
+    def edges(self, workflow_id: str) -> list[tuple[str, str]]:
+        """``(parent task id, child task id)`` of the workflow's data dependencies."""
+        query = (
+            sa.select(_E.c.parent_task_id, _E.c.child_task_id)
+            .where(_E.c.workflow_id == workflow_id)
+            .distinct()
+        )
+
+        def read() -> list[tuple[str, str]]:
+            with self._read() as conn:
+                return [(p, c) for p, c in conn.execute(query)]
+
+        return self._retrying("read the workflow's edges", read)
 
     def status(self, workflow_id: str) -> WorkflowStatus:
         def read() -> WorkflowStatus:

@@ -1,0 +1,281 @@
+"""The web UI end to end in a real headless Chromium (Debian's, driven by Playwright).
+
+Everything is real: the workflows run through ``heliostat run`` in subprocesses, the UI
+is ``heliostat ui`` in a subprocess on a free port, and the browser clicks its pages.
+The scenario: a workflow whose middle step fails because a flag file is missing is
+found by search, opened, its failed step seen in the failed colour and its traceback on
+the step page; the flag is created, Resume clicked, and the DAG turns green without a
+reload; a schedule is triggered from its page. Screenshots of every page are saved
+under the test's tmp dir.
+
+Without Chromium or Playwright the test skips, except under ``CI=true``, where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_S = 120
+
+FLOWS = """
+from pathlib import Path
+
+import heliostat as hs
+
+
+@hs.remote
+def extract(n):
+    import pandas as pd
+
+    return pd.DataFrame({"day": [f"2026-11-{i % 28 + 1:02d}" for i in range(n)],
+                         "region": ["eu", "us", "apac"] * (n // 3) + ["eu"] * (n % 3),
+                         "amount": [round(i * 1.75, 2) for i in range(n)]})
+
+
+@hs.remote
+def transform(df, flag):
+    if not Path(flag).exists():
+        raise FileNotFoundError(f"the flag file {flag} is missing")
+    return len(df)
+
+
+@hs.remote
+def load(n):
+    return n * 10
+
+
+def build(flag):
+    return load.bind(transform.bind(extract.bind(90), flag))
+
+
+@hs.remote
+def source():
+    return 1
+
+
+@hs.remote
+def part(x, i):
+    return x + i
+
+
+@hs.remote
+def clean(x):
+    return x
+
+
+@hs.remote
+def combine(*xs):
+    return sum(xs)
+
+
+@hs.remote
+def report(total, *extra):
+    return total
+
+
+def wide():
+    src = source.bind()
+    cleaned = clean.bind(src)
+    parts = [part.bind(cleaned, i) for i in range(190)]
+    side = [clean.options(name=f"audit_{i}").bind(src) for i in range(4)]
+    return report.bind(combine.bind(*parts), *side)
+
+
+def nightly(logical_time):
+    return load.bind(1)
+"""
+
+
+def _need_browser() -> Any:
+    why = None
+    if not os.path.exists(CHROMIUM):
+        why = f"{CHROMIUM} is missing (apt-get install -y chromium)"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        why = "playwright is not installed (pip install playwright)"
+        sync_playwright = None
+    if why is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the browser tests must run under CI: {why}")
+        pytest.skip(why)
+    return sync_playwright
+
+
+class World:
+    """A private heliostat home, module directory and TMPDIR for the commands."""
+
+    def __init__(self, root: Path, tmpdir: Path) -> None:
+        self.root = root
+        self.mods = root / "mods"
+        self.mods.mkdir()
+        (self.mods / "uiflows.py").write_text(textwrap.dedent(FLOWS))
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("HELIOSTAT_DB_URL", "HELIOSTAT_STORAGE", "HELIOSTAT_TOKEN")
+        }
+        self.env.update(
+            HELIOSTAT_HOME=str(root / "home"),
+            TMPDIR=str(tmpdir),
+            PYTHONPATH=os.pathsep.join(
+                [str(self.mods), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+        )
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "heliostat.cli", *args],
+            cwd=self.mods,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    tmpdir = Path(tempfile.mkdtemp(prefix="hsui"))  # short: runtimes' sockets live here
+    try:
+        yield World(tmp_path, tmpdir)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@pytest.fixture
+def server(world: World) -> Iterator[str]:
+    """``heliostat ui --port 0`` started for real; its URL. Stopped with SIGTERM (exit 0)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heliostat.cli", "ui", "--port", "0"],
+        cwd=world.mods,
+        env=world.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once it listens
+        assert "http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() else "")
+        yield line.split()[3].rstrip("/")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        assert code == 0, proc.stderr.read() if proc.stderr else code
+
+
+def test_browse_fix_resume_and_trigger(world: World, server: str, tmp_path: Path) -> None:
+    sync_playwright = _need_browser()
+    flag = world.root / "flag"
+    failed = world.run(
+        "run", "uiflows:build", f"flag={flag}", "--id", "e2e-etl-1121", "--num-cpus", "2"
+    )
+    assert failed.returncode == 1, failed.stderr
+    wide = world.run("run", "uiflows:wide", "--id", "wide-200", "--num-cpus", "2")
+    assert wide.returncode == 0, wide.stderr
+    added = world.run(
+        "schedule",
+        "add",
+        "nightly",
+        "--cron",
+        "0 3 * * *",
+        "--tz",
+        "Europe/Paris",
+        "--target",
+        "uiflows:nightly",
+    )
+    assert added.returncode == 0, added.stderr
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.set_default_timeout(90_000)  # a loaded CI machine
+            page.goto(f"{server}/workflows")
+            page.screenshot(path=str(shots / "workflows.png"), full_page=True)
+            assert page.locator(".wf-table tbody tr").count() == 2
+
+            # Search, open.
+            page.fill("input[name=search]", "e2e-etl")
+            page.click("form.filters button")
+            page.wait_for_url("**/workflows?search=e2e-etl*")
+            rows = page.locator(".wf-table tbody tr")
+            assert rows.count() == 1
+            page.click("a.wid:has-text('e2e-etl-1121')")
+            page.wait_for_selector("svg.dag")
+            box = page.locator("svg.dag a[data-task=transform]")
+            assert "st-FAILED" in (box.get_attribute("class") or "")
+            fill = box.locator("rect").evaluate("r => getComputedStyle(r).stroke")
+            assert fill == "rgb(220, 38, 38)"  # the failed colour, --fail
+            page.screenshot(path=str(shots / "workflow_failed.png"), full_page=True)
+
+            # The step page: its traceback.
+            box.click()
+            page.wait_for_selector("pre.traceback")
+            assert "FileNotFoundError" in page.inner_text("pre.traceback")
+            page.screenshot(path=str(shots / "step_failed.png"), full_page=True)
+            page.go_back()
+            page.wait_for_selector("svg.dag")
+
+            # Fix the cause, resume, and watch the DAG turn green without a reload.
+            flag.touch()
+            page.click("button:has-text('Resume')")
+            page.wait_for_url("**watch=1**")
+            page.evaluate("window.__sameDocument = true")
+            page.wait_for_selector(
+                "svg.dag a[data-task=load].st-SUCCESSFUL", timeout=TIMEOUT_S * 1000
+            )
+            assert page.evaluate("window.__sameDocument === true")  # no reload happened
+            assert page.locator("svg.dag .box.st-FAILED").count() == 0
+            page.screenshot(path=str(shots / "workflow_resumed.png"), full_page=True)
+
+            # A step with a table preview.
+            page.click("svg.dag a[data-task=extract]")
+            page.wait_for_selector("table.preview")
+            assert page.locator("table.preview tbody tr").count() == 50
+            page.screenshot(path=str(shots / "step_table.png"), full_page=True)
+
+            # The 200-step DAG.
+            page.goto(f"{server}/workflows/wide-200")
+            page.wait_for_selector("svg.dag .box.group")
+            assert "\u00d7190" in (page.text_content("svg.dag") or "")
+            page.screenshot(path=str(shots / "workflow_200.png"))
+
+            # Trigger a schedule from its page.
+            page.goto(f"{server}/schedules/nightly")
+            page.click("button:has-text('Trigger now')")
+            page.wait_for_selector(".flash")
+            assert "Triggered nightly" in page.inner_text(".flash")
+            assert "nightly@manual-" in page.inner_text(".run-row")
+            page.screenshot(path=str(shots / "schedule.png"), full_page=True)
+            page.goto(f"{server}/schedules")
+            page.screenshot(path=str(shots / "schedules.png"), full_page=True)
+            page.goto(f"{server}/runtime")
+            page.screenshot(path=str(shots / "runtime.png"), full_page=True)
+        finally:
+            browser.close()
+    listed = world.run("workflow", "status", "e2e-etl-1121")
+    assert "SUCCESSFUL" in listed.stdout, listed
