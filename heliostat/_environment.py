@@ -75,6 +75,14 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
         read_by=("heliostat.engine.runtime",),
     ),
     EnvVar(
+        name="HELIOSTAT_TOKEN",
+        default="none",
+        meaning="The token `heliostat ui` requires for actions (bearer header for the API, "
+        "a signed session cookie for the pages); `--token` wins over it. Required when "
+        "the UI binds to anything but loopback.",
+        read_by=("heliostat.cli.ui", "heliostat.ui.auth"),
+    ),
+    EnvVar(
         name="HELIOSTAT_STORAGE",
         default="`file://$HELIOSTAT_HOME/checkpoints`",
         meaning="Where step outputs are checkpointed: any fsspec URL (`file://`, `s3://` "
