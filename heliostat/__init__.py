@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib as _importlib
 import typing as _typing
 
-from heliostat import actor, exceptions, util
+from heliostat import actor, exceptions
 from heliostat.engine import (
     ActorClass,
     ActorHandle,
@@ -35,6 +35,7 @@ from heliostat.engine import (
 from heliostat.runtime_context import RuntimeContext, get_gpu_ids, get_runtime_context
 
 if _typing.TYPE_CHECKING:
+    from heliostat import util
     from heliostat import workflows as workflow
     from heliostat.workflows import schedules
 
@@ -51,6 +52,10 @@ def __getattr__(name: str) -> _typing.Any:
         workflow = _importlib.import_module("heliostat.workflow")
         globals()["workflow"] = workflow
         return workflow
+    if name == "util":  # ActorPool, Queue ...: a few ms that most programs never use
+        util = _importlib.import_module("heliostat.util")
+        globals()["util"] = util
+        return util
     if name == "schedules":  # same reason: it is part of the workflows layer
         from heliostat.workflows import schedules
 

@@ -17,7 +17,6 @@ keeps its value.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import inspect
@@ -29,6 +28,8 @@ from heliostat.engine.protocol import Op
 from heliostat.engine.streams import STREAMING
 
 if TYPE_CHECKING:
+    import asyncio
+
     from heliostat.engine.worker import Worker
 
 __all__ = ["DEFAULT_ASYNC_MAX_CONCURRENCY", "AsyncActorExecutor", "is_async_class"]
@@ -52,6 +53,10 @@ class AsyncActorExecutor:
     """
 
     def __init__(self, worker: Worker, max_concurrency: int) -> None:
+        # asyncio is imported by the executors that need it, not with this module:
+        # every ``import heliostat`` would pay ~15 ms for it.
+        import asyncio
+
         self._worker = worker
         self._loop = asyncio.new_event_loop()
         self._slots = asyncio.Semaphore(max_concurrency)
@@ -68,6 +73,8 @@ class AsyncActorExecutor:
         worker.client.cancel_hook = self.cancel
 
     def _run_loop(self) -> None:
+        import asyncio
+
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
 
@@ -114,6 +121,8 @@ class AsyncActorExecutor:
         task.cancel()
 
     async def _call(self, message: tuple[Any, ...]) -> None:
+        import asyncio
+
         _op, task_id, method, payload, positions, resolved, return_ids, name, generator = message
         worker = self._worker
         started = time.time()

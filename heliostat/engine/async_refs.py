@@ -21,17 +21,19 @@ A cancelled ``await`` withdraws its request (``cancel_async``).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import queue
 import threading
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heliostat.engine.core import CoreClient, load_value
 from heliostat.engine.object_ref import ObjectRef, install_async_support
 from heliostat.engine.runtime import current_client
+
+if TYPE_CHECKING:
+    import asyncio
+    import concurrent.futures
 
 __all__ = ["await_ref", "ref_future"]
 
@@ -46,6 +48,10 @@ def _decode(client: CoreClient, items: list[Any]) -> Any:
 
 
 async def _await(ref: ObjectRef) -> Any:
+    # asyncio and concurrent.futures are imported where used: at module level they
+    # would cost every ``import heliostat`` (and every worker) ~20 ms.
+    import asyncio
+
     client = current_client()
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
@@ -133,6 +139,8 @@ _resolver = _Resolver()
 
 def ref_future(ref: ObjectRef) -> concurrent.futures.Future[Any]:
     """A ``concurrent.futures.Future`` completed with the ref's value (or its error)."""
+    import concurrent.futures
+
     client = current_client()
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
     req_id = client.next_request_id()

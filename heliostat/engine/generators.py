@@ -11,13 +11,15 @@ drops the stream id, which tells the node manager to release what was never aske
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.runtime import current_client
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["DynamicObjectRefGenerator", "ObjectRefGenerator"]
 
@@ -82,6 +84,8 @@ class ObjectRefGenerator:
 
     async def __anext__(self) -> ObjectRef:
         """The next item's ref, awaited without blocking the event loop."""
+        import asyncio  # not at module level: it costs every import of heliostat ~15 ms
+
         if self._finished:
             raise StopAsyncIteration
         client = current_client()
@@ -108,6 +112,8 @@ class ObjectRefGenerator:
 
 def _ask_next(client: Any, stream_id: int, index: int) -> asyncio.Future[ObjectRef | None]:
     """Ask the node manager for item ``index``; the future gets its ref (None: the end)."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     future: asyncio.Future[ObjectRef | None] = loop.create_future()
 

@@ -24,7 +24,6 @@ Reference counting protocol (ownership lives in the node manager's object table)
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -188,6 +187,8 @@ class ObjectRef:
 
     def as_future(self) -> Any:
         """An asyncio future for the value, on the running loop (as Ray's ``as_future``)."""
+        import asyncio  # not at module level: every worker would pay for it
+
         return asyncio.ensure_future(self._awaitable())
 
     async def _awaitable(self) -> Any:

@@ -11,7 +11,6 @@ does not stop another caller's ``put``. The driver side turns the actor's answer
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import queue as _stdlib_queue
 import threading
@@ -197,6 +196,8 @@ class Queue:
     async def put_async(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """:meth:`put` for asyncio code: waits without blocking the event loop."""
         _check_timeout(block, timeout)
+        import asyncio
+
         await asyncio.get_running_loop().run_in_executor(None, self.put, item, block, timeout)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
@@ -219,6 +220,8 @@ class Queue:
     async def get_async(self, block: bool = True, timeout: float | None = None) -> Any:
         """:meth:`get` for asyncio code: waits without blocking the event loop."""
         _check_timeout(block, timeout)
+        import asyncio
+
         return await asyncio.get_running_loop().run_in_executor(None, self.get, block, timeout)
 
     def put_nowait(self, item: Any) -> None:
