@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -136,7 +137,16 @@ class ArgChecker:
         # Keywords are checked by name then (``_index``: name -> position), unless a
         # parameter is positional-only.
         self._index: dict[str, int] | None = None
-        if all(p.kind in _POSITIONAL for p in params):
+        if params and params[-1].kind is inspect.Parameter.VAR_POSITIONAL and all(
+            p.kind in _POSITIONAL for p in params[:-1]
+        ):
+            # ``f(a, b, *rest)``: a positional call fits when it fills the required
+            # parameters; any number may follow. Keyword calls go through bind.
+            fixed = params[:-1]
+            self._min_pos = sum(1 for p in fixed if p.default is inspect.Parameter.empty)
+            self._max_pos = sys.maxsize
+            params = fixed
+        elif all(p.kind in _POSITIONAL for p in params):
             self._min_pos = sum(1 for p in params if p.default is inspect.Parameter.empty)
             self._max_pos = len(params)
             if all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):

@@ -84,6 +84,31 @@ def test_calls_that_plainly_fit_skip_binding() -> None:
     assert Spy.binds == 1  # only a call that may not fit is bound (for the message)
 
 
+def positional_then_star(a: int, b: int = 0, *rest: int) -> None: ...
+
+
+def test_positional_calls_of_a_star_args_signature_skip_binding() -> None:
+    # The shape of a workflow step's call, and of Ray's ``def f(*xs)``: checked by count.
+    class Spy(inspect.Signature):
+        binds = 0
+
+        def bind(self, *args: Any, **kwargs: Any) -> inspect.BoundArguments:
+            Spy.binds += 1
+            return super().bind(*args, **kwargs)
+
+    sig = inspect.signature(positional_then_star)
+    checker = ArgChecker(Spy(list(sig.parameters.values())), "f.remote()")
+    checker.check((1,), {})
+    checker.check(tuple(range(50)), {})
+    assert Spy.binds == 0
+    with pytest.raises(TypeError, match="missing a required argument: 'a'"):
+        checker.check((), {})
+    checker.check((1,), {"b": 2})  # keywords: bound, and fine
+    with pytest.raises(TypeError, match="unexpected keyword argument 'c'"):
+        checker.check((1,), {"c": 2})
+    assert Spy.binds == 3
+
+
 def test_unreadable_signature_gives_no_checker() -> None:
     assert ArgChecker.for_callable(object(), "x") is None  # type: ignore[arg-type]
 
