@@ -205,7 +205,10 @@ class Driver:
         rc = self.wait(timeout)
         for line in self.text().splitlines():
             if line.startswith("RESULT "):
-                return dict(json.loads(line.removeprefix("RESULT ")))
+                # A log line from another thread of the driver (stderr shares the file)
+                # can land between the JSON and its newline: read the one JSON value.
+                value, _end = json.JSONDecoder().raw_decode(line.removeprefix("RESULT "))
+                return dict(value)
         pytest.fail(f"driver {self.name} exited with {rc} and no result:\n{self.text()}")
 
     def kill(self, *, gone_within: float = 15.0) -> None:
