@@ -81,7 +81,9 @@ def _reached(lab: Lab, driver: Driver, lines: int) -> bool:
 def _finished(driver: Driver) -> dict[str, Any] | None:
     for line in driver.text().splitlines():
         if line.startswith("RESULT "):
-            return dict(json.loads(line.removeprefix("RESULT ")))
+            # another thread's log line can land between the JSON and its newline
+            value, _end = json.JSONDecoder().raw_decode(line.removeprefix("RESULT "))
+            return dict(value)
     return None
 
 

@@ -211,7 +211,9 @@ class Driver:
             pytest.fail(f"driver did not finish in {DRIVER_TIMEOUT_S} s:\n{self.text()}")
         for line in self.text().splitlines():
             if line.startswith("RESULT "):
-                return dict(json.loads(line.removeprefix("RESULT ")))
+                # another thread's log line can land between the JSON and its newline
+                value, _end = json.JSONDecoder().raw_decode(line.removeprefix("RESULT "))
+                return dict(value)
         pytest.fail(f"driver exited with {rc} and no result:\n{self.text()}")
 
     def killed(self) -> None:
