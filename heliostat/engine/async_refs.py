@@ -47,6 +47,26 @@ def _decode(client: CoreClient, items: list[Any]) -> Any:
         return client._relocate(object_id, None)
 
 
+def deliver(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], ok: bool, value: Any
+) -> None:
+    """From any thread: settle ``future`` on ``loop`` with a reply (value or error).
+
+    A future already done (cancelled) is left alone; a closed loop drops the reply.
+    """
+
+    def settle() -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+        loop.call_soon_threadsafe(settle)
+
+
 async def _await(ref: ObjectRef) -> Any:
     # asyncio and concurrent.futures are imported where used: at module level they
     # would cost every ``import heliostat`` (and every worker) ~20 ms.
@@ -56,17 +76,8 @@ async def _await(ref: ObjectRef) -> Any:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
     def on_reply(ok: bool, value: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-            loop.call_soon_threadsafe(settle, ok, value)
+        deliver(loop, future, ok, value)
 
     req_id = client.next_request_id()
     client._call_async("get", (req_id, [ref.id]), on_reply)

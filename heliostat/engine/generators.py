@@ -11,10 +11,10 @@ drops the stream id, which tells the node manager to release what was never aske
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from heliostat.engine.async_refs import deliver
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.runtime import current_client
 
@@ -117,14 +117,6 @@ def _ask_next(client: Any, stream_id: int, index: int) -> asyncio.Future[ObjectR
     loop = asyncio.get_running_loop()
     future: asyncio.Future[ObjectRef | None] = loop.create_future()
 
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
     def on_reply(ok: bool, value: Any) -> None:
         if ok and value:
             # Adopt the node manager's hold now: if nobody takes the ref (the loop is
@@ -132,8 +124,7 @@ def _ask_next(client: Any, stream_id: int, index: int) -> asyncio.Future[ObjectR
             value = ObjectRef(value, client.tracker, adopt=True)
         elif ok:
             value = None
-        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-            loop.call_soon_threadsafe(settle, ok, value)
+        deliver(loop, future, ok, value)
 
     client._call_async("gen_next", (stream_id, index), on_reply)
     return future
