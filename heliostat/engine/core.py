@@ -177,8 +177,9 @@ class CoreClient:
         if ser.total_size > INLINE_THRESHOLD:
             # Large values go to the object store and travel as refs (as Ray does).
             args_list = list(args)
+            taken = set(positions)  # a list lookup here made a wide fan-in quadratic
             for i, value in enumerate(args_list):
-                if i in positions or value is None:
+                if i in taken or value is None:
                     continue
                 big = serialize(value, what=f"argument {i} of {what}")
                 if big.total_size > INLINE_THRESHOLD // 4:

@@ -171,6 +171,22 @@ def test_large_list_argument_passed_by_value(runtime) -> None:
     assert hs.get(length.remote(list(range(100_000))), timeout=30) == 100_000
 
 
+@hs.remote
+def describe_args(*args):
+    return [a if isinstance(a, int) else len(a) for a in args]
+
+
+def test_many_ref_arguments_mixed_with_large_values(runtime) -> None:
+    # Past the inline limit, plain arguments move to the object store one by one while
+    # the top-level refs keep their positions (a wide fan-in of refs plus big values).
+    refs = [hs.put(i) for i in range(3000)]
+    big = list(range(50_000))
+    args = [*refs[:1500], big, *refs[1500:], big]
+    assert hs.get(describe_args.remote(*args), timeout=60) == [
+        *range(1500), 50_000, *range(1500, 3000), 50_000
+    ]
+
+
 def test_arrow_table_round_trip(runtime) -> None:
     n = 50_000
     table = pa.table({"x": pa.array(np.arange(n)), "name": [f"row{i}" for i in range(n)]})
