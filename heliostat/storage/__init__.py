@@ -12,6 +12,8 @@ engine, workflows, UI or CLI.
   checksummed.
 * :mod:`~heliostat.storage.signing`: the installation's secret key and HMAC signatures
   over what is unpickled later.
+* :mod:`~heliostat.storage.packages`: ``working_dir`` / ``py_modules`` code as
+  content-addressed archives, and a node's cache that installs them checked.
 * :mod:`~heliostat.storage.home`: ``HELIOSTAT_HOME``, and files and directories private
   to the user.
 """
