@@ -14,26 +14,12 @@ import threading
 import time
 
 import pytest
+from signal_actor import Signal
 
 import heliostat as hs
 from heliostat.exceptions import TaskCancelledError, TaskError
 
 TIMEOUT = 20
-
-
-@hs.remote
-class Signal:
-    """A one-shot event other calls can wait for (the pattern Ray's own tests use)."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    async def wait(self) -> bool:
-        await self.event.wait()
-        return True
-
-    def send(self) -> None:
-        self.event.set()
 
 
 @hs.remote

@@ -8,24 +8,12 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from signal_actor import Signal
 
 import heliostat as hs
 from heliostat.exceptions import TaskCancelledError, TaskError, WorkerCrashedError
 
 TIMEOUT = 20
-
-
-@hs.remote
-class Signal:
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    async def wait(self) -> bool:
-        await self.event.wait()
-        return True
-
-    def send(self) -> None:
-        self.event.set()
 
 
 @hs.remote
