@@ -15,7 +15,7 @@ from heliostat.engine import async_refs  # noqa: F401  (installs await ref, ref.
 from heliostat.engine import runtime as _rt
 from heliostat.engine.actor import ActorClass, ActorHandle
 from heliostat.engine.events import to_chrome_trace
-from heliostat.engine.generators import ObjectRefGenerator
+from heliostat.engine.generators import ObjectRefGenerator, wait_with_generators
 from heliostat.engine.init_options import check_init_options
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction, task_options
@@ -289,16 +289,27 @@ def wait(
     timeout: float | None = None,
     fetch_local: bool = True,
 ) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    """Split ``refs`` into (ready, not ready) once ``num_returns`` are ready or time is up."""
-    if not isinstance(refs, (list, tuple)) or any(type(r) is not ObjectRef for r in refs):
-        raise TypeError("wait() takes a list of ObjectRefs.")
+    """Split ``refs`` into (ready, not ready) once ``num_returns`` are ready or time is up.
+
+    ``refs`` may hold ``ObjectRefGenerator``s too, as in Ray: a generator is ready when
+    ``next()`` on it would not block (its next item was yielded, or it has ended).
+    Both lists keep the input order.
+    """
+    if not isinstance(refs, (list, tuple)) or any(
+        type(r) is not ObjectRef and not isinstance(r, ObjectRefGenerator) for r in refs
+    ):
+        raise TypeError("wait() takes a list of ObjectRefs and ObjectRefGenerators.")
     if not refs:
         return [], []  # as Ray: nothing to wait for
-    if len({r.id for r in refs}) != len(refs):
-        raise ValueError("wait() got the same ObjectRef twice.")
+    keys = {r.id if type(r) is ObjectRef else ("gen", id(r)) for r in refs}
+    if len(keys) != len(refs):
+        raise ValueError("wait() got the same ObjectRef (or generator) twice.")
     if not 0 <= num_returns <= len(refs):
         raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}.")
-    return _rt.current_client().wait(refs, num_returns, timeout)
+    client = _rt.current_client()
+    if any(type(r) is not ObjectRef for r in refs):
+        return wait_with_generators(client, refs, num_returns, timeout)
+    return client.wait(refs, num_returns, timeout)
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
