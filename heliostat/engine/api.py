@@ -47,7 +47,7 @@ def init(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
-    object_store_memory: int | None = None,
+    object_store_memory: float | None = None,
     local_mode: bool = False,
     ignore_reinit_error: bool = False,
     namespace: str | None = None,
@@ -76,7 +76,7 @@ def init(
         num_gpus: GPUs this node offers (the ``GPU`` resource; default none).
         resources: custom resources, e.g. ``{"db": 1}``.
         object_store_memory: bytes of shared memory before objects spill to disk
-            (default: 30% of RAM).
+            (default: 30% of RAM); a whole float such as ``700e6`` is taken, as Ray does.
         local_mode: Ray's deprecated serial mode: only ``False`` is supported.
         ignore_reinit_error: return the running runtime instead of raising.
         namespace: default namespace for named actors.
@@ -106,7 +106,15 @@ def init(
     """
     _check_type("num_cpus", num_cpus, (int, float))
     _check_type("resources", resources, dict)
-    _check_type("object_store_memory", object_store_memory, int)
+    _check_type("object_store_memory", object_store_memory, (int, float))
+    if isinstance(object_store_memory, float):
+        # Ray scripts often write sizes as 700e6: a whole number of bytes is fine.
+        if not object_store_memory.is_integer():
+            raise ValueError(
+                f"init(): object_store_memory must be a whole number of bytes, "
+                f"got {object_store_memory!r}."
+            )
+        object_store_memory = int(object_store_memory)
     _check_type("namespace", namespace, str)
     _check_type("address", address, str)
     _check_type("storage", storage, str)
