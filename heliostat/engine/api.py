@@ -15,7 +15,7 @@ from heliostat.engine import async_refs  # noqa: F401  (installs await ref, ref.
 from heliostat.engine import runtime as _rt
 from heliostat.engine.actor import ActorClass, ActorHandle
 from heliostat.engine.events import to_chrome_trace
-from heliostat.engine.generators import ObjectRefGenerator
+from heliostat.engine.generators import ObjectRefGenerator, wait_with_generators
 from heliostat.engine.init_options import check_init_options
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction, task_options
@@ -47,7 +47,7 @@ def init(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
-    object_store_memory: int | None = None,
+    object_store_memory: float | None = None,
     local_mode: bool = False,
     ignore_reinit_error: bool = False,
     namespace: str | None = None,
@@ -76,7 +76,7 @@ def init(
         num_gpus: GPUs this node offers (the ``GPU`` resource; default none).
         resources: custom resources, e.g. ``{"db": 1}``.
         object_store_memory: bytes of shared memory before objects spill to disk
-            (default: 30% of RAM).
+            (default: 30% of RAM); a whole float such as ``700e6`` is taken, as Ray does.
         local_mode: Ray's deprecated serial mode: only ``False`` is supported.
         ignore_reinit_error: return the running runtime instead of raising.
         namespace: default namespace for named actors.
@@ -106,7 +106,15 @@ def init(
     """
     _check_type("num_cpus", num_cpus, (int, float))
     _check_type("resources", resources, dict)
-    _check_type("object_store_memory", object_store_memory, int)
+    _check_type("object_store_memory", object_store_memory, (int, float))
+    if isinstance(object_store_memory, float):
+        # Ray scripts often write sizes as 700e6: a whole number of bytes is fine.
+        if not object_store_memory.is_integer():
+            raise ValueError(
+                f"init(): object_store_memory must be a whole number of bytes, "
+                f"got {object_store_memory!r}."
+            )
+        object_store_memory = int(object_store_memory)
     _check_type("namespace", namespace, str)
     _check_type("address", address, str)
     _check_type("storage", storage, str)
@@ -289,16 +297,27 @@ def wait(
     timeout: float | None = None,
     fetch_local: bool = True,
 ) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    """Split ``refs`` into (ready, not ready) once ``num_returns`` are ready or time is up."""
-    if not isinstance(refs, (list, tuple)) or any(type(r) is not ObjectRef for r in refs):
-        raise TypeError("wait() takes a list of ObjectRefs.")
+    """Split ``refs`` into (ready, not ready) once ``num_returns`` are ready or time is up.
+
+    ``refs`` may hold ``ObjectRefGenerator``s too, as in Ray: a generator is ready when
+    ``next()`` on it would not block (its next item was yielded, or it has ended).
+    Both lists keep the input order.
+    """
+    if not isinstance(refs, (list, tuple)) or any(
+        type(r) is not ObjectRef and not isinstance(r, ObjectRefGenerator) for r in refs
+    ):
+        raise TypeError("wait() takes a list of ObjectRefs and ObjectRefGenerators.")
     if not refs:
         return [], []  # as Ray: nothing to wait for
-    if len({r.id for r in refs}) != len(refs):
-        raise ValueError("wait() got the same ObjectRef twice.")
+    keys = {r.id if type(r) is ObjectRef else ("gen", id(r)) for r in refs}
+    if len(keys) != len(refs):
+        raise ValueError("wait() got the same ObjectRef (or generator) twice.")
     if not 0 <= num_returns <= len(refs):
         raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}.")
-    return _rt.current_client().wait(refs, num_returns, timeout)
+    client = _rt.current_client()
+    if any(type(r) is not ObjectRef for r in refs):
+        return wait_with_generators(client, refs, num_returns, timeout)
+    return client.wait(refs, num_returns, timeout)
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -7,11 +7,19 @@ task's one return id; ``completed()`` returns a ref to it) and the index of the 
 item. ``next()`` asks the node manager for that item and blocks until the task has
 yielded it; ``__anext__`` asks without blocking the event loop. Dropping the generator
 drops the stream id, which tells the node manager to release what was never asked for.
+
+``wait()`` takes generators as well as refs (as Ray's does): a generator is ready when
+``next()`` would not block, that is when its next item has been yielded or the stream
+has ended. To find out without blocking, wait asks for the next item ahead of time
+(:meth:`ObjectRefGenerator._prefetch`); the answer is kept and the following ``next()``
+or ``__anext__`` takes it, so no item is skipped or asked for twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from heliostat.engine.async_refs import deliver
@@ -21,7 +29,40 @@ from heliostat.engine.runtime import current_client
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["DynamicObjectRefGenerator", "ObjectRefGenerator"]
+__all__ = ["DynamicObjectRefGenerator", "ObjectRefGenerator", "wait_with_generators"]
+
+
+class _Ahead:
+    """The answer to a ``gen_next`` asked ahead of ``next()`` (by ``wait``).
+
+    ``done`` is set once the reply came; then exactly one of ``ref`` (the item, its
+    hold adopted), ``end`` (the stream is over) or ``error`` is meaningful.
+    """
+
+    __slots__ = ("_lock", "_wakers", "done", "end", "error", "ref")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ref: ObjectRef | None = None
+        self.end = False
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._wakers: list[threading.Event] = []  # set on the reply (each waiting wait())
+
+    def add_waker(self, wakeup: threading.Event) -> None:
+        with self._lock:
+            if not self.done.is_set():
+                self._wakers.append(wakeup)
+                return
+        wakeup.set()
+
+    def settle(self) -> None:
+        """Mark the answer recorded and wake whoever waits for it."""
+        with self._lock:
+            self.done.set()
+            wakers, self._wakers = self._wakers, []
+        for waker in wakers:
+            waker.set()
 
 
 class ObjectRefGenerator:
@@ -51,6 +92,8 @@ class ObjectRefGenerator:
         # An item asked for by a cancelled ``__anext__``: its answer is kept for the
         # next call, so no item is skipped.
         self._pending: asyncio.Future[ObjectRef | None] | None = None
+        # The next item asked for by ``wait()``; ``next``/``__anext__`` take it first.
+        self._ahead: _Ahead | None = None
 
     def completed(self) -> ObjectRef:
         """A ref that is ready when the task ends; it raises if the task failed."""
@@ -67,9 +110,52 @@ class ObjectRefGenerator:
         """The next item's ref; blocks until the task yields it."""
         if self._finished:
             raise StopIteration
+        if self._ahead is not None:
+            self._ahead.done.wait()
+            return self._take_ahead(StopIteration)
         client = current_client()
         object_id: int = client._call("gen_next", self._completed.id, self._index)
         return self._advance(object_id, client.tracker)
+
+    def _prefetch(self, wakeup: threading.Event) -> _Ahead:
+        """Ask for the next item now, without blocking; ``wakeup`` is set on the reply."""
+        ahead = self._ahead
+        if ahead is not None:
+            ahead.add_waker(wakeup)
+            return ahead
+        ahead = self._ahead = _Ahead()
+        ahead.add_waker(wakeup)
+        tracker = current_client().tracker
+
+        def on_reply(ok: bool, value: Any) -> None:
+            # Runs on an internal thread (in the driver, with the node manager's lock
+            # held): only record the answer and wake the waiters.
+            if not ok:
+                ahead.error = value if isinstance(value, BaseException) else RuntimeError(value)
+            elif value:
+                ahead.ref = ObjectRef(value, tracker, adopt=True)
+            else:
+                ahead.end = True
+            ahead.settle()
+
+        current_client()._call_async("gen_next", (self._completed.id, self._index), on_reply)
+        return ahead
+
+    def _next_ready(self) -> bool:
+        """Whether ``next()`` would return (or stop) without blocking; set after _prefetch."""
+        return self._finished or (self._ahead is not None and self._ahead.done.is_set())
+
+    def _take_ahead(self, stop: type[Exception]) -> ObjectRef:
+        ahead = self._ahead
+        assert ahead is not None and ahead.done.is_set()
+        self._ahead = None
+        if ahead.error is not None:
+            raise ahead.error
+        if ahead.end or ahead.ref is None:
+            self._finished = True
+            raise stop
+        self._index += 1
+        return ahead.ref
 
     def _advance(self, object_id: int, tracker: Any) -> ObjectRef:
         if object_id == 0:
@@ -88,6 +174,10 @@ class ObjectRefGenerator:
 
         if self._finished:
             raise StopAsyncIteration
+        if self._ahead is not None:
+            if not self._ahead.done.is_set():
+                await asyncio.to_thread(self._ahead.done.wait)
+            return self._take_ahead(StopAsyncIteration)
         client = current_client()
         pending = self._pending
         if pending is None or pending.get_loop() is not asyncio.get_running_loop():
@@ -108,6 +198,54 @@ class ObjectRefGenerator:
 
     def __repr__(self) -> str:
         return f"ObjectRefGenerator({self._completed.hex()}, next={self._index})"
+
+
+# How long a wait over refs and generators together waits on the refs before looking
+# at the generators again. Only such mixed waits poll; a wait over refs alone or over
+# generators alone blocks until it is answered.
+_MIXED_SLICE_S = 0.02
+
+
+def wait_with_generators(
+    client: Any,
+    items: Sequence[ObjectRef | ObjectRefGenerator],
+    num_returns: int,
+    timeout: float | None,
+) -> tuple[list[Any], list[Any]]:
+    """``wait()`` over refs and generators: a generator is ready when ``next`` won't block.
+
+    Each generator's next item is asked for ahead (kept for its next ``next()``); refs
+    are waited on by the node manager as usual. The two lists keep the input order.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wakeup = threading.Event()
+    gens = [g for g in items if isinstance(g, ObjectRefGenerator)]
+    refs = [r for r in items if not isinstance(r, ObjectRefGenerator)]
+    for gen in gens:
+        if not gen._finished:
+            gen._prefetch(wakeup)
+    ready_refs: list[ObjectRef] = []
+    while True:
+        ready_gens = [g for g in gens if g._next_ready()]
+        need = num_returns - len(ready_gens)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if refs and need > 0:
+            ready_refs, _ = client.wait(refs, min(need, len(refs)), 0)
+        if need <= len(ready_refs) or left == 0.0:
+            break
+        if refs and len(ready_refs) < len(refs):
+            # Refs not all ready: wait on them a little, then look at the generators.
+            step = _MIXED_SLICE_S if left is None else min(_MIXED_SLICE_S, left)
+            client.wait(refs, min(need, len(refs)), step)
+        else:
+            wakeup.wait(left)
+            wakeup.clear()
+    ready_ids = {id(x) for x in ready_gens} | {id(x) for x in ready_refs}
+    ready: list[Any] = []
+    not_ready: list[Any] = []
+    for item in items:
+        (ready if id(item) in ready_ids and len(ready) < num_returns else not_ready).append(item)
+    return ready, not_ready
 
 
 def _ask_next(client: Any, stream_id: int, index: int) -> asyncio.Future[ObjectRef | None]:

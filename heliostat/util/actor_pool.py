@@ -90,10 +90,7 @@ class ActorPool:
 
     def _drop_pending_results(self) -> None:
         while self.has_next():
-            try:
-                self.get_next_unordered(timeout=0, ignore_if_timedout=True)
-            except TimeoutError:
-                pass
+            self.get_next_unordered(timeout=0, ignore_if_timedout=True)
 
     def submit(self, fn: _Submit, value: Any) -> None:
         """Run ``fn(actor, value)`` on an idle actor, or once one is free."""
@@ -159,11 +156,16 @@ class ActorPool:
         Args:
             timeout: Seconds to wait; None waits as long as it takes.
             ignore_if_timedout: On a timeout, drop the oldest pending call (its actor
-                goes back to the pool) before raising.
+                goes back to the pool) and return ``None`` instead of raising, as
+                Ray's pool does.
+
+        Returns:
+            The result, or ``None`` after a timeout with ``ignore_if_timedout``.
 
         Raises:
             StopIteration: no result is pending.
-            TimeoutError: no result was ready within ``timeout``.
+            TimeoutError: no result was ready within ``timeout`` (and
+                ``ignore_if_timedout`` is false).
         """
         if not self.has_next():
             raise StopIteration("No more results to get")
@@ -183,11 +185,7 @@ class ActorPool:
         future = self._by_index.pop(index)
         self._next_return = max(self._next_return, index + 1)
         self._return_actor(actor)
-        if not ready:
-            raise TimeoutError(
-                f"Timed out after {timeout} s waiting for a result; the oldest call was dropped."
-            )
-        return get(future)
+        return get(future) if ready else None
 
     def _return_actor(self, actor: ActorHandle) -> None:
         self._idle.append(actor)

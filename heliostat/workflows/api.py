@@ -621,9 +621,10 @@ def _raise_failure(store: WorkflowStore, record: WorkflowRecord, step: StepRecor
 def get_output_async(workflow_id: str, *, task_id: str | None = None) -> ObjectRef:
     """Like :func:`get_output`, in the background; returns a ref to the output (Ray's API).
 
-    While the workflow runs in this process the ref completes when it finishes;
-    otherwise it holds the stored output, or the error :func:`get_output` raises
-    (``hs.get`` raises it).
+    While the workflow runs (in this process or another driver) the ref completes when
+    it finishes, or with ``task_id`` when that step has an output, even a step that
+    has not started yet or that a continuation creates later; otherwise it holds the
+    stored output, or the error :func:`get_output` raises (``hs.get`` raises it).
 
     Raises:
         TypeError / ValueError: a malformed id (at once, not through the ref).
@@ -636,14 +637,30 @@ def get_output_async(workflow_id: str, *, task_id: str | None = None) -> ObjectR
     if not services.expected(workflow_id):  # unknown id: fail here
         services.store().load(workflow_id, with_steps=False)
 
+    def still_running() -> bool:
+        if not services.wait_finished(workflow_id, timeout=0):  # a run of this process
+            return True
+        # A run of another driver: its outputs are there once it stops running.
+        return get_status(workflow_id) in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING)
+
     def fetch() -> Any:
+        pause = threading.Event()
         if task_id is None:
-            services.wait_finished(workflow_id)  # a run of this process
-            pause = threading.Event()
-            # A run of another driver: its output is there once it stops running.
-            while get_status(workflow_id) in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
+            services.wait_finished(workflow_id)
+            while still_running():
                 pause.wait(_OUTPUT_POLL_S)
-        return get_output(workflow_id, task_id=task_id)
+            return get_output(workflow_id, task_id=task_id)
+        # One step: as in Ray, the ref completes when that step has finished, even if
+        # it has not started yet (or only a continuation will create it). Only once
+        # the run is over does a step without output become an error.
+        while True:
+            running = still_running()
+            try:
+                return get_output(workflow_id, task_id=task_id)
+            except WorkflowNotFoundError:
+                if not running:
+                    raise
+            pause.wait(_OUTPUT_POLL_S)
 
     return _in_thread(fetch)
 

@@ -139,6 +139,49 @@ def test_cancelled_anext_does_not_skip_an_item(runtime) -> None:
     assert asyncio.run(main()) == ["first", "second"]
 
 
+def test_wait_on_a_generator_is_ready_when_next_would_not_block(runtime) -> None:
+    # Ray's wait(): a generator is ready once its next item has been yielded.
+    signal = Signal.remote()
+    gen = first_then_wait.remote(signal)
+    assert hs.wait([gen], timeout=TIMEOUT) == ([gen], [])
+    assert hs.get(next(gen)) == "first"
+    # The task is now blocked before its second yield: the generator is not ready.
+    assert hs.wait([gen], timeout=0.2) == ([], [gen])
+    hs.get(signal.send.remote())
+    assert hs.wait([gen], timeout=TIMEOUT) == ([gen], [])
+    assert hs.get(next(gen)) == "second"
+    # At the end, next() raises StopIteration at once: ready too.
+    assert hs.wait([gen], timeout=TIMEOUT) == ([gen], [])
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_wait_mixes_refs_and_generators_in_input_order(runtime) -> None:
+    signal = Signal.remote()
+    gen = first_then_wait.remote(signal)
+    assert hs.get(next(gen)) == "first"
+    ref = hs.put(1)
+    assert hs.wait([gen, ref], num_returns=1, timeout=TIMEOUT) == ([ref], [gen])
+    hs.get(signal.send.remote())
+    assert hs.wait([gen, ref], num_returns=2, timeout=TIMEOUT) == ([gen, ref], [])
+
+
+def test_item_found_by_wait_is_the_next_one_async_too(runtime) -> None:
+    gen = count.remote(3)
+    assert hs.wait([gen], timeout=TIMEOUT)[0] == [gen]
+
+    async def drain() -> list[int]:
+        return [await ref async for ref in gen]
+
+    assert asyncio.run(drain()) == [0, 10, 20]
+
+
+def test_wait_refuses_the_same_generator_twice(runtime) -> None:
+    gen = count.remote(1)
+    with pytest.raises(ValueError):
+        hs.wait([gen, gen])
+
+
 def test_generator_cannot_be_passed_to_a_task(runtime) -> None:
     gen = count.remote(2)
     with pytest.raises(TypeError, match="ObjectRefGenerator"):

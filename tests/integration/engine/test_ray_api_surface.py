@@ -204,6 +204,7 @@ def test_worker_output_reaches_the_driver_by_default(runtime, capfd) -> None:
         ({"_system_config": "x"}, "_system_config"),
         ({"no_such_keyword": 1}, "no_such_keyword"),
         ({"runtime_env": ["pip"]}, "runtime_env"),
+        ({"object_store_memory": "64MB"}, "object_store_memory"),
     ],
 )
 def test_init_refuses_wrong_types_and_unknown_keywords(kwargs, names) -> None:
@@ -211,6 +212,16 @@ def test_init_refuses_wrong_types_and_unknown_keywords(kwargs, names) -> None:
     with pytest.raises(TypeError, match=names):
         hs.init(**kwargs)
     assert not hs.is_initialized()
+
+
+def test_init_takes_object_store_memory_written_as_a_float(fresh_runtime) -> None:
+    # Ray scripts write sizes such as 700e6; a whole number of bytes is accepted.
+    hs.shutdown()
+    with pytest.raises(ValueError, match="whole number"):
+        hs.init(object_store_memory=1.5)
+    assert not hs.is_initialized()
+    fresh_runtime(object_store_memory=64e6)
+    assert hs.get(hs.put("fits")) == "fits"
 
 
 def test_init_refuses_what_it_cannot_honour() -> None:
@@ -398,6 +409,19 @@ def test_actor_pool_timeouts(runtime) -> None:
         pool.get_next(timeout=0.05, ignore_if_timedout=True)
     assert pool.get_next() == 2  # the dropped call's actor went on to the next one
     assert not pool.has_next()
+
+
+def test_actor_pool_unordered_timeout_ignored_returns_none(runtime) -> None:
+    # Ray: get_next_unordered(timeout, ignore_if_timedout=True) gives None on a
+    # timeout instead of raising; the timed-out call is dropped, its actor reused.
+    pool = ActorPool([Probe.remote(0)])
+    pool.submit(lambda a, v: a.slow_add.remote(v, 3.0), 1)
+    with pytest.raises(TimeoutError):
+        pool.get_next_unordered(timeout=0.05)
+    assert pool.get_next_unordered(timeout=0.05, ignore_if_timedout=True) is None
+    assert not pool.has_next()
+    pool.submit(_add, 2)
+    assert pool.get_next_unordered() == 2
 
 
 def test_actor_pool_get_next_after_unordered_is_refused(runtime) -> None:

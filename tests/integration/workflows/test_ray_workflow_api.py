@@ -207,6 +207,35 @@ def test_get_output_async_waits_for_a_running_workflow(runtime: Runtime, tmp_pat
         workflow.get_output_async("never-ran")
 
 
+@hs.remote
+def gated_countdown(n: int, gate: str) -> Any:
+    # Steps "n-1" .. "0" exist only once the step before them has run (continuations).
+    if n == 0:
+        return hs.get(wait_for_file.remote(gate, "bottom"))
+    nxt = gated_countdown.options(**workflow.options(task_id=str(n - 1)))
+    return workflow.continuation(nxt.bind(n - 1, gate))
+
+
+def test_get_output_async_of_a_step_waits_until_the_step_has_run(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    # Ray: get_output_async(wid, task_id=...) completes when that task finishes, even a
+    # task that is still running or that a continuation has not created yet.
+    gate = tmp_path / "gate"
+    top = gated_countdown.options(**workflow.options(task_id="3"))
+    running = workflow.run_async(top.bind(3, str(gate)), workflow_id="countdown")
+    steps = [workflow.get_output_async("countdown", task_id=str(i)) for i in range(4)]
+    ready, _ = hs.wait(steps, num_returns=4, timeout=0.3)
+    assert ready == []  # the bottom step cannot finish before the gate opens
+    gate.touch()
+    assert hs.get(steps, timeout=60) == ["bottom"] * 4
+    assert hs.get(running) == "bottom"
+    # Once the run is over, a step that never existed is an error at get().
+    missing = workflow.get_output_async("countdown", task_id="no-such-step")
+    with pytest.raises(workflow.WorkflowNotFoundError, match="no-such-step"):
+        hs.get(missing, timeout=60)
+
+
 def test_resume_of_an_unknown_workflow_is_not_resumable(runtime: Runtime) -> None:
     with pytest.raises(WorkflowNotResumableError, match="No workflow with id 'ghost'"):
         workflow.resume("ghost")
