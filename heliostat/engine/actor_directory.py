@@ -390,8 +390,8 @@ class ActorDirectory:
         worker = actor.worker
         actor.max_restarts = actor.restarts
         self.dead(actor, cause)
-        if worker is not None and worker.conn is not None:
-            self._out.send(worker, EXIT)
+        if worker is not None:
+            self._out.send(worker, EXIT)  # dropped if it has not connected yet
         self.actors.pop(actor.actor_id, None)
         if actor.name:
             self.named.pop((actor.namespace, actor.name), None)
