@@ -412,9 +412,10 @@ class NodeState:
         self, proc: WorkerRecord, reply: Reply | None, actor_id: int, no_restart: bool
     ) -> None:
         actor = self.actors.actors.get(actor_id)
-        killed = actor is not None and actor.state is not ActorState.DEAD
-        if killed:
-            self.actors.kill(actor, no_restart)  # type: ignore[arg-type]
+        killed = False
+        if actor is not None and actor.state is not ActorState.DEAD:
+            self.actors.kill(actor, no_restart)
+            killed = True
         if reply is not None:
             reply(True, killed)
 
