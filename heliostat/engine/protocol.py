@@ -8,7 +8,7 @@ opcode from :class:`Op`.
 Why tuples and not dataclasses: a tuple of builtins pickles about eight times faster
 than a NamedTuple or a dataclass, and on this path every microsecond is paid per task.
 The tuple layouts are documented next to each opcode below and built or taken apart
-only in ``node_manager.py`` and ``worker.py``; everything else in the engine works with
+only in ``node_loop.py`` and ``worker.py``; everything else in the engine works with
 typed records.
 
 Two connection flavours:
@@ -55,7 +55,7 @@ class Op(enum.IntEnum):
     REGISTER = 1  # (op, worker_index, pid)
     TASK_DONE = 2  # (op, task_id, results, started, finished)
     #   results: list of (object_id, kind, payload, contained_ids, size) per return
-    TASK_FAILED = 3  # (op, task_id, error_payload, retryable, started, finished)
+    TASK_FAILED = 3  # (op, task_id, error_payload, retryable, interrupted, started, finished)
     REQUEST = 4  # (op, request_id, verb, args_tuple)
     POST = 5  # (op, verb, args_tuple): a request that needs no reply
     LOG = 6  # (op, stream, task_name, text)
@@ -68,7 +68,7 @@ class Op(enum.IntEnum):
     EXECUTE = 20  # (op, task_id, fn_id, fn_bytes_or_None, args_payload, ref_positions,
     #               resolved, return_ids, name, retry_exceptions, ahead, generator)
     #   ahead: sent to a busy worker; checked for a REVOKE before it runs
-    #   (node_manager.py)
+    #   (dispatch.py)
     CREATE_ACTOR = 21  # (op, actor_id, cls_id, cls_bytes, args_payload, resolved, name,
     #                    max_concurrency)
     ACTOR_CALL = 22  # (op, task_id, method, args_payload, ref_positions, resolved,

@@ -210,7 +210,7 @@ class TaskSpec:
         self.live_returns = len(return_ids)
         self.strategy = strategy
         # Sent ahead to a worker that asked to run it (``claim``): from then on only
-        # that worker may run it (see node_manager.py).
+        # that worker may run it (see dispatch.py).
         self.claimed = False
         # 0, or ``streams.STREAMING`` / ``streams.DYNAMIC``: a generator task whose one
         # return id is its stream id (see streams.py).
@@ -253,7 +253,8 @@ class WorkerRecord:
         self.known_functions: set[bytes] = set()
         self.holds: dict[int, int] = {}  # object or actor id -> holds by this process
         self.actor: ActorRecord | None = None
-        self.outbox: list[tuple[Any, ...]] = []  # messages batched during an I/O pass
+        # Instructions for this worker (node_instructions.Message) not sent yet.
+        self.outbox: list[Any] = []
         self.idle_since = 0.0
         self.exit_status = ""
         self.purpose: ActorRecord | None = None  # an actor this new worker is made for

@@ -246,7 +246,7 @@ class WorkerClient(CoreClient):
         A task the node manager sent ahead (``EXECUTE`` with ``ahead`` set) may have
         been taken back by a manager that gave up waiting for a REVOKE answer (this
         worker was stopped) and run elsewhere; it must then not run here (the
-        invariant and its proof: ``node_manager.py``). The end of the previous task
+        invariant and its proof: ``dispatch.py``). The end of the previous task
         (its reply, or our ``returned``) is what tells the manager that the next one
         starts, so before a task sent ahead runs:
 

@@ -3,7 +3,7 @@
 Before a task sent ahead runs, the worker writes the end of the previous task and then
 reads what is already in its socket; a REVOKE found there takes the task away
 (``WorkerClient.take``). The node manager relies on this to run elsewhere the tasks of
-a worker that did not answer a REVOKE (``node_manager.py``). These tests drive a real
+a worker that did not answer a REVOKE (``dispatch.py``). These tests drive a real
 ``WorkerClient`` over a socket pair, with the test playing the node manager.
 """
 

@@ -1,0 +1,564 @@
+"""Where and when tasks run on one node: queues, pipelining, stealing, retries (pure).
+
+Task path: submit -> (arguments pending: WAITING) -> ready queue of its resource
+shape -> an idle worker whose node has room -> :class:`Execute` -> the worker's
+``TaskDone`` -> waiters of the returns are answered. Every decision here ends in an
+instruction on the outbox; ``node_loop.py`` sends it.
+
+Pipelining and stealing: short tasks are sent *ahead* to a busy worker of the same
+resource shape (``WorkerRecord.queued``), so it never waits a round trip between two
+of them. When a worker idles while another holds tasks sent ahead, that one gets a
+:class:`Revoke` (and a :class:`Poke`, so a worker busy in Python code reads it at
+once); the worker hands back the tasks it has not started (``returned``).
+
+A worker that is stopped (SIGSTOP, or stuck in a C call that never returns to Python)
+never answers. After ``revoke_timeout_s`` the manager takes back the revoked tasks that
+are still *queued* on it (not yet promoted to its running task), and runs them
+elsewhere. The invariant: **a task taken back this way never runs on the worker it
+was taken from.** The handshake rests on what already orders a worker's tasks: the
+manager promotes ``queued[0]`` to the running task when the previous task's end
+(``TASK_DONE``, ``TASK_FAILED``, or ``returned`` naming it) arrives, and the worker
+starts a task sent ahead only after writing that end. So the end of the previous task
+is the claim on the next one:
+
+1. The worker (``WorkerClient.take``), before it runs a task sent ahead, has written
+   the previous task's end, then dispatches every message complete in its socket
+   after that write; a REVOKE among them removes the task from its inbox, and it does
+   not run. (With another thread reading its socket, it asks ``claim`` instead, and
+   the manager's answer, sent after any REVOKE, decides; ``TaskSpec.claimed``.)
+2. The manager takes back a task only after the deadline, only once the REVOKE has
+   left its outbox (so it is complete in the worker's socket), and only after reading
+   everything the worker has written so far: the loop reads the worker's socket, then
+   calls :meth:`Dispatch.reclaim`; a task promoted by then stays with the worker.
+
+Why no task runs twice: say the REVOKE is complete in the worker's socket at time R,
+the manager decides at X >= R, the previous task's end is complete in the manager's
+socket at E, and the worker drains its socket at D > E. The worker runs the task only
+if the REVOKE was not there at D, so D < R; the manager takes it back only if it has
+not read the end (it would have promoted the task) at X, so E > X. Together
+E < D < R <= X < E: impossible. The worker's late answer to that REVOKE lists the
+tasks taken back too; they are ignored (``PendingRevoke.reclaimed``). Not taken back:
+a task promoted just before the worker stopped (it stopped between writing one task's
+end and starting the next); it waits for the worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections import deque
+
+from heliostat.engine.actor_directory import ActorDirectory
+from heliostat.engine.ids import format_id
+from heliostat.engine.node_instructions import (
+    Execute,
+    Outbox,
+    Poke,
+    Revoke,
+    TaskDone,
+    TaskFailed,
+)
+from heliostat.engine.object_directory import ObjectDirectory, error_payload
+from heliostat.engine.object_table import ObjectEntry, ObjKind, keeps_lineage
+from heliostat.engine.records import (
+    PendingRevoke,
+    TaskKind,
+    TaskSpec,
+    TaskState,
+    WorkerRecord,
+    WorkerState,
+    transition,
+)
+from heliostat.engine.task_table import TaskTable
+from heliostat.engine.worker_registry import WorkerRegistry
+from heliostat.exceptions import InfeasibleResourcesError, ObjectLostError, TaskCancelledError
+from heliostat.scheduler import CPU, NodeResources, ResourceSet, infeasible_message
+from heliostat.scheduler.placement import NodeView
+
+__all__ = ["Dispatch"]
+
+log = logging.getLogger("heliostat.engine")
+
+_SHM = int(ObjKind.SHM)
+
+
+class Dispatch:
+    """Ready queues and the decisions that move tasks onto workers.
+
+    Task states change only through ``records.transition`` (actor calls, which skip
+    READY, set theirs where they are sent).
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        node: NodeResources,
+        node_id: str,
+        registry: WorkerRegistry,
+        objects: ObjectDirectory,
+        tasks: TaskTable,
+        actors: ActorDirectory,
+        max_workers: int,
+        pipeline_depth: int,
+        revoke_timeout_s: float,
+    ) -> None:
+        self._out = outbox
+        self.node = node
+        self._node_id = node_id
+        self._registry = registry
+        self._objects = objects
+        self._tasks = tasks
+        self._actors = actors
+        self._max_workers = max_workers
+        # Tasks sent ahead to a busy worker (same resource shape), at most this many.
+        self._depth = pipeline_depth
+        self.revoke_timeout_s = revoke_timeout_s
+        self.ready: dict[ResourceSet, deque[TaskSpec]] = {}  # invariant: state READY
+        self.stopping = False  # no new dispatch once the node is shutting down
+        self._revoke_ids = itertools.count(1)
+        self.revoke_due = math.inf  # the earliest deadline of an unanswered REVOKE
+        self._feasible: dict[ResourceSet, bool] = {}
+        self._cpu_of: dict[ResourceSet, ResourceSet] = {}
+
+    # ------------------------------------------------------------- feasibility --
+
+    def check_feasible(self, resources: ResourceSet) -> None:
+        """Raise InfeasibleResourcesError if this node could never run the request."""
+        ok = self._feasible.get(resources)
+        if ok is None:
+            ok = self._feasible[resources] = resources.is_subset_of(self.node.total)
+        if not ok:
+            raise InfeasibleResourcesError(self.infeasible_message(resources))
+
+    def infeasible_message(self, resources: ResourceSet) -> str:
+        view = NodeView(node_id=self._node_id, total=self.node.total, available=self.node.available)
+        return infeasible_message(resources, [view])
+
+    # ------------------------------------------------------------ submission --
+
+    def submit(self, proc: WorkerRecord, spec: TaskSpec) -> None:
+        if spec.kind is TaskKind.ACTOR_CALL:
+            self._actors.submit_call(proc, spec)
+            return
+        self._tasks.register(proc, spec)
+        if not spec.resources.is_subset_of(self.node.total):
+            exc = InfeasibleResourcesError(self.infeasible_message(spec.resources))
+            self._tasks.fail(spec, error_payload(exc), "infeasible")
+            return
+        self.track_deps(spec)
+
+    def track_deps(self, spec: TaskSpec) -> None:
+        """Count unready arguments; queue the task now if there are none."""
+        entries = self._objects.entries
+        pending = 0
+        for aid in spec.arg_ids:
+            arg = entries.get(aid)
+            if arg is None:
+                exc = ObjectLostError(
+                    f"Argument {format_id(aid)} of task {spec.name!r} no longer exists.",
+                    object_id=format_id(aid),
+                )
+                self._tasks.fail(spec, error_payload(exc), "error")
+                return
+            kind = arg.kind
+            if kind is ObjKind.FREED:
+                if not self.reconstruct(arg):
+                    exc = ObjectLostError(
+                        f"Argument {format_id(aid)} of task {spec.name!r} was lost and "
+                        "cannot be rebuilt.",
+                        object_id=format_id(aid),
+                    )
+                    self._tasks.fail(spec, error_payload(exc), "error")
+                    return
+                kind = arg.kind
+            if kind is ObjKind.PENDING:
+                pending += 1
+                waiters = arg.waiters
+                if waiters is None:
+                    arg.waiters = [spec]
+                else:
+                    waiters.append(spec)
+        spec.pending_deps = pending
+        if pending == 0:
+            self.dependency_ready(spec)
+
+    def dependency_ready(self, spec: TaskSpec) -> None:
+        """Every argument of ``spec`` is ready (or one failed: so does the task)."""
+        entries = self._objects.entries
+        actors = self._actors
+        for aid in spec.arg_ids:
+            arg = entries.get(aid)
+            if arg is not None and arg.kind is ObjKind.ERROR:
+                # An upstream failure fails this task without running it (as in Ray).
+                arg.error_seen = True  # it lives on in this task's result
+                actor = actors.actors.get(spec.actor_id) if spec.actor_id else None
+                if spec.kind is TaskKind.ACTOR_CREATE:
+                    if actor is not None:
+                        actors.dead(actor, "an argument of its constructor failed")
+                    return
+                if actor is not None and spec in actor.queue:
+                    actor.queue.remove(spec)
+                self._tasks.fail(spec, arg.payload or b"", "error")
+                if actor is not None:
+                    actors.pump(actor)
+                return
+        if spec.kind is TaskKind.NORMAL:
+            transition(spec, TaskState.READY)
+            queue = self.ready.get(spec.resources)
+            if queue is None:
+                queue = self.ready[spec.resources] = deque()
+            queue.append(spec)
+            self.schedule()
+            return
+        actor = actors.actors.get(spec.actor_id)
+        if actor is None:
+            return
+        if spec.kind is TaskKind.ACTOR_CALL:
+            actors.pump(actor)
+        else:
+            actors.start(actor)
+
+    def reconstruct(self, entry: ObjectEntry) -> bool:
+        """Re-run the task that made ``entry`` (lineage reconstruction)."""
+        spec = entry.lineage
+        if spec is None or not keeps_lineage(spec):
+            return False
+        if spec.state is not TaskState.FINISHED:
+            entry.kind = ObjKind.PENDING
+            return True  # already being (re)computed
+        if 0 <= spec.max_retries <= spec.reconstructions:
+            return False
+        spec.reconstructions += 1
+        entries = self._objects.entries
+        for rid in spec.return_ids:
+            ret = entries.get(rid)
+            if ret is not None and ret.kind is ObjKind.FREED:
+                ret.kind = ObjKind.PENDING
+        entry.kind = ObjKind.PENDING
+        transition(spec, TaskState.WAITING)
+        spec.attempts = 0
+        self._tasks.pin_again(spec)
+        self.track_deps(spec)
+        return True
+
+    # ---------------------------------------------------------------- dispatch --
+
+    def schedule(self) -> None:
+        """Dispatch ready tasks to idle workers while resources allow."""
+        if self.stopping:
+            return
+        node = self.node
+        registry = self._registry
+        idle = registry.idle
+        busy = registry.busy
+        wanted = 0
+        for resources, queue in self.ready.items():
+            while queue:
+                if not node.fits(resources):
+                    break
+                if not idle:
+                    cpu = resources.get(CPU)
+                    if cpu > 0:
+                        slots = int(max(node.available.get(CPU), 0) // cpu) or 1
+                        wanted += min(len(queue), slots)
+                    else:
+                        wanted += len(queue)
+                    break
+                spec = queue.popleft()
+                worker = idle.pop()
+                node.try_acquire(resources)
+                self._dispatch(spec, worker)
+        depth = self._depth
+        if depth and busy:
+            for resources, queue in self.ready.items():
+                if not queue:
+                    continue
+                for worker in busy.values():
+                    task = worker.task
+                    if (
+                        task is None
+                        or worker.blocked
+                        or worker.revokes
+                        or task.resources != resources
+                        or len(worker.queued) >= depth
+                    ):
+                        continue
+                    while queue and len(worker.queued) < depth:
+                        self._dispatch(queue.popleft(), worker, ahead=True)
+                    if not queue:
+                        break
+        if idle and busy and not any(self.ready.values()):
+            # A worker is idle while others hold tasks sent ahead: take them back, so
+            # no task waits behind a long one while a CPU is free (work stealing).
+            # Only tasks that could start now: else they would bounce back and forth.
+            for worker in busy.values():
+                if worker.queued and node.fits(worker.queued[0].resources):
+                    self.revoke_queued(worker)
+        if self._actors.pending:
+            self._actors.start_pending()
+        if wanted > registry.starting:
+            room = self._max_workers - registry.live_task_workers()
+            for _ in range(min(wanted - registry.starting, room)):
+                registry.spawn(None)
+
+    def _dispatch(self, spec: TaskSpec, worker: WorkerRecord, *, ahead: bool = False) -> None:
+        resolved = self._tasks.resolve_args(spec, worker)
+        if resolved is None:  # an argument was lost; the task waits for its rebuild
+            if not ahead:
+                self.node.release(spec.resources)
+                self._registry.make_idle(worker)
+            return
+        transition(spec, TaskState.RUNNING)
+        spec.attempts += 1
+        spec.worker = worker
+        spec.claimed = False
+        if ahead:
+            worker.queued.append(spec)
+        else:
+            transition(worker, WorkerState.BUSY)
+            worker.task = spec
+            worker.held = spec.resources
+            self._registry.busy[worker.index] = worker
+        fn_bytes = self._tasks.function_for(worker, spec.fn_id)
+        self._out.send(
+            worker, Execute(spec=spec, fn_bytes=fn_bytes, resolved=resolved, ahead=ahead)
+        )
+
+    # ------------------------------------------------------------- task ends --
+
+    def task_done(self, event: TaskDone) -> None:
+        worker = event.worker
+        objects = self._objects
+        table = objects.table
+        spec = self._task_of(worker, event.task_id)
+        if spec is None:
+            for _oid, kind, payload, _contained, _size in event.results:
+                table.discard_payload(ObjKind(kind), payload)
+            return
+        entries = objects.entries
+        for oid, kind, payload, contained, size in event.results:
+            entry = entries.get(oid)
+            if entry is None or entry.kind is not ObjKind.PENDING:
+                table.discard_payload(ObjKind(kind), payload)
+                continue
+            if kind == _SHM:
+                table.make_room(size)
+            objects.set_value(entry, ObjKind(kind), payload, size, contained)
+        self._tasks.finish(spec, event.started, event.finished, "ok")
+        self._after_execution(worker, spec)
+
+    def task_failed(self, event: TaskFailed) -> None:
+        worker = event.worker
+        spec = self._task_of(worker, event.task_id)
+        if spec is None:
+            return
+        tasks = self._tasks
+        spec.started_at, spec.finished_at = event.started, event.finished
+        if event.interrupted and spec.cancel_requested:
+            exc = TaskCancelledError(f"Task {spec.name!r} was cancelled.", task_name=spec.name)
+            tasks.fail(spec, error_payload(exc), "cancelled")
+        elif event.interrupted or (event.retryable and may_retry(spec)):
+            tasks.record(spec, worker, "interrupted" if event.interrupted else "retried")
+            self.retry(spec)
+        else:
+            tasks.fail(spec, event.payload, "error")
+        self._after_execution(worker, spec)
+
+    def _task_of(self, worker: WorkerRecord, task_id: int) -> TaskSpec | None:
+        actor = worker.actor
+        if actor is not None:
+            return actor.inflight.pop(task_id, None)
+        spec = worker.task
+        if spec is None or spec.task_id != task_id:
+            return None
+        return spec
+
+    def _after_execution(self, worker: WorkerRecord, spec: TaskSpec) -> None:
+        actor = worker.actor
+        if actor is not None:
+            self._actors.after_call(actor)
+            return
+        spec.worker = None
+        self.next_queued_or_idle(worker)
+        self.schedule()
+
+    def next_queued_or_idle(self, worker: WorkerRecord) -> None:
+        """The worker's current task is over: its next queued task runs, or it idles."""
+        worker.task = None
+        held, worker.held = worker.held, None
+        if held is not None:
+            self.node.release(held)
+        if worker.queued:
+            # The worker starts its next queued task on its own: move the resources.
+            nxt = worker.queued.popleft()
+            self.node.acquire_force(nxt.resources)
+            worker.task = nxt
+            worker.held = nxt.resources
+        else:
+            self._registry.busy.pop(worker.index, None)
+            transition(worker, WorkerState.IDLE)
+            self._registry.make_idle(worker)
+
+    def retry(self, spec: TaskSpec) -> None:
+        spec.worker = None
+        if spec.kind is TaskKind.NORMAL:
+            transition(spec, TaskState.READY)
+            queue = self.ready.get(spec.resources)
+            if queue is None:
+                queue = self.ready[spec.resources] = deque()
+            queue.appendleft(spec)
+
+    def hand_back(self, specs: list[TaskSpec]) -> None:
+        """Tasks sent ahead that never started: to the ready queue (or cancelled).
+
+        Reversed, as each goes to the front of the queue: they keep their order.
+        """
+        for spec in reversed(specs):
+            spec.attempts -= 1
+            spec.worker = None
+            if spec.cancel_requested:
+                self._tasks.cancel_unstarted(spec)
+            else:
+                self.retry(spec)
+
+    # ------------------------------------------------------ blocking in get --
+
+    def block(self, proc: WorkerRecord) -> None:
+        """A worker waits in get: give its CPU back so nested tasks can run."""
+        if proc.index == 0:
+            return
+        proc.blocked += 1
+        if proc.blocked == 1:
+            # Queued tasks cannot start while this one waits (and may be what it
+            # waits for): ask for them back.
+            self.revoke_queued(proc)
+        spec = proc.task
+        if proc.blocked == 1 and spec is not None and proc.held is not None:
+            cpu = self._cpu_part(proc.held)
+            if cpu:
+                self.node.release(cpu)
+                proc.held = proc.held - cpu
+                self.schedule()
+
+    def unblock(self, proc: WorkerRecord) -> None:
+        if proc.index == 0 or proc.blocked == 0:
+            return
+        proc.blocked -= 1
+        spec = proc.task
+        if proc.blocked == 0 and spec is not None and proc.held is not None:
+            cpu = self._cpu_part(spec.resources)
+            if cpu and not proc.held.get(CPU):
+                self.node.acquire_force(cpu)
+                proc.held = proc.held + cpu
+
+    def _cpu_part(self, resources: ResourceSet) -> ResourceSet:
+        cpu = self._cpu_of.get(resources)
+        if cpu is None:
+            amount = resources.get(CPU)
+            cpu = ResourceSet({CPU: amount}) if amount else ResourceSet()
+            self._cpu_of[resources] = cpu
+        return cpu
+
+    # ------------------------------------------------- revoke handshake --
+
+    def revoke_queued(self, worker: WorkerRecord) -> None:
+        if worker.queued and not worker.revokes:
+            self.send_revoke(worker, [s.task_id for s in worker.queued])
+
+    def send_revoke(self, worker: WorkerRecord, task_ids: list[int]) -> None:
+        """Ask a worker for tasks sent ahead; those still queued come back at the deadline."""
+        revoke_id = next(self._revoke_ids)
+        deadline = time.monotonic() + self.revoke_timeout_s
+        worker.revokes[revoke_id] = PendingRevoke(frozenset(task_ids), deadline)
+        self.revoke_due = min(self.revoke_due, deadline)
+        self._out.send(worker, Revoke(task_ids=task_ids, revoke_id=revoke_id))
+        self._out.effect(Poke(worker=worker))
+
+    def returned(self, proc: WorkerRecord, task_ids: list[int], revoke_id: int) -> None:
+        """A worker handed back tasks we had queued on it (its answer to a REVOKE)."""
+        pending = proc.revokes.pop(revoke_id, None)
+        returned = set(task_ids)
+        if pending is not None and pending.reclaimed:
+            returned -= pending.reclaimed  # taken back when it did not answer in time
+        handed_back = [s for s in proc.queued if s.task_id in returned]
+        for spec in handed_back:
+            proc.queued.remove(spec)
+        current = proc.task
+        if current is not None and current.task_id in returned:
+            # We promoted it to "running" when its predecessor finished, but the worker
+            # had handed it back before starting it: it runs nowhere.
+            handed_back.insert(0, current)
+            self.next_queued_or_idle(proc)
+        self.hand_back(handed_back)
+        if proc.blocked and proc.queued:
+            self.revoke_queued(proc)  # sent ahead while the first REVOKE was on its way
+        self.schedule()
+
+    def claim(self, proc: WorkerRecord, task_id: int) -> bool:
+        """May the worker run this task sent ahead? (It cannot drain its own socket.)
+
+        Yes while it is still the worker's; from then on it is never taken back.
+        """
+        spec = proc.task
+        if spec is None or spec.task_id != task_id:
+            spec = next((s for s in proc.queued if s.task_id == task_id), None)
+        if spec is None:
+            return False
+        spec.claimed = True
+        return True
+
+    def overdue(self, now: float) -> list[WorkerRecord]:
+        """Workers with a REVOKE unanswered past its deadline (step 2 of the handshake)."""
+        return [
+            worker
+            for worker in self._registry.workers.values()
+            if worker.revokes
+            and any(p.reclaimed is None and p.deadline <= now for p in worker.revokes.values())
+        ]
+
+    def reclaim(self, worker: WorkerRecord, now: float) -> None:
+        """Take back what is still queued on ``worker`` after an unanswered REVOKE.
+
+        The caller has read everything the worker wrote so far (its task ends promote
+        the tasks it may have started) and checked the REVOKE left the outbox.
+        """
+        taken: list[TaskSpec] = []
+        for pending in worker.revokes.values():
+            if pending.reclaimed is not None or pending.deadline > now:
+                continue
+            ids = pending.task_ids
+            mine = [s for s in worker.queued if s.task_id in ids and not s.claimed]
+            pending.reclaimed = {s.task_id for s in mine}
+            taken.extend(mine)
+        if not taken:
+            return
+        for spec in taken:
+            worker.queued.remove(spec)
+        log.warning(
+            "worker pid %d did not answer within %.2f s (stopped or stuck in native code?); "
+            "running %d task(s) queued on it elsewhere",
+            worker.pid,
+            self.revoke_timeout_s,
+            len(taken),
+        )
+        self.hand_back(taken)
+        self.schedule()
+
+    def next_revoke_due(self) -> None:
+        """After every reclaim: each may have sent REVOKEs to workers seen before it."""
+        self.revoke_due = min(
+            (
+                p.deadline
+                for w in self._registry.workers.values()
+                for p in w.revokes.values()
+                if p.reclaimed is None
+            ),
+            default=math.inf,
+        )
+
+
+def may_retry(spec: TaskSpec) -> bool:
+    return spec.max_retries < 0 or spec.attempts <= spec.max_retries

@@ -1,0 +1,255 @@
+"""What the node manager's pure parts take in and give out: events and instructions.
+
+The node manager is split the way dask splits its worker (``worker_state_machine.py``):
+the modules that *decide* (``dispatch.py``, ``task_table.py``, ``object_directory.py``,
+``actor_directory.py``, ``worker_registry.py``) never touch a socket, a process or a
+signal. Something happened (an *event*: a task finished, a worker exited); they update
+their tables and say what should be done about it (an *instruction*: run this task on
+that worker, take back these tasks, kill this process, start a worker). Only
+``node_loop.py`` carries instructions out. A network transport later replaces the loop,
+not the decisions, and the decisions are tested without any process (tests/unit).
+
+Instructions for one worker are queued in that worker's ``WorkerRecord.outbox``, in
+order, because their order on the wire matters (an ``EXECUTE`` sent ahead must reach
+the worker before the ``REVOKE`` that asks for it back). Effects that are not messages
+(signals, spawns, the driver's unmapping) are queued in :attr:`Outbox.effects`. The loop
+drains both at the end of a batch, after every message of the batch has been handled:
+that is also when signals must go, after the message they draw attention to.
+
+Why instructions carry records (``WorkerRecord``, ``TaskSpec``) rather than ids: the
+loop needs the connection and the task's fields to encode a message, and looking them up
+again by id would cost a dict lookup per message on the hottest path. The records stay
+owned by the pure side; the loop only reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from heliostat.engine.records import ActorRecord, TaskSpec, WorkerRecord
+
+__all__ = [
+    "EXIT",
+    "ActorReady",
+    "CallActor",
+    "CancelCall",
+    "CreateActor",
+    "Disconnect",
+    "Effect",
+    "Execute",
+    "Exit",
+    "Kill",
+    "Message",
+    "Outbox",
+    "Poke",
+    "Reply",
+    "Revoke",
+    "Spawn",
+    "TaskDone",
+    "TaskFailed",
+    "Unmap",
+    "UnmapDriver",
+    "WorkerExited",
+    "WorkerLost",
+    "WorkerSpawned",
+]
+
+
+# --------------------------------------------------------------------------- events --
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDone:
+    """A worker finished a task; ``results`` are (id, kind, payload, contained, size)."""
+
+    worker: WorkerRecord
+    task_id: int
+    results: list[tuple[int, int, Any, tuple[int, ...], int]]
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFailed:
+    """A task raised (``payload``: the pickled error) or was interrupted."""
+
+    worker: WorkerRecord
+    task_id: int
+    payload: bytes
+    retryable: bool
+    interrupted: bool
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorReady:
+    """An actor's constructor returned (``error`` None) or raised (pickled error)."""
+
+    worker: WorkerRecord
+    actor_id: int
+    error: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSpawned:
+    """The fork server started the process for worker ``index``."""
+
+    index: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerExited:
+    """The fork server reaped process ``pid`` with exit status ``code``."""
+
+    pid: int
+    code: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLost:
+    """A worker's connection closed (it may not have been reaped yet)."""
+
+    worker: WorkerRecord
+
+
+# --------------------------------------------------------------- instructions: wire --
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Execute:
+    """Run ``spec`` on the worker; ``ahead``: queued behind its current task."""
+
+    spec: TaskSpec
+    fn_bytes: bytes | None  # the function's code, the first time this worker needs it
+    resolved: list[Any]  # (id, kind, data) per top-level argument
+    ahead: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallActor:
+    """Run actor call ``spec`` on the actor's worker."""
+
+    spec: TaskSpec
+    resolved: list[Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CreateActor:
+    """Run ``actor``'s constructor on the worker dedicated to it."""
+
+    actor: ActorRecord
+    cls_bytes: bytes | None
+    resolved: list[Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Revoke:
+    """Ask for tasks sent ahead back (answered by the ``returned`` verb)."""
+
+    task_ids: list[int]
+    revoke_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelCall:
+    """Cancel an actor call: dropped if not started, its coroutine cancelled if async."""
+
+    task_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unmap:
+    """Let go of these shared-memory segments (freed or spilled)."""
+
+    object_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exit:
+    """Exit now (the worker is no longer needed, or its actor is gone)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """The answer to a worker's request ``request_id``."""
+
+    request_id: int
+    ok: bool
+    value: Any
+
+
+Message = Execute | CallActor | CreateActor | Revoke | CancelCall | Unmap | Exit | Reply
+
+EXIT = Exit()  # no fields: one instance serves every worker
+
+
+# ------------------------------------------------------------- instructions: effects --
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Kill:
+    """Send ``signal`` to a worker's process (cancel, force cancel, kill an actor)."""
+
+    worker: WorkerRecord
+    signal: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Poke:
+    """SIGUSR1, after its messages are written: a worker busy in Python reads them now."""
+
+    worker: WorkerRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spawn:
+    """Ask the fork server for a new worker process with this index."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnmapDriver:
+    """The driver (same process) lets go of these segments too."""
+
+    object_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnect:
+    """The worker is dead: stop watching its socket and close it."""
+
+    worker: WorkerRecord
+
+
+Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect
+
+
+class Outbox:
+    """Instructions decided and not yet carried out; only ``node_loop.py`` drains it.
+
+    ``dirty`` lists, once each, the workers whose ``outbox`` is not empty (invariant:
+    a worker is in ``dirty`` exactly when its outbox has messages).
+    """
+
+    __slots__ = ("dirty", "effects")
+
+    def __init__(self) -> None:
+        self.dirty: list[WorkerRecord] = []
+        self.effects: list[Effect] = []
+
+    def send(self, worker: WorkerRecord, message: Message) -> None:
+        outbox = worker.outbox
+        if not outbox:
+            self.dirty.append(worker)
+        outbox.append(message)
+
+    def effect(self, effect: Effect) -> None:
+        self.effects.append(effect)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.dirty or self.effects)

@@ -1,0 +1,492 @@
+"""Everything one node manager knows, and every request and event it decides on (pure).
+
+:class:`NodeState` builds the pure parts and wires them to each other:
+
+- ``worker_registry.WorkerRegistry``: worker processes, idle and busy;
+- ``object_directory.ObjectDirectory``: values, waiters, pins, lost values, streams;
+- ``task_table.TaskTable``: unfinished tasks and how a task ends;
+- ``actor_directory.ActorDirectory``: actors, names, call queues, restarts;
+- ``dispatch.Dispatch``: ready queues, pipelining, stealing, retries, reconstruction.
+
+It takes two kinds of input, both under the node lock: *requests* (a verb from the
+driver or a worker, with a ``reply`` callback: :attr:`NodeState.verbs`) and *events*
+(``node_instructions``: a task ended, a worker started or died). Its output is the
+:class:`~heliostat.engine.node_instructions.Outbox`, which ``node_loop.py`` drains.
+Nothing here opens a socket, signals a process or starts one; tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from heliostat.engine.actor_directory import ActorDirectory
+from heliostat.engine.dispatch import Dispatch, may_retry
+from heliostat.engine.ids import IdMinter, format_id
+from heliostat.engine.node_instructions import (
+    EXIT,
+    ActorReady,
+    Disconnect,
+    Kill,
+    Outbox,
+    TaskDone,
+    TaskFailed,
+    WorkerExited,
+    WorkerLost,
+    WorkerSpawned,
+)
+from heliostat.engine.object_directory import ObjectDirectory, Reply, error_payload
+from heliostat.engine.object_table import ObjKind
+from heliostat.engine.records import (
+    ActorOptions,
+    ActorState,
+    TaskKind,
+    TaskSpec,
+    TaskState,
+    WorkerRecord,
+    WorkerState,
+    spec_from_wire,
+    transition,
+)
+from heliostat.engine.streams import MANAGER_PROCESS_INDEX
+from heliostat.engine.task_table import DONE_STATES, TaskTable
+from heliostat.engine.worker_registry import WorkerRegistry, describe_exit
+from heliostat.exceptions import (
+    HeliostatError,
+    InfeasibleResourcesError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+from heliostat.scheduler import CPU, NodeResources, ResourceSet
+
+__all__ = ["NodeState", "Verb"]
+
+log = logging.getLogger("heliostat.engine")
+
+Verb = Callable[..., None]  # (proc, reply, *args)
+
+
+class NodeState:
+    """The pure node manager: requests and events in, instructions out."""
+
+    def __init__(
+        self,
+        *,
+        session: str,
+        node_index: int,
+        num_cpus: float,
+        resources: dict[str, float],
+        object_store_memory: int,
+        spill_dir: str,
+        max_workers: int,
+        driver_pid: int,
+        idle_worker_timeout_s: float = 10.0,
+        pipeline_depth: int = 2,
+        revoke_timeout_s: float = 0.2,
+    ) -> None:
+        self.out = Outbox()
+        self.node = NodeResources(ResourceSet.from_dict({CPU: num_cpus, **resources}))
+        self.registry = WorkerRegistry(
+            self.out,
+            driver_pid=driver_pid,
+            keep_idle=max(1, int(num_cpus)),
+            idle_timeout_s=idle_worker_timeout_s,
+        )
+        self.objects = ObjectDirectory(
+            self.out,
+            session=session,
+            limit=object_store_memory,
+            spill_dir=spill_dir,
+            own_ids=IdMinter(node_index, MANAGER_PROCESS_INDEX),
+            registry=self.registry,
+        )
+        self.tasks = TaskTable(self.objects)
+        self.actors = ActorDirectory(
+            self.out,
+            node=self.node,
+            registry=self.registry,
+            objects=self.objects,
+            tasks=self.tasks,
+        )
+        self.dispatch = Dispatch(
+            self.out,
+            node=self.node,
+            node_id=format_id(node_index),
+            registry=self.registry,
+            objects=self.objects,
+            tasks=self.tasks,
+            actors=self.actors,
+            max_workers=max_workers,
+            pipeline_depth=pipeline_depth,
+            revoke_timeout_s=revoke_timeout_s,
+        )
+        # The parts call each other (a value set may start a task, a task's end may
+        # retire an actor): wired here, once all exist.
+        self.objects.hooks = self.dispatch
+        self.objects.handles = self.actors
+        self.actors.deps = self.dispatch
+        self.driver = self.registry.driver
+        self.stopping = False
+        # The request surface, whoever asks (driver or worker): verb -> handler.
+        self.verbs: dict[str, Verb] = {
+            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("_v_")
+        }
+
+    def stop(self) -> None:
+        """No new dispatch; every worker is asked to exit."""
+        self.stopping = True
+        self.dispatch.stopping = True
+        for worker in list(self.registry.workers.values()):
+            self.out.send(worker, EXIT)
+
+    # ------------------------------------------------------------------ events --
+
+    def task_done(self, event: TaskDone) -> None:
+        self.dispatch.task_done(event)
+
+    def task_failed(self, event: TaskFailed) -> None:
+        self.dispatch.task_failed(event)
+
+    def actor_ready(self, event: ActorReady) -> None:
+        self.actors.ready(event.worker, event.actor_id, event.error)
+
+    def worker_spawned(self, event: WorkerSpawned) -> None:
+        self.registry.spawned(event.index, event.pid)
+
+    def worker_exited(self, event: WorkerExited) -> None:
+        worker = self.registry.by_pid.pop(event.pid, None)
+        if worker is not None:
+            self._worker_gone(worker, event.code)
+
+    def worker_lost(self, event: WorkerLost) -> None:
+        self._worker_gone(event.worker, None)
+
+    def worker_registered(self, index: int, pid: int) -> WorkerRecord | None:
+        """Worker ``index`` connected as ``pid``; None: not one we expect (close it)."""
+        worker = self.registry.registering(index, pid)
+        if worker is None:
+            return None
+        actor = worker.purpose
+        if actor is not None:
+            if actor.state is ActorState.DEAD:
+                self.out.send(worker, EXIT)
+            else:
+                self.actors.send_create(actor, worker)
+            return worker
+        transition(worker, WorkerState.IDLE)
+        self.registry.make_idle(worker)
+        self.dispatch.schedule()
+        return worker
+
+    def _worker_gone(self, worker: WorkerRecord, code: int | None) -> None:
+        """A worker's process exited (``code``) or its connection closed (None)."""
+        if worker.state is WorkerState.DEAD:
+            if code is not None and not worker.exit_status:
+                worker.exit_status = describe_exit(code)
+            return
+        how = describe_exit(code) if code is not None else "connection lost"
+        if worker.exit_status:  # the worker said why before it went (``exiting``)
+            how = f"{worker.exit_status}, {how}" if code is not None else worker.exit_status
+        worker.exit_status = how
+        self.registry.remove(worker)
+        self.out.effect(Disconnect(worker=worker))
+        dispatch = self.dispatch
+        queued, worker.queued = worker.queued, type(worker.queued)()
+        dispatch.hand_back(list(queued))
+        self.actors.release_all(worker)
+        spec = worker.task
+        if spec is not None:
+            worker.task = None
+            held, worker.held = worker.held, None
+            if held is not None:
+                self.node.release(held)
+            self._task_lost(spec, worker, how)
+        actor = worker.actor or worker.purpose
+        if actor is not None and actor.worker in (worker, None):
+            self.actors.worker_died(actor, worker, how)
+        if not self.stopping:
+            dispatch.schedule()
+
+    def _task_lost(self, spec: TaskSpec, worker: WorkerRecord, how: str) -> None:
+        tasks = self.tasks
+        if spec.cancel_requested == "force":
+            exc: HeliostatError = TaskCancelledError(
+                f"Task {spec.name!r} was cancelled (its worker was killed).",
+                task_name=spec.name,
+            )
+            tasks.fail(spec, error_payload(exc), "cancelled")
+        elif may_retry(spec) and not self.stopping:
+            log.warning(
+                "worker pid %d died (%s) while running %r; retrying (attempt %d)",
+                worker.pid,
+                how,
+                spec.name,
+                spec.attempts + 1,
+            )
+            tasks.record(spec, worker, "crashed")
+            self.dispatch.retry(spec)
+        else:
+            exc = WorkerCrashedError(
+                f"The worker (pid {worker.pid}) running task {spec.name!r} died ({how}) "
+                f"and its retries are spent (max_retries={spec.max_retries}).",
+                task_name=spec.name,
+                pid=worker.pid,
+            )
+            tasks.fail(spec, error_payload(exc), "crashed")
+
+    # ----------------------------------------------------------- driver calls --
+
+    def submit(self, proc: WorkerRecord, spec: TaskSpec) -> None:
+        self.dispatch.submit(proc, spec)
+
+    def create_actor(self, proc: WorkerRecord, spec: TaskSpec, options: ActorOptions) -> None:
+        """Create an actor; raises what :meth:`actor_refusal` finds wrong."""
+        refusal = self.actor_refusal(spec, options)
+        if refusal is not None:
+            raise refusal
+        self.actors.create(proc, spec, options)
+
+    def actor_refusal(self, spec: TaskSpec, options: ActorOptions) -> ValueError | None:
+        """Why this actor cannot be created (a taken name, infeasible resources), or None."""
+        if self.actors.name_taken(options):
+            return ValueError(
+                f"An actor named {options.name!r} already exists in namespace "
+                f"{options.namespace!r}; pick another name or use get_actor()."
+            )
+        if not spec.resources.is_subset_of(self.node.total):
+            return InfeasibleResourcesError(self.dispatch.infeasible_message(spec.resources))
+        return None
+
+    # ----------------------------------------------------- verbs (requests) --
+
+    def _v_register_function(
+        self, proc: WorkerRecord, reply: Reply | None, fn_id: bytes, data: bytes
+    ) -> None:
+        self.tasks.functions.setdefault(fn_id, data)
+
+    def _v_submit(self, proc: WorkerRecord, reply: Reply | None, fields: tuple[Any, ...]) -> None:
+        spec = spec_from_wire(fields, proc.index)
+        self.tasks.note_child(proc, spec)
+        self.dispatch.submit(proc, spec)
+
+    def _v_put(
+        self,
+        proc: WorkerRecord,
+        reply: Reply | None,
+        object_id: int,
+        kind: int,
+        payload: Any,
+        size: int,
+        contained: tuple[int, ...],
+    ) -> None:
+        self.objects.table.create(object_id, proc, None)
+        self.objects.fulfill(object_id, kind, payload, size, contained)
+
+    def _v_promise(self, proc: WorkerRecord, reply: Reply | None, object_id: int) -> None:
+        self.objects.table.create(object_id, proc, None)
+
+    def _v_fulfill(
+        self,
+        proc: WorkerRecord,
+        reply: Reply | None,
+        object_id: int,
+        kind: int,
+        payload: Any,
+        size: int,
+        contained: tuple[int, ...],
+    ) -> None:
+        self.objects.fulfill(object_id, kind, payload, size, contained)
+
+    def _v_release(self, proc: WorkerRecord, reply: Reply | None, ids: list[int]) -> None:
+        objects = self.objects
+        table = objects.table
+        actors = self.actors
+        known = actors.actors
+        for ident in ids:
+            if ident in known:
+                actors.release(proc, ident)
+            else:
+                table.release(proc, ident)
+        if objects.streams:
+            objects.streams_released(ids)
+
+    def _v_get(self, proc: WorkerRecord, reply: Reply, req_id: int, ids: list[int]) -> None:
+        self.objects.await_ids(proc, req_id, ids, len(set(ids)), reply, True)
+
+    def _v_wait(
+        self, proc: WorkerRecord, reply: Reply, req_id: int, ids: list[int], num_returns: int
+    ) -> None:
+        self.objects.await_ids(proc, req_id, ids, num_returns, reply, False)
+
+    def _v_forget(self, proc: WorkerRecord, reply: Reply | None, req_id: int) -> None:
+        self.objects.forget(proc, req_id)
+
+    def _v_locate(self, proc: WorkerRecord, reply: Reply, req_id: int, object_id: int) -> None:
+        """A reader could not open a segment we gave it: find or rebuild the object."""
+        self.objects.locate(object_id)
+        self.objects.await_ids(proc, req_id, [object_id], 1, reply, True)
+
+    def _v_returned(
+        self, proc: WorkerRecord, reply: Reply | None, task_ids: list[int], revoke_id: int
+    ) -> None:
+        self.dispatch.returned(proc, task_ids, revoke_id)
+
+    def _v_claim(self, proc: WorkerRecord, reply: Reply, task_id: int) -> None:
+        reply(True, self.dispatch.claim(proc, task_id))
+
+    def _v_cancel(
+        self, proc: WorkerRecord, reply: Reply, object_id: int, force: bool, recursive: bool = True
+    ) -> None:
+        entry = self.objects.entries.get(object_id)
+        spec = entry.lineage if entry is not None else None
+        if spec is None or spec.state in DONE_STATES:
+            reply(True, False)
+            return
+        if spec.kind is TaskKind.ACTOR_CALL and force:
+            reply(False, ValueError("force=True is not supported for actor tasks; use kill()"))
+            return
+        # Descendants are collected before the task is cancelled (that forgets them).
+        descendants = self.tasks.descendants(spec) if recursive else []
+        cancelled = self._cancel(spec, force)
+        for child in descendants:
+            if child.state not in DONE_STATES:
+                self._cancel(child, force and child.kind is not TaskKind.ACTOR_CALL)
+        reply(True, cancelled)
+
+    def _cancel(self, spec: TaskSpec, force: bool) -> bool:
+        """Cancel one unfinished task; False if it can no longer be cancelled."""
+        tasks = self.tasks
+        if spec.kind is TaskKind.ACTOR_CALL:
+            actor = self.actors.actors.get(spec.actor_id)
+            if actor is not None and spec in actor.queue:
+                actor.queue.remove(spec)
+                tasks.cancel_unstarted(spec)
+                return True
+            if actor is not None and actor.worker is not None and spec.task_id in actor.inflight:
+                # Sent: the worker drops it if not started, or cancels its coroutine
+                # on an async actor; a running call of a sync actor goes on (as Ray).
+                spec.cancel_requested = "soft"
+                self.actors.cancel_call(actor.worker, spec)
+                return True
+            return False
+        if spec.state in (TaskState.WAITING, TaskState.READY):
+            if spec.state is TaskState.READY:
+                queue = self.dispatch.ready.get(spec.resources)
+                if queue is not None and spec in queue:
+                    queue.remove(spec)
+            tasks.cancel_unstarted(spec)
+            return True
+        worker = spec.worker
+        if worker is None or not worker.pid:
+            return False
+        if spec in worker.queued:  # sent ahead, not started: ask for it back
+            spec.cancel_requested = "soft"
+            self.dispatch.send_revoke(worker, [spec.task_id])
+            return True
+        spec.cancel_requested = "force" if force else "soft"
+        self.out.effect(Kill(worker=worker, signal=signal.SIGKILL if force else signal.SIGINT))
+        return True
+
+    def _v_create_actor(
+        self, proc: WorkerRecord, reply: Reply, fields: tuple[Any, ...], options: ActorOptions
+    ) -> None:
+        spec = spec_from_wire(fields, proc.index)
+        refusal = self.actor_refusal(spec, options)
+        if refusal is not None:
+            reply(False, refusal)
+            return
+        self.actors.create(proc, spec, options)
+        reply(True, None)
+
+    def _v_get_actor(self, proc: WorkerRecord, reply: Reply, name: str, namespace: str) -> None:
+        actor = self.actors.lookup(name, namespace)
+        if actor is None:
+            reply(False, ValueError(f"No actor named {name!r} in namespace {namespace!r}."))
+            return
+        self.actors.hold(proc, actor)  # adopted by the handle the caller builds
+        reply(True, (actor.actor_id, actor.class_name, actor.methods))
+
+    def _v_kill_actor(
+        self, proc: WorkerRecord, reply: Reply | None, actor_id: int, no_restart: bool
+    ) -> None:
+        actor = self.actors.actors.get(actor_id)
+        killed = False
+        if actor is not None and actor.state is not ActorState.DEAD:
+            self.actors.kill(actor, no_restart)
+            killed = True
+        if reply is not None:
+            reply(True, killed)
+
+    def _v_exiting(self, proc: WorkerRecord, reply: Reply, reason: str) -> None:
+        """A worker is about to exit on purpose (user code raised SystemExit)."""
+        proc.exit_status = reason
+        reply(True, None)
+
+    def _v_exit_actor(self, proc: WorkerRecord, reply: Reply, actor_id: int) -> None:
+        """The actor in ``proc`` calls ``exit_actor()``: it exits and is not restarted."""
+        actor = proc.actor
+        if actor is None or actor.actor_id != actor_id:
+            reply(False, TypeError("exit_actor() can only be called inside an actor."))
+            return
+        self.actors.exit_requested(actor)
+        reply(True, None)
+
+    def _v_context_info(self, proc: WorkerRecord, reply: Reply, task_id: int) -> None:
+        """What ``get_runtime_context()`` asks about the caller: its actor and resources."""
+        actor = proc.actor
+        spec = self.tasks.tasks.get(task_id) if task_id else None
+        if actor is not None:
+            resources = actor.resources
+        elif spec is not None:
+            resources = spec.resources
+        else:
+            resources = None
+        reply(
+            True,
+            {
+                "actor_name": actor.name if actor is not None else "",
+                "actor_namespace": actor.namespace if actor is not None else "",
+                "restarts": actor.restarts if actor is not None else 0,
+                "resources": resources.to_dict() if resources is not None else {},
+            },
+        )
+
+    def _v_timeline(self, proc: WorkerRecord, reply: Reply) -> None:
+        reply(True, self.tasks.events.events())
+
+    def _v_gen_item(
+        self,
+        proc: WorkerRecord,
+        reply: Reply | None,
+        stream_id: int,
+        index: int,
+        object_id: int,
+        kind: int,
+        payload: Any,
+        contained: tuple[int, ...],
+        size: int,
+    ) -> None:
+        stream = self.objects.streams.get(stream_id)
+        owner = self.registry.proc_of(stream.owner) if stream is not None else None
+        self.objects.gen_item(owner, stream_id, index, object_id, kind, payload, contained, size)
+
+    def _v_gen_next(self, proc: WorkerRecord, reply: Reply, stream_id: int, index: int) -> None:
+        self.objects.gen_next(proc, reply, stream_id, index)
+
+    # -------------------------------------------------------------- reading --
+
+    def live_objects(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "object_id": format_id(entry.id),
+                "kind": entry.kind.name,
+                "size": entry.size,
+                "ref_count": entry.count,
+                "owner_pid": self.registry.pid_of(entry.owner),
+                "has_lineage": entry.lineage is not None,
+            }
+            for entry in self.objects.entries.values()
+            if entry.kind is not ObjKind.FREED
+        ]
