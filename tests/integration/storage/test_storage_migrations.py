@@ -34,6 +34,7 @@ TABLES = {
     "attempt_logs",
     "workflow_dags",
     "workflow_timers",
+    "workflow_status_counts",
     "transitions",
     "schedules",
     "schedule_runs",
@@ -134,7 +135,7 @@ def test_0005_adds_timers_and_step_exceptions_keeping_data(engine: Engine) -> No
             "('w', 'b', 'b', 'FAILED', 1, 3, true, true, '{}', 1, 'ValueError: x')",
         ):
             conn.execute(sa.text(sql))
-    db.upgrade(engine)
+    db.upgrade(engine, "0005")
     assert db.current_revision(engine) == "0005"
     with engine.begin() as conn:
         conn.execute(
@@ -219,9 +220,10 @@ def test_migrated_constraints_equal_those_of_the_models(db_url_factory: Any) -> 
         got, want = _constraints(migrated), _constraints(created)
         assert got == want
         assert got["workflows"]["ck"][0][0] == "ck_workflows_status"
-        assert ("ix_workflows_status_created_at", ("status", "created_at")) in got["workflows"][
-            "ix"
-        ]
+        assert (
+            "ix_workflows_status_created_at_workflow_id",
+            ("status", "created_at", "workflow_id"),
+        ) in got["workflows"]["ix"]
         assert got["steps"]["pk"] == "pk_steps"
     finally:
         migrated.dispose()
