@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_RETRY_TIMEOUT",
     "AttemptRecord",
     "LineageReader",
+    "LogPage",
     "StepRecord",
     "WalEntry",
     "WorkflowRecord",
@@ -192,6 +193,32 @@ class AttemptRecord:
         if self.queued_at is None or self.started_at is None:
             return None
         return (self.started_at - self.queued_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogPage:
+    """A window of what one attempt printed, as stored (the last ``LOG_LIMIT`` kept).
+
+    Offsets count characters of the stored text: ``text`` is characters
+    ``offset .. offset + len(text)`` of ``length``.
+    """
+
+    attempt: int
+    text: str
+    offset: int
+    length: int
+    size: int
+    """Bytes the attempt wrote in all (more than ``length`` when its start was cut)."""
+    truncated: bool
+    """Whether the start of the output was dropped (past ``LOG_LIMIT``)."""
+
+    @property
+    def more_before(self) -> bool:
+        return self.offset > 0
+
+    @property
+    def more_after(self) -> bool:
+        return self.offset + len(self.text) < self.length
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -692,6 +719,56 @@ class LineageReader:
             )
             for m in (r._mapping for r in rows)
         ]
+
+    def log_pages(
+        self,
+        workflow_id: str,
+        task_id: str,
+        *,
+        limit: int,
+        attempt: int | None = None,
+        offset: int | None = None,
+    ) -> list[LogPage]:
+        """A window of each attempt's stored output (of attempt ``attempt`` only, if
+        given), oldest attempt first: ``limit`` characters from ``offset``, or the last
+        ``limit`` when ``offset`` is ``None``. Only the window leaves the database
+        (``substr`` in SQL), never the whole megabyte."""
+        text_len = sa.func.length(_LOG.c.text)
+        if offset is None:
+            start: Any = sa.case((text_len > limit, text_len - limit + 1), else_=1)
+        else:
+            start = sa.literal(offset + 1, sa.Integer())
+        query = (
+            sa.select(
+                _LOG.c.attempt,
+                text_len,
+                start,
+                sa.func.substr(_LOG.c.text, start, limit),
+                _LOG.c.size,
+                _LOG.c.truncated,
+            )
+            .where((_LOG.c.workflow_id == workflow_id) & (_LOG.c.task_id == task_id))
+            .order_by(_LOG.c.attempt)
+        )
+        if attempt is not None:
+            query = query.where(_LOG.c.attempt == attempt)
+
+        def read() -> list[LogPage]:
+            with self._read() as conn:
+                rows = conn.execute(query).all()
+            return [
+                LogPage(
+                    attempt=int(a),
+                    text=text or "",
+                    offset=min(int(first) - 1, int(length or 0)),
+                    length=int(length or 0),
+                    size=int(size),
+                    truncated=bool(cut),
+                )
+                for a, length, first, text, size, cut in rows
+            ]
+
+        return self._retrying("read the step's logs", read)
 
     def wal(self, workflow_id: str, task_id: str | None = None) -> list[WalEntry]:
         """The WAL records of a workflow (of one step), oldest first."""
