@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from heliostat.exceptions import (
     HeliostatError,
     ScheduleNotFoundError,
+    UnauthenticatedDataError,
     WorkflowLeaseError,
     WorkflowNotFoundError,
 )
@@ -246,6 +247,9 @@ def _load(state: UiState, workflow_id: str) -> WorkflowRecord:
         return state.store.load(workflow_id)
     except WorkflowNotFoundError:
         raise HTTPException(404, f"No workflow with id {workflow_id!r}.") from None
+    except UnauthenticatedDataError as exc:
+        # A row nobody with this installation's key wrote: shown as refused, not read.
+        raise HTTPException(403, str(exc)) from None
 
 
 def _step(record: WorkflowRecord, task_id: str) -> StepRecord:
@@ -905,11 +909,9 @@ def create_app(
         if ref.data is not None:
             return Response(ref.data, media_type="application/octet-stream", headers=headers)
         store = state.checkpoints()
-        root_url = store._root_url.rstrip("/") + "/"
-        rel = ref.location[len(root_url) :] if ref.location.startswith(root_url) else None
-        if rel is None or any(part in ("", ".", "..") for part in rel.split("/")):
+        path = store.path_within(ref.location)
+        if path is None:
             raise HTTPException(403, "that checkpoint is outside this UI's checkpoint store")
-        path = store.root.rstrip("/") + "/" + rel
         try:
             with store.fs.open(path, "rb") as f:
                 data = f.read()

@@ -536,9 +536,7 @@ class WorkflowStore(LineageReader):
         """Move the run from ``old``'s count to ``new``'s (nothing if they are equal)."""
         if old is new:
             return
-        result = conn.execute(
-            _COUNT_MOVE, {"sh": count_shard(workflow_id), "old": old, "new": new}
-        )
+        result = conn.execute(_COUNT_MOVE, {"sh": count_shard(workflow_id), "old": old, "new": new})
         _counted(result.rowcount, 2, workflow_id)
 
     def _count_add(
