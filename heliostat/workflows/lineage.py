@@ -589,17 +589,15 @@ class LineageReader:
         else:
             order = (_W.c.created_at.asc(), _W.c.workflow_id.asc())
         base = sa.select(_W).order_by(*order).limit(limit)
+        sqlite = self.engine.dialect.name == "sqlite"
+        low, high = prefix_bounds(search or "")
         if search:
-            low, high = prefix_bounds(search)
-            if self.engine.dialect.name == "postgresql":
-                # Byte-wise comparison, served by the varchar_pattern_ops index.
+            if not sqlite:
+                # Byte-wise comparison, served by the varchar_pattern_ops index; the
+                # planner's statistics choose between it and the time-ordered index.
                 base = base.where(_W.c.workflow_id.op("~>=~")(low))
                 if high is not None:
                     base = base.where(_W.c.workflow_id.op("~<~")(high))
-            else:
-                base = base.where(_W.c.workflow_id >= low)
-                if high is not None:
-                    base = base.where(_W.c.workflow_id < high)
         if after is not None:
             at, wid = after
             bound = sa.tuple_(
@@ -615,7 +613,21 @@ class LineageReader:
 
         def read() -> list[WorkflowRecord]:
             with self._read() as conn:
-                pages = [[self._record(r._mapping, {}) for r in conn.execute(q)] for q in queries]
+                chosen = queries
+                if search and sqlite:
+                    # SQLite has no statistics of id ranges: probe how many ids match,
+                    # and say which index to read (see _sqlite_prefix).
+                    probe = sa.select(sa.func.count()).select_from(
+                        sa.select(sa.literal(1))
+                        .select_from(_W)
+                        .where(_sqlite_prefix(low, high, by_id=True))
+                        .limit(SEARCH_SORT_LIMIT)
+                        .subquery()
+                    )
+                    by_id = int(conn.execute(probe).scalar_one()) < SEARCH_SORT_LIMIT
+                    where = _sqlite_prefix(low, high, by_id=by_id)
+                    chosen = [q.where(where) for q in queries]
+                pages = [[self._record(r._mapping, {}) for r in conn.execute(q)] for q in chosen]
             return merge_pages(pages, limit=limit, newest_first=newest_first)
 
         return self._retrying("list workflows", read)
@@ -803,6 +815,23 @@ class LineageReader:
             (m["task_id"], m["start"], m["finish"], m["cause"], m["at"])
             for m in (r._mapping for r in rows)
         ]
+
+
+SEARCH_SORT_LIMIT = 2000
+"""Most runs an id search sorts by time itself; with more matches it reads them in time
+order from the page index instead, stopping at a page (SQLite; PostgreSQL plans it)."""
+
+
+def _sqlite_prefix(low: str, high: str | None, *, by_id: bool) -> Any:
+    """The id-prefix condition for SQLite. ``by_id``: a range of the id index (few
+    matches: sorting them is cheap). Otherwise the same test on ``+workflow_id``, which
+    SQLite will not answer from an index, so it walks the time-ordered page index (its
+    entries hold the id: no row is read for a miss) and stops after a page."""
+    column: Any = _W.c.workflow_id if by_id else sa.literal_column("+workflows.workflow_id")
+    where = column >= sa.bindparam("prefix_low", low, type_=sa.String())
+    if high is not None:
+        where = where & (column < sa.bindparam("prefix_high", high, type_=sa.String()))
+    return where
 
 
 def prefix_bounds(prefix: str) -> tuple[str, str | None]:

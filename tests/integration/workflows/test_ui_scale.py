@@ -25,6 +25,7 @@ from heliostat.storage.signing import default_signer
 from heliostat.storage.states import WorkflowStatus
 from heliostat.ui import create_app
 from heliostat.ui.app import LOG_PAGE
+from heliostat.workflows import lineage
 from heliostat.workflows.compile import compile_dag
 from heliostat.workflows.events import WorkflowMove
 from heliostat.workflows.lease import LeaseOwner
@@ -168,7 +169,7 @@ def _walk(c: TestClient, limit: int, **params: Any) -> list[str]:
 
 
 def test_keyset_paging_filters_and_prefix_search_over_a_fill(
-    wf_backend: str, store: WorkflowStore
+    wf_backend: str, store: WorkflowStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made = _fill(store, 400)
     newest = sorted(made, key=lambda w: (made[w][0], w), reverse=True)
@@ -189,6 +190,11 @@ def test_keyset_paging_filters_and_prefix_search_over_a_fill(
         ]
         for none in ("W-0001", "-0001", "w-0001_", "w-%", "x"):
             assert _walk(c, 50, search=none) == [], none
+        # Many matches: SQLite reads them in time order instead of sorting them.
+        monkeypatch.setattr(lineage, "SEARCH_SORT_LIMIT", 5)
+        assert _walk(c, 50, search="w-00012") == [f"w-00012{i}" for i in range(9, -1, -1)]
+        assert _walk(c, 30, search="w-0", status=["FAILED", "CANCELED"]) == two
+        assert _walk(c, 50, search="w-0003") == [w for w in newest if w.startswith("w-0003")]
         expected = {"SUCCESSFUL": 100, "FAILED": 100, "CANCELED": 100, "RUNNING": 100}
         assert c.get("/api/workflows").json()["counts"] == expected == _recounted(store)
         html = c.get("/workflows", params={"status": "FAILED", "limit": 10}).text
