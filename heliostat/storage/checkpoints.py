@@ -612,6 +612,27 @@ class CheckpointStore:
         assert path.startswith(self.root)
         return self._root_url + path[len(self.root) :]
 
+    def path_within(self, location: str) -> str | None:
+        """The path of ``location`` in this store's filesystem if it names a file under
+        this store's root, else ``None``: another store, a ``..`` or empty segment, or
+        (local stores) a file whose real path, symbolic links followed, is elsewhere.
+
+        For readers that serve files to others (the web UI's checkpoint download): a
+        location read from the database must not open anything outside the store.
+        """
+        prefix = self._root_url.rstrip("/") + "/"
+        if not location.startswith(prefix):
+            return None
+        rel = location[len(prefix) :]
+        if any(part in ("", ".", "..") for part in rel.split("/")):
+            return None
+        path = self.root.rstrip("/") + "/" + rel
+        if self._local:
+            root = os.path.realpath(self.root)
+            if os.path.commonpath([root, os.path.realpath(path)]) != root:
+                return None
+        return path
+
     def _resolve(self, location: str) -> tuple[fsspec.AbstractFileSystem, str]:
         """The filesystem and path a location names (ours, unless another protocol)."""
         if self._local and location.startswith("file://"):

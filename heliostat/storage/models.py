@@ -53,6 +53,7 @@ from heliostat.storage.states import (
 )
 
 __all__ = [
+    "COUNT_SHARDS",
     "ID_LENGTH",
     "LOG_LIMIT",
     "NAMING_CONVENTION",
@@ -69,6 +70,7 @@ __all__ = [
     "WalRecord",
     "Workflow",
     "WorkflowDag",
+    "WorkflowStatusCount",
     "WorkflowTimer",
     "metadata",
     "utcnow",
@@ -88,6 +90,9 @@ ID_LENGTH = 255
 
 LOG_LIMIT = 1 << 20
 """Most bytes of one attempt's printed output that are kept (the last ones)."""
+
+COUNT_SHARDS = 16
+"""Rows per status in ``workflow_status_counts`` (see :class:`WorkflowStatusCount`)."""
 
 _STATE_LENGTH = 16  # longest state value is NEEDS_ATTENTION (15)
 _CHECKSUM_LENGTH = 80  # "sha256:" + 64 hex digits
@@ -191,8 +196,14 @@ class Workflow(Base):
 
     __tablename__ = "workflows"
     __table_args__ = (
-        sa.Index(None, "status", "created_at"),  # the UI's filtered, time-ordered list
-        sa.Index(None, "created_at"),  # the UI's unfiltered list
+        # Keyset paging of the UI's list, newest first: (created_at, workflow_id) is the
+        # page key, so a page is one index range whatever its depth.
+        sa.Index(None, "created_at", "workflow_id"),
+        sa.Index(None, "status", "created_at", "workflow_id"),  # the same, one status
+        # Prefix search on the id. PostgreSQL: byte-wise operators (varchar_pattern_ops),
+        # which the primary key's index, in the database's collation, cannot serve.
+        # SQLite compares bytes anyway; there it duplicates the primary key's index.
+        sa.Index(None, "workflow_id", postgresql_ops={"workflow_id": "varchar_pattern_ops"}),
     )
 
     workflow_id: Mapped[str] = mapped_column(sa.String(ID_LENGTH), primary_key=True)
@@ -230,6 +241,31 @@ class Workflow(Base):
     steps: Mapped[list[Step]] = relationship(
         back_populates="workflow", passive_deletes=True, order_by="Step.position"
     )
+
+
+class WorkflowStatusCount(Base):
+    """How many workflows are in each status, kept current at write time.
+
+    The workflows page shows the count of every status; counting 100,000 rows per
+    request is what makes other UIs slow. Instead the workflow store adds and subtracts
+    here in the transaction that changes a workflow's status (create, take-over,
+    cancel, finish, delete): one UPDATE of two rows per change, never per step.
+
+    A status has :data:`COUNT_SHARDS` rows and a workflow always counts in the same one
+    (``crc32(workflow_id) % COUNT_SHARDS``): concurrent drivers finishing different
+    workflows on PostgreSQL then rarely wait on one row's lock. A status's count is the
+    sum of its rows. Invariant: every (status, shard) row exists (the migration writes
+    them), so the store only ever updates. A single row may be negative (the migration
+    counted existing workflows in shard 0); sums never are.
+    """
+
+    __tablename__ = "workflow_status_counts"
+
+    status: Mapped[WorkflowStatus] = mapped_column(
+        _state_column_type(WorkflowStatus, "status"), primary_key=True
+    )
+    shard: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    runs: Mapped[int] = mapped_column(_BIGINT, default=0, server_default="0")
 
 
 class WorkflowDag(Base):

@@ -35,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from heliostat.exceptions import (
     HeliostatError,
     ScheduleNotFoundError,
+    UnauthenticatedDataError,
     WorkflowLeaseError,
     WorkflowNotFoundError,
 )
@@ -57,8 +58,9 @@ from heliostat.ui.models import (
     WorkflowSummary,
 )
 from heliostat.ui.preview import preview as preview_checkpoint
-from heliostat.workflows.lineage import AttemptRecord, StepRecord, WorkflowRecord
+from heliostat.workflows.lineage import AttemptRecord, LogPage, StepRecord, WorkflowRecord
 from heliostat.workflows.store import WorkflowStore
+from heliostat.workflows.triggers import POLL_INTERVAL
 
 __all__ = ["create_app"]
 
@@ -68,6 +70,8 @@ _HERE = Path(__file__).parent
 ACTIVE = frozenset({"PENDING", "RUNNING"})
 RESUMABLE_FROM = frozenset({"FAILED", "RESUMABLE", "CANCELED", "NEEDS_ATTENTION"})
 _env_lock = threading.Lock()
+LOG_PAGE = 16_384
+"""Characters of an attempt's log on one page (the step page shows each attempt's last)."""
 
 
 def _utc(when: dt.datetime | None) -> dt.datetime | None:
@@ -243,6 +247,9 @@ def _load(state: UiState, workflow_id: str) -> WorkflowRecord:
         return state.store.load(workflow_id)
     except WorkflowNotFoundError:
         raise HTTPException(404, f"No workflow with id {workflow_id!r}.") from None
+    except UnauthenticatedDataError as exc:
+        # A row nobody with this installation's key wrote: shown as refused, not read.
+        raise HTTPException(403, str(exc)) from None
 
 
 def _step(record: WorkflowRecord, task_id: str) -> StepRecord:
@@ -310,8 +317,36 @@ def _detail(state: UiState, record: WorkflowRecord) -> WorkflowDetail:
     )
 
 
-def _step_detail(state: UiState, record: WorkflowRecord, step: StepRecord) -> StepDetail:
+def _log_out(page: LogPage) -> LogOut:
+    return LogOut(
+        attempt=page.attempt,
+        text=page.text,
+        offset=page.offset,
+        length=page.length,
+        size=page.size,
+        truncated=page.truncated,
+        more_before=page.more_before,
+        more_after=page.more_after,
+    )
+
+
+def _step_detail(
+    state: UiState,
+    record: WorkflowRecord,
+    step: StepRecord,
+    *,
+    log_attempt: int | None = None,
+    log_offset: int | None = None,
+) -> StepDetail:
+    """The step; its logs are each attempt's last page, except attempt ``log_attempt``,
+    shown from ``log_offset`` (its tail when None)."""
     wid, tid = record.workflow_id, step.task_id
+    pages = {p.attempt: p for p in state.store.log_pages(wid, tid, limit=LOG_PAGE)}
+    if log_attempt in pages:
+        for p in state.store.log_pages(
+            wid, tid, limit=LOG_PAGE, attempt=log_attempt, offset=log_offset
+        ):
+            pages[p.attempt] = p
     pv = None
     if step.checkpoint is not None and step.status is StepStatus.SUCCESSFUL:
         pv = preview_checkpoint(step.checkpoint, state.storage)
@@ -324,10 +359,7 @@ def _step_detail(state: UiState, record: WorkflowRecord, step: StepRecord) -> St
         checkpoint=step.checkpoint.location if step.checkpoint else None,
         checkpoint_size=step.checkpoint.size if step.checkpoint else None,
         attempts_list=[_attempt_out(a) for a in state.store.attempts(wid, tid)],
-        logs=[
-            LogOut(attempt=n, text=lg.text, size=lg.size, truncated=lg.truncated)
-            for _, n, lg in state.store.logs(wid, tid)
-        ],
+        logs=[_log_out(pages[n]) for n in sorted(pages)],
         wal=[
             WalOut(
                 attempt=w.attempt,
@@ -372,10 +404,35 @@ def _schedule(state: UiState, name: str, *, runs: int = 10) -> ScheduleOut:
                 started_at=_utc(r.started_at),
                 error=r.error,
                 status=str(r.status) if r.status is not None else None,
+                waiting=_waiting(
+                    fired_at=r.fired_at, started_at=r.started_at, since=r.logical_time, now=_now()
+                ),
             )
             for r in recent
         ],
     )
+
+
+def _waiting(
+    *,
+    fired_at: dt.datetime | None,
+    started_at: dt.datetime | None,
+    since: dt.datetime,
+    now: dt.datetime,
+) -> str | None:
+    """Why a schedule's run has not started, for the page; ``None`` once it has.
+
+    A manual trigger from the UI (or a shell) is a request that ``heliostat scheduler``
+    takes on its next pass, within ``POLL_INTERVAL``. One still untaken after a few
+    passes means no scheduler is running against this database.
+    """
+    if started_at is not None:
+        return None
+    if fired_at is not None:
+        return "starting"
+    if (_utc(now) or now) - (_utc(since) or since) > 3 * POLL_INTERVAL:
+        return "no scheduler has taken it: start one with 'heliostat scheduler'"
+    return "waiting for the scheduler"
 
 
 def _schedules(state: UiState) -> list[ScheduleOut]:
@@ -467,7 +524,12 @@ def _act(
                 wid = schedules.trigger(target)
                 return ActionResult(
                     ok=True,
-                    message=f"Triggered {target}: run {wid} (a running scheduler starts it).",
+                    message=(
+                        f"Triggered {target}: run {wid} is recorded. It starts when a "
+                        "scheduler ('heliostat scheduler') takes it: within "
+                        f"{POLL_INTERVAL.total_seconds():g} s if one is running, else once "
+                        "one is started."
+                    ),
                     workflow_id=wid,
                 )
             if action == "pause":
@@ -537,6 +599,7 @@ def create_app(
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.filters["lower_status"] = lambda s: (s or "none").lower().replace("_", " ")
     env.globals["STATUSES"] = [str(s) for s in WorkflowStatus]
+    env.globals["poll_seconds"] = f"{POLL_INTERVAL.total_seconds():g}"
     app.mount("/static", StaticFiles(directory=_HERE / "static"), name="static")
 
     # --- access ---
@@ -650,6 +713,32 @@ def create_app(
     ) -> WorkflowPage:
         """Runs by start time (keyset paged), with the counts per status."""
         return _page(state, _statuses(status), search, cursor, limit, order)
+
+    @app.get(
+        "/api/workflows/{workflow_id:path}/steps/{task_id}/logs",
+        response_model=LogOut,
+        tags=["workflows"],
+    )
+    def api_step_logs(
+        workflow_id: str,
+        task_id: str,
+        attempt: Annotated[int, Query(ge=1, description="the attempt (from 1)")],
+        offset: Annotated[
+            int | None, Query(ge=0, description="first character; none: the last page")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1 << 20, description="characters")] = LOG_PAGE,
+    ) -> LogOut:
+        """A page of one attempt's captured output: ``limit`` characters from
+        ``offset``, or the last ``limit`` (the tail) without ``offset``."""
+        _step(_load(state, workflow_id), task_id)
+        found = state.store.log_pages(
+            workflow_id, task_id, limit=limit, attempt=attempt, offset=offset
+        )
+        if not found:
+            raise HTTPException(
+                404, f"Attempt {attempt} of step {task_id!r} printed nothing (or never ran)."
+            )
+        return _log_out(found[0])
 
     @app.get(
         "/api/workflows/{workflow_id:path}/steps/{task_id}",
@@ -783,15 +872,29 @@ def create_app(
         response_class=HTMLResponse,
         include_in_schema=False,
     )
-    def page_step(request: Request, workflow_id: str, task_id: str) -> HTMLResponse:
+    def page_step(
+        request: Request,
+        workflow_id: str,
+        task_id: str,
+        log_attempt: Annotated[int | None, Query(ge=1)] = None,
+        log_offset: Annotated[int | None, Query(ge=0)] = None,
+    ) -> HTMLResponse:
         record = _load(state, workflow_id)
-        detail = _step_detail(state, record, _step(record, task_id))
+        detail = _step_detail(
+            state,
+            record,
+            _step(record, task_id),
+            log_attempt=log_attempt,
+            log_offset=log_offset,
+        )
         return render(
             request,
             "step.html",
             title=f"{task_id} · {workflow_id}",
             step=detail,
             wf_status=state.effective(record),
+            log_page=LOG_PAGE,
+            step_url=f"/workflows/{quote(workflow_id, safe='')}/steps/{quote(task_id, safe='')}",
         )
 
     @app.get("/workflows/{workflow_id:path}/steps/{task_id}/checkpoint", include_in_schema=False)
@@ -806,11 +909,9 @@ def create_app(
         if ref.data is not None:
             return Response(ref.data, media_type="application/octet-stream", headers=headers)
         store = state.checkpoints()
-        root_url = store._root_url.rstrip("/") + "/"
-        rel = ref.location[len(root_url) :] if ref.location.startswith(root_url) else None
-        if rel is None or any(part in ("", ".", "..") for part in rel.split("/")):
+        path = store.path_within(ref.location)
+        if path is None:
             raise HTTPException(403, "that checkpoint is outside this UI's checkpoint store")
-        path = store.root.rstrip("/") + "/" + rel
         try:
             with store.fs.open(path, "rb") as f:
                 data = f.read()

@@ -95,10 +95,20 @@ class WalOut(BaseModel):
 
 
 class LogOut(BaseModel):
+    """A page of one attempt's captured output (stdout and stderr as printed).
+
+    ``text`` is characters ``offset .. offset + len(text)`` of the ``length`` stored;
+    ask ``/api/workflows/{id}/steps/{task}/logs?attempt=N&offset=M`` for another page.
+    """
+
     attempt: int
     text: str
-    size: int
-    truncated: bool
+    offset: int = Field(description="characters of the stored log before this page")
+    length: int = Field(description="characters stored for the attempt (the last 1 MiB)")
+    size: int = Field(description="bytes the attempt printed in all")
+    truncated: bool = Field(description="the start of the output was not kept")
+    more_before: bool
+    more_after: bool
 
 
 class StepDetail(StepOut):
@@ -124,6 +134,9 @@ class ScheduleRunOut(BaseModel):
     started_at: dt.datetime | None
     error: str | None
     status: str | None
+    waiting: str | None = Field(
+        default=None, description="why it has not started yet (None once it has)"
+    )
 
 
 class ScheduleOut(BaseModel):

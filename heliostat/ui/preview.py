@@ -17,7 +17,7 @@ import subprocess
 import sys
 from typing import Any
 
-from heliostat.storage.checkpoints import CheckpointRef
+from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore
 
 __all__ = ["PREVIEW_MAX_BYTES", "PREVIEW_TIMEOUT", "describe_value", "preview"]
 
@@ -81,10 +81,14 @@ def preview(ref: CheckpointRef, storage_url: str) -> dict[str, Any]:
             "reason": f"the checkpoint is {ref.size} bytes; previews read at most "
             f"{PREVIEW_MAX_BYTES} (download it instead)",
         }
+    if ref.data is None and CheckpointStore(storage_url).path_within(ref.location) is None:
+        return {
+            "kind": "unavailable",
+            "reason": "the checkpoint is outside this UI's checkpoint store",
+        }
     if ref.format in ("arrow", "parquet"):
         # Columnar formats are decoded without unpickling anything: here, at once.
         from heliostat.exceptions import CorruptCheckpointError
-        from heliostat.storage.checkpoints import CheckpointStore
 
         try:
             return describe_value(CheckpointStore(storage_url).read(ref))
@@ -116,8 +120,6 @@ def preview(ref: CheckpointRef, storage_url: str) -> dict[str, Any]:
 
 
 def _main() -> None:
-    from heliostat.storage.checkpoints import CheckpointStore
-
     req = json.loads(sys.stdin.buffer.read())
     data = base64.b64decode(req["data"]) if req["data"] is not None else None
     ref = CheckpointRef(

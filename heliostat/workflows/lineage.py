@@ -43,6 +43,7 @@ from heliostat.storage.models import (
     WalRecord,
     Workflow,
     WorkflowDag,
+    WorkflowStatusCount,
     WorkflowTimer,
 )
 from heliostat.storage.signing import Signer
@@ -55,12 +56,15 @@ __all__ = [
     "DEFAULT_RETRY_TIMEOUT",
     "AttemptRecord",
     "LineageReader",
+    "LogPage",
     "StepRecord",
     "WalEntry",
     "WorkflowRecord",
     "driver_gone",
     "exception_signed_parts",
+    "merge_pages",
     "not_found",
+    "prefix_bounds",
     "retry_timeout",
 ]
 
@@ -78,6 +82,7 @@ _LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
 _DAG: sa.Table = WorkflowDag.__table__  # type: ignore[assignment]
 _TIMER: sa.Table = WorkflowTimer.__table__  # type: ignore[assignment]
 _E: sa.Table = Edge.__table__  # type: ignore[assignment]
+_COUNT: sa.Table = WorkflowStatusCount.__table__  # type: ignore[assignment]
 
 _R = TypeVar("_R")
 
@@ -188,6 +193,32 @@ class AttemptRecord:
         if self.queued_at is None or self.started_at is None:
             return None
         return (self.started_at - self.queued_at).total_seconds()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogPage:
+    """A window of what one attempt printed, as stored (the last ``LOG_LIMIT`` kept).
+
+    Offsets count characters of the stored text: ``text`` is characters
+    ``offset .. offset + len(text)`` of ``length``.
+    """
+
+    attempt: int
+    text: str
+    offset: int
+    length: int
+    size: int
+    """Bytes the attempt wrote in all (more than ``length`` when its start was cut)."""
+    truncated: bool
+    """Whether the start of the output was dropped (past ``LOG_LIMIT``)."""
+
+    @property
+    def more_before(self) -> bool:
+        return self.offset > 0
+
+    @property
+    def more_after(self) -> bool:
+        return self.offset + len(self.text) < self.length
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -541,49 +572,77 @@ class LineageReader:
         """One page of workflows ordered by creation (start) time, then id: keyset paging.
 
         ``after`` is the ``(created_at, workflow_id)`` of the last row of the previous
-        page; the page holds the rows after it in the chosen order. The order rides the
-        ``(status, created_at)`` and ``(created_at)`` indexes, so a page costs the same
-        on the first page and the thousandth.
+        page; the page holds the rows after it in the chosen order. ``search`` keeps the
+        ids that start with it (case-sensitive).
+
+        Every query is one range of an index whose key is the page's order
+        (``(created_at, workflow_id)``, ``(status, created_at, workflow_id)``), read
+        from the cursor for ``limit`` rows, so the thousandth page costs what the first
+        does. Several statuses: one such query per status, merged here (an ``IN`` list
+        would make the database sort every matching row). A search narrows by the id
+        index (:func:`prefix_bounds`) when that is the more selective path.
         """
+        statuses = sorted({str(s) for s in status_filter}) if status_filter is not None else None
+        key = sa.tuple_(_W.c.created_at, _W.c.workflow_id)
         if newest_first:
             order = (_W.c.created_at.desc(), _W.c.workflow_id.desc())
         else:
             order = (_W.c.created_at.asc(), _W.c.workflow_id.asc())
-        query = sa.select(_W).order_by(*order).limit(limit)
-        if status_filter is not None:
-            query = query.where(_W.c.status.in_([str(s) for s in status_filter]))
+        base = sa.select(_W).order_by(*order).limit(limit)
+        sqlite = self.engine.dialect.name == "sqlite"
+        low, high = prefix_bounds(search or "")
         if search:
-            query = query.where(_W.c.workflow_id.contains(search, autoescape=True))
+            if not sqlite:
+                # Byte-wise comparison, served by the varchar_pattern_ops index; the
+                # planner's statistics choose between it and the time-ordered index.
+                base = base.where(_W.c.workflow_id.op("~>=~")(low))
+                if high is not None:
+                    base = base.where(_W.c.workflow_id.op("~<~")(high))
         if after is not None:
             at, wid = after
-            if newest_first:
-                query = query.where(
-                    sa.or_(
-                        _W.c.created_at < at,
-                        sa.and_(_W.c.created_at == at, _W.c.workflow_id < wid),
-                    )
-                )
-            else:
-                query = query.where(
-                    sa.or_(
-                        _W.c.created_at > at,
-                        sa.and_(_W.c.created_at == at, _W.c.workflow_id > wid),
-                    )
-                )
+            bound = sa.tuple_(
+                sa.bindparam("after_at", at, type_=_W.c.created_at.type),
+                sa.bindparam("after_id", wid, type_=_W.c.workflow_id.type),
+            )
+            base = base.where(key < bound if newest_first else key > bound)
+        queries = (
+            [base]
+            if statuses is None
+            else [base.where(_W.c.status == sa.bindparam("st", s)) for s in statuses]
+        )
 
         def read() -> list[WorkflowRecord]:
             with self._read() as conn:
-                return [self._record(row._mapping, {}) for row in conn.execute(query)]
+                chosen = queries
+                if search and sqlite:
+                    # SQLite has no statistics of id ranges: probe how many ids match,
+                    # and say which index to read (see _sqlite_prefix).
+                    probe = sa.select(sa.func.count()).select_from(
+                        sa.select(sa.literal(1))
+                        .select_from(_W)
+                        .where(_sqlite_prefix(low, high, by_id=True))
+                        .limit(SEARCH_SORT_LIMIT)
+                        .subquery()
+                    )
+                    by_id = int(conn.execute(probe).scalar_one()) < SEARCH_SORT_LIMIT
+                    where = _sqlite_prefix(low, high, by_id=by_id)
+                    chosen = [q.where(where) for q in queries]
+                pages = [[self._record(r._mapping, {}) for r in conn.execute(q)] for q in chosen]
+            return merge_pages(pages, limit=limit, newest_first=newest_first)
 
         return self._retrying("list workflows", read)
 
     def status_counts(self) -> dict[WorkflowStatus, int]:
-        """How many workflows are in each stored status (one GROUP BY on the status index)."""
-        query = sa.select(_W.c.status, sa.func.count()).group_by(_W.c.status)
+        """How many workflows are in each stored status (statuses with none left out).
+
+        Read from ``workflow_status_counts``, which the store keeps current in the
+        transaction of every status change: 112 small rows, whatever the number of runs.
+        """
+        query = sa.select(_COUNT.c.status, sa.func.sum(_COUNT.c.runs)).group_by(_COUNT.c.status)
 
         def read() -> dict[WorkflowStatus, int]:
             with self._read() as conn:
-                return {WorkflowStatus(s): int(n) for s, n in conn.execute(query)}
+                return {WorkflowStatus(s): int(n) for s, n in conn.execute(query) if n}
 
         return self._retrying("count workflows", read)
 
@@ -673,6 +732,56 @@ class LineageReader:
             for m in (r._mapping for r in rows)
         ]
 
+    def log_pages(
+        self,
+        workflow_id: str,
+        task_id: str,
+        *,
+        limit: int,
+        attempt: int | None = None,
+        offset: int | None = None,
+    ) -> list[LogPage]:
+        """A window of each attempt's stored output (of attempt ``attempt`` only, if
+        given), oldest attempt first: ``limit`` characters from ``offset``, or the last
+        ``limit`` when ``offset`` is ``None``. Only the window leaves the database
+        (``substr`` in SQL), never the whole megabyte."""
+        text_len = sa.func.length(_LOG.c.text)
+        if offset is None:
+            start: Any = sa.case((text_len > limit, text_len - limit + 1), else_=1)
+        else:
+            start = sa.literal(offset + 1, sa.Integer())
+        query = (
+            sa.select(
+                _LOG.c.attempt,
+                text_len,
+                start,
+                sa.func.substr(_LOG.c.text, start, limit),
+                _LOG.c.size,
+                _LOG.c.truncated,
+            )
+            .where((_LOG.c.workflow_id == workflow_id) & (_LOG.c.task_id == task_id))
+            .order_by(_LOG.c.attempt)
+        )
+        if attempt is not None:
+            query = query.where(_LOG.c.attempt == attempt)
+
+        def read() -> list[LogPage]:
+            with self._read() as conn:
+                rows = conn.execute(query).all()
+            return [
+                LogPage(
+                    attempt=int(a),
+                    text=text or "",
+                    offset=min(int(first) - 1, int(length or 0)),
+                    length=int(length or 0),
+                    size=int(size),
+                    truncated=bool(cut),
+                )
+                for a, length, first, text, size, cut in rows
+            ]
+
+        return self._retrying("read the step's logs", read)
+
     def wal(self, workflow_id: str, task_id: str | None = None) -> list[WalEntry]:
         """The WAL records of a workflow (of one step), oldest first."""
         query = sa.select(_WAL).where(_WAL.c.workflow_id == workflow_id).order_by(_WAL.c.id)
@@ -706,6 +815,51 @@ class LineageReader:
             (m["task_id"], m["start"], m["finish"], m["cause"], m["at"])
             for m in (r._mapping for r in rows)
         ]
+
+
+SEARCH_SORT_LIMIT = 2000
+"""Most runs an id search sorts by time itself; with more matches it reads them in time
+order from the page index instead, stopping at a page (SQLite; PostgreSQL plans it)."""
+
+
+def _sqlite_prefix(low: str, high: str | None, *, by_id: bool) -> Any:
+    """The id-prefix condition for SQLite. ``by_id``: a range of the id index (few
+    matches: sorting them is cheap). Otherwise the same test on ``+workflow_id``, which
+    SQLite will not answer from an index, so it walks the time-ordered page index (its
+    entries hold the id: no row is read for a miss) and stops after a page."""
+    column: Any = _W.c.workflow_id if by_id else sa.literal_column("+workflows.workflow_id")
+    where = column >= sa.bindparam("prefix_low", low, type_=sa.String())
+    if high is not None:
+        where = where & (column < sa.bindparam("prefix_high", high, type_=sa.String()))
+    return where
+
+
+def prefix_bounds(prefix: str) -> tuple[str, str | None]:
+    """``(low, high)`` such that a string starts with ``prefix`` exactly when
+    ``low <= s < high`` in code point order (which is UTF-8 byte order); ``high`` is
+    ``None`` when no string is above them all.
+
+    The successor of the prefix: its last character incremented (skipping the
+    surrogates, which UTF-8 cannot hold), or dropped when it is the last code point.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            nxt = 0xE000 if last == 0xD7FF else last + 1
+            return prefix, "".join(chars) + chr(nxt)
+    return prefix, None
+
+
+def merge_pages(
+    pages: list[list[WorkflowRecord]], *, limit: int, newest_first: bool
+) -> list[WorkflowRecord]:
+    """The first ``limit`` rows of pages (each already in order) in page order."""
+    if len(pages) == 1:
+        return pages[0][:limit]
+    rows = [r for page in pages for r in page]
+    rows.sort(key=lambda r: (r.created_at, r.workflow_id), reverse=newest_first)
+    return rows[:limit]
 
 
 def _describe_db(engine: Engine) -> str:

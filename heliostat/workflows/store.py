@@ -20,7 +20,15 @@ A group commit (:meth:`WorkflowStore.commit`), in one transaction:
 2. Insert the records as rows: WAL INTENT / COMMIT / ABORT, attempts, step rows,
    transitions, logs, with one ``executemany`` per statement on the DBAPI cursor
    (:class:`~heliostat.storage.prepared.PreparedCache`).
-3. Commit: one fsync for the whole batch.
+3. When the batch ends the run (``finish``): its status moves, and the counts per
+   status (``workflow_status_counts``) move with it, in the same transaction.
+4. Commit: one fsync for the whole batch.
+
+Counts per status. Every change of a workflow's stored status made here (create,
+take-over, cancel, the final group commit, delete) also updates its two rows of
+``workflow_status_counts`` (one UPDATE, last in the transaction so that on PostgreSQL
+the row locks are held only for the commit), so the UI reads the counts instead of
+counting runs. Steps never touch it.
 
 Every pickled value this store hands out is authenticated first: the stored DAG by its
 signature in ``workflow_dags``, each step output by its ``output_signature`` (an HMAC over the
@@ -39,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -58,6 +67,7 @@ from heliostat.storage.db import (
     raw_transaction,
 )
 from heliostat.storage.models import (
+    COUNT_SHARDS,
     LOG_LIMIT,
     AttemptLog,
     Edge,
@@ -67,6 +77,7 @@ from heliostat.storage.models import (
     WalRecord,
     Workflow,
     WorkflowDag,
+    WorkflowStatusCount,
     WorkflowTimer,
 )
 from heliostat.storage.prepared import PreparedCache
@@ -104,7 +115,7 @@ from heliostat.workflows.lineage import (
 )
 from heliostat.workflows.step import ErrorInfo
 
-__all__ = ["CommitResult", "WorkflowStore", "held_error"]
+__all__ = ["CommitResult", "WorkflowStore", "count_shard", "held_error"]
 
 log = logging.getLogger("heliostat.workflows")
 
@@ -117,6 +128,7 @@ _T: sa.Table = Transition.__table__  # type: ignore[assignment]
 _LOG: sa.Table = AttemptLog.__table__  # type: ignore[assignment]
 _DAG: sa.Table = WorkflowDag.__table__  # type: ignore[assignment]
 _TIMER: sa.Table = WorkflowTimer.__table__  # type: ignore[assignment]
+_COUNT: sa.Table = WorkflowStatusCount.__table__  # type: ignore[assignment]
 
 
 def _key(table: sa.Table) -> Any:
@@ -189,6 +201,42 @@ _FINISH = _RELEASE.values(
 _FENCE_STATE = sa.select(_W.c.lease_generation, _W.c.commit_seq, _W.c.status).where(
     _W.c.workflow_id == sa.bindparam("w")
 )
+# Counts per status: a run moving from "old" to "new" (both rows of its shard in one
+# statement), and a run added (+1) or deleted (-1).
+_COUNT_MOVE = (
+    _COUNT.update()
+    .where(
+        (_COUNT.c.shard == sa.bindparam("sh"))
+        & _COUNT.c.status.in_([sa.bindparam("old"), sa.bindparam("new")])
+    )
+    .values(
+        runs=_COUNT.c.runs
+        + sa.case(
+            (_COUNT.c.status == sa.bindparam("new"), sa.literal_column("1")),
+            else_=sa.literal_column("-1"),
+        )
+    )
+)
+_COUNT_ADD = (
+    _COUNT.update()
+    .where((_COUNT.c.status == sa.bindparam("st")) & (_COUNT.c.shard == sa.bindparam("sh")))
+    .values(runs=_COUNT.c.runs + sa.bindparam("d", type_=sa.Integer()))
+)
+
+
+def count_shard(workflow_id: str) -> int:
+    """The row of each status that counts this workflow (always the same one)."""
+    return zlib.crc32(workflow_id.encode()) % COUNT_SHARDS
+
+
+def _counted(rowcount: int, expected: int, workflow_id: str) -> None:
+    if rowcount != expected:
+        raise HeliostatInternalError(
+            f"workflow {workflow_id!r}: {rowcount} rows of workflow_status_counts updated, "
+            f"not {expected} (a schema not made by heliostat's migrations?)"
+        )
+
+
 # Step row updates, one statement per set of columns a batch changes (see _step_updates).
 _STEP_UPDATES: dict[frozenset[str], Any] = {}
 
@@ -322,6 +370,7 @@ class WorkflowStore(LineageReader):
                             at=now,
                         )
                     )
+                    self._count_add(conn, workflow_id, WorkflowStatus.RUNNING, 1)
             except sa.exc.IntegrityError:
                 try:
                     existing = self.load(workflow_id, with_steps=False)
@@ -397,6 +446,7 @@ class WorkflowStore(LineageReader):
                 }
                 values.update(self._move_values(workflow_id, status, steps, now, conn))
                 conn.execute(_W.update().where(_W.c.workflow_id == workflow_id).values(**values))
+                self._count_move(conn, workflow_id, status, values.get("status", status))
             lease = Lease(
                 workflow_id=workflow_id,
                 owner=owner,
@@ -475,9 +525,27 @@ class WorkflowStore(LineageReader):
                 values = self._move_values(workflow_id, status, steps, now, conn, error)
                 values["updated_at"] = now
                 conn.execute(_W.update().where(_W.c.workflow_id == workflow_id).values(**values))
+                self._count_move(conn, workflow_id, status, steps[-1].finish)
                 return steps[-1].finish
 
         return self._retrying("change the workflow's status", write)
+
+    def _count_move(
+        self, conn: Connection, workflow_id: str, old: WorkflowStatus, new: WorkflowStatus
+    ) -> None:
+        """Move the run from ``old``'s count to ``new``'s (nothing if they are equal)."""
+        if old is new:
+            return
+        result = conn.execute(_COUNT_MOVE, {"sh": count_shard(workflow_id), "old": old, "new": new})
+        _counted(result.rowcount, 2, workflow_id)
+
+    def _count_add(
+        self, conn: Connection, workflow_id: str, status: WorkflowStatus, delta: int
+    ) -> None:
+        result = conn.execute(
+            _COUNT_ADD, {"st": status, "sh": count_shard(workflow_id), "d": delta}
+        )
+        _counted(result.rowcount, 1, workflow_id)
 
     # --- leases --------------------------------------------------------------------------
 
@@ -634,6 +702,13 @@ class WorkflowStore(LineageReader):
         row["err"] = error
         run(cursor, _FINISH, [row])
         run(cursor, _TRANSITION_INSERT, transitions)
+        if status is not moves[0].start:
+            moved = run(
+                cursor,
+                _COUNT_MOVE,
+                [{"sh": count_shard(wid), "old": moves[0].start, "new": status}],
+            )
+            _counted(moved, 2, wid)
 
     def _write_records(
         self,
@@ -821,9 +896,14 @@ class WorkflowStore(LineageReader):
             with self.engine.begin() as conn:
                 for table in (_T, _WAL, _LOG, _A, _E, _S, _DAG):
                     conn.execute(table.delete().where(table.c.workflow_id == workflow_id))
-                result = conn.execute(_W.delete().where(_W.c.workflow_id == workflow_id))
-                if result.rowcount == 0 and tries == 1:
-                    raise not_found(workflow_id)
+                gone = conn.execute(
+                    _W.delete().where(_W.c.workflow_id == workflow_id).returning(_W.c.status)
+                ).first()
+                if gone is None:
+                    if tries == 1:
+                        raise not_found(workflow_id)
+                    return
+                self._count_add(conn, workflow_id, WorkflowStatus(gone[0]), -1)
 
         self._retrying("delete the workflow", write)
 

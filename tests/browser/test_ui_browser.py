@@ -30,9 +30,11 @@ CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_S = 120
 
 FLOWS = """
+import os
 from pathlib import Path
 
 import heliostat as hs
+from heliostat import workflow
 
 
 @hs.remote
@@ -95,6 +97,21 @@ def wide():
 
 def nightly(logical_time):
     return load.bind(1)
+
+
+@hs.remote
+def charge(x, flag):
+    # Not idempotent: its worker dies before it can report, so nobody knows if it paid.
+    with open(flag + ".log", "a") as log:
+        print("charged", file=log)
+    if not os.path.exists(flag):
+        os._exit(1)
+    return x * 100
+
+
+def billing(flag):
+    step = workflow.options(task_id="charge", idempotent=False)
+    return charge.options(**step).bind(load.bind(1), flag)
 """
 
 
@@ -279,3 +296,44 @@ def test_browse_fix_resume_and_trigger(world: World, server: str, tmp_path: Path
             browser.close()
     listed = world.run("workflow", "status", "e2e-etl-1121")
     assert "SUCCESSFUL" in listed.stdout, listed
+
+
+def test_in_doubt_banner_resolves_with_a_click(world: World, server: str, tmp_path: Path) -> None:
+    """A non-idempotent step left in doubt gets the banner; answering "it did: use this
+    result" settles it (the step turns green, the banner's choices go), and Resume then
+    finishes the run with that result, without running the step again."""
+    sync_playwright = _need_browser()
+    flag = world.root / "charged"
+    stuck = world.run("run", "uiflows:billing", f"flag={flag}", "--id", "wf-bill")
+    assert stuck.returncode == 1 and "NEEDS_ATTENTION" in stuck.stdout, stuck
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.set_default_timeout(90_000)
+            page.goto(f"{server}/workflows/wf-bill")
+            banner = page.locator(".banner.attention")
+            assert "Needs attention" in banner.inner_text()
+            assert banner.locator("button:has-text('It did not: run it again')").count() == 1
+            assert "st-IN_DOUBT" in (
+                page.locator("svg.dag a[data-task=charge]").get_attribute("class") or ""
+            )
+            page.screenshot(path=str(tmp_path / "in_doubt.png"), full_page=True)
+
+            banner.locator("input[name=result]").fill("200")
+            banner.locator("button:has-text('It did: use this result')").click()
+            page.wait_for_selector(".flash")
+            assert "Step charge resolved" in page.inner_text(".flash")
+            page.wait_for_selector("svg.dag a[data-task=charge].st-SUCCESSFUL")
+            assert page.locator(".banner.attention .resolve").count() == 0
+
+            page.click("button:has-text('Resume')")
+            page.wait_for_selector(".head-row .badge.st-SUCCESSFUL", timeout=TIMEOUT_S * 1000)
+            page.screenshot(path=str(tmp_path / "resolved.png"), full_page=True)
+        finally:
+            browser.close()
+    output = world.run("workflow", "output", "wf-bill")
+    assert output.returncode == 0 and output.stdout.strip() == "200", output
+    assert (Path(str(flag) + ".log")).read_text() == "charged\n"  # not charged twice

@@ -51,14 +51,11 @@ def test_wide_fan_out_folds_into_one_box_with_a_count() -> None:
     assert graphics.layout_dag(steps, edges, collapse_at=0).boxes.keys() == steps.keys()
 
 
-def test_a_2000_step_dag_lays_out_quickly() -> None:
-    import time
-
+def test_a_2000_step_dag_is_drawn() -> None:
+    # How long it takes is measured by benchmarks/ui.py (page_workflow_2000_steps).
     steps = {f"s{i}": (f"f{i % 7}", "SUCCESSFUL", 1.0) for i in range(2000)}
     edges = [(f"s{i}", f"s{i + 1 + (i % 3)}") for i in range(1990)]
-    t0 = time.perf_counter()
     svg = graphics.dag_svg(graphics.layout_dag(steps, edges), "/w/x/steps/")
-    assert time.perf_counter() - t0 < 1.0
     assert svg.count("<rect") >= 100
 
 

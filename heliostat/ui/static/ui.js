@@ -85,5 +85,31 @@
     setTimeout(poll, 1200);
   }
 
-  document.addEventListener("DOMContentLoaded", function () { init(document); live(); });
+  // "Load earlier" on a step's log: fetch the page before the one shown and put it on
+  // top, in place (without JavaScript the link opens that page instead).
+  function earlierLogs() {
+    var links = document.querySelectorAll("a.log-earlier");
+    for (var i = 0; i < links.length; i++) links[i].addEventListener("click", function (e) {
+      var a = e.currentTarget;
+      var offset = parseInt(a.getAttribute("data-offset"), 10);
+      var limit = parseInt(a.getAttribute("data-limit"), 10);
+      var from = Math.max(offset - limit, 0);
+      var head = a.closest(".log-head");
+      var pre = head.nextElementSibling;
+      e.preventDefault();
+      fetch(a.getAttribute("data-api") + "&offset=" + from + "&limit=" + (offset - from),
+            { credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+        .then(function (page) {
+          pre.textContent = page.text + pre.textContent;
+          a.setAttribute("data-offset", String(page.offset));
+          var range = head.querySelector(".log-range");
+          if (range) range.textContent = range.textContent.replace(/characters \d+/, "characters " + page.offset);
+          if (!page.more_before) a.parentNode.removeChild(a);
+        })
+        .catch(function () { location.href = a.href; });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { init(document); live(); earlierLogs(); });
 })();

@@ -34,6 +34,7 @@ TABLES = {
     "attempt_logs",
     "workflow_dags",
     "workflow_timers",
+    "workflow_status_counts",
     "transitions",
     "schedules",
     "schedule_runs",
@@ -134,7 +135,7 @@ def test_0005_adds_timers_and_step_exceptions_keeping_data(engine: Engine) -> No
             "('w', 'b', 'b', 'FAILED', 1, 3, true, true, '{}', 1, 'ValueError: x')",
         ):
             conn.execute(sa.text(sql))
-    db.upgrade(engine)
+    db.upgrade(engine, "0005")
     assert db.current_revision(engine) == "0005"
     with engine.begin() as conn:
         conn.execute(
@@ -163,6 +164,36 @@ def test_0005_adds_timers_and_step_exceptions_keeping_data(engine: Engine) -> No
     assert "exception" not in columns and "exception_signature" not in columns
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT error FROM steps")).scalar_one() == "ValueError: x"
+
+
+def test_0006_backfills_the_counts_and_swaps_the_list_indexes(engine: Engine) -> None:
+    db.upgrade(engine, "0005")
+    t = "'2026-12-01 10:00:00'"
+    with engine.begin() as conn:
+        for i, status in enumerate(["FAILED", "FAILED", "SUCCESSFUL", "RUNNING", "FAILED"]):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO workflows (workflow_id, status, name, created_at, updated_at, "
+                    f"metadata, resume_count) VALUES ('w{i}', '{status}', '', {t}, {t}, '{{}}', 0)"
+                )
+            )
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        sums = conn.execute(
+            sa.text(
+                "SELECT status, sum(runs), count(*) FROM workflow_status_counts GROUP BY status"
+            )
+        ).all()
+    got = {str(s): (int(n), int(rows)) for s, n, rows in sums}
+    assert len(got) == 7 and all(rows == 16 for _, rows in got.values())  # every row exists
+    assert {s: n for s, (n, _) in got.items() if n} == {"FAILED": 3, "SUCCESSFUL": 1, "RUNNING": 1}
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("workflows")}
+    assert {"ix_workflows_created_at_workflow_id", "ix_workflows_workflow_id"} <= names
+    assert "ix_workflows_created_at" not in names
+    db.downgrade(engine, "0005")
+    assert "workflow_status_counts" not in _table_names(engine)
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("workflows")}
+    assert {"ix_workflows_created_at", "ix_workflows_status_created_at"} <= names
 
 
 def test_upgrade_accepts_a_url(db_url_factory: Any) -> None:
@@ -219,9 +250,10 @@ def test_migrated_constraints_equal_those_of_the_models(db_url_factory: Any) -> 
         got, want = _constraints(migrated), _constraints(created)
         assert got == want
         assert got["workflows"]["ck"][0][0] == "ck_workflows_status"
-        assert ("ix_workflows_status_created_at", ("status", "created_at")) in got["workflows"][
-            "ix"
-        ]
+        assert (
+            "ix_workflows_status_created_at_workflow_id",
+            ("status", "created_at", "workflow_id"),
+        ) in got["workflows"]["ix"]
         assert got["steps"]["pk"] == "pk_steps"
     finally:
         migrated.dispose()
