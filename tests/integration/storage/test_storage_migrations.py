@@ -37,6 +37,7 @@ TABLES = {
     "transitions",
     "schedules",
     "schedule_runs",
+    "cluster_nodes",
 }
 
 
@@ -134,7 +135,7 @@ def test_0005_adds_timers_and_step_exceptions_keeping_data(engine: Engine) -> No
             "('w', 'b', 'b', 'FAILED', 1, 3, true, true, '{}', 1, 'ValueError: x')",
         ):
             conn.execute(sa.text(sql))
-    db.upgrade(engine)
+    db.upgrade(engine, "0005")
     assert db.current_revision(engine) == "0005"
     with engine.begin() as conn:
         conn.execute(
