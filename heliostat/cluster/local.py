@@ -66,7 +66,7 @@ class DaemonInfo:
     node_id: str = ""
     node_address: str = ""  # node: its advertised address
     ui_url: str = ""
-    tls: bool = False
+    tls_cert: str = ""  # the certificate a client of this head trusts ("" : no TLS)
     log_file: str = ""
 
 
