@@ -81,7 +81,14 @@ class HeadClient:
         self.address = address
         self.timeout = timeout
         self._metadata = call_metadata(token)
-        options = [("grpc.enable_retries", 0)]
+        options = [
+            ("grpc.enable_retries", 0),
+            # gRPC's own reconnect backoff grows to 120 s; a node must find a restarted
+            # head within its grace period (dead_after), so reconnect at least every second.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
         if tls_cert is not None:
             with open(tls_cert, "rb") as fh:
                 credentials = grpc.ssl_channel_credentials(root_certificates=fh.read())
