@@ -248,7 +248,7 @@ def _check_node(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]
 
 def _cmd_start(args: argparse.Namespace) -> int:
     from heliostat.cli.daemon import DaemonSpec
-    from heliostat.cluster.local import log_path, remove_daemon_files, running_daemon
+    from heliostat.cluster.local import DaemonKind, log_path, remove_daemon_files, running_daemon
     from heliostat.storage.home import make_private_dirs
 
     if args.num_cpus is not None and (not math.isfinite(args.num_cpus) or args.num_cpus < 0):
@@ -257,16 +257,16 @@ def _cmd_start(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     fields = _check_head(args, env) if args.head else _check_node(args, env)
     spec = DaemonSpec(num_cpus=args.num_cpus, resources=resources, **fields)
-    kind = spec.kind
-    running = running_daemon(kind)  # type: ignore[arg-type]
+    kind: DaemonKind = "head" if args.head else "node"
+    running = running_daemon(kind)
     if running is not None:
         raise CliError(
             f"a {kind} daemon started from this HELIOSTAT_HOME is running (pid {running.pid}); "
             "'heliostat stop' it first, or use another HELIOSTAT_HOME",
             code=EXIT_FAILED,
         )
-    remove_daemon_files(kind)  # type: ignore[arg-type]  # stale files of a killed daemon
-    log_file = log_path(kind)  # type: ignore[arg-type]
+    remove_daemon_files(kind)  # stale files of a killed daemon
+    log_file = log_path(kind)
     make_private_dirs(log_file.parent)
     answer = _spawn(spec.to_json(), env, log_file)
     if not answer.get("ok"):
@@ -368,7 +368,7 @@ def _gone(pid: int) -> bool:
     import psutil
 
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 
@@ -380,9 +380,9 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         raise CliError(f"--timeout must be >= 0, not {args.timeout}")
     stopped = 0
     for kind in ("node", "head"):
-        info = running_daemon(kind)  # type: ignore[arg-type]
+        info = running_daemon(kind)
         if info is None:
-            remove_daemon_files(kind)  # type: ignore[arg-type]
+            remove_daemon_files(kind)
             continue
         os.kill(info.pid, signal.SIGTERM)
         deadline = time.monotonic() + args.timeout
@@ -397,7 +397,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
             deadline = time.monotonic() + 10
             while not _gone(info.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        remove_daemon_files(kind)  # type: ignore[arg-type]
+        remove_daemon_files(kind)
         print(f"stopped the {kind} daemon (pid {info.pid})", flush=True)
         stopped += 1
     if not stopped:
@@ -424,8 +424,8 @@ def cluster_summary(address: str | None, token: str | None) -> dict[str, Any] | 
     address = address or os.environ.get("HELIOSTAT_ADDRESS") or None
     if address is None:
         for kind in ("head", "node"):
-            if running_daemon(kind) is not None:  # type: ignore[arg-type]
-                info = read_daemon_info(kind)  # type: ignore[arg-type]
+            if running_daemon(kind) is not None:
+                info = read_daemon_info(kind)
                 if info is not None and info.address:
                     address = info.address
                     tls_cert = info.tls_cert or None
@@ -443,16 +443,16 @@ def cluster_summary(address: str | None, token: str | None) -> dict[str, Any] | 
         return summary
     try:
         with HeadClient(address, token, tls_cert=tls_cert, timeout=3.0) as client:
-            info = client.cluster_info()
+            head = client.cluster_info()
             nodes = client.list_nodes()
             totals = client.cluster_resources()
     except (ClusterError, ValueError) as exc:
         summary["error"] = str(exc)
         return summary
     summary.update(
-        cluster_id=info.cluster_id,
-        version=info.version,
-        head_started_at=info.started_at,
+        cluster_id=head.cluster_id,
+        version=head.version,
+        head_started_at=head.started_at,
         total=dict(totals.total),
         available=dict(totals.available),
         nodes=[

@@ -187,7 +187,12 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
         target=_scheduler, args=(stop_loop,), name="heliostat-scheduler", daemon=True
     )
     scheduler.start()
-    stack.push("the trigger loop", lambda: (stop_loop.set(), scheduler.join(timeout=15)))
+
+    def stop_scheduler() -> None:
+        stop_loop.set()
+        scheduler.join(timeout=15)
+
+    stack.push("the trigger loop", stop_scheduler)
 
     ui_url = ""
     if spec.ui_port is not None:

@@ -60,7 +60,7 @@ def backoff_delay(
     if failures < 1:
         return 0.0
     ceiling = min(cap, base * 2 ** min(failures - 1, 32))
-    return ceiling / 2 + rand() * ceiling / 2
+    return float(ceiling / 2 + rand() * ceiling / 2)
 
 
 class ResourceSource(Protocol):

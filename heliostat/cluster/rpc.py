@@ -219,7 +219,7 @@ def _cause(context: grpc.ServicerContext) -> str:
 # --- the servicer ---------------------------------------------------------------------
 
 
-class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):  # type: ignore[misc]
+class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     """The ``ControlPlane`` service: each method converts and delegates to the handler."""
 
     def __init__(self, handler: HeadHandler) -> None:
@@ -298,9 +298,11 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):  # type: ignore[misc]
 
 def add_servicer(server: grpc.Server, handler: HeadHandler) -> None:
     """Serve the ``ControlPlane`` service of ``handler`` on ``server``."""
-    pb_grpc.add_ControlPlaneServicer_to_server(ControlPlaneServicer(handler), server)
+    pb_grpc.add_ControlPlaneServicer_to_server(  # type: ignore[no-untyped-call]
+        ControlPlaneServicer(handler), server
+    )
 
 
 def stub(channel: grpc.Channel) -> Any:
     """A ``ControlPlane`` client stub on ``channel``."""
-    return pb_grpc.ControlPlaneStub(channel)
+    return pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]

@@ -94,7 +94,7 @@ class NodeTableStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._table = ClusterNode.__table__
+        self._table: sa.Table = ClusterNode.__table__  # type: ignore[assignment]
 
     def load(self) -> list[NodeRow]:
         """Every node row, oldest registration first."""
