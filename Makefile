@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test docs docs-serve bench bench-workflows bench-scheduler lint clean
+.PHONY: venv demo test docs docs-serve bench bench-workflows bench-scheduler bench-cluster lint proto clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,15 @@ bench-workflows: venv
 
 bench-scheduler: venv
 	$(BIN)/python benchmarks/scheduler.py
+
+bench-cluster: venv
+	$(BIN)/python benchmarks/cluster.py
+
+# The cluster's gRPC modules, generated from proto/ into heliostat/cluster/v1/ (committed).
+PROTOS := $(wildcard proto/heliostat/cluster/v1/*.proto)
+proto: venv
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \
+		--grpc_python_out=. $(PROTOS)
 
 lint: venv
 	$(BIN)/lint-imports

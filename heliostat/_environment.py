@@ -79,8 +79,17 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
         default="none",
         meaning="The token `heliostat ui` requires for actions (bearer header for the API, "
         "a signed session cookie for the pages); `--token` wins over it. Required when "
-        "the UI binds to anything but loopback.",
-        read_by=("heliostat.cli.ui", "heliostat.ui.auth"),
+        "the UI binds to anything but loopback. Also the cluster token that `heliostat "
+        "start --address` and `heliostat status` present to a head (else the token file "
+        "`$HELIOSTAT_HOME/cluster/token`).",
+        read_by=("heliostat.cli.ui", "heliostat.ui.auth", "heliostat.cli.cluster"),
+    ),
+    EnvVar(
+        name="HELIOSTAT_ADDRESS",
+        default="none",
+        meaning="`HOST:PORT` of a cluster head for `heliostat status` (`--address` wins "
+        "over it); without either, status asks the head that this home's daemons use.",
+        read_by=("heliostat.cli.cluster",),
     ),
     EnvVar(
         name="HELIOSTAT_STORAGE",

@@ -254,6 +254,9 @@ OWN_NAMES: frozenset[str] = frozenset(
         "heliostat.workflow",
         # errors of heliostat's own features, or with heliostat's own names
         "heliostat.exceptions.ActorError",
+        "heliostat.exceptions.ClusterAuthError",
+        "heliostat.exceptions.ClusterError",
+        "heliostat.exceptions.ClusterUnreachableError",
         "heliostat.exceptions.CorruptCheckpointError",
         "heliostat.exceptions.HeliostatError",
         "heliostat.exceptions.HeliostatInternalError",

@@ -35,6 +35,11 @@ Every public error derives from :class:`HeliostatError`::
     │   ├── ScheduleNotFoundError (KeyError)
     │   │                               no schedule with that name
     │   └── ScheduleExistsError         create() of a name in use, without replace=True
+    ├── ClusterError                    a cluster's head cannot be used
+    │   ├── ClusterUnreachableError (ConnectionError)
+    │   │                               nothing answers at the head's address
+    │   └── ClusterAuthError (PermissionError)
+    │                                   the head refused the cluster token
     ├── CorruptCheckpointError          a checkpoint is missing, fails its checksum or
     │                                   cannot be decoded
     └── StorageError                    the metadata database or checkpoint storage
@@ -55,6 +60,9 @@ from typing import Any
 __all__ = [
     "ActorDiedError",
     "ActorError",
+    "ClusterAuthError",
+    "ClusterError",
+    "ClusterUnreachableError",
     "CorruptCheckpointError",
     "GetTimeoutError",
     "HeliostatError",
@@ -508,6 +516,25 @@ class UnauthenticatedDataError(StorageError):
     def __reduce__(self) -> tuple[Any, ...]:
         fields = {"what": self.what, "origin": self.origin, "key_source": self.key_source}
         return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class ClusterError(HeliostatError):
+    """The head of a cluster could not be used; ``address`` is where it was sought."""
+
+    def __init__(self, message: str, *, address: str = "") -> None:
+        self.address = address
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_kw, (type(self), self.args, {"address": self.address}))
+
+
+class ClusterUnreachableError(ClusterError, ConnectionError):
+    """Nothing answered at the head's address (not started, stopped, or wrong address)."""
+
+
+class ClusterAuthError(ClusterError, PermissionError):
+    """The head refused the call: no cluster token, or not its token."""
 
 
 # --- Ray's exception names ------------------------------------------------------------

@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 
-from heliostat.cli import db, misc, run, runtime, schedule, ui, workflow
+from heliostat.cli import cluster, db, misc, run, runtime, schedule, ui, workflow
 from heliostat.cli._util import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -35,6 +35,7 @@ _BAD_INPUT_ERRORS = (
     "ScheduleNotFoundError",
     "ScheduleExistsError",
     "StorageError",
+    "ClusterAuthError",  # a wrong token: the user's input
 )
 
 
@@ -54,6 +55,7 @@ def build_parser() -> CommandParser:
     runtime.register(sub)
     db.register(sub)
     ui.register(sub)
+    cluster.register(sub)
     misc.register(sub)
     return parser
 

@@ -47,8 +47,19 @@ def register(sub: Any) -> None:
         "status",
         help="local runtimes (resources, workers, object store) and the lineage database",
         description="Show the heliostat runtimes running on this machine (their "
-        "resources, workers, object store and tasks) and a summary of the lineage "
-        "database (workflows by status, live leases, schedules).",
+        "resources, workers, object store and tasks), the cluster's nodes when a head "
+        "is known (--address, HELIOSTAT_ADDRESS, or the daemons 'heliostat start' "
+        "started from this HELIOSTAT_HOME) and a summary of the lineage database "
+        "(workflows by status, live leases, schedules).",
+    )
+    p.add_argument(
+        "--address", default=None, metavar="HOST:PORT", help="the cluster head to ask"
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        metavar="T",
+        help="the cluster token (default HELIOSTAT_TOKEN, else this home's token file)",
     )
     add_json_flag(p)
     p.set_defaults(func=_cmd_status)
@@ -240,11 +251,45 @@ def _print_db(summary: dict[str, Any]) -> None:
         )
 
 
+def _print_cluster(cluster: dict[str, Any]) -> None:
+    print(f"Cluster at {cluster['address']}")
+    if "error" in cluster:
+        print(f"  not answering: {first_line(cluster['error'])}")
+        return
+    alive = sum(1 for n in cluster["nodes"] if n["state"] in ("ALIVE", "SUSPECT"))
+    resources = ", ".join(
+        f"{name} {cluster['available'].get(name, 0):g}/{amount:g} free"
+        for name, amount in sorted(cluster["total"].items())
+    )
+    print(f"  cluster id:   {cluster['cluster_id']} (heliostat {cluster['version']})")
+    print(f"  nodes:        {alive} alive of {len(cluster['nodes'])}")
+    print(f"  resources:    {resources or '-'}")
+    now = time.time()
+    rows = []
+    for n in cluster["nodes"]:
+        beat = n["last_heartbeat_at"]
+        rows.append(
+            [
+                n["node_id"][:12],
+                n["state"] + (" (head)" if n["is_head"] else ""),
+                n["address"],
+                n["pid"],
+                ", ".join(f"{k} {v:g}" for k, v in sorted(n["total"].items())) or "-",
+                "-" if beat is None else format_duration(max(0.0, now - beat)) + " ago",
+            ]
+        )
+    if rows:
+        print_table(["node", "state", "address", "pid", "resources", "last heartbeat"], rows)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
+    from heliostat.cli.cluster import cluster_summary
+
     runtimes = []
     for session in _sessions():
         snap, error = _snapshot(session, "status")
         runtimes.append((session, snap, error))
+    cluster = cluster_summary(args.address, args.token)
     db = _db_summary()
     if args.json:
         print_json(
@@ -259,6 +304,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                     }
                     for s, snap, error in runtimes
                 ],
+                "cluster": cluster,
                 "database": db,
             }
         )
@@ -267,6 +313,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print("No local heliostat runtime is running (a driver that called hs.init() has one).")
     for session, snap, error in runtimes:
         _print_runtime(session, snap, error)
+    if cluster is not None:
+        print()
+        _print_cluster(cluster)
     print()
     _print_db(db)
     return EXIT_OK

@@ -33,17 +33,21 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    mapped_column,
-    relationship,
-)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from heliostat.storage.cluster_nodes import ClusterNode
+from heliostat.storage.sql_base import (
+    NAMING_CONVENTION,
+    Base,
+    UTCDateTime,
+    metadata,
+    utcnow,
+)
+from heliostat.storage.sql_base import STATE_LENGTH as _STATE_LENGTH
+from heliostat.storage.sql_base import state_column_type as _state_column_type
 from heliostat.storage.states import (
     AttemptStatus,
     StepStatus,
@@ -59,6 +63,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "AttemptLog",
     "Base",
+    "ClusterNode",
     "Edge",
     "Schedule",
     "ScheduleRun",
@@ -76,15 +81,6 @@ __all__ = [
     "utcnow",
 ]
 
-NAMING_CONVENTION: dict[str, str] = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-"""Constraint and index names, identical on every backend."""
-
 ID_LENGTH = 255
 """Longest workflow id or task id, in characters."""
 
@@ -94,92 +90,10 @@ LOG_LIMIT = 1 << 20
 COUNT_SHARDS = 16
 """Rows per status in ``workflow_status_counts`` (see :class:`WorkflowStatusCount`)."""
 
-_STATE_LENGTH = 16  # longest state value is NEEDS_ATTENTION (15)
 _CHECKSUM_LENGTH = 80  # "sha256:" + 64 hex digits
 _SIGNATURE_LENGTH = 96  # "hmac-sha256:" + 64 hex digits
 _HASH_LENGTH = 64
 _BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite rowid needs INTEGER
-
-metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-"""The metadata every heliostat table belongs to (Alembic's ``target_metadata``)."""
-
-
-def utcnow() -> dt.datetime:
-    """The current time as a timezone-aware UTC datetime (what every time column holds)."""
-    return dt.datetime.now(dt.UTC)
-
-
-class UTCDateTime(sa.TypeDecorator[dt.datetime]):
-    """A timezone-aware UTC datetime on every backend.
-
-    PostgreSQL: ``TIMESTAMP WITH TIME ZONE``. SQLite: ISO text of the UTC time, read back
-    with ``tzinfo=UTC`` attached. Naive datetimes are refused (``ValueError``), since we
-    could only guess their zone.
-    """
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value!r}: heliostat stores only aware times")
-        value = value.astimezone(dt.UTC)
-        if dialect.name == "sqlite":  # SQLite keeps text; drop the offset so text sorts
-            return value.replace(tzinfo=None)
-        return value
-
-    def bind_processor(self, dialect: Dialect) -> Any:
-        if dialect.name != "sqlite":
-            return super().bind_processor(dialect)
-
-        # SQLite: the text SQLAlchemy's DATETIME writes, made in one step (the group
-        # commit converts a few of these per workflow step).
-        def process(value: dt.datetime | None) -> str | None:
-            if value is None:
-                return None
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise ValueError(f"naive datetime {value!r}: heliostat stores only aware times")
-            v = value.astimezone(dt.UTC)
-            return (
-                f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
-                f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
-            )
-
-        return process
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, dt.datetime)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
-
-
-def _state_column_type(enum_cls: type[Any], name: str) -> sa.Enum:
-    # native_enum=False: VARCHAR + CHECK (named ck_<table>_<name>) on every backend.
-    return sa.Enum(
-        enum_cls,
-        name=name,
-        native_enum=False,
-        create_constraint=True,
-        length=_STATE_LENGTH,
-        validate_strings=True,
-        values_callable=lambda members: [m.value for m in members],
-    )
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the heliostat models (bound to :data:`metadata`)."""
-
-    metadata: ClassVar[sa.MetaData] = metadata
-    type_annotation_map: ClassVar[dict[Any, Any]] = {
-        dt.datetime: UTCDateTime(),
-        dict[str, Any]: sa.JSON(),
-        bytes: sa.LargeBinary(),
-    }
 
 
 class Workflow(Base):

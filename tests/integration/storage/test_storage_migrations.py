@@ -38,6 +38,7 @@ TABLES = {
     "transitions",
     "schedules",
     "schedule_runs",
+    "cluster_nodes",
 }
 
 

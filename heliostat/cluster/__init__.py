@@ -1,0 +1,51 @@
+"""The cluster's control plane: a head that knows its nodes, and nodes that join it.
+
+Layering: above the scheduler and storage (it persists its node table through
+:mod:`heliostat.storage.cluster_nodes`), below the engine, which will ask it where
+objects and actors live. The daemons that ``heliostat start`` runs put this together
+with the engine, the trigger loop and the UI (:mod:`heliostat.cli.daemon`).
+
+* :mod:`~heliostat.cluster.membership`: the node table as a pure state machine
+  (registered, heartbeat, tick, deregistered in; alive, suspect, dead, left out).
+* :mod:`~heliostat.cluster.head`: the head's service around it, its gRPC server,
+  its ticker and its SQL writer.
+* :mod:`~heliostat.cluster.agent`: a node's registration and heartbeats, with backoff.
+* :mod:`~heliostat.cluster.client`: a typed client of the head.
+* :mod:`~heliostat.cluster.rpc`: the payload dataclasses and the protobuf edge.
+* :mod:`~heliostat.cluster.auth`: the cluster token and the interceptor that checks it.
+* :mod:`~heliostat.cluster.local`: pid, log, token and address files under
+  ``HELIOSTAT_HOME``.
+* ``v1/``: the generated gRPC modules (``make proto``).
+"""
+
+from __future__ import annotations
+
+from heliostat.cluster.agent import NodeAgent, ResourceSource, backoff_delay
+from heliostat.cluster.auth import cluster_id_of, ensure_token_file, read_token_file
+from heliostat.cluster.client import DEFAULT_TIMEOUT, HeadClient, NodeNotKnown, parse_address
+from heliostat.cluster.head import HeadServer, HeadService, TlsFiles
+from heliostat.cluster.membership import Membership, NodeState, Timing
+from heliostat.cluster.rpc import ClusterInfo, ClusterTotals, JobView, NodeView
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ClusterInfo",
+    "ClusterTotals",
+    "HeadClient",
+    "HeadServer",
+    "HeadService",
+    "JobView",
+    "Membership",
+    "NodeAgent",
+    "NodeNotKnown",
+    "NodeState",
+    "NodeView",
+    "ResourceSource",
+    "Timing",
+    "TlsFiles",
+    "backoff_delay",
+    "cluster_id_of",
+    "ensure_token_file",
+    "parse_address",
+    "read_token_file",
+]

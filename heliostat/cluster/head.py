@@ -1,0 +1,436 @@
+"""The head's control plane: the membership machine driven by gRPC calls and a clock.
+
+:class:`HeadService` is the thin I/O layer around the pure
+:class:`~heliostat.cluster.membership.Membership`: it stamps each call with the time,
+feeds the machine under one lock, and carries out the instructions that come back:
+
+* state changes (joined, suspect, dead, left) are logged and handed to a writer
+  thread that saves them to the node table in SQL, in order, so a slow database never
+  holds up a heartbeat;
+* a rejected heartbeat becomes ``NOT_FOUND`` for the node (which then registers again).
+
+A ticker thread feeds :class:`~heliostat.cluster.membership.Tick` every
+:data:`TICK_INTERVAL` seconds, which is how silent nodes are found out.
+
+:class:`HeadServer` puts the service on a gRPC server with the token interceptor
+(:mod:`heliostat.cluster.auth`) and optional TLS, and stops it all in order.
+
+Times: the machine runs on :func:`time.monotonic` (a wall clock that jumps would kill
+nodes); the views and the SQL rows carry wall-clock times, converted at this edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+
+from heliostat.cluster import membership as ms
+from heliostat.cluster.auth import TokenInterceptor
+from heliostat.cluster.rpc import (
+    ClusterInfo,
+    ClusterTotals,
+    JobView,
+    NodeView,
+    RegisterAck,
+    Registration,
+    RpcRefusal,
+    add_servicer,
+)
+from heliostat.storage.cluster_nodes import NodeRow, NodeTableStore
+
+__all__ = ["TICK_INTERVAL", "HeadServer", "HeadService", "TlsFiles"]
+
+log = logging.getLogger("heliostat.cluster")
+
+TICK_INTERVAL = 0.1
+"""Seconds between two checks for silent nodes (adds at most this to detection)."""
+
+_WRITE_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsFiles:
+    """A PEM certificate (chain) and its private key, for the head's gRPC port."""
+
+    cert: str
+    key: str
+
+
+class HeadService:
+    """The head's node and job tables behind a lock; see the module docstring.
+
+    Args:
+        cluster_id: the cluster's public id.
+        version: heliostat's version, reported to clients.
+        store: where the node table is persisted (``None``: in memory only).
+        timing: heartbeat and silence thresholds.
+        clock: monotonic seconds (injected by tests).
+        wall: Unix seconds (injected by tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster_id: str,
+        version: str,
+        store: NodeTableStore | None = None,
+        timing: ms.Timing | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.version = version
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._store = store
+        self.started_at = wall()
+        now = clock()
+        recovered = [self._record_of(row, now) for row in (store.load() if store else [])]
+        if recovered:
+            live = sum(1 for n in recovered if n.state in ms.LIVE_STATES)
+            log.info("recovered %d node(s) from the node table, %d alive", len(recovered), live)
+        self._membership = ms.Membership(timing=timing, nodes=recovered, now=now)
+        self._jobs: dict[str, JobView] = {}
+        self._job_seq = itertools.count(1)
+        self._writes: queue.Queue[list[NodeRow] | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="hs-head-writer", daemon=True)
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick_loop, name="hs-head-ticker", daemon=True)
+        self._writer.start()
+        self._ticker.start()
+
+    @property
+    def timing(self) -> ms.Timing:
+        return self._membership.timing
+
+    # --- clock conversion at the edge
+
+    def _to_wall(self, at: float | None, now: float, wall_now: float) -> float | None:
+        return None if at is None else wall_now - (now - at)
+
+    def _record_of(self, row: NodeRow, now: float) -> ms.NodeRecord:
+        wall_now = self._wall()
+
+        def clock_of(when: dt.datetime | None) -> float | None:
+            return None if when is None else now - (wall_now - when.timestamp())
+
+        registered = clock_of(row.registered_at)
+        assert registered is not None
+        return ms.NodeRecord(
+            node_id=row.node_id,
+            address=row.address,
+            hostname=row.hostname,
+            pid=row.pid,
+            is_head=row.is_head,
+            state=row.state,
+            incarnation=row.incarnation,
+            total=dict(row.resources),
+            available={},
+            registered_at=registered,
+            last_heartbeat_at=clock_of(row.last_heartbeat_at),
+            last_seen=now,
+        )
+
+    def _row_of(self, node: ms.NodeRecord, now: float, wall_now: float) -> NodeRow:
+        def stamp(at: float | None) -> dt.datetime | None:
+            wall_at = self._to_wall(at, now, wall_now)
+            return None if wall_at is None else dt.datetime.fromtimestamp(wall_at, dt.UTC)
+
+        registered = stamp(node.registered_at)
+        assert registered is not None
+        return NodeRow(
+            node_id=node.node_id,
+            address=node.address,
+            hostname=node.hostname,
+            pid=node.pid,
+            is_head=node.is_head,
+            state=node.state,
+            incarnation=node.incarnation,
+            resources=dict(node.total),
+            registered_at=registered,
+            last_heartbeat_at=stamp(node.last_heartbeat_at),
+            updated_at=dt.datetime.fromtimestamp(wall_now, dt.UTC),
+        )
+
+    # --- feeding the machine
+
+    def _handle(self, event: ms.Event) -> list[ms.Instruction]:
+        with self._lock:
+            instructions = self._membership.handle(event)
+            now, wall_now = event.now, self._wall()
+            rows = [
+                self._row_of(i.node, now, wall_now)
+                for i in instructions
+                if not isinstance(i, ms.HeartbeatAccepted | ms.HeartbeatRejected)
+            ]
+            if rows and self._store is not None:
+                self._writes.put(rows)  # under the lock: rows reach SQL in machine order
+        for instruction in instructions:
+            _log_instruction(instruction)
+        return instructions
+
+    def _tick_loop(self) -> None:
+        seq = itertools.count(1)
+        while not self._stop.wait(TICK_INTERVAL):
+            try:
+                self._handle(ms.Tick(now=self._clock(), cause_id=f"tick-{next(seq)}"))
+            except Exception:  # a bug; keep ticking so liveness still works
+                log.exception("the head's membership tick failed")
+
+    def _write_loop(self) -> None:
+        while True:
+            rows = self._writes.get()
+            if rows is None:
+                return
+            if self._store is None:
+                continue
+            for attempt in range(_WRITE_RETRIES):
+                try:
+                    self._store.save(rows)
+                    break
+                except Exception as exc:
+                    if attempt == _WRITE_RETRIES - 1:
+                        log.error(
+                            "could not save %d node row(s) to the node table: %s; a restarted "
+                            "head will not know of this change",
+                            len(rows),
+                            exc,
+                        )
+                    else:
+                        time.sleep(0.2 * 2**attempt)  # back off: the database may be restarting
+
+    # --- HeadHandler
+
+    def register_node(self, registration: Registration, *, cause_id: str) -> RegisterAck:
+        instructions = self._handle(
+            ms.NodeRegistered(
+                node_id=registration.node_id,
+                address=registration.address,
+                hostname=registration.hostname,
+                pid=registration.pid,
+                total=registration.total,
+                available=registration.available,
+                is_head=registration.is_head,
+                now=self._clock(),
+                cause_id=cause_id,
+            )
+        )
+        alive = next(i for i in instructions if isinstance(i, ms.NodeAlive))
+        timing = self.timing
+        return RegisterAck(
+            cluster_id=self.cluster_id,
+            incarnation=alive.node.incarnation,
+            heartbeat_interval=timing.heartbeat_interval,
+            dead_after=timing.dead_after,
+        )
+
+    def heartbeat(self, node_id: str, available: Mapping[str, float], *, cause_id: str) -> int:
+        event = ms.HeartbeatReceived(
+            node_id=node_id, available=available, now=self._clock(), cause_id=cause_id
+        )
+        for instruction in self._handle(event):
+            if isinstance(instruction, ms.HeartbeatRejected):
+                raise RpcRefusal(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"node {node_id}: {instruction.reason}; register again",
+                )
+            if isinstance(instruction, ms.HeartbeatAccepted):
+                return instruction.incarnation
+        raise AssertionError("a heartbeat produced no answer")  # pragma: no cover
+
+    def deregister_node(self, node_id: str, *, cause_id: str) -> None:
+        self._handle(ms.NodeDeregistered(node_id=node_id, now=self._clock(), cause_id=cause_id))
+
+    def list_nodes(self) -> list[NodeView]:
+        with self._lock:
+            now, wall_now = self._clock(), self._wall()
+            return [_view(n, now, wall_now, self._to_wall) for n in self._membership.nodes()]
+
+    def cluster_resources(self) -> ClusterTotals:
+        with self._lock:
+            res = self._membership.resources()
+        return ClusterTotals(total=res.total, available=res.available)
+
+    def cluster_info(self) -> ClusterInfo:
+        with self._lock:
+            alive = self._membership.alive_count()
+        return ClusterInfo(
+            cluster_id=self.cluster_id,
+            version=self.version,
+            started_at=self.started_at,
+            nodes_alive=alive,
+        )
+
+    def register_job(self, entrypoint: str, hostname: str, pid: int) -> str:
+        with self._lock:
+            job_id = f"{next(self._job_seq):04d}-{secrets.token_hex(3)}"
+            self._jobs[job_id] = JobView(
+                job_id=job_id,
+                entrypoint=entrypoint,
+                hostname=hostname,
+                pid=pid,
+                started_at=self._wall(),
+                finished_at=None,
+            )
+        log.info("job %s registered: %s (pid %d on %s)", job_id, entrypoint, pid, hostname)
+        return job_id
+
+    def finish_job(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise RpcRefusal(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+            if job.finished_at is None:
+                self._jobs[job_id] = JobView(
+                    job_id=job.job_id,
+                    entrypoint=job.entrypoint,
+                    hostname=job.hostname,
+                    pid=job.pid,
+                    started_at=job.started_at,
+                    finished_at=self._wall(),
+                )
+
+    def list_jobs(self) -> list[JobView]:
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda j: j.started_at)
+
+    def close(self) -> None:
+        """Stop ticking and write what is queued (waits for the database)."""
+        self._stop.set()
+        self._ticker.join(timeout=5)
+        self._writes.put(None)
+        self._writer.join(timeout=30)
+
+
+def _view(
+    node: ms.NodeRecord,
+    now: float,
+    wall_now: float,
+    to_wall: Callable[[float | None, float, float], float | None],
+) -> NodeView:
+    registered = to_wall(node.registered_at, now, wall_now)
+    assert registered is not None
+    return NodeView(
+        node_id=node.node_id,
+        address=node.address,
+        hostname=node.hostname,
+        pid=node.pid,
+        state=node.state,
+        total=dict(node.total),
+        available=dict(node.available),
+        incarnation=node.incarnation,
+        registered_at=registered,
+        last_heartbeat_at=to_wall(node.last_heartbeat_at, now, wall_now),
+        silent_for=node.silent_for(now),
+        is_head=node.is_head,
+    )
+
+
+def _log_instruction(instruction: ms.Instruction) -> None:
+    if isinstance(instruction, ms.NodeAlive):
+        node = instruction.node
+        how = "rejoined" if instruction.rejoined else "is alive"
+        log.info(
+            "node %s %s (%s, pid %d, incarnation %d, resources %s) [%s]",
+            node.node_id,
+            how,
+            node.address,
+            node.pid,
+            node.incarnation,
+            dict(node.total),
+            instruction.cause_id,
+        )
+    elif isinstance(instruction, ms.NodeSuspect):
+        log.info(
+            "node %s is suspect: silent for %.2f s",
+            instruction.node.node_id,
+            instruction.silent_for,
+        )
+    elif isinstance(instruction, ms.NodeDead):
+        log.warning(
+            "node %s (%s) is dead: silent for %.2f s",
+            instruction.node.node_id,
+            instruction.node.address,
+            instruction.silent_for,
+        )
+    elif isinstance(instruction, ms.NodeLeft):
+        log.info("node %s left the cluster", instruction.node.node_id)
+    elif isinstance(instruction, ms.HeartbeatRejected):
+        log.info(
+            "heartbeat of node %s refused (%s) [%s]",
+            instruction.node_id,
+            instruction.reason,
+            instruction.cause_id,
+        )
+
+
+class HeadServer:
+    """The head's gRPC server: :class:`HeadService` behind the token interceptor.
+
+    Args:
+        service: the control plane to serve.
+        token: the cluster token every call must carry.
+        host: the address to bind (default loopback only).
+        port: the port (0: a free one; :attr:`port` says which).
+        tls: serve TLS with this certificate and key.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+
+    def __init__(
+        self,
+        service: HeadService,
+        *,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: TlsFiles | None = None,
+        max_workers: int = 16,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hs-head-rpc"),
+            interceptors=[TokenInterceptor(token)],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        add_servicer(self._server, service)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if tls is not None:
+            with open(tls.key, "rb") as fh:
+                key = fh.read()
+            with open(tls.cert, "rb") as fh:
+                cert = fh.read()
+            credentials = grpc.ssl_server_credentials([(key, cert)])
+            bound = self._server.add_secure_port(target, credentials)
+        else:
+            bound = self._server.add_insecure_port(target)
+        if not bound:
+            raise OSError(f"cannot listen on {target}")
+        self.port = bound
+        self.tls = tls is not None
+        self._server.start()
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop serving (calls in flight get ``grace`` seconds), then close the service."""
+        with contextlib.suppress(Exception):
+            self._server.stop(grace).wait(grace + 1)
+        self.service.close()

@@ -1,0 +1,308 @@
+"""The control plane's RPC edge: typed payloads, protobuf conversion, the servicer.
+
+Protobuf types stop here. Everything else in heliostat speaks in the frozen dataclasses
+below; :class:`ControlPlaneServicer` turns each gRPC request into a call on a
+:class:`HeadHandler` (the head's service, :mod:`heliostat.cluster.head`) and the
+answer back into protobuf, and the client (:mod:`heliostat.cluster.client`) does the
+reverse. A handler that has to refuse a call raises :class:`RpcRefusal` with the gRPC
+status to answer (``NOT_FOUND`` for a heartbeat from a node the head does not count
+as alive, which then registers again).
+
+The messages are defined in ``proto/heliostat/cluster/v1/control.proto``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from heliostat.cluster.v1 import control_pb2 as pb
+from heliostat.cluster.v1 import control_pb2_grpc as pb_grpc
+from heliostat.storage.cluster_nodes import NodeState
+
+__all__ = [
+    "ClusterInfo",
+    "ClusterTotals",
+    "ControlPlaneServicer",
+    "HeadHandler",
+    "JobView",
+    "NodeView",
+    "RegisterAck",
+    "Registration",
+    "RpcRefusal",
+    "add_servicer",
+    "job_from_pb",
+    "node_from_pb",
+    "resources_from_pb",
+    "resources_to_pb",
+    "stub",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Registration:
+    """What a node tells the head when it joins."""
+
+    node_id: str
+    address: str
+    hostname: str
+    pid: int
+    total: Mapping[str, float] = field(default_factory=dict)
+    available: Mapping[str, float] = field(default_factory=dict)
+    is_head: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterAck:
+    """The head's answer to a registration: how to heartbeat from now on."""
+
+    cluster_id: str
+    incarnation: int
+    heartbeat_interval: float
+    dead_after: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeView:
+    """A node as ``heliostat status`` shows it (times: Unix seconds, wall clock)."""
+
+    node_id: str
+    address: str
+    hostname: str
+    pid: int
+    state: NodeState
+    total: Mapping[str, float]
+    available: Mapping[str, float]
+    incarnation: int
+    registered_at: float
+    last_heartbeat_at: float | None
+    silent_for: float
+    is_head: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterTotals:
+    """Resources of the live nodes."""
+
+    total: Mapping[str, float]
+    available: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterInfo:
+    """Who the head is (what a client checks first)."""
+
+    cluster_id: str
+    version: str
+    started_at: float
+    nodes_alive: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobView:
+    """A driver registered with the head."""
+
+    job_id: str
+    entrypoint: str
+    hostname: str
+    pid: int
+    started_at: float
+    finished_at: float | None
+
+
+class RpcRefusal(Exception):
+    """Raised by a :class:`HeadHandler` to answer a call with a gRPC error status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class HeadHandler(Protocol):
+    """What the servicer needs from the head (implemented by ``HeadService``)."""
+
+    def register_node(self, registration: Registration, *, cause_id: str) -> RegisterAck: ...
+    def heartbeat(self, node_id: str, available: Mapping[str, float], *, cause_id: str) -> int: ...
+    def deregister_node(self, node_id: str, *, cause_id: str) -> None: ...
+    def list_nodes(self) -> list[NodeView]: ...
+    def cluster_resources(self) -> ClusterTotals: ...
+    def cluster_info(self) -> ClusterInfo: ...
+    def register_job(self, entrypoint: str, hostname: str, pid: int) -> str: ...
+    def finish_job(self, job_id: str) -> None: ...
+    def list_jobs(self) -> list[JobView]: ...
+
+
+# --- conversion -----------------------------------------------------------------------
+
+_STATE_TO_PB = {
+    NodeState.ALIVE: pb.NODE_STATE_ALIVE,
+    NodeState.SUSPECT: pb.NODE_STATE_SUSPECT,
+    NodeState.DEAD: pb.NODE_STATE_DEAD,
+    NodeState.LEFT: pb.NODE_STATE_LEFT,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+
+def resources_to_pb(amounts: Mapping[str, float]) -> Any:
+    return pb.ResourceMap(amounts={str(k): float(v) for k, v in amounts.items()})
+
+
+def resources_from_pb(message: Any) -> dict[str, float]:
+    return {str(k): float(v) for k, v in message.amounts.items()}
+
+
+def _node_to_pb(node: NodeView) -> Any:
+    return pb.NodeInfo(
+        node_id=node.node_id,
+        address=node.address,
+        hostname=node.hostname,
+        pid=node.pid,
+        state=_STATE_TO_PB[node.state],
+        total=resources_to_pb(node.total),
+        available=resources_to_pb(node.available),
+        incarnation=node.incarnation,
+        registered_at=node.registered_at,
+        last_heartbeat_at=node.last_heartbeat_at or 0.0,
+        silent_for_s=node.silent_for,
+        is_head=node.is_head,
+    )
+
+
+def node_from_pb(message: Any) -> NodeView:
+    return NodeView(
+        node_id=message.node_id,
+        address=message.address,
+        hostname=message.hostname,
+        pid=message.pid,
+        state=_STATE_FROM_PB.get(message.state, NodeState.DEAD),
+        total=resources_from_pb(message.total),
+        available=resources_from_pb(message.available),
+        incarnation=message.incarnation,
+        registered_at=message.registered_at,
+        last_heartbeat_at=message.last_heartbeat_at or None,
+        silent_for=message.silent_for_s,
+        is_head=message.is_head,
+    )
+
+
+def _job_to_pb(job: JobView) -> Any:
+    return pb.JobInfo(
+        job_id=job.job_id,
+        entrypoint=job.entrypoint,
+        hostname=job.hostname,
+        pid=job.pid,
+        started_at=job.started_at,
+        finished_at=job.finished_at or 0.0,
+    )
+
+
+def job_from_pb(message: Any) -> JobView:
+    return JobView(
+        job_id=message.job_id,
+        entrypoint=message.entrypoint,
+        hostname=message.hostname,
+        pid=message.pid,
+        started_at=message.started_at,
+        finished_at=message.finished_at or None,
+    )
+
+
+def _cause(context: grpc.ServicerContext) -> str:
+    """A correlation id for the log lines of one call: who called."""
+    return str(context.peer())
+
+
+# --- the servicer ---------------------------------------------------------------------
+
+
+class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
+    """The ``ControlPlane`` service: each method converts and delegates to the handler."""
+
+    def __init__(self, handler: HeadHandler) -> None:
+        self._handler = handler
+
+    def _refused(self, context: grpc.ServicerContext, refusal: RpcRefusal) -> None:
+        context.abort(refusal.code, refusal.message)
+
+    def RegisterNode(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if not request.node_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id is required")
+        ack = self._handler.register_node(
+            Registration(
+                node_id=request.node_id,
+                address=request.address,
+                hostname=request.hostname,
+                pid=request.pid,
+                total=resources_from_pb(request.total),
+                available=resources_from_pb(request.available),
+                is_head=request.is_head,
+            ),
+            cause_id=_cause(context),
+        )
+        return pb.RegisterNodeReply(
+            cluster_id=ack.cluster_id,
+            incarnation=ack.incarnation,
+            heartbeat_interval_s=ack.heartbeat_interval,
+            dead_after_s=ack.dead_after,
+        )
+
+    def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            incarnation = self._handler.heartbeat(
+                request.node_id, resources_from_pb(request.available), cause_id=_cause(context)
+            )
+        except RpcRefusal as refusal:
+            self._refused(context, refusal)
+        return pb.HeartbeatReply(incarnation=incarnation)
+
+    def DeregisterNode(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._handler.deregister_node(request.node_id, cause_id=_cause(context))
+        return pb.DeregisterNodeReply()
+
+    def ListNodes(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ListNodesReply(nodes=[_node_to_pb(n) for n in self._handler.list_nodes()])
+
+    def GetClusterResources(self, request: Any, context: grpc.ServicerContext) -> Any:
+        totals = self._handler.cluster_resources()
+        return pb.GetClusterResourcesReply(
+            total=resources_to_pb(totals.total), available=resources_to_pb(totals.available)
+        )
+
+    def GetClusterInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        info = self._handler.cluster_info()
+        return pb.GetClusterInfoReply(
+            cluster_id=info.cluster_id,
+            version=info.version,
+            started_at=info.started_at,
+            nodes_alive=info.nodes_alive,
+        )
+
+    def RegisterJob(self, request: Any, context: grpc.ServicerContext) -> Any:
+        job_id = self._handler.register_job(request.entrypoint, request.hostname, request.pid)
+        return pb.RegisterJobReply(job_id=job_id)
+
+    def FinishJob(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            self._handler.finish_job(request.job_id)
+        except RpcRefusal as refusal:
+            self._refused(context, refusal)
+        return pb.FinishJobReply()
+
+    def ListJobs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ListJobsReply(jobs=[_job_to_pb(j) for j in self._handler.list_jobs()])
+
+
+def add_servicer(server: grpc.Server, handler: HeadHandler) -> None:
+    """Serve the ``ControlPlane`` service of ``handler`` on ``server``."""
+    pb_grpc.add_ControlPlaneServicer_to_server(  # type: ignore[no-untyped-call]
+        ControlPlaneServicer(handler), server
+    )
+
+
+def stub(channel: grpc.Channel) -> Any:
+    """A ``ControlPlane`` client stub on ``channel``."""
+    return pb_grpc.ControlPlaneStub(channel)  # type: ignore[no-untyped-call]

@@ -1,0 +1,169 @@
+"""The head's gRPC control plane in this process: real sockets, real token checks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from heliostat.cluster import HeadClient, HeadServer, HeadService, NodeNotKnown, Timing
+from heliostat.cluster.agent import NodeAgent
+from heliostat.cluster.auth import ensure_token_file, tokens_match
+from heliostat.cluster.rpc import Registration
+from heliostat.cluster.v1 import control_pb2 as pb
+from heliostat.cluster.v1 import control_pb2_grpc as pb_grpc
+from heliostat.exceptions import ClusterAuthError, ClusterUnreachableError
+from heliostat.storage import db
+from heliostat.storage.cluster_nodes import NodeState, NodeTableStore
+
+TOKEN = "t0ken-for-tests"
+FAST = Timing(heartbeat_interval=0.05, suspect_after=0.15, dead_after=0.3)
+
+
+class FixedResources:
+    def total(self) -> dict[str, float]:
+        return {"CPU": 1.0}
+
+    def available(self) -> dict[str, float]:
+        return {"CPU": 1.0}
+
+
+@pytest.fixture
+def make_head(tmp_path: Path) -> Iterator[Callable[..., HeadServer]]:
+    servers: list[HeadServer] = []
+    engines: list[Any] = []
+
+    def make(url: str | None = None, *, port: int = 0, timing: Timing = FAST) -> HeadServer:
+        store = None
+        if url is not None:
+            engine = db.make_engine(url)
+            db.ensure_schema(engine)
+            engines.append(engine)
+            store = NodeTableStore(engine)
+        service = HeadService(cluster_id="c1", version="test", store=store, timing=timing)
+        server = HeadServer(service, token=TOKEN, port=port)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop(grace=0)
+    for engine in engines:
+        engine.dispose()
+
+
+def _registration(node_id: str = "n1") -> Registration:
+    return Registration(
+        node_id=node_id, address="127.0.0.2", hostname="box", pid=1, total={"CPU": 2.0}
+    )
+
+
+def test_register_heartbeat_list_and_resources(make_head: Callable[..., HeadServer]) -> None:
+    head = make_head()
+    with HeadClient(head.address, TOKEN) as client:
+        ack = client.register_node(_registration())
+        assert ack.cluster_id == "c1" and ack.incarnation == 1
+        assert ack.heartbeat_interval == FAST.heartbeat_interval
+        assert client.heartbeat("n1", {"CPU": 0.5}) == 1
+        [node] = client.list_nodes()
+        assert node.state is NodeState.ALIVE and node.address == "127.0.0.2"
+        assert node.available == {"CPU": 0.5} and node.last_heartbeat_at is not None
+        assert client.cluster_resources().total == {"CPU": 2.0}
+        assert client.cluster_info().nodes_alive == 1
+        job = client.register_job("python etl.py", "box", 7)
+        client.finish_job(job)
+        [listed] = client.list_jobs()
+        assert listed.job_id == job and listed.finished_at is not None
+
+
+def test_a_silent_node_dies_and_its_heartbeat_gets_not_found(
+    make_head: Callable[..., HeadServer], wait_for: Callable[..., Any]
+) -> None:
+    head = make_head()
+    with HeadClient(head.address, TOKEN) as client:
+        client.register_node(_registration())
+        wait_for(lambda: client.list_nodes()[0].state is NodeState.DEAD, 5, what="the node to die")
+        with pytest.raises(NodeNotKnown):
+            client.heartbeat("n1", {})
+        assert client.register_node(_registration()).incarnation == 2
+
+
+@pytest.mark.parametrize("token", [None, "wrong", ""])
+def test_calls_without_the_right_token_are_refused_and_logged(
+    make_head: Callable[..., HeadServer], token: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    head = make_head()
+    with grpc.insecure_channel(head.address) as channel:
+        stub = pb_grpc.ControlPlaneStub(channel)
+        metadata = None if token is None else (("authorization", f"bearer {token}"),)
+        with caplog.at_level(logging.WARNING, logger="heliostat"):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ListNodes(pb.ListNodesRequest(), metadata=metadata, timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert any(
+        "refused /heliostat.cluster.v1.ControlPlane/ListNodes" in r.message for r in caplog.records
+    )
+    assert all(TOKEN not in r.message for r in caplog.records)
+
+
+def test_the_client_names_a_wrong_token_and_an_unreachable_head(
+    make_head: Callable[..., HeadServer],
+) -> None:
+    head = make_head()
+    with HeadClient(head.address, "nope") as client, pytest.raises(ClusterAuthError, match="token"):
+        client.cluster_info()
+    port = head.port
+    head.stop(grace=0)
+    with HeadClient(f"127.0.0.1:{port}", TOKEN, timeout=1) as client:
+        with pytest.raises(ClusterUnreachableError, match="unreachable"):
+            client.cluster_info()
+
+
+def test_a_restarted_head_recovers_its_table_and_the_agent_carries_on(
+    make_head: Callable[..., HeadServer], tmp_path: Path, wait_for: Callable[..., Any]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'meta.db'}"
+    slow = Timing(heartbeat_interval=0.05, suspect_after=1.0, dead_after=2.0)
+    head = make_head(url, timing=slow)
+    port = head.port
+    agent = NodeAgent(
+        HeadClient(head.address, TOKEN, timeout=1),
+        node_id="n1",
+        address="127.0.0.2",
+        hostname="box",
+        pid=1,
+        resources=FixedResources(),
+    )
+    agent.register()
+    agent.start()
+    try:
+        wait_for(lambda: agent.heartbeats >= 2, 5, what="heartbeats")
+        head.stop(grace=0)
+        restarted = make_head(url, port=port, timing=slow)
+        with HeadClient(restarted.address, TOKEN) as client:
+            # Recovered from SQL before the node says anything.
+            [node] = client.list_nodes()
+            assert node.state is NodeState.ALIVE and node.last_heartbeat_at is None
+            wait_for(
+                lambda: client.list_nodes()[0].last_heartbeat_at is not None,
+                10,
+                what="the node's heartbeats to reach the restarted head",
+            )
+            [node] = client.list_nodes()
+            assert node.state is NodeState.ALIVE and node.incarnation == 1
+    finally:
+        agent.stop()
+
+
+def test_the_token_file_is_private_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "cluster" / "token"
+    token, created = ensure_token_file(path)
+    assert created and len(token) >= 40
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    assert ensure_token_file(path) == (token, False)
+    assert tokens_match(token, token) and not tokens_match(token, token[:-1])
