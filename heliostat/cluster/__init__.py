@@ -13,6 +13,8 @@ with the engine, the trigger loop and the UI (:mod:`heliostat.cli.daemon`).
 * :mod:`~heliostat.cluster.client`: a typed client of the head.
 * :mod:`~heliostat.cluster.rpc`: the payload dataclasses and the protobuf edge.
 * :mod:`~heliostat.cluster.auth`: the cluster token and the interceptor that checks it.
+* :mod:`~heliostat.cluster.transfer`: objects between nodes, streamed in chunks over
+  gRPC into shared-memory segments (not yet called by the engine).
 * :mod:`~heliostat.cluster.local`: pid, log, token and address files under
   ``HELIOSTAT_HOME``.
 * ``v1/``: the generated gRPC modules (``make proto``).

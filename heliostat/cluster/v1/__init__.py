@@ -1,8 +1,10 @@
-"""Generated gRPC modules of the cluster control plane (``make proto``; do not edit).
+"""Generated gRPC modules of the cluster (``make proto``; do not edit).
 
-``control_pb2`` holds the messages and ``control_pb2_grpc`` the ``ControlPlane`` stub
-and servicer, both generated from ``proto/heliostat/cluster/v1/control.proto``. Only
-:mod:`heliostat.cluster.rpc` imports them: the rest of heliostat sees dataclasses.
+``control_pb2`` / ``control_pb2_grpc``: the ``ControlPlane`` service, from
+``proto/heliostat/cluster/v1/control.proto``; only :mod:`heliostat.cluster.rpc` imports
+them, and the rest of heliostat sees dataclasses. ``objects_pb2`` /
+``objects_pb2_grpc``: the ``ObjectTransfer`` service, from ``objects.proto``; only
+:mod:`heliostat.cluster.transfer` imports them.
 """
 
 from __future__ import annotations
