@@ -34,16 +34,17 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 
-from heliostat.cluster.v1 import objects_pb2, objects_pb2_grpc
+from heliostat.cluster.v1 import objects_pb2
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_SPLIT_AT",
     "MAX_MESSAGE_BYTES",
+    "Chunk",
     "ObjectNotOnNodeError",
     "ObjectSink",
     "ObjectSource",
@@ -54,6 +55,7 @@ __all__ = [
     "TransferError",
     "add_transfer_service",
     "channel_options",
+    "decode_chunk",
     "encode_chunk",
     "pull_object",
     "pull_objects",
@@ -74,10 +76,17 @@ _MAX_CHUNK = MAX_MESSAGE_BYTES - 4096
 
 
 def channel_options() -> list[tuple[str, int]]:
-    """Channel and server options that let chunks through."""
+    """Channel and server options that let chunks through, in few frames and reads.
+
+    The largest HTTP/2 frames and TCP reads of up to 16 MiB cut gRPC's own work per
+    byte: over loopback they took a 1 GiB pull from about 0.5 to about 0.75 GB/s.
+    """
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.http2.max_frame_size", (1 << 24) - 1),
+        ("grpc.experimental.tcp_min_read_chunk_size", 1 << 20),
+        ("grpc.experimental.tcp_max_read_chunk_size", 1 << 24),
     ]
 
 
@@ -120,7 +129,7 @@ class ObjectSink(Protocol):
     def begin(self, object_id: int, size: int, is_error: bool) -> None:
         """Make room for ``size`` bytes of ``object_id``."""
 
-    def write(self, object_id: int, offset: int, data: bytes) -> None:
+    def write(self, object_id: int, offset: int, data: memoryview) -> None:
         """Put ``data`` at ``offset`` of the object."""
 
     def commit(self, object_id: int) -> Any:
@@ -174,6 +183,73 @@ def encode_chunk(total_size: int, offset: int, data: memoryview, is_error: bool)
     if data.nbytes:  # 3: data, length-delimited
         return b"".join((head, b"\x1a", _varint(data.nbytes), data, tail))
     return head + tail
+
+
+class Chunk(NamedTuple):
+    """A decoded ``ObjectChunk``; ``data`` is a view into the received message."""
+
+    total_size: int
+    offset: int
+    data: memoryview
+    is_error: bool
+
+
+def _read_varint(message: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(message) or shift > 63:
+            raise TransferError("a malformed ObjectChunk: a varint runs past its end")
+        byte = message[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def decode_chunk(message: bytes) -> Chunk:
+    """Parse an ``ObjectChunk`` as protobuf does, but without copying its data.
+
+    The generated class copies the data twice (into the message, then into a new
+    ``bytes`` on access); the receiver then copies it once more into the segment.
+    Here ``data`` is a view into the received bytes. Unknown fields are skipped and a
+    repeated field's last value wins, as in protobuf; a message that ends inside a
+    field raises :class:`TransferError`. A unit test checks it against the generated
+    class.
+    """
+    view = memoryview(message)
+    total = offset = 0
+    is_error = False
+    data = view[:0]
+    pos, end = 0, len(message)
+    while pos < end:
+        key, pos = _read_varint(message, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:  # varint
+            value, pos = _read_varint(message, pos)
+            if field == 1:
+                total = value
+            elif field == 2:
+                offset = value
+            elif field == 4:
+                is_error = bool(value)
+        elif wire == 2:  # length-delimited
+            length, pos = _read_varint(message, pos)
+            if pos + length > end:
+                raise TransferError("a malformed ObjectChunk: a field runs past its end")
+            if field == 3:
+                data = view[pos : pos + length]
+            pos += length
+        elif wire == 1:  # fixed64
+            pos += 8
+        elif wire == 5:  # fixed32
+            pos += 4
+        else:
+            raise TransferError(f"a malformed ObjectChunk: wire type {wire}")
+    if pos != end:
+        raise TransferError("a malformed ObjectChunk: a fixed field runs past its end")
+    return Chunk(total, offset, data, is_error)
 
 
 class ObjectTransferServicer:
@@ -267,7 +343,7 @@ class _Receiver:
         self._calls: list[Any] = []  # streams in flight, to cancel when one fails
         self.failed = False
 
-    def take(self, chunk: Any) -> None:
+    def take(self, chunk: Chunk) -> None:
         if not self.begun:
             with self._lock:  # several streams may race to set the object up
                 if not self.begun:
@@ -281,7 +357,7 @@ class _Receiver:
                 f"({chunk.total_size} after {self.size})"
             )
         data = chunk.data
-        end = chunk.offset + len(data)
+        end = chunk.offset + data.nbytes
         if end > self.size:
             raise TransferError(
                 f"object {self.object_id:#x} from {self.peer}: a chunk ends at {end}, past "
@@ -291,13 +367,13 @@ class _Receiver:
         with self._lock:
             self.received += len(data)
 
-    def stream(self, stub: Any, offset: int, length: int, chunk_size: int, metadata: Any) -> int:
+    def stream(self, pull: Any, offset: int, length: int, chunk_size: int, metadata: Any) -> int:
         """Pull ``[offset, offset+length)`` (length 0: to the end); returns bytes taken."""
         request = objects_pb2.PullRequest(
             object_id=self.object_id, offset=offset, length=length, chunk_size=chunk_size
         )
         taken = 0
-        call = stub.Pull(request, metadata=metadata)
+        call = pull(request, metadata=metadata)
         with self._lock:
             if self.failed:
                 call.cancel()
@@ -306,7 +382,7 @@ class _Receiver:
         try:
             for chunk in call:
                 self.take(chunk)
-                taken += len(chunk.data)
+                taken += chunk.data.nbytes
         except grpc.RpcError as exc:
             if self.failed and exc.code() is grpc.StatusCode.CANCELLED:
                 return taken  # cancelled because a sibling stream failed
@@ -365,17 +441,22 @@ def pull_object(
         ObjectNotOnNodeError: the node does not hold the object.
         TransferError: the pull failed; nothing is left in the sink.
     """
-    stub: Any = objects_pb2_grpc.ObjectTransferStub(channel)  # type: ignore[no-untyped-call]
+    # The generated stub's method, but replies parsed by decode_chunk (no data copies).
+    pull = channel.unary_stream(
+        f"/{_SERVICE}/Pull",
+        request_serializer=objects_pb2.PullRequest.SerializeToString,
+        response_deserializer=decode_chunk,
+    )
     receiver = _Receiver(sink, object_id, peer)
     try:
-        receiver.stream(stub, 0, split_at, chunk_size, metadata)
+        receiver.stream(pull, 0, split_at, chunk_size, metadata)
         if not receiver.begun:
             raise TransferError(f"object {object_id:#x} from {peer}: the stream was empty")
         if receiver.size > split_at:
             ranges = _ranges(split_at, receiver.size, streams)
             own = executor or ThreadPoolExecutor(len(ranges), thread_name_prefix="hs-pull")
             futures = [
-                own.submit(receiver.stream, stub, off, length, chunk_size, metadata)
+                own.submit(receiver.stream, pull, off, length, chunk_size, metadata)
                 for off, length in ranges
             ]
             try:
@@ -462,9 +543,9 @@ class SegmentSink:
         with self._lock:
             self._open[object_id] = (path, fd)
 
-    def write(self, object_id: int, offset: int, data: bytes) -> None:
+    def write(self, object_id: int, offset: int, data: memoryview) -> None:
         fd = self._open[object_id][1]
-        view = memoryview(data)
+        view = data
         while view.nbytes:  # pwrite may write less than asked
             written = os.pwrite(fd, view, offset)
             view = view[written:]

@@ -154,7 +154,7 @@ class _BrokenSink(SegmentSink):
         self.writes = 0
         self._count_lock = threading.Lock()
 
-    def write(self, object_id: int, offset: int, data: bytes) -> None:
+    def write(self, object_id: int, offset: int, data: memoryview) -> None:
         with self._count_lock:
             self.writes += 1
             if self.writes > self.fail_after:

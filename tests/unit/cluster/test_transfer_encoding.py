@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from heliostat.cluster.transfer import _ranges, encode_chunk
+from heliostat.cluster.transfer import TransferError, _ranges, decode_chunk, encode_chunk
 from heliostat.cluster.v1 import objects_pb2
 
 
@@ -47,3 +47,42 @@ def test_ranges_cover_the_span_once(start: int, end: int, parts: int) -> None:
     for (off, length), (next_off, _) in itertools.pairwise(ranges):
         assert off + length == next_off and length > 0
     assert ranges[-1][0] + ranges[-1][1] == end
+
+
+@pytest.mark.parametrize(("total", "offset", "data", "is_error"), _cases())
+def test_decoding_matches_protobuf(total: int, offset: int, data: bytes, is_error: bool) -> None:
+    message = objects_pb2.ObjectChunk(
+        total_size=total, offset=offset, data=data, is_error=is_error
+    ).SerializeToString()
+    chunk = decode_chunk(message)
+    assert (chunk.total_size, chunk.offset, bytes(chunk.data), chunk.is_error) == (
+        total,
+        offset,
+        data,
+        is_error,
+    )
+
+
+def test_decoding_skips_unknown_fields_and_takes_the_last_value() -> None:
+    known = objects_pb2.ObjectChunk(total_size=9, offset=3, data=b"abc").SerializeToString()
+    unknown = (
+        b"\x48\x96\x01"  # field 9, varint 150
+        + b"\x52\x02hi"  # field 10, length-delimited
+        + b"\x5d\x00\x00\x80\x3f"  # field 11, fixed32
+        + b"\x61"
+        + b"\x00" * 8  # field 12, fixed64
+    )
+    later = objects_pb2.ObjectChunk(offset=4).SerializeToString()
+    message = unknown + known + later
+    assert objects_pb2.ObjectChunk.FromString(message).offset == 4  # protobuf's reading
+    chunk = decode_chunk(message)
+    assert (chunk.total_size, chunk.offset, bytes(chunk.data)) == (9, 4, b"abc")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b"\x08", b"\x08\xff", b"\x1a\x05abc", b"\x5d\x00\x00", b"\x0b", b"\x08" + b"\xff" * 11],
+)
+def test_malformed_chunks_are_refused(message: bytes) -> None:
+    with pytest.raises(TransferError, match="malformed ObjectChunk"):
+        decode_chunk(message)
