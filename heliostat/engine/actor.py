@@ -134,6 +134,11 @@ class ActorClass:
     """A class whose instances live in their own worker process."""
 
     def __init__(self, cls: type, options: dict[str, Any], code: _Code | None = None) -> None:
+        if "max_calls" in options:
+            raise ValueError(
+                f"max_calls is an option of remote functions, not of actor class "
+                f"{cls.__qualname__!r} (as in Ray): an actor's worker lives as long as it."
+            )
         unknown = sorted(set(options) - ACTOR_OPTION_NAMES)
         if unknown:
             raise ValueError(
