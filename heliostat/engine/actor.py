@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
+from heliostat.engine.actor_exit import TERMINATE_METHOD, exit_actor
 from heliostat.engine.async_actor import DEFAULT_ASYNC_MAX_CONCURRENCY, is_async_class
 from heliostat.engine.generators import ObjectRefGenerator
 from heliostat.engine.ids import format_id
@@ -39,7 +40,7 @@ from heliostat.engine.validation import (
     check_str,
     method_checker,
 )
-from heliostat.exceptions import ActorUnschedulableError, HeliostatError
+from heliostat.exceptions import ActorUnschedulableError
 from heliostat.scheduler import ResourceSet
 
 __all__ = [
@@ -127,6 +128,7 @@ def _method_table(cls: type) -> dict[str, int]:
         if callable(member) and (not name.startswith("__") or name == "__call__"):
             given = getattr(member, "__heliostat_num_returns__", 0)
             table[name] = given or (STREAMING if is_generator_function(member) else 1)
+    table[TERMINATE_METHOD] = 1  # every actor has it, as in Ray (see actor_exit.py)
     return table
 
 
@@ -379,23 +381,3 @@ class ActorMethod:
         if generator == STREAMING:
             return ObjectRefGenerator(refs[0])
         return refs[0] if self._num_returns == 1 or generator else refs
-
-
-def exit_actor() -> NoReturn:
-    """End the actor whose method calls this, on purpose (Ray's ``ray.actor.exit_actor``).
-
-    The actor's process exits and the actor is not restarted, whatever its
-    ``max_restarts``. The call that invoked ``exit_actor()`` and the calls queued
-    behind it fail with :class:`~heliostat.exceptions.ActorDiedError`.
-
-    Raises:
-        TypeError: called outside an actor (in the driver or a plain task).
-    """
-    try:
-        client = current_client()
-    except HeliostatError:
-        client = None
-    if client is None or not client.actor_id:
-        raise TypeError("exit_actor() can only be called inside an actor's method.")
-    client._call("exit_actor", client.actor_id)
-    raise SystemExit(0)
