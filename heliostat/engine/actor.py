@@ -13,7 +13,7 @@ lives until ``kill`` or shutdown, as a detached Ray actor does).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from heliostat.engine.actor_exit import TERMINATE_METHOD, exit_actor
@@ -159,6 +159,8 @@ class ActorClass:
         extra = dict(options.get("resources") or {})
         if options.get("num_gpus"):
             extra["GPU"] = options["num_gpus"]
+        if options.get("memory"):  # bytes held for the actor's life, as in Ray
+            extra["memory"] = options["memory"]
         self._resources = ResourceSet.from_request(options.get("num_cpus"), extra, default_cpus=0)
         check_strategy(options.get("scheduling_strategy"), f"actor class {cls.__qualname__!r}")
         lifetime = options.get("lifetime")
@@ -250,6 +252,19 @@ class ActorClass:
         handle._checkers = self._checkers
         return handle
 
+    def _remote(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> ActorHandle:
+        """Ray's older form: ``Cls._remote(args=[...], kwargs={...}, num_cpus=1)``.
+
+        The same as ``Cls.options(**options).remote(*args, **kwargs)``.
+        """
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     @property
     def underlying_class(self) -> type:
         return self._cls
@@ -291,6 +306,10 @@ class ActorHandle:
                 f"Actor {self.__dict__.get('_class_name', '?')!r} has no method {name!r}."
             )
         return ActorMethod(self, name, methods[name], self.__dict__["_checkers"].get(name))
+
+    def __dir__(self) -> list[str]:
+        # The remote methods, for autocompletion (as a Ray handle lists them).
+        return sorted({*super().__dir__(), *self.__dict__.get("_methods", ())})
 
     def __del__(self) -> None:
         tracker = self.__dict__.get("_tracker")
@@ -350,6 +369,19 @@ class ActorMethod:
             )
         m = ActorMethod(self._handle, self._name, num_returns or self._num_returns, self._checker)
         return m
+
+    def _remote(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Ray's older form: ``handle.method._remote(args=[...], kwargs={...}, num_returns=2)``.
+
+        The same as ``handle.method.options(**options).remote(*args, **kwargs)``.
+        """
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit a call; returns an ObjectRef (a list of them if num_returns > 1).

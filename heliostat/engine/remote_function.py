@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,8 @@ def _resources(raw: dict[str, Any], default_cpus: float, what: str = "") -> Reso
     num_gpus = raw.get("num_gpus")
     if num_gpus:
         extra["GPU"] = num_gpus
+    if raw.get("memory"):  # bytes, counted against the node's ``memory`` as in Ray
+        extra["memory"] = raw["memory"]
     return ResourceSet.from_request(raw.get("num_cpus"), extra, default_cpus=default_cpus)
 
 
@@ -246,6 +248,19 @@ class RemoteFunction:
             max_calls=opts.max_calls,
         )
         return refs[0] if opts.num_returns == 1 else refs
+
+    def _remote(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Ray's older submit form: ``f._remote(args=[...], kwargs={...}, num_cpus=2)``.
+
+        The same as ``f.options(**options).remote(*args, **kwargs)``.
+        """
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
 
     def _remote_generator(
         self, client: Any, fn_id: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
