@@ -275,6 +275,8 @@ OWN_NAMES: frozenset[str] = frozenset(
         "heliostat.exceptions.WorkflowDefinitionError",
         "heliostat.exceptions.WorkflowLeaseError",
         "heliostat.exceptions.WorkflowNeedsAttentionError",
+        "heliostat.exceptions.WorkflowOutputFailedError",
+        "heliostat.exceptions.WorkflowOutputNotFoundError",
         # durable-workflow additions: lineage, in-doubt steps, inspection
         "heliostat.workflow.RERUN",
         "heliostat.workflow.WorkflowCancelledError",
