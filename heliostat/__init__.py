@@ -13,6 +13,7 @@ from heliostat import actor, exceptions
 from heliostat.engine import (
     ActorClass,
     ActorHandle,
+    ObjectID,
     ObjectRef,
     ObjectRefGenerator,
     RemoteFunction,
@@ -67,6 +68,7 @@ def __getattr__(name: str) -> _typing.Any:
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "ObjectID",
     "ObjectRef",
     "ObjectRefGenerator",
     "RemoteFunction",

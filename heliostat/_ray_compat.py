@@ -85,6 +85,7 @@ RAY_NAMES: tuple[RayName, ...] = (
             "ray.get_runtime_context",
             "ray.get_gpu_ids",
             "ray.ObjectRef",
+            ("ray.ObjectID", "Ray's older name for ObjectRef; the same class."),
             "ray.ObjectRefGenerator",
             ("ray.actor", "The module itself."),
             "ray.actor.exit_actor",
@@ -277,6 +278,8 @@ OWN_NAMES: frozenset[str] = frozenset(
         "heliostat.exceptions.WorkflowDefinitionError",
         "heliostat.exceptions.WorkflowLeaseError",
         "heliostat.exceptions.WorkflowNeedsAttentionError",
+        "heliostat.exceptions.WorkflowOutputFailedError",
+        "heliostat.exceptions.WorkflowOutputNotFoundError",
         # durable-workflow additions: lineage, in-doubt steps, inspection
         "heliostat.workflow.RERUN",
         "heliostat.workflow.WorkflowCancelledError",

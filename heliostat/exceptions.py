@@ -21,12 +21,16 @@ Every public error derives from :class:`HeliostatError`::
     │   ├── WorkflowDefinitionError (ValueError)
     │   │                               a DAG that cannot run: cycle, duplicate id, ...
     │   ├── WorkflowNotFoundError (KeyError)
-    │   │                               no workflow (or step) with that id
+    │   │   │                           no workflow (or step) with that id
+    │   │   └── WorkflowOutputNotFoundError (ValueError)
+    │   │                               get_output(): no such step, or no output yet
     │   ├── WorkflowLeaseError          another live driver runs this workflow
     │   ├── WorkflowCancelledError      the workflow was cancelled
     │   ├── WorkflowNeedsAttentionError a non-idempotent step is in doubt
     │   ├── WorkflowNotResumableError   resume() of a workflow that cannot be rebuilt
     │   └── WorkflowExecutionError      a step failed and the workflow with it
+    │       └── WorkflowOutputFailedError (ValueError)
+    │                                   get_output() of a workflow or step that failed
     ├── ScheduleError                   cron / interval schedules
     │   ├── InvalidScheduleError (ValueError)
     │   │   │                           a bad cron string, time zone, interval, name ...
@@ -91,6 +95,8 @@ __all__ = [
     "WorkflowNeedsAttentionError",
     "WorkflowNotFoundError",
     "WorkflowNotResumableError",
+    "WorkflowOutputFailedError",
+    "WorkflowOutputNotFoundError",
 ]
 
 
@@ -334,6 +340,14 @@ class WorkflowNotFoundError(WorkflowError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class WorkflowOutputNotFoundError(WorkflowNotFoundError, ValueError):
+    """``get_output()`` names a step the workflow lacks, or one with no output yet.
+
+    Also a ``ValueError``: Ray's ``workflow.get_output`` raises one in this case
+    ("Cannot load output from task id ..."), so a ported ``except ValueError`` works.
+    """
+
+
 class WorkflowLeaseError(WorkflowError):
     """The workflow is held by another live driver; two drivers never run one workflow.
 
@@ -406,6 +420,16 @@ class WorkflowExecutionError(WorkflowError):
     def __reduce__(self) -> tuple[Any, ...]:
         fields = {"workflow_id": self.workflow_id, "task_id": self.task_id, "cause": self.cause}
         return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class WorkflowOutputFailedError(WorkflowExecutionError, ValueError):
+    """``get_output()`` of a workflow (or step) that failed: it has no output.
+
+    ``cause`` is the step's error, as :func:`~heliostat.workflow.run` raised it. Also a
+    ``ValueError``, whatever the step raised: Ray's ``get_output`` of a failed workflow
+    raises a ``ValueError`` ("Cannot load output ..."), not the step's exception, so
+    ported code catches it with ``except ValueError``.
+    """
 
 
 class ScheduleError(HeliostatError):

@@ -24,7 +24,7 @@ from heliostat.engine.api import (
 )
 from heliostat.engine.events import TaskEvent
 from heliostat.engine.generators import DynamicObjectRefGenerator, ObjectRefGenerator
-from heliostat.engine.object_ref import ObjectRef
+from heliostat.engine.object_ref import ObjectID, ObjectRef
 from heliostat.engine.remote_function import RemoteFunction
 from heliostat.engine.runtime import Runtime, current_client, current_runtime
 from heliostat.engine.serialization import cloudpickle_dumps
@@ -34,6 +34,7 @@ __all__ = [
     "ActorHandle",
     "ActorMethod",
     "DynamicObjectRefGenerator",
+    "ObjectID",
     "ObjectRef",
     "ObjectRefGenerator",
     "RemoteFunction",

@@ -13,9 +13,10 @@ lives until ``kill`` or shutdown, as a detached Ray actor does).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from heliostat.engine.actor_exit import TERMINATE_METHOD, exit_actor
 from heliostat.engine.async_actor import DEFAULT_ASYNC_MAX_CONCURRENCY, is_async_class
 from heliostat.engine.generators import ObjectRefGenerator
 from heliostat.engine.ids import format_id
@@ -39,7 +40,7 @@ from heliostat.engine.validation import (
     check_str,
     method_checker,
 )
-from heliostat.exceptions import ActorUnschedulableError, HeliostatError
+from heliostat.exceptions import ActorUnschedulableError
 from heliostat.scheduler import ResourceSet
 
 __all__ = [
@@ -127,6 +128,7 @@ def _method_table(cls: type) -> dict[str, int]:
         if callable(member) and (not name.startswith("__") or name == "__call__"):
             given = getattr(member, "__heliostat_num_returns__", 0)
             table[name] = given or (STREAMING if is_generator_function(member) else 1)
+    table[TERMINATE_METHOD] = 1  # every actor has it, as in Ray (see actor_exit.py)
     return table
 
 
@@ -134,6 +136,11 @@ class ActorClass:
     """A class whose instances live in their own worker process."""
 
     def __init__(self, cls: type, options: dict[str, Any], code: _Code | None = None) -> None:
+        if "max_calls" in options:
+            raise ValueError(
+                f"max_calls is an option of remote functions, not of actor class "
+                f"{cls.__qualname__!r} (as in Ray): an actor's worker lives as long as it."
+            )
         unknown = sorted(set(options) - ACTOR_OPTION_NAMES)
         if unknown:
             raise ValueError(
@@ -152,6 +159,8 @@ class ActorClass:
         extra = dict(options.get("resources") or {})
         if options.get("num_gpus"):
             extra["GPU"] = options["num_gpus"]
+        if options.get("memory"):  # bytes held for the actor's life, as in Ray
+            extra["memory"] = options["memory"]
         self._resources = ResourceSet.from_request(options.get("num_cpus"), extra, default_cpus=0)
         check_strategy(options.get("scheduling_strategy"), f"actor class {cls.__qualname__!r}")
         lifetime = options.get("lifetime")
@@ -243,6 +252,19 @@ class ActorClass:
         handle._checkers = self._checkers
         return handle
 
+    def _remote(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> ActorHandle:
+        """Ray's older form: ``Cls._remote(args=[...], kwargs={...}, num_cpus=1)``.
+
+        The same as ``Cls.options(**options).remote(*args, **kwargs)``.
+        """
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     @property
     def underlying_class(self) -> type:
         return self._cls
@@ -284,6 +306,10 @@ class ActorHandle:
                 f"Actor {self.__dict__.get('_class_name', '?')!r} has no method {name!r}."
             )
         return ActorMethod(self, name, methods[name], self.__dict__["_checkers"].get(name))
+
+    def __dir__(self) -> list[str]:
+        # The remote methods, for autocompletion (as a Ray handle lists them).
+        return sorted({*super().__dir__(), *self.__dict__.get("_methods", ())})
 
     def __del__(self) -> None:
         tracker = self.__dict__.get("_tracker")
@@ -344,6 +370,19 @@ class ActorMethod:
         m = ActorMethod(self._handle, self._name, num_returns or self._num_returns, self._checker)
         return m
 
+    def _remote(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Ray's older form: ``handle.method._remote(args=[...], kwargs={...}, num_returns=2)``.
+
+        The same as ``handle.method.options(**options).remote(*args, **kwargs)``.
+        """
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
+
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Submit a call; returns an ObjectRef (a list of them if num_returns > 1).
 
@@ -374,23 +413,3 @@ class ActorMethod:
         if generator == STREAMING:
             return ObjectRefGenerator(refs[0])
         return refs[0] if self._num_returns == 1 or generator else refs
-
-
-def exit_actor() -> NoReturn:
-    """End the actor whose method calls this, on purpose (Ray's ``ray.actor.exit_actor``).
-
-    The actor's process exits and the actor is not restarted, whatever its
-    ``max_restarts``. The call that invoked ``exit_actor()`` and the calls queued
-    behind it fail with :class:`~heliostat.exceptions.ActorDiedError`.
-
-    Raises:
-        TypeError: called outside an actor (in the driver or a plain task).
-    """
-    try:
-        client = current_client()
-    except HeliostatError:
-        client = None
-    if client is None or not client.actor_id:
-        raise TypeError("exit_actor() can only be called inside an actor's method.")
-    client._call("exit_actor", client.actor_id)
-    raise SystemExit(0)

@@ -247,6 +247,10 @@ def remote(*args: Any, **options: Any) -> Any:
     """Make a function a remote task, or a class an actor, as ``@ray.remote`` does.
 
     Use bare (``@remote``) or with options (``@remote(num_cpus=2, max_retries=0)``).
+
+    Raises:
+        TypeError: called with empty parentheses (``@remote()``), which Ray refuses
+            too, or with positional arguments other than the one function or class.
     """
 
     def make(target: Any) -> Any:
@@ -261,6 +265,11 @@ def remote(*args: Any, **options: Any) -> Any:
         return make(args[0])
     if args:
         raise TypeError("@remote takes either one function/class or keyword options only.")
+    if not options:
+        raise TypeError(
+            "@remote() with empty parentheses is not allowed (as in Ray): write @remote, "
+            "or give options, e.g. @remote(num_cpus=2)."
+        )
     return make
 
 
@@ -368,11 +377,28 @@ def nodes() -> list[dict[str, Any]]:
 
 
 def cluster_resources() -> dict[str, float]:
-    return dict(_rt.current_client().cluster_info()["total"])
+    """The node's resources, as Ray reports them.
+
+    ``CPU``, ``GPU`` and custom resources; ``memory`` (bytes that ``memory=`` requests
+    of tasks and actors are counted against: memory available at ``init()`` less the
+    object store, or ``init(resources={"memory": ...})``); ``object_store_memory``
+    (the shared-memory limit in bytes).
+    """
+    info = _rt.current_client().cluster_info()
+    total = dict(info["total"])
+    total["object_store_memory"] = float(info["object_store"]["shm_limit"])
+    return total
 
 
 def available_resources() -> dict[str, float]:
-    available = _rt.current_client().cluster_info()["available"]
+    """What :func:`cluster_resources` has free now; resources with none free are left out.
+
+    ``object_store_memory`` is the limit less the bytes objects hold in shared memory.
+    """
+    info = _rt.current_client().cluster_info()
+    available = dict(info["available"])
+    store = info["object_store"]
+    available["object_store_memory"] = float(max(store["shm_limit"] - store["shm_bytes"], 0))
     return {k: v for k, v in available.items() if v > 0}
 
 

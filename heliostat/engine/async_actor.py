@@ -130,7 +130,7 @@ class AsyncActorExecutor:
         try:
             async with self._slots:
                 started = time.time()
-                fn = getattr(worker._actor, method)
+                fn = worker.actor_method(method)
                 args, kwargs = worker._arguments(payload, positions, resolved)
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
@@ -142,6 +142,8 @@ class AsyncActorExecutor:
                         result = worker.drive_generator(generator, return_ids[0], name, result)
                 results = worker._results(name, return_ids, result)
             reply = (Op.TASK_DONE, task_id, results, started, time.time())
+        except SystemExit as exc:  # exit_actor() or sys.exit(): the actor's process ends
+            worker._exit_process(exc)
         except asyncio.CancelledError as exc:
             if task_id in self._cancelled:
                 reply = (Op.TASK_FAILED, task_id, b"", False, True, started, time.time())

@@ -225,11 +225,13 @@ class CoreClient:
         actor_id: int = 0,
         method: str = "",
         generator: int = 0,
+        max_calls: int = 0,
     ) -> list[ObjectRef]:
         """Submit a task or actor call; returns one ref per return value.
 
         ``generator`` (``streams.STREAMING`` or ``streams.DYNAMIC``) makes it a generator
-        task; ``num_returns`` is then 1 (its stream id).
+        task; ``num_returns`` is then 1 (its stream id). ``max_calls`` (0: no limit):
+        how many calls of this function one worker runs before it exits.
         """
         tracker = self.tracker
         if tracker.has_pending():
@@ -257,6 +259,7 @@ class CoreClient:
             method=method,
             submitted_at=time.time(),
             generator=generator,
+            max_calls=max_calls,
         )
         self._submit_spec(spec)
         del keep  # the spec pins the large arguments now

@@ -284,9 +284,12 @@ class Dispatch:
                         or worker.revokes
                         or task.resources != resources
                         or len(worker.queued) >= depth
+                        or registry.spent(worker)  # it exits after its running task
                     ):
                         continue
-                    while queue and len(worker.queued) < depth:
+                    # A ``max_calls`` task is never sent ahead: it goes to an idle
+                    # worker, so the count of calls a worker ran is never handed back.
+                    while queue and len(worker.queued) < depth and not queue[0].max_calls:
                         self._dispatch(queue.popleft(), worker, ahead=True)
                     if not queue:
                         break
@@ -315,6 +318,7 @@ class Dispatch:
         spec.attempts += 1
         spec.worker = worker
         spec.claimed = False
+        self._registry.count_call(worker, spec)
         if ahead:
             worker.queued.append(spec)
         else:
@@ -386,7 +390,10 @@ class Dispatch:
         self.schedule()
 
     def next_queued_or_idle(self, worker: WorkerRecord) -> None:
-        """The worker's current task is over: its next queued task runs, or it idles."""
+        """The worker's current task is over: its next queued task runs, or it idles.
+
+        A worker that ran the last call a ``max_calls`` function allows it exits instead.
+        """
         worker.task = None
         held, worker.held = worker.held, None
         if held is not None:
@@ -397,6 +404,8 @@ class Dispatch:
             self.node.acquire_force(nxt.resources)
             worker.task = nxt
             worker.held = nxt.resources
+        elif self._registry.spent(worker):
+            self._registry.retire(worker)
         else:
             self._registry.busy.pop(worker.index, None)
             transition(worker, WorkerState.IDLE)

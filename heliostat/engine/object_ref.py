@@ -33,6 +33,7 @@ from heliostat.engine.ids import format_id
 from heliostat.engine.serialization import note_ref
 
 __all__ = [
+    "ObjectID",
     "ObjectRef",
     "RefTracker",
     "install_async_support",
@@ -206,3 +207,7 @@ class ObjectRef:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+ObjectID = ObjectRef
+"""Ray's first name for :class:`ObjectRef`, which Ray 2 still exports (``ray.ObjectID``)."""

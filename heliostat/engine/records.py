@@ -78,14 +78,17 @@ class WorkerState(enum.StrEnum):
     IDLE = "IDLE"
     BUSY = "BUSY"  # running a normal task
     ACTOR = "ACTOR"  # dedicated to an actor for the rest of its life
+    # Ran its last call of a ``max_calls`` function: told to exit, gets no more tasks.
+    RETIRING = "RETIRING"
     DEAD = "DEAD"
 
 
 WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.ACTOR, WorkerState.DEAD}),
     WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.ACTOR, WorkerState.DEAD}),
-    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.DEAD}),
+    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.RETIRING, WorkerState.DEAD}),
     WorkerState.ACTOR: frozenset({WorkerState.DEAD}),
+    WorkerState.RETIRING: frozenset({WorkerState.DEAD}),
     WorkerState.DEAD: frozenset(),
 }
 
@@ -159,6 +162,7 @@ class TaskSpec:
         "strategy",
         "claimed",
         "generator",
+        "max_calls",
     )
 
     def __init__(
@@ -182,6 +186,7 @@ class TaskSpec:
         submitted_at: float = 0.0,
         strategy: Any = None,
         generator: int = 0,
+        max_calls: int = 0,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -215,6 +220,8 @@ class TaskSpec:
         # 0, or ``streams.STREAMING`` / ``streams.DYNAMIC``: a generator task whose one
         # return id is its stream id (see streams.py).
         self.generator = generator
+        # A worker runs at most this many calls of ``fn_id``, then exits (0: no limit).
+        self.max_calls = max_calls
 
     def label(self) -> str:
         return f"{self.name}#{self.task_id:x}"
@@ -240,6 +247,7 @@ class WorkerRecord:
         "purpose",
         "queued",
         "revokes",
+        "calls",
     )
 
     def __init__(self, index: int, pid: int = 0) -> None:
@@ -264,6 +272,8 @@ class WorkerRecord:
         # REVOKEs sent and not answered yet, by revoke id. While one is pending no
         # task is sent ahead to this worker.
         self.revokes: dict[int, PendingRevoke] = {}
+        # Calls started here of functions that have ``max_calls``, by function id.
+        self.calls: dict[bytes, int] = {}
 
     def label(self) -> str:
         return f"worker {self.index} (pid {self.pid})"
@@ -378,6 +388,7 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
         method,
         submitted_at,
         generator,
+        max_calls,
     ) = fields
     return TaskSpec(
         task_id=task_id,
@@ -397,6 +408,7 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
         method=method,
         submitted_at=submitted_at,
         generator=generator,
+        max_calls=max_calls,
     )
 
 
@@ -419,4 +431,5 @@ def spec_to_wire(spec: TaskSpec) -> tuple[Any, ...]:
         spec.method,
         spec.submitted_at,
         spec.generator,
+        spec.max_calls,
     )

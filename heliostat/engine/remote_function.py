@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +59,7 @@ TASK_OPTION_NAMES = frozenset(
         "name",
         "scheduling_strategy",
         "memory",
+        "max_calls",
         WORKFLOW_OPTIONS_KEY,
     }
 )
@@ -74,6 +75,7 @@ class TaskOptions:
     retry_exceptions: bool | bytes = False  # bytes: a pickled tuple of exception classes
     name: str = ""
     scheduling_strategy: Any = None
+    max_calls: int = 0  # calls of this function one worker runs before it exits (0: any)
     workflow: tuple[tuple[str, Any], ...] = ()
     raw: tuple[tuple[str, Any], ...] = ()
 
@@ -96,6 +98,8 @@ def _resources(raw: dict[str, Any], default_cpus: float, what: str = "") -> Reso
     num_gpus = raw.get("num_gpus")
     if num_gpus:
         extra["GPU"] = num_gpus
+    if raw.get("memory"):  # bytes, counted against the node's ``memory`` as in Ray
+        extra["memory"] = raw["memory"]
     return ResourceSet.from_request(raw.get("num_cpus"), extra, default_cpus=default_cpus)
 
 
@@ -109,6 +113,18 @@ def _retry_exceptions(value: Any) -> bool | bytes:
     raise TypeError(
         f"retry_exceptions must be a bool or a list of exception classes, got {value!r}."
     )
+
+
+def _max_calls(raw: dict[str, Any], what: str) -> int:
+    """``max_calls`` as Ray reads it: None or 0 is no limit, except for GPU tasks.
+
+    A function that asks for GPUs and does not say gets ``max_calls=1``, as in Ray: its
+    worker exits after each call, so GPU memory a library keeps is given back.
+    """
+    value = raw.get("max_calls")
+    if value is None:
+        return 1 if raw.get("num_gpus") else 0
+    return check_int("max_calls", value, what=what, minimum=0)
 
 
 def task_options(raw: dict[str, Any], *, what: str) -> TaskOptions:
@@ -126,6 +142,7 @@ def task_options(raw: dict[str, Any], *, what: str) -> TaskOptions:
         retry_exceptions=_retry_exceptions(raw.get("retry_exceptions", False)),
         name=raw.get("name") or "",
         scheduling_strategy=strategy,
+        max_calls=_max_calls(raw, what),
         workflow=tuple(sorted((raw.get(WORKFLOW_OPTIONS_KEY) or {}).items())),
         raw=tuple(sorted(raw.items(), key=lambda kv: kv[0])),
     )
@@ -228,8 +245,22 @@ class RemoteFunction:
             resources=opts.resources,
             max_retries=opts.max_retries,
             retry_exceptions=opts.retry_exceptions,
+            max_calls=opts.max_calls,
         )
         return refs[0] if opts.num_returns == 1 else refs
+
+    def _remote(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Ray's older submit form: ``f._remote(args=[...], kwargs={...}, num_cpus=2)``.
+
+        The same as ``f.options(**options).remote(*args, **kwargs)``.
+        """
+        target = self.options(**options) if options else self
+        return target.remote(*(args or ()), **(kwargs or {}))
 
     def _remote_generator(
         self, client: Any, fn_id: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -247,6 +278,7 @@ class RemoteFunction:
             max_retries=opts.max_retries,
             retry_exceptions=opts.retry_exceptions,
             generator=opts.num_returns,
+            max_calls=opts.max_calls,
         )
         return ObjectRefGenerator(ref) if opts.num_returns == STREAMING else ref
 
@@ -262,10 +294,22 @@ class RemoteFunction:
         return describe_argument(self._fn, key)
 
     def options(self, **overrides: Any) -> RemoteFunction:
-        """A copy with some options changed (same code, validated now)."""
+        """A copy with some options changed (same code, validated now).
+
+        Raises:
+            ValueError: ``max_calls`` given: as in Ray, it belongs to the function
+                (``@remote(max_calls=...)``), not to one call.
+        """
+        if "max_calls" in overrides:
+            raise ValueError(
+                f"max_calls cannot be changed in .options() of remote function "
+                f"{self._name!r} (as in Ray): set it in @remote(max_calls=...)."
+            )
         merged = dict(self._options.raw)
         merged.update(overrides)
         options = task_options(merged, what=f"remote function {self._fn.__qualname__!r}")
+        # Fixed when the function was decorated (the GPU default included), as in Ray.
+        options = dataclasses.replace(options, max_calls=self._options.max_calls)
         return RemoteFunction(self._fn, options, self._code)
 
     @property

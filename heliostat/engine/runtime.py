@@ -64,6 +64,7 @@ __all__ = [
     "create_session_dir",
     "current_client",
     "current_runtime",
+    "default_memory",
     "default_object_store_memory",
     "is_stale",
     "read_session_dir",
@@ -93,6 +94,19 @@ def default_object_store_memory() -> int:
         fs = os.statvfs(str(SHM_DIR))
         limit = min(limit, int(fs.f_bavail * fs.f_frsize * 0.9))
     return max(limit, 64 << 20)
+
+
+def default_memory(object_store_memory: int) -> int:
+    """The node's ``memory`` resource: memory available now, less the object store.
+
+    As Ray computes it: ``memory=`` requests of tasks and actors are counted against
+    it when they are scheduled (a logical resource: nothing measures what they use).
+    """
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError):
+        available = 8 << 30
+    return max(int(available) - object_store_memory, 0)
 
 
 def _worker_env(
@@ -293,6 +307,8 @@ class Runtime:
             raise ValueError("Give GPUs with num_gpus=, not resources={'GPU': ...}.")
         if num_gpus:
             extra["GPU"] = float(num_gpus)
+        store_bytes = int(object_store_memory or default_object_store_memory())
+        extra.setdefault("memory", default_memory(store_bytes))
         self.session = f"{os.getpid():x}-{secrets.token_hex(3)}"
         self.session_dir = create_session_dir(self.session, parent=temp_dir)
         # Set by the ``heliostat`` command for the runtime it starts: a user's init()
@@ -307,7 +323,7 @@ class Runtime:
             spill_dir=os.path.join(self.session_dir, "spill"),
             num_cpus=cpus,
             resources=extra,
-            object_store_memory=int(object_store_memory or default_object_store_memory()),
+            object_store_memory=store_bytes,
             max_workers=max_workers or max(32, 8 * int(max(cpus, 1))),
             env=_worker_env(env_vars, import_paths),
         )

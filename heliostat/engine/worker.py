@@ -47,6 +47,14 @@ from typing import Any, NoReturn
 
 from heliostat.engine import runtime as runtime_module
 from heliostat.engine import task_context
+from heliostat.engine.actor_exit import (
+    EXIT_HANDLERS_TIMEOUT_S,
+    TERMINATE_METHOD,
+    ActorExit,
+    exit_actor,
+    forget_inherited_handlers,
+    run_exit_handlers,
+)
 from heliostat.engine.async_actor import AsyncActorExecutor, is_async_class
 from heliostat.engine.core import CoreClient, load_value
 from heliostat.engine.generators import DynamicObjectRefGenerator
@@ -681,7 +689,7 @@ class Worker:
             self.current_name = name
         reply: tuple[Any, ...]
         try:
-            fn = getattr(self._actor, method)
+            fn = self.actor_method(method)
             args, kwargs = self._arguments(payload, positions, resolved)
             result = fn(*args, **kwargs) if threaded else self._run_user(fn, args, kwargs)
             if generator:
@@ -708,13 +716,21 @@ class Worker:
             self.current_name = ""
         self.client.send(reply)
 
+    def actor_method(self, method: str) -> Any:
+        """The bound method ``method`` of the hosted actor (``__ray_terminate__`` included)."""
+        if method == TERMINATE_METHOD and not hasattr(self._actor, TERMINATE_METHOD):
+            return exit_actor
+        return getattr(self._actor, method)
+
     def _exit_process(self, exc: SystemExit) -> NoReturn:
         """User code raised SystemExit: end this worker process now, as Ray's worker does.
 
         Output written so far is sent first. The node manager sees the process exit:
         a task is retried or fails with WorkerCrashedError; an actor is restarted
         within max_restarts (not after exit_actor()), its calls fail with
-        ActorDiedError. ``atexit`` handlers do not run (the process is a fork).
+        ActorDiedError. After ``exit_actor()`` (``__ray_terminate__`` included) the
+        actor's ``atexit`` handlers run first, for a bounded time (actor_exit.py); on
+        other exits they do not.
         """
         code = exc.code
         if code is not None and not isinstance(code, int):
@@ -725,6 +741,10 @@ class Worker:
         where = self.current_name or self._actor_name or "a task"
         with contextlib.suppress(Exception):  # the manager may be gone already
             self.client._call("exiting", f"{where} called sys.exit({code or 0})", timeout=5)
+        if isinstance(exc, ActorExit):
+            run_exit_handlers(EXIT_HANDLERS_TIMEOUT_S, self._stderr)
+            self._stdout.flush()
+            self._stderr.flush()
         os._exit(code or 0)
 
     # --- generator tasks (streams.py) -------------------------------------------------
@@ -870,6 +890,7 @@ def run_worker(config: dict[str, Any], index: int) -> int:
     )
     set_process_tracker(client.tracker)
     runtime_module.attach_worker(client)
+    forget_inherited_handlers()  # the parent's clean-up is not this worker's
     try:
         return Worker(client, index).loop()
     finally:

@@ -2,7 +2,9 @@
 
 A worker is ``STARTING`` from the moment we ask the fork server for it until it
 connects and registers; then ``IDLE``, ``BUSY`` (a task, maybe more sent ahead) or
-``ACTOR`` (dedicated to one actor for its life); ``DEAD`` when its process is gone.
+``ACTOR`` (dedicated to one actor for its life); ``RETIRING`` once it ran the last call
+a ``max_calls`` function allows it and was told to exit; ``DEAD`` when its process is
+gone.
 The registry keeps the indexes the scheduler needs to answer "which worker is free?"
 in O(1): ``idle`` (a stack: the most recently idle worker is reused first, its caches
 warm) and ``busy``. Spawning, exiting and signalling are instructions in the
@@ -16,7 +18,13 @@ import signal
 import time
 
 from heliostat.engine.node_instructions import EXIT, Outbox, Spawn
-from heliostat.engine.records import ActorRecord, WorkerRecord, WorkerState, transition
+from heliostat.engine.records import (
+    ActorRecord,
+    TaskSpec,
+    WorkerRecord,
+    WorkerState,
+    transition,
+)
 
 __all__ = ["WorkerRegistry", "describe_exit"]
 
@@ -105,6 +113,30 @@ class WorkerRegistry:
         if was_starting and worker.purpose is None:
             self.starting -= 1
         return was_starting
+
+    def count_call(self, worker: WorkerRecord, spec: TaskSpec) -> None:
+        """``spec`` starts on ``worker``: one call fewer left of a ``max_calls`` function."""
+        if spec.max_calls:
+            left = worker.calls.get(spec.fn_id, spec.max_calls)
+            worker.calls[spec.fn_id] = left - 1
+
+    @staticmethod
+    def spent(worker: WorkerRecord) -> bool:
+        """Has the worker run its last allowed call of some ``max_calls`` function?"""
+        calls = worker.calls
+        return bool(calls) and min(calls.values()) <= 0
+
+    def retire(self, worker: WorkerRecord) -> None:
+        """The spent worker's last task ended: it exits, and a fresh one replaces it.
+
+        As in Ray, a worker that ran ``max_calls`` calls of a function exits, so what the
+        function left in its process (GPU memory most often) goes with it. It counts
+        against ``max_workers`` until its exit is seen; the scheduler then starts
+        another if tasks wait.
+        """
+        self.busy.pop(worker.index, None)
+        transition(worker, WorkerState.RETIRING)
+        self._out.send(worker, EXIT)
 
     def trim_idle(self, now: float) -> None:
         """Let idle workers beyond the CPU count go once idle for the timeout."""

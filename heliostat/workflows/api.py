@@ -35,10 +35,11 @@ from heliostat.exceptions import (
     WorkflowCancelledError,
     WorkflowDefinitionError,
     WorkflowError,
-    WorkflowExecutionError,
     WorkflowLeaseError,
     WorkflowNotFoundError,
     WorkflowNotResumableError,
+    WorkflowOutputFailedError,
+    WorkflowOutputNotFoundError,
 )
 from heliostat.storage.checkpoints import safe_segment
 from heliostat.storage.models import ID_LENGTH
@@ -528,12 +529,16 @@ def _effective(services: WorkflowServices, record: WorkflowRecord) -> WorkflowSt
     return record.status
 
 
-def _step_of(record: WorkflowRecord, task_id: str) -> StepRecord:
-    """The record of one step, or WorkflowNotFoundError naming the known ones."""
+def _step_of(
+    record: WorkflowRecord,
+    task_id: str,
+    missing: type[WorkflowNotFoundError] = WorkflowNotFoundError,
+) -> StepRecord:
+    """The record of one step, or ``missing`` (WorkflowNotFoundError) naming the known ones."""
     step = record.steps.get(task_id)
     if step is None:
         known = ", ".join(sorted(record.steps)[:20])
-        raise WorkflowNotFoundError(
+        raise missing(
             f"Workflow {record.workflow_id!r} has no step {task_id!r} (known steps: {known}).",
             workflow_id=record.workflow_id,
             task_id=task_id,
@@ -552,7 +557,10 @@ def get_output(workflow_id: str, *, task_id: str | None = None) -> Any:
     """The stored output of the workflow, or of one of its steps.
 
     Raises:
-        WorkflowNotFoundError: no such workflow or step, or the step has no output yet.
+        WorkflowOutputNotFoundError: no such workflow or step, or the step has no
+            output yet (a WorkflowNotFoundError, and a ValueError as Ray raises here).
+        WorkflowOutputFailedError: the workflow or step failed; its ``cause`` is the
+            step's error (a WorkflowExecutionError, and a ValueError as in Ray).
         UnauthenticatedDataError: the output's record is not signed with this
             installation's key (it is not read).
     """
@@ -560,17 +568,17 @@ def get_output(workflow_id: str, *, task_id: str | None = None) -> Any:
     if task_id is not None:
         _check_id(task_id, "task_id")
     with workflow_services() as services:
-        record = services.store().load(workflow_id)
+        record = _load_for_output(services.store(), workflow_id)
         target = task_id or record.output_task_id
         checkpoints = services.checkpoints()
         if task_id is None and record.status is WorkflowStatus.FAILED:
             _raise_failure(services.store(), record, None)
         while True:
-            step = _step_of(record, target or "")
+            step = _step_of(record, target or "", WorkflowOutputNotFoundError)
             if step.checkpoint is None and step.status is StepStatus.FAILED:
                 _raise_failure(services.store(), record, step)
             if step.checkpoint is None:
-                raise WorkflowNotFoundError(
+                raise WorkflowOutputNotFoundError(
                     f"Step {target!r} of workflow {workflow_id!r} has no stored output "
                     f"(status {step.status}).",
                     workflow_id=workflow_id,
@@ -582,10 +590,21 @@ def get_output(workflow_id: str, *, task_id: str | None = None) -> Any:
             target = compile_dag(cont.dag, prefix=f"{target}.").output
 
 
-def _raise_failure(store: WorkflowStore, record: WorkflowRecord, step: StepRecord | None) -> None:
-    """Raise what :func:`run` raised when the workflow (or ``step``) failed.
+def _load_for_output(store: WorkflowStore, workflow_id: str, **kwargs: Any) -> WorkflowRecord:
+    """The workflow's record; an unknown id is a WorkflowOutputNotFoundError (get_output)."""
+    try:
+        return store.load(workflow_id, **kwargs)
+    except WorkflowOutputNotFoundError:
+        raise
+    except WorkflowNotFoundError as exc:
+        raise WorkflowOutputNotFoundError(str(exc), workflow_id=workflow_id) from None
 
-    A :class:`WorkflowExecutionError` whose ``cause`` (and ``__cause__``) is the
+
+def _raise_failure(store: WorkflowStore, record: WorkflowRecord, step: StepRecord | None) -> None:
+    """Raise what :func:`run` raised when the workflow (or ``step``) failed, for get_output.
+
+    A :class:`WorkflowOutputFailedError` (a WorkflowExecutionError that is also the
+    ValueError Ray's get_output raises) whose ``cause`` (and ``__cause__``) is the
     step's error: a :class:`~heliostat.exceptions.TaskError` that is also an instance
     of the user's exception class, rebuilt from the signed copy in the lineage. When
     that copy is missing (the exception could not be pickled, or the worker died), the
@@ -595,7 +614,7 @@ def _raise_failure(store: WorkflowStore, record: WorkflowRecord, step: StepRecor
     if step is None:
         failed = [s for s in record.steps.values() if s.status is StepStatus.FAILED]
         if not failed:
-            raise WorkflowExecutionError(
+            raise WorkflowOutputFailedError(
                 record.error or f"Workflow {wid!r} failed.", workflow_id=wid
             )
         step = min(failed, key=lambda s: s.finished_at or record.created_at)
@@ -610,7 +629,7 @@ def _raise_failure(store: WorkflowStore, record: WorkflowRecord, step: StepRecor
     error = TaskError(
         step.name, step.traceback or "", cause, cause_repr=summary
     ).as_instanceof_cause()
-    raise WorkflowExecutionError(
+    raise WorkflowOutputFailedError(
         f"Workflow {wid!r} failed: step {step.task_id!r} raised {summary}",
         workflow_id=wid,
         task_id=step.task_id,
@@ -635,7 +654,7 @@ def get_output_async(workflow_id: str, *, task_id: str | None = None) -> ObjectR
         _check_id(task_id, "task_id")
     services = _services()
     if not services.expected(workflow_id):  # unknown id: fail here
-        services.store().load(workflow_id, with_steps=False)
+        _load_for_output(services.store(), workflow_id, with_steps=False)
 
     def still_running() -> bool:
         if not services.wait_finished(workflow_id, timeout=0):  # a run of this process

@@ -11,10 +11,13 @@ outputs stand in by their step ids). Running an existing workflow id again compa
 with the stored run (:func:`definition_differences`), so a changed DAG or changed inputs
 are never mistaken for a resume.
 
-Task ids: an explicit ``workflow.options(task_id=...)`` wins; otherwise the function's
-name, suffixed ``_1``, ``_2``, ... in the order a depth-first walk meets the steps
-(arguments left to right). The same code building the same DAG gets the same ids, so a
-resumed run maps onto the steps already recorded.
+Task ids: the base is the explicit ``workflow.options(task_id=...)``, else the
+function's name. As in Ray, the first step with a base gets it as is and later ones get
+``_1``, ``_2``, ... in the order a depth-first walk meets them (upstream steps first,
+arguments left to right), so ``f.bind(f.bind(...))`` with ``task_id="f"`` has steps
+``f`` (the inner) and ``f_1``. A suffixed id never takes one that another step asked
+for explicitly. The same code building the same DAG gets the same ids, so a resumed run
+maps onto the steps already recorded.
 """
 
 from __future__ import annotations
@@ -200,8 +203,8 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
         start_position: first position number (continuations continue the parent's).
 
     Raises:
-        WorkflowDefinitionError: not a DAG node, a cycle, a duplicate task id, or an
-            argument that cannot be serialized. The message names the step.
+        WorkflowDefinitionError: not a DAG node, a cycle, or an argument that cannot
+            be serialized. The message names the step.
     """
     if not isinstance(root, DAGNode):
         raise WorkflowDefinitionError(
@@ -211,35 +214,29 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
     ids: dict[int, str] = {}
     used: set[str] = set()
     counts: dict[str, int] = {}
-    explicit: dict[str, str] = {}
     parsed: dict[int, StepOptions] = {}
     for node in nodes:
         if not isinstance(node, FunctionNode):
             raise WorkflowDefinitionError(f"Unsupported node type {type(node).__name__}.")
         try:
-            opts = step_options(node.workflow_options)
+            parsed[node._uid] = step_options(node.workflow_options)
         except (TypeError, ValueError) as exc:
             raise WorkflowDefinitionError(f"Step {node.name!r}: {exc}") from exc
-        parsed[node._uid] = opts
-        if opts.task_id is not None:
-            task_id = opts.task_id
-            if task_id in explicit:
-                raise WorkflowDefinitionError(
-                    f"Duplicate task_id {task_id!r}: used by step {explicit[task_id]!r} and "
-                    f"step {node.name!r}. Task ids must be unique within a workflow.",
-                    task_id=task_id,
-                )
-            explicit[task_id] = node.name
+    asked = {opts.task_id for opts in parsed.values() if opts.task_id is not None}
     for node in nodes:
         assert isinstance(node, FunctionNode)  # checked in the loop above
-        opts = parsed[node._uid]
-        if opts.task_id is not None:
-            task_id = opts.task_id
+        explicit = parsed[node._uid].task_id
+        # A step's own explicit id is its to take; any other id someone asked for is not.
+        def taken(candidate: str, mine: str | None = explicit) -> bool:
+            return candidate in used or (candidate in asked and candidate != mine)
+
+        if explicit is not None and not taken(explicit):
+            task_id = explicit
         else:
-            base = prefix + _safe_name(node.name)
+            base = explicit if explicit is not None else prefix + _safe_name(node.name)
             n = counts.get(base, 0)
             task_id = base if n == 0 else f"{base}_{n}"
-            while task_id in used or task_id in explicit:
+            while taken(task_id):
                 n += 1
                 task_id = f"{base}_{n}"
             counts[base] = n + 1

@@ -360,15 +360,49 @@ def test_custom_resource_serializes_tasks(fresh_runtime, tmp_path) -> None:
 
 
 def test_cluster_and_available_resources(fresh_runtime, wait_for) -> None:
-    fresh_runtime(num_cpus=2, resources={"db": 1})
-    assert hs.cluster_resources() == {"CPU": 2.0, "db": 1.0}
+    store = 64 << 20
+    fresh_runtime(
+        num_cpus=2, resources={"db": 1, "memory": 1 << 30}, object_store_memory=store
+    )
+    expected = {"CPU": 2.0, "db": 1.0, "memory": float(1 << 30)}
+    assert hs.cluster_resources() == {**expected, "object_store_memory": float(store)}
     wait_for(
-        lambda: hs.available_resources() == {"CPU": 2.0, "db": 1.0},
+        lambda: {k: v for k, v in hs.available_resources().items() if k != "object_store_memory"}
+        == expected,
         what="all resources to be available",
     )
+    assert 0 < hs.available_resources()["object_store_memory"] <= store
     (node,) = hs.nodes()
     assert node["Alive"] is True
-    assert node["Resources"] == {"CPU": 2.0, "db": 1.0}
+    assert node["Resources"] == expected
+
+
+def test_memory_is_reported_and_counted_against_memory_requests(fresh_runtime) -> None:
+    # As Ray: the node has a ``memory`` resource by default, and a task's memory=
+    # request is taken from it while the task runs.
+    fresh_runtime(num_cpus=2)
+    total = hs.cluster_resources()["memory"]
+    assert total > 0
+
+    @hs.remote(memory=100 << 20)
+    def free_memory() -> float:
+        return hs.available_resources()["memory"]
+
+    assert hs.get(free_memory.remote(), timeout=30) == total - (100 << 20)
+    assert hs.get(free_memory.options(memory=200 << 20).remote(), timeout=30) == total - (
+        200 << 20
+    )
+
+
+def test_a_memory_request_above_the_node_s_is_infeasible(fresh_runtime) -> None:
+    fresh_runtime(num_cpus=1, resources={"memory": 1 << 20})
+
+    @hs.remote(memory=2 << 20)
+    def big() -> None:
+        return None
+
+    with pytest.raises(InfeasibleResourcesError, match="memory"):
+        hs.get(big.remote(), timeout=30)
 
 
 @pytest.mark.parametrize(

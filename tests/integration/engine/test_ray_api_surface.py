@@ -574,3 +574,59 @@ def test_queue_shutdown_with_force_cuts_blocked_calls_off(runtime) -> None:
 
 def test_runtime_is_current_after_these_tests(runtime) -> None:
     assert current_runtime() is runtime
+
+
+# --- Ray's older submit forms and names -------------------------------------------------
+
+
+@hs.remote
+def spread(n: int, offset: int = 0) -> list[int]:
+    return [offset + i for i in range(n)]
+
+
+@hs.remote
+class Pair:
+    def __init__(self, x: int, y: int = 0) -> None:
+        self.x, self.y = x, y
+
+    def four(self, a: object, b: int = 0) -> tuple[object, ...]:
+        return self.x, self.y, a, b
+
+
+def test_underscore_remote_takes_args_kwargs_and_options(runtime) -> None:
+    # Ray's ``f._remote(args=, kwargs=, **options)`` is ``f.options(...).remote(...)``.
+    assert hs.get(spread._remote(args=[2], kwargs={"offset": 5}), timeout=30) == [5, 6]
+    first, second = spread._remote(args=[2], num_returns=2)
+    assert hs.get([first, second], timeout=30) == [0, 1]
+    assert hs.get(spread._remote(kwargs={"n": 1}), timeout=30) == [0]
+    actor = Pair._remote(args=[1], kwargs={"y": 2}, num_cpus=0)
+    refs = actor.four._remote(args=["a"], kwargs={"b": 3}, num_returns=4)
+    assert hs.get(refs, timeout=30) == [1, 2, "a", 3]
+    assert hs.get(Pair._remote(args=[7]).four._remote(args=[0]), timeout=30) == (7, 0, 0, 0)
+    with pytest.raises(TypeError, match="spread"):  # the signature is still checked
+        spread._remote(args=[1, 2, 3])
+
+
+def test_object_id_is_ray_s_old_name_for_object_ref(runtime) -> None:
+    assert hs.ObjectID is hs.ObjectRef
+    assert isinstance(hs.put(1), hs.ObjectID)
+
+
+def test_remote_with_empty_parentheses_is_refused_as_in_ray() -> None:
+    with pytest.raises(TypeError, match="empty parentheses"):
+
+        @hs.remote()
+        class Nothing:
+            pass
+
+    with pytest.raises(TypeError, match="empty parentheses"):
+
+        @hs.remote()
+        def nothing() -> None:
+            pass
+
+
+def test_actor_handle_lists_its_methods(runtime) -> None:
+    actor = Pair.remote(1)
+    assert {"four", "__ray_terminate__"} <= set(dir(actor))
+    hs.kill(actor)

@@ -20,7 +20,12 @@ import pytest
 import heliostat as hs
 from heliostat import workflow
 from heliostat.engine import Runtime
-from heliostat.exceptions import WorkflowError, WorkflowExecutionError, WorkflowNotResumableError
+from heliostat.exceptions import (
+    WorkflowError,
+    WorkflowExecutionError,
+    WorkflowNotResumableError,
+    WorkflowOutputFailedError,
+)
 from heliostat.workflows import WorkflowStatus
 
 pytestmark = pytest.mark.usefixtures("wf_home")
@@ -287,3 +292,37 @@ def test_init_starts_the_runtime_when_there_is_none(tmp_path: Path) -> None:
         assert workflow.get_status("auto-init") is WorkflowStatus.SUCCESSFUL
     finally:
         hs.shutdown()
+
+
+def test_get_output_errors_are_value_errors_as_in_ray(runtime: Runtime) -> None:
+    # Ray's get_output raises a ValueError for a failed workflow ("Cannot load output"),
+    # whatever the step raised, and for a step the workflow does not have; a ported
+    # ``except ValueError`` must still catch them.
+    with pytest.raises(WorkflowExecutionError):
+        workflow.run(decline.bind(5), workflow_id="declined-5")
+    with pytest.raises(ValueError) as failed:
+        workflow.get_output("declined-5")
+    assert isinstance(failed.value, WorkflowOutputFailedError)
+    assert isinstance(failed.value.cause, ChargeDeclined)  # not a ValueError itself
+    with pytest.raises(ValueError):
+        hs.get(workflow.get_output_async("declined-5"), timeout=60)
+    assert workflow.run(value_of.bind(1), workflow_id="has-one-step") == 1
+    with pytest.raises(ValueError, match="non_exist") as missing:
+        workflow.get_output("has-one-step", task_id="non_exist")
+    assert isinstance(missing.value, workflow.WorkflowNotFoundError)
+    with pytest.raises(ValueError, match="non_exist"):
+        hs.get(workflow.get_output_async("has-one-step", task_id="non_exist"), timeout=60)
+    with pytest.raises(ValueError, match="no-such-workflow") as unknown:
+        workflow.get_output("no-such-workflow")
+    assert isinstance(unknown.value, workflow.WorkflowNotFoundError)
+
+
+def test_duplicate_task_ids_get_suffixes_as_in_ray(runtime: Runtime) -> None:
+    @workflow.options(task_id="f")
+    @hs.remote
+    def f(n: int, dep: Any) -> int:
+        return n
+
+    assert workflow.run(f.bind(20, f.bind(10, None)), workflow_id="duplicate") == 20
+    assert workflow.get_output("duplicate", task_id="f") == 10  # upstream first
+    assert workflow.get_output("duplicate", task_id="f_1") == 20

@@ -79,13 +79,15 @@ def _make_spec(
     actor_id: int = 0,
     resources: ResourceSet = ONE_CPU,
     name: str = "",
+    fn_id: bytes = b"fn",
+    max_calls: int = 0,
 ) -> TaskSpec:
     task_id = next(_ids)
     return TaskSpec(
         task_id=task_id,
         kind=kind,
         name=name or f"t{task_id}",
-        fn_id=b"fn",
+        fn_id=fn_id,
         args_payload=b"",
         ref_positions=(),
         arg_ids=args,
@@ -97,10 +99,12 @@ def _make_spec(
         owner=0,
         actor_id=actor_id,
         method="m" if kind is TaskKind.ACTOR_CALL else "",
+        max_calls=max_calls,
     )
 
 
 @pytest.fixture
 def make_spec() -> Callable[..., TaskSpec]:
-    """``make_spec(args=..., max_retries=..., kind=..., actor_id=..., resources=...)``."""
+    """``make_spec(args=..., max_retries=..., kind=..., actor_id=..., resources=...,
+    fn_id=..., max_calls=...)``."""
     return _make_spec

@@ -110,19 +110,33 @@ def test_prefix_and_start_position_apply_to_derived_ids_only() -> None:
     assert sorted(s.position for s in compiled.steps.values()) == [10, 11, 12]
 
 
-def test_duplicate_explicit_task_id_is_rejected_naming_both_steps() -> None:
+def test_duplicate_explicit_task_ids_get_suffixes_upstream_first() -> None:
+    # Ray's rule: the first step with an id keeps it, later ones get _1, _2, ...;
+    # upstream steps are met first.
+    same = workflow.options(task_id="same")
+    inner = extract.options(**same).bind("d")
+    middle = transform.options(**same).bind(inner)
+    dag = load.options(**same).bind(middle, extract.bind("e"))
+
+    compiled = compile_dag(dag)
+
+    assert compiled.output == "same_2"
+    assert compiled.steps["same"].name.endswith("extract")
+    assert compiled.steps["same_1"].name.endswith("transform")
+    assert set(compiled.steps) == {"same", "same_1", "same_2", "extract"}
+
+
+def test_a_suffixed_id_never_takes_an_id_asked_for_explicitly() -> None:
     dag = load.bind(
-        extract.options(**workflow.options(task_id="same")).bind("d"),
-        transform.options(**workflow.options(task_id="same")).bind([]),
+        extract.options(**workflow.options(task_id="x")).bind("a"),
+        extract.options(**workflow.options(task_id="x")).bind("b"),
+        transform.options(**workflow.options(task_id="x_1")).bind([]),
     )
 
-    with pytest.raises(WorkflowDefinitionError) as info:
-        compile_dag(dag)
+    compiled = compile_dag(dag)
 
-    message = str(info.value)
-    assert "'same'" in message
-    assert "extract" in message and "transform" in message
-    assert info.value.task_id == "same"
+    assert {"x", "x_1", "x_2"} <= set(compiled.steps)
+    assert compiled.steps["x_1"].name.endswith("transform")
 
 
 # --- rejections -------------------------------------------------------------------------
