@@ -13,12 +13,24 @@ Figures:
   (token check included), over ``--heartbeats`` calls: ``median``, ``p95``, ``p99``.
 * ``list_nodes_rpc_us``: one ListNodes call, median.
 * ``timing``: the head's heartbeat interval and silence threshold in force.
+* ``transfer_gbps``: one ``--transfer-mib`` object (default 1024 MiB) pulled through the
+  object transfer service (:mod:`heliostat.cluster.transfer`) from a server process that
+  maps it from its own ``/dev/shm`` directory into a new segment of this process, over
+  loopback gRPC: ``median`` and ``best`` of ``--transfers`` pulls. This is the service
+  alone: the engine does not call it yet (no task runs across nodes).
+* With ``--peer ray``: ``ray_transfer_gbps``, a Ray 2.60 cluster formed the same way
+  (``ray start --head`` and ``ray start --address``, one CPU each): a task on the second
+  node makes a numpy array of the same size, and the time is that of a task on the head
+  node reading its last byte (the pull between the two object stores dominates), and
+  ``transfer_ratio`` (heliostat / Ray). ``--ray-python`` names Ray's interpreter
+  (default ``.venv-ray/bin/python``).
 
 Sections to come, sharing the same cluster set-up (:class:`Cluster`): tiny-task
-throughput on 1, 2 and 3 nodes, cross-node transfer of a 1 GB object, and ``--peer
-ray`` for the same figures on a Ray cluster.
+throughput on 1, 2 and 3 nodes, and the same through real nodes once tasks run across
+them.
 
-Usage: ``python benchmarks/cluster.py [--kills 5] [--heartbeats 2000]``.
+Usage: ``python benchmarks/cluster.py [--kills 5] [--heartbeats 2000] [--transfers 3]
+[--transfer-mib 1024] [--peer ray]``.
 """
 
 from __future__ import annotations
@@ -155,10 +167,164 @@ def measure_rpcs(cluster: Cluster, heartbeats: int) -> dict[str, Any]:
     }
 
 
+_TRANSFER_SERVER = """
+import os, signal, sys
+from concurrent import futures
+import grpc
+from heliostat.cluster.transfer import (
+    ObjectTransferServicer, add_transfer_service, channel_options, segment_object,
+)
+
+root = sys.argv[1]
+
+class Files:
+    def open_object(self, object_id):
+        path = os.path.join(root, format(object_id, "x"))
+        return segment_object(path) if os.path.exists(path) else None
+
+server = grpc.server(futures.ThreadPoolExecutor(8), options=channel_options())
+add_transfer_service(server, ObjectTransferServicer(Files()))
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+print(port, flush=True)
+signal.sigwait({signal.SIGTERM})
+server.stop(0)
+"""
+
+
+def measure_transfer(mib: int, repeats: int) -> dict[str, Any]:
+    """Pull one object of ``mib`` MiB from a server process, ``repeats`` times."""
+    import grpc
+
+    from heliostat.cluster.transfer import SegmentSink, channel_options, pull_object
+
+    served = Path(tempfile.mkdtemp(prefix="hsbench-served-", dir="/dev/shm"))
+    local = Path(tempfile.mkdtemp(prefix="hsbench-local-", dir="/dev/shm"))
+    size = mib << 20
+    block = os.urandom(1 << 20)
+    with open(served / "1", "wb") as file:
+        for _ in range(mib):
+            file.write(block)
+    server = subprocess.Popen(
+        [sys.executable, "-c", _TRANSFER_SERVER, str(served)], stdout=subprocess.PIPE, text=True
+    )
+    rates: list[float] = []
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+        sink = SegmentSink(lambda oid: str(local / format(oid, "x")))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            pulled = pull_object(channel, 1, sink)
+            rates.append(size / (time.perf_counter() - t0) / 1e9)
+            assert pulled.size == size
+            os.unlink(local / "1")
+        channel.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(served, ignore_errors=True)
+        shutil.rmtree(local, ignore_errors=True)
+    return {
+        "mib": mib,
+        "median": round(statistics.median(rates), 3),
+        "best": round(max(rates), 3),
+        "samples": [round(r, 3) for r in rates],
+    }
+
+
+_RAY_TRANSFER = """
+import json, sys, time
+import numpy as np
+import ray
+
+ray.init(address=sys.argv[1], logging_level="ERROR")
+size, repeats = int(sys.argv[2]), int(sys.argv[3])
+
+@ray.remote(resources={"far": 1}, num_cpus=0)
+def make(n):
+    return np.ones(n, dtype=np.uint8)
+
+@ray.remote(resources={"near": 1}, num_cpus=0)
+def last_byte(x):
+    return int(x[-1])
+
+rates = []
+for _ in range(repeats):
+    ref = make.remote(size)
+    ray.wait([ref], fetch_local=False)
+    t0 = time.perf_counter()
+    assert ray.get(last_byte.remote(ref)) == 1
+    rates.append(size / (time.perf_counter() - t0) / 1e9)
+    del ref
+print(json.dumps(rates))
+"""
+
+
+def measure_ray_transfer(ray_python: str, mib: int, repeats: int) -> dict[str, Any]:
+    """The same object size between two raylets of a local Ray cluster."""
+    ray_bin = str(Path(ray_python).parent / "ray")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    store = str(max(3 * (mib << 20), 1 << 30))
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--object-store-memory={store}"]
+    try:
+        subprocess.run(
+            [
+                ray_bin,
+                "start",
+                "--head",
+                f"--port={port}",
+                "--include-dashboard=false",
+                '--resources={"near": 1}',
+                *common,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [ray_bin, "start", f"--address=127.0.0.1:{port}", '--resources={"far": 1}', *common],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        out = subprocess.run(
+            [ray_python, "-c", _RAY_TRANSFER, f"127.0.0.1:{port}", str(mib << 20), str(repeats)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        rates = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+    return {
+        "mib": mib,
+        "median": round(statistics.median(rates), 3),
+        "best": round(max(rates), 3),
+        "samples": [round(r, 3) for r in rates],
+    }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=5, help="nodes to kill (default 5)")
     parser.add_argument("--heartbeats", type=int, default=2000, help="heartbeat calls to time")
+    parser.add_argument("--transfers", type=int, default=3, help="pulls to time (default 3)")
+    parser.add_argument("--transfer-mib", type=int, default=1024, help="object size in MiB")
+    parser.add_argument("--peer", choices=["ray"], help="also measure a Ray cluster")
+    parser.add_argument("--ray-python", default=".venv-ray/bin/python")
     args = parser.parse_args(argv)
     cluster = Cluster()
     try:
@@ -168,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         result["dead_node_detection_s"] = measure_detection(cluster, args.kills)
     finally:
         cluster.close()
+    result["transfer_gbps"] = measure_transfer(args.transfer_mib, args.transfers)
+    if args.peer == "ray":
+        ray = measure_ray_transfer(args.ray_python, args.transfer_mib, args.transfers)
+        result["ray_transfer_gbps"] = ray
+        result["transfer_ratio"] = round(result["transfer_gbps"]["median"] / ray["median"], 2)
     print(json.dumps(result, indent=2))
     return 0
 

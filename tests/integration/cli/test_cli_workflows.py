@@ -229,7 +229,6 @@ def test_bad_targets_exit_2_with_one_line_and_record_nothing(flows: Cli) -> None
             ],
             ("run", "flows:chain", "x=1"): ["cannot call flows:chain", "'x'"],
             ("run", "flows:explodes"): ["RuntimeError", "no DAG today"],
-            ("run", "flows:duplicate_ids"): ["same"],
             ("run", "broken:build"): ["importing 'broken'", "ZeroDivisionError"],
             ("run", "flows"): ["MODULE:FUNCTION"],
             ("run", "flows:chain", "--id"): ["--id", "expected one argument"],
@@ -237,6 +236,13 @@ def test_bad_targets_exit_2_with_one_line_and_record_nothing(flows: Cli) -> None
         }
     )
     assert flows.rows("SELECT count(*) FROM workflows") in ([], [(0,)])
+
+
+def test_a_repeated_task_id_is_suffixed_as_in_ray(flows: Cli) -> None:
+    done = _json(flows.run("run", "flows:duplicate_ids", "--id", "wf-dup", "--json"))
+    assert done["status"] == "SUCCESSFUL" and done["output"] == 10
+    show = _json(flows.run("workflow", "show", "wf-dup", "--json"))
+    assert {"same", "same_1"} <= {s["task_id"] for s in show["steps"]}
 
 
 def test_failed_run_exits_1_and_resumes_after_the_fix(flows: Cli) -> None:
