@@ -177,7 +177,9 @@ def test_nodes_join_show_in_status_and_a_killed_node_is_dead_within_5_s(
     by_id = {n["node_id"]: n for n in cluster["nodes"]}
     assert {n["state"] for n in cluster["nodes"]} == {"ALIVE"} and len(by_id) == 3
     assert by_id[n1]["address"] == "127.0.0.2" and by_id[n2]["address"] == "127.0.0.3"
-    assert cluster["total"] == {"CPU": 3.0}
+    # Each node offers its CPUs, and memory and object store memory as Ray's nodes do.
+    assert cluster["total"]["CPU"] == 3.0
+    assert set(cluster["total"]) == {"CPU", "memory", "object_store_memory"}
     assert "127.0.0.3" in daemons.run("n2", "status").stdout  # from the node's home too
 
     os.kill(daemons.pid("n1", "node"), signal.SIGKILL)
@@ -186,7 +188,7 @@ def test_nodes_join_show_in_status_and_a_killed_node_is_dead_within_5_s(
     detected = time.monotonic() - killed
     assert detected < 5.0, f"a killed node took {detected:.2f} s to be declared dead"
     assert daemons.states()[n2] is NodeState.ALIVE
-    assert daemons.status()["total"] == {"CPU": 2.0}
+    assert daemons.status()["total"]["CPU"] == 2.0
 
 
 def test_a_restarted_head_recovers_its_nodes_without_restarting_them(
