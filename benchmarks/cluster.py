@@ -266,7 +266,11 @@ def measure_ray_transfer(ray_python: str, mib: int, repeats: int) -> dict[str, A
     """The same object size between two raylets of a local Ray cluster."""
     ray_bin = str(Path(ray_python).parent / "ray")
     port = _free_port()
+    # A home of its own: a token file another Ray run left in ~/.ray makes a joining
+    # node send a token the head (started without auth) refuses.
+    ray_home = tempfile.mkdtemp(prefix="hsbench-rayhome-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = ray_home
     store = str(max(3 * (mib << 20), 1 << 30))
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--object-store-memory={store}"]
     try:
@@ -301,6 +305,7 @@ def measure_ray_transfer(ray_python: str, mib: int, repeats: int) -> dict[str, A
         rates = json.loads(out.stdout.strip().splitlines()[-1])
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+        shutil.rmtree(ray_home, ignore_errors=True)
     return {
         "mib": mib,
         "median": round(statistics.median(rates), 3),
