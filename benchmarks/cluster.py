@@ -226,12 +226,7 @@ def measure_transfer(mib: int, repeats: int) -> dict[str, Any]:
         server.wait(timeout=30)
         shutil.rmtree(served, ignore_errors=True)
         shutil.rmtree(local, ignore_errors=True)
-    return {
-        "mib": mib,
-        "median": round(statistics.median(rates), 3),
-        "best": round(max(rates), 3),
-        "samples": [round(r, 3) for r in rates],
-    }
+    return _rates(mib, rates)
 
 
 _RAY_TRANSFER = """
@@ -306,6 +301,11 @@ def measure_ray_transfer(ray_python: str, mib: int, repeats: int) -> dict[str, A
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
         shutil.rmtree(ray_home, ignore_errors=True)
+    return _rates(mib, rates)
+
+
+def _rates(mib: int, rates: list[float]) -> dict[str, Any]:
+    """Transfer rates (GB/s) summarised."""
     return {
         "mib": mib,
         "median": round(statistics.median(rates), 3),
