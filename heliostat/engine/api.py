@@ -310,8 +310,11 @@ def wait(
 
     ``refs`` may hold ``ObjectRefGenerator``s too, as in Ray: a generator is ready when
     ``next()`` on it would not block (its next item was yielded, or it has ended).
-    Both lists keep the input order.
+    Both lists keep the input order. ``fetch_local=False`` (Ray: do not pull the values
+    to this node) changes nothing on one node, where every value is already local.
     """
+    if not isinstance(fetch_local, bool):
+        raise TypeError(f"wait(): fetch_local must be a bool, not {type(fetch_local).__name__}.")
     if not isinstance(refs, (list, tuple)) or any(
         type(r) is not ObjectRef and not isinstance(r, ObjectRefGenerator) for r in refs
     ):

@@ -405,6 +405,13 @@ def test_wait_on_an_empty_list_returns_two_empty_lists(runtime) -> None:
     assert hs.wait([], timeout=0) == ([], [])
 
 
+def test_wait_fetch_local_is_a_bool(runtime) -> None:
+    ref = hs.put(1)
+    assert hs.wait([ref], fetch_local=False) == ([ref], [])
+    with pytest.raises(TypeError, match="fetch_local must be a bool, not str"):
+        hs.wait([ref], fetch_local="no")
+
+
 # --- 10. unhandled errors are logged -----------------------------------------------------
 
 
