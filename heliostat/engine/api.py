@@ -90,7 +90,8 @@ def init(
         configure_logging: ``False`` leaves logging alone.
         log_to_driver: ``False`` stops printing workers' stdout and stderr here.
         storage: workflow storage URL (used by durable workflows).
-        token: cluster token (for clusters; unused locally).
+        token: the cluster token, with ``address`` (joining a cluster is not supported
+            yet); refused for a local node.
         max_workers: cap on pool workers (blocked workers included).
         **ray_options: ``_temp_dir`` (where the session directory goes) and Ray's
             keywords without effect here, named above.
@@ -117,6 +118,13 @@ def init(
         object_store_memory = int(object_store_memory)
     _check_type("namespace", namespace, str)
     _check_type("address", address, str)
+    if token is not None and not isinstance(token, str):  # never echo a secret's value
+        raise TypeError(f"init(): token must be str, not {type(token).__name__}.")
+    if token is not None and address in (None, "local"):
+        raise ValueError(
+            "init(): token= is the cluster token for joining a cluster with address=; "
+            "a local node takes none."
+        )
     _check_type("storage", storage, str)
     _check_type("max_workers", max_workers, int)
     if not isinstance(ignore_reinit_error, bool):

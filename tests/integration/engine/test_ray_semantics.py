@@ -405,6 +405,14 @@ def test_wait_on_an_empty_list_returns_two_empty_lists(runtime) -> None:
     assert hs.wait([], timeout=0) == ([], [])
 
 
+def test_init_token_without_a_cluster_is_refused() -> None:
+    with pytest.raises(ValueError, match="token= is the cluster token for joining a cluster"):
+        hs.init(num_cpus=1, token="s3cret")
+    with pytest.raises(TypeError, match="token must be str, not bytes") as info:
+        hs.init(num_cpus=1, token=b"s3cret")
+    assert "s3cret" not in str(info.value)
+
+
 def test_wait_fetch_local_is_a_bool(runtime) -> None:
     ref = hs.put(1)
     assert hs.wait([ref], fetch_local=False) == ([ref], [])
