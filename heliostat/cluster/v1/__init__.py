@@ -3,8 +3,10 @@
 ``control_pb2`` / ``control_pb2_grpc``: the ``ControlPlane`` service, from
 ``proto/heliostat/cluster/v1/control.proto``; only :mod:`heliostat.cluster.rpc` imports
 them, and the rest of heliostat sees dataclasses. ``objects_pb2`` /
-``objects_pb2_grpc``: the ``ObjectTransfer`` service, from ``objects.proto``; only
-:mod:`heliostat.cluster.transfer` imports them.
+``objects_pb2_grpc``: the ``ObjectTransfer`` service, from ``objects.proto``;
+:mod:`heliostat.cluster.transfer` imports only ``objects_pb2`` (it registers the method
+itself, to serialize chunks without copies), so ``objects_pb2_grpc`` is generated for
+other clients and not called by heliostat.
 """
 
 from __future__ import annotations
