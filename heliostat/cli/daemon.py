@@ -28,7 +28,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -63,31 +62,6 @@ class DaemonSpec:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
-
-
-class _RuntimeResources:
-    """The local node's resources, read from the engine's public API."""
-
-    def total(self) -> Mapping[str, float]:
-        from heliostat.engine import cluster_resources
-
-        return cluster_resources()
-
-    def available(self) -> Mapping[str, float]:
-        from heliostat.engine import available_resources
-
-        return available_resources()
-
-
-def _start_local_node(spec: DaemonSpec) -> None:
-    import heliostat as hs
-
-    runtime = hs.init(num_cpus=spec.num_cpus, resources=dict(spec.resources) or None)
-    runtime.started_by_cli = True  # a scheduled run's own init() returns this node
-
-
-def _node_id() -> str:
-    return secrets.token_hex(16)
 
 
 def _stop_signals(stop: threading.Event) -> None:
@@ -140,8 +114,9 @@ def _fmt(host: str, port: int) -> str:
 
 def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
     import heliostat
-    from heliostat.cluster import HeadClient, HeadServer, HeadService, NodeAgent, TlsFiles
+    from heliostat.cluster import HeadClient, HeadServer, HeadService, TlsFiles
     from heliostat.cluster.auth import cluster_id_of, ensure_token_file
+    from heliostat.cluster.join import start_node_runtime
     from heliostat.cluster.local import DaemonInfo, log_path, token_path, write_daemon_info
     from heliostat.storage.cluster_nodes import NodeTableStore
     from heliostat.storage.db import default_db_url, ensure_schema, make_engine
@@ -166,21 +141,17 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
     address = _fmt(spec.host, server.port)
     log.info("control plane listening on %s (TLS %s)", address, "on" if tls else "off")
 
-    _start_local_node(spec)
-    stack.push("the local node", heliostat.shutdown)
     client = HeadClient(_fmt(_connect_host(spec.host), server.port), token, tls_cert=spec.tls_cert)
-    agent = NodeAgent(
+    runtime = start_node_runtime(
         client,
-        node_id=_node_id(),
-        address=_connect_host(spec.host) if spec.host in ("0.0.0.0", "::") else spec.host,
-        hostname=socket.gethostname(),
-        pid=os.getpid(),
-        resources=_RuntimeResources(),
+        token=token,
+        host=_connect_host(spec.host) if spec.host in ("0.0.0.0", "::") else spec.host,
+        num_cpus=spec.num_cpus,
+        resources=dict(spec.resources) or None,
         is_head=True,
     )
-    agent.register()
-    agent.start()
-    stack.push("the head's node agent", agent.stop)
+    stack.push("the local node", heliostat.shutdown)
+    node_id = runtime.extensions["cluster"].node_id
 
     stop_loop = threading.Event()
     scheduler = threading.Thread(
@@ -203,7 +174,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
             pid=os.getpid(),
             started_at=time.time(),
             address=address,
-            node_id=agent.node_id,
+            node_id=node_id,
             ui_url=ui_url,
             tls_cert=spec.tls_cert or "",
             log_file=str(log_path("head")),
@@ -215,7 +186,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
         token=token,
         token_file=str(token_path()),
         token_created=created,
-        node_id=agent.node_id,
+        node_id=node_id,
         ui_url=ui_url,
         db_url=_hide_password(db_url),
     )
@@ -277,7 +248,8 @@ def _run_node(
     spec: DaemonSpec, stack: _Stack, ready: dict[str, Any], fatal: Callable[[Any], None]
 ) -> None:
     import heliostat
-    from heliostat.cluster import HeadClient, NodeAgent
+    from heliostat.cluster import HeadClient
+    from heliostat.cluster.join import local_address_towards, start_node_runtime
     from heliostat.cluster.local import DaemonInfo, log_path, token_path, write_daemon_info
 
     token = os.environ.get("HELIOSTAT_TOKEN", "")
@@ -288,33 +260,30 @@ def _run_node(
     if not token_path().exists():
         with contextlib.suppress(OSError):
             _store_token(token_path(), token)
-    _start_local_node(spec)
-    stack.push("the local node", heliostat.shutdown)
-    agent = NodeAgent(
+    runtime = start_node_runtime(
         client,
-        node_id=_node_id(),
-        address=spec.node_ip_address,
-        hostname=socket.gethostname(),
-        pid=os.getpid(),
-        resources=_RuntimeResources(),
-        on_fatal=fatal,
+        token=token,
+        host=spec.node_ip_address or local_address_towards(spec.address),
+        num_cpus=spec.num_cpus,
+        resources=dict(spec.resources) or None,
     )
-    agent.register()
-    agent.start()
-    stack.push("the node agent", agent.stop)
+    stack.push("the local node", heliostat.shutdown)
+    membership = runtime.extensions["cluster"]
+    membership.agent.set_on_fatal(fatal)
+    node_id = membership.node_id
     write_daemon_info(
         DaemonInfo(
             kind="node",
             pid=os.getpid(),
             started_at=time.time(),
             address=spec.address,
-            node_id=agent.node_id,
-            node_address=spec.node_ip_address,
+            node_id=node_id,
+            node_address=membership.link.address,
             tls_cert=spec.tls_cert or "",
             log_file=str(log_path("node")),
         )
     )
-    ready.update(node_id=agent.node_id, cluster_id=info.cluster_id, head=spec.address)
+    ready.update(node_id=node_id, cluster_id=info.cluster_id, head=spec.address)
 
 
 def _store_token(path: Any, token: str) -> None:

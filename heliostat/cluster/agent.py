@@ -110,6 +110,10 @@ class NodeAgent:
         self.heartbeats = 0  # heartbeats the head accepted (for tests and status)
         self.registrations = 0
 
+    def set_on_fatal(self, on_fatal: Callable[[ClusterError], None] | None) -> None:
+        """Who to tell when the agent stops for good (set before :meth:`start`)."""
+        self._on_fatal = on_fatal
+
     def register(self) -> RegisterAck:
         """Register now. Raises the client's error when the head refuses or is away."""
         ack = self.client.register_node(

@@ -57,6 +57,7 @@ __all__ = [
     "channel_options",
     "decode_chunk",
     "encode_chunk",
+    "id_bytes",
     "pull_object",
     "pull_objects",
     "segment_object",
@@ -147,6 +148,11 @@ class PulledObject:
     size: int
     is_error: bool
     result: Any  # what the sink's commit returned (e.g. the segment's path)
+
+
+def id_bytes(ident: int) -> bytes:
+    """An object id as the protos carry it: 10 bytes, big-endian (ids are 80 bits)."""
+    return ident.to_bytes(10, "big")
 
 
 # --- serving ---------------------------------------------------------------------------
@@ -264,9 +270,10 @@ class ObjectTransferServicer:
     def Pull(  # the RPC's name in the .proto
         self, request: Any, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        obj = self._source.open_object(request.object_id)
+        object_id = int.from_bytes(request.object_id, "big")
+        obj = self._source.open_object(object_id)
         if obj is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"object {request.object_id:#x} not here")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"object {object_id:#x} not here")
         assert obj is not None  # abort raised
         try:
             yield from _chunks(obj, request, self._chunk_size, context)
@@ -370,7 +377,10 @@ class _Receiver:
     def stream(self, pull: Any, offset: int, length: int, chunk_size: int, metadata: Any) -> int:
         """Pull ``[offset, offset+length)`` (length 0: to the end); returns bytes taken."""
         request = objects_pb2.PullRequest(
-            object_id=self.object_id, offset=offset, length=length, chunk_size=chunk_size
+            object_id=id_bytes(self.object_id),
+            offset=offset,
+            length=length,
+            chunk_size=chunk_size,
         )
         taken = 0
         call = pull(request, metadata=metadata)

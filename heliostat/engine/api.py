@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, overload
 
@@ -16,6 +19,7 @@ from heliostat.engine import runtime as _rt
 from heliostat.engine.actor import ActorClass, ActorHandle
 from heliostat.engine.events import to_chrome_trace
 from heliostat.engine.generators import ObjectRefGenerator, wait_with_generators
+from heliostat.engine.ids import format_id
 from heliostat.engine.init_options import check_init_options
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction, task_options
@@ -120,7 +124,7 @@ def init(
     _check_type("address", address, str)
     if token is not None and not isinstance(token, str):  # never echo a secret's value
         raise TypeError(f"init(): token must be str, not {type(token).__name__}.")
-    if token is not None and address in (None, "local"):
+    if token is not None and address in (None, "local") and not _env_address():
         raise ValueError(
             "init(): token= is the cluster token for joining a cluster with address=; "
             "a local node takes none."
@@ -156,27 +160,49 @@ def init(
             "heliostat is already initialized; call shutdown() first or pass "
             "ignore_reinit_error=True."
         )
-    if address not in (None, "local"):
-        raise HeliostatError(
-            f"Cannot connect to {address!r}: joining a cluster is not supported yet; "
-            "call init() without an address for a local node."
+    from heliostat.cluster.join import resolve_address
+
+    head_address = resolve_address(address)
+    if head_address is not None:
+        given = {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "resources": resources,
+            "object_store_memory": object_store_memory,
+        }
+        refused = [name for name, value in given.items() if value is not None]
+        if refused:
+            raise ValueError(
+                f"init(): {', '.join(refused)} cannot be given when connecting to a "
+                "cluster: the nodes' resources are set by 'heliostat start'."
+            )
+        runtime = _connect(
+            head_address,
+            token,
+            namespace=namespace,
+            storage=storage,
+            log_to_driver=checked.log_to_driver,
+            env_vars=checked.env_vars,
+            import_paths=checked.import_paths,
+            temp_dir=checked.temp_dir,
         )
-    runtime = _rt.Runtime(
-        num_cpus=num_cpus,
-        resources=resources,
-        object_store_memory=object_store_memory,
-        namespace=namespace,
-        max_workers=max_workers,
-        storage=storage,
-        num_gpus=checked.gpus,
-        log_to_driver=checked.log_to_driver,
-        env_vars=checked.env_vars,
-        import_paths=checked.import_paths,
-        temp_dir=checked.temp_dir,
-    )
+    else:
+        runtime = _rt.Runtime(
+            num_cpus=num_cpus,
+            resources=resources,
+            object_store_memory=object_store_memory,
+            namespace=namespace,
+            max_workers=max_workers,
+            storage=storage,
+            num_gpus=checked.gpus,
+            log_to_driver=checked.log_to_driver,
+            env_vars=checked.env_vars,
+            import_paths=checked.import_paths,
+            temp_dir=checked.temp_dir,
+        )
+        runtime.start()
     if checked.logging_level is not None:
         runtime.extensions["logging"] = _LoggerSetup(checked.logging_level, checked.logging_format)
-    runtime.start()
     _rt.set_current(runtime)
     log.debug("started local node, session %s", runtime.session)
     if checked.without_effect:
@@ -184,6 +210,50 @@ def init(
             "init(): accepted Ray keyword(s) with no effect on a local heliostat node: %s",
             ", ".join(checked.without_effect),
         )
+    return runtime
+
+
+def _env_address() -> bool:
+    return bool(os.environ.get("HELIOSTAT_ADDRESS", "").strip())
+
+
+def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
+    """Join the cluster whose head is at ``address`` as a driver node (no CPUs)."""
+    from heliostat.cluster.client import HeadClient
+    from heliostat.cluster.join import (
+        ClusterMembership,
+        choose_node_index,
+        local_address_towards,
+        resolve_token,
+        taken_indexes,
+    )
+
+    secret = resolve_token(token)
+    head = HeadClient(address, secret, tls_cert=os.environ.get("HELIOSTAT_TLS_CERT") or None)
+    runtime: _rt.Runtime | None = None
+    try:
+        head.cluster_info()  # a wrong token or an empty address fails here, clearly
+        index = choose_node_index(taken_indexes(head))
+        runtime = _rt.Runtime(
+            num_cpus=0,
+            resources=None,
+            object_store_memory=None,
+            node_index=index,
+            **options,
+        )
+        runtime.start()
+        membership = ClusterMembership(
+            runtime, head=head, token=secret, host=local_address_towards(address)
+        )
+        membership.start()
+        runtime.extensions["cluster"] = membership
+        membership.job_id = head.register_job(" ".join(sys.argv), socket.gethostname(), os.getpid())
+    except BaseException:
+        if runtime is not None:
+            runtime.shutdown()
+        head.close()
+        raise
+    log.info("connected to the heliostat cluster at %s as node %s", address, format_id(index))
     return runtime
 
 

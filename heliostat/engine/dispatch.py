@@ -49,6 +49,7 @@ import logging
 import math
 import time
 from collections import deque
+from typing import Any
 
 from heliostat.engine.actor_directory import ActorDirectory
 from heliostat.engine.ids import format_id
@@ -73,7 +74,12 @@ from heliostat.engine.records import (
 )
 from heliostat.engine.task_table import TaskTable
 from heliostat.engine.worker_registry import WorkerRegistry
-from heliostat.exceptions import InfeasibleResourcesError, ObjectLostError, TaskCancelledError
+from heliostat.exceptions import (
+    InfeasibleResourcesError,
+    ObjectLostError,
+    TaskCancelledError,
+    TaskUnschedulableError,
+)
 from heliostat.scheduler import CPU, NodeResources, ResourceSet, infeasible_message
 from heliostat.scheduler.placement import NodeView
 
@@ -122,20 +128,34 @@ class Dispatch:
         self.revoke_due = math.inf  # the earliest deadline of an unanswered REVOKE
         self._feasible: dict[ResourceSet, bool] = {}
         self._cpu_of: dict[ResourceSet, ResourceSet] = {}
+        # The other nodes of a cluster (peers.Peers), or None on a node of its own.
+        self.peers: Any = None
 
     # ------------------------------------------------------------- feasibility --
 
     def check_feasible(self, resources: ResourceSet) -> None:
-        """Raise InfeasibleResourcesError if this node could never run the request."""
+        """Raise InfeasibleResourcesError if no node could ever run the request."""
+        if not self.feasible(resources):
+            raise InfeasibleResourcesError(self.infeasible_message(resources))
+
+    def feasible(self, resources: ResourceSet) -> bool:
+        """Whether this node, or a peer of a cluster, could ever hold the request."""
         ok = self._feasible.get(resources)
         if ok is None:
             ok = self._feasible[resources] = resources.is_subset_of(self.node.total)
-        if not ok:
-            raise InfeasibleResourcesError(self.infeasible_message(resources))
+        if ok:
+            return True
+        peers = self.peers
+        return peers is not None and peers.feasible_somewhere(resources)
+
+    def local_view(self) -> NodeView:
+        return NodeView(node_id=self._node_id, total=self.node.total, available=self.node.available)
 
     def infeasible_message(self, resources: ResourceSet) -> str:
-        view = NodeView(node_id=self._node_id, total=self.node.total, available=self.node.available)
-        return infeasible_message(resources, [view])
+        views = [self.local_view()]
+        if self.peers is not None:
+            views += self.peers.views()
+        return infeasible_message(resources, views)
 
     # ------------------------------------------------------------ submission --
 
@@ -144,7 +164,7 @@ class Dispatch:
             self._actors.submit_call(proc, spec)
             return
         self._tasks.register(proc, spec)
-        if not spec.resources.is_subset_of(self.node.total):
+        if not self.feasible(spec.resources):
             exc = InfeasibleResourcesError(self.infeasible_message(spec.resources))
             self._tasks.fail(spec, error_payload(exc), "infeasible")
             return
@@ -206,6 +226,17 @@ class Dispatch:
                     actors.pump(actor)
                 return
         if spec.kind is TaskKind.NORMAL:
+            peers = self.peers
+            if peers is not None and spec.strategy is not None:
+                where = peers.route(spec, self.local_view())
+                if type(where) is str:
+                    exc = TaskUnschedulableError(f"Task {spec.name!r} cannot be scheduled: {where}")
+                    self._tasks.fail(spec, error_payload(exc), "infeasible")
+                    return
+                if where is not None:
+                    transition(spec, TaskState.READY)
+                    peers.forward(spec, where)
+                    return
             transition(spec, TaskState.READY)
             queue = self.ready.get(spec.resources)
             if queue is None:
@@ -271,6 +302,8 @@ class Dispatch:
                 worker = idle.pop()
                 node.try_acquire(resources)
                 self._dispatch(spec, worker)
+        if self.peers is not None and self.peers.nodes:
+            self._spill()
         depth = self._depth
         if depth and busy:
             for resources, queue in self.ready.items():
@@ -306,6 +339,19 @@ class Dispatch:
             room = self._max_workers - registry.live_task_workers()
             for _ in range(min(wanted - registry.starting, room)):
                 registry.spawn(None)
+
+    def _spill(self) -> None:
+        """Send tasks this node has no room for to peers with room (spillback)."""
+        peers = self.peers
+        node = self.node
+        for resources, queue in self.ready.items():
+            if not queue or node.fits(resources):
+                continue
+            while queue and peers.spillable(queue[0]):
+                target = peers.spill_target(resources)
+                if target is None:
+                    break
+                peers.forward(queue.popleft(), target)
 
     def _dispatch(self, spec: TaskSpec, worker: WorkerRecord, *, ahead: bool = False) -> None:
         resolved = self._tasks.resolve_args(spec, worker)
@@ -414,6 +460,17 @@ class Dispatch:
     def retry(self, spec: TaskSpec) -> None:
         spec.worker = None
         if spec.kind is TaskKind.NORMAL:
+            peers = self.peers
+            if peers is not None and spec.strategy is not None:
+                where = peers.route(spec, self.local_view())
+                if type(where) is str:
+                    exc = TaskUnschedulableError(f"Task {spec.name!r} cannot be scheduled: {where}")
+                    self._tasks.fail(spec, error_payload(exc), "infeasible")
+                    return
+                if where is not None:
+                    transition(spec, TaskState.READY)
+                    peers.forward(spec, where)
+                    return
             transition(spec, TaskState.READY)
             queue = self.ready.get(spec.resources)
             if queue is None:

@@ -51,6 +51,7 @@ from heliostat.engine.node_instructions import (
     WorkerSpawned,
 )
 from heliostat.engine.node_state import NodeState
+from heliostat.engine.peers import PEER_EFFECTS
 from heliostat.engine.protocol import ConnectionClosed, Op, PeerConnection
 from heliostat.engine.records import WorkerRecord, WorkerState
 from heliostat.engine.worker_pool import ForkServerClient
@@ -147,6 +148,8 @@ class NodeLoop:
         self._handle_request = handle_request
         self._introspect = introspect
         self._driver_unmap = driver_unmap
+        # Where effects for other nodes go (the cluster link); None on a lone node.
+        self.peer_sink: Callable[[Any], None] | None = None
         self._driver_drain = driver_drain
         self._log_sink = log_sink
         self._selector = selectors.DefaultSelector()
@@ -244,6 +247,8 @@ class NodeLoop:
                 with contextlib.suppress(Exception):
                     self._selector.unregister(worker.conn.sock)
                 worker.conn.close()
+        elif kind in PEER_EFFECTS and self.peer_sink is not None:
+            self.peer_sink(effect)  # for another node: the cluster link sends it
         else:
             raise TypeError(f"unknown effect {effect!r}")
 

@@ -221,6 +221,44 @@ class NodeManager:
                 if self._out.pending:
                     self.loop.flush()
 
+    # ------------------------------------------------------------------ the cluster --
+
+    def attach_peers(self, sink: Callable[[Any], None] | None) -> None:
+        """Join a cluster (``sink`` sends effects for other nodes) or leave it (None)."""
+        with self._lock:
+            if sink is not None and self.state.peers is None:
+                self.state.join_cluster(self.config.node_index)
+            self.loop.peer_sink = sink
+            if sink is None and self.state.peers is not None:
+                self.state.peers.update([])  # every peer is gone for us
+                self.loop.flush()
+
+    def peer_event(self, event: Callable[[NodeState], None]) -> None:
+        """Apply something another node said or did (``event(state)``), then flush."""
+        with self._lock:
+            if self.state.peers is None or self._stopping:
+                return
+            try:
+                event(self.state)
+            except Exception:
+                log.exception("heliostat internal error handling a message from another node")
+            finally:
+                if self._out.pending:
+                    self.loop.flush()
+
+    def open_object(self, object_id: int, opener: Callable[[str], Any]) -> Any:
+        """``opener(path)`` of the file holding an object's bytes here (its segment or
+        spill file), under the lock so that it is not freed or moved meanwhile; None
+        if the object is not here."""
+        with self._lock:
+            entry = self.state.objects.entries.get(object_id)
+            if entry is None or entry.kind not in (ObjKind.SHM, ObjKind.SPILLED):
+                return None
+            try:
+                return opener(entry.path)
+            except FileNotFoundError:
+                return None
+
     def check_feasible(self, resources: ResourceSet) -> None:
         """Raise InfeasibleResourcesError if no node could ever run this request."""
         self.state.dispatch.check_feasible(resources)

@@ -39,7 +39,9 @@ from heliostat.engine.node_instructions import (
 )
 from heliostat.engine.object_directory import ObjectDirectory, Reply, error_payload
 from heliostat.engine.object_table import ObjKind
+from heliostat.engine.peers import Peers, WireValue
 from heliostat.engine.records import (
+    PEER_INDEX_BASE,
     ActorOptions,
     ActorState,
     TaskKind,
@@ -129,10 +131,46 @@ class NodeState:
         self.actors.deps = self.dispatch
         self.driver = self.registry.driver
         self.stopping = False
+        self.peers: Peers | None = None  # set by join_cluster
         # The request surface, whoever asks (driver or worker): verb -> handler.
         self.verbs: dict[str, Verb] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("_v_")
         }
+
+    def join_cluster(self, local_index: int, *, depth: int = 4) -> Peers:
+        """This node belongs to a cluster: work and values may cross to peers."""
+        peers = Peers(
+            self.out,
+            local_index=local_index,
+            objects=self.objects,
+            tasks=self.tasks,
+            depth=depth,
+        )
+        peers.hooks = self.dispatch
+        self.dispatch.peers = peers
+        self.tasks.on_peer_task_end = peers.finished
+        self.peers = peers
+        return peers
+
+    def peer_forward(
+        self,
+        index: int,
+        fields: tuple[Any, ...],
+        fn_bytes: bytes | None,
+        values: list[WireValue],
+        pending: list[int],
+    ) -> None:
+        """Node ``index`` forwarded a task to run here."""
+        assert self.peers is not None
+        spec = spec_from_wire(fields, PEER_INDEX_BASE + index)
+        self.peers.on_forward(index, spec, fn_bytes, values, pending)
+
+    def peer_cancel(self, index: int, task_id: int, force: bool) -> None:
+        """The owner of a task forwarded here cancels it."""
+        assert self.peers is not None
+        spec = self.peers.cancel_forwarded(index, task_id)
+        if spec is not None and spec.state not in DONE_STATES:
+            self._cancel(spec, force)
 
     def stop(self) -> None:
         """No new dispatch; every worker is asked to exit."""
@@ -378,6 +416,8 @@ class NodeState:
                     queue.remove(spec)
             tasks.cancel_unstarted(spec)
             return True
+        if spec.remote_node and self.peers is not None:
+            return self.peers.cancel(spec, force)
         worker = spec.worker
         if worker is None or not worker.pid:
             return False

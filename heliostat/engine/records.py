@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTOR_TRANSITIONS",
+    "PEER_INDEX_BASE",
     "TASK_TRANSITIONS",
     "WORKER_TRANSITIONS",
     "ActorOptions",
@@ -126,6 +127,14 @@ def transition(record: TaskSpec | WorkerRecord | ActorRecord, finish: _S) -> Non
     record.state = finish
 
 
+PEER_INDEX_BASE = 1 << 30
+"""A peer node's stand-in process index is ``PEER_INDEX_BASE + its node index``.
+
+Worker indexes stay below ``1 << 24`` (the id layout's process bits), so a stand-in
+never collides with a real process of the node (``peers.py``).
+"""
+
+
 class TaskSpec:
     """One task: what to run, with which arguments, where it stands.
 
@@ -163,6 +172,7 @@ class TaskSpec:
         "claimed",
         "generator",
         "max_calls",
+        "remote_node",
     )
 
     def __init__(
@@ -222,6 +232,7 @@ class TaskSpec:
         self.generator = generator
         # A worker runs at most this many calls of ``fn_id``, then exits (0: no limit).
         self.max_calls = max_calls
+        self.remote_node = 0  # the peer node index running it (peers.py); 0: this node
 
     def label(self) -> str:
         return f"{self.name}#{self.task_id:x}"

@@ -296,6 +296,7 @@ class Runtime:
         env_vars: dict[str, str] | None = None,
         import_paths: tuple[str, ...] = (),
         temp_dir: str | None = None,
+        node_index: int = 0,
     ) -> None:
         cpus = float(num_cpus) if num_cpus is not None else float(os.cpu_count() or 1)
         if cpus < 0:
@@ -326,6 +327,7 @@ class Runtime:
             object_store_memory=store_bytes,
             max_workers=max_workers or max(32, 8 * int(max(cpus, 1))),
             env=_worker_env(env_vars, import_paths),
+            node_index=node_index,
         )
         self.manager = NodeManager(
             self.config,
@@ -335,7 +337,7 @@ class Runtime:
         )
         self.client = DriverClient(
             manager=self.manager,
-            minter=IdMinter(0, 0),
+            minter=IdMinter(node_index, 0),
             session=self.session,
             namespace=self.namespace,
         )

@@ -11,12 +11,19 @@ pinned and records the attempt in the event log. Where a task waits and runs is
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from heliostat.engine.events import TaskEventLog
 from heliostat.engine.object_directory import ObjectDirectory, error_payload
 from heliostat.engine.object_table import ObjKind, keeps_lineage
-from heliostat.engine.records import TaskSpec, TaskState, WorkerRecord, transition
+from heliostat.engine.records import (
+    PEER_INDEX_BASE,
+    TaskSpec,
+    TaskState,
+    WorkerRecord,
+    transition,
+)
 from heliostat.engine.streams import STREAMING, StreamState
 from heliostat.exceptions import TaskCancelledError
 
@@ -36,6 +43,8 @@ class TaskTable:
         self.children: dict[int, list[TaskSpec]] = {}
         self.functions: dict[bytes, bytes] = {}  # pickled code, by function id
         self.events = TaskEventLog()
+        # A task a peer node forwarded here ended: (spec, outcome). Set in a cluster.
+        self.on_peer_task_end: Callable[[TaskSpec, str], None] | None = None
 
     def register(self, proc: WorkerRecord, spec: TaskSpec) -> None:
         """Create the return entries and pin what the spec references."""
@@ -143,6 +152,8 @@ class TaskTable:
         self.tasks.pop(spec.task_id, None)
         if self.children:
             self.children.pop(spec.task_id, None)
+        if spec.owner >= PEER_INDEX_BASE and self.on_peer_task_end is not None:
+            self.on_peer_task_end(spec, outcome)  # report to the node that owns it
         self.unpin(spec)
 
     def unpin(self, spec: TaskSpec) -> None:

@@ -137,8 +137,10 @@ class ArgChecker:
         # Keywords are checked by name then (``_index``: name -> position), unless a
         # parameter is positional-only.
         self._index: dict[str, int] | None = None
-        if params and params[-1].kind is inspect.Parameter.VAR_POSITIONAL and all(
-            p.kind in _POSITIONAL for p in params[:-1]
+        if (
+            params
+            and params[-1].kind is inspect.Parameter.VAR_POSITIONAL
+            and all(p.kind in _POSITIONAL for p in params[:-1])
         ):
             # ``f(a, b, *rest)``: a positional call fits when it fills the required
             # parameters; any number may follow. Keyword calls go through bind.

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"heliostat/cluster/v1/objects.proto\x12\x14heliostat.cluster.v1\"T\n\x0bPullRequest\x12\x11\n\tobject_id\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\"Q\n\x0bObjectChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x10\n\x08is_error\x18\x04 \x01(\x08\x32`\n\x0eObjectTransfer\x12N\n\x04Pull\x12!.heliostat.cluster.v1.PullRequest\x1a!.heliostat.cluster.v1.ObjectChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"heliostat/cluster/v1/objects.proto\x12\x14heliostat.cluster.v1\"T\n\x0bPullRequest\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\"Q\n\x0bObjectChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x10\n\x08is_error\x18\x04 \x01(\x08\x32`\n\x0eObjectTransfer\x12N\n\x04Pull\x12!.heliostat.cluster.v1.PullRequest\x1a!.heliostat.cluster.v1.ObjectChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

@@ -10,11 +10,11 @@ class PullRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
-    object_id: int
+    object_id: bytes
     offset: int
     length: int
     chunk_size: int
-    def __init__(self, object_id: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, object_id: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class ObjectChunk(_message.Message):
     __slots__ = ("total_size", "offset", "data", "is_error")

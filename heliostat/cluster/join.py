@@ -1,0 +1,226 @@
+"""A local runtime joins a cluster: node daemons, the head's own node, and drivers.
+
+Every process that runs a node manager in a cluster (a node daemon, the head, and a
+driver that connected with ``init(address=...)``) is a *node* of the cluster:
+
+1. it picks a node index (:func:`choose_node_index`): bits 64..79 of every id its
+   processes mint (``engine/ids.py``), so ids stay unique across the cluster without
+   asking anyone; its node id is that index in hex;
+2. it starts its runtime with that index;
+3. :class:`ClusterMembership` serves the node to its peers (``NodeLink``), registers
+   it with the head and heartbeats (``NodeAgent``), until closed (``shutdown``).
+
+A driver's node has no CPUs of its own (``num_cpus=0``): every task it submits runs on
+the cluster's nodes, its objects stay in its own store until a node pulls them, and it
+leaves the cluster when the driver shuts down, as a Ray driver does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from heliostat.cluster.agent import NodeAgent
+from heliostat.cluster.client import HeadClient, parse_address
+from heliostat.cluster.node_link import NodeLink
+from heliostat.engine.ids import format_id
+from heliostat.exceptions import ClusterError
+
+__all__ = [
+    "MAX_NODE_INDEX",
+    "ClusterMembership",
+    "choose_node_index",
+    "local_address_towards",
+    "resolve_address",
+    "resolve_token",
+]
+
+log = logging.getLogger("heliostat.cluster")
+
+MAX_NODE_INDEX = 0xFFFF  # ids.py gives the node index 16 bits; 0 is a lone node
+
+
+def choose_node_index(taken: set[int], *, rand: Any = secrets.randbelow) -> int:
+    """A node index in ``1..MAX_NODE_INDEX`` that no node the head lists holds.
+
+    Random rather than counted, so nodes joining at once rarely pick the same one
+    (one chance in 65,535 per pair; the head's table is read first to avoid the rest).
+    """
+    for _ in range(1000):
+        index = 1 + rand(MAX_NODE_INDEX)
+        if index not in taken:
+            return index
+    raise ClusterError("no free node index: the cluster lists 65,535 nodes")
+
+
+def local_address_towards(address: str) -> str:
+    """The IP address of this machine that ``address`` (HOST:PORT) would see us from."""
+    host, port = parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((host, port))  # no packet is sent for a UDP connect
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def resolve_address(address: str | None) -> str | None:
+    """The head address ``init`` should join: ``address``, ``HELIOSTAT_ADDRESS``, or
+    (for ``"auto"``) the head started on this machine; None for a local node."""
+    if address in (None, "local"):
+        env = os.environ.get("HELIOSTAT_ADDRESS", "").strip()
+        if address is None and env:
+            address = env
+        else:
+            return None
+    if address == "auto":
+        from heliostat.cluster.local import read_daemon_info, running_daemon
+
+        info = read_daemon_info("head")
+        if info is None or running_daemon("head") is None:
+            raise ClusterError(
+                "init(address='auto'): no heliostat head runs on this machine under "
+                "this HELIOSTAT_HOME; start one with 'heliostat start --head' or give "
+                "its address."
+            )
+        return info.address
+    assert address is not None
+    parse_address(address)  # a clear error for a malformed one
+    return address
+
+
+def resolve_token(token: str | None) -> str:
+    """The cluster token: ``token``, ``HELIOSTAT_TOKEN``, or the token file here."""
+    if token:
+        return token
+    env = os.environ.get("HELIOSTAT_TOKEN", "").strip()
+    if env:
+        return env
+    from heliostat.cluster.auth import read_token_file
+    from heliostat.cluster.local import token_path
+
+    path = token_path()
+    stored = read_token_file(path)
+    if stored:
+        return stored
+    raise ClusterError(
+        "No cluster token: pass init(token=...), set HELIOSTAT_TOKEN, or run on the "
+        f"head's machine, where it is kept in {path}."
+    )
+
+
+class _LocalResources:
+    """What the node agent reports: this node's own resources (not the cluster's)."""
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+
+    def total(self) -> Mapping[str, float]:
+        return dict(self._manager.cluster_info()["total"])
+
+    def available(self) -> Mapping[str, float]:
+        return dict(self._manager.cluster_info()["available"])
+
+
+class ClusterMembership:
+    """A runtime's place in the cluster: served to its peers and known to the head.
+
+    A runtime extension (``Runtime.extensions``): ``shutdown`` closes it before the
+    node manager stops, so the node leaves the cluster (deregistered) first.
+    """
+
+    def __init__(
+        self,
+        runtime: Any,
+        *,
+        head: HeadClient,
+        token: str,
+        host: str,
+        is_head: bool = False,
+    ) -> None:
+        self.head = head
+        self.runtime = runtime
+        self.node_index = runtime.config.node_index
+        self.node_id = format_id(self.node_index)
+        self.link = NodeLink(runtime.manager, head=head, token=token, host=host)
+        self.agent = NodeAgent(
+            head,
+            node_id=self.node_id,
+            address=self.link.address,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            resources=_LocalResources(runtime.manager),
+            is_head=is_head,
+        )
+        self.job_id = ""
+
+    def start(self) -> None:
+        """Serve peers, register with the head and heartbeat; fails with the head's reason."""
+        self.link.start()
+        try:
+            self.agent.register()
+        except BaseException:
+            self.link.stop()
+            raise
+        self.agent.start()
+
+    def close(self) -> None:
+        if self.job_id:
+            with contextlib.suppress(Exception):
+                self.head.finish_job(self.job_id)
+        with contextlib.suppress(Exception):
+            self.agent.stop(deregister=True)
+        self.link.stop()
+        self.head.close()
+
+
+def taken_indexes(head: HeadClient) -> set[int]:
+    """Node indexes the head lists (any state): a new node avoids them."""
+    taken = set()
+    for view in head.list_nodes():
+        with contextlib.suppress(ValueError):
+            taken.add(int(view.node_id, 16))
+    return taken
+
+
+def start_node_runtime(
+    head: HeadClient,
+    *,
+    token: str,
+    host: str,
+    num_cpus: float | None,
+    resources: dict[str, float] | None,
+    is_head: bool = False,
+) -> Any:
+    """Start this process's runtime as a node of the cluster (``heliostat start``).
+
+    Returns the runtime, current in this process, with its :class:`ClusterMembership`
+    among its extensions (``heliostat.shutdown()`` leaves the cluster, then stops).
+    """
+    from heliostat.engine import runtime as _rt
+
+    index = choose_node_index(taken_indexes(head))
+    runtime = _rt.Runtime(
+        num_cpus=num_cpus,
+        resources=resources,
+        object_store_memory=None,
+        namespace=None,
+        node_index=index,
+    )
+    runtime.start()
+    runtime.started_by_cli = True  # a scheduled run's own init() returns this node
+    try:
+        membership = ClusterMembership(runtime, head=head, token=token, host=host, is_head=is_head)
+        membership.start()
+    except BaseException:
+        runtime.shutdown()
+        raise
+    runtime.extensions["cluster"] = membership
+    _rt.set_current(runtime)
+    return runtime

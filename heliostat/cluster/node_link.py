@@ -1,0 +1,412 @@
+"""A node manager's wires to the rest of the cluster: the I/O side of ``engine/peers.py``.
+
+:class:`NodeLink` is the only code that moves tasks and objects between nodes. It
+
+* serves this node over gRPC: ``NodeService.Deliver`` (batches of forwarded tasks,
+  reports, values, releases, cancellations from other node managers) and
+  ``ObjectTransfer.Pull`` (this node's objects, straight from their shared-memory
+  segments), both behind the cluster token;
+* sends what the node manager decided for other nodes (the effects of ``peers.py``):
+  one sender thread per peer drains that peer's queue and sends everything queued as
+  one ``Deliver`` call, so order is kept per peer and a burst of small tasks costs one
+  round trip per batch, not per task;
+* pulls objects the node needs into its own segments (``transfer.pull_object``) on a
+  small thread pool;
+* polls the head's node table and tells the node manager who is alive, which is how
+  a dead peer's tasks get retried.
+
+Everything it learns goes into the node manager as one call under the manager's lock
+(:meth:`NodeManager.peer_event`); every decision is made there, none here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import threading
+from collections import deque
+from collections.abc import Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from heliostat.cluster.auth import TokenInterceptor, call_metadata
+from heliostat.cluster.client import HeadClient
+from heliostat.cluster.transfer import (
+    ObjectTransferServicer,
+    SegmentSink,
+    SourceObject,
+    TransferError,
+    add_transfer_service,
+    channel_options,
+    id_bytes,
+    pull_object,
+    segment_object,
+)
+from heliostat.cluster.v1 import node_pb2
+from heliostat.engine.ids import format_id
+from heliostat.engine.object_table import ObjKind
+from heliostat.engine.peers import (
+    CancelRemote,
+    ForwardTask,
+    PeerInfo,
+    PullObject,
+    PushValues,
+    ReleaseAt,
+    ReportTask,
+    WireValue,
+)
+from heliostat.engine.records import spec_to_wire
+from heliostat.engine.shm import segment_path
+from heliostat.scheduler import ResourceSet
+from heliostat.storage.cluster_nodes import NodeState
+
+__all__ = ["NodeLink"]
+
+log = logging.getLogger("heliostat.cluster")
+
+_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+_SEND_TIMEOUT = 30.0  # seconds for one Deliver call
+_SEND_TRIES = 5
+
+
+def _int(raw: bytes) -> int:
+    return int.from_bytes(raw, "big")
+
+
+def _wire_values(values: Sequence[WireValue]) -> list[node_pb2.WireValue]:
+    return [
+        node_pb2.WireValue(
+            object_id=id_bytes(v.object_id),
+            kind=v.kind,
+            payload=v.payload or b"",
+            size=v.size,
+            contained=[id_bytes(c) for c in v.contained],
+        )
+        for v in values
+    ]
+
+
+def _values(messages: Sequence[Any]) -> list[WireValue]:
+    return [
+        WireValue(
+            _int(m.object_id),
+            m.kind,
+            m.payload if m.kind != int(ObjKind.SHM) else None,
+            m.size,
+            tuple(_int(c) for c in m.contained),
+        )
+        for m in messages
+    ]
+
+
+def encode_effect(effect: Any) -> node_pb2.Envelope:
+    """The message for a peer effect (called under the node lock: reads live specs)."""
+    kind = type(effect)
+    if kind is ForwardTask:
+        return node_pb2.Envelope(
+            forward=node_pb2.ForwardTask(
+                spec=pickle.dumps(spec_to_wire(effect.spec), protocol=5),
+                function=effect.fn_bytes or b"",
+                values=_wire_values(effect.values),
+                pending=[id_bytes(p) for p in effect.pending],
+            )
+        )
+    if kind is ReportTask:
+        return node_pb2.Envelope(
+            report=node_pb2.TaskReport(
+                task_id=id_bytes(effect.task_id),
+                outcome=effect.outcome,
+                started_at=effect.started,
+                finished_at=effect.finished,
+                values=_wire_values(effect.values),
+                pending=[id_bytes(p) for p in effect.pending],
+            )
+        )
+    if kind is PushValues:
+        return node_pb2.Envelope(push=node_pb2.PushValues(values=_wire_values(effect.values)))
+    if kind is ReleaseAt:
+        return node_pb2.Envelope(
+            release=node_pb2.ReleaseObjects(object_ids=[id_bytes(i) for i in effect.object_ids])
+        )
+    if kind is CancelRemote:
+        return node_pb2.Envelope(
+            cancel=node_pb2.CancelTask(task_id=id_bytes(effect.task_id), force=effect.force)
+        )
+    raise TypeError(f"not a message for a peer: {effect!r}")
+
+
+def apply_envelope(state: Any, index: int, envelope: node_pb2.Envelope) -> None:
+    """Hand one received message to the node state (under the node lock)."""
+    body = envelope.WhichOneof("body")
+    peers = state.peers
+    if body == "forward":
+        msg = envelope.forward
+        fields = pickle.loads(msg.spec)  # the token vouched for the sender
+        state.peer_forward(
+            index,
+            fields,
+            msg.function or None,
+            _values(msg.values),
+            [_int(p) for p in msg.pending],
+        )
+    elif body == "report":
+        msg = envelope.report
+        peers.on_report(
+            index,
+            _int(msg.task_id),
+            msg.outcome,
+            msg.started_at,
+            msg.finished_at,
+            _values(msg.values),
+            [_int(p) for p in msg.pending],
+        )
+    elif body == "push":
+        peers.on_values(index, _values(envelope.push.values))
+    elif body == "release":
+        peers.on_release(index, [_int(i) for i in envelope.release.object_ids])
+    elif body == "cancel":
+        state.peer_cancel(index, _int(envelope.cancel.task_id), envelope.cancel.force)
+
+
+class _PeerSender:
+    """One ordered queue of messages to one peer, sent in batches by one thread."""
+
+    def __init__(self, link: NodeLink, index: int, address: str) -> None:
+        self.index = index
+        self.address = address
+        self._link = link
+        self._queue: deque[node_pb2.Envelope] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.channel = grpc.insecure_channel(address, options=channel_options())
+        self._deliver = self.channel.unary_unary(
+            f"/{_SERVICE}/Deliver",
+            request_serializer=node_pb2.DeliverRequest.SerializeToString,
+            response_deserializer=node_pb2.DeliverReply.FromString,
+        )
+        self._thread = threading.Thread(
+            target=self._run, name=f"hs-peer-{format_id(index)[-4:]}", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, envelope: node_pb2.Envelope) -> None:
+        with self._cond:
+            self._queue.append(envelope)
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+        self.channel.close()
+
+    def _run(self) -> None:
+        link = self._link
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._queue:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            request = node_pb2.DeliverRequest(from_node=link.node_id, messages=batch)
+            for attempt in range(_SEND_TRIES):
+                try:
+                    self._deliver(request, timeout=_SEND_TIMEOUT, metadata=link.metadata)
+                    break
+                except grpc.RpcError as exc:
+                    if self._closed:
+                        return
+                    log.warning(
+                        "sending %d messages to node %s (%s) failed (%s), try %d",
+                        len(batch),
+                        format_id(self.index),
+                        self.address,
+                        exc.code() if hasattr(exc, "code") else exc,
+                        attempt + 1,
+                    )
+                    with self._cond:
+                        self._cond.wait(timeout=min(0.1 * 2**attempt, 2.0))
+            # Past the tries, the peer is unreachable: the head will call it dead and
+            # the node manager retries what it had sent there.
+
+
+class NodeLink:
+    """Serve this node to its peers, send them what the node manager decided, watch
+    the head's node table.
+
+    Args:
+        manager: the node manager (``engine.node_manager.NodeManager``) of this node.
+        head: a connection to the head.
+        token: the cluster token.
+        host: the address to serve on (this node's address as peers reach it).
+        poll_interval: seconds between two reads of the head's node table.
+    """
+
+    def __init__(
+        self,
+        manager: Any,
+        *,
+        head: HeadClient,
+        token: str,
+        host: str = "127.0.0.1",
+        poll_interval: float = 0.5,
+        pull_threads: int = 4,
+    ) -> None:
+        self._manager = manager
+        self._head = head
+        self.metadata = call_metadata(token)
+        self.node_index = manager.config.node_index
+        self.node_id = format_id(self.node_index)
+        self._poll_interval = poll_interval
+        self._senders: dict[int, _PeerSender] = {}
+        self._addresses: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        session = manager.config.session
+        self._sink = SegmentSink(lambda oid: segment_path(session, oid))
+        self._pulls = futures.ThreadPoolExecutor(pull_threads, thread_name_prefix="hs-pull")
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hs-node-rpc"),
+            interceptors=[TokenInterceptor(token)],
+            options=[*channel_options(), ("grpc.so_reuseport", 0)],
+        )
+        deliver = grpc.unary_unary_rpc_method_handler(
+            self._on_deliver,
+            request_deserializer=node_pb2.DeliverRequest.FromString,
+            response_serializer=node_pb2.DeliverReply.SerializeToString,
+        )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE, {"Deliver": deliver}),)
+        )
+        add_transfer_service(self._server, ObjectTransferServicer(self))
+        target = f"[{host}]:0" if ":" in host else f"{host}:0"
+        port = self._server.add_insecure_port(target)
+        if not port:
+            raise OSError(f"cannot listen on {target}")
+        self.address = f"{host}:{port}"
+        self._watcher = threading.Thread(target=self._watch, name="hs-cluster-watch", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle --
+
+    def start(self) -> None:
+        """Serve, attach to the node manager, and start watching the head."""
+        self._server.start()
+        self._manager.attach_peers(self.send)
+        self.refresh()
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher.is_alive():
+            self._watcher.join(timeout=5)
+        self._manager.attach_peers(None)
+        with self._lock:
+            senders, self._senders = list(self._senders.values()), {}
+        for sender in senders:
+            sender.close()
+        self._pulls.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self._server.stop(1.0).wait(2.0)
+
+    # ------------------------------------------------------------------ membership --
+
+    def refresh(self) -> None:
+        """Read the head's node table once and tell the node manager."""
+        views = self._head.list_nodes()
+        infos = []
+        for view in views:
+            try:
+                index = int(view.node_id, 16)
+            except ValueError:
+                continue
+            alive = view.state in (NodeState.ALIVE, NodeState.SUSPECT)
+            infos.append(
+                PeerInfo(
+                    index=index,
+                    address=view.address,
+                    total=ResourceSet.from_dict(dict(view.total)),
+                    available=ResourceSet.from_dict(dict(view.available)),
+                    alive=alive and ":" in view.address,
+                )
+            )
+        with self._lock:
+            for info in infos:
+                if info.alive and info.index != self.node_index:
+                    self._addresses[info.index] = info.address
+        self._manager.peer_event(lambda state: state.peers.update(infos))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll_interval):
+            try:
+                self.refresh()
+            except Exception as exc:  # the head restarting: keep the last view
+                log.debug("reading the head's node table failed: %s", exc)
+
+    # ---------------------------------------------------------------------- out --
+
+    def send(self, effect: Any) -> None:
+        """Carry out one peer effect (called under the node lock: must not block)."""
+        if type(effect) is PullObject:
+            self._pulls.submit(self._pull, effect.node, effect.object_id)
+            return
+        sender = self._sender(effect.node)
+        if sender is None:
+            log.warning("dropped a message for node %s: not a live node", format_id(effect.node))
+            return
+        sender.put(encode_effect(effect))
+
+    def _sender(self, index: int) -> _PeerSender | None:
+        with self._lock:
+            sender = self._senders.get(index)
+            if sender is None:
+                address = self._addresses.get(index)
+                if address is None:
+                    return None
+                sender = self._senders[index] = _PeerSender(self, index, address)
+            return sender
+
+    def _pull(self, index: int, object_id: int) -> None:
+        """Copy one object from node ``index`` into a segment of ours (a pool thread)."""
+        sender = self._sender(index)
+        try:
+            if sender is None:
+                raise TransferError(f"node {format_id(index)} is not a live node")
+            pulled = pull_object(
+                sender.channel, object_id, self._sink, peer=sender.address, metadata=self.metadata
+            )
+        except Exception as exc:
+            reason = str(exc)
+            self._manager.peer_event(lambda state: state.peers.pull_failed(object_id, reason))
+            return
+        self._manager.peer_event(
+            lambda state: state.peers.pulled(object_id, pulled.result, pulled.size)
+        )
+
+    # ----------------------------------------------------------------------- in --
+
+    def _on_deliver(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            index = int(request.from_node, 16)
+        except ValueError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "from_node is not a node id")
+        messages = list(request.messages)
+        if index not in self._addresses:
+            self.refresh()  # a node we have not seen yet: learn where to answer it
+
+        def apply(state: Any) -> None:
+            for envelope in messages:
+                apply_envelope(state, index, envelope)
+
+        self._manager.peer_event(apply)
+        return node_pb2.DeliverReply()
+
+    def open_object(self, object_id: int) -> SourceObject | None:
+        """ObjectSource for the transfer service: the object's bytes, if here."""
+        source: SourceObject | None = self._manager.open_object(object_id, segment_object)
+        return source

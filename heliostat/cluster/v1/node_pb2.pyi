@@ -1,0 +1,95 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WireValue(_message.Message):
+    __slots__ = ("object_id", "kind", "payload", "size", "contained")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINED_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    kind: int
+    payload: bytes
+    size: int
+    contained: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_id: _Optional[bytes] = ..., kind: _Optional[int] = ..., payload: _Optional[bytes] = ..., size: _Optional[int] = ..., contained: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class ForwardTask(_message.Message):
+    __slots__ = ("spec", "function", "values", "pending")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    spec: bytes
+    function: bytes
+    values: _containers.RepeatedCompositeFieldContainer[WireValue]
+    pending: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, spec: _Optional[bytes] = ..., function: _Optional[bytes] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class TaskReport(_message.Message):
+    __slots__ = ("task_id", "outcome", "started_at", "finished_at", "values", "pending")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    outcome: str
+    started_at: float
+    finished_at: float
+    values: _containers.RepeatedCompositeFieldContainer[WireValue]
+    pending: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, task_id: _Optional[bytes] = ..., outcome: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class PushValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[WireValue]
+    def __init__(self, values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ...) -> None: ...
+
+class ReleaseObjects(_message.Message):
+    __slots__ = ("object_ids",)
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class CancelTask(_message.Message):
+    __slots__ = ("task_id", "force")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    force: bool
+    def __init__(self, task_id: _Optional[bytes] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class Envelope(_message.Message):
+    __slots__ = ("forward", "report", "push", "release", "cancel")
+    FORWARD_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    forward: ForwardTask
+    report: TaskReport
+    push: PushValues
+    release: ReleaseObjects
+    cancel: CancelTask
+    def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ...) -> None: ...
+
+class DeliverRequest(_message.Message):
+    __slots__ = ("from_node", "messages")
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    from_node: str
+    messages: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, from_node: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
+
+class DeliverReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

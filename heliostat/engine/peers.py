@@ -1,0 +1,665 @@
+"""Tasks and objects between nodes: the node manager's side of the cluster (pure).
+
+A node manager that belongs to a cluster knows its *peers* (the other live nodes, as
+the head lists them) and decides here, under its lock like every other decision:
+
+* **Where a ready task runs.** A task runs on the node that submitted it when it fits
+  there; when the local node is full (or can never hold the task), it *spills back*
+  to a peer with room (:meth:`Peers.spill`), least loaded first. ``SPREAD`` and
+  ``NodeAffinitySchedulingStrategy`` are decided once, when the task becomes ready
+  (:meth:`Peers.route`). The policy itself is ``scheduler.placement``.
+* **What travels.** The submitting node stays the task's owner: it keeps the spec,
+  the lineage and the returned values. It sends the peer the task and its arguments
+  (:class:`ForwardTask`): small values inline, large ones as a size the peer pulls
+  from the owner's object store. The peer runs the task as if it were its own, then
+  reports the results the same way (:class:`ReportTask`); the owner pulls the large
+  ones (:class:`PullObject`). So every value ends up *copied* to the node that needs
+  it and the copies live independently: a node that has its copy never needs the
+  sender again, and no reference count spans two nodes. The sender holds a value for
+  a peer only until the peer has its copy (inline: at once; pulled: until the peer's
+  :class:`ReleaseAt`).
+* **What a dead node costs.** Tasks forwarded to it are retried elsewhere within
+  ``max_retries`` (else they fail with ``NodeDiedError``); values being pulled from
+  it are rebuilt from lineage (``ObjectDirectory.lost``); values it had promised but
+  not sent yet fail with ``OwnerDiedError``.
+
+Refs nested in a value (a list of refs passed to a task or returned by one) travel
+with it: their values are sent when ready (:meth:`Peers.push_when_ready`), and the
+receiving node holds a pending entry for each until then.
+
+Streaming generator tasks and actors stay on their submitter's node (for now).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from heliostat.engine.dispatch import may_retry
+from heliostat.engine.ids import format_id
+from heliostat.engine.node_instructions import Outbox
+from heliostat.engine.object_directory import ObjectDirectory, Waiter, error_payload
+from heliostat.engine.object_table import ObjKind
+from heliostat.engine.records import (
+    PEER_INDEX_BASE,
+    TaskKind,
+    TaskSpec,
+    TaskState,
+    WorkerRecord,
+    WorkerState,
+    transition,
+)
+from heliostat.engine.task_table import TaskTable
+from heliostat.exceptions import NodeDiedError, OwnerDiedError
+from heliostat.scheduler import CPU, ResourceSet
+from heliostat.scheduler.placement import (
+    NodeAffinity,
+    NodeView,
+    PlacementKind,
+    Strategy,
+    choose_node,
+)
+
+__all__ = [
+    "PEER_INDEX_BASE",
+    "CancelRemote",
+    "ForwardTask",
+    "PeerEffect",
+    "PeerInfo",
+    "Peers",
+    "PullObject",
+    "PushValues",
+    "ReleaseAt",
+    "ReportTask",
+    "WireValue",
+    "node_index_of",
+]
+
+log = logging.getLogger("heliostat.engine")
+
+_NODE_SHIFT = 64  # ids.py: bits 64..79 are the minting process's node index
+_SHM = ObjKind.SHM
+
+
+def node_index_of(ident: int) -> int:
+    """The index of the node whose process minted ``ident`` (ids.py's layout)."""
+    return ident >> _NODE_SHIFT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerInfo:
+    """Another node, as the head lists it."""
+
+    index: int
+    address: str  # host:port of its node service
+    total: ResourceSet
+    available: ResourceSet
+    alive: bool = True
+
+    @property
+    def node_id(self) -> str:
+        return format_id(self.index)
+
+
+@dataclass(frozen=True, slots=True)
+class WireValue:
+    """One object's value between nodes.
+
+    ``kind`` INLINE or ERROR: ``payload`` is the value. SHM: the value is ``size``
+    bytes in the sender's store, to pull (``payload`` is None).
+    """
+
+    object_id: int
+    kind: int
+    payload: bytes | None
+    size: int
+    contained: tuple[int, ...]
+
+
+# ----------------------------------------------------------- instructions (effects) --
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardTask:
+    """Run ``spec`` on node ``node``; ``values`` are its arguments (and nested refs)."""
+
+    node: int
+    spec: TaskSpec
+    fn_bytes: bytes | None  # the pickled function, the first time this node gets it
+    values: tuple[WireValue, ...]
+    pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportTask:
+    """Tell the owner ``node`` that its task ended, with the returned values."""
+
+    node: int
+    task_id: int
+    outcome: str
+    started: float
+    finished: float
+    values: tuple[WireValue, ...]
+    pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushValues:
+    """Values ``node`` was promised (nested refs) that are ready now."""
+
+    node: int
+    values: tuple[WireValue, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PullObject:
+    """Copy object ``object_id`` (``size`` bytes) from node ``node`` into our store."""
+
+    node: int
+    object_id: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseAt:
+    """We have our copies of these objects: ``node`` may let go of them."""
+
+    node: int
+    object_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRemote:
+    """Cancel task ``task_id``, forwarded to ``node``."""
+
+    node: int
+    task_id: int
+    force: bool
+
+
+PeerEffect = ForwardTask | ReportTask | PushValues | PullObject | ReleaseAt | CancelRemote
+PEER_EFFECTS = (ForwardTask, ReportTask, PushValues, PullObject, ReleaseAt, CancelRemote)
+
+
+class Peers:
+    """This node's view of the others, and the work and values it exchanges with them.
+
+    Called under the node lock; every output is an effect on the outbox.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        local_index: int,
+        objects: ObjectDirectory,
+        tasks: TaskTable,
+        depth: int = 4,
+    ) -> None:
+        self._out = outbox
+        self.local_index = local_index
+        self._objects = objects
+        self._tasks = tasks
+        # Tasks this node keeps forwarded to one peer, per CPU of that peer: the first
+        # runs, the rest wait there so the peer never idles for a round trip.
+        self.depth = depth
+        self.nodes: dict[int, PeerInfo] = {}
+        self.procs: dict[int, WorkerRecord] = {}  # a stand-in holder per peer node
+        self.inflight: dict[int, dict[int, TaskSpec]] = {}  # owner side, by node
+        self._sent_fns: dict[int, set[bytes]] = {}
+        # Objects being copied here: id -> (the node it comes from, the refs inside).
+        self.pulls: dict[int, tuple[int, tuple[int, ...]]] = {}
+        self.promised: dict[int, set[int]] = {}  # node -> ids it owes us (PushValues)
+        self.remote_owner: dict[int, int] = {}  # executor side: task id -> owner node
+        self.copies: dict[int, list[int]] = {}  # executor side: task id -> copies made
+        self._spread = itertools.count()
+        self._req = itertools.count(1)
+        self.hooks: Any = None  # Dispatch: retry, track_deps, schedule (wired later)
+
+    # ------------------------------------------------------------------ membership --
+
+    def proc(self, index: int) -> WorkerRecord:
+        """The stand-in holder for node ``index`` (values held on its behalf)."""
+        proc = self.procs.get(index)
+        if proc is None:
+            proc = self.procs[index] = WorkerRecord(PEER_INDEX_BASE + index)
+            proc.state = WorkerState.IDLE
+        return proc
+
+    def update(self, nodes: Iterable[PeerInfo]) -> None:
+        """The head's current list of nodes: new ones join, missing or dead ones die."""
+        seen: dict[int, PeerInfo] = {}
+        for info in nodes:
+            if info.index != self.local_index and info.alive:
+                seen[info.index] = info
+        for index in list(self.nodes):
+            if index not in seen:
+                self.node_died(index)
+        self.nodes = seen
+        if self.hooks is not None:
+            self.hooks.schedule()
+
+    def node_died(self, index: int) -> None:
+        """Node ``index`` is gone: retry its tasks, rebuild what it had, fail its promises."""
+        self.nodes.pop(index, None)
+        self._sent_fns.pop(index, None)
+        name = format_id(index)
+        objects = self._objects
+        for spec in list(self.inflight.pop(index, {}).values()):
+            spec.remote_node = 0
+            if spec.state is not TaskState.RUNNING:
+                continue
+            if may_retry(spec):
+                log.warning("node %s died while running %r; retrying elsewhere", name, spec.name)
+                self._tasks.record(spec, None, "node died")
+                self.hooks.retry(spec)
+            else:
+                exc = NodeDiedError(
+                    f"The node {name} running task {spec.name!r} died and its retries "
+                    f"are spent (max_retries={spec.max_retries})."
+                )
+                self._tasks.fail(spec, error_payload(exc), "node died")
+        for oid, (source, _inner) in list(self.pulls.items()):
+            if source == index:
+                del self.pulls[oid]
+                entry = objects.entries.get(oid)
+                if entry is not None and entry.kind is ObjKind.PENDING:
+                    objects.lost(entry)
+        for oid in self.promised.pop(index, set()):
+            entry = objects.entries.get(oid)
+            if entry is not None and entry.kind is ObjKind.PENDING:
+                exc = OwnerDiedError(
+                    f"Object {format_id(oid)} was to come from node {name}, which died.",
+                    object_id=format_id(oid),
+                )
+                objects.set_value(entry, ObjKind.ERROR, error_payload(exc), 0, ())
+        for task_id, owner in list(self.remote_owner.items()):
+            if owner == index:  # its results have nowhere to go: the owner retries them
+                del self.remote_owner[task_id]
+                self.copies.pop(task_id, None)
+        proc = self.procs.pop(index, None)
+        if proc is not None:
+            proc.state = WorkerState.DEAD
+            objects.table.release_all(proc)
+
+    # ------------------------------------------------------------------- placement --
+
+    def _views(self) -> list[NodeView]:
+        return [
+            NodeView(node_id=info.node_id, total=info.total, available=info.available)
+            for info in self.nodes.values()
+        ]
+
+    def feasible_somewhere(self, resources: ResourceSet) -> bool:
+        return any(resources.is_subset_of(info.total) for info in self.nodes.values())
+
+    def views(self) -> list[NodeView]:
+        """Every peer as placement sees it (for error messages)."""
+        return self._views()
+
+    def route(self, spec: TaskSpec, local: NodeView) -> int | str | None:
+        """Where a ready task with an explicit strategy goes, decided once.
+
+        Returns None (run here), a peer's index (forward it), or the reason it can
+        never run (a string). DEFAULT tasks are not routed: they queue here and spill
+        when this node is full (:meth:`spill`).
+        """
+        strategy = _placement_strategy(spec.strategy)
+        if strategy is None or not self.spillable(spec):
+            return None
+        nodes = [local, *self._views()]
+        decision = choose_node(
+            spec.resources,
+            nodes,
+            local_node_id=local.node_id,
+            strategy=strategy,
+            spread_counter=next(self._spread),
+        )
+        if decision.kind is PlacementKind.INFEASIBLE:
+            return decision.reason
+        if decision.node_id is None or decision.node_id == local.node_id:
+            return None
+        return int(decision.node_id, 16)
+
+    def spillable(self, spec: TaskSpec) -> bool:
+        """Whether ``spec`` may run on another node (a task of our own, not streaming)."""
+        return (
+            spec.kind is TaskKind.NORMAL
+            and spec.owner < PEER_INDEX_BASE
+            and not spec.generator
+            and bool(self.nodes)
+        )
+
+    def spill_target(self, resources: ResourceSet) -> int | None:
+        """The least loaded peer that can take one more task of this shape, or None."""
+        best: int | None = None
+        best_load = 1.0
+        cpu = resources.get(CPU)
+        for index, info in self.nodes.items():
+            if not resources.is_subset_of(info.total):
+                continue
+            slots = int(info.total.get(CPU) // cpu) if cpu > 0 else 16
+            capacity = max(slots, 1) * self.depth
+            load = len(self.inflight.get(index, ())) / capacity
+            if load < best_load:
+                best, best_load = index, load
+        return best
+
+    # ------------------------------------------------------------------ owner side --
+
+    def forward(self, spec: TaskSpec, index: int) -> None:
+        """Send a ready task of ours to run on node ``index``."""
+        objects = self._objects
+        entries = objects.entries
+        proc = self.proc(index)
+        values: list[WireValue] = []
+        pending: list[int] = []
+        for aid in spec.arg_ids:
+            self._add_value(proc, entries[aid], values, pending)
+        seen = set(spec.arg_ids)
+        for cid in spec.contained:
+            if cid not in seen:
+                seen.add(cid)
+                entry = entries.get(cid)
+                if entry is not None:
+                    self._add_value(proc, entry, values, pending)
+        if pending:
+            self.push_when_ready(index, pending)
+        transition(spec, TaskState.RUNNING)
+        spec.attempts += 1
+        spec.remote_node = index
+        spec.worker = None
+        self.inflight.setdefault(index, {})[spec.task_id] = spec
+        sent = self._sent_fns.setdefault(index, set())
+        fn_bytes = None
+        if spec.fn_id not in sent:
+            sent.add(spec.fn_id)
+            fn_bytes = self._tasks.functions.get(spec.fn_id)
+        self._out.effect(
+            ForwardTask(
+                node=index,
+                spec=spec,
+                fn_bytes=fn_bytes,
+                values=tuple(values),
+                pending=tuple(pending),
+            )
+        )
+
+    def _add_value(
+        self, proc: WorkerRecord, entry: Any, values: list[WireValue], pending: list[int]
+    ) -> None:
+        """The wire form of ``entry`` for peer ``proc``, or a promise if not ready."""
+        kind = entry.kind
+        if kind is ObjKind.PENDING or kind is ObjKind.FREED:
+            pending.append(entry.id)
+            return
+        if kind is ObjKind.SHM or kind is ObjKind.SPILLED:
+            # The peer pulls it; hold it for the peer until its ReleaseAt.
+            self._objects.table.hold(proc, entry.id)
+            values.append(WireValue(entry.id, int(_SHM), None, entry.size, entry.contained))
+        else:
+            if kind is ObjKind.ERROR:
+                entry.error_seen = True
+            values.append(
+                WireValue(entry.id, int(kind), entry.payload, entry.size, entry.contained)
+            )
+        for cid in entry.contained:  # refs inside travel too
+            inner = self._objects.entries.get(cid)
+            if inner is not None:
+                self._add_value(proc, inner, values, pending)
+
+    def push_when_ready(self, index: int, ids: list[int]) -> None:
+        """Send node ``index`` the values of ``ids`` as each becomes ready."""
+        objects = self._objects
+        proc = self.proc(index)
+        for oid in ids:
+            entry = objects.entries.get(oid)
+            if entry is None:
+                continue
+            objects.table.hold(proc, oid)  # kept until sent
+
+            def reply(ok: bool, ready: Any, _oid: int = oid, _index: int = index) -> None:
+                self._push(_index, _oid)
+
+            waiter = Waiter(proc, next(self._req), [oid], 1, reply, False)
+            if entry.kind is ObjKind.FREED:
+                objects.lost(entry)
+            if entry.kind is ObjKind.PENDING:
+                entry.waiters = [*(entry.waiters or []), waiter]
+            else:
+                self._push(index, oid)
+
+    def _push(self, index: int, oid: int) -> None:
+        proc = self.procs.get(index)
+        entry = self._objects.entries.get(oid)
+        if proc is None or entry is None:
+            return
+        values: list[WireValue] = []
+        pending: list[int] = []
+        self._add_value(proc, entry, values, pending)
+        self._objects.table.release(proc, oid)  # the hold of push_when_ready
+        if pending:
+            self.push_when_ready(index, pending)
+        if values:
+            self._out.effect(PushValues(node=index, values=tuple(values)))
+
+    def on_report(
+        self,
+        index: int,
+        task_id: int,
+        outcome: str,
+        started: float,
+        finished: float,
+        values: list[WireValue],
+        pending: list[int],
+    ) -> None:
+        """Node ``index`` ran our task ``task_id``."""
+        spec = self.inflight.get(index, {}).pop(task_id, None)
+        if spec is None or spec.state is not TaskState.RUNNING:
+            # Retried elsewhere already (we thought the node dead), or cancelled:
+            # its values are not wanted. Let the node drop what it holds for us.
+            self._release_pulled(index, values)
+            return
+        spec.remote_node = 0
+        self._adopt(index, self._receive(index, values, pending))
+        self._tasks.finish(spec, started, finished, outcome)
+        self.hooks.schedule()
+
+    def _release_pulled(self, index: int, values: list[WireValue]) -> None:
+        ids = tuple(v.object_id for v in values if v.kind == int(_SHM))
+        if ids:
+            self._out.effect(ReleaseAt(node=index, object_ids=ids))
+
+    def on_values(self, index: int, values: list[WireValue]) -> None:
+        """Values node ``index`` promised us earlier."""
+        promised = self.promised.get(index)
+        if promised:
+            for value in values:
+                promised.discard(value.object_id)
+        self._adopt(index, self._receive(index, values, []))
+
+    def _adopt(self, index: int, created: list[int]) -> None:
+        """Nested refs that arrived inside our values: their containers hold them now."""
+        proc = self.procs.get(index)
+        if proc is None:
+            return
+        entries = self._objects.entries
+        table = self._objects.table
+        for oid in created:
+            entry = entries.get(oid)
+            if entry is not None and entry.count > 1:
+                table.release(proc, oid)
+
+    def _receive(self, index: int, values: list[WireValue], pending: list[int]) -> list[int]:
+        """Store values that arrived from node ``index`` (ours or copies of theirs).
+
+        Returns the ids of the entries it created: copies held by the sender's
+        stand-in until the task that needed them lets go (:meth:`finished`).
+        """
+        objects = self._objects
+        entries = objects.entries
+        table = objects.table
+        proc = self.proc(index)
+        release: list[int] = []
+        created: list[int] = []
+        for value in values:
+            entry = entries.get(value.object_id)
+            if entry is None:
+                entry = table.create(value.object_id, proc, None)
+                created.append(value.object_id)
+            if entry.kind is not ObjKind.PENDING:
+                if value.kind == int(_SHM):
+                    release.append(value.object_id)
+                continue
+            if value.kind == int(_SHM):
+                if value.object_id not in self.pulls:
+                    self.pulls[value.object_id] = (index, value.contained)
+                    table.make_room(value.size)
+                    self._out.effect(
+                        PullObject(node=index, object_id=value.object_id, size=value.size)
+                    )
+                continue
+            for cid in value.contained:
+                if cid not in entries:
+                    table.create(cid, proc, None)
+                    created.append(cid)
+            objects.set_value(
+                entry, ObjKind(value.kind), value.payload, value.size, value.contained
+            )
+        if release:
+            self._out.effect(ReleaseAt(node=index, object_ids=tuple(release)))
+        if pending:
+            owed = self.promised.setdefault(index, set())
+            for oid in pending:
+                if oid not in entries:
+                    table.create(oid, proc, None)
+                    created.append(oid)
+                owed.add(oid)
+        return created
+
+    def pulled(self, object_id: int, path: str, size: int) -> None:
+        """A pull finished: the value is in our store at ``path``."""
+        index, contained = self.pulls.pop(object_id, (None, ()))
+        objects = self._objects
+        entry = objects.entries.get(object_id)
+        if entry is None or entry.kind is not ObjKind.PENDING:
+            objects.table.discard_payload(ObjKind.SHM, path)
+        else:
+            proc = self.procs.get(index) if index is not None else None
+            created = []
+            for cid in contained:
+                if cid not in objects.entries and proc is not None:
+                    objects.table.create(cid, proc, None)
+                    created.append(cid)
+            objects.set_value(entry, ObjKind.SHM, path, size, contained)
+            if index is not None:
+                self._adopt(index, created)
+        if index is not None and index in self.nodes:
+            self._out.effect(ReleaseAt(node=index, object_ids=(object_id,)))
+
+    def pull_failed(self, object_id: int, reason: str) -> None:
+        """A pull failed (the node died, or lost the object): rebuild it, or fail it."""
+        index, _inner = self.pulls.pop(object_id, (None, ()))
+        log.warning(
+            "could not copy object %s from node %s: %s",
+            format_id(object_id),
+            format_id(index or 0),
+            reason,
+        )
+        entry = self._objects.entries.get(object_id)
+        if entry is not None and entry.kind is ObjKind.PENDING:
+            self._objects.lost(entry)
+
+    def on_release(self, index: int, ids: list[int]) -> None:
+        """Node ``index`` has its copies: drop what we held for it."""
+        proc = self.procs.get(index)
+        if proc is None:
+            return
+        table = self._objects.table
+        for oid in ids:
+            table.release(proc, oid)
+
+    def cancel(self, spec: TaskSpec, force: bool) -> bool:
+        """Ask the node running a forwarded task of ours to cancel it."""
+        index = spec.remote_node
+        if not index or index not in self.nodes:
+            return False
+        spec.cancel_requested = "force" if force else "soft"
+        self._out.effect(CancelRemote(node=index, task_id=spec.task_id, force=force))
+        return True
+
+    # --------------------------------------------------------------- executor side --
+
+    def on_forward(
+        self,
+        index: int,
+        spec: TaskSpec,
+        fn_bytes: bytes | None,
+        values: list[WireValue],
+        pending: list[int],
+    ) -> None:
+        """Node ``index`` asks us to run its task ``spec`` (already owned by its stand-in)."""
+        if fn_bytes is not None:
+            self._tasks.functions.setdefault(spec.fn_id, fn_bytes)
+        self.copies[spec.task_id] = self._receive(index, values, pending)
+        self.remote_owner[spec.task_id] = index
+        proc = self.proc(index)
+        spec.owner = proc.index
+        self.hooks.submit(proc, spec)
+
+    def finished(self, spec: TaskSpec, outcome: str) -> None:
+        """A task some peer forwarded to us ended here: report it to its owner."""
+        index = self.remote_owner.pop(spec.task_id, None)
+        if index is None:
+            return
+        proc = self.procs.get(index)
+        if proc is None:
+            return
+        objects = self._objects
+        entries = objects.entries
+        values: list[WireValue] = []
+        pending: list[int] = []
+        for rid in spec.return_ids:
+            entry = entries.get(rid)
+            if entry is not None:
+                self._add_value(proc, entry, values, pending)
+        if pending:
+            self.push_when_ready(index, pending)
+        self._out.effect(
+            ReportTask(
+                node=index,
+                task_id=spec.task_id,
+                outcome=outcome,
+                started=spec.started_at,
+                finished=spec.finished_at,
+                values=tuple(values),
+                pending=tuple(pending),
+            )
+        )
+        # Our entries for its returns and arguments were held by the owner's stand-in:
+        # the values are sent (inline) or held again until pulled (_add_value), and the
+        # arguments were only copies for this task.
+        table = objects.table
+        for ident in (*spec.return_ids, *self.copies.pop(spec.task_id, ())):
+            table.release(proc, ident)
+
+    def cancel_forwarded(self, index: int, task_id: int) -> TaskSpec | None:
+        """The spec of a task node ``index`` forwarded to us, if it still runs here."""
+        if self.remote_owner.get(task_id) != index:
+            return None
+        return self._tasks.tasks.get(task_id)
+
+
+def _placement_strategy(strategy: Any) -> Strategy | NodeAffinity | None:
+    """The placement policy's form of a task's ``scheduling_strategy`` (None: DEFAULT)."""
+    if strategy is None or strategy == "DEFAULT":
+        return None
+    if strategy == "SPREAD":
+        return Strategy.SPREAD
+    node_id = getattr(strategy, "node_id", None)
+    if node_id is not None:
+        return NodeAffinity(str(node_id), bool(getattr(strategy, "soft", False)))
+    return None
