@@ -226,6 +226,7 @@ class CoreClient:
         method: str = "",
         generator: int = 0,
         max_calls: int = 0,
+        strategy: Any = None,
     ) -> list[ObjectRef]:
         """Submit a task or actor call; returns one ref per return value.
 
@@ -260,6 +261,7 @@ class CoreClient:
             submitted_at=time.time(),
             generator=generator,
             max_calls=max_calls,
+            strategy=strategy,
         )
         self._submit_spec(spec)
         del keep  # the spec pins the large arguments now

@@ -294,6 +294,8 @@ class NodeManager:
             "tasks_pending": sum(len(q) for q in state.dispatch.ready.values()),
             "tasks_running": sum(1 for w in workers.values() if w.task is not None),
             "started_at": self.started_at,
+            # Live peer nodes of a cluster (0 on a node of its own).
+            "cluster_peers": len(state.peers.nodes) if state.peers is not None else 0,
         }
 
     def introspect_locked(self, what: str) -> Any:

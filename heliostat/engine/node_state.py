@@ -163,6 +163,7 @@ class NodeState:
         """Node ``index`` forwarded a task to run here."""
         assert self.peers is not None
         spec = spec_from_wire(fields, PEER_INDEX_BASE + index)
+        spec.strategy = None  # placed already: it runs here
         self.peers.on_forward(index, spec, fn_bytes, values, pending)
 
     def peer_cancel(self, index: int, task_id: int, force: bool) -> None:

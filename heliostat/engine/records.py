@@ -400,6 +400,7 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
         submitted_at,
         generator,
         max_calls,
+        strategy,
     ) = fields
     return TaskSpec(
         task_id=task_id,
@@ -420,6 +421,7 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
         submitted_at=submitted_at,
         generator=generator,
         max_calls=max_calls,
+        strategy=strategy,
     )
 
 
@@ -443,4 +445,5 @@ def spec_to_wire(spec: TaskSpec) -> tuple[Any, ...]:
         spec.submitted_at,
         spec.generator,
         spec.max_calls,
+        spec.strategy,
     )

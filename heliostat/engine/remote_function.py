@@ -246,6 +246,7 @@ class RemoteFunction:
             max_retries=opts.max_retries,
             retry_exceptions=opts.retry_exceptions,
             max_calls=opts.max_calls,
+            strategy=opts.scheduling_strategy,
         )
         return refs[0] if opts.num_returns == 1 else refs
 

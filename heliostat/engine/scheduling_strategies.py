@@ -122,8 +122,14 @@ def affinity_refusal(
 def refuse_affinity(
     client: Any, strategy: NodeAffinitySchedulingStrategy, request: ResourceSet, name: str
 ) -> TaskUnschedulableError | None:
-    """The error for a task whose node affinity this node cannot honour, or None."""
-    total = ResourceSet.from_dict(client.cluster_info()["total"])
+    """The error for a task whose node affinity this node cannot honour, or None.
+
+    In a cluster the node manager decides, when the task is ready, over every node.
+    """
+    info = client.cluster_info()
+    if info.get("cluster_peers"):
+        return None
+    total = ResourceSet.from_dict(info["total"])
     local = format_id(client.minter.node_index)
     reason = affinity_refusal(strategy, request, local, total, f"Task {name!r}")
     return None if reason is None else TaskUnschedulableError(reason)

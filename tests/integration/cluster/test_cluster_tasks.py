@@ -1,0 +1,196 @@
+"""Work across a real cluster: a head and two nodes as daemons, this process the driver.
+
+The nodes run with private ``/dev/shm`` mounts (see ``conftest.py``) where the machine
+allows it (always in CI), so an object produced on one node and read on another has
+crossed gRPC. The driver joins with ``hs.init(address=..., token=...)`` as Ray's does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from cluster_daemons import Daemons, can_isolate_shm
+
+import heliostat as hs
+from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
+from heliostat.exceptions import (
+    ClusterAuthError,
+    InfeasibleResourcesError,
+    TaskUnschedulableError,
+)
+
+PRIVATE_SHM = can_isolate_shm()
+if os.environ.get("CI") == "true":
+    assert PRIVATE_SHM, "CI must run the cluster tests with a private /dev/shm per node"
+
+
+class Cluster:
+    def __init__(self, daemons: Daemons) -> None:
+        self.daemons = daemons
+        daemons.start_head()
+        self.head = daemons.head_node_id()
+        self.n1 = daemons.start_node("n1", "127.0.0.2", num_cpus=2, private_shm=PRIVATE_SHM)
+        self.n2 = daemons.start_node("n2", "127.0.0.3", num_cpus=2, private_shm=PRIVATE_SHM)
+        self.address = daemons.address
+        self.token = daemons.token
+
+
+@pytest.fixture
+def cluster(daemons: Daemons) -> Iterator[Cluster]:
+    yield Cluster(daemons)
+
+
+@pytest.fixture
+def driver(cluster: Cluster) -> Iterator[Cluster]:
+    hs.init(address=cluster.address, token=cluster.token)
+    try:
+        yield cluster
+    finally:
+        hs.shutdown()
+
+
+@hs.remote
+def node_of(i: int) -> tuple[str, int]:
+    return hs.get_runtime_context().get_node_id(), i
+
+
+def test_tasks_run_on_every_node_spread_and_spilled(driver: Cluster) -> None:
+    nodes = {driver.head, driver.n1, driver.n2}
+    spread = hs.get(
+        [node_of.options(scheduling_strategy="SPREAD").remote(i) for i in range(30)], timeout=60
+    )
+    assert {node for node, _ in spread} == nodes
+    assert sorted(i for _, i in spread) == list(range(30))
+    # DEFAULT: the driver's node has no CPUs, so every task spills to a node with room.
+    spilled = hs.get([node_of.remote(i) for i in range(300)], timeout=60)
+    assert [i for _, i in spilled] == list(range(300))
+    assert {node for node, _ in spilled} <= nodes and len({n for n, _ in spilled}) >= 2
+    assert hs.get_runtime_context().get_node_id() not in nodes  # the driver is a node too
+
+
+def test_node_affinity_pins_a_task_and_an_impossible_one_fails_fast(driver: Cluster) -> None:
+    for target in (driver.n1, driver.n2, driver.head):
+        pinned = node_of.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(target, soft=False)
+        )
+        assert {hs.get(pinned.remote(i), timeout=60)[0] for i in range(3)} == {target}
+    gone = node_of.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy("ffff" * 5, soft=False)
+    )
+    with pytest.raises(TaskUnschedulableError):
+        hs.get(gone.remote(0), timeout=60)
+    soft = node_of.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy("ffff" * 5, soft=True)
+    )
+    assert hs.get(soft.remote(1), timeout=60)[1] == 1
+    with pytest.raises(InfeasibleResourcesError, match="unobtainium"):
+        hs.get(node_of.options(resources={"unobtainium": 1}).remote(0), timeout=60)
+
+
+@hs.remote
+def make_array(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.float64)
+
+
+@hs.remote
+def describe(array: np.ndarray) -> tuple[str, float, tuple[int, ...]]:
+    return hs.get_runtime_context().get_node_id(), float(array.sum()), array.shape
+
+
+@hs.remote
+def make_table(rows: int) -> pa.Table:
+    return pa.table({"id": pa.array(range(rows)), "name": [f"row-{i}" for i in range(rows)]})
+
+
+@hs.remote
+def table_facts(table: pa.Table) -> tuple[str, int, int]:
+    return (
+        hs.get_runtime_context().get_node_id(),
+        table.num_rows,
+        sum(table.column("id").to_pylist()),
+    )
+
+
+def test_a_200_mb_array_and_an_arrow_table_move_between_nodes(driver: Cluster) -> None:
+    on_n1 = NodeAffinitySchedulingStrategy(driver.n1, soft=False)
+    on_n2 = NodeAffinitySchedulingStrategy(driver.n2, soft=False)
+    n = 25_000_000  # 200 MB of float64
+    array = make_array.options(scheduling_strategy=on_n1).remote(n)
+    where, total, shape = hs.get(
+        describe.options(scheduling_strategy=on_n2).remote(array), timeout=120
+    )
+    assert where == driver.n2 and shape == (n,) and total == float(n) * (n - 1) / 2
+    local = hs.get(array, timeout=120)  # and in the driver, a copy of its own
+    assert local.shape == (n,) and local[-1] == n - 1
+
+    rows = 100_000
+    table = make_table.options(scheduling_strategy=on_n2).remote(rows)
+    where, count, id_sum = hs.get(
+        table_facts.options(scheduling_strategy=on_n1).remote(table), timeout=120
+    )
+    assert (where, count, id_sum) == (driver.n1, rows, rows * (rows - 1) // 2)
+
+
+@hs.remote
+def nested(refs: list[Any]) -> int:
+    return sum(hs.get(refs))
+
+
+def test_refs_inside_arguments_and_results_cross_nodes(driver: Cluster) -> None:
+    @hs.remote
+    def plus_one(x: int) -> int:
+        return x + 1
+
+    @hs.remote
+    def refs_of(n: int) -> list[Any]:
+        return [plus_one.remote(i) for i in range(n)]
+
+    inner = [hs.put(i) for i in range(10)]
+    on_n1 = NodeAffinitySchedulingStrategy(driver.n1, soft=False)
+    assert hs.get(nested.options(scheduling_strategy=on_n1).remote(inner), timeout=60) == 45
+    on_n2 = NodeAffinitySchedulingStrategy(driver.n2, soft=False)
+    returned = hs.get(refs_of.options(scheduling_strategy=on_n2).remote(5), timeout=60)
+    assert hs.get(returned, timeout=60) == [1, 2, 3, 4, 5]
+
+
+@hs.remote(max_retries=3)
+def square_slowly(i: int) -> tuple[int, str]:
+    import time
+
+    time.sleep(0.02)  # the work itself: long enough that the kill finds tasks running
+    return i * i, hs.get_runtime_context().get_node_id()
+
+
+def test_a_node_killed_while_1000_tasks_run_loses_no_result(
+    driver: Cluster, wait_for: Callable[..., Any]
+) -> None:
+    refs = [square_slowly.remote(i) for i in range(1000)]
+    wait_for(
+        lambda: len(hs.wait(refs, num_returns=len(refs), timeout=0)[0]) >= 100,
+        60,
+        what="the first results",
+    )
+    victim = driver.daemons.pid("n1", "node")
+    os.killpg(victim, signal.SIGKILL)  # the node and all its workers, as a machine failing
+    results = hs.get(refs, timeout=180)
+    assert [value for value, _ in results] == [i * i for i in range(1000)]
+    late = {node for _, node in results[-100:]}
+    assert driver.n2 in {node for _, node in results} and late <= {
+        driver.head,
+        driver.n1,
+        driver.n2,
+    }
+
+
+def test_a_wrong_token_is_refused_and_nothing_is_left_running(cluster: Cluster) -> None:
+    with pytest.raises(ClusterAuthError):
+        hs.init(address=cluster.address, token="not-the-token")
+    assert hs.is_initialized() is False
+    with pytest.raises(ValueError, match="num_cpus"):
+        hs.init(address=cluster.address, token=cluster.token, num_cpus=2)
