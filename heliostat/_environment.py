@@ -81,15 +81,30 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
         "a signed session cookie for the pages); `--token` wins over it. Required when "
         "the UI binds to anything but loopback. Also the cluster token that `heliostat "
         "start --address` and `heliostat status` present to a head (else the token file "
-        "`$HELIOSTAT_HOME/cluster/token`).",
-        read_by=("heliostat.cli.ui", "heliostat.ui.auth", "heliostat.cli.cluster"),
+        "`$HELIOSTAT_HOME/cluster/token`), and the token `hs.init(address=...)` "
+        "uses when it is given none.",
+        read_by=(
+            "heliostat.cli.ui",
+            "heliostat.ui.auth",
+            "heliostat.cli.cluster",
+            "heliostat.cluster.join",
+        ),
     ),
     EnvVar(
         name="HELIOSTAT_ADDRESS",
         default="none",
         meaning="`HOST:PORT` of a cluster head for `heliostat status` (`--address` wins "
-        "over it); without either, status asks the head that this home's daemons use.",
-        read_by=("heliostat.cli.cluster",),
+        "over it; without either, status asks the head that this home's daemons use), "
+        "and the cluster `hs.init()` joins when called without an address (as Ray's "
+        "`RAY_ADDRESS`).",
+        read_by=("heliostat.cli.cluster", "heliostat.cluster.join", "heliostat.engine.api"),
+    ),
+    EnvVar(
+        name="HELIOSTAT_TLS_CERT",
+        default="none",
+        meaning="A PEM certificate to trust when `hs.init(address=...)` connects to a "
+        "head that serves TLS (`heliostat start --head --tls-cert/--tls-key`).",
+        read_by=("heliostat.engine.api",),
     ),
     EnvVar(
         name="HELIOSTAT_STORAGE",

@@ -122,10 +122,17 @@ class _LocalResources:
         self._manager = manager
 
     def total(self) -> Mapping[str, float]:
-        return dict(self._manager.cluster_info()["total"])
+        info = self._manager.cluster_info()
+        total = dict(info["total"])
+        total["object_store_memory"] = float(info["object_store"]["shm_limit"])
+        return total
 
     def available(self) -> Mapping[str, float]:
-        return dict(self._manager.cluster_info()["available"])
+        info = self._manager.cluster_info()
+        available = dict(info["available"])
+        store = info["object_store"]
+        available["object_store_memory"] = float(max(store["shm_limit"] - store["shm_bytes"], 0))
+        return available
 
 
 class ClusterMembership:
