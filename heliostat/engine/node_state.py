@@ -137,7 +137,7 @@ class NodeState:
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("_v_")
         }
 
-    def join_cluster(self, local_index: int, *, depth: int = 4) -> Peers:
+    def join_cluster(self, local_index: int, *, depth: int = 16) -> Peers:
         """This node belongs to a cluster: work and values may cross to peers."""
         peers = Peers(
             self.out,

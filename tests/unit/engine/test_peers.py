@@ -1,0 +1,220 @@
+"""Work between nodes, decided without processes: two NodeStates wired by hand.
+
+What one node's outbox holds for the other (``peers.py`` effects) is handed to the
+other node's state as the I/O layer would, so the whole round trip (spill, forward,
+run, report, pull, release) and every failure path are plain function calls.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from heliostat.engine.node_instructions import Execute, TaskDone
+from heliostat.engine.object_table import ObjKind
+from heliostat.engine.peers import (
+    ForwardTask,
+    PeerInfo,
+    PullObject,
+    ReleaseAt,
+    ReportTask,
+    WireValue,
+)
+from heliostat.engine.records import PEER_INDEX_BASE, TaskState, spec_to_wire
+from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
+from heliostat.exceptions import NodeDiedError, OwnerDiedError, TaskUnschedulableError
+from heliostat.scheduler import ResourceSet
+
+INLINE, SHM = int(ObjKind.INLINE), int(ObjKind.SHM)
+A, B, C = 1, 2, 3  # node indexes
+TWO_CPUS = ResourceSet.from_dict({"CPU": 2})
+
+
+def _peer(index: int, cpus: float = 2) -> PeerInfo:
+    total = ResourceSet.from_dict({"CPU": cpus})
+    return PeerInfo(index=index, address=f"127.0.0.{index}:1", total=total, available=total)
+
+
+def _cluster(make_node, num_cpus: float = 0, peers=(B,)):
+    """Node A (the driver's: ``num_cpus``) with peers, joined to a cluster."""
+    node = make_node(num_cpus=num_cpus)
+    peers_state = node.state.join_cluster(A, depth=2)
+    peers_state.update([_peer(index) for index in peers])
+    return node, peers_state
+
+
+def _forwards(node) -> list[ForwardTask]:
+    return [e for e in node.effects() if isinstance(e, ForwardTask)]
+
+
+def _error(node, object_id: int) -> BaseException:
+    entry = node.state.objects.entries[object_id]
+    assert entry.kind is ObjKind.ERROR
+    return pickle.loads(entry.payload)
+
+
+def test_a_task_that_does_not_fit_here_spills_to_a_peer_up_to_its_depth(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node)  # no CPUs here: everything spills
+    specs = [make_spec() for _ in range(6)]
+    for spec in specs:
+        node.state.submit(node.state.driver, spec)
+    sent = _forwards(node)
+    # Two CPUs on B, depth 2: four tasks in flight there, the rest wait here.
+    assert [f.spec for f in sent] == specs[:4] and {f.node for f in sent} == {B}
+    assert all(s.state is TaskState.RUNNING and s.remote_node == B for s in specs[:4])
+    assert [s.state for s in specs[4:]] == [TaskState.READY, TaskState.READY]
+    # One ends on B: its value comes back inline, and the next task goes out.
+    peers.on_report(
+        B,
+        specs[0].task_id,
+        "ok",
+        1.0,
+        2.0,
+        [WireValue(specs[0].return_ids[0], INLINE, b"v", 1, ())],
+        [],
+    )
+    entry = node.state.objects.entries[specs[0].return_ids[0]]
+    assert entry.kind is ObjKind.INLINE and entry.payload == b"v"
+    assert specs[0].state is TaskState.FINISHED
+    assert [f.spec for f in _forwards(node)] == [specs[4]]
+
+
+def test_the_least_loaded_peer_gets_the_next_task(make_node, make_spec) -> None:
+    node, _ = _cluster(make_node, peers=(B, C))
+    for _ in range(4):
+        node.state.submit(node.state.driver, make_spec())
+    counts = {}
+    for forward in _forwards(node):
+        counts[forward.node] = counts.get(forward.node, 0) + 1
+    assert counts == {B: 2, C: 2}
+
+
+def test_a_task_that_fits_here_stays_here(make_node, make_spec) -> None:
+    node, _ = _cluster(make_node, num_cpus=1)
+    worker = node.add_worker()
+    spec = make_spec()
+    node.state.submit(node.state.driver, spec)
+    assert isinstance(node.sent(worker)[0], Execute)
+    assert _forwards(node) == []
+
+
+def test_spread_and_affinity_are_decided_when_the_task_is_ready(make_node, make_spec) -> None:
+    node, _ = _cluster(make_node, num_cpus=2, peers=(B, C))
+    node.add_worker()
+    spread = [make_spec() for _ in range(3)]
+    for spec in spread:
+        spec.strategy = "SPREAD"
+        node.state.submit(node.state.driver, spec)
+    targets = {f.node for f in _forwards(node)}
+    assert targets <= {B, C} and len(targets) == 2  # the third ran here
+    pinned = make_spec()
+    pinned.strategy = NodeAffinitySchedulingStrategy(f"{C:020x}", soft=False)
+    node.state.submit(node.state.driver, pinned)
+    assert [(f.node, f.spec) for f in _forwards(node)] == [(C, pinned)]
+    nowhere = make_spec()
+    nowhere.strategy = NodeAffinitySchedulingStrategy("ff" * 10, soft=False)
+    node.state.submit(node.state.driver, nowhere)
+    assert isinstance(_error(node, nowhere.return_ids[0]), TaskUnschedulableError)
+
+
+def test_a_dead_nodes_tasks_are_retried_elsewhere_or_fail_naming_the_node(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    retried = make_spec(max_retries=1)
+    spent = make_spec(max_retries=0)
+    for spec in (retried, spent):
+        spec.strategy = NodeAffinitySchedulingStrategy(f"{B:020x}", soft=True)
+        node.state.submit(node.state.driver, spec)
+    assert {f.node for f in _forwards(node)} == {B}
+    peers.update([_peer(C)])  # the head no longer lists B as alive
+    assert [(f.node, f.spec) for f in _forwards(node)] == [(C, retried)]
+    assert retried.attempts == 2
+    assert isinstance(_error(node, spent.return_ids[0]), NodeDiedError)
+    # A late report from B (it was only cut off) is ignored: the task runs on C now.
+    peers.on_report(B, retried.task_id, "ok", 1.0, 2.0, [], [])
+    assert retried.state is TaskState.RUNNING and retried.remote_node == C
+
+
+def test_a_large_result_is_pulled_then_released_at_the_peer(make_node, make_spec) -> None:
+    node, peers = _cluster(make_node)
+    spec = make_spec()
+    node.state.submit(node.state.driver, spec)
+    node.effects()
+    rid = spec.return_ids[0]
+    peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, [WireValue(rid, SHM, None, 4096, ())], [])
+    (pull,) = [e for e in node.effects() if isinstance(e, PullObject)]
+    assert (pull.node, pull.object_id, pull.size) == (B, rid, 4096)
+    assert node.state.objects.entries[rid].kind is ObjKind.PENDING
+    peers.pulled(rid, "/dev/shm/heliostat-x-1", 4096)
+    assert node.state.objects.entries[rid].kind is ObjKind.SHM
+    assert [e for e in node.effects() if isinstance(e, ReleaseAt)] == [
+        ReleaseAt(node=B, object_ids=(rid,))
+    ]
+
+
+def test_a_failed_pull_rebuilds_the_value_from_lineage(make_node, make_spec) -> None:
+    node, peers = _cluster(make_node)
+    spec = make_spec(max_retries=2)
+    node.state.submit(node.state.driver, spec)
+    node.effects()
+    rid = spec.return_ids[0]
+    peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, [WireValue(rid, SHM, None, 10, ())], [])
+    node.effects()
+    peers.pull_failed(rid, "node gone")
+    assert [f.spec for f in _forwards(node)] == [spec]  # re-run for its value
+
+
+def test_a_forwarded_task_runs_on_the_peer_and_reports_back(make_node, make_spec) -> None:
+    owner, owner_peers = _cluster(make_node)
+    runner = make_node(num_cpus=2)
+    runner_peers = runner.state.join_cluster(B, depth=2)
+    runner_peers.update([_peer(A, cpus=0)])
+    worker = runner.add_worker()
+    arg = owner.state.objects.table.create(7 << 70, owner.state.driver, None)
+    owner.state.objects.fulfill(arg.id, INLINE, b"x", 1, ())
+    spec = make_spec(args=(arg.id,))
+    owner.state.tasks.functions[spec.fn_id] = b"code"
+    owner.state.submit(owner.state.driver, spec)
+    (forward,) = _forwards(owner)
+    assert forward.fn_bytes == b"code"
+    assert forward.values == (WireValue(arg.id, INLINE, b"x", 1, ()),)
+    # What the I/O layer does on the runner's side: the spec travels as its wire tuple.
+    runner.state.peer_forward(
+        A, spec_to_wire(forward.spec), forward.fn_bytes, list(forward.values), []
+    )
+    (execute,) = runner.sent(worker)
+    remote_spec = execute.spec
+    assert remote_spec.owner == PEER_INDEX_BASE + A and execute.fn_bytes == b"code"
+    rid = remote_spec.return_ids[0]
+    runner.state.task_done(
+        TaskDone(
+            worker=worker,
+            task_id=remote_spec.task_id,
+            results=[(rid, INLINE, b"42", (), 2)],
+            started=1.0,
+            finished=2.0,
+        )
+    )
+    (report,) = [e for e in runner.effects() if isinstance(e, ReportTask)]
+    assert report.node == A and report.values == (WireValue(rid, INLINE, b"42", 2, ()),)
+    # The runner keeps nothing for the owner: copies of arguments and results are gone.
+    assert rid not in runner.state.objects.entries and arg.id not in runner.state.objects.entries
+    owner_peers.on_report(B, report.task_id, report.outcome, 1.0, 2.0, list(report.values), [])
+    assert owner.state.objects.entries[rid].payload == b"42"
+
+
+def test_values_promised_by_a_node_that_dies_fail_with_owner_died(make_node, make_spec) -> None:
+    node, peers = _cluster(make_node)
+    spec = make_spec()
+    node.state.submit(node.state.driver, spec)
+    node.effects()
+    inner = (B << 64) | 99  # a ref minted on B, inside the result, not ready yet
+    rid = spec.return_ids[0]
+    peers.on_report(
+        B, spec.task_id, "ok", 1.0, 2.0, [WireValue(rid, INLINE, b"[ref]", 5, (inner,))], [inner]
+    )
+    assert node.state.objects.entries[inner].kind is ObjKind.PENDING
+    peers.update([])
+    assert isinstance(_error(node, inner), OwnerDiedError)
