@@ -304,6 +304,181 @@ def measure_ray_transfer(ray_python: str, mib: int, repeats: int) -> dict[str, A
     return _rates(mib, rates)
 
 
+_HS_TINY = """
+import json, sys, time
+import heliostat as hs
+
+target, tasks, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if target.startswith("local:"):
+    hs.init(num_cpus=int(target.split(":")[1]))
+else:
+    hs.init(address=target, token=sys.argv[4])
+
+@hs.remote
+def tiny(i):
+    return i
+
+hs.get([tiny.remote(i) for i in range(min(tasks, 2000))], timeout=600)  # warm the workers
+rates = []
+for _ in range(rounds):
+    t0 = time.perf_counter()
+    hs.get([tiny.remote(i) for i in range(tasks)], timeout=600)
+    rates.append(tasks / (time.perf_counter() - t0))
+nodes = set(hs.get([tiny.options(scheduling_strategy="SPREAD").remote(0) for _ in range(8)]))
+hs.shutdown()
+print(json.dumps(rates))
+"""
+
+_RAY_TINY = """
+import json, sys, time
+import ray
+
+ray.init(address=sys.argv[1], logging_level="ERROR")
+tasks, rounds = int(sys.argv[2]), int(sys.argv[3])
+
+@ray.remote
+def tiny(i):
+    return i
+
+ray.get([tiny.remote(i) for i in range(min(tasks, 2000))])
+rates = []
+for _ in range(rounds):
+    t0 = time.perf_counter()
+    ray.get([tiny.remote(i) for i in range(tasks)])
+    rates.append(tasks / (time.perf_counter() - t0))
+print(json.dumps(rates))
+"""
+
+_HS_TRANSFER = """
+import json, sys, time
+import numpy as np
+import heliostat as hs
+from heliostat.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+address, token, far, near, size, repeats = sys.argv[1:7]
+hs.init(address=address, token=token)
+
+@hs.remote
+def make(n):
+    return np.ones(n, dtype=np.uint8)
+
+@hs.remote
+def last_byte(x):
+    return int(x[-1])
+
+on_far = NodeAffinitySchedulingStrategy(far, soft=False)
+on_near = NodeAffinitySchedulingStrategy(near, soft=False)
+rates = []
+for _ in range(int(repeats)):
+    ref = make.options(scheduling_strategy=on_far).remote(int(size))
+    hs.wait([ref], fetch_local=False)
+    t0 = time.perf_counter()
+    assert hs.get(last_byte.options(scheduling_strategy=on_near).remote(ref)) == 1
+    rates.append(int(size) / (time.perf_counter() - t0) / 1e9)
+    del ref
+hs.shutdown()
+print(json.dumps(rates))
+"""
+
+
+def _driver(script: str, *args: str, python: str = sys.executable, env: Any = None) -> Any:
+    out = subprocess.run(
+        [python, "-c", script, *args],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_throughput(nodes: list[int], tasks: int, rounds: int) -> dict[str, Any]:
+    """Tiny tasks per second: one local node, then clusters of 1, 2 and 3 nodes.
+
+    Every node has one CPU. A cluster's driver joins with ``init(address=...)`` (a
+    node without CPUs), so each of its tasks is forwarded to a node and reported back.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELIOSTAT_")}
+    result: dict[str, Any] = {
+        "tasks": tasks,
+        "local": _summary(_driver(_HS_TINY, "local:1", str(tasks), str(rounds), env=env)),
+    }
+    for count in nodes:
+        cluster = Cluster()
+        try:
+            cluster.start_head()
+            for i in range(count - 1):
+                cluster.start_node(f"n{i}", f"127.0.0.{2 + i}")
+            rates = _driver(
+                _HS_TINY, cluster.address, str(tasks), str(rounds), cluster.token, env=cluster.env
+            )
+        finally:
+            cluster.close()
+        result[f"nodes_{count}"] = _summary(rates)
+    return result
+
+
+def measure_engine_transfer(mib: int, repeats: int) -> dict[str, Any]:
+    """A task on one node reads an object another node made, through the engine."""
+    cluster = Cluster()
+    try:
+        cluster.start_head()
+        far, _ = cluster.start_node("far", "127.0.0.2")
+        near, _ = cluster.start_node("near", "127.0.0.3")
+        rates = _driver(
+            _HS_TRANSFER,
+            cluster.address,
+            cluster.token,
+            far,
+            near,
+            str(mib << 20),
+            str(repeats),
+            env=cluster.env,
+        )
+    finally:
+        cluster.close()
+    return _rates(mib, rates)
+
+
+def measure_ray_throughput(
+    ray_python: str, nodes: list[int], tasks: int, rounds: int
+) -> dict[str, Any]:
+    """The same tiny tasks on Ray clusters of 1, 2 and 3 raylets (one CPU each)."""
+    ray_bin = str(Path(ray_python).parent / "ray")
+    result: dict[str, Any] = {"tasks": tasks}
+    for count in nodes:
+        port = _free_port()
+        ray_home = tempfile.mkdtemp(prefix="hsbench-rayhome-")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env["HOME"] = ray_home
+        common = ["--num-cpus=1", "--object-store-memory=500000000"]
+        try:
+            subprocess.run(
+                [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                 "--node-ip-address=127.0.0.1", *common],
+                env=env, check=True, capture_output=True,
+            )  # fmt: skip
+            for i in range(count - 1):
+                subprocess.run(
+                    [ray_bin, "start", f"--address=127.0.0.1:{port}",
+                     f"--node-ip-address=127.0.0.{2 + i}", *common],
+                    env=env, check=True, capture_output=True,
+                )  # fmt: skip
+            rates = _driver(
+                _RAY_TINY, f"127.0.0.1:{port}", str(tasks), str(rounds), python=ray_python, env=env
+            )
+        finally:
+            subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+            shutil.rmtree(ray_home, ignore_errors=True)
+        result[f"nodes_{count}"] = _summary(rates)
+    return result
+
+
+def _summary(rates: list[float]) -> dict[str, Any]:
+    return {"median": round(statistics.median(rates)), "samples": [round(r) for r in rates]}
+
+
 def _rates(mib: int, rates: list[float]) -> dict[str, Any]:
     """Transfer rates (GB/s) summarised."""
     return {
@@ -328,22 +503,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeats", type=int, default=2000, help="heartbeat calls to time")
     parser.add_argument("--transfers", type=int, default=3, help="pulls to time (default 3)")
     parser.add_argument("--transfer-mib", type=int, default=1024, help="object size in MiB")
+    parser.add_argument("--tasks", type=int, default=5000, help="tiny tasks per round")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per cluster")
+    parser.add_argument(
+        "--only",
+        choices=["control", "throughput", "transfer"],
+        help="run one section (default: all)",
+    )
     parser.add_argument("--peer", choices=["ray"], help="also measure a Ray cluster")
     parser.add_argument("--ray-python", default=".venv-ray/bin/python")
     args = parser.parse_args(argv)
-    cluster = Cluster()
-    try:
-        cluster.start_head()
-        result: dict[str, Any] = {"benchmark": "cluster", "cpus": os.cpu_count()}
-        result.update(measure_rpcs(cluster, args.heartbeats))
-        result["dead_node_detection_s"] = measure_detection(cluster, args.kills)
-    finally:
-        cluster.close()
-    result["transfer_gbps"] = measure_transfer(args.transfer_mib, args.transfers)
-    if args.peer == "ray":
-        ray = measure_ray_transfer(args.ray_python, args.transfer_mib, args.transfers)
-        result["ray_transfer_gbps"] = ray
-        result["transfer_ratio"] = round(result["transfer_gbps"]["median"] / ray["median"], 2)
+    result: dict[str, Any] = {"benchmark": "cluster", "cpus": os.cpu_count()}
+    ray = args.peer == "ray"
+    if args.only in (None, "control"):
+        cluster = Cluster()
+        try:
+            cluster.start_head()
+            result.update(measure_rpcs(cluster, args.heartbeats))
+            result["dead_node_detection_s"] = measure_detection(cluster, args.kills)
+        finally:
+            cluster.close()
+    if args.only in (None, "throughput"):
+        sizes = [1, 2, 3]
+        ours = result["tiny_tasks_per_s"] = measure_throughput(sizes, args.tasks, args.rounds)
+        three = ours["nodes_3"]["median"]
+        result["three_nodes_vs_local"] = round(three / ours["local"]["median"], 2)
+        if ray:
+            theirs = measure_ray_throughput(args.ray_python, sizes, args.tasks, args.rounds)
+            result["ray_tiny_tasks_per_s"] = theirs
+            result["throughput_ratio_3_nodes"] = round(three / theirs["nodes_3"]["median"], 2)
+    if args.only in (None, "transfer"):
+        result["transfer_gbps"] = measure_transfer(args.transfer_mib, args.transfers)
+        result["engine_transfer_gbps"] = measure_engine_transfer(args.transfer_mib, args.transfers)
+        if ray:
+            theirs = measure_ray_transfer(args.ray_python, args.transfer_mib, args.transfers)
+            result["ray_transfer_gbps"] = theirs
+            result["transfer_ratio"] = round(
+                result["engine_transfer_gbps"]["median"] / theirs["median"], 2
+            )
     print(json.dumps(result, indent=2))
     return 0
 
