@@ -264,6 +264,7 @@ OWN_NAMES: frozenset[str] = frozenset(
         "heliostat.exceptions.InfeasibleResourcesError",
         "heliostat.exceptions.InvalidScheduleError",
         "heliostat.exceptions.InvalidTransition",
+        "heliostat.exceptions.ModuleNotOnNodeError",
         "heliostat.exceptions.NotInitializedError",
         "heliostat.exceptions.PlacementGroupsNotSupportedError",
         "heliostat.exceptions.ScheduleError",

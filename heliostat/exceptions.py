@@ -10,6 +10,8 @@ Every public error derives from :class:`HeliostatError`::
     ├── InfeasibleResourcesError (ValueError)
     │                                   a request no node could ever satisfy
     ├── TaskError                       a task raised; also an instance of the cause
+    ├── ModuleNotOnNodeError (ModuleNotFoundError)
+    │                                   a task's code names a module its node lacks
     ├── WorkerCrashedError              the worker process died and retries ran out
     ├── ActorError
     │   └── ActorDiedError              the actor is dead (killed, crashed, restarts spent)
@@ -74,6 +76,7 @@ __all__ = [
     "InfeasibleResourcesError",
     "InvalidScheduleError",
     "InvalidTransition",
+    "ModuleNotOnNodeError",
     "NotInitializedError",
     "ObjectLostError",
     "OwnerDiedError",
@@ -314,6 +317,29 @@ def _rebuild_task_error(
 def _rebuild_kw(cls: type, args: tuple[Any, ...], fields: dict[str, Any]) -> BaseException:
     err: BaseException = cls(*args, **fields)
     return err
+
+
+class ModuleNotOnNodeError(HeliostatError, ModuleNotFoundError):
+    """A task's function, class or argument refers to a module the worker cannot import.
+
+    Raised in the worker while it loads what the driver sent (not when the task's own
+    code runs an ``import``), and seen at ``get()`` inside a :class:`TaskError`.
+    ``module`` is the missing module; ``node_id`` and ``hostname`` say where it was
+    missing. The usual cause: the module is one of the user's own, present on the
+    driver's machine only; ``runtime_env={"working_dir": ...}`` or ``py_modules`` ship it.
+    """
+
+    def __init__(
+        self, message: str, *, module: str = "", node_id: str = "", hostname: str = ""
+    ) -> None:
+        self.module = module
+        self.node_id = node_id
+        self.hostname = hostname
+        super().__init__(message, name=module or None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"module": self.module, "node_id": self.node_id, "hostname": self.hostname}
+        return (_rebuild_kw, (type(self), self.args, fields))
 
 
 class WorkflowError(HeliostatError):
