@@ -464,14 +464,14 @@ class InstalledCode:
     working_dir: str | None = None
 
     @classmethod
-    def of(cls, uris: Iterable[str], paths: Iterable[str]) -> InstalledCode:
+    def of(cls, uris: Iterable[str], paths: Iterable[str | os.PathLike[str]]) -> InstalledCode:
         """From package URIs and their installed directories (in the same order)."""
         working_dir = None
         import_paths = []
         for uri, path in zip(uris, paths, strict=True):
-            import_paths.append(str(path))
+            import_paths.append(os.fspath(path))
             if package_kind(uri) is PackageKind.WORKING_DIR:
-                working_dir = str(path)
+                working_dir = os.fspath(path)
         return cls(import_paths=tuple(dict.fromkeys(import_paths)), working_dir=working_dir)
 
 
