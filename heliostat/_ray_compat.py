@@ -266,6 +266,7 @@ OWN_NAMES: frozenset[str] = frozenset(
         "heliostat.exceptions.InvalidTransition",
         "heliostat.exceptions.ModuleNotOnNodeError",
         "heliostat.exceptions.NotInitializedError",
+        "heliostat.exceptions.PackageError",
         "heliostat.exceptions.PlacementGroupsNotSupportedError",
         "heliostat.exceptions.ScheduleError",
         "heliostat.exceptions.ScheduleExistsError",

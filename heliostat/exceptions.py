@@ -12,6 +12,8 @@ Every public error derives from :class:`HeliostatError`::
     ├── TaskError                       a task raised; also an instance of the cause
     ├── ModuleNotOnNodeError (ModuleNotFoundError)
     │                                   a task's code names a module its node lacks
+    ├── PackageError (ValueError)       runtime_env code that cannot be packed (too big,
+    │                                   wrong shape) or an archive that fails its checks
     ├── WorkerCrashedError              the worker process died and retries ran out
     ├── ActorError
     │   └── ActorDiedError              the actor is dead (killed, crashed, restarts spent)
@@ -80,6 +82,7 @@ __all__ = [
     "NotInitializedError",
     "ObjectLostError",
     "OwnerDiedError",
+    "PackageError",
     "ScheduleError",
     "ScheduleExistsError",
     "ScheduleNotFoundError",
@@ -340,6 +343,16 @@ class ModuleNotOnNodeError(HeliostatError, ModuleNotFoundError):
     def __reduce__(self) -> tuple[Any, ...]:
         fields = {"module": self.module, "node_id": self.node_id, "hostname": self.hostname}
         return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class PackageError(HeliostatError, ValueError):
+    """A ``working_dir`` / ``py_modules`` package cannot be built or installed.
+
+    Raised by ``init()`` for code that cannot be shipped (over the size limit, not a
+    directory, unreadable), and where an archive fails its checks (its bytes do not hash
+    to its name, an entry would land outside it, it holds a link). The message names
+    the path or package and, for size, the largest files.
+    """
 
 
 class WorkflowError(HeliostatError):

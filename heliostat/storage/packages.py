@@ -41,6 +41,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from heliostat.exceptions import PackageError
 from heliostat.storage.home import make_private_dirs
 
 __all__ = [
@@ -83,10 +84,6 @@ _URI = re.compile(r"hspkg://(working_dir|py_module)-([0-9a-f]{64})\.zip")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _FILE_MODE = 0o644
 _EXEC_MODE = 0o755
-
-
-class PackageError(ValueError):
-    """A package cannot be built or installed (named path, size, digest or entry)."""
 
 
 class PackageKind(StrEnum):
