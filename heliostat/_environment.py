@@ -75,6 +75,13 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
         read_by=("heliostat.engine.runtime",),
     ),
     EnvVar(
+        name="HELIOSTAT_WORKING_DIR",
+        default="set by heliostat",
+        meaning="Set in a worker's environment by its node: the copy of "
+        "`runtime_env[\"working_dir\"]` the worker runs in. Not for users.",
+        read_by=("heliostat.engine.runtime_env",),
+    ),
+    EnvVar(
         name="HELIOSTAT_TOKEN",
         default="none",
         meaning="The token `heliostat ui` requires for actions (bearer header for the API, "

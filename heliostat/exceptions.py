@@ -10,6 +10,10 @@ Every public error derives from :class:`HeliostatError`::
     ├── InfeasibleResourcesError (ValueError)
     │                                   a request no node could ever satisfy
     ├── TaskError                       a task raised; also an instance of the cause
+    ├── ModuleNotOnNodeError (ModuleNotFoundError)
+    │                                   a task's code names a module its node lacks
+    ├── PackageError (ValueError)       runtime_env code that cannot be packed (too big,
+    │                                   wrong shape) or an archive that fails its checks
     ├── WorkerCrashedError              the worker process died and retries ran out
     ├── ActorError
     │   └── ActorDiedError              the actor is dead (killed, crashed, restarts spent)
@@ -74,9 +78,11 @@ __all__ = [
     "InfeasibleResourcesError",
     "InvalidScheduleError",
     "InvalidTransition",
+    "ModuleNotOnNodeError",
     "NotInitializedError",
     "ObjectLostError",
     "OwnerDiedError",
+    "PackageError",
     "ScheduleError",
     "ScheduleExistsError",
     "ScheduleNotFoundError",
@@ -314,6 +320,39 @@ def _rebuild_task_error(
 def _rebuild_kw(cls: type, args: tuple[Any, ...], fields: dict[str, Any]) -> BaseException:
     err: BaseException = cls(*args, **fields)
     return err
+
+
+class ModuleNotOnNodeError(HeliostatError, ModuleNotFoundError):
+    """A task's function, class or argument refers to a module the worker cannot import.
+
+    Raised in the worker while it loads what the driver sent (not when the task's own
+    code runs an ``import``), and seen at ``get()`` inside a :class:`TaskError`.
+    ``module`` is the missing module; ``node_id`` and ``hostname`` say where it was
+    missing. The usual cause: the module is one of the user's own, present on the
+    driver's machine only; ``runtime_env={"working_dir": ...}`` or ``py_modules`` ship it.
+    """
+
+    def __init__(
+        self, message: str, *, module: str = "", node_id: str = "", hostname: str = ""
+    ) -> None:
+        self.module = module
+        self.node_id = node_id
+        self.hostname = hostname
+        super().__init__(message, name=module or None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {"module": self.module, "node_id": self.node_id, "hostname": self.hostname}
+        return (_rebuild_kw, (type(self), self.args, fields))
+
+
+class PackageError(HeliostatError, ValueError):
+    """A ``working_dir`` / ``py_modules`` package cannot be built or installed.
+
+    Raised by ``init()`` for code that cannot be shipped (over the size limit, not a
+    directory, unreadable), and where an archive fails its checks (its bytes do not hash
+    to its name, an entry would land outside it, it holds a link). The message names
+    the path or package and, for size, the largest files.
+    """
 
 
 class WorkflowError(HeliostatError):

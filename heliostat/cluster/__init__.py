@@ -17,6 +17,9 @@ with the engine, the trigger loop and the UI (:mod:`heliostat.cli.daemon`).
   gRPC into shared-memory segments (not yet called by the engine).
 * :mod:`~heliostat.cluster.local`: pid, log, token and address files under
   ``HELIOSTAT_HOME``.
+* :mod:`~heliostat.cluster.packages`: code on other machines: a driver publishes its
+  ``working_dir`` / ``py_modules`` packages to the head, nodes fetch them into their
+  cache; :mod:`~heliostat.cluster.package_store` keeps them on the head.
 * ``v1/``: the generated gRPC modules (``make proto``).
 """
 
@@ -24,9 +27,16 @@ from __future__ import annotations
 
 from heliostat.cluster.agent import NodeAgent, ResourceSource, backoff_delay
 from heliostat.cluster.auth import cluster_id_of, ensure_token_file, read_token_file
-from heliostat.cluster.client import DEFAULT_TIMEOUT, HeadClient, NodeNotKnown, parse_address
+from heliostat.cluster.client import (
+    DEFAULT_TIMEOUT,
+    HeadClient,
+    NodeNotKnown,
+    PackageNotOnHead,
+    parse_address,
+)
 from heliostat.cluster.head import HeadServer, HeadService, TlsFiles
 from heliostat.cluster.membership import Membership, NodeState, Timing
+from heliostat.cluster.packages import PackageFetcher, node_cache, publish
 from heliostat.cluster.rpc import ClusterInfo, ClusterTotals, JobView, NodeView
 
 __all__ = [
@@ -42,12 +52,16 @@ __all__ = [
     "NodeNotKnown",
     "NodeState",
     "NodeView",
+    "PackageFetcher",
+    "PackageNotOnHead",
     "ResourceSource",
     "Timing",
     "TlsFiles",
     "backoff_delay",
     "cluster_id_of",
     "ensure_token_file",
+    "node_cache",
     "parse_address",
+    "publish",
     "read_token_file",
 ]

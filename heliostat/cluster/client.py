@@ -8,7 +8,12 @@ errors a user can act on:
 * ``UNAUTHENTICATED`` -> :class:`~heliostat.exceptions.ClusterAuthError`;
 * ``UNAVAILABLE`` or a missed deadline -> :class:`~heliostat.exceptions.ClusterUnreachableError`;
 * ``NOT_FOUND`` on a heartbeat -> :class:`NodeNotKnown` (the node registers again);
-* anything else -> :class:`~heliostat.exceptions.ClusterError`.
+* ``NOT_FOUND`` on a package download -> :class:`PackageNotOnHead`;
+* anything else -> :class:`~heliostat.exceptions.ClusterError`, with the head's reason
+  (a package refused for its digest or size says so).
+
+Code packages travel in chunks of :data:`~heliostat.cluster.package_store.DEFAULT_PACKAGE_CHUNK`
+bytes both ways, under a longer deadline (:data:`PACKAGE_TIMEOUT`) than control calls.
 
 Addresses are ``HOST:PORT`` (``[::1]:PORT`` for IPv6). With ``tls_cert`` the channel
 is TLS and trusts that certificate (a self-signed head certificate, or its CA).
@@ -17,25 +22,31 @@ is TLS and trusts that certificate (a self-signed head certificate, or its CA).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import grpc
 
 from heliostat.cluster import rpc
 from heliostat.cluster.auth import call_metadata
+from heliostat.cluster.package_store import DEFAULT_PACKAGE_CHUNK
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.exceptions import ClusterAuthError, ClusterError, ClusterUnreachableError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "PACKAGE_TIMEOUT",
     "HeadClient",
     "NodeNotKnown",
+    "PackageNotOnHead",
     "parse_address",
 ]
 
 DEFAULT_TIMEOUT: Final = 5.0
 """Seconds a control-plane call may take before the head counts as unreachable."""
+
+PACKAGE_TIMEOUT: Final = 300.0
+"""Seconds an upload or download of one package may take (100 MiB at 0.35 MB/s)."""
 
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})$")
 
@@ -57,6 +68,10 @@ def parse_address(address: str) -> tuple[str, int]:
 
 class NodeNotKnown(ClusterError):
     """The head does not count this node as alive (unknown, dead or gone): register again."""
+
+
+class PackageNotOnHead(ClusterError):
+    """The head has no package of that URI (never uploaded, or the head's store was wiped)."""
 
 
 class HeadClient:
@@ -96,6 +111,7 @@ class HeadClient:
         else:
             self._channel = grpc.insecure_channel(address, options=options)
         self._stub = rpc.stub(self._channel)
+        self._packages = rpc.package_stub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -106,9 +122,11 @@ class HeadClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
+    def _call(
+        self, method: str, request: Any, *, timeout: float | None = None, stub: Any = None
+    ) -> Any:
         try:
-            return getattr(self._stub, method)(
+            return getattr(stub or self._stub, method)(
                 request, timeout=timeout or self.timeout, metadata=self._metadata
             )
         except grpc.RpcError as exc:
@@ -132,6 +150,10 @@ class HeadClient:
             )
         if code == grpc.StatusCode.NOT_FOUND and method == "Heartbeat":
             return NodeNotKnown(str(detail), address=self.address)
+        if code == grpc.StatusCode.NOT_FOUND and method == "DownloadPackage":
+            return PackageNotOnHead(
+                f"{where} has no such package ({detail}); publish it again", address=self.address
+            )
         name = code.name if code is not None else "error"
         return ClusterError(f"{where}: {method} failed ({name}: {detail})", address=self.address)
 
@@ -211,3 +233,75 @@ class HeadClient:
     def list_jobs(self) -> list[rpc.JobView]:
         reply = self._call("ListJobs", pb.ListJobsRequest())
         return [rpc.job_from_pb(j) for j in reply.jobs]
+
+    # --- code packages
+
+    def has_package(self, uri: str) -> bool:
+        """Whether the head holds the package ``uri``."""
+        reply = self._call("HasPackage", pb.HasPackageRequest(uri=uri), stub=self._packages)
+        return bool(reply.present)
+
+    def upload_package(
+        self,
+        uri: str,
+        data: bytes,
+        *,
+        chunk_size: int = DEFAULT_PACKAGE_CHUNK,
+        timeout: float = PACKAGE_TIMEOUT,
+    ) -> bool:
+        """Send a package's archive to the head, in chunks.
+
+        Args:
+            uri: the package's URI (its kind and the SHA-256 of ``data``).
+            data: the archive.
+            chunk_size: bytes per message.
+            timeout: seconds the whole upload may take.
+
+        Returns:
+            True when the head stored it, False when it had it already (then most of
+            ``data`` is not sent).
+
+        Raises:
+            ClusterError: the head refused it (its digest is not the URI's, it is over
+                the head's limit); the message says which.
+        """
+        view = memoryview(data)
+
+        def chunks() -> Iterator[Any]:
+            yield pb.PackageChunk(uri=uri, total_size=len(data), data=bytes(view[:chunk_size]))
+            for offset in range(chunk_size, len(data), chunk_size):
+                yield pb.PackageChunk(data=bytes(view[offset : offset + chunk_size]))
+
+        reply = self._call("UploadPackage", chunks(), timeout=timeout, stub=self._packages)
+        return bool(reply.stored)
+
+    def download_package(self, uri: str, *, timeout: float = PACKAGE_TIMEOUT) -> bytes:
+        """The archive of ``uri`` from the head (not checked here: the installer checks it).
+
+        Raises:
+            PackageNotOnHead: the head does not have it.
+            ClusterError: the stream broke off or disagreed with itself.
+        """
+        method = "DownloadPackage"
+        buffer = bytearray()
+        total = -1
+        try:
+            stream = self._packages.DownloadPackage(
+                pb.DownloadPackageRequest(uri=uri), timeout=timeout, metadata=self._metadata
+            )
+            for chunk in stream:
+                if total < 0:
+                    total = int(chunk.total_size)
+                buffer += chunk.data
+                if len(buffer) > total:
+                    stream.cancel()
+                    break
+        except grpc.RpcError as exc:
+            raise self._error(method, exc) from None
+        if len(buffer) != total:
+            raise ClusterError(
+                f"the heliostat head at {self.address}: package {uri} arrived with "
+                f"{len(buffer)} bytes of the {max(total, 0)} announced",
+                address=self.address,
+            )
+        return bytes(buffer)

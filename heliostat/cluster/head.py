@@ -13,7 +13,9 @@ A ticker thread feeds :class:`~heliostat.cluster.membership.Tick` every
 :data:`TICK_INTERVAL` seconds, which is how silent nodes are found out.
 
 :class:`HeadServer` puts the service on a gRPC server with the token interceptor
-(:mod:`heliostat.cluster.auth`) and optional TLS, and stops it all in order.
+(:mod:`heliostat.cluster.auth`) and optional TLS, and stops it all in order. The same
+server carries the ``Packages`` service: the code packages drivers upload and nodes
+download, kept by :class:`~heliostat.cluster.package_store.PackageStore`.
 
 Times: the machine runs on :func:`time.monotonic` (a wall clock that jumps would kill
 nodes); the views and the SQL rows carry wall-clock times, converted at this edge.
@@ -25,6 +27,7 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -37,6 +40,8 @@ import grpc
 
 from heliostat.cluster import membership as ms
 from heliostat.cluster.auth import TokenInterceptor
+from heliostat.cluster.local import cluster_dir
+from heliostat.cluster.package_store import MAX_PACKAGE_BYTES, PackageStore
 from heliostat.cluster.rpc import (
     ClusterInfo,
     ClusterTotals,
@@ -45,6 +50,7 @@ from heliostat.cluster.rpc import (
     RegisterAck,
     Registration,
     RpcRefusal,
+    add_package_servicer,
     add_servicer,
 )
 from heliostat.storage.cluster_nodes import NodeRow, NodeTableStore
@@ -77,6 +83,9 @@ class HeadService:
         timing: heartbeat and silence thresholds.
         clock: monotonic seconds (injected by tests).
         wall: Unix seconds (injected by tests).
+        package_dir: where uploaded code packages are kept (default
+            ``$HELIOSTAT_HOME/cluster/packages``, created on the first upload).
+        max_package_bytes: the largest package accepted.
     """
 
     def __init__(
@@ -88,8 +97,14 @@ class HeadService:
         timing: ms.Timing | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        package_dir: str | os.PathLike[str] | None = None,
+        max_package_bytes: int = MAX_PACKAGE_BYTES,
     ) -> None:
         self.cluster_id = cluster_id
+        self.packages = PackageStore(
+            package_dir if package_dir is not None else cluster_dir() / "packages",
+            max_bytes=max_package_bytes,
+        )
         self.version = version
         self._clock = clock
         self._wall = wall
@@ -408,6 +423,7 @@ class HeadServer:
             options=[("grpc.so_reuseport", 0)],
         )
         add_servicer(self._server, service)
+        add_package_servicer(self._server, service.packages)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if tls is not None:
             with open(tls.key, "rb") as fh:

@@ -13,15 +13,19 @@ The messages are defined in ``proto/heliostat/cluster/v1/control.proto``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+import logging
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
 
+from heliostat.cluster.package_store import PackageTooLarge
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.cluster.v1 import control_pb2_grpc as pb_grpc
 from heliostat.storage.cluster_nodes import NodeState
+from heliostat.storage.packages import PackageError
 
 __all__ = [
     "ClusterInfo",
@@ -30,16 +34,22 @@ __all__ = [
     "HeadHandler",
     "JobView",
     "NodeView",
+    "PackageHandler",
+    "PackagesServicer",
     "RegisterAck",
     "Registration",
     "RpcRefusal",
+    "add_package_servicer",
     "add_servicer",
     "job_from_pb",
     "node_from_pb",
+    "package_stub",
     "resources_from_pb",
     "resources_to_pb",
     "stub",
 ]
+
+log = logging.getLogger("heliostat.cluster")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +130,19 @@ class RpcRefusal(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class PackageHandler(Protocol):
+    """What the package service needs (implemented by
+    :class:`~heliostat.cluster.package_store.PackageStore`).
+
+    Its refusals are :class:`~heliostat.storage.packages.PackageError`s, answered
+    ``RESOURCE_EXHAUSTED`` for a ``PackageTooLarge`` and ``INVALID_ARGUMENT`` otherwise.
+    """
+
+    def size_of(self, uri: str) -> int | None: ...
+    def receive(self, uri: str, total_size: int, chunks: Iterable[bytes]) -> bool: ...
+    def read(self, uri: str) -> tuple[int, Generator[bytes, None, None]] | None: ...
 
 
 class HeadHandler(Protocol):
@@ -294,6 +317,84 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
 
     def ListJobs(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ListJobsReply(jobs=[_job_to_pb(j) for j in self._handler.list_jobs()])
+
+
+class PackagesServicer(pb_grpc.PackagesServicer):
+    """The ``Packages`` service: uploads and downloads of code archives, in chunks."""
+
+    def __init__(self, store: PackageHandler) -> None:
+        self._store = store
+
+    @staticmethod
+    def _refuse(context: grpc.ServicerContext, what: str, error: PackageError) -> None:
+        code = (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+            if isinstance(error, PackageTooLarge)
+            else grpc.StatusCode.INVALID_ARGUMENT
+        )
+        log.warning("refused %s from %s: %s", what, context.peer(), error)
+        context.abort(code, f"heliostat head: {error}")
+
+    def HasPackage(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            size = self._store.size_of(request.uri)
+        except PackageError as error:
+            self._refuse(context, "HasPackage", error)
+        return pb.HasPackageReply(present=size is not None, size=size or 0)
+
+    def UploadPackage(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        first = next(request_iterator, None)
+        if first is None or not first.uri:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "heliostat head: an upload's first message must name the package",
+            )
+        assert first is not None  # abort raised
+        uri = first.uri
+
+        def chunks() -> Iterator[bytes]:
+            for message in itertools.chain([first], request_iterator):
+                if message.uri and message.uri != uri:
+                    raise PackageError(f"an upload of {uri} went on with chunks of {message.uri}")
+                yield message.data
+
+        try:
+            stored = self._store.receive(uri, first.total_size, chunks())
+            size = self._store.size_of(uri)
+        except PackageError as error:
+            self._refuse(context, "UploadPackage", error)
+        return pb.UploadPackageReply(stored=stored, size=size or 0)
+
+    def DownloadPackage(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            found = self._store.read(request.uri)
+        except PackageError as error:
+            self._refuse(context, "DownloadPackage", error)
+        if found is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"heliostat head: no package {request.uri}")
+        assert found is not None  # abort raised
+        size, chunks = found
+        sent_any = False
+        try:
+            for data in chunks:
+                yield pb.PackageChunk(total_size=size if not sent_any else 0, data=data)
+                sent_any = True
+            if not sent_any:  # an empty file still says its size
+                yield pb.PackageChunk(total_size=size)
+        finally:
+            chunks.close()
+
+
+def add_package_servicer(server: grpc.Server, store: PackageHandler) -> None:
+    """Serve the ``Packages`` service of ``store`` on ``server``."""
+    pb_grpc.add_PackagesServicer_to_server(  # type: ignore[no-untyped-call]
+        PackagesServicer(store), server
+    )
+
+
+def package_stub(channel: grpc.Channel) -> Any:
+    """A ``Packages`` client stub on ``channel``."""
+    return pb_grpc.PackagesStub(channel)  # type: ignore[no-untyped-call]
 
 
 def add_servicer(server: grpc.Server, handler: HeadHandler) -> None:

@@ -84,9 +84,13 @@ def init(
         local_mode: Ray's deprecated serial mode: only ``False`` is supported.
         ignore_reinit_error: return the running runtime instead of raising.
         namespace: default namespace for named actors.
-        runtime_env: ``{"env_vars": {...}}`` is set in every worker;
-            ``working_dir`` and ``py_modules`` (local paths) go first on the workers'
-            import path. Other keys (``pip``, ``conda`` ...) raise ``ValueError``.
+        runtime_env: ``{"env_vars": {...}}`` is set in every worker.
+            ``working_dir`` (a local directory) and ``py_modules`` (local packages,
+            ``.py`` files or imported modules) are copied now, as Ray does: workers
+            import from the copies and run in the working_dir's copy, so later edits
+            are not seen. ``excludes`` leaves files out of the copies. Other keys
+            (``pip``, ``conda`` ...) raise ``ValueError``; see "Shipping code" in the
+            porting guide.
         logging_level: level of the ``heliostat`` logger (``logging.DEBUG`` or
             ``"debug"``); given, ``init`` also adds a stderr handler to that logger
             (removed again by ``shutdown``).
@@ -183,7 +187,7 @@ def init(
             storage=storage,
             log_to_driver=checked.log_to_driver,
             env_vars=checked.env_vars,
-            import_paths=checked.import_paths,
+            code=checked.code,
             temp_dir=checked.temp_dir,
         )
     else:
@@ -197,7 +201,7 @@ def init(
             num_gpus=checked.gpus,
             log_to_driver=checked.log_to_driver,
             env_vars=checked.env_vars,
-            import_paths=checked.import_paths,
+            code=checked.code,
             temp_dir=checked.temp_dir,
         )
         runtime.start()

@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from heliostat.storage.packages import CodeSources, code_sources
+
 __all__ = [
     "DEFAULT_LOGGING_FORMAT",
     "INIT_KEYWORDS_WITHOUT_EFFECT",
@@ -71,9 +73,10 @@ INIT_KEYWORDS_WITHOUT_EFFECT = frozenset(
     | (RAY_PRIVATE_INIT_KEYWORDS - {"_temp_dir"})
 )
 
-# What a local node does with a ``runtime_env``: ``env_vars`` are set in every worker;
-# ``working_dir`` and ``py_modules`` (local paths) go on the workers' import path.
-RUNTIME_ENV_KEYS = frozenset({"env_vars", "working_dir", "py_modules", "config"})
+# What a node does with a ``runtime_env``: ``env_vars`` are set in every worker;
+# ``working_dir`` and ``py_modules`` (local paths) are packed, less ``excludes``, and
+# the copies put on the workers' import path (see ``engine/runtime_env.py``).
+RUNTIME_ENV_KEYS = frozenset({"env_vars", "working_dir", "py_modules", "excludes", "config"})
 
 _LEVEL_NAMES = frozenset({"CRITICAL", "FATAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG"})
 
@@ -88,8 +91,8 @@ class InitOptions:
         logging_format: the format of the handler ``init`` installs (with a level).
         log_to_driver: print workers' stdout/stderr in the driver.
         env_vars: set in every worker's environment (``runtime_env["env_vars"]``).
-        import_paths: put first on the workers' import path (``working_dir``,
-            ``py_modules``).
+        code: the code to ship to the workers (``working_dir``, ``py_modules``,
+            ``excludes``), checked but not yet packed.
         temp_dir: where the session directory goes (``_temp_dir``), or None.
         without_effect: the keywords given that change nothing here, sorted.
     """
@@ -99,7 +102,7 @@ class InitOptions:
     logging_format: str = DEFAULT_LOGGING_FORMAT
     log_to_driver: bool = True
     env_vars: dict[str, str] = field(default_factory=dict)
-    import_paths: tuple[str, ...] = ()
+    code: CodeSources = field(default_factory=CodeSources)
     temp_dir: str | None = None
     without_effect: tuple[str, ...] = ()
 
@@ -148,16 +151,16 @@ def parse_logging_level(value: Any) -> int:
     return level
 
 
-def _check_runtime_env(runtime_env: Any) -> tuple[dict[str, str], tuple[str, ...]]:
+def _check_runtime_env(runtime_env: Any) -> tuple[dict[str, str], CodeSources]:
     if runtime_env is None:
-        return {}, ()
+        return {}, CodeSources()
     if not isinstance(runtime_env, dict):
         raise TypeError(f"init(): runtime_env must be a dict, not {_type_name(runtime_env)}.")
     unsupported = sorted(set(runtime_env) - RUNTIME_ENV_KEYS)
     if unsupported:
         raise ValueError(
             f"init(): runtime_env keys {', '.join(map(repr, unsupported))} are not supported "
-            "by a local heliostat node (it supports env_vars, working_dir and py_modules); "
+            "by heliostat (it supports env_vars, working_dir, py_modules and excludes); "
             "install packages into the driver's environment instead."
         )
     env_vars = runtime_env.get("env_vars") or {}
@@ -165,33 +168,31 @@ def _check_runtime_env(runtime_env: Any) -> tuple[dict[str, str], tuple[str, ...
         isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
     ):
         raise TypeError("init(): runtime_env['env_vars'] must be a dict of str to str.")
-    paths: list[str] = []
-    working_dir = runtime_env.get("working_dir")
-    modules = runtime_env.get("py_modules") or []
-    if not isinstance(modules, (list, tuple)):
-        raise TypeError(
-            f"init(): runtime_env['py_modules'] must be a list, not {_type_name(modules)}."
+    _check_runtime_env_config(runtime_env.get("config"))
+    return dict(env_vars), code_sources(runtime_env, where="init()")
+
+
+def _check_runtime_env_config(config: Any) -> None:
+    """Ray's ``RuntimeEnvConfig`` keys: checked, and without effect here (the code is
+    packed and installed during ``init()`` itself, so there is nothing to time out or
+    to defer)."""
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise TypeError(f"init(): runtime_env['config'] must be a dict, not {_type_name(config)}.")
+    unknown = sorted(set(config) - {"setup_timeout_seconds", "eager_install"})
+    if unknown:
+        raise ValueError(
+            f"init(): runtime_env['config'] keys {', '.join(map(repr, unknown))} are unknown "
+            "(Ray's are setup_timeout_seconds and eager_install)."
         )
-    for what, value in [("working_dir", working_dir), *(("py_modules", m) for m in modules)]:
-        if value is None:
-            continue
-        if not isinstance(value, (str, os.PathLike)):
-            raise TypeError(
-                f"init(): runtime_env[{what!r}] entries must be paths, not {_type_name(value)}."
-            )
-        path = os.fspath(value)
-        if "://" in path:
-            raise ValueError(
-                f"init(): runtime_env[{what!r}] = {path!r}: remote URIs are not supported by "
-                "a local heliostat node; give a local directory."
-            )
-        if not os.path.exists(path):
-            raise ValueError(f"init(): runtime_env[{what!r}] = {path!r} does not exist.")
-        path = os.path.abspath(path)
-        # A module file's directory goes on the path; a package's parent, so that
-        # ``import package`` works as it does with Ray's py_modules.
-        paths.append(path if what == "working_dir" else os.path.dirname(path))
-    return dict(env_vars), tuple(dict.fromkeys(paths))
+    timeout = config.get("setup_timeout_seconds", 600)
+    if isinstance(timeout, bool) or not isinstance(timeout, int):
+        raise TypeError(
+            "init(): runtime_env['config']['setup_timeout_seconds'] must be an int, not "
+            f"{_type_name(timeout)}."
+        )
+    _check_bool("runtime_env['config']['eager_install']", config.get("eager_install", True))
 
 
 def check_init_options(
@@ -213,7 +214,8 @@ def check_init_options(
         logging_format: format of the log handler installed with a level.
         configure_logging: False leaves logging alone (level and format unused).
         log_to_driver: whether workers' output is printed in the driver (default True).
-        runtime_env: ``env_vars``, ``working_dir`` and ``py_modules`` are supported.
+        runtime_env: ``env_vars``, ``working_dir``, ``py_modules`` and ``excludes`` are
+            supported; Ray's ``config`` keys are checked and have no effect.
         local_mode: Ray's deprecated serial mode; only False is supported.
         extra: the other keywords given, by name (public compatibility names and
             Ray's private ``_name`` keywords).
@@ -259,14 +261,14 @@ def check_init_options(
         if not isinstance(temp_dir, (str, os.PathLike)):
             raise TypeError(f"init(): _temp_dir must be a path, not {_type_name(temp_dir)}.")
         temp_dir = os.fspath(temp_dir)
-    env_vars, import_paths = _check_runtime_env(runtime_env)
+    env_vars, code = _check_runtime_env(runtime_env)
     return InitOptions(
         gpus=gpus,
         logging_level=level,
         logging_format=logging_format or DEFAULT_LOGGING_FORMAT,
         log_to_driver=True if log_to_driver is None else log_to_driver,
         env_vars=env_vars,
-        import_paths=import_paths,
+        code=code,
         temp_dir=temp_dir,
         without_effect=tuple(sorted(extra)),
     )

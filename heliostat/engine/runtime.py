@@ -52,8 +52,10 @@ from heliostat.engine.core import CoreClient, DriverClient
 from heliostat.engine.ids import IdMinter
 from heliostat.engine.node_manager import NodeConfig, NodeManager
 from heliostat.engine.object_ref import set_process_tracker
+from heliostat.engine.runtime_env import WORKING_DIR_ENV, code_env
 from heliostat.engine.shm import SHM_DIR, session_glob
 from heliostat.exceptions import NotInitializedError
+from heliostat.storage.packages import CodeSources, InstalledCode, PackageCache, build_sources
 
 __all__ = [
     "SESSION_MARKER",
@@ -110,15 +112,21 @@ def default_memory(object_store_memory: int) -> int:
 
 
 def _worker_env(
-    env_vars: dict[str, str] | None = None, import_paths: tuple[str, ...] = ()
+    env_vars: dict[str, str] | None = None, code: InstalledCode | None = None
 ) -> dict[str, str]:
     env = dict(os.environ)
     env.update(env_vars or {})  # runtime_env={"env_vars": ...}
-    # Workers import user modules by name: give them the driver's import path (after
-    # runtime_env's working_dir and py_modules).
-    paths = [*import_paths, *(p for p in sys.path if p)]
-    if os.getcwd() not in paths:
-        paths.insert(0, os.getcwd())
+    env.pop(WORKING_DIR_ENV, None)  # only ever this runtime's own working_dir copy
+    # Workers import user modules by name: give them the driver's import path, after
+    # the copies of runtime_env's working_dir and py_modules. With a working_dir the
+    # driver's current directory is left out, as Ray leaves it out: workers must find
+    # the copy, not the original the driver may go on editing.
+    inherited = [p for p in sys.path if p]
+    code = code or InstalledCode()
+    if code.working_dir is None and os.getcwd() not in inherited:
+        inherited.insert(0, os.getcwd())
+    paths, code_vars = code_env(code, inherited)
+    env.update(code_vars)
     env["PYTHONPATH"] = os.pathsep.join(paths)
     # One thread per worker for numeric libraries unless the user decided (Ray does this).
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -294,7 +302,7 @@ class Runtime:
         num_gpus: float = 0.0,
         log_to_driver: bool = True,
         env_vars: dict[str, str] | None = None,
-        import_paths: tuple[str, ...] = (),
+        code: CodeSources | None = None,
         temp_dir: str | None = None,
         node_index: int = 0,
     ) -> None:
@@ -310,8 +318,21 @@ class Runtime:
             extra["GPU"] = float(num_gpus)
         store_bytes = int(object_store_memory or default_object_store_memory())
         extra.setdefault("memory", default_memory(store_bytes))
+        # Packed before anything is created: a working_dir that cannot be shipped
+        # (too big, unreadable) fails init() with nothing to clean up.
+        packages = build_sources(code) if code is not None else []
         self.session = f"{os.getpid():x}-{secrets.token_hex(3)}"
         self.session_dir = create_session_dir(self.session, parent=temp_dir)
+        try:
+            # runtime_env's code, installed for this session only (engine/runtime_env.py).
+            cache = PackageCache(os.path.join(self.session_dir, "packages"))
+            self.package_uris = tuple(package.uri for package, _ in packages)
+            self.code = InstalledCode.of(
+                self.package_uris, [cache.install(p.uri, data) for p, data in packages]
+            )
+        except BaseException:
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+            raise
         # Set by the ``heliostat`` command for the runtime it starts: a user's init()
         # then returns it instead of failing (see ``api.init``).
         self.started_by_cli = False
@@ -326,7 +347,7 @@ class Runtime:
             resources=extra,
             object_store_memory=store_bytes,
             max_workers=max_workers or max(32, 8 * int(max(cpus, 1))),
-            env=_worker_env(env_vars, import_paths),
+            env=_worker_env(env_vars, self.code),
             node_index=node_index,
         )
         self.manager = NodeManager(

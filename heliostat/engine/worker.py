@@ -58,10 +58,11 @@ from heliostat.engine.actor_exit import (
 from heliostat.engine.async_actor import AsyncActorExecutor, is_async_class
 from heliostat.engine.core import CoreClient, load_value
 from heliostat.engine.generators import DynamicObjectRefGenerator
-from heliostat.engine.ids import IdMinter
+from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.object_ref import set_process_tracker
 from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
 from heliostat.engine.records import ActorOptions, TaskSpec, spec_to_wire
+from heliostat.engine.runtime_env import enter_working_dir, module_not_on_node
 from heliostat.engine.serialization import (
     INLINE_THRESHOLD,
     cloudpickle_dumps,
@@ -544,11 +545,26 @@ class Worker:
                 fn_bytes = self.client.revoked_code.pop(fn_id, None)
             if fn_bytes is None:
                 raise HeliostatError("the node manager sent no code for an unknown function")
-            fn = loads_function(fn_bytes)
+            try:
+                fn = loads_function(fn_bytes)
+            except ModuleNotFoundError as exc:
+                raise self._not_on_node(exc, "its function or class") from exc
             self._functions[fn_id] = fn
         return fn
 
+    def _not_on_node(self, exc: ModuleNotFoundError, what: str) -> BaseException:
+        node_id = format_id(self.client.minter.node_index)
+        return module_not_on_node(exc, what=what, task=self.current_name, node_id=node_id)
+
     def _arguments(
+        self, payload: bytes, positions: tuple[Any, ...], resolved: list[Any]
+    ) -> tuple[list[Any], dict[str, Any]]:
+        try:
+            return self._load_arguments(payload, positions, resolved)
+        except ModuleNotFoundError as exc:
+            raise self._not_on_node(exc, "an argument") from exc
+
+    def _load_arguments(
         self, payload: bytes, positions: tuple[Any, ...], resolved: list[Any]
     ) -> tuple[list[Any], dict[str, Any]]:
         args, kwargs = deserialize(payload)
@@ -877,6 +893,7 @@ def _should_retry(retry_exceptions: Any, exc: BaseException) -> bool:
 def run_worker(config: dict[str, Any], index: int) -> int:
     """Entry point of a forked worker; returns the exit code."""
     _die_with_parent()
+    enter_working_dir()  # runtime_env's working_dir: run in the job's copy of it
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(config["socket_path"])
     channel = BlockingChannel(sock)

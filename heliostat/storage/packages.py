@@ -16,7 +16,11 @@ archive into a per-node cache, so that:
   uses it.
 
 Archives are built and installed here; how they travel (through the head) is the
-cluster's business. This module does file I/O only, and nothing that needs a runtime.
+cluster's business (:mod:`heliostat.cluster.packages`). :func:`code_sources` checks the
+code part of a ``runtime_env`` once, for every caller: ``init()`` on one node and
+:func:`~heliostat.cluster.packages.publish` for a cluster. :func:`install_local` is the
+one-node path: build and install into a cache, no head involved. This module does file
+I/O only, and nothing that needs a runtime.
 """
 
 from __future__ import annotations
@@ -29,20 +33,32 @@ import re
 import shutil
 import stat
 import tempfile
+import types
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
+from typing import Any
+
+from heliostat.exceptions import PackageError
+from heliostat.storage.home import make_private_dirs
 
 __all__ = [
     "DEFAULT_EXCLUDES",
     "DEFAULT_SIZE_LIMIT",
+    "CodeSources",
+    "InstalledCode",
     "Package",
     "PackageCache",
     "PackageError",
     "PackageKind",
     "build_package",
+    "build_sources",
+    "code_sources",
+    "install_local",
+    "package_kind",
+    "parse_package_uri",
 ]
 
 # Ray's own limit for a working_dir upload is of this order; code that is bigger is
@@ -70,10 +86,6 @@ _FILE_MODE = 0o644
 _EXEC_MODE = 0o755
 
 
-class PackageError(ValueError):
-    """A package cannot be built or installed (named path, size, digest or entry)."""
-
-
 class PackageKind(StrEnum):
     """What the archive holds: a whole working directory, or one module or package."""
 
@@ -96,10 +108,28 @@ class Package:
 
 
 def _parse_uri(uri: str) -> tuple[PackageKind, str]:
-    match = _URI.fullmatch(uri)
+    match = _URI.fullmatch(uri) if isinstance(uri, str) else None
     if match is None:
         raise PackageError(f"{uri!r} is not a heliostat package URI ({_SCHEME}KIND-SHA256.zip)")
     return PackageKind(match.group(1)), match.group(2)
+
+
+def parse_package_uri(uri: str) -> tuple[PackageKind, str]:
+    """A package URI's kind and SHA-256 (hex).
+
+    Raises:
+        PackageError: ``uri`` is not a heliostat package URI.
+    """
+    return _parse_uri(uri)
+
+
+def package_kind(uri: str) -> PackageKind:
+    """What a package URI holds (a working_dir or a py_module).
+
+    Raises:
+        PackageError: ``uri`` is not a heliostat package URI.
+    """
+    return _parse_uri(uri)[0]
 
 
 def _excluded(relative: PurePosixPath, patterns: tuple[str, ...]) -> bool:
@@ -239,7 +269,7 @@ class PackageCache:
                 f"package {uri} arrived with digest {actual}: refusing to install bytes that "
                 "are not the ones asked for"
             )
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(self.root)
         target = self.root / f"{kind.value}-{digest}"
         staging = Path(tempfile.mkdtemp(prefix=f".{kind.value}-{digest[:12]}-", dir=self.root))
         try:
@@ -279,3 +309,182 @@ def _extract(data: bytes, into: Path, uri: str) -> None:
             with archive.open(info) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out)
             os.chmod(dest, _EXEC_MODE if mode & stat.S_IXUSR else _FILE_MODE)
+
+
+# --- the code part of a runtime_env ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CodeSources:
+    """The code a ``runtime_env`` ships, checked: absolute local paths, in order.
+
+    Attributes:
+        working_dir: the directory workers run in and import from, or None.
+        py_modules: packages (directories) and single ``.py`` files to import.
+        excludes: patterns left out of every archive, added to :data:`DEFAULT_EXCLUDES`.
+    """
+
+    working_dir: str | None = None
+    py_modules: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """Whether there is nothing to ship."""
+        return self.working_dir is None and not self.py_modules
+
+
+def _module_path(where: str, module: types.ModuleType) -> str:
+    """The file or package directory of an imported module (Ray takes module objects)."""
+    paths = list(getattr(module, "__path__", None) or ())
+    if paths:
+        if len(paths) != 1:
+            raise ValueError(
+                f"{where}: runtime_env['py_modules'] entry {module.__name__!r} is a namespace "
+                f"package spread over {len(paths)} directories; give one directory's path."
+            )
+        return str(paths[0])
+    file = getattr(module, "__file__", None)
+    if not file or not str(file).endswith(".py"):
+        raise ValueError(
+            f"{where}: runtime_env['py_modules'] entry {module.__name__!r} has no .py source "
+            "file (a built-in or compiled module); install it on every node instead."
+        )
+    return str(file)
+
+
+def _local_path(where: str, key: str, value: Any) -> str:
+    if isinstance(value, types.ModuleType) and key == "py_modules":
+        value = _module_path(where, value)
+    if not isinstance(value, (str, os.PathLike)):
+        kinds = "paths or modules" if key == "py_modules" else "a path"
+        raise TypeError(
+            f"{where}: runtime_env[{key!r}] takes {kinds}, not {type(value).__name__} ({value!r})."
+        )
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise TypeError(f"{where}: runtime_env[{key!r}] paths must be str, not bytes.")
+    if "://" in path:
+        raise ValueError(
+            f"{where}: runtime_env[{key!r}] = {path!r}: remote URIs are not supported; give "
+            "a local directory (heliostat ships it to the nodes itself)."
+        )
+    if not os.path.exists(path):
+        raise ValueError(f"{where}: runtime_env[{key!r}] = {path!r} does not exist.")
+    if key == "working_dir" and not os.path.isdir(path):
+        raise ValueError(
+            f"{where}: runtime_env['working_dir'] = {path!r} is not a directory (a zip "
+            "archive as working_dir is not supported; give the directory)."
+        )
+    if key == "py_modules" and not os.path.isdir(path) and not path.endswith(".py"):
+        raise ValueError(
+            f"{where}: runtime_env['py_modules'] entry {path!r} is neither a package "
+            "directory nor a .py file."
+        )
+    return os.path.abspath(path)
+
+
+def code_sources(runtime_env: Mapping[str, Any] | None, *, where: str = "init()") -> CodeSources:
+    """Check ``working_dir``, ``py_modules`` and ``excludes`` of a ``runtime_env``.
+
+    Other keys are left to the caller. ``py_modules`` entries may be paths or imported
+    module objects (as in Ray); relative paths are taken from the current directory.
+
+    Args:
+        runtime_env: the dict given to ``init()`` (None: nothing to ship).
+        where: the call named in error messages.
+
+    Raises:
+        TypeError: a value of the wrong type (``py_modules`` or ``excludes`` not a list,
+            an entry that is neither a path nor a module).
+        ValueError: a path that does not exist or has the wrong shape, or a remote URI.
+    """
+    if runtime_env is None:
+        return CodeSources()
+    if not isinstance(runtime_env, Mapping):
+        raise TypeError(f"{where}: runtime_env must be a dict, not {type(runtime_env).__name__}.")
+    working_dir = runtime_env.get("working_dir")
+    modules = runtime_env.get("py_modules")
+    excludes = runtime_env.get("excludes")
+    if modules is not None and not isinstance(modules, (list, tuple)):
+        raise TypeError(
+            f"{where}: runtime_env['py_modules'] must be a list, not {type(modules).__name__}."
+        )
+    if excludes is not None and (
+        not isinstance(excludes, (list, tuple)) or not all(isinstance(e, str) for e in excludes)
+    ):
+        raise TypeError(f"{where}: runtime_env['excludes'] must be a list of str patterns.")
+    return CodeSources(
+        working_dir=None if working_dir is None else _local_path(where, "working_dir", working_dir),
+        py_modules=tuple(dict.fromkeys(_local_path(where, "py_modules", m) for m in modules or ())),
+        excludes=tuple(excludes or ()),
+    )
+
+
+def build_sources(
+    sources: CodeSources, *, size_limit: int = DEFAULT_SIZE_LIMIT
+) -> list[tuple[Package, bytes]]:
+    """Build the archives of ``sources``: the working_dir's first, then each py_module.
+
+    Raises:
+        PackageError: a path cannot be packed, or holds more than ``size_limit`` bytes.
+    """
+    out = []
+    if sources.working_dir is not None:
+        out.append(
+            build_package(
+                sources.working_dir,
+                PackageKind.WORKING_DIR,
+                excludes=sources.excludes,
+                size_limit=size_limit,
+            )
+        )
+    for module in sources.py_modules:
+        out.append(
+            build_package(
+                module, PackageKind.PY_MODULE, excludes=sources.excludes, size_limit=size_limit
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstalledCode:
+    """Installed packages as a worker uses them.
+
+    Attributes:
+        import_paths: directories to put first on ``sys.path``, in order.
+        working_dir: the directory a worker runs in (the working_dir's copy), or None.
+    """
+
+    import_paths: tuple[str, ...] = ()
+    working_dir: str | None = None
+
+    @classmethod
+    def of(cls, uris: Iterable[str], paths: Iterable[str | os.PathLike[str]]) -> InstalledCode:
+        """From package URIs and their installed directories (in the same order)."""
+        working_dir = None
+        import_paths = []
+        for uri, path in zip(uris, paths, strict=True):
+            import_paths.append(os.fspath(path))
+            if package_kind(uri) is PackageKind.WORKING_DIR:
+                working_dir = os.fspath(path)
+        return cls(import_paths=tuple(dict.fromkeys(import_paths)), working_dir=working_dir)
+
+
+def install_local(
+    sources: CodeSources, cache: PackageCache, *, size_limit: int = DEFAULT_SIZE_LIMIT
+) -> tuple[tuple[str, ...], InstalledCode]:
+    """Build ``sources`` and install them into ``cache`` directly (one node, no head).
+
+    Returns:
+        The packages' URIs and the installed code.
+
+    Raises:
+        PackageError: as :func:`build_sources` and :meth:`PackageCache.install`.
+    """
+    uris, paths = [], []
+    for package, data in build_sources(sources, size_limit=size_limit):
+        uris.append(package.uri)
+        paths.append(str(cache.install(package.uri, data)))
+    return tuple(uris), InstalledCode.of(uris, paths)

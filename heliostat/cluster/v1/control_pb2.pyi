@@ -204,3 +204,41 @@ class ListJobsReply(_message.Message):
     JOBS_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+
+class HasPackageRequest(_message.Message):
+    __slots__ = ("uri",)
+    URI_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    def __init__(self, uri: _Optional[str] = ...) -> None: ...
+
+class HasPackageReply(_message.Message):
+    __slots__ = ("present", "size")
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    present: bool
+    size: int
+    def __init__(self, present: _Optional[bool] = ..., size: _Optional[int] = ...) -> None: ...
+
+class PackageChunk(_message.Message):
+    __slots__ = ("uri", "total_size", "data")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    total_size: int
+    data: bytes
+    def __init__(self, uri: _Optional[str] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadPackageReply(_message.Message):
+    __slots__ = ("stored", "size")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    stored: bool
+    size: int
+    def __init__(self, stored: _Optional[bool] = ..., size: _Optional[int] = ...) -> None: ...
+
+class DownloadPackageRequest(_message.Message):
+    __slots__ = ("uri",)
+    URI_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    def __init__(self, uri: _Optional[str] = ...) -> None: ...

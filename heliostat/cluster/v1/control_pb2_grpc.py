@@ -25,6 +25,173 @@ if _version_not_supported:
     )
 
 
+class PackagesStub:
+    """The head's store of code packages. Refusals: INVALID_ARGUMENT for a malformed URI or
+    bytes that do not hash to it, RESOURCE_EXHAUSTED for an archive over the head's
+    limit, NOT_FOUND for a download of a package the head does not have.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.HasPackage = channel.unary_unary(
+                '/heliostat.cluster.v1.Packages/HasPackage',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.HasPackageRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.HasPackageReply.FromString,
+                _registered_method=True)
+        self.UploadPackage = channel.stream_unary(
+                '/heliostat.cluster.v1.Packages/UploadPackage',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.PackageChunk.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.UploadPackageReply.FromString,
+                _registered_method=True)
+        self.DownloadPackage = channel.unary_stream(
+                '/heliostat.cluster.v1.Packages/DownloadPackage',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.DownloadPackageRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.PackageChunk.FromString,
+                _registered_method=True)
+
+
+class PackagesServicer:
+    """The head's store of code packages. Refusals: INVALID_ARGUMENT for a malformed URI or
+    bytes that do not hash to it, RESOURCE_EXHAUSTED for an archive over the head's
+    limit, NOT_FOUND for a download of a package the head does not have.
+    """
+
+    def HasPackage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadPackage(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadPackage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PackagesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'HasPackage': grpc.unary_unary_rpc_method_handler(
+                    servicer.HasPackage,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.HasPackageRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.HasPackageReply.SerializeToString,
+            ),
+            'UploadPackage': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadPackage,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.PackageChunk.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.UploadPackageReply.SerializeToString,
+            ),
+            'DownloadPackage': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadPackage,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.DownloadPackageRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.PackageChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'heliostat.cluster.v1.Packages', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('heliostat.cluster.v1.Packages', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Packages:
+    """The head's store of code packages. Refusals: INVALID_ARGUMENT for a malformed URI or
+    bytes that do not hash to it, RESOURCE_EXHAUSTED for an archive over the head's
+    limit, NOT_FOUND for a download of a package the head does not have.
+    """
+
+    @staticmethod
+    def HasPackage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heliostat.cluster.v1.Packages/HasPackage',
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.HasPackageRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.HasPackageReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadPackage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/heliostat.cluster.v1.Packages/UploadPackage',
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.PackageChunk.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.UploadPackageReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadPackage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/heliostat.cluster.v1.Packages/DownloadPackage',
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.DownloadPackageRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.PackageChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ControlPlaneStub:
     """Missing associated documentation comment in .proto file."""
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 
 import pytest
 
@@ -12,6 +12,7 @@ from heliostat.engine.init_options import (
     check_init_options,
     parse_logging_level,
 )
+from heliostat.storage.packages import CodeSources
 
 
 def test_defaults_change_nothing() -> None:
@@ -20,7 +21,7 @@ def test_defaults_change_nothing() -> None:
     assert opts.logging_level is None
     assert opts.log_to_driver is True
     assert opts.env_vars == {}
-    assert opts.import_paths == ()
+    assert opts.code == CodeSources() and opts.code.empty
     assert opts.temp_dir is None
     assert opts.without_effect == ()
 
@@ -79,6 +80,13 @@ def test_configure_logging_false_leaves_logging_alone() -> None:
         {"runtime_env": "env"},
         {"runtime_env": {"env_vars": {"A": 1}}},
         {"runtime_env": {"py_modules": "mod"}},
+        {"runtime_env": {"py_modules": [3]}},
+        {"runtime_env": {"working_dir": 3}},
+        {"runtime_env": {"excludes": "*.csv"}},
+        {"runtime_env": {"excludes": [1]}},
+        {"runtime_env": {"config": []}},
+        {"runtime_env": {"config": {"setup_timeout_seconds": "10"}}},
+        {"runtime_env": {"config": {"eager_install": "no"}}},
         {"extra": {"dashboard_port": "8265"}},
         {"extra": {"include_dashboard": "yes"}},
         {"extra": {"_system_config": []}},
@@ -99,6 +107,15 @@ def test_values_heliostat_cannot_honour_are_value_errors(tmp_path) -> None:
         check_init_options(runtime_env={"working_dir": "s3://bucket/code.zip"})
     with pytest.raises(ValueError, match="does not exist"):
         check_init_options(runtime_env={"working_dir": str(tmp_path / "missing")})
+    (tmp_path / "code.zip").write_bytes(b"PK")
+    with pytest.raises(ValueError, match="not a directory"):
+        check_init_options(runtime_env={"working_dir": str(tmp_path / "code.zip")})
+    with pytest.raises(ValueError, match="neither a package"):
+        check_init_options(runtime_env={"py_modules": [str(tmp_path / "code.zip")]})
+    with pytest.raises(ValueError, match="built-in or compiled"):
+        check_init_options(runtime_env={"py_modules": [__import__("_json")]})
+    with pytest.raises(ValueError, match="unknown"):
+        check_init_options(runtime_env={"config": {"timeout": 1}})
     with pytest.raises(ValueError, match="num_gpus"):
         check_init_options(num_gpus=-1)
 
@@ -114,4 +131,19 @@ def test_runtime_env_paths_and_env_vars(tmp_path) -> None:
         }
     )
     assert opts.env_vars == {"A": "1"}
-    assert opts.import_paths == (str(tmp_path), os.path.dirname(str(pkg)))
+    # Checked, not packed yet: absolute paths, in order, packed at init().
+    assert opts.code == CodeSources(working_dir=str(tmp_path), py_modules=(str(pkg),))
+
+
+def test_py_modules_take_module_objects_and_relative_paths(tmp_path, monkeypatch) -> None:
+    (tmp_path / "single.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    opts = check_init_options(
+        runtime_env={
+            "py_modules": [json, "single.py"],
+            "excludes": ["*.csv"],
+            "config": {"setup_timeout_seconds": 30, "eager_install": False},
+        }
+    )
+    assert opts.code.py_modules == (json.__path__[0], str(tmp_path / "single.py"))
+    assert opts.code.excludes == ("*.csv",)

@@ -205,3 +205,26 @@ def test_package_identity_is_its_digest() -> None:
         uri=f"hspkg://py_module-{digest}.zip", kind=PackageKind.PY_MODULE, size=1, files=1
     )
     assert package.digest == digest
+
+
+def test_install_local_orders_the_working_dir_first_and_excludes_everywhere(
+    tmp_path: Path,
+) -> None:
+    from heliostat.storage.packages import CodeSources, install_local
+
+    root = _project(tmp_path / "project")
+    (root / "results.csv").write_text("a\n")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "__init__.py").write_text("")
+    (lib / "table.csv").write_text("b\n")
+    sources = CodeSources(working_dir=str(root), py_modules=(str(lib),), excludes=("*.csv",))
+    uris, code = install_local(sources, PackageCache(tmp_path / "cache"))
+    assert [u.split("-")[0] for u in uris] == ["hspkg://working_dir", "hspkg://py_module"]
+    copy, lib_parent = (Path(p) for p in code.import_paths)
+    assert code.working_dir == str(copy)
+    assert (copy / "main.py").exists() and not (copy / "results.csv").exists()
+    assert (lib_parent / "lib" / "__init__.py").exists()
+    assert not (lib_parent / "lib" / "table.csv").exists()
+    # Installing the same sources again reuses the copies.
+    assert install_local(sources, PackageCache(tmp_path / "cache")) == (uris, code)
