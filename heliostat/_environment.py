@@ -78,7 +78,7 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
         name="HELIOSTAT_WORKING_DIR",
         default="set by heliostat",
         meaning="Set in a worker's environment by its node: the copy of "
-        "`runtime_env[\"working_dir\"]` the worker runs in. Not for users.",
+        '`runtime_env["working_dir"]` the worker runs in. Not for users.',
         read_by=("heliostat.engine.runtime_env",),
     ),
     EnvVar(
@@ -94,7 +94,7 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
             "heliostat.cli.ui",
             "heliostat.ui.auth",
             "heliostat.cli.cluster",
-            "heliostat.cluster.join",
+            "heliostat.engine.cluster_join",
         ),
     ),
     EnvVar(
@@ -104,7 +104,7 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
         "over it; without either, status asks the head that this home's daemons use), "
         "and the cluster `hs.init()` joins when called without an address (as Ray's "
         "`RAY_ADDRESS`).",
-        read_by=("heliostat.cli.cluster", "heliostat.cluster.join", "heliostat.engine.api"),
+        read_by=("heliostat.cli.cluster", "heliostat.engine.cluster_join", "heliostat.engine.api"),
     ),
     EnvVar(
         name="HELIOSTAT_TLS_CERT",

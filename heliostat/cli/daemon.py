@@ -116,8 +116,8 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
     import heliostat
     from heliostat.cluster import HeadClient, HeadServer, HeadService, TlsFiles
     from heliostat.cluster.auth import cluster_id_of, ensure_token_file
-    from heliostat.cluster.join import start_node_runtime
     from heliostat.cluster.local import DaemonInfo, log_path, token_path, write_daemon_info
+    from heliostat.engine.cluster_join import start_node_runtime
     from heliostat.storage.cluster_nodes import NodeTableStore
     from heliostat.storage.db import default_db_url, ensure_schema, make_engine
 
@@ -249,8 +249,8 @@ def _run_node(
 ) -> None:
     import heliostat
     from heliostat.cluster import HeadClient
-    from heliostat.cluster.join import local_address_towards, start_node_runtime
     from heliostat.cluster.local import DaemonInfo, log_path, token_path, write_daemon_info
+    from heliostat.engine.cluster_join import local_address_towards, start_node_runtime
 
     token = os.environ.get("HELIOSTAT_TOKEN", "")
     client = HeadClient(spec.address, token, tls_cert=spec.tls_cert)

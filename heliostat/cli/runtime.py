@@ -52,9 +52,7 @@ def register(sub: Any) -> None:
         "started from this HELIOSTAT_HOME) and a summary of the lineage database "
         "(workflows by status, live leases, schedules).",
     )
-    p.add_argument(
-        "--address", default=None, metavar="HOST:PORT", help="the cluster head to ask"
-    )
+    p.add_argument("--address", default=None, metavar="HOST:PORT", help="the cluster head to ask")
     p.add_argument(
         "--token",
         default=None,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import atexit
 import threading
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from heliostat.engine.runtime import current_client
 from heliostat.exceptions import HeliostatError
@@ -75,7 +75,7 @@ def forget_inherited_handlers() -> None:
     atexit._clear()
 
 
-def run_exit_handlers(timeout_s: float, stderr: TextIO) -> bool:
+def run_exit_handlers(timeout_s: float, stderr: TextIO | Any) -> bool:
     """Run the registered atexit handlers, waiting at most ``timeout_s``; True if they ended.
 
     They run in a daemon thread, so one that never returns is left behind when the

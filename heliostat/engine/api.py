@@ -164,7 +164,7 @@ def init(
             "heliostat is already initialized; call shutdown() first or pass "
             "ignore_reinit_error=True."
         )
-    from heliostat.cluster.join import resolve_address
+    from heliostat.engine.cluster_join import resolve_address
 
     head_address = resolve_address(address)
     if head_address is not None:
@@ -224,7 +224,7 @@ def _env_address() -> bool:
 def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
     """Join the cluster whose head is at ``address`` as a driver node (no CPUs)."""
     from heliostat.cluster.client import HeadClient
-    from heliostat.cluster.join import (
+    from heliostat.engine.cluster_join import (
         ClusterMembership,
         choose_node_index,
         local_address_towards,

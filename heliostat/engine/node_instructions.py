@@ -31,25 +31,34 @@ from heliostat.engine.records import ActorRecord, TaskSpec, WorkerRecord
 
 __all__ = [
     "EXIT",
+    "PEER_EFFECTS",
     "ActorReady",
     "CallActor",
     "CancelCall",
+    "CancelRemote",
     "CreateActor",
     "Disconnect",
     "Effect",
     "Execute",
     "Exit",
+    "ForwardTask",
     "Kill",
     "Message",
     "Outbox",
+    "PeerEffect",
     "Poke",
+    "PullObject",
+    "PushValues",
+    "ReleaseAt",
     "Reply",
+    "ReportTask",
     "Revoke",
     "Spawn",
     "TaskDone",
     "TaskFailed",
     "Unmap",
     "UnmapDriver",
+    "WireValue",
     "WorkerExited",
     "WorkerLost",
     "WorkerSpawned",
@@ -225,7 +234,88 @@ class Disconnect:
     worker: WorkerRecord
 
 
-Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect
+# ------------------------------------------- instructions: effects for other nodes --
+# Decided by ``peers.py``; carried out by the cluster link (``node_link.py``).
+
+
+@dataclass(frozen=True, slots=True)
+class WireValue:
+    """One object's value between nodes.
+
+    ``kind`` INLINE or ERROR: ``payload`` is the value. SHM: the value is ``size``
+    bytes in the sender's store, to pull (``payload`` is None).
+    """
+
+    object_id: int
+    kind: int
+    payload: bytes | None
+    size: int
+    contained: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardTask:
+    """Run ``spec`` on node ``node``; ``values`` are its arguments (and nested refs)."""
+
+    node: int
+    spec: TaskSpec
+    fn_bytes: bytes | None  # the pickled function, the first time this node gets it
+    values: tuple[WireValue, ...]
+    pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportTask:
+    """Tell the owner ``node`` that its task ended, with the returned values."""
+
+    node: int
+    task_id: int
+    outcome: str
+    started: float
+    finished: float
+    values: tuple[WireValue, ...]
+    pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushValues:
+    """Values ``node`` was promised (nested refs) that are ready now."""
+
+    node: int
+    values: tuple[WireValue, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PullObject:
+    """Copy object ``object_id`` (``size`` bytes) from node ``node`` into our store."""
+
+    node: int
+    object_id: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseAt:
+    """We have our copies of these objects: ``node`` may let go of them."""
+
+    node: int
+    object_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelRemote:
+    """Cancel task ``task_id``, forwarded to ``node``."""
+
+    node: int
+    task_id: int
+    force: bool
+
+
+PeerEffect = ForwardTask | ReportTask | PushValues | PullObject | ReleaseAt | CancelRemote
+PEER_EFFECTS = (ForwardTask, ReportTask, PushValues, PullObject, ReleaseAt, CancelRemote)
+
+
+Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect | PeerEffect
 
 
 class Outbox:

@@ -40,7 +40,18 @@ from typing import Any
 
 from heliostat.engine.dispatch import may_retry
 from heliostat.engine.ids import format_id
-from heliostat.engine.node_instructions import Outbox
+from heliostat.engine.node_instructions import (
+    PEER_EFFECTS,
+    CancelRemote,
+    ForwardTask,
+    Outbox,
+    PeerEffect,
+    PullObject,
+    PushValues,
+    ReleaseAt,
+    ReportTask,
+    WireValue,
+)
 from heliostat.engine.object_directory import ObjectDirectory, Waiter, error_payload
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.records import (
@@ -64,6 +75,7 @@ from heliostat.scheduler.placement import (
 )
 
 __all__ = [
+    "PEER_EFFECTS",
     "PEER_INDEX_BASE",
     "CancelRemote",
     "ForwardTask",
@@ -102,86 +114,6 @@ class PeerInfo:
     @property
     def node_id(self) -> str:
         return format_id(self.index)
-
-
-@dataclass(frozen=True, slots=True)
-class WireValue:
-    """One object's value between nodes.
-
-    ``kind`` INLINE or ERROR: ``payload`` is the value. SHM: the value is ``size``
-    bytes in the sender's store, to pull (``payload`` is None).
-    """
-
-    object_id: int
-    kind: int
-    payload: bytes | None
-    size: int
-    contained: tuple[int, ...]
-
-
-# ----------------------------------------------------------- instructions (effects) --
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ForwardTask:
-    """Run ``spec`` on node ``node``; ``values`` are its arguments (and nested refs)."""
-
-    node: int
-    spec: TaskSpec
-    fn_bytes: bytes | None  # the pickled function, the first time this node gets it
-    values: tuple[WireValue, ...]
-    pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReportTask:
-    """Tell the owner ``node`` that its task ended, with the returned values."""
-
-    node: int
-    task_id: int
-    outcome: str
-    started: float
-    finished: float
-    values: tuple[WireValue, ...]
-    pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PushValues:
-    """Values ``node`` was promised (nested refs) that are ready now."""
-
-    node: int
-    values: tuple[WireValue, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PullObject:
-    """Copy object ``object_id`` (``size`` bytes) from node ``node`` into our store."""
-
-    node: int
-    object_id: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReleaseAt:
-    """We have our copies of these objects: ``node`` may let go of them."""
-
-    node: int
-    object_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CancelRemote:
-    """Cancel task ``task_id``, forwarded to ``node``."""
-
-    node: int
-    task_id: int
-    force: bool
-
-
-PeerEffect = ForwardTask | ReportTask | PushValues | PullObject | ReleaseAt | CancelRemote
-PEER_EFFECTS = (ForwardTask, ReportTask, PushValues, PullObject, ReleaseAt, CancelRemote)
 
 
 class Peers:
@@ -271,11 +203,11 @@ class Peers:
         for oid in self.promised.pop(index, set()):
             entry = objects.entries.get(oid)
             if entry is not None and entry.kind is ObjKind.PENDING:
-                exc = OwnerDiedError(
+                lost = OwnerDiedError(
                     f"Object {format_id(oid)} was to come from node {name}, which died.",
                     object_id=format_id(oid),
                 )
-                objects.set_value(entry, ObjKind.ERROR, error_payload(exc), 0, ())
+                objects.set_value(entry, ObjKind.ERROR, error_payload(lost), 0, ())
         for task_id, owner in list(self.remote_owner.items()):
             if owner == index:  # its results have nowhere to go: the owner retries them
                 del self.remote_owner[task_id]

@@ -130,7 +130,5 @@ class PreparedCache:
         prepared = self._prepared.get(key)
         if prepared is None:
             keys = row if isinstance(stmt, sa.Insert) else None  # an INSERT names its columns
-            prepared = self._prepared[key] = Prepared(
-                stmt, self._dialect, keys, self._processors
-            )
+            prepared = self._prepared[key] = Prepared(stmt, self._dialect, keys, self._processors)
         return prepared

@@ -226,6 +226,7 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
     for node in nodes:
         assert isinstance(node, FunctionNode)  # checked in the loop above
         explicit = parsed[node._uid].task_id
+
         # A step's own explicit id is its to take; any other id someone asked for is not.
         def taken(candidate: str, mine: str | None = explicit) -> bool:
             return candidate in used or (candidate in asked and candidate != mine)

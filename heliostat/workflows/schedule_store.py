@@ -854,8 +854,7 @@ class ScheduleStore:
                 if m["started_at"] is not None:  # started, then its workflow was deleted
                     continue
             elif status == WorkflowStatus.RESUMABLE or (
-                status == WorkflowStatus.RUNNING
-                and driver_gone(WorkflowStore.holder_of(m))
+                status == WorkflowStatus.RUNNING and driver_gone(WorkflowStore.holder_of(m))
             ):
                 resume = True
             else:

@@ -119,9 +119,7 @@ def test_kill_runs_no_atexit_handler(runtime, wait_for, tmp_path) -> None:
     assert not path.exists()
 
 
-def test_a_driver_atexit_handler_does_not_run_in_workers(
-    fresh_runtime, wait_for, tmp_path
-) -> None:
+def test_a_driver_atexit_handler_does_not_run_in_workers(fresh_runtime, wait_for, tmp_path) -> None:
     # Workers are forks: what the parent registered (here before init) must not run
     # when an actor exits.
     path = tmp_path / "driver.txt"

@@ -183,7 +183,10 @@ def test_many_ref_arguments_mixed_with_large_values(runtime) -> None:
     big = list(range(50_000))
     args = [*refs[:1500], big, *refs[1500:], big]
     assert hs.get(describe_args.remote(*args), timeout=60) == [
-        *range(1500), 50_000, *range(1500, 3000), 50_000
+        *range(1500),
+        50_000,
+        *range(1500, 3000),
+        50_000,
     ]
 
 

@@ -361,14 +361,14 @@ def test_custom_resource_serializes_tasks(fresh_runtime, tmp_path) -> None:
 
 def test_cluster_and_available_resources(fresh_runtime, wait_for) -> None:
     store = 64 << 20
-    fresh_runtime(
-        num_cpus=2, resources={"db": 1, "memory": 1 << 30}, object_store_memory=store
-    )
+    fresh_runtime(num_cpus=2, resources={"db": 1, "memory": 1 << 30}, object_store_memory=store)
     expected = {"CPU": 2.0, "db": 1.0, "memory": float(1 << 30)}
     assert hs.cluster_resources() == {**expected, "object_store_memory": float(store)}
     wait_for(
-        lambda: {k: v for k, v in hs.available_resources().items() if k != "object_store_memory"}
-        == expected,
+        lambda: (
+            {k: v for k, v in hs.available_resources().items() if k != "object_store_memory"}
+            == expected
+        ),
         what="all resources to be available",
     )
     assert 0 < hs.available_resources()["object_store_memory"] <= store
@@ -389,9 +389,7 @@ def test_memory_is_reported_and_counted_against_memory_requests(fresh_runtime) -
         return hs.available_resources()["memory"]
 
     assert hs.get(free_memory.remote(), timeout=30) == total - (100 << 20)
-    assert hs.get(free_memory.options(memory=200 << 20).remote(), timeout=30) == total - (
-        200 << 20
-    )
+    assert hs.get(free_memory.options(memory=200 << 20).remote(), timeout=30) == total - (200 << 20)
 
 
 def test_a_memory_request_above_the_node_s_is_infeasible(fresh_runtime) -> None:

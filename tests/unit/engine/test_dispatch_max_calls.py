@@ -48,9 +48,7 @@ def test_worker_exits_after_its_last_allowed_call(make_node, make_spec) -> None:
     assert worker.index not in node.state.registry.busy
 
 
-def test_a_waiting_task_gets_a_fresh_worker_once_the_spent_one_exits(
-    make_node, make_spec
-) -> None:
+def test_a_waiting_task_gets_a_fresh_worker_once_the_spent_one_exits(make_node, make_spec) -> None:
     node = make_node(max_workers=1)
     worker = node.add_worker()
     first, second = make_spec(max_calls=1), make_spec(max_calls=1)

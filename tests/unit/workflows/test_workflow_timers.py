@@ -69,9 +69,7 @@ def test_first_start_sets_the_wake_up_time_and_waits_without_a_worker() -> None:
     assert out == [StartTimer(task_id="sleep", attempt=1, wake_at=T0 + dt.timedelta(seconds=30))]
     records = machine.take_records()
     assert [type(r) for r in records] == [Intent, TimerSet]
-    assert records[1] == TimerSet(
-        task_id="sleep", set_at=T0, wake_at=T0 + dt.timedelta(seconds=30)
-    )
+    assert records[1] == TimerSet(task_id="sleep", set_at=T0, wake_at=T0 + dt.timedelta(seconds=30))
     assert machine.outcome() is None  # the timer is in flight
 
     ref = _none_ref("sleep", 1)

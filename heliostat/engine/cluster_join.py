@@ -27,8 +27,8 @@ from typing import Any
 
 from heliostat.cluster.agent import NodeAgent
 from heliostat.cluster.client import HeadClient, parse_address
-from heliostat.cluster.node_link import NodeLink
 from heliostat.engine.ids import format_id
+from heliostat.engine.node_link import NodeLink
 from heliostat.exceptions import ClusterError
 
 __all__ = [
@@ -52,7 +52,7 @@ def choose_node_index(taken: set[int], *, rand: Any = secrets.randbelow) -> int:
     (one chance in 65,535 per pair; the head's table is read first to avoid the rest).
     """
     for _ in range(1000):
-        index = 1 + rand(MAX_NODE_INDEX)
+        index = 1 + int(rand(MAX_NODE_INDEX))
         if index not in taken:
             return index
     raise ClusterError("no free node index: the cluster lists 65,535 nodes")
