@@ -224,6 +224,7 @@ def _env_address() -> bool:
 def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
     """Join the cluster whose head is at ``address`` as a driver node (no CPUs)."""
     from heliostat.cluster.client import HeadClient
+    from heliostat.cluster.packages import publish
     from heliostat.engine.cluster_join import (
         ClusterMembership,
         choose_node_index,
@@ -251,6 +252,8 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
         )
         membership.start()
         runtime.extensions["cluster"] = membership
+        # The job's own modules (runtime_env working_dir / py_modules), for the nodes.
+        membership.set_code(publish(head, options.get("code")))
         membership.job_id = head.register_job(" ".join(sys.argv), socket.gethostname(), os.getpid())
     except BaseException:
         if runtime is not None:

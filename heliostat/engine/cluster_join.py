@@ -167,6 +167,10 @@ class ClusterMembership:
         )
         self.job_id = ""
 
+    def set_code(self, uris: tuple[str, ...]) -> None:
+        """The job's code packages: tasks forwarded from this node carry them."""
+        self.runtime.manager.set_code(uris)
+
     def start(self) -> None:
         """Serve peers, register with the head and heartbeat; fails with the head's reason."""
         self.link.start()

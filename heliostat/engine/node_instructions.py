@@ -262,6 +262,7 @@ class ForwardTask:
     fn_bytes: bytes | None  # the pickled function, the first time this node gets it
     values: tuple[WireValue, ...]
     pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
+    code: tuple[str, ...] = ()  # URIs of the job's code packages (runtime_env)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

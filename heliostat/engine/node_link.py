@@ -34,6 +34,7 @@ import grpc
 
 from heliostat.cluster.auth import TokenInterceptor, call_metadata
 from heliostat.cluster.client import HeadClient
+from heliostat.cluster.packages import PackageFetcher, node_cache
 from heliostat.cluster.transfer import (
     ObjectTransferServicer,
     SegmentSink,
@@ -112,6 +113,7 @@ def encode_effect(effect: Any) -> node_pb2.Envelope:
                 function=effect.fn_bytes or b"",
                 values=_wire_values(effect.values),
                 pending=[id_bytes(p) for p in effect.pending],
+                code=list(effect.code),
             )
         )
     if kind is ReportTask:
@@ -138,8 +140,13 @@ def encode_effect(effect: Any) -> node_pb2.Envelope:
     raise TypeError(f"not a message for a peer: {effect!r}")
 
 
-def apply_envelope(state: Any, index: int, envelope: node_pb2.Envelope) -> None:
-    """Hand one received message to the node state (under the node lock)."""
+def apply_envelope(
+    state: Any, index: int, envelope: node_pb2.Envelope, code: dict[tuple[str, ...], Any]
+) -> None:
+    """Hand one received message to the node state (under the node lock).
+
+    ``code`` maps a forwarded task's package URIs to their installed form.
+    """
     body = envelope.WhichOneof("body")
     peers = state.peers
     if body == "forward":
@@ -151,6 +158,7 @@ def apply_envelope(state: Any, index: int, envelope: node_pb2.Envelope) -> None:
             msg.function or None,
             _values(msg.values),
             [_int(p) for p in msg.pending],
+            code.get(tuple(msg.code)),
         )
     elif body == "report":
         msg = envelope.report
@@ -270,6 +278,7 @@ class NodeLink:
         self._stop = threading.Event()
         session = manager.config.session
         self._sink = SegmentSink(lambda oid: segment_path(session, oid))
+        self._packages = PackageFetcher(head, node_cache())
         self._pulls = futures.ThreadPoolExecutor(pull_threads, thread_name_prefix="hs-pull")
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hs-node-rpc"),
@@ -398,13 +407,38 @@ class NodeLink:
         messages = list(request.messages)
         if index not in self._addresses:
             self.refresh()  # a node we have not seen yet: learn where to answer it
+        code = self._install_code(messages)
 
         def apply(state: Any) -> None:
             for envelope in messages:
-                apply_envelope(state, index, envelope)
+                apply_envelope(state, index, envelope, code)
 
         self._manager.peer_event(apply)
         return node_pb2.DeliverReply()
+
+    def _install_code(self, messages: list[Any]) -> dict[tuple[str, ...], Any]:
+        """Install the code packages forwarded tasks need (outside the node lock).
+
+        A package that cannot be had leaves its tasks without it: they fail with
+        ``ModuleNotOnNodeError`` naming the module and this node, if they need it.
+        """
+        wanted = {
+            tuple(m.forward.code)
+            for m in messages
+            if m.WhichOneof("body") == "forward" and m.forward.code
+        }
+        installed: dict[tuple[str, ...], Any] = {}
+        for uris in wanted:
+            try:
+                code = self._packages.fetch(uris)
+            except Exception:
+                log.exception("could not install the code packages %s", ", ".join(uris))
+                continue
+            installed[uris] = (
+                tuple(str(p) for p in code.import_paths),
+                str(code.working_dir) if code.working_dir is not None else "",
+            )
+        return installed
 
     def open_object(self, object_id: int) -> SourceObject | None:
         """ObjectSource for the transfer service: the object's bytes, if here."""

@@ -84,6 +84,7 @@ def encode(message: Message) -> tuple[Any, ...]:
             spec.retry_exceptions,
             message.ahead,  # type: ignore[union-attr]
             spec.generator,
+            spec.code,
         )
     if kind is Reply:
         return (Op.REPLY, message.request_id, message.ok, message.value)  # type: ignore[union-attr]

@@ -233,6 +233,12 @@ class NodeManager:
                 self.state.peers.update([])  # every peer is gone for us
                 self.loop.flush()
 
+    def set_code(self, uris: tuple[str, ...]) -> None:
+        """Code packages (URIs at the head) that tasks forwarded from here need."""
+        with self._lock:
+            if self.state.peers is not None:
+                self.state.peers.code = uris
+
     def peer_event(self, event: Callable[[NodeState], None]) -> None:
         """Apply something another node said or did (``event(state)``), then flush."""
         with self._lock:

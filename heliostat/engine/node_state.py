@@ -159,11 +159,13 @@ class NodeState:
         fn_bytes: bytes | None,
         values: list[WireValue],
         pending: list[int],
+        code: tuple[tuple[str, ...], str] | None = None,
     ) -> None:
-        """Node ``index`` forwarded a task to run here."""
+        """Node ``index`` forwarded a task to run here (with its job's code, installed)."""
         assert self.peers is not None
         spec = spec_from_wire(fields, PEER_INDEX_BASE + index)
         spec.strategy = None  # placed already: it runs here
+        spec.code = code
         self.peers.on_forward(index, spec, fn_bytes, values, pending)
 
     def peer_cancel(self, index: int, task_id: int, force: bool) -> None:

@@ -150,6 +150,8 @@ class Peers:
         self._spread = itertools.count()
         self._req = itertools.count(1)
         self.hooks: Any = None  # Dispatch: retry, track_deps, schedule (wired later)
+        # URIs of this job's code packages, sent with every task forwarded from here.
+        self.code: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ membership --
 
@@ -317,6 +319,7 @@ class Peers:
                 fn_bytes=fn_bytes,
                 values=tuple(values),
                 pending=tuple(pending),
+                code=self.code,
             )
         )
 
@@ -533,7 +536,11 @@ class Peers:
         values: list[WireValue],
         pending: list[int],
     ) -> None:
-        """Node ``index`` asks us to run its task ``spec`` (already owned by its stand-in)."""
+        """Node ``index`` asks us to run its task ``spec`` (already owned by its stand-in).
+
+        ``spec.code`` holds the job's installed packages (import paths, working
+        directory), installed by the I/O layer before it called this.
+        """
         if fn_bytes is not None:
             self._tasks.functions.setdefault(spec.fn_id, fn_bytes)
         self.copies[spec.task_id] = self._receive(index, values, pending)

@@ -173,6 +173,7 @@ class TaskSpec:
         "generator",
         "max_calls",
         "remote_node",
+        "code",
     )
 
     def __init__(
@@ -233,6 +234,9 @@ class TaskSpec:
         # A worker runs at most this many calls of ``fn_id``, then exits (0: no limit).
         self.max_calls = max_calls
         self.remote_node = 0  # the peer node index running it (peers.py); 0: this node
+        # A task forwarded from another node: its job's installed code packages,
+        # (import paths, working directory or ""); None for this node's own tasks.
+        self.code: tuple[tuple[str, ...], str] | None = None
 
     def label(self) -> str:
         return f"{self.name}#{self.task_id:x}"

@@ -28,6 +28,7 @@ and says how to ship it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -41,6 +42,7 @@ __all__ = [
     "code_env",
     "enter_working_dir",
     "module_not_on_node",
+    "use_code",
 ]
 
 WORKING_DIR_ENV: Final = "HELIOSTAT_WORKING_DIR"
@@ -109,3 +111,32 @@ def module_not_on_node(
         "third-party package on every node instead."
     )
     return ModuleNotOnNodeError(message, module=module, node_id=node_id, hostname=hostname)
+
+
+_cwd_before_code: str | None = None  # where the worker ran before a job's working_dir
+
+
+def use_code(code: tuple[tuple[str, ...], str] | None) -> None:
+    """In a worker, before a task: take on the code packages its job shipped, or none.
+
+    A node's workers serve the tasks of every job that forwards work to it; a task
+    from another node's job carries that job's installed packages (import paths first
+    on ``sys.path``, its working_dir copy as the current directory). A task without
+    them (None) runs where the worker started.
+    """
+    global _cwd_before_code
+    if code is None:
+        if _cwd_before_code is not None:
+            os.chdir(_cwd_before_code)
+            _cwd_before_code = None
+        return
+    paths, working_dir = code
+    for path in reversed(paths):
+        if not sys.path or sys.path[0] != path:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(path)
+            sys.path.insert(0, path)
+    if working_dir and os.getcwd() != working_dir:
+        if _cwd_before_code is None:
+            _cwd_before_code = os.getcwd()
+        os.chdir(working_dir)

@@ -62,7 +62,7 @@ from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.object_ref import set_process_tracker
 from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
 from heliostat.engine.records import ActorOptions, TaskSpec, spec_to_wire
-from heliostat.engine.runtime_env import enter_working_dir, module_not_on_node
+from heliostat.engine.runtime_env import enter_working_dir, module_not_on_node, use_code
 from heliostat.engine.serialization import (
     INLINE_THRESHOLD,
     cloudpickle_dumps,
@@ -480,6 +480,7 @@ class Worker:
         self.client = client
         self.index = index
         self._functions: dict[bytes, Any] = {}
+        self._used_code = False  # the last task ran with another job's packages
         self._actor: Any = None
         self._actor_name = ""
         self._pool: ThreadPoolExecutor | None = None
@@ -638,7 +639,11 @@ class Worker:
             retry_exceptions,
             _ahead,
             generator,
+            code,
         ) = message
+        if code is not None or self._used_code:
+            use_code(code)  # a task from another node's job: its packages, or none
+            self._used_code = code is not None
         self.current_name = name
         task_context.running.task_id = task_id
         started = time.time()

@@ -21,16 +21,18 @@ class WireValue(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., kind: _Optional[int] = ..., payload: _Optional[bytes] = ..., size: _Optional[int] = ..., contained: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ForwardTask(_message.Message):
-    __slots__ = ("spec", "function", "values", "pending")
+    __slots__ = ("spec", "function", "values", "pending", "code")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     spec: bytes
     function: bytes
     values: _containers.RepeatedCompositeFieldContainer[WireValue]
     pending: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, spec: _Optional[bytes] = ..., function: _Optional[bytes] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    code: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spec: _Optional[bytes] = ..., function: _Optional[bytes] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ..., code: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskReport(_message.Message):
     __slots__ = ("task_id", "outcome", "started_at", "finished_at", "values", "pending")

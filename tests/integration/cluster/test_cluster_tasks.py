@@ -194,3 +194,30 @@ def test_a_wrong_token_is_refused_and_nothing_is_left_running(cluster: Cluster) 
     assert hs.is_initialized() is False
     with pytest.raises(ValueError, match="num_cpus"):
         hs.init(address=cluster.address, token=cluster.token, num_cpus=2)
+
+
+def test_a_user_module_ships_to_the_nodes_with_working_dir(cluster: Cluster, tmp_path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "shipped_pricing.py").write_text("def with_tax(x):\n    return round(x * 1.2, 2)\n")
+    (project / "rates.txt").write_text("1.2\n")
+
+    @hs.remote
+    def priced(x: float) -> tuple[float, str, str]:
+        import os
+
+        import shipped_pricing  # only in the shipped copy: not on any node's path
+
+        with open("rates.txt") as fh:  # relative to the working_dir copy
+            rate = fh.read().strip()
+        return shipped_pricing.with_tax(x), rate, hs.get_runtime_context().get_node_id()
+
+    hs.init(address=cluster.address, token=cluster.token, runtime_env={"working_dir": str(project)})
+    try:
+        for target in (cluster.n1, cluster.n2):
+            pinned = priced.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(target, soft=False)
+            )
+            assert hs.get(pinned.remote(10.0), timeout=60) == (12.0, "1.2", target)
+    finally:
+        hs.shutdown()
