@@ -11,41 +11,18 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from waiting import poll_for
 
 import heliostat as hs
 from heliostat.engine import Runtime, current_runtime
 
 DEFAULT_CPUS = 2
-
-
-def poll_for(
-    predicate: Callable[[], Any],
-    timeout: float = 10.0,
-    *,
-    what: str,
-    interval: float = 0.01,
-) -> Any:
-    """Call ``predicate`` until it returns something truthy; return that.
-
-    Fails the test with a message naming ``what`` was awaited (and the last value seen)
-    when ``timeout`` seconds pass first.
-    """
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what} (last value: {last!r})")
-        time.sleep(interval)
 
 
 @pytest.fixture

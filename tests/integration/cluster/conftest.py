@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cluster_daemons import Daemons
+from waiting import poll_for
 
 
-@pytest.fixture
-def daemons(tmp_path: Path, wait_for: Callable[..., Any]) -> Iterator[Daemons]:
+@contextlib.contextmanager
+def running_daemons(root: Path) -> Iterator[Daemons]:
+    """Daemons under ``root``; every one stopped, and none of their processes left, after."""
     tmpdir = Path(tempfile.mkdtemp(prefix="hsc"))
-    d = Daemons(tmp_path, tmpdir)
+    d = Daemons(root, tmpdir)
     try:
         yield d
     finally:
         d.stop_all()
         try:
-            wait_for(lambda: not d.leftovers(), 20, what="every daemon's processes to exit")
+            poll_for(lambda: not d.leftovers(), 20, what="every daemon's processes to exit")
         finally:
             for proc in d.leftovers():  # never leave a process behind, even failing
                 proc.kill()
@@ -29,6 +31,19 @@ def daemons(tmp_path: Path, wait_for: Callable[..., Any]) -> Iterator[Daemons]:
         for home in d.homes:
             assert not (home / "cluster" / "head.pid").exists()
             assert not (home / "cluster" / "node.pid").exists()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    with running_daemons(tmp_path) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def module_daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemons]:
+    """Daemons shared by a module's tests (a test must not kill or stop them)."""
+    with running_daemons(tmp_path_factory.mktemp("cluster")) as d:
+        yield d
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -7,6 +7,7 @@ crossed gRPC. The driver joins with ``hs.init(address=..., token=...)`` as Ray's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -31,9 +32,9 @@ if os.environ.get("CI") == "true":
 
 
 class Cluster:
-    def __init__(self, daemons: Daemons) -> None:
+    def __init__(self, daemons: Daemons, db_url: str | None = None) -> None:
         self.daemons = daemons
-        daemons.start_head()
+        daemons.start_head(db_url=db_url)
         self.head = daemons.head_node_id()
         self.n1 = daemons.start_node("n1", "127.0.0.2", num_cpus=2, private_shm=PRIVATE_SHM)
         self.n2 = daemons.start_node("n2", "127.0.0.3", num_cpus=2, private_shm=PRIVATE_SHM)
@@ -41,18 +42,25 @@ class Cluster:
         self.token = daemons.token
 
 
-@pytest.fixture
-def cluster(daemons: Daemons) -> Iterator[Cluster]:
-    yield Cluster(daemons)
+@pytest.fixture(scope="module")
+def cluster(module_daemons: Daemons) -> Cluster:
+    """One head and two nodes for the module's tests (none of them kills a node)."""
+    return Cluster(module_daemons)
 
 
-@pytest.fixture
-def driver(cluster: Cluster) -> Iterator[Cluster]:
+@contextlib.contextmanager
+def joined(cluster: Cluster) -> Iterator[Cluster]:
     hs.init(address=cluster.address, token=cluster.token)
     try:
         yield cluster
     finally:
         hs.shutdown()
+
+
+@pytest.fixture
+def driver(cluster: Cluster) -> Iterator[Cluster]:
+    with joined(cluster) as c:
+        yield c
 
 
 @hs.remote
@@ -168,8 +176,15 @@ def square_slowly(i: int) -> tuple[int, str]:
 
 
 def test_a_node_killed_while_1000_tasks_run_loses_no_result(
-    driver: Cluster, wait_for: Callable[..., Any]
+    daemons: Daemons, db_url: str | None, wait_for: Callable[..., Any]
 ) -> None:
+    """On a cluster of its own (it kills a node), with the head's tables in SQLite and
+    in PostgreSQL."""
+    with joined(Cluster(daemons, db_url)) as driver:
+        _kill_a_node_under_load(driver, wait_for)
+
+
+def _kill_a_node_under_load(driver: Cluster, wait_for: Callable[..., Any]) -> None:
     refs = [square_slowly.remote(i) for i in range(1000)]
     wait_for(
         lambda: len(hs.wait(refs, num_returns=len(refs), timeout=0)[0]) >= 100,
@@ -204,7 +219,6 @@ def test_a_user_module_ships_to_the_nodes_with_working_dir(cluster: Cluster, tmp
 
     @hs.remote
     def priced(x: float) -> tuple[float, str, str]:
-        import os
 
         import shipped_pricing  # only in the shipped copy: not on any node's path
 
