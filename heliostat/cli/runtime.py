@@ -268,16 +268,27 @@ def _print_cluster(cluster: dict[str, Any]) -> None:
         beat = n["last_heartbeat_at"]
         rows.append(
             [
-                n["node_id"][:12],
+                n["node_id"],  # in full: NodeAffinitySchedulingStrategy takes it
                 n["state"] + (" (head)" if n["is_head"] else ""),
                 n["address"],
                 n["pid"],
-                ", ".join(f"{k} {v:g}" for k, v in sorted(n["total"].items())) or "-",
+                _resources(n["total"]),
                 "-" if beat is None else format_duration(max(0.0, now - beat)) + " ago",
             ]
         )
     if rows:
         print_table(["node", "state", "address", "pid", "resources", "last heartbeat"], rows)
+
+
+def _resources(total: dict[str, float]) -> str:
+    """``CPU 2, memory 14.3 GiB, object_store_memory 6.1 GiB``: bytes read as sizes."""
+    parts = []
+    for key, value in sorted(total.items()):
+        if key in ("memory", "object_store_memory"):
+            parts.append(f"{key} {value / 2**30:.1f} GiB")
+        else:
+            parts.append(f"{key} {value:g}")
+    return ", ".join(parts) or "-"
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -449,8 +449,33 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     return ActorHandle(actor_id, class_name, methods, client.tracker, adopt=True)
 
 
+def _head() -> Any:
+    """The head this driver joined (a ``HeadClient``), or None on a node of its own."""
+    runtime = _rt.current_runtime()
+    membership = runtime.extensions.get("cluster") if runtime is not None else None
+    return getattr(membership, "head", None)
+
+
 def nodes() -> list[dict[str, Any]]:
-    """One dict per node, with Ray's keys (NodeID, Alive, Resources, ...)."""
+    """One dict per node, with Ray's keys (NodeID, Alive, Resources, ...).
+
+    In a cluster, every node the head lists (dead ones with ``Alive`` False).
+    """
+    head = _head()
+    if head is not None:
+        return [
+            {
+                "NodeID": view.node_id,
+                "Alive": view.state.value in ("ALIVE", "SUSPECT"),
+                "alive": view.state.value in ("ALIVE", "SUSPECT"),
+                "NodeManagerAddress": view.address.rsplit(":", 1)[0],
+                "NodeManagerHostname": view.hostname,
+                "Resources": dict(view.total),
+                "IsHead": view.is_head,
+                "State": view.state.value,
+            }
+            for view in head.list_nodes()
+        ]
     info = _rt.current_client().cluster_info()
     return [
         {
@@ -472,6 +497,9 @@ def cluster_resources() -> dict[str, float]:
     object store, or ``init(resources={"memory": ...})``); ``object_store_memory``
     (the shared-memory limit in bytes).
     """
+    head = _head()
+    if head is not None:  # a cluster: the live nodes' totals, as the head adds them up
+        return dict(head.cluster_resources().total)
     info = _rt.current_client().cluster_info()
     total = dict(info["total"])
     total["object_store_memory"] = float(info["object_store"]["shm_limit"])
@@ -483,6 +511,9 @@ def available_resources() -> dict[str, float]:
 
     ``object_store_memory`` is the limit less the bytes objects hold in shared memory.
     """
+    head = _head()
+    if head is not None:  # as the nodes last reported it in their heartbeats
+        return {k: v for k, v in head.cluster_resources().available.items() if v > 0}
     info = _rt.current_client().cluster_info()
     available = dict(info["available"])
     store = info["object_store"]

@@ -79,7 +79,11 @@ def test_tasks_run_on_every_node_spread_and_spilled(driver: Cluster) -> None:
     spilled = hs.get([node_of.remote(i) for i in range(300)], timeout=60)
     assert [i for _, i in spilled] == list(range(300))
     assert {node for node, _ in spilled} <= nodes and len({n for n, _ in spilled}) >= 2
-    assert hs.get_runtime_context().get_node_id() not in nodes  # the driver is a node too
+    me = hs.get_runtime_context().get_node_id()
+    assert me not in nodes  # the driver is a node too, without CPUs
+    listed = {n["NodeID"]: n for n in hs.nodes() if n["Alive"]}
+    assert set(listed) >= nodes | {me} and listed[driver.head]["IsHead"]
+    assert hs.cluster_resources()["CPU"] == 5.0  # the head's 1 and the nodes' 2 each
 
 
 def test_node_affinity_pins_a_task_and_an_impossible_one_fails_fast(driver: Cluster) -> None:
