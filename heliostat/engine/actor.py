@@ -245,6 +245,7 @@ class ActorClass:
                 detached=opts.get("lifetime") == "detached",
                 methods=self._methods,
             ),
+            strategy=strategy,
         )
         handle = ActorHandle(
             actor_id, self._cls.__qualname__, self._methods, client.tracker, adopt=None

@@ -20,7 +20,7 @@ import logging
 import pickle
 import signal
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
@@ -34,6 +34,7 @@ from heliostat.engine.node_instructions import (
 )
 from heliostat.engine.object_directory import ObjectDirectory, error_payload
 from heliostat.engine.records import (
+    PEER_INDEX_BASE,
     ActorOptions,
     ActorRecord,
     ActorState,
@@ -81,6 +82,7 @@ class ActorDirectory:
         # Actors whose arguments are ready, waiting for resources.
         self.pending: deque[ActorRecord] = deque()
         self.deps: DependencyTracker  # wired by the node manager
+        self.peers: Any = None  # peers.Peers in a cluster: actors may live on other nodes
 
     # ------------------------------------------------------------------ handles --
 
@@ -165,9 +167,27 @@ class ActorDirectory:
         return actor
 
     def start(self, actor: ActorRecord) -> None:
-        """Find resources and a dedicated worker for an actor whose arguments are ready."""
+        """Find resources and a dedicated worker for an actor whose arguments are ready.
+
+        In a cluster, an actor this node can never hold, or whose strategy names
+        another node, is created on a peer (it then lives there; this node keeps its
+        record, queue and handles, and forwards its calls).
+        """
         if actor.state not in (ActorState.PENDING, ActorState.RESTARTING):
             return
+        peers = self.peers
+        if peers is not None and actor.creation.owner < PEER_INDEX_BASE:
+            where = peers.place_actor(actor, self._node)
+            if type(where) is str:
+                self.dead(actor, f"it cannot be scheduled: {where}")
+                return
+            if where == -1:  # no peer has room now: wait like a local one would
+                self.pending.append(actor)
+                return
+            if where:
+                peers.create_remote_actor(actor, where)
+                transition(actor, ActorState.CREATING)
+                return
         if not self._node.try_acquire(actor.resources):
             self.pending.append(actor)
             return
@@ -201,14 +221,12 @@ class ActorDirectory:
         if actor.state is ActorState.DEAD:  # killed while its constructor ran
             self._out.send(worker, EXIT)
             return
+        owner = actor.creation.owner
+        if owner >= PEER_INDEX_BASE and self.peers is not None:
+            self.peers.actor_started(owner - PEER_INDEX_BASE, actor.actor_id, error)
         if error is not None:
-            try:
-                cause = pickle.loads(error)
-                detail = str(cause).splitlines()[0] if str(cause) else repr(cause)
-            except Exception:  # an unpicklable error still kills the actor
-                detail = "its constructor raised an exception"
             actor.max_restarts = actor.restarts
-            self.dead(actor, f"its constructor failed: {detail}")
+            self.dead(actor, f"its constructor failed: {_first_line(error)}")
             self._out.send(worker, EXIT)
             return
         transition(actor, ActorState.ALIVE)
@@ -234,6 +252,9 @@ class ActorDirectory:
         """
         if actor.state is not ActorState.ALIVE:
             return
+        if actor.remote_node:
+            self._pump_remote(actor)
+            return
         worker = actor.worker
         if worker is None:
             return
@@ -250,6 +271,44 @@ class ActorDirectory:
                 break
         if len(queue) > 1:
             self._pump_past_blocked(actor, worker)
+
+    def _pump_remote(self, actor: ActorRecord) -> None:
+        """Forward ready calls to the node the actor lives on, in order per caller."""
+        blocked: set[int] = set()
+        keep: deque[TaskSpec] = deque()
+        for spec in actor.queue:
+            if spec.state is not TaskState.WAITING:
+                continue
+            if spec.owner in blocked or spec.pending_deps > 0:
+                blocked.add(spec.owner)
+                keep.append(spec)
+                continue
+            actor.inflight[spec.task_id] = spec
+            self.peers.forward(spec, actor.remote_node)
+        actor.queue = keep
+
+    def remote_ready(self, actor_id: int, error: bytes | None) -> None:
+        """The peer an actor of ours lives on says its constructor ended."""
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.state is not ActorState.CREATING or not actor.remote_node:
+            return
+        if error is not None:
+            actor.max_restarts = actor.restarts
+            self.dead(actor, f"its constructor failed: {_first_line(error)}")
+            return
+        transition(actor, ActorState.ALIVE)
+        self.pump(actor)
+
+    def remote_call_ended(self, spec: TaskSpec) -> None:
+        """A call forwarded to a remote actor of ours was reported (done or failed)."""
+        actor = self.actors.get(spec.actor_id)
+        if actor is not None:
+            actor.inflight.pop(spec.task_id, None)
+            self.after_call(actor)
+
+    def remote_node_died(self, actor: ActorRecord, node: str) -> None:
+        """The node a remote actor of ours lived on died: restart it, or it is dead."""
+        self.worker_died(actor, None, f"its node {node} died")
 
     def _pump_past_blocked(self, actor: ActorRecord, worker: WorkerRecord) -> None:
         """The head call waits for an argument: send other callers' ready calls."""
@@ -311,6 +370,11 @@ class ActorDirectory:
         if no_restart:
             actor.max_restarts = actor.restarts  # nothing left
             actor.death_cause = "it was killed with kill()"
+        if actor.remote_node:
+            self.peers.control_remote_actor(actor, kill=True, no_restart=no_restart)
+            if no_restart:
+                self.dead(actor, actor.death_cause)
+            return
         worker = actor.worker
         if worker is not None and worker.pid:
             self._out.effect(Kill(worker=worker, signal=signal.SIGKILL))
@@ -322,8 +386,11 @@ class ActorDirectory:
         actor.max_restarts = actor.restarts
         actor.death_cause = "it called exit_actor()"
 
-    def worker_died(self, actor: ActorRecord, worker: WorkerRecord, how: str) -> None:
-        """The actor's worker is gone: retry its calls on a restart, or it is dead."""
+    def worker_died(self, actor: ActorRecord, worker: WorkerRecord | None, how: str) -> None:
+        """The actor's worker (or node: ``worker`` None) is gone: retry its calls on a
+        restart, or it is dead."""
+        remote = actor.remote_node
+        actor.remote_node = 0
         inflight, actor.inflight = actor.inflight, {}
         if not actor.death_cause:
             actor.death_cause = f"its worker process died ({how})"
@@ -343,7 +410,7 @@ class ActorDirectory:
             spec.worker = None
             actor.queue.appendleft(spec)
         actor.worker = None
-        if actor.state is not ActorState.DEAD:
+        if actor.state is not ActorState.DEAD and not remote:
             self._node.release(actor.resources)
         if actor.state is ActorState.DEAD:
             return
@@ -362,6 +429,9 @@ class ActorDirectory:
             return
         if actor.worker is not None and not resources_released:
             self._node.release(actor.resources)
+        if actor.remote_node:  # let the node it lives on end it too
+            self.peers.control_remote_actor(actor, kill=True, no_restart=True)
+            actor.remote_node = 0
         actor.death_cause = cause
         transition(actor, ActorState.DEAD)
         tasks = self._tasks
@@ -410,6 +480,14 @@ class ActorDirectory:
             }
             for a in self.actors.values()
         ]
+
+
+def _first_line(error: bytes) -> str:
+    try:
+        cause = pickle.loads(error)
+        return str(cause).splitlines()[0] if str(cause) else repr(cause)
+    except Exception:  # an unpicklable error still kills the actor
+        return "its constructor raised an exception"
 
 
 def _may_retry_call(actor: ActorRecord, spec: TaskSpec) -> bool:

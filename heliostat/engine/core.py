@@ -276,6 +276,7 @@ class CoreClient:
         describe: Callable[[Any], str],
         resources: ResourceSet,
         options: ActorOptions,
+        strategy: Any = None,
     ) -> int:
         """Create an actor; returns its id (the caller wraps it in a handle)."""
         what = f"{options.class_name}.__init__"
@@ -299,6 +300,7 @@ class CoreClient:
             owner=self.minter.process_index,
             actor_id=actor_id,
             submitted_at=time.time(),
+            strategy=strategy,
         )
         self._create_actor_spec(spec, options)
         del keep  # the spec pins the large arguments now

@@ -263,6 +263,7 @@ class ForwardTask:
     values: tuple[WireValue, ...]
     pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
     code: tuple[str, ...] = ()  # URIs of the job's code packages (runtime_env)
+    actor_options: Any = None  # an actor's creation: its ActorOptions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,8 +313,45 @@ class CancelRemote:
     force: bool
 
 
-PeerEffect = ForwardTask | ReportTask | PushValues | PullObject | ReleaseAt | CancelRemote
-PEER_EFFECTS = (ForwardTask, ReportTask, PushValues, PullObject, ReleaseAt, CancelRemote)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorStarted:
+    """Tell ``node`` that the constructor of its actor ``actor_id`` ended here."""
+
+    node: int
+    actor_id: int
+    error: bytes | None  # the constructor's exception, pickled; None: it is alive
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorControl:
+    """Kill (``kill``) or let go of (the owner dropped it) actor ``actor_id`` on ``node``."""
+
+    node: int
+    actor_id: int
+    kill: bool
+    no_restart: bool
+
+
+PeerEffect = (
+    ForwardTask
+    | ReportTask
+    | PushValues
+    | PullObject
+    | ReleaseAt
+    | CancelRemote
+    | ActorStarted
+    | ActorControl
+)
+PEER_EFFECTS = (
+    ForwardTask,
+    ReportTask,
+    PushValues,
+    PullObject,
+    ReleaseAt,
+    CancelRemote,
+    ActorStarted,
+    ActorControl,
+)
 
 
 Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect | PeerEffect

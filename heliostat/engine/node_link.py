@@ -50,6 +50,8 @@ from heliostat.cluster.v1 import node_pb2
 from heliostat.engine.ids import format_id
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.peers import (
+    ActorControl,
+    ActorStarted,
     CancelRemote,
     ForwardTask,
     PeerInfo,
@@ -114,6 +116,11 @@ def encode_effect(effect: Any) -> node_pb2.Envelope:
                 values=_wire_values(effect.values),
                 pending=[id_bytes(p) for p in effect.pending],
                 code=list(effect.code),
+                actor_options=(
+                    pickle.dumps(effect.actor_options, protocol=5)
+                    if effect.actor_options is not None
+                    else b""
+                ),
             )
         )
     if kind is ReportTask:
@@ -137,6 +144,18 @@ def encode_effect(effect: Any) -> node_pb2.Envelope:
         return node_pb2.Envelope(
             cancel=node_pb2.CancelTask(task_id=id_bytes(effect.task_id), force=effect.force)
         )
+    if kind is ActorStarted:
+        return node_pb2.Envelope(
+            actor_started=node_pb2.ActorStarted(
+                actor_id=id_bytes(effect.actor_id), error=effect.error or b""
+            )
+        )
+    if kind is ActorControl:
+        return node_pb2.Envelope(
+            actor_control=node_pb2.ActorControl(
+                actor_id=id_bytes(effect.actor_id), kill=effect.kill, no_restart=effect.no_restart
+            )
+        )
     raise TypeError(f"not a message for a peer: {effect!r}")
 
 
@@ -159,6 +178,7 @@ def apply_envelope(
             _values(msg.values),
             [_int(p) for p in msg.pending],
             code.get(tuple(msg.code)),
+            pickle.loads(msg.actor_options) if msg.actor_options else None,
         )
     elif body == "report":
         msg = envelope.report
@@ -177,6 +197,12 @@ def apply_envelope(
         peers.on_release(index, [_int(i) for i in envelope.release.object_ids])
     elif body == "cancel":
         state.peer_cancel(index, _int(envelope.cancel.task_id), envelope.cancel.force)
+    elif body == "actor_started":
+        msg = envelope.actor_started
+        peers.on_actor_started(index, _int(msg.actor_id), msg.error or None)
+    elif body == "actor_control":
+        msg = envelope.actor_control
+        peers.on_actor_control(index, _int(msg.actor_id), msg.kill, msg.no_restart)
 
 
 class _PeerSender:

@@ -147,6 +147,8 @@ class NodeState:
             depth=depth,
         )
         peers.hooks = self.dispatch
+        peers.actors = self.actors
+        self.actors.peers = peers
         self.dispatch.peers = peers
         self.tasks.on_peer_task_end = peers.finished
         self.peers = peers
@@ -160,13 +162,29 @@ class NodeState:
         values: list[WireValue],
         pending: list[int],
         code: tuple[tuple[str, ...], str] | None = None,
+        actor_options: ActorOptions | None = None,
     ) -> None:
-        """Node ``index`` forwarded a task to run here (with its job's code, installed)."""
-        assert self.peers is not None
+        """Node ``index`` forwarded a task, or an actor's creation or call, to run here
+        (with its job's code, installed)."""
+        peers = self.peers
+        assert peers is not None
         spec = spec_from_wire(fields, PEER_INDEX_BASE + index)
         spec.strategy = None  # placed already: it runs here
         spec.code = code
-        self.peers.on_forward(index, spec, fn_bytes, values, pending)
+        if spec.kind is TaskKind.ACTOR_CREATE:
+            assert actor_options is not None
+            copies = peers.receive_for(index, spec, fn_bytes, values, pending)
+            refusal = self.actor_refusal(spec, actor_options)
+            if refusal is None and not spec.resources.is_subset_of(self.node.total):
+                refusal = InfeasibleResourcesError(self.dispatch.infeasible_message(spec.resources))
+            if refusal is not None:
+                peers.release_copies(index, copies)
+                peers.actor_started(index, spec.actor_id, error_payload(refusal))
+                return
+            self.actors.create(peers.proc(index), spec, actor_options)
+            peers.release_copies(index, copies)  # the creation pins what it needs
+            return
+        peers.on_forward(index, spec, fn_bytes, values, pending)
 
     def peer_cancel(self, index: int, task_id: int, force: bool) -> None:
         """The owner of a task forwarded here cancels it."""
@@ -296,7 +314,7 @@ class NodeState:
                 f"An actor named {options.name!r} already exists in namespace "
                 f"{options.namespace!r}; pick another name or use get_actor()."
             )
-        if not spec.resources.is_subset_of(self.node.total):
+        if not self.dispatch.feasible(spec.resources):
             return InfeasibleResourcesError(self.dispatch.infeasible_message(spec.resources))
         return None
 

@@ -42,6 +42,8 @@ from heliostat.engine.dispatch import may_retry
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
     PEER_EFFECTS,
+    ActorControl,
+    ActorStarted,
     CancelRemote,
     ForwardTask,
     Outbox,
@@ -56,6 +58,7 @@ from heliostat.engine.object_directory import ObjectDirectory, Waiter, error_pay
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.records import (
     PEER_INDEX_BASE,
+    ActorOptions,
     TaskKind,
     TaskSpec,
     TaskState,
@@ -77,6 +80,8 @@ from heliostat.scheduler.placement import (
 __all__ = [
     "PEER_EFFECTS",
     "PEER_INDEX_BASE",
+    "ActorControl",
+    "ActorStarted",
     "CancelRemote",
     "ForwardTask",
     "PeerEffect",
@@ -150,6 +155,8 @@ class Peers:
         self._spread = itertools.count()
         self._req = itertools.count(1)
         self.hooks: Any = None  # Dispatch: retry, track_deps, schedule (wired later)
+        self.actors: Any = None  # ActorDirectory (wired later)
+        self.actors_on: dict[int, int] = {}  # actors we placed on each peer
         # URIs of this job's code packages, sent with every task forwarded from here.
         self.code: tuple[str, ...] = ()
 
@@ -184,6 +191,8 @@ class Peers:
         objects = self._objects
         for spec in list(self.inflight.pop(index, {}).values()):
             spec.remote_node = 0
+            if spec.kind is TaskKind.ACTOR_CALL:
+                continue  # the actor's restart decides (below)
             if spec.state is not TaskState.RUNNING:
                 continue
             if may_retry(spec):
@@ -196,6 +205,12 @@ class Peers:
                     f"are spent (max_retries={spec.max_retries})."
                 )
                 self._tasks.fail(spec, error_payload(exc), "node died")
+        actors = self.actors
+        if actors is not None:
+            for actor in list(actors.actors.values()):
+                if actor.remote_node == index:
+                    self.actors_on[index] = 0
+                    actors.remote_node_died(actor, name)
         for oid, (source, _inner) in list(self.pulls.items()):
             if source == index:
                 del self.pulls[oid]
@@ -284,8 +299,8 @@ class Peers:
 
     # ------------------------------------------------------------------ owner side --
 
-    def forward(self, spec: TaskSpec, index: int) -> None:
-        """Send a ready task of ours to run on node ``index``."""
+    def forward(self, spec: TaskSpec, index: int, actor_options: Any = None) -> None:
+        """Send a ready task of ours (or an actor's creation or call) to node ``index``."""
         objects = self._objects
         entries = objects.entries
         proc = self.proc(index)
@@ -302,7 +317,10 @@ class Peers:
                     self._add_value(proc, entry, values, pending)
         if pending:
             self.push_when_ready(index, pending)
-        transition(spec, TaskState.RUNNING)
+        if spec.kind is TaskKind.NORMAL:
+            transition(spec, TaskState.RUNNING)
+        else:
+            spec.state = TaskState.RUNNING  # actor work skips READY (actor_directory.py)
         spec.attempts += 1
         spec.remote_node = index
         spec.worker = None
@@ -320,6 +338,7 @@ class Peers:
                 values=tuple(values),
                 pending=tuple(pending),
                 code=self.code,
+                actor_options=actor_options,
             )
         )
 
@@ -401,6 +420,8 @@ class Peers:
         spec.remote_node = 0
         self._adopt(index, self._receive(index, values, pending))
         self._tasks.finish(spec, started, finished, outcome)
+        if spec.kind is TaskKind.ACTOR_CALL:
+            self.actors.remote_call_ended(spec)
         self.hooks.schedule()
 
     def _release_pulled(self, index: int, values: list[WireValue]) -> None:
@@ -517,6 +538,85 @@ class Peers:
         for oid in ids:
             table.release(proc, oid)
 
+    # ------------------------------------------------------------------- actors --
+
+    def place_actor(self, actor: Any, local: Any) -> int | str:
+        """Where an actor of ours starts: 0 here, a peer's index, -1 to wait for room,
+        or why it never can (a string)."""
+        request = actor.resources
+        strategy = _placement_strategy(actor.creation.strategy)
+        local_view = NodeView(
+            node_id=format_id(self.local_index), total=local.total, available=local.available
+        )
+        if strategy is None:
+            if request.is_subset_of(local.total):
+                return 0
+            best: int | None = None
+            for index, info in self.nodes.items():
+                if request.is_subset_of(info.total) and (
+                    best is None or self.actors_on.get(index, 0) < self.actors_on.get(best, 0)
+                ):
+                    best = index
+            if best is None:
+                return choose_node(
+                    request, [local_view, *self._views()], local_node_id=local_view.node_id
+                ).reason
+            return best
+        decision = choose_node(
+            request,
+            [local_view, *self._views()],
+            local_node_id=local_view.node_id,
+            strategy=strategy,
+            spread_counter=next(self._spread),
+        )
+        if decision.kind is PlacementKind.INFEASIBLE:
+            return decision.reason
+        if decision.node_id is None or decision.node_id == local_view.node_id:
+            return 0
+        return int(decision.node_id, 16)
+
+    def create_remote_actor(self, actor: Any, index: int) -> None:
+        """Create an actor of ours on node ``index``; its calls follow it there."""
+        actor.remote_node = index
+        self.actors_on[index] = self.actors_on.get(index, 0) + 1
+        creation = actor.creation
+        options = ActorOptions(
+            name="",  # names live with the owner, who answers get_actor
+            namespace=actor.namespace,
+            class_name=actor.class_name,
+            max_restarts=0,  # the owner restarts it, elsewhere if need be
+            max_concurrency=actor.max_concurrency,
+            detached=False,  # held by the owner's stand-in until the owner lets go
+            methods=actor.methods,
+            max_task_retries=0,
+        )
+        self.forward(creation, index, actor_options=options)
+        self.inflight.get(index, {}).pop(creation.task_id, None)  # ends by actor_started
+
+    def actor_started(self, owner: int, actor_id: int, error: bytes | None) -> None:
+        """An actor a peer created here finished its constructor: tell the peer."""
+        self._out.effect(ActorStarted(node=owner, actor_id=actor_id, error=error))
+
+    def control_remote_actor(self, actor: Any, *, kill: bool, no_restart: bool) -> None:
+        """Kill (or let go of) an actor of ours that lives on a peer."""
+        index = actor.remote_node
+        if index in self.nodes:
+            self._out.effect(
+                ActorControl(node=index, actor_id=actor.actor_id, kill=kill, no_restart=no_restart)
+            )
+
+    def on_actor_started(self, index: int, actor_id: int, error: bytes | None) -> None:
+        self.actors.remote_ready(actor_id, error)
+
+    def on_actor_control(self, index: int, actor_id: int, kill: bool, no_restart: bool) -> None:
+        actor = self.actors.actors.get(actor_id)
+        if actor is None or actor.creation.owner != PEER_INDEX_BASE + index:
+            return
+        if kill:
+            self.actors.kill(actor, no_restart)
+        else:
+            self.actors.release(self.proc(index), actor_id)
+
     def cancel(self, spec: TaskSpec, force: bool) -> bool:
         """Ask the node running a forwarded task of ours to cancel it."""
         index = spec.remote_node
@@ -541,13 +641,31 @@ class Peers:
         ``spec.code`` holds the job's installed packages (import paths, working
         directory), installed by the I/O layer before it called this.
         """
+        self.copies[spec.task_id] = self.receive_for(index, spec, fn_bytes, values, pending)
+        self.remote_owner[spec.task_id] = index
+        self.hooks.submit(self.proc(index), spec)
+
+    def receive_for(
+        self,
+        index: int,
+        spec: TaskSpec,
+        fn_bytes: bytes | None,
+        values: list[WireValue],
+        pending: list[int],
+    ) -> list[int]:
+        """Take in the code and values a forwarded task came with; the copies made."""
         if fn_bytes is not None:
             self._tasks.functions.setdefault(spec.fn_id, fn_bytes)
-        self.copies[spec.task_id] = self._receive(index, values, pending)
-        self.remote_owner[spec.task_id] = index
-        proc = self.proc(index)
-        spec.owner = proc.index
-        self.hooks.submit(proc, spec)
+        spec.owner = self.proc(index).index
+        return self._receive(index, values, pending)
+
+    def release_copies(self, index: int, copies: list[int]) -> None:
+        """Drop the stand-in's holds on copies made for work that pinned them itself."""
+        proc = self.procs.get(index)
+        if proc is not None:
+            table = self._objects.table
+            for oid in copies:
+                table.release(proc, oid)
 
     def finished(self, spec: TaskSpec, outcome: str) -> None:
         """A task some peer forwarded to us ended here: report it to its owner."""

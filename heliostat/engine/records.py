@@ -346,6 +346,7 @@ class ActorRecord:
         "out_of_scope",
         "methods",
         "max_task_retries",
+        "remote_node",
     )
 
     def __init__(
@@ -379,6 +380,7 @@ class ActorRecord:
         self.out_of_scope = False  # every handle is gone: exit once the queue drains
         self.methods: dict[str, int] = {}  # method name -> num_returns, for get_actor
         self.max_task_retries = 0  # see ActorOptions.max_task_retries
+        self.remote_node = 0  # the peer node index it lives on (peers.py); 0: this node
 
     def label(self) -> str:
         return f"{self.class_name}({self.name or hex(self.actor_id)})"

@@ -21,18 +21,20 @@ class WireValue(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., kind: _Optional[int] = ..., payload: _Optional[bytes] = ..., size: _Optional[int] = ..., contained: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ForwardTask(_message.Message):
-    __slots__ = ("spec", "function", "values", "pending", "code")
+    __slots__ = ("spec", "function", "values", "pending", "code", "actor_options")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     spec: bytes
     function: bytes
     values: _containers.RepeatedCompositeFieldContainer[WireValue]
     pending: _containers.RepeatedScalarFieldContainer[bytes]
     code: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, spec: _Optional[bytes] = ..., function: _Optional[bytes] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ..., code: _Optional[_Iterable[str]] = ...) -> None: ...
+    actor_options: bytes
+    def __init__(self, spec: _Optional[bytes] = ..., function: _Optional[bytes] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ..., code: _Optional[_Iterable[str]] = ..., actor_options: _Optional[bytes] = ...) -> None: ...
 
 class TaskReport(_message.Message):
     __slots__ = ("task_id", "outcome", "started_at", "finished_at", "values", "pending")
@@ -70,19 +72,41 @@ class CancelTask(_message.Message):
     force: bool
     def __init__(self, task_id: _Optional[bytes] = ..., force: _Optional[bool] = ...) -> None: ...
 
+class ActorStarted(_message.Message):
+    __slots__ = ("actor_id", "error")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    error: bytes
+    def __init__(self, actor_id: _Optional[bytes] = ..., error: _Optional[bytes] = ...) -> None: ...
+
+class ActorControl(_message.Message):
+    __slots__ = ("actor_id", "kill", "no_restart")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    KILL_FIELD_NUMBER: _ClassVar[int]
+    NO_RESTART_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    kill: bool
+    no_restart: bool
+    def __init__(self, actor_id: _Optional[bytes] = ..., kill: _Optional[bool] = ..., no_restart: _Optional[bool] = ...) -> None: ...
+
 class Envelope(_message.Message):
-    __slots__ = ("forward", "report", "push", "release", "cancel")
+    __slots__ = ("forward", "report", "push", "release", "cancel", "actor_started", "actor_control")
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_STARTED_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_CONTROL_FIELD_NUMBER: _ClassVar[int]
     forward: ForwardTask
     report: TaskReport
     push: PushValues
     release: ReleaseObjects
     cancel: CancelTask
-    def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ...) -> None: ...
+    actor_started: ActorStarted
+    actor_control: ActorControl
+    def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., actor_started: _Optional[_Union[ActorStarted, _Mapping]] = ..., actor_control: _Optional[_Union[ActorControl, _Mapping]] = ...) -> None: ...
 
 class DeliverRequest(_message.Message):
     __slots__ = ("from_node", "messages")

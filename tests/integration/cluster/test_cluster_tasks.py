@@ -179,6 +179,43 @@ def square_slowly(i: int) -> tuple[int, str]:
     return i * i, hs.get_runtime_context().get_node_id()
 
 
+def counter_class() -> Any:
+    """An actor class defined in a function, so that it travels by value (the nodes
+    cannot import this test module)."""
+
+    @hs.remote(num_cpus=1, max_restarts=2, max_task_retries=2)
+    class Counter:
+        def __init__(self) -> None:
+            self.count = 0
+
+        def incr(self) -> tuple[int, str]:
+            self.count += 1
+            return self.count, hs.get_runtime_context().get_node_id()
+
+    return Counter
+
+
+def test_actors_live_on_nodes_and_keep_their_state(driver: Cluster) -> None:
+    nodes = {driver.head, driver.n1, driver.n2}
+    Counter = counter_class()
+    counters = [Counter.remote() for _ in range(3)]  # the driver has no CPUs to give
+    results = hs.get([c.incr.remote() for c in counters for _ in range(3)], timeout=60)
+    assert [count for count, _ in results] == [1, 2, 3] * 3  # state kept, calls in order
+    assert {node for _, node in results} <= nodes
+    for i in range(len(counters)):
+        assert len({node for _, node in results[3 * i : 3 * i + 3]}) == 1  # it stays put
+    pinned = Counter.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(driver.n2, soft=False), name="pinned"
+    ).remote()
+    assert hs.get(pinned.incr.remote(), timeout=60) == (1, driver.n2)
+    assert hs.get(hs.get_actor("pinned").incr.remote(), timeout=60) == (2, driver.n2)
+    hs.kill(pinned)
+    with pytest.raises(hs.exceptions.ActorDiedError):
+        hs.get(pinned.incr.remote(), timeout=60)
+    with pytest.raises(InfeasibleResourcesError):
+        hs.get(Counter.options(num_cpus=64).remote().incr.remote(), timeout=60)
+
+
 def test_a_node_killed_while_1000_tasks_run_loses_no_result(
     daemons: Daemons, db_url: str | None, wait_for: Callable[..., Any]
 ) -> None:
@@ -189,6 +226,12 @@ def test_a_node_killed_while_1000_tasks_run_loses_no_result(
 
 
 def _kill_a_node_under_load(driver: Cluster, wait_for: Callable[..., Any]) -> None:
+    survivor = (
+        counter_class()
+        .options(scheduling_strategy=NodeAffinitySchedulingStrategy(driver.n1, soft=True))
+        .remote()
+    )
+    assert hs.get(survivor.incr.remote(), timeout=60) == (1, driver.n1)
     refs = [square_slowly.remote(i) for i in range(1000)]
     wait_for(
         lambda: len(hs.wait(refs, num_returns=len(refs), timeout=0)[0]) >= 100,

@@ -218,3 +218,65 @@ def test_values_promised_by_a_node_that_dies_fail_with_owner_died(make_node, mak
     assert node.state.objects.entries[inner].kind is ObjKind.PENDING
     peers.update([])
     assert isinstance(_error(node, inner), OwnerDiedError)
+
+
+def test_an_actor_that_does_not_fit_here_lives_on_a_peer_and_restarts_elsewhere(
+    make_node, make_spec
+) -> None:
+    from heliostat.engine.node_instructions import ActorControl
+    from heliostat.engine.records import ActorOptions, ActorState, TaskKind
+    from heliostat.exceptions import ActorDiedError
+
+    node, peers = _cluster(make_node, peers=(B, C))
+    one_cpu = ResourceSet.from_dict({"CPU": 1})
+    creation = make_spec(kind=TaskKind.ACTOR_CREATE, resources=one_cpu)
+    creation.actor_id = creation.task_id
+    options = ActorOptions(
+        name="counter",
+        namespace="ns",
+        class_name="Counter",
+        max_restarts=1,
+        max_concurrency=1,
+        detached=False,
+        methods={"incr": 1},
+        max_task_retries=1,
+    )
+    node.state.create_actor(node.state.driver, creation, options)
+    actor = node.state.actors.actors[creation.actor_id]
+    (create,) = _forwards(node)
+    first = create.node
+    assert create.spec is creation and create.actor_options.name == ""  # names stay here
+    assert actor.state is ActorState.CREATING and actor.remote_node == first
+    # Calls wait for the constructor, then follow the actor to its node, in order.
+    calls = [make_spec(kind=TaskKind.ACTOR_CALL, actor_id=actor.actor_id) for _ in range(2)]
+    for call in calls:
+        node.state.submit(node.state.driver, call)
+    assert _forwards(node) == []
+    peers.on_actor_started(first, actor.actor_id, None)
+    assert [(f.node, f.spec) for f in _forwards(node)] == [(first, calls[0]), (first, calls[1])]
+    peers.on_report(
+        first,
+        calls[0].task_id,
+        "ok",
+        1.0,
+        2.0,
+        [WireValue(calls[0].return_ids[0], INLINE, b"1", 1, ())],
+        [],
+    )
+    assert calls[0].task_id not in actor.inflight
+    # Its node dies: the call in flight goes with the actor to its restart elsewhere.
+    other = C if first == B else B
+    peers.update([_peer(other)])
+    (recreate,) = _forwards(node)
+    assert recreate.node == other and actor.remote_node == other and actor.restarts == 1
+    peers.on_actor_started(other, actor.actor_id, None)
+    assert [(f.node, f.spec) for f in _forwards(node)] == [(other, calls[1])]
+    # kill(no_restart) ends it there, and here: later calls fail at once.
+    node.state.actors.kill(actor, no_restart=True)
+    assert (
+        ActorControl(node=other, actor_id=actor.actor_id, kill=True, no_restart=True)
+        in node.effects()
+    )
+    late = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=actor.actor_id)
+    node.state.submit(node.state.driver, late)
+    assert isinstance(_error(node, late.return_ids[0]), ActorDiedError)
