@@ -306,6 +306,12 @@ class ActorDirectory:
             actor.inflight.pop(spec.task_id, None)
             self.after_call(actor)
 
+    def remote_died(self, actor_id: int, index: int, how: str) -> None:
+        """The node an actor of ours lives on says its process died."""
+        actor = self.actors.get(actor_id)
+        if actor is not None and actor.remote_node == index and actor.state is not ActorState.DEAD:
+            self.worker_died(actor, None, how)
+
     def remote_node_died(self, actor: ActorRecord, node: str) -> None:
         """The node a remote actor of ours lived on died: restart it, or it is dead."""
         self.worker_died(actor, None, f"its node {node} died")
@@ -389,8 +395,16 @@ class ActorDirectory:
     def worker_died(self, actor: ActorRecord, worker: WorkerRecord | None, how: str) -> None:
         """The actor's worker (or node: ``worker`` None) is gone: retry its calls on a
         restart, or it is dead."""
+        owner = actor.creation.owner
+        if owner >= PEER_INDEX_BASE and self.peers is not None:
+            # An actor a peer placed here: the peer decides its restart (maybe on
+            # another node). Told first, so the failures of its calls that follow
+            # on the same ordered stream find them already taken back.
+            self.peers.actor_died(owner - PEER_INDEX_BASE, actor.actor_id, how)
         remote = actor.remote_node
         actor.remote_node = 0
+        if remote:
+            self.peers.forget_calls(remote, list(actor.inflight))
         inflight, actor.inflight = actor.inflight, {}
         if not actor.death_cause:
             actor.death_cause = f"its worker process died ({how})"

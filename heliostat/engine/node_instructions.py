@@ -315,11 +315,13 @@ class CancelRemote:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ActorStarted:
-    """Tell ``node`` that the constructor of its actor ``actor_id`` ended here."""
+    """Tell ``node`` that the constructor of its actor ``actor_id`` ended here, or
+    (``died``) that the actor's process died since."""
 
     node: int
     actor_id: int
     error: bytes | None  # the constructor's exception, pickled; None: it is alive
+    died: str = ""  # how the actor's process died (then ``error`` is None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -147,7 +147,7 @@ def encode_effect(effect: Any) -> node_pb2.Envelope:
     if kind is ActorStarted:
         return node_pb2.Envelope(
             actor_started=node_pb2.ActorStarted(
-                actor_id=id_bytes(effect.actor_id), error=effect.error or b""
+                actor_id=id_bytes(effect.actor_id), error=effect.error or b"", died=effect.died
             )
         )
     if kind is ActorControl:
@@ -199,7 +199,7 @@ def apply_envelope(
         state.peer_cancel(index, _int(envelope.cancel.task_id), envelope.cancel.force)
     elif body == "actor_started":
         msg = envelope.actor_started
-        peers.on_actor_started(index, _int(msg.actor_id), msg.error or None)
+        peers.on_actor_started(index, _int(msg.actor_id), msg.error or None, msg.died)
     elif body == "actor_control":
         msg = envelope.actor_control
         peers.on_actor_control(index, _int(msg.actor_id), msg.kill, msg.no_restart)

@@ -248,8 +248,11 @@ class NodeLoop:
                 with contextlib.suppress(Exception):
                     self._selector.unregister(worker.conn.sock)
                 worker.conn.close()
-        elif kind in PEER_EFFECTS and self.peer_sink is not None:
-            self.peer_sink(effect)  # for another node: the cluster link sends it
+        elif kind in PEER_EFFECTS:
+            if self.peer_sink is not None:
+                self.peer_sink(effect)  # for another node: the cluster link sends it
+            else:  # the node is leaving its cluster: nobody to send it to
+                log.debug("dropped %s: the node left its cluster", kind.__name__)
         else:
             raise TypeError(f"unknown effect {effect!r}")
 

@@ -176,10 +176,10 @@ class Peers:
         for info in nodes:
             if info.index != self.local_index and info.alive:
                 seen[info.index] = info
-        for index in list(self.nodes):
-            if index not in seen:
-                self.node_died(index)
-        self.nodes = seen
+        gone = [index for index in self.nodes if index not in seen]
+        self.nodes = seen  # first: what the dead nodes had must not be sent to another dead one
+        for index in gone:
+            self.node_died(index)
         if self.hooks is not None:
             self.hooks.schedule()
 
@@ -597,6 +597,19 @@ class Peers:
         """An actor a peer created here finished its constructor: tell the peer."""
         self._out.effect(ActorStarted(node=owner, actor_id=actor_id, error=error))
 
+    def actor_died(self, owner: int, actor_id: int, how: str) -> None:
+        """The process of an actor a peer placed here died: tell the peer."""
+        self._out.effect(ActorStarted(node=owner, actor_id=actor_id, error=None, died=how))
+
+    def forget_calls(self, index: int, task_ids: list[int]) -> None:
+        """Calls sent to node ``index`` are taken back: a late report of them is ignored."""
+        sent = self.inflight.get(index)
+        if sent:
+            for task_id in task_ids:
+                spec = sent.pop(task_id, None)
+                if spec is not None:
+                    spec.remote_node = 0
+
     def control_remote_actor(self, actor: Any, *, kill: bool, no_restart: bool) -> None:
         """Kill (or let go of) an actor of ours that lives on a peer."""
         index = actor.remote_node
@@ -605,8 +618,13 @@ class Peers:
                 ActorControl(node=index, actor_id=actor.actor_id, kill=kill, no_restart=no_restart)
             )
 
-    def on_actor_started(self, index: int, actor_id: int, error: bytes | None) -> None:
-        self.actors.remote_ready(actor_id, error)
+    def on_actor_started(
+        self, index: int, actor_id: int, error: bytes | None, died: str = ""
+    ) -> None:
+        if died:
+            self.actors.remote_died(actor_id, index, died)
+        else:
+            self.actors.remote_ready(actor_id, error)
 
     def on_actor_control(self, index: int, actor_id: int, kill: bool, no_restart: bool) -> None:
         actor = self.actors.actors.get(actor_id)

@@ -73,12 +73,14 @@ class CancelTask(_message.Message):
     def __init__(self, task_id: _Optional[bytes] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class ActorStarted(_message.Message):
-    __slots__ = ("actor_id", "error")
+    __slots__ = ("actor_id", "error", "died")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DIED_FIELD_NUMBER: _ClassVar[int]
     actor_id: bytes
     error: bytes
-    def __init__(self, actor_id: _Optional[bytes] = ..., error: _Optional[bytes] = ...) -> None: ...
+    died: str
+    def __init__(self, actor_id: _Optional[bytes] = ..., error: _Optional[bytes] = ..., died: _Optional[str] = ...) -> None: ...
 
 class ActorControl(_message.Message):
     __slots__ = ("actor_id", "kill", "no_restart")

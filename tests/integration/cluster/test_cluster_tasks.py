@@ -195,7 +195,9 @@ def counter_class() -> Any:
     return Counter
 
 
-def test_actors_live_on_nodes_and_keep_their_state(driver: Cluster) -> None:
+def test_actors_live_on_nodes_and_keep_their_state(
+    driver: Cluster, wait_for: Callable[..., Any]
+) -> None:
     nodes = {driver.head, driver.n1, driver.n2}
     Counter = counter_class()
     counters = [Counter.remote() for _ in range(3)]  # the driver has no CPUs to give
@@ -209,6 +211,14 @@ def test_actors_live_on_nodes_and_keep_their_state(driver: Cluster) -> None:
     ).remote()
     assert hs.get(pinned.incr.remote(), timeout=60) == (1, driver.n2)
     assert hs.get(hs.get_actor("pinned").incr.remote(), timeout=60) == (2, driver.n2)
+    # Its process killed (restarts allowed): the owner restarts it, state anew. (A call
+    # sent right after the kill may still reach the old process, as in Ray.)
+    hs.kill(counters[0], no_restart=False)
+    wait_for(
+        lambda: hs.get(counters[0].incr.remote(), timeout=60)[0] == 1,
+        60,
+        what="the killed actor to answer from its restart",
+    )
     hs.kill(pinned)
     with pytest.raises(hs.exceptions.ActorDiedError):
         hs.get(pinned.incr.remote(), timeout=60)

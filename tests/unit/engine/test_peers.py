@@ -223,7 +223,6 @@ def test_values_promised_by_a_node_that_dies_fail_with_owner_died(make_node, mak
 def test_an_actor_that_does_not_fit_here_lives_on_a_peer_and_restarts_elsewhere(
     make_node, make_spec
 ) -> None:
-    from heliostat.engine.node_instructions import ActorControl
     from heliostat.engine.records import ActorOptions, ActorState, TaskKind
     from heliostat.exceptions import ActorDiedError
 
@@ -271,12 +270,11 @@ def test_an_actor_that_does_not_fit_here_lives_on_a_peer_and_restarts_elsewhere(
     assert recreate.node == other and actor.remote_node == other and actor.restarts == 1
     peers.on_actor_started(other, actor.actor_id, None)
     assert [(f.node, f.spec) for f in _forwards(node)] == [(other, calls[1])]
-    # kill(no_restart) ends it there, and here: later calls fail at once.
-    node.state.actors.kill(actor, no_restart=True)
-    assert (
-        ActorControl(node=other, actor_id=actor.actor_id, kill=True, no_restart=True)
-        in node.effects()
-    )
+    # Its process dies on that node (restarts spent now): the owner declares it dead.
+    peers.on_actor_started(other, actor.actor_id, None, died="killed by SIGKILL")
+    assert actor.state is ActorState.DEAD and "SIGKILL" in actor.death_cause
+    assert isinstance(_error(node, calls[1].return_ids[0]), ActorDiedError)
+    # Later calls fail at once.
     late = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=actor.actor_id)
     node.state.submit(node.state.driver, late)
     assert isinstance(_error(node, late.return_ids[0]), ActorDiedError)
