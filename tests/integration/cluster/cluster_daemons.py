@@ -115,7 +115,13 @@ class Daemons:
         return self.address
 
     def start_node(
-        self, name: str, ip: str, *, num_cpus: int = 1, private_shm: bool = False
+        self,
+        name: str,
+        ip: str,
+        *,
+        num_cpus: int = 1,
+        private_shm: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> str:
         self.run(
             name,
@@ -128,10 +134,31 @@ class Daemons:
             str(num_cpus),
             "--node-ip-address",
             ip,
+            *extra,
             private_shm=private_shm,
         )
         self.pid(name, "node")
         return json.loads((self.home(name) / "cluster" / "node.json").read_text())["node_id"]
+
+    def driver(self, code: str, env: dict[str, str] | None = None) -> str:
+        """Run ``code`` as a driver joined to the head (``HELIOSTAT_ADDRESS`` and
+        ``HELIOSTAT_TOKEN`` set); returns its stdout."""
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env={
+                **self.env,
+                "HELIOSTAT_ADDRESS": self.address,
+                "HELIOSTAT_TOKEN": self.token,
+                "HELIOSTAT_HOME": str(self.root / "driver"),
+                **(env or {}),
+            },
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            cwd=self.root,
+        )
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        return result.stdout
 
     def head_node_id(self) -> str:
         return str(json.loads((self.home("head") / "cluster" / "head.json").read_text())["node_id"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import psutil
 import pytest
 from cluster_daemons import Daemons
 
+from heliostat.cluster import HeadClient
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.cluster.v1 import control_pb2_grpc as pb_grpc
 from heliostat.storage.cluster_nodes import NodeState
@@ -84,6 +86,46 @@ def test_a_restarted_head_recovers_its_nodes_without_restarting_them(
     nodes = {n["node_id"]: n for n in daemons.status()["nodes"]}
     assert (nodes[n1]["pid"], nodes[n2]["pid"]) == node_pids  # the same processes
     assert nodes[n1]["incarnation"] == 1
+    # New work runs on the nodes that rejoined.
+    ran = daemons.driver(
+        "import heliostat as hs\n"
+        "@hs.remote\n"
+        "def where(i):\n"
+        "    return hs.get_runtime_context().get_node_id()\n"
+        "print(sorted(set(hs.get([where.options(scheduling_strategy='SPREAD').remote(i)"
+        " for i in range(12)], timeout=60))))\n"
+    )
+    assert {n1, n2} <= set(eval(ran))
+
+
+def test_tls_head_nodes_and_drivers(daemons: Daemons, tmp_path: Path) -> None:
+    """--tls-cert/--tls-key on the head: nodes and drivers that trust the certificate
+    join; a client speaking plain TCP gets nowhere."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    address = daemons.start_head("--tls-cert", str(cert), "--tls-key", str(key))
+    node = daemons.start_node("n1", "127.0.0.2", extra=("--tls-cert", str(cert)))
+    with HeadClient(address, daemons.token, tls_cert=str(cert), timeout=5) as client:
+        assert {n.node_id for n in client.list_nodes()} >= {node}
+    with grpc.insecure_channel(address) as channel:  # plain TCP to a TLS port
+        stub = pb_grpc.ControlPlaneStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListNodes(
+                pb.ListNodesRequest(),
+                metadata=(("authorization", f"bearer {daemons.token}"),),
+                timeout=5,
+            )
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    ran = daemons.driver(
+        "import heliostat as hs\nprint(hs.get(hs.remote(lambda: 6 * 7).remote(), timeout=60))\n",
+        env={"HELIOSTAT_TLS_CERT": str(cert)},
+    )
+    assert ran.strip() == "42"
 
 
 def test_calls_without_the_token_or_with_a_wrong_one_are_refused(daemons: Daemons) -> None:
