@@ -106,7 +106,7 @@ def _values(messages: Sequence[Any]) -> list[WireValue]:
 
 
 def encode_effect(effect: Any) -> node_pb2.Envelope:
-    """The message for a peer effect (called under the node lock: reads live specs)."""
+    """The message for a peer effect (a spec's wire fields never change once sent)."""
     kind = type(effect)
     if kind is ForwardTask:
         return node_pb2.Envelope(
@@ -212,7 +212,7 @@ class _PeerSender:
         self.index = index
         self.address = address
         self._link = link
-        self._queue: deque[node_pb2.Envelope] = deque()
+        self._queue: deque[Any] = deque()  # peer effects, encoded by the sending thread
         self._cond = threading.Condition()
         self._closed = False
         self.channel = grpc.insecure_channel(address, options=channel_options())
@@ -226,9 +226,9 @@ class _PeerSender:
         )
         self._thread.start()
 
-    def put(self, envelope: node_pb2.Envelope) -> None:
+    def put(self, effect: Any) -> None:
         with self._cond:
-            self._queue.append(envelope)
+            self._queue.append(effect)
             self._cond.notify()
 
     def close(self) -> None:
@@ -246,8 +246,11 @@ class _PeerSender:
                     self._cond.wait()
                 if self._closed and not self._queue:
                     return
-                batch = list(self._queue)
+                effects = list(self._queue)
                 self._queue.clear()
+            # Encoded here, off the node lock: what an effect holds does not change
+            # once decided (a spec's wire fields, values, ids).
+            batch = [encode_effect(effect) for effect in effects]
             request = node_pb2.DeliverRequest(from_node=link.node_id, messages=batch)
             for attempt in range(_SEND_TRIES):
                 try:
@@ -394,7 +397,7 @@ class NodeLink:
         if sender is None:
             log.warning("dropped a message for node %s: not a live node", format_id(effect.node))
             return
-        sender.put(encode_effect(effect))
+        sender.put(effect)
 
     def _sender(self, index: int) -> _PeerSender | None:
         with self._lock:
