@@ -215,13 +215,20 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
     used: set[str] = set()
     counts: dict[str, int] = {}
     parsed: dict[int, StepOptions] = {}
+    # Steps of one remote function share its (frozen) options: a fan-out of n calls
+    # validates them once and keeps one object alive, not n.
+    by_function: dict[int, StepOptions] = {}
     for node in nodes:
         if not isinstance(node, FunctionNode):
             raise WorkflowDefinitionError(f"Unsupported node type {type(node).__name__}.")
-        try:
-            parsed[node._uid] = step_options(node.workflow_options)
-        except (TypeError, ValueError) as exc:
-            raise WorkflowDefinitionError(f"Step {node.name!r}: {exc}") from exc
+        opts = by_function.get(id(node.remote_function))
+        if opts is None:
+            try:
+                opts = step_options(node.workflow_options)
+            except (TypeError, ValueError) as exc:
+                raise WorkflowDefinitionError(f"Step {node.name!r}: {exc}") from exc
+            by_function[id(node.remote_function)] = opts
+        parsed[node._uid] = opts
     asked = {opts.task_id for opts in parsed.values() if opts.task_id is not None}
     for node in nodes:
         assert isinstance(node, FunctionNode)  # checked in the loop above

@@ -1003,7 +1003,9 @@ def _step_rows(
                 "idempotent": opts.idempotent,
                 "checkpoint": opts.checkpoint,
                 "idempotency_key": f"{workflow_id}:{task_id}",
-                "metadata": dict(opts.metadata),
+                # The options object (and so this dict) is shared by the steps of one
+                # function: the batch's memo encodes it to JSON once (see Prepared).
+                "metadata": opts.metadata,
                 "position": spec.position,
                 "code_hash": getattr(spec, "code_hash", "") or None,
                 "input_hash": getattr(spec, "input_hash", "") or None,
