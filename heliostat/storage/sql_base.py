@@ -83,9 +83,7 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
                 return None
             if value.tzinfo is not utc:
                 if value.tzinfo is None or value.utcoffset() is None:
-                    raise ValueError(
-                        f"naive datetime {value!r}: heliostat stores only aware times"
-                    )
+                    raise ValueError(f"naive datetime {value!r}: heliostat stores only aware times")
                 value = value.astimezone(utc)
             return value.isoformat(" ", "microseconds")[:26]
 
