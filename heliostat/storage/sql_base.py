@@ -73,18 +73,19 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
 
-        # SQLite: the text SQLAlchemy's DATETIME writes, made in one step (the group
-        # commit converts a few of these per workflow step).
+        # SQLite: the text SQLAlchemy's DATETIME writes ("YYYY-MM-DD HH:MM:SS.ffffff"),
+        # made in one C call (the group commit converts a few of these per workflow
+        # step): isoformat of a UTC time, less its "+00:00".
+        utc = dt.UTC
+
         def process(value: dt.datetime | None) -> str | None:
             if value is None:
                 return None
-            if value.tzinfo is None or value.utcoffset() is None:
-                raise ValueError(f"naive datetime {value!r}: heliostat stores only aware times")
-            v = value.astimezone(dt.UTC)
-            return (
-                f"{v.year:04d}-{v.month:02d}-{v.day:02d} "
-                f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
-            )
+            if value.tzinfo is not utc:
+                if value.tzinfo is None or value.utcoffset() is None:
+                    raise ValueError(f"naive datetime {value!r}: heliostat stores only aware times")
+                value = value.astimezone(utc)
+            return value.isoformat(" ", "microseconds")[:26]
 
         return process
 

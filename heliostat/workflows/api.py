@@ -247,7 +247,10 @@ def _beacon(lease: Lease, acquired: float) -> LeaseBeacon:
 def _drive(services: WorkflowServices, executor: WorkflowExecutor) -> Any:
     services.register(executor.workflow_id, executor)
     try:
-        return executor.run()
+        # The DAG is compiled and stored by now: the freeze covers it too, so the
+        # collections during the run walk only what the run makes.
+        with services.heap.during_run():
+            return executor.run()
     finally:
         services.unregister(executor.workflow_id, executor)
 

@@ -113,20 +113,37 @@ def _store_refs(nodes: list[Any]) -> dict[int, tuple[tuple[Any, ...], dict[str, 
     All refs of the DAG are fetched with one ``get``; nodes without refs are left out.
     """
     refs: list[ObjectRef] = []
+    holders = []
     for node in nodes:
-        map_leaves((node.args, node.kwargs), ObjectRef, refs.append)
+        before = len(refs)
+        _collect_refs(node.args, refs)
+        _collect_refs(node.kwargs, refs)
+        if len(refs) > before:
+            holders.append(node)
     if not refs:
         return {}
     values = dict(zip((id(r) for r in refs), get(refs), strict=True))
-    out = {}
-    for node in nodes:
-        found: list[ObjectRef] = []
-        map_leaves((node.args, node.kwargs), ObjectRef, found.append)
-        if found:
-            out[node._uid] = map_leaves(
-                (node.args, node.kwargs), ObjectRef, lambda r: StoredValue(values[id(r)])
-            )
-    return out
+    return {
+        node._uid: map_leaves(
+            (node.args, node.kwargs), ObjectRef, lambda r: StoredValue(values[id(r)])
+        )
+        for node in holders
+    }
+
+
+def _collect_refs(value: Any, out: list[ObjectRef]) -> None:
+    """Append the ObjectRefs inside ``value`` (lists, tuples, dicts) to ``out``.
+
+    Unlike ``map_leaves`` it builds no copy: most steps hold no ref at all.
+    """
+    if isinstance(value, ObjectRef):
+        out.append(value)
+    elif type(value) in (list, tuple):
+        for v in value:
+            _collect_refs(v, out)
+    elif type(value) is dict:
+        for v in value.values():
+            _collect_refs(v, out)
 
 
 def _walk_values(value: Any) -> Iterator[Any]:
@@ -215,13 +232,20 @@ def compile_dag(root: Any, *, prefix: str = "", start_position: int = 0) -> Comp
     used: set[str] = set()
     counts: dict[str, int] = {}
     parsed: dict[int, StepOptions] = {}
+    # Steps of one remote function share its (frozen) options: a fan-out of n calls
+    # validates them once and keeps one object alive, not n.
+    by_function: dict[int, StepOptions] = {}
     for node in nodes:
         if not isinstance(node, FunctionNode):
             raise WorkflowDefinitionError(f"Unsupported node type {type(node).__name__}.")
-        try:
-            parsed[node._uid] = step_options(node.workflow_options)
-        except (TypeError, ValueError) as exc:
-            raise WorkflowDefinitionError(f"Step {node.name!r}: {exc}") from exc
+        opts = by_function.get(id(node.remote_function))
+        if opts is None:
+            try:
+                opts = step_options(node.workflow_options)
+            except (TypeError, ValueError) as exc:
+                raise WorkflowDefinitionError(f"Step {node.name!r}: {exc}") from exc
+            by_function[id(node.remote_function)] = opts
+        parsed[node._uid] = opts
     asked = {opts.task_id for opts in parsed.values() if opts.task_id is not None}
     for node in nodes:
         assert isinstance(node, FunctionNode)  # checked in the loop above

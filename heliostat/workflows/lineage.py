@@ -1,6 +1,7 @@
 """The lineage a workflow run leaves in SQL, read back: runs, steps, attempts, logs, WAL.
 
-:class:`LineageReader` holds the reads that the API, the CLI and (later) the UI share;
+:class:`LineageReader` holds the reads that the API, the CLI and (later) the UI share
+(the records it returns are in :mod:`heliostat.workflows.lineage_records`);
 :class:`~heliostat.workflows.store.WorkflowStore` adds the writes. Reads take no write
 lock on SQLite (they begin DEFERRED), never load a DAG or steps a listing does not
 need, and authenticate what could be unpickled: a step's output record is checked
@@ -19,7 +20,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psutil
@@ -50,6 +50,13 @@ from heliostat.storage.signing import Signer
 from heliostat.storage.states import AttemptStatus, StepStatus, WalKind, WorkflowStatus
 from heliostat.workflows.compile import CompiledWorkflow
 from heliostat.workflows.lease import LeaseHolder, holder_is_live, lease_gone, lease_timeout
+from heliostat.workflows.lineage_records import (
+    AttemptRecord,
+    LogPage,
+    StepRecord,
+    WalEntry,
+    WorkflowRecord,
+)
 from heliostat.workflows.step import StepLogs
 
 __all__ = [
@@ -129,132 +136,6 @@ def retry_timeout() -> float:
     if value < 0:
         raise ValueError(f"HELIOSTAT_DB_RETRY_TIMEOUT must be seconds >= 0, not {raw!r}.")
     return value
-
-
-# --- records read back ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StepRecord:
-    """A step as the lineage knows it."""
-
-    task_id: str
-    name: str
-    status: StepStatus
-    attempts: int
-    idempotent: bool
-    checkpoint: CheckpointRef | None
-    output_format: str | None
-    error: str | None
-    error_type: str | None
-    traceback: str | None
-    queued_at: dt.datetime | None
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    position: int
-    metadata: dict[str, Any]
-    idempotency_key: str | None = None
-    code_hash: str | None = None
-    input_hash: str | None = None
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds its latest attempt executed (not counting its time in the queue)."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AttemptRecord:
-    """One attempt of a step."""
-
-    task_id: str
-    attempt: int
-    status: AttemptStatus
-    queued_at: dt.datetime | None
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    error: str | None
-    error_type: str | None
-    traceback: str | None
-    worker: str | None
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds it executed (``None`` if it never reported its start or end)."""
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
-
-    @property
-    def queue_seconds(self) -> float | None:
-        """Seconds between its INTENT and the start of its execution."""
-        if self.queued_at is None or self.started_at is None:
-            return None
-        return (self.started_at - self.queued_at).total_seconds()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LogPage:
-    """A window of what one attempt printed, as stored (the last ``LOG_LIMIT`` kept).
-
-    Offsets count characters of the stored text: ``text`` is characters
-    ``offset .. offset + len(text)`` of ``length``.
-    """
-
-    attempt: int
-    text: str
-    offset: int
-    length: int
-    size: int
-    """Bytes the attempt wrote in all (more than ``length`` when its start was cut)."""
-    truncated: bool
-    """Whether the start of the output was dropped (past ``LOG_LIMIT``)."""
-
-    @property
-    def more_before(self) -> bool:
-        return self.offset > 0
-
-    @property
-    def more_after(self) -> bool:
-        return self.offset + len(self.text) < self.length
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WalEntry:
-    """One write-ahead-log row."""
-
-    task_id: str
-    attempt: int
-    kind: WalKind
-    idempotency_key: str | None
-    created_at: dt.datetime
-    location: str | None
-    checksum: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkflowRecord:
-    """A workflow as the lineage knows it (``steps`` filled when loaded with them)."""
-
-    workflow_id: str
-    status: WorkflowStatus
-    name: str
-    metadata: dict[str, Any]
-    output_task_id: str | None
-    error: str | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    resume_count: int
-    schedule: str | None
-    steps_total: int
-    steps_done: int
-    lease: LeaseHolder
-    commit_seq: int
-    steps: dict[str, StepRecord] = field(default_factory=dict)
 
 
 class LineageReader:

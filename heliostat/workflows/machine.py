@@ -32,7 +32,13 @@ from typing import Any
 
 from heliostat.exceptions import HeliostatInternalError
 from heliostat.storage.checkpoints import CheckpointRef
-from heliostat.storage.states import AttemptStatus, StepStatus, WorkflowStatus, check_transition
+from heliostat.storage.states import (
+    STEP_TRANSITIONS,
+    AttemptStatus,
+    StepStatus,
+    WorkflowStatus,
+    check_transition,
+)
 from heliostat.workflows.compile import CompiledWorkflow, StepSpec
 from heliostat.workflows.context import idempotency_key
 from heliostat.workflows.events import (
@@ -420,9 +426,12 @@ class WorkflowMachine:
         return self.steps[self.resolve(task_id)].status is StepStatus.SUCCESSFUL
 
     def _check(self, task_id: str, finish: StepStatus) -> None:
-        check_transition(
-            "step", f"{self.workflow_id}/{task_id}", self.steps[task_id].status, finish
-        )
+        start = self.steps[task_id].status
+        allowed = STEP_TRANSITIONS.get(start)
+        if allowed is None or finish not in allowed or type(finish) is not StepStatus:
+            # Not an edge of the table: let check_transition raise, naming the step
+            # (the id is formatted only then; this runs twice per step).
+            check_transition("step", f"{self.workflow_id}/{task_id}", start, finish)
 
     def _move(
         self, task_id: str, finish: StepStatus, cause: str, error: ErrorInfo | None = None

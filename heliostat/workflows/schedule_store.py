@@ -54,7 +54,6 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -69,6 +68,14 @@ from heliostat.storage.models import Schedule, ScheduleRunKind, Workflow
 from heliostat.storage.models import ScheduleRun as ScheduleRunRow
 from heliostat.storage.states import WorkflowStatus
 from heliostat.workflows.lineage import driver_gone
+from heliostat.workflows.schedule_records import (
+    Claim,
+    FiredRun,
+    ScheduleInfo,
+    ScheduleRun,
+    StrandedRun,
+    info_from_row,
+)
 from heliostat.workflows.store import WorkflowStore
 
 __all__ = [
@@ -91,192 +98,9 @@ ACTIVE_STATUSES = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING, WorkflowStatu
 _ACTIVE_VALUES = [str(s) for s in ACTIVE_STATUSES]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleInfo:
-    """A schedule as stored: its definition and where its firing stands.
-
-    Attributes:
-        name: the schedule's name (part of its runs' workflow ids).
-        target: ``module:function`` called with ``logical_time=`` (and ``kwargs``) to
-            build each run's DAG.
-        cron: the cron expression, or None for an interval schedule.
-        interval: the interval, or None for a cron schedule.
-        timezone: IANA zone the cron expression is read in.
-        kwargs: extra keyword arguments for the target.
-        catchup: fire every missed interval (True) or only the latest (False).
-        max_active_runs: runs of this schedule that may be active at once.
-        paused: a paused schedule fires nothing; on resume, catch-up rules apply.
-        start, end: bounds of the fire times (inclusive), or None.
-        created_at, updated_at: when it was created and last changed by a person.
-        last_logical_time: the latest logical time fired (the cursor), or None.
-        next_fire_time: the next logical time to fire (after ``last_logical_time``); in
-            the past while intervals wait for a free run slot, for the scheduler, or
-            for a resume; None when the schedule has no more fire times.
-    """
-
-    name: str
-    target: str
-    cron: str | None
-    interval: dt.timedelta | None
-    timezone: str
-    kwargs: dict[str, Any]
-    catchup: bool
-    max_active_runs: int
-    paused: bool
-    start: dt.datetime | None
-    end: dt.datetime | None
-    created_at: dt.datetime
-    updated_at: dt.datetime
-    last_logical_time: dt.datetime | None
-    next_fire_time: dt.datetime | None
-
-    def spec(self) -> ScheduleSpec:
-        """The schedule's timing as a :class:`ScheduleSpec` (validated again)."""
-        return ScheduleSpec(
-            cron=self.cron,
-            interval=self.interval,
-            timezone=self.timezone,
-            start=self.start,
-            end=self.end,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The schedule as JSON-able values (times as ISO 8601 UTC strings)."""
-        return {
-            "name": self.name,
-            "target": self.target,
-            "cron": self.cron,
-            "interval_seconds": (
-                self.interval.total_seconds() if self.interval is not None else None
-            ),
-            "timezone": self.timezone,
-            "kwargs": self.kwargs,
-            "catchup": self.catchup,
-            "max_active_runs": self.max_active_runs,
-            "paused": self.paused,
-            "start": _iso(self.start),
-            "end": _iso(self.end),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "last_logical_time": _iso(self.last_logical_time),
-            "next_fire_time": _iso(self.next_fire_time),
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScheduleRun:
-    """One run a schedule fired (or a person triggered), with its workflow's status.
-
-    Attributes:
-        schedule: the schedule's name.
-        logical_time: the interval's logical time (a manual run: when it was triggered).
-        workflow_id: the run's workflow id (``name@<time>`` / ``name@manual-<time>``).
-        kind: ``"scheduled"`` or ``"manual"``.
-        fired_at: when it was claimed; for a manual run, when a starter took it (None
-            until one does; see "Manual runs" in the module docstring).
-        started_at: when the scheduler (or ``trigger``) started it, or tried to (then
-            ``error`` says why it failed); None before that, e.g. a manual run recorded
-            without a runtime, until a scheduler daemon's next pass starts it.
-        error: why building or starting it failed, if it did.
-        status: the workflow's status, or None when there is no workflow (not started,
-            failed to start, or deleted).
-    """
-
-    schedule: str
-    logical_time: dt.datetime
-    workflow_id: str
-    kind: ScheduleRunKind
-    fired_at: dt.datetime | None
-    started_at: dt.datetime | None
-    error: str | None
-    status: WorkflowStatus | None
-
-    def to_json(self) -> dict[str, Any]:
-        """The run as JSON-able values."""
-        return {
-            "schedule": self.schedule,
-            "logical_time": _iso(self.logical_time),
-            "workflow_id": self.workflow_id,
-            "kind": str(self.kind),
-            "fired_at": _iso(self.fired_at),
-            "started_at": _iso(self.started_at),
-            "error": self.error,
-            "status": str(self.status) if self.status is not None else None,
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FiredRun:
-    """A run to start: claimed by the trigger loop, or triggered by hand.
-
-    ``cause_id`` ties the log lines of one claim together.
-    """
-
-    schedule: str
-    target: str
-    kwargs: dict[str, Any]
-    logical_time: dt.datetime
-    workflow_id: str
-    kind: ScheduleRunKind
-    cause_id: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StrandedRun:
-    """A run that needs the scheduler's help: claimed but never started (``run`` to
-    start), or started by a driver that is gone (``resume``: its workflow id)."""
-
-    run: FiredRun
-    resume: bool
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Claim:
-    """What one :meth:`ScheduleStore.claim_due` batch did.
-
-    Attributes:
-        fired: the runs this caller claimed and must start, oldest first per schedule.
-        waiting: names of due schedules held back by ``max_active_runs``.
-        skipped: missed intervals dropped by schedules that do not catch up, by name.
-        last_key: ``(next_fire_at, name)`` of the last schedule examined: where the next
-            batch of the same pass starts; None if the batch was empty.
-        examined: how many due schedules the batch looked at.
-    """
-
-    fired: list[FiredRun]
-    waiting: list[str]
-    skipped: dict[str, int]
-    last_key: tuple[dt.datetime, str] | None
-    examined: int
-
-
 Planner = Callable[[ScheduleInfo, int], FirePlan]
-"""``planner(schedule, active_runs) -> FirePlan``: the policy :meth:`claim_due` applies."""
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _info(m: Any) -> ScheduleInfo:
-    seconds = m["interval_seconds"]
-    return ScheduleInfo(
-        name=m["name"],
-        target=m["target"],
-        cron=m["cron"],
-        interval=dt.timedelta(seconds=seconds) if seconds is not None else None,
-        timezone=m["timezone"],
-        kwargs=dict(m["kwargs"] or {}),
-        catchup=bool(m["catchup"]),
-        max_active_runs=int(m["max_active_runs"]),
-        paused=bool(m["paused"]),
-        start=m["start_at"],
-        end=m["end_at"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-        last_logical_time=m["cursor"],
-        next_fire_time=m["next_fire_at"],
-    )
+"""``planner(schedule, active_runs) -> FirePlan``: the policy
+:meth:`ScheduleStore.claim_due` applies."""
 
 
 def _same_timing(info: ScheduleInfo, spec: ScheduleSpec) -> bool:
@@ -489,7 +313,7 @@ class ScheduleStore:
                         "(heliostat schedule add --replace) to redefine it.",
                         schedule=name,
                     )
-                old = _info(row._mapping)
+                old = info_from_row(row._mapping)
                 if _same_timing(old, spec):
                     next_fire = old.next_fire_time
                 else:
@@ -500,7 +324,9 @@ class ScheduleStore:
                     .where(_SCH.c.name == name)
                     .values(next_fire_at=next_fire, **values)
                 )
-            return _info(conn.execute(sa.select(_SCH).where(_SCH.c.name == name)).one()._mapping)
+            return info_from_row(
+                conn.execute(sa.select(_SCH).where(_SCH.c.name == name)).one()._mapping
+            )
 
     def get(self, name: str) -> ScheduleInfo:
         """The schedule named ``name``.
@@ -512,7 +338,7 @@ class ScheduleStore:
             row = conn.execute(sa.select(_SCH).where(_SCH.c.name == name)).first()
         if row is None:
             raise self._not_found(name)
-        return _info(row._mapping)
+        return info_from_row(row._mapping)
 
     def _not_found(self, name: str) -> ScheduleNotFoundError:
         with self._read() as conn:
@@ -526,7 +352,7 @@ class ScheduleStore:
         """Every schedule, by name."""
         with self._read() as conn:
             rows = conn.execute(sa.select(_SCH).order_by(_SCH.c.name)).all()
-        return [_info(r._mapping) for r in rows]
+        return [info_from_row(r._mapping) for r in rows]
 
     def set_paused(self, name: str, paused: bool, *, now: dt.datetime) -> ScheduleInfo:
         """Pause or resume a schedule (a no-op if it already is).
@@ -537,7 +363,7 @@ class ScheduleStore:
         with self.engine.begin() as conn:
             row = self._lock_row(conn, name)
             if row is not None:
-                info = _info(row._mapping)
+                info = info_from_row(row._mapping)
                 if info.paused is not paused:
                     conn.execute(
                         _SCH.update()
@@ -725,7 +551,7 @@ class ScheduleStore:
             inserts: list[dict[str, Any]] = []
             advances: list[dict[str, Any]] = []
             for row in rows:
-                info = _info(row._mapping)
+                info = info_from_row(row._mapping)
                 plan = planner(info, active.get(info.name, 0))
                 if plan.waiting:
                     waiting.append(info.name)

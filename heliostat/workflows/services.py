@@ -32,6 +32,7 @@ from heliostat.storage.checkpoints import (
 from heliostat.storage.db import default_db_url
 from heliostat.storage.signing import default_signer
 from heliostat.workflows.clock import Clock, SystemClock
+from heliostat.workflows.heap import HeapFreeze
 from heliostat.workflows.lease import LeaseKeeper
 from heliostat.workflows.store import WorkflowStore
 
@@ -46,8 +47,9 @@ class _Cancellable(Protocol):
 
 
 class WorkflowServices:
-    """Stores (one per database URL and key), checkpoint stores, the lease keeper and
-    the registry of runs in progress, for one runtime (or one call without one).
+    """Stores (one per database URL and key), checkpoint stores, the lease keeper, the
+    registry of runs in progress and the heap freeze of runs (see
+    :mod:`heliostat.workflows.heap`), for one runtime (or one call without one).
 
     Args:
         clock: the time source of leases and records (default: the system clock).
@@ -58,6 +60,7 @@ class WorkflowServices:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.storage = storage
         self.keeper = LeaseKeeper(self.clock)
+        self.heap = HeapFreeze()
         self._stores: dict[tuple[str, int], WorkflowStore] = {}
         self._checkpoints: dict[str, CheckpointStore] = {}
         self._running: dict[str, _Cancellable] = {}

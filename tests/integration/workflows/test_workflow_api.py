@@ -7,6 +7,7 @@ which attempt, how many times.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections import Counter
@@ -217,6 +218,19 @@ def test_run_returns_output_and_status_successful(runtime: Runtime, tmp_path: Pa
     assert workflow.get_output("sum") == 3
     assert workflow.get_output("sum", task_id="two") == 2
     assert _runs(log) == {"one": 1, "two": 1, "sum": 1}
+
+
+def test_a_run_freezes_the_old_heap_only_while_it_goes_on(runtime: Runtime, tmp_path: Path) -> None:
+    frozen_during: list[int] = []
+
+    def progress(done: int, total: int, failed: int) -> None:  # called in the run
+        frozen_during.append(gc.get_freeze_count())
+
+    assert gc.get_freeze_count() == 0
+    workflow.run(_sum_dag(tmp_path / "log"), workflow_id="heap", on_progress=progress)
+
+    assert frozen_during and all(n > 0 for n in frozen_during)
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_step_the_engine_refuses_to_submit_fails_the_run_instead_of_hanging(

@@ -299,6 +299,23 @@ def test_options_reach_the_compiled_step() -> None:
     assert spec.options.metadata == {"owner": "ana"}
 
 
+def test_steps_of_one_function_share_one_options_object() -> None:
+    careful = transform.options(**workflow.options(idempotent=False))
+    dag = load.bind(
+        transform.bind(extract.bind("a")),
+        transform.bind(extract.bind("b")),
+        careful.bind(extract.bind("c")),
+    )
+
+    steps = compile_dag(dag).steps
+
+    assert steps["transform"].options is steps["transform_1"].options
+    assert steps["extract"].options is steps["extract_2"].options
+    assert steps["transform_2"].options is not steps["transform"].options
+    assert steps["transform_2"].options.idempotent is False
+    assert steps["transform"].options.idempotent is True
+
+
 # --- the step wrapper and the context, in process ---------------------------------------
 
 
