@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -43,7 +44,7 @@ from heliostat.storage.checkpoints import CheckpointStore, default_storage_url
 from heliostat.storage.db import default_db_url
 from heliostat.storage.signing import default_signer
 from heliostat.storage.states import StepStatus, WorkflowStatus
-from heliostat.ui import auth, graphics
+from heliostat.ui import auth, dag, graphics
 from heliostat.ui.models import (
     ActionResult,
     AttemptOut,
@@ -102,6 +103,7 @@ class UiState:
         )
         self.store = WorkflowStore.open(db_url, signer=default_signer())
         self._checkpoints: CheckpointStore | None = None
+        self.shapes = dag.ShapeCache()
         self.children: list[subprocess.Popen[bytes]] = []
 
     def checkpoints(self) -> CheckpointStore:
@@ -279,6 +281,47 @@ def _statuses(values: list[str] | None) -> list[WorkflowStatus] | None:
 
 
 LimitQuery = Annotated[int, Query(ge=1, le=500, description="page size")]
+ExpandQuery = Annotated[
+    list[str] | None, Query(description="folded DAG groups to draw unfolded (repeatable)")
+]
+FullQuery = Annotated[bool, Query(description="draw every step of the DAG, folding none")]
+AllStepsQuery = Annotated[bool, Query(description="list every step, not the first 100")]
+STEP_ROWS = 100
+"""Rows of a workflow page's step table unless every step is asked for."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DagView:
+    """How a workflow page draws its DAG and step table (from its query string)."""
+
+    expand: frozenset[str] = frozenset()
+    full: bool = False
+    all_steps: bool = False
+
+    def url(
+        self,
+        quoted_id: str,
+        *,
+        live: bool = False,
+        expand: str | None = None,
+        full: bool | None = None,
+        fold: bool = False,
+        all_steps: bool | None = None,
+    ) -> str:
+        """The page's URL (or its live part's) with this view, changed as asked:
+        ``expand`` one more group, ``full`` on or off, ``fold`` every group again."""
+        groups = set() if fold else set(self.expand)
+        if expand is not None:
+            groups.add(expand)
+        params: list[tuple[str, str]] = [("expand", g) for g in sorted(groups)]
+        if self.full if full is None else full:
+            params.append(("full", "1"))
+        if self.all_steps if all_steps is None else all_steps:
+            params.append(("all_steps", "1"))
+        path = f"/workflows/{quoted_id}" + ("/live" if live else "")
+        return path + ("?" + urlencode(params) if params else "")
+
+
 SearchQuery = Annotated[str | None, Query(max_length=200, description="text in the id")]
 OrderQuery = Annotated[str, Query(pattern="^(asc|desc)$", description="by start time")]
 
@@ -594,7 +637,7 @@ def create_app(
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters["dur"] = lambda s: graphics._fmt_seconds(s) if s is not None else "\u2013"
+    env.filters["dur"] = lambda s: graphics.fmt_seconds(s) if s is not None else "\u2013"
     env.filters["when"] = lambda t: t.strftime("%Y-%m-%d %H:%M:%S") if t else "\u2013"
     env.filters["q"] = lambda s: quote(str(s), safe="")
     env.filters["lower_status"] = lambda s: (s or "none").lower().replace("_", " ")
@@ -835,12 +878,18 @@ def create_app(
             paged=cursor is not None,
         )
 
-    def workflow_parts(record: WorkflowRecord) -> dict[str, Any]:
+    def workflow_parts(record: WorkflowRecord, view: DagView) -> dict[str, Any]:
         detail = _detail(state, record)
-        layout = graphics.layout_dag(
-            {s.task_id: (s.name, s.status, s.duration) for s in detail.steps}, detail.edges
+        layout = dag.layout_dag(
+            {s.task_id: (s.name, s.status, s.duration) for s in detail.steps},
+            detail.edges,
+            kinds={t: s.code_hash or s.name for t, s in record.steps.items()},
+            collapse_at=0 if view.full else dag.COLLAPSE_AT,
+            expand=view.expand,
+            cache=state.shapes,
         )
-        step_url = f"/workflows/{quote(record.workflow_id, safe='')}/steps/"
+        wid = quote(record.workflow_id, safe="")
+        step_url = f"/workflows/{wid}/steps/"
         gantt = graphics.gantt_svg(
             [
                 (a.task_id, a.attempt, a.status, a.started_at, a.finished_at)
@@ -851,8 +900,13 @@ def create_app(
         attention = [s for s in detail.steps if s.status == "IN_DOUBT"]
         return {
             "wf": detail,
-            "dag": graphics.dag_svg(layout, step_url),
-            "dag_height": int(min(520, max(150, layout.height + 20))),
+            "dag": dag.dag_svg(layout, step_url, lambda key: view.url(wid, expand=key)),
+            "dag_height": int(min(560, max(170, layout.height + 24))),
+            "layout": layout,
+            "view": view,
+            "view_url": lambda **kw: view.url(wid, **kw),
+            "live_url": view.url(wid, live=True),
+            "steps_shown": detail.steps if view.all_steps else detail.steps[:STEP_ROWS],
             "gantt": gantt,
             "attention": attention,
             "active": detail.status in ACTIVE,
@@ -863,9 +917,18 @@ def create_app(
     @app.get(
         "/workflows/{workflow_id:path}/live", response_class=HTMLResponse, include_in_schema=False
     )
-    def page_workflow_live(request: Request, workflow_id: str) -> HTMLResponse:
+    def page_workflow_live(
+        request: Request,
+        workflow_id: str,
+        expand: ExpandQuery = None,
+        full: FullQuery = False,
+        all_steps: AllStepsQuery = False,
+    ) -> HTMLResponse:
         """The part of the workflow page that changes while it runs (polled)."""
-        return render(request, "workflow_live.html", **workflow_parts(_load(state, workflow_id)))
+        view = DagView(expand=frozenset(expand or ()), full=full, all_steps=all_steps)
+        return render(
+            request, "workflow_live.html", **workflow_parts(_load(state, workflow_id), view)
+        )
 
     @app.get(
         "/workflows/{workflow_id:path}/steps/{task_id}",
@@ -1024,8 +1087,15 @@ def create_app(
         return _detail(state, _load(state, workflow_id))
 
     @app.get("/workflows/{workflow_id:path}", response_class=HTMLResponse, include_in_schema=False)
-    def page_workflow(request: Request, workflow_id: str) -> HTMLResponse:
-        return render(request, "workflow.html", **workflow_parts(_load(state, workflow_id)))
+    def page_workflow(
+        request: Request,
+        workflow_id: str,
+        expand: ExpandQuery = None,
+        full: FullQuery = False,
+        all_steps: AllStepsQuery = False,
+    ) -> HTMLResponse:
+        view = DagView(expand=frozenset(expand or ()), full=full, all_steps=all_steps)
+        return render(request, "workflow.html", **workflow_parts(_load(state, workflow_id), view))
 
     return app
 
