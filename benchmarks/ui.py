@@ -10,8 +10,9 @@ something to show. Only durability is relaxed while filling (SQLite
 ``synchronous=OFF``, PostgreSQL ``synchronous_commit=off``): the rows are the ones a
 real run writes.
 
-It also stores one 2,000-step workflow (every step with its own parents, so nothing
-folds) and times its page, the DAG drawn on the server.
+It also stores one 2,000-step workflow (layers of 100 calls of one function, each step
+fed by two of the layer before) and times its page, the DAG drawn on the server: folded
+(one box per layer) by default, every step with ``?full=1``.
 
 Then it times each endpoint in-process with FastAPI's test client (the whole request
 through the app, without a network) and prints JSON with p50/p95 milliseconds::
@@ -20,8 +21,10 @@ through the app, without a network) and prints JSON with p50/p95 milliseconds::
     .venv/bin/python benchmarks/ui.py --postgres            # the same on the local PostgreSQL
     .venv/bin/python benchmarks/ui.py --db-url sqlite:////tmp/ui.db --keep   # fill once
 
-``--browser`` also loads the 2,000-step workflow's page in headless Chromium
-(``/usr/bin/chromium``) served by uvicorn, and reports the time to the load event.
+``--browser`` also loads the 2,000-step workflow's page, folded and in full, in
+headless Chromium (``/usr/bin/chromium``) served by uvicorn, and reports where the time
+goes: the server's answer, the document parsed, the load event, the DAG's pan/zoom
+ready, and the frame of one zoom step (see :func:`_browser_load`).
 
 A database that already holds the runs asked for is not filled again (``--keep`` keeps
 it; otherwise the temp SQLite file, or the PostgreSQL schema, is removed at the end).
@@ -483,6 +486,7 @@ def main() -> None:
                     "page_workflow": f"/workflows/{some}",
                     "api_workflow_2000_steps": f"/api/workflows/{BIG_DAG_ID}",
                     "page_workflow_2000_steps": f"/workflows/{BIG_DAG_ID}",
+                    "page_workflow_2000_steps_full": f"/workflows/{BIG_DAG_ID}?full=1",
                 }
                 out: dict[str, Any] = {
                     "backend": url.split(":", 1)[0].split("+", 1)[0],
@@ -496,6 +500,9 @@ def main() -> None:
                 if args.browser:
                     out["browser_2000_steps"] = _browser_load(
                         client.app, f"/workflows/{BIG_DAG_ID}", min(args.reps, 20)
+                    )
+                    out["browser_2000_steps_full"] = _browser_load(
+                        client.app, f"/workflows/{BIG_DAG_ID}?full=1", min(args.reps, 20)
                     )
             print(json.dumps(out, indent=2))
     finally:

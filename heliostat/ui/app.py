@@ -216,7 +216,7 @@ def _step_out(s: StepRecord) -> dict[str, Any]:
 
 
 def _attempt_out(a: AttemptRecord) -> AttemptOut:
-    return AttemptOut(
+    return AttemptOut.model_construct(
         task_id=a.task_id,
         attempt=a.attempt,
         status=str(a.status),
@@ -354,7 +354,9 @@ def _detail(state: UiState, record: WorkflowRecord) -> WorkflowDetail:
         **_summary(state, record).model_dump(),
         metadata=record.metadata,
         resume_count=record.resume_count,
-        steps=[StepOut(**_step_out(s)) for s in steps],
+        # Built from our own records: constructed without a second validation (2,000
+        # steps validated one by one cost a page tens of milliseconds).
+        steps=[StepOut.model_construct(**_step_out(s)) for s in steps],
         edges=state.store.edges(record.workflow_id),
         attempts=[_attempt_out(a) for a in state.store.attempts(record.workflow_id)],
     )

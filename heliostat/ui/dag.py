@@ -259,15 +259,13 @@ def _order_layers(
 def structure_key(
     names: Mapping[str, str], edges: Iterable[tuple[str, str]], *extra: object
 ) -> str:
-    """A hash of a graph's structure (and of the layout's options in ``extra``)."""
-    h = hashlib.blake2b(digest_size=20)
-    for tid in sorted(names):
-        h.update(f"{len(tid)}:{tid}{len(names[tid])}:{names[tid]}".encode())
-    h.update(b"|")
-    for p, c in sorted(edges):
-        h.update(f"{len(p)}:{p}{len(c)}:{c}".encode())
-    h.update(repr(extra).encode())
-    return h.hexdigest()
+    """A hash of a graph's structure (and of the layout's options in ``extra``).
+
+    Hashes the ``repr`` of the sorted parts: a repr of strings is unambiguous (quotes
+    and separators escaped) and made in C, a few milliseconds for 2,000 steps.
+    """
+    text = repr((sorted(names.items()), sorted(edges), extra))
+    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
 
 
 class ShapeCache:
@@ -408,21 +406,27 @@ def dag_svg(layout: DagLayout, step_url: str, expand_url: Callable[[str], str]) 
     out = [
         f'<svg class="dag" xmlns="http://www.w3.org/2000/svg" role="img" '
         f'aria-label="workflow DAG" viewBox="0 0 {w} {h}" width="{w}" height="{h}">'
-        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
-        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
-        'class="arrowhead"/></marker></defs><g class="edges">'
+        '<g class="edges">'
     ]
+    # All edges are one path (and their heads another): 4,000 edges are two elements for
+    # the browser to lay out, not 4,000. Edges touching a folded box are drawn heavier.
     boxes = layout.boxes
+    lines: dict[bool, list[str]] = {False: [], True: []}
+    heads: list[str] = []
     for p, c in layout.edges:
         a, b = boxes[p], boxes[c]
         x1, y1 = a.x + BOX_W, a.y + BOX_H / 2
-        x2, y2 = b.x - 2, b.y + BOX_H / 2
+        x2, y2 = b.x - 7, b.y + BOX_H / 2  # the head covers the last 8 units
         mx = (x1 + x2) / 2
-        cls = ' class="fan"' if a.count > 1 or b.count > 1 else ""
-        out.append(
-            f'<path{cls} d="M{x1:.0f},{y1:.0f}C{mx:.0f},{y1:.0f} {mx:.0f},{y2:.0f} '
-            f'{x2:.0f},{y2:.0f}"/>'
+        lines[a.count > 1 or b.count > 1].append(
+            f"M{x1:.0f},{y1:.0f}C{mx:.0f},{y1:.0f} {mx:.0f},{y2:.0f} {x2:.0f},{y2:.0f}"
         )
+        heads.append(f"M{b.x - 8:.0f},{y2 - 4:.0f}l8,4l-8,4z")
+    for heavy, d in lines.items():
+        if d:
+            out.append(f'<path class="{"fan" if heavy else "line"}" d="{"".join(d)}"/>')
+    if heads:
+        out.append(f'<path class="head" d="{"".join(heads)}"/>')
     out.append('</g><g class="boxes">')
     for box in boxes.values():
         x, y = box.x, box.y

@@ -22,7 +22,7 @@
     }
     var save = function () { view = { x: vb.x, y: vb.y, w: vb.width, h: vb.height }; };
     if (view) { vb.x = view.x; vb.y = view.y; vb.width = view.w; vb.height = view.h; }
-    else fit(2.5); // start readable: at most 2.5 units a pixel, anchored at the left
+    else fit(1.35); // start readable (text at least ~9 px), anchored at the left
     svg.removeAttribute("width"); svg.removeAttribute("height");
     svg.style.transformOrigin = "0 0";
 
