@@ -769,9 +769,12 @@ def create_app(
         task_id: str,
         attempt: Annotated[int, Query(ge=1, description="the attempt (from 1)")],
         offset: Annotated[
-            int | None, Query(ge=0, description="first character; none: the last page")
+            int | None,
+            Query(ge=0, description="first character (code points, not bytes); none: the tail"),
         ] = None,
-        limit: Annotated[int, Query(ge=1, le=1 << 20, description="characters")] = LOG_PAGE,
+        limit: Annotated[
+            int, Query(ge=1, le=1 << 20, description="characters (code points, not bytes)")
+        ] = LOG_PAGE,
     ) -> LogOut:
         """A page of one attempt's captured output: ``limit`` characters from
         ``offset``, or the last ``limit`` (the tail) without ``offset``."""

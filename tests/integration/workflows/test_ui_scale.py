@@ -44,9 +44,9 @@ def fragile(x: int, flag: str) -> int:
 
 
 @hs.remote
-def chatty(lines: int) -> int:
+def chatty(lines: int, word: str = "line") -> int:
     for i in range(lines):
-        print(f"line {i:05d}")
+        print(f"{word} {i:05d}")
     return lines
 
 
@@ -279,6 +279,26 @@ def test_step_logs_are_paged(wf_backend: str, runtime: Runtime) -> None:
         assert c.get(f"{base}/logs", params={"attempt": 1, "offset": -1}).status_code == 422
         assert c.get(f"{base}/logs", params={"attempt": 0}).status_code == 422
         assert c.get("/api/workflows/log/steps/nope/logs?attempt=1").status_code == 404
+
+
+def test_log_offsets_count_characters_not_bytes(wf_backend: str, runtime: Runtime) -> None:
+    word = "h\u00e9lio\u2600\U0001f600"  # 1, 2, 3 and 4 bytes in UTF-8
+    step = chatty.options(**workflow.options(task_id="talk")).bind(40, word)
+    workflow.run(step, workflow_id="utf8")
+    printed = "".join(f"{word} {i:05d}\n" for i in range(40))
+    base = "/api/workflows/utf8/steps/talk/logs"
+    with TestClient(create_app()) as c:
+        tail = c.get(base, params={"attempt": 1}).json()
+        assert tail["unit"] == "characters"
+        assert tail["length"] == tail["size"] == len(printed) < len(printed.encode())
+        for offset, limit in ((0, 7), (5, 2), (len(printed) - 3, 10)):
+            page = c.get(base, params={"attempt": 1, "offset": offset, "limit": limit}).json()
+            assert page["text"] == printed[offset : offset + limit], (offset, limit)
+            assert page["offset"] == offset
+        schema = c.get("/api/openapi.json").json()["components"]["schemas"]["LogOut"]
+        assert "characters" in schema["description"] and "never bytes" in schema["description"]
+        assert schema["properties"]["unit"]["const"] == "characters"
+        assert "characters" in schema["properties"]["size"]["description"]
 
 
 def test_checkpoint_download_cannot_leave_the_store(
