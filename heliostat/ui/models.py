@@ -108,7 +108,7 @@ class LogOut(BaseModel):
     attempt: int
     text: str
     unit: Literal["characters"] = Field(
-        "characters", description="what offset, length and the limit parameter count"
+        default="characters", description="what offset, length and the limit parameter count"
     )
     offset: int = Field(description="characters of the stored log before this page")
     length: int = Field(

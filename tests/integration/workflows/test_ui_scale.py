@@ -24,7 +24,7 @@ from heliostat.storage.db import default_db_url
 from heliostat.storage.signing import default_signer
 from heliostat.storage.states import WorkflowStatus
 from heliostat.ui import create_app
-from heliostat.ui.app import LOG_PAGE
+from heliostat.ui.state import LOG_PAGE
 from heliostat.workflows.compile import compile_dag
 from heliostat.workflows.events import WorkflowMove
 from heliostat.workflows.lease import LeaseOwner
@@ -367,7 +367,7 @@ def _forge(
 
 
 def test_schedule_trigger_says_the_run_waits_for_a_scheduler(wf_backend: str) -> None:
-    from heliostat.ui.app import _waiting
+    from heliostat.ui.views import _waiting
     from heliostat.workflows import schedules
 
     schedules.create("hourly", f"{__name__}:hourly_target", cron="0 * * * *")
