@@ -83,7 +83,9 @@ def gantt_svg(
         tick = fmt_seconds(span * i / 4) or "0"
         out.append(
             f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height - 18}" class="grid"/>'
-            f'<text x="{x:.1f}" y="{height - 4}" class="tick">+{tick}</text>'
+            # The last tick ends at the axis' end (centred, it would be cut off).
+            f'<text x="{x:.1f}" y="{height - 4}" class="tick{" end" if i == 4 else ""}">'
+            f"+{tick}</text>"
         )
     for i, (tid, attempt, status, s, f) in enumerate(rows):
         assert s is not None
