@@ -10,8 +10,9 @@ something to show. Only durability is relaxed while filling (SQLite
 ``synchronous=OFF``, PostgreSQL ``synchronous_commit=off``): the rows are the ones a
 real run writes.
 
-It also stores one 2,000-step workflow (every step with its own parents, so nothing
-folds) and times its page, the DAG drawn on the server.
+It also stores one 2,000-step workflow (layers of 100 calls of one function, each step
+fed by two of the layer before) and times its page, the DAG drawn on the server: folded
+(one box per layer) by default, every step with ``?full=1``.
 
 Then it times each endpoint in-process with FastAPI's test client (the whole request
 through the app, without a network) and prints JSON with p50/p95 milliseconds::
@@ -20,8 +21,10 @@ through the app, without a network) and prints JSON with p50/p95 milliseconds::
     .venv/bin/python benchmarks/ui.py --postgres            # the same on the local PostgreSQL
     .venv/bin/python benchmarks/ui.py --db-url sqlite:////tmp/ui.db --keep   # fill once
 
-``--browser`` also loads the 2,000-step workflow's page in headless Chromium
-(``/usr/bin/chromium``) served by uvicorn, and reports the time to the load event.
+``--browser`` also loads the 2,000-step workflow's page, folded and in full, in
+headless Chromium (``/usr/bin/chromium``) served by uvicorn, and reports where the time
+goes: the server's answer, the document parsed, the load event, the DAG's pan/zoom
+ready, and the frame of one zoom step (see :func:`_browser_load`).
 
 A database that already holds the runs asked for is not filled again (``--keep`` keeps
 it; otherwise the temp SQLite file, or the PostgreSQL schema, is removed at the end).
@@ -330,8 +333,46 @@ def _database(args: argparse.Namespace) -> Iterator[str]:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def _browser_load(app: Any, path: str, reps: int) -> dict[str, float]:
-    """Milliseconds from navigation to the load event of ``path`` in headless Chromium."""
+_BROWSER_PROBE = """async () => {
+  const nav = performance.getEntriesByType('navigation')[0];
+  const ready = performance.getEntriesByName('dag-ready')[0];
+  const svg = document.querySelector('svg.dag');
+  // A zoom step as the wheel does it: change the viewBox, wait for the frame after.
+  const frames = [];
+  if (svg) {
+    const vb = svg.viewBox.baseVal;
+    for (let i = 0; i < 8; i++) {
+      const t0 = performance.now();
+      const f = i % 2 ? 1 / 1.15 : 1.15;
+      vb.width *= f; vb.height *= f; vb.x += 7; vb.y += 3;
+      await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+      frames.push(performance.now() - t0);
+    }
+  }
+  return {
+    server: nav.responseStart - nav.requestStart,
+    transfer: nav.responseEnd - nav.responseStart,
+    dom_ready: nav.domContentLoadedEventEnd - nav.startTime,
+    load: nav.loadEventEnd - nav.startTime,
+    interactive: ready ? ready.startTime : null,
+    zoom_frame: frames.length ? frames.reduce((a, b) => a + b) / frames.length : null,
+    html_bytes: nav.transferSize || nav.encodedBodySize,
+    svg_elements: svg ? svg.getElementsByTagName('*').length : 0,
+    dom_elements: document.getElementsByTagName('*').length,
+  };
+}"""
+
+
+def _browser_load(app: Any, path: str, reps: int) -> dict[str, Any]:
+    """One page in headless Chromium (``/usr/bin/chromium``) served by uvicorn.
+
+    Milliseconds (p50/p95) from navigation start: ``server`` (request sent to first
+    byte: the server's render), ``transfer`` (first to last byte), ``dom_ready``
+    (DOMContentLoaded handled), ``load`` (the load event ended), ``interactive`` (the
+    DAG's pan/zoom wired, the ``dag-ready`` mark of ``ui.js``), and ``zoom_frame`` (one
+    zoom step to the next painted frame, the cost of panning or zooming); then the page's
+    size: HTML bytes, SVG and DOM elements.
+    """
     import socket
 
     import uvicorn
@@ -349,7 +390,7 @@ def _browser_load(app: Any, path: str, reps: int) -> dict[str, float]:
             if time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start within 30 s")
             time.sleep(0.05)  # waiting for the server thread to listen
-        times = []
+        samples: list[dict[str, Any]] = []
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path="/usr/bin/chromium",
@@ -359,19 +400,22 @@ def _browser_load(app: Any, path: str, reps: int) -> dict[str, float]:
                 page = browser.new_page(viewport={"width": 1360, "height": 900})
                 for _ in range(reps + 1):
                     page.goto(f"http://127.0.0.1:{port}{path}", wait_until="load")
-                    times.append(
-                        page.evaluate(
-                            "() => { const t = performance.getEntriesByType('navigation')[0];"
-                            " return t.loadEventEnd - t.startTime; }"
-                        )
-                    )
+                    page.wait_for_selector("[data-panzoom][data-ready]")
+                    samples.append(page.evaluate(_BROWSER_PROBE))
             finally:
                 browser.close()
-        times = sorted(times[1:])
-        return {
-            "p50_ms": round(statistics.median(times), 1),
-            "p95_ms": round(times[min(len(times) - 1, int(len(times) * 0.95))], 1),
-        }
+        samples = samples[1:]  # the first warms the browser's cache of ui.css / ui.js
+        out: dict[str, Any] = {}
+        for key in ("server", "transfer", "dom_ready", "load", "interactive", "zoom_frame"):
+            times = sorted(s[key] for s in samples if s[key] is not None)
+            if times:
+                out[f"{key}_ms"] = {
+                    "p50": round(statistics.median(times), 1),
+                    "p95": round(times[min(len(times) - 1, int(len(times) * 0.95))], 1),
+                }
+        for key in ("html_bytes", "svg_elements", "dom_elements"):
+            out[key] = samples[-1][key]
+        return out
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -442,6 +486,7 @@ def main() -> None:
                     "page_workflow": f"/workflows/{some}",
                     "api_workflow_2000_steps": f"/api/workflows/{BIG_DAG_ID}",
                     "page_workflow_2000_steps": f"/workflows/{BIG_DAG_ID}",
+                    "page_workflow_2000_steps_full": f"/workflows/{BIG_DAG_ID}?full=1",
                 }
                 out: dict[str, Any] = {
                     "backend": url.split(":", 1)[0].split("+", 1)[0],
@@ -453,8 +498,11 @@ def main() -> None:
                     },
                 }
                 if args.browser:
-                    out["browser_load_2000_steps"] = _browser_load(
-                        client.app, f"/workflows/{BIG_DAG_ID}", min(args.reps, 10)
+                    out["browser_2000_steps"] = _browser_load(
+                        client.app, f"/workflows/{BIG_DAG_ID}", min(args.reps, 20)
+                    )
+                    out["browser_2000_steps_full"] = _browser_load(
+                        client.app, f"/workflows/{BIG_DAG_ID}?full=1", min(args.reps, 20)
                     )
             print(json.dumps(out, indent=2))
     finally:

@@ -85,7 +85,8 @@ ID_LENGTH = 255
 """Longest workflow id or task id, in characters."""
 
 LOG_LIMIT = 1 << 20
-"""Most bytes of one attempt's printed output that are kept (the last ones)."""
+"""Most characters (code points, not bytes) of one attempt's printed output that are
+kept (the last ones). Log pages count offsets in the same unit."""
 
 COUNT_SHARDS = 16
 """Rows per status in ``workflow_status_counts`` (see :class:`WorkflowStatusCount`)."""

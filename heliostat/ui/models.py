@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -97,18 +97,27 @@ class WalOut(BaseModel):
 class LogOut(BaseModel):
     """A page of one attempt's captured output (stdout and stderr as printed).
 
-    ``text`` is characters ``offset .. offset + len(text)`` of the ``length`` stored;
-    ask ``/api/workflows/{id}/steps/{task}/logs?attempt=N&offset=M`` for another page.
+    Offsets and lengths count characters (Unicode code points), never bytes: ``text``
+    is characters ``offset .. offset + len(text)`` of the ``length`` stored, and the
+    ``offset`` / ``limit`` parameters of
+    ``/api/workflows/{id}/steps/{task}/logs?attempt=N&offset=M&limit=L`` take
+    characters too, so a page never splits a character (``size`` as well: what was
+    printed in all, of which the last ``length`` are kept).
     """
 
     attempt: int
     text: str
+    unit: Literal["characters"] = Field(
+        default="characters", description="what offset, length and the limit parameter count"
+    )
     offset: int = Field(description="characters of the stored log before this page")
-    length: int = Field(description="characters stored for the attempt (the last 1 MiB)")
-    size: int = Field(description="bytes the attempt printed in all")
+    length: int = Field(
+        description="characters stored for the attempt (its last 1,048,576 are kept)"
+    )
+    size: int = Field(description="characters the attempt printed in all, kept or not")
     truncated: bool = Field(description="the start of the output was not kept")
-    more_before: bool
-    more_after: bool
+    more_before: bool = Field(description="characters before this page are stored")
+    more_after: bool = Field(description="characters after this page are stored")
 
 
 class StepDetail(StepOut):

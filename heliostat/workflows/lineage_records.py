@@ -91,7 +91,7 @@ class LogPage:
     offset: int
     length: int
     size: int
-    """Bytes the attempt wrote in all (more than ``length`` when its start was cut)."""
+    """Characters the attempt wrote in all (more than ``length`` when its start was cut)."""
     truncated: bool
     """Whether the start of the output was dropped (past ``LOG_LIMIT``)."""
 

@@ -17,7 +17,7 @@ records that the worker loads (and verifies) itself.
 A step never fails as a task: :class:`StepCall` catches what the step raises and
 reports it in :class:`StepMeta` (the exception's type, message and the worker's
 traceback of the user's code, the exception itself pickled when it can be), with what
-the step printed (stdout and stderr, the last ``LOG_LIMIT`` bytes) and when it really
+the step printed (stdout and stderr, the last ``CAPTURE_LIMIT`` characters) and when it really
 started and finished executing. So every attempt's lineage is complete, and the
 engine never retries a step behind the workflow's back. Only an interruption
 (cancel) or the death of the worker ends the task without a ``StepMeta``.

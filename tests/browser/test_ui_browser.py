@@ -281,6 +281,35 @@ def test_browse_fix_resume_and_trigger(world: World, server: str, tmp_path: Path
             assert "\u00d7190" in (page.text_content("svg.dag") or "")
             page.screenshot(path=str(shots / "workflow_200.png"))
 
+            # Pan and zoom: the wheel and a drag move the drawing (its viewBox).
+            page.wait_for_selector("[data-panzoom][data-ready]")
+            view = "() => { const b = document.querySelector('svg.dag').viewBox.baseVal;"
+            before = page.evaluate(view + " return [b.x, b.y, b.width]; }")
+            wrap = page.locator(".dag-wrap").bounding_box()
+            assert wrap is not None
+            cx, cy = wrap["x"] + wrap["width"] / 2, wrap["y"] + wrap["height"] / 2
+            page.mouse.move(cx, cy)
+            page.mouse.wheel(0, 400)  # out
+            page.wait_for_function(
+                view + f" return b.width > {before[2] * 1.1}; }}", timeout=10_000
+            )
+            zoomed = page.evaluate(view + " return [b.x, b.y, b.width]; }")
+            page.mouse.move(cx + 40, cy + 40)  # off the boxes: a drag, not a click
+            page.mouse.down()
+            page.mouse.move(cx - 160, cy - 20, steps=6)
+            page.mouse.up()
+            page.wait_for_function(view + f" return b.x > {zoomed[0] + 50}; }}", timeout=10_000)
+            assert page.url.endswith("/workflows/wide-200")  # a drag opens nothing
+
+            # The folded fan-out unfolds on a click: its 190 steps, each its own box.
+            page.click("svg.dag a.group")
+            page.wait_for_url("**/workflows/wide-200?expand=*")
+            page.wait_for_selector("svg.dag a[data-task=part_189]")
+            assert page.locator("svg.dag a[data-task^=part]").count() == 190
+            assert page.locator("svg.dag a.group").count() == 0
+            page.click("text=Fold groups again")
+            page.wait_for_selector("svg.dag a.group")
+
             # Trigger a schedule from its page.
             page.goto(f"{server}/schedules/nightly")
             page.click("button:has-text('Trigger now')")

@@ -4,48 +4,89 @@
   "use strict";
   var view = null; // the DAG's viewBox, kept across refreshes
 
+  // Pan and zoom move the drawn SVG with a CSS transform (the compositor moves the
+  // picture; nothing is laid out again), and the viewBox is changed once the gesture
+  // ends, so even a graph of every step of a big run follows the mouse.
   function panzoom(wrap) {
     var svg = wrap.querySelector("svg");
     if (!svg) return;
     var vb = svg.viewBox.baseVal;
     var full = { x: vb.x, y: vb.y, w: vb.width, h: vb.height };
-    if (view) { vb.x = view.x; vb.y = view.y; vb.width = view.w; vb.height = view.h; }
-    else {
-      // start readable: at most ~1.3 px per unit wide, anchored at the left
-      var rect = wrap.getBoundingClientRect();
+    var rect = wrap.getBoundingClientRect();
+    function fit(cap) {
       var scale = Math.max(full.w / rect.width, full.h / rect.height, 1 / 1.3);
-      if (scale > 2.5) scale = 2.5;
+      if (cap && scale > cap) scale = cap;
       vb.width = rect.width * scale; vb.height = rect.height * scale;
       vb.x = full.w < vb.width ? (full.w - vb.width) / 2 : 0; vb.y = (full.h - vb.height) / 2;
+      save();
     }
-    svg.removeAttribute("width"); svg.removeAttribute("height");
     var save = function () { view = { x: vb.x, y: vb.y, w: vb.width, h: vb.height }; };
-    save();
+    if (view) { vb.x = view.x; vb.y = view.y; vb.width = view.w; vb.height = view.h; }
+    else fit(1.35); // start readable (text at least ~9 px), anchored at the left
+    svg.removeAttribute("width"); svg.removeAttribute("height");
+    svg.style.transformOrigin = "0 0";
+
+    var t = { x: 0, y: 0, s: 1 }, timer = null;
+    function show() { svg.style.transform = "translate(" + t.x + "px," + t.y + "px) scale(" + t.s + ")"; }
+    function commit() {
+      timer = null;
+      if (t.x === 0 && t.y === 0 && t.s === 1) return;
+      var k = vb.width / rect.width;
+      vb.x += -t.x / t.s * k; vb.y += -t.y / t.s * k;
+      vb.width /= t.s; vb.height /= t.s;
+      t = { x: 0, y: 0, s: 1 }; svg.style.transform = ""; save();
+    }
+    function zoomAt(px, py, f) { // f > 1: zoom out
+      t.x = px - (px - t.x) / f; t.y = py - (py - t.y) / f; t.s /= f; show();
+      if (timer) clearTimeout(timer);
+      timer = setTimeout(commit, 160);
+    }
     wrap.addEventListener("wheel", function (e) {
       e.preventDefault();
-      var r = svg.getBoundingClientRect();
-      var f = e.deltaY > 0 ? 1.15 : 1 / 1.15;
-      var px = vb.x + (e.clientX - r.left) / r.width * vb.width;
-      var py = vb.y + (e.clientY - r.top) / r.height * vb.height;
-      vb.width *= f; vb.height *= f;
-      vb.x = px - (px - vb.x) * f; vb.y = py - (py - vb.y) * f;
-      save();
+      rect = wrap.getBoundingClientRect();
+      zoomAt(e.clientX - rect.left, e.clientY - rect.top, e.deltaY > 0 ? 1.15 : 1 / 1.15);
     }, { passive: false });
     var drag = null;
     wrap.addEventListener("mousedown", function (e) {
-      drag = { x: e.clientX, y: e.clientY, vx: vb.x, vy: vb.y, moved: false };
+      if (e.button !== 0 || e.target.closest(".dag-tools")) return;
+      if (timer) { clearTimeout(timer); commit(); }
+      rect = wrap.getBoundingClientRect();
+      drag = { x: e.clientX, y: e.clientY, moved: false };
       wrap.classList.add("dragging");
     });
     window.addEventListener("mousemove", function (e) {
       if (!drag) return;
-      var r = svg.getBoundingClientRect();
       var dx = e.clientX - drag.x, dy = e.clientY - drag.y;
       if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
-      vb.x = drag.vx - dx / r.width * vb.width; vb.y = drag.vy - dy / r.height * vb.height;
-      save();
+      t.x = dx; t.y = dy; show();
     });
-    window.addEventListener("mouseup", function () { wrap.classList.remove("dragging"); setTimeout(function () { drag = null; }, 0); });
+    window.addEventListener("mouseup", function () {
+      if (!drag) return;
+      wrap.classList.remove("dragging"); commit();
+      setTimeout(function () { drag = null; }, 0);
+    });
     wrap.addEventListener("click", function (e) { if (drag && drag.moved) e.preventDefault(); }, true);
+    wrap.addEventListener("dblclick", function (e) {
+      if (e.target.closest("a, .dag-tools")) return;
+      rect = wrap.getBoundingClientRect(); fit(0);
+    });
+    // Buttons for those without a wheel: zoom in, out, and fit the whole graph.
+    var tools = document.createElement("div");
+    tools.className = "dag-tools";
+    [["+", "zoom in", 1 / 1.3], ["\u2212", "zoom out", 1.3], ["\u2922", "fit the graph", 0]].forEach(function (b) {
+      var btn = document.createElement("button");
+      btn.type = "button"; btn.textContent = b[0]; btn.title = b[1];
+      btn.setAttribute("aria-label", b[1]);
+      btn.addEventListener("click", function () {
+        rect = wrap.getBoundingClientRect();
+        if (b[2]) { zoomAt(rect.width / 2, rect.height / 2, b[2]); if (timer) { clearTimeout(timer); commit(); } }
+        else fit(0);
+      });
+      tools.appendChild(btn);
+    });
+    wrap.appendChild(tools);
+    wrap.setAttribute("data-ready", "1");
+    if (window.performance && performance.mark) performance.mark("dag-ready");
   }
 
   function init(root) {

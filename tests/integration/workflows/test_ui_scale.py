@@ -24,8 +24,7 @@ from heliostat.storage.db import default_db_url
 from heliostat.storage.signing import default_signer
 from heliostat.storage.states import WorkflowStatus
 from heliostat.ui import create_app
-from heliostat.ui.app import LOG_PAGE
-from heliostat.workflows import lineage
+from heliostat.ui.state import LOG_PAGE
 from heliostat.workflows.compile import compile_dag
 from heliostat.workflows.events import WorkflowMove
 from heliostat.workflows.lease import LeaseOwner
@@ -45,9 +44,9 @@ def fragile(x: int, flag: str) -> int:
 
 
 @hs.remote
-def chatty(lines: int) -> int:
+def chatty(lines: int, word: str = "line") -> int:
     for i in range(lines):
-        print(f"line {i:05d}")
+        print(f"{word} {i:05d}")
     return lines
 
 
@@ -168,8 +167,8 @@ def _walk(c: TestClient, limit: int, **params: Any) -> list[str]:
             return seen
 
 
-def test_keyset_paging_filters_and_prefix_search_over_a_fill(
-    wf_backend: str, store: WorkflowStore, monkeypatch: pytest.MonkeyPatch
+def test_keyset_paging_filters_and_substring_search_over_a_fill(
+    wf_backend: str, store: WorkflowStore
 ) -> None:
     made = _fill(store, 400)
     newest = sorted(made, key=lambda w: (made[w][0], w), reverse=True)
@@ -180,21 +179,23 @@ def test_keyset_paging_filters_and_prefix_search_over_a_fill(
         two = [w for w in newest if made[w][1] in ("FAILED", "CANCELED")]
         assert _walk(c, 23, status=["FAILED", "CANCELED"]) == two
         assert _walk(c, 40, status="RUNNING") == [w for w in newest if made[w][1] == "RUNNING"]
-        # Prefix search: what the id starts with, case-sensitive; LIKE wildcards are
-        # plain characters.
+        # Search: text anywhere in the id, case-sensitive; LIKE wildcards are plain text.
         assert _walk(c, 50, search="w-00012") == [f"w-00012{i}" for i in range(9, -1, -1)]
         assert _walk(c, 50, search="w-00012", status="FAILED") == [
             "w-000129",
             "w-000125",
             "w-000121",
         ]
-        for none in ("W-0001", "-0001", "w-0001_", "w-%", "x"):
+        assert _walk(c, 7, search="0012") == [w for w in newest if "0012" in w]
+        assert _walk(c, 50, search="-00039") == [f"w-00039{i}" for i in range(9, -1, -1)]
+        assert _walk(c, 30, search="-0", status=["FAILED", "CANCELED"]) == two
+        for none in ("W-0001", "w-0001_", "w-%", "x", "0012w"):
             assert _walk(c, 50, search=none) == [], none
-        # Many matches: SQLite reads them in time order instead of sorting them.
-        monkeypatch.setattr(lineage, "SEARCH_SORT_LIMIT", 5)
-        assert _walk(c, 50, search="w-00012") == [f"w-00012{i}" for i in range(9, -1, -1)]
-        assert _walk(c, 30, search="w-0", status=["FAILED", "CANCELED"]) == two
-        assert _walk(c, 50, search="w-0003") == [w for w in newest if w.startswith("w-0003")]
+        # The CLI's listing ('heliostat workflow list --search', through
+        # list_workflows) matches the same way, in the same order.
+        for text in ("0012", "-00039", "W-0001", "w-%", "w-0001_"):
+            listed = [r.workflow_id for r in store.list_workflows(search=text)]
+            assert listed == _walk(c, 50, search=text), text
         expected = {"SUCCESSFUL": 100, "FAILED": 100, "CANCELED": 100, "RUNNING": 100}
         assert c.get("/api/workflows").json()["counts"] == expected == _recounted(store)
         html = c.get("/workflows", params={"status": "FAILED", "limit": 10}).text
@@ -216,9 +217,11 @@ def test_a_page_is_one_index_range(wf_backend: str, store: WorkflowStore) -> Non
     try:
         for status in (None, [WorkflowStatus.FAILED, WorkflowStatus.RUNNING]):
             store.list_page(status, limit=10, after=(after[1][0], after[0]))
+        # A search reads the same ranges, testing each entry: still no sort.
+        store.list_page(None, limit=10, search="-0000", after=(after[1][0], after[0]))
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", capture)
-    assert len(statements) == 3  # unfiltered, then one per status
+    assert len(statements) == 4  # unfiltered, one per status, searched
     with store.engine.connect() as conn:
         for statement, params in statements:
             if store.engine.dialect.name == "sqlite":
@@ -276,6 +279,26 @@ def test_step_logs_are_paged(wf_backend: str, runtime: Runtime) -> None:
         assert c.get(f"{base}/logs", params={"attempt": 1, "offset": -1}).status_code == 422
         assert c.get(f"{base}/logs", params={"attempt": 0}).status_code == 422
         assert c.get("/api/workflows/log/steps/nope/logs?attempt=1").status_code == 404
+
+
+def test_log_offsets_count_characters_not_bytes(wf_backend: str, runtime: Runtime) -> None:
+    word = "h\u00e9lio\u2600\U0001f600"  # 1, 2, 3 and 4 bytes in UTF-8
+    step = chatty.options(**workflow.options(task_id="talk")).bind(40, word)
+    workflow.run(step, workflow_id="utf8")
+    printed = "".join(f"{word} {i:05d}\n" for i in range(40))
+    base = "/api/workflows/utf8/steps/talk/logs"
+    with TestClient(create_app()) as c:
+        tail = c.get(base, params={"attempt": 1}).json()
+        assert tail["unit"] == "characters"
+        assert tail["length"] == tail["size"] == len(printed) < len(printed.encode())
+        for offset, limit in ((0, 7), (5, 2), (len(printed) - 3, 10)):
+            page = c.get(base, params={"attempt": 1, "offset": offset, "limit": limit}).json()
+            assert page["text"] == printed[offset : offset + limit], (offset, limit)
+            assert page["offset"] == offset
+        schema = c.get("/api/openapi.json").json()["components"]["schemas"]["LogOut"]
+        assert "characters" in schema["description"] and "never bytes" in schema["description"]
+        assert schema["properties"]["unit"]["const"] == "characters"
+        assert "characters" in schema["properties"]["size"]["description"]
 
 
 def test_checkpoint_download_cannot_leave_the_store(
@@ -344,7 +367,7 @@ def _forge(
 
 
 def test_schedule_trigger_says_the_run_waits_for_a_scheduler(wf_backend: str) -> None:
-    from heliostat.ui.app import _waiting
+    from heliostat.ui.views import _waiting
     from heliostat.workflows import schedules
 
     schedules.create("hourly", f"{__name__}:hourly_target", cron="0 * * * *")
