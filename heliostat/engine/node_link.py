@@ -73,6 +73,8 @@ log = logging.getLogger("heliostat.cluster")
 _SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
 _SEND_TIMEOUT = 30.0  # seconds for one Deliver call
 _SEND_TRIES = 5
+_LINGER_S = 0.0005  # how long a sender waits for more messages before a call
+_BATCH = 64  # messages that are worth a call without waiting
 
 
 def _int(raw: bytes) -> int:
@@ -246,6 +248,10 @@ class _PeerSender:
                     self._cond.wait()
                 if self._closed and not self._queue:
                     return
+                if len(self._queue) < _BATCH and not self._closed:
+                    # Linger a moment for more: a burst of small tasks then costs one
+                    # call per batch instead of one per task (the calls dominate).
+                    self._cond.wait(timeout=_LINGER_S)
                 effects = list(self._queue)
                 self._queue.clear()
             # Encoded here, off the node lock: what an effect holds does not change
