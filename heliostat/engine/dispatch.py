@@ -226,17 +226,8 @@ class Dispatch:
                     actors.pump(actor)
                 return
         if spec.kind is TaskKind.NORMAL:
-            peers = self.peers
-            if peers is not None and spec.strategy is not None:
-                where = peers.route(spec, self.local_view())
-                if type(where) is str:
-                    exc = TaskUnschedulableError(f"Task {spec.name!r} cannot be scheduled: {where}")
-                    self._tasks.fail(spec, error_payload(exc), "infeasible")
-                    return
-                if where is not None:
-                    transition(spec, TaskState.READY)
-                    peers.forward(spec, where)
-                    return
+            if self.peers is not None and spec.strategy is not None and self._routed(spec):
+                return
             transition(spec, TaskState.READY)
             queue = self.ready.get(spec.resources)
             if queue is None:
@@ -251,6 +242,20 @@ class Dispatch:
             actors.pump(actor)
         else:
             actors.start(actor)
+
+    def _routed(self, spec: TaskSpec) -> bool:
+        """Place a ready task with an explicit strategy over the cluster: True if it was
+        sent to a peer or failed as unschedulable, False if it queues here."""
+        where = self.peers.route(spec, self.local_view())
+        if type(where) is str:
+            exc = TaskUnschedulableError(f"Task {spec.name!r} cannot be scheduled: {where}")
+            self._tasks.fail(spec, error_payload(exc), "infeasible")
+            return True
+        if where is None:
+            return False
+        transition(spec, TaskState.READY)
+        self.peers.forward(spec, where)
+        return True
 
     def reconstruct(self, entry: ObjectEntry) -> bool:
         """Re-run the task that made ``entry`` (lineage reconstruction)."""
@@ -460,17 +465,8 @@ class Dispatch:
     def retry(self, spec: TaskSpec) -> None:
         spec.worker = None
         if spec.kind is TaskKind.NORMAL:
-            peers = self.peers
-            if peers is not None and spec.strategy is not None:
-                where = peers.route(spec, self.local_view())
-                if type(where) is str:
-                    exc = TaskUnschedulableError(f"Task {spec.name!r} cannot be scheduled: {where}")
-                    self._tasks.fail(spec, error_payload(exc), "infeasible")
-                    return
-                if where is not None:
-                    transition(spec, TaskState.READY)
-                    peers.forward(spec, where)
-                    return
+            if self.peers is not None and spec.strategy is not None and self._routed(spec):
+                return
             transition(spec, TaskState.READY)
             queue = self.ready.get(spec.resources)
             if queue is None:

@@ -259,10 +259,16 @@ class Peers:
         strategy = _placement_strategy(spec.strategy)
         if strategy is None or not self.spillable(spec):
             return None
-        nodes = [local, *self._views()]
+        return self._choose(spec.resources, local, strategy)
+
+    def _choose(
+        self, request: ResourceSet, local: NodeView, strategy: Strategy | NodeAffinity
+    ) -> int | str | None:
+        """The placement policy over this node and its peers: None (here), a peer's
+        index, or why no node ever can (a string)."""
         decision = choose_node(
-            spec.resources,
-            nodes,
+            request,
+            [local, *self._views()],
             local_node_id=local.node_id,
             strategy=strategy,
             spread_counter=next(self._spread),
@@ -557,23 +563,11 @@ class Peers:
                     best is None or self.actors_on.get(index, 0) < self.actors_on.get(best, 0)
                 ):
                     best = index
-            if best is None:
-                return choose_node(
-                    request, [local_view, *self._views()], local_node_id=local_view.node_id
-                ).reason
-            return best
-        decision = choose_node(
-            request,
-            [local_view, *self._views()],
-            local_node_id=local_view.node_id,
-            strategy=strategy,
-            spread_counter=next(self._spread),
-        )
-        if decision.kind is PlacementKind.INFEASIBLE:
-            return decision.reason
-        if decision.node_id is None or decision.node_id == local_view.node_id:
-            return 0
-        return int(decision.node_id, 16)
+            if best is not None:
+                return best
+            strategy = Strategy.DEFAULT  # no node can hold it: the policy says why
+        where = self._choose(request, local_view, strategy)
+        return 0 if where is None else where
 
     def create_remote_actor(self, actor: Any, index: int) -> None:
         """Create an actor of ours on node ``index``; its calls follow it there."""
