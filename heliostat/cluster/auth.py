@@ -83,6 +83,18 @@ def read_token_file(path: str | os.PathLike[str]) -> str | None:
     return text
 
 
+def new_token() -> str:
+    """A random cluster token (URL-safe base64 of ``TOKEN_BYTES`` bytes).
+
+    Never one that starts with ``-``: pasted after ``--token`` on a command line, it
+    would be read as an option (one token in 64 did).
+    """
+    while True:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        if not token.startswith("-"):
+            return token
+
+
 def ensure_token_file(path: str | os.PathLike[str]) -> tuple[str, bool]:
     """The token at ``path``, created (mode ``0600``) when there is none.
 
@@ -97,7 +109,7 @@ def ensure_token_file(path: str | os.PathLike[str]) -> tuple[str, bool]:
         return existing, False
     target = Path(path)
     make_private_dirs(target.parent)
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token = new_token()
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE_MODE)
     try:
