@@ -227,11 +227,11 @@ def test_actors_live_on_nodes_and_keep_their_state(
 
 
 def test_a_node_killed_while_1000_tasks_run_loses_no_result(
-    daemons: Daemons, db_url: str | None, wait_for: Callable[..., Any]
+    daemons: Daemons, pg_schema_url: Callable[[], str], wait_for: Callable[..., Any]
 ) -> None:
-    """On a cluster of its own (it kills a node), with the head's tables in SQLite and
-    in PostgreSQL."""
-    with joined(Cluster(daemons, db_url)) as driver:
+    """On a cluster of its own (it kills a node), with the head's tables in PostgreSQL
+    (the module's shared cluster keeps them in SQLite)."""
+    with joined(Cluster(daemons, pg_schema_url())) as driver:
         _kill_a_node_under_load(driver, wait_for)
 
 
