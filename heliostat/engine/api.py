@@ -164,9 +164,13 @@ def init(
             "heliostat is already initialized; call shutdown() first or pass "
             "ignore_reinit_error=True."
         )
-    from heliostat.engine.cluster_join import resolve_address
+    head_address = None
+    if address not in (None, "local") or (address is None and _env_address()):
+        # Only when joining a cluster: the cluster's modules (grpc, SQL models) are
+        # heavy, and a local node's init() must stay fast.
+        from heliostat.engine.cluster_join import resolve_address
 
-    head_address = resolve_address(address)
+        head_address = resolve_address(address)
     if head_address is not None:
         given = {
             "num_cpus": num_cpus,
