@@ -188,6 +188,7 @@ def init(
             head_address,
             token,
             namespace=namespace,
+            max_workers=max_workers,  # the driver node's own workers (tasks needing no CPU)
             storage=storage,
             log_to_driver=checked.log_to_driver,
             env_vars=checked.env_vars,
