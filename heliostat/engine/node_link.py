@@ -237,8 +237,8 @@ class _PeerSender:
         with self._cond:
             self._closed = True
             self._cond.notify()
+        self.channel.close()  # first: a call stuck on a dead peer ends now
         self._thread.join(timeout=5)
-        self.channel.close()
 
     def _run(self) -> None:
         link = self._link
@@ -379,11 +379,25 @@ class NodeLink:
                     alive=alive and ":" in view.address,
                 )
             )
+        live = {
+            info.index: info.address
+            for info in infos
+            if info.alive and info.index != self.node_index
+        }
+        gone: list[_PeerSender] = []
         with self._lock:
-            for info in infos:
-                if info.alive and info.index != self.node_index:
-                    self._addresses[info.index] = info.address
+            # A peer that died, or came back elsewhere, loses its sender (its thread
+            # and channel): nodes come and go, and their senders must not pile up.
+            for index, address in list(self._addresses.items()):
+                if live.get(index) != address:
+                    del self._addresses[index]
+                    sender = self._senders.pop(index, None)
+                    if sender is not None:
+                        gone.append(sender)
+            self._addresses.update(live)
         self._manager.peer_event(lambda state: state.peers.update(infos))
+        for sender in gone:
+            sender.close()
 
     def _watch(self) -> None:
         while not self._stop.wait(self._poll_interval):

@@ -92,18 +92,11 @@ __all__ = [
     "ReleaseAt",
     "ReportTask",
     "WireValue",
-    "node_index_of",
 ]
 
 log = logging.getLogger("heliostat.engine")
 
-_NODE_SHIFT = 64  # ids.py: bits 64..79 are the minting process's node index
 _SHM = ObjKind.SHM
-
-
-def node_index_of(ident: int) -> int:
-    """The index of the node whose process minted ``ident`` (ids.py's layout)."""
-    return ident >> _NODE_SHIFT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
