@@ -258,6 +258,12 @@ def _kill_a_node_under_load(driver: Cluster, wait_for: Callable[..., Any]) -> No
         driver.n1,
         driver.n2,
     }
+    # The actor that lived on the killed node answers again from another (state anew).
+    count, where = hs.get(survivor.incr.remote(), timeout=60)
+    assert where in (driver.head, driver.n2) and count == 1
+    # The driver let go of its connection to the dead node (no thread or channel left).
+    link = hs.engine.current_runtime().extensions["cluster"].link
+    wait_for(lambda: int(driver.n1, 16) not in link._senders, 30, what="the dead peer's sender")
 
 
 def test_a_wrong_token_is_refused_and_nothing_is_left_running(cluster: Cluster) -> None:
