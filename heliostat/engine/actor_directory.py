@@ -480,6 +480,15 @@ class ActorDirectory:
         if actor.name:
             self.named.pop((actor.namespace, actor.name), None)
 
+    def owner_gone(self, actor: ActorRecord, cause: str) -> None:
+        """The actor's owner is gone (its node left or died): the actor goes too, at
+        once, even mid-call (fate sharing: nobody is left to call it or to read what
+        it returns), and its resources are free for other work."""
+        worker = actor.worker
+        self.retire(actor, cause)
+        if worker is not None and worker.pid:
+            self._out.effect(Kill(worker=worker, signal=signal.SIGKILL))
+
     def summary(self) -> list[dict[str, object]]:
         return [
             {

@@ -259,9 +259,13 @@ class _PeerSender:
             batch = [encode_effect(effect) for effect in effects]
             request = node_pb2.DeliverRequest(from_node=link.node_id, messages=batch)
             for attempt in range(_SEND_TRIES):
+                if self._closed:
+                    return  # the peer is gone: what is left is for nobody
                 try:
                     self._deliver(request, timeout=_SEND_TIMEOUT, metadata=link.metadata)
                     break
+                except ValueError:  # closed under us (close() races the check above)
+                    return
                 except grpc.RpcError as exc:
                     if self._closed:
                         return

@@ -230,7 +230,7 @@ class NodeManager:
                 self.state.join_cluster(self.config.node_index)
             self.loop.peer_sink = sink
             if sink is None and self.state.peers is not None:
-                self.state.peers.update([])  # every peer is gone for us
+                self.state.peers.leave()
                 self.loop.flush()
 
     def set_code(self, uris: tuple[str, ...]) -> None:

@@ -152,6 +152,7 @@ class Peers:
         self.actors_on: dict[int, int] = {}  # actors we placed on each peer
         # URIs of this job's code packages, sent with every task forwarded from here.
         self.code: tuple[str, ...] = ()
+        self._leaving = False
 
     # ------------------------------------------------------------------ membership --
 
@@ -176,6 +177,14 @@ class Peers:
         if self.hooks is not None:
             self.hooks.schedule()
 
+    def leave(self) -> None:
+        """This node leaves the cluster (it shuts down): every peer is gone for it.
+
+        Nothing is retried: the work still out on peers was for this node alone.
+        """
+        self._leaving = True
+        self.update([])
+
     def node_died(self, index: int) -> None:
         """Node ``index`` is gone: retry its tasks, rebuild what it had, fail its promises."""
         self.nodes.pop(index, None)
@@ -188,7 +197,10 @@ class Peers:
                 continue  # the actor's restart decides (below)
             if spec.state is not TaskState.RUNNING:
                 continue
-            if may_retry(spec):
+            if self._leaving:
+                exc = NodeDiedError(f"This node left the cluster while node {name} ran the task.")
+                self._tasks.fail(spec, error_payload(exc), "node left")
+            elif may_retry(spec):
                 log.warning("node %s died while running %r; retrying elsewhere", name, spec.name)
                 self._tasks.record(spec, None, "node died")
                 self.hooks.retry(spec)
@@ -203,7 +215,11 @@ class Peers:
             for actor in list(actors.actors.values()):
                 if actor.remote_node == index:
                     self.actors_on[index] = 0
-                    actors.remote_node_died(actor, name)
+                    if self._leaving:
+                        actor.remote_node = 0
+                        actors.dead(actor, "this node left the cluster")
+                    else:
+                        actors.remote_node_died(actor, name)
         for oid, (source, _inner) in list(self.pulls.items()):
             if source == index:
                 del self.pulls[oid]
@@ -225,7 +241,14 @@ class Peers:
         proc = self.procs.pop(index, None)
         if proc is not None:
             proc.state = WorkerState.DEAD
-            objects.table.release_all(proc)
+            if actors is not None:
+                owner = proc.index
+                for actor in list(actors.actors.values()):
+                    if actor.creation.owner == owner:
+                        actors.owner_gone(actor, f"its owner's node {name} left the cluster")
+                actors.release_all(proc)
+            else:
+                objects.table.release_all(proc)
 
     # ------------------------------------------------------------------- placement --
 
@@ -585,8 +608,11 @@ class Peers:
         self._out.effect(ActorStarted(node=owner, actor_id=actor_id, error=error))
 
     def actor_died(self, owner: int, actor_id: int, how: str) -> None:
-        """The process of an actor a peer placed here died: tell the peer."""
-        self._out.effect(ActorStarted(node=owner, actor_id=actor_id, error=None, died=how))
+        """The process of an actor a peer placed here died: tell the peer (if alive)."""
+        if owner in self.nodes:
+                self._out.effect(
+                    ActorStarted(node=owner, actor_id=actor_id, error=None, died=how)
+                )
 
     def forget_calls(self, index: int, task_ids: list[int]) -> None:
         """Calls sent to node ``index`` are taken back: a late report of them is ignored."""

@@ -139,11 +139,13 @@ class Daemons:
         self.pid(name, "node")
         return json.loads((self.home(name) / "cluster" / "node.json").read_text())["node_id"]
 
-    def driver(self, code: str, env: dict[str, str] | None = None) -> str:
+    def driver(
+        self, code: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> str:
         """Run ``code`` as a driver joined to the head (``HELIOSTAT_ADDRESS`` and
         ``HELIOSTAT_TOKEN`` set); returns its stdout."""
         result = subprocess.run(
-            [sys.executable, "-c", code],
+            [sys.executable, "-c", code, *args],
             env={
                 **self.env,
                 "HELIOSTAT_ADDRESS": self.address,

@@ -298,3 +298,55 @@ def test_a_user_module_ships_to_the_nodes_with_working_dir(cluster: Cluster, tmp
             assert hs.get(pinned.remote(10.0), timeout=60) == (12.0, "1.2", target)
     finally:
         hs.shutdown()
+
+
+def test_a_departed_drivers_actors_free_their_nodes(
+    cluster: Cluster, wait_for: Callable[..., Any]
+) -> None:
+    """Fate sharing across nodes: a driver that exits without killing its actors takes
+    them with it, and the CPUs they held are free for the next job."""
+    cpus = {cluster.head: 1, cluster.n1: 2, cluster.n2: 2}
+    code = (
+        "import sys\n"
+        "import heliostat as hs\n"
+        "from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy\n"
+        "@hs.remote\n"
+        "class Hog:\n"
+        "    def where(self):\n"
+        "        return hs.get_runtime_context().get_node_id()\n"
+        f"cpus = {cpus!r}\n"
+        "hogs = [Hog.options(num_cpus=n, scheduling_strategy=NodeAffinitySchedulingStrategy("
+        "node, soft=False)).remote() for node, n in cpus.items()]\n"
+        "assert hs.get([h.where.remote() for h in hogs], timeout=60) == list(cpus)\n"
+        "print('held')\n"
+    )
+    assert cluster.daemons.driver(code).split() == ["held"]
+
+    def free_cpus() -> float:
+        with cluster.daemons.client() as client:
+            return client.cluster_resources().available.get("CPU", 0.0)
+
+    wait_for(lambda: free_cpus() == sum(cpus.values()), 30, what="the actors' CPUs back")
+
+
+def test_two_drivers_at_once_each_get_their_own_results(cluster: Cluster) -> None:
+    """Two jobs share the nodes: each owns its tasks, ids never collide, nothing mixes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    code = (
+        "import sys\n"
+        "import heliostat as hs\n"
+        "@hs.remote\n"
+        "def tag(i, who):\n"
+        "    return (who, i * i, hs.get_runtime_context().get_node_id())\n"
+        "who = sys.argv[1]\n"
+        "out = hs.get([tag.remote(i, who) for i in range(300)], timeout=120)\n"
+        "assert [v for _, v, _ in out] == [i * i for i in range(300)], out[:5]\n"
+        "assert {w for w, _, _ in out} == {who}\n"
+        "print(len({n for _, _, n in out}), hs.get_runtime_context().get_node_id())\n"
+    )
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda who: cluster.daemons.driver(code, args=(who,)), "ab"))
+    driver_nodes = {run.split()[1] for run in runs}
+    assert len(driver_nodes) == 2  # each driver joined as a node of its own
+    assert all(int(run.split()[0]) >= 2 for run in runs)  # and used several nodes

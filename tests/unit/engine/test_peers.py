@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pickle
 
-from heliostat.engine.node_instructions import Execute, TaskDone
+from heliostat.engine.node_instructions import Disconnect, Execute, Kill, TaskDone, WorkerExited
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.peers import (
     ForwardTask,
@@ -278,3 +278,37 @@ def test_an_actor_that_does_not_fit_here_lives_on_a_peer_and_restarts_elsewhere(
     late = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=actor.actor_id)
     node.state.submit(node.state.driver, late)
     assert isinstance(_error(node, late.return_ids[0]), ActorDiedError)
+
+
+def test_actors_a_dead_owner_placed_here_go_with_it(make_node, make_spec) -> None:
+    """Fate sharing across nodes: the owner's node leaves, its actors here end and
+    give their CPU back (else tasks sent here later would wait behind them forever)."""
+    from heliostat.engine.records import ActorOptions, ActorState, TaskKind
+
+    runner = make_node(num_cpus=1)
+    peers = runner.state.join_cluster(B, depth=2)
+    peers.update([_peer(A, cpus=0)])
+    worker = runner.add_worker()
+    creation = make_spec(kind=TaskKind.ACTOR_CREATE, resources=ResourceSet.from_dict({"CPU": 1}))
+    creation.actor_id = creation.task_id
+    options = ActorOptions(
+        name="",
+        namespace="ns",
+        class_name="Counter",
+        max_restarts=0,
+        max_concurrency=1,
+        detached=False,
+        methods={"incr": 1},
+        max_task_retries=0,
+    )
+    runner.state.peer_forward(A, spec_to_wire(creation), b"code", [], [], actor_options=options)
+    actor = runner.state.actors.actors[creation.actor_id]
+    assert runner.sent(worker) and runner.state.node.available.get("CPU") == 0
+    peers.update([])  # A left the cluster
+    assert actor.state is ActorState.DEAD and "left the cluster" in actor.death_cause
+    assert runner.state.node.available.get("CPU") == 1
+    kills = [e for e in runner.effects() if isinstance(e, Kill)]
+    assert [k.worker for k in kills] == [worker]  # at once, even in the middle of a call
+    runner.state.worker_exited(WorkerExited(pid=worker.pid, code=-9))
+    assert runner.effects() == [Disconnect(worker=worker)]  # nothing for the gone owner
+    assert creation.actor_id not in runner.state.actors.actors
