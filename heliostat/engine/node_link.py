@@ -25,7 +25,6 @@ import contextlib
 import logging
 import pickle
 import threading
-from collections import deque
 from collections.abc import Sequence
 from concurrent import futures
 from typing import Any
@@ -49,6 +48,7 @@ from heliostat.cluster.transfer import (
 from heliostat.cluster.v1 import node_pb2
 from heliostat.engine.ids import format_id
 from heliostat.engine.object_table import ObjKind
+from heliostat.engine.peer_stream import SERVICE, DeliveryLedger, PeerSender
 from heliostat.engine.peers import (
     ActorControl,
     ActorStarted,
@@ -69,12 +69,6 @@ from heliostat.storage.cluster_nodes import NodeState
 __all__ = ["NodeLink"]
 
 log = logging.getLogger("heliostat.cluster")
-
-_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
-_SEND_TIMEOUT = 30.0  # seconds for one Deliver call
-_SEND_TRIES = 5
-_LINGER_S = 0.0005  # how long a sender waits for more messages before a call
-_BATCH = 64  # messages that are worth a call without waiting
 
 
 def _int(raw: bytes) -> int:
@@ -207,82 +201,6 @@ def apply_envelope(
         peers.on_actor_control(index, _int(msg.actor_id), msg.kill, msg.no_restart)
 
 
-class _PeerSender:
-    """One ordered queue of messages to one peer, sent in batches by one thread."""
-
-    def __init__(self, link: NodeLink, index: int, address: str) -> None:
-        self.index = index
-        self.address = address
-        self._link = link
-        self._queue: deque[Any] = deque()  # peer effects, encoded by the sending thread
-        self._cond = threading.Condition()
-        self._closed = False
-        self.channel = grpc.insecure_channel(address, options=channel_options())
-        self._deliver = self.channel.unary_unary(
-            f"/{_SERVICE}/Deliver",
-            request_serializer=node_pb2.DeliverRequest.SerializeToString,
-            response_deserializer=node_pb2.DeliverReply.FromString,
-        )
-        self._thread = threading.Thread(
-            target=self._run, name=f"hs-peer-{format_id(index)[-4:]}", daemon=True
-        )
-        self._thread.start()
-
-    def put(self, effect: Any) -> None:
-        with self._cond:
-            self._queue.append(effect)
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self.channel.close()  # first: a call stuck on a dead peer ends now
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        link = self._link
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed and not self._queue:
-                    return
-                if len(self._queue) < _BATCH and not self._closed:
-                    # Linger a moment for more: a burst of small tasks then costs one
-                    # call per batch instead of one per task (the calls dominate).
-                    self._cond.wait(timeout=_LINGER_S)
-                effects = list(self._queue)
-                self._queue.clear()
-            # Encoded here, off the node lock: what an effect holds does not change
-            # once decided (a spec's wire fields, values, ids).
-            batch = [encode_effect(effect) for effect in effects]
-            request = node_pb2.DeliverRequest(from_node=link.node_id, messages=batch)
-            for attempt in range(_SEND_TRIES):
-                if self._closed:
-                    return  # the peer is gone: what is left is for nobody
-                try:
-                    self._deliver(request, timeout=_SEND_TIMEOUT, metadata=link.metadata)
-                    break
-                except ValueError:  # closed under us (close() races the check above)
-                    return
-                except grpc.RpcError as exc:
-                    if self._closed:
-                        return
-                    log.warning(
-                        "sending %d messages to node %s (%s) failed (%s), try %d",
-                        len(batch),
-                        format_id(self.index),
-                        self.address,
-                        exc.code() if hasattr(exc, "code") else exc,
-                        attempt + 1,
-                    )
-                    with self._cond:
-                        self._cond.wait(timeout=min(0.1 * 2**attempt, 2.0))
-            # Past the tries, the peer is unreachable: the head will call it dead and
-            # the node manager retries what it had sent there.
-
-
 class NodeLink:
     """Serve this node to its peers, send them what the node manager decided, watch
     the head's node table.
@@ -311,7 +229,7 @@ class NodeLink:
         self.node_index = manager.config.node_index
         self.node_id = format_id(self.node_index)
         self._poll_interval = poll_interval
-        self._senders: dict[int, _PeerSender] = {}
+        self._senders: dict[int, PeerSender] = {}
         self._addresses: dict[int, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -319,18 +237,21 @@ class NodeLink:
         self._sink = SegmentSink(lambda oid: segment_path(session, oid))
         self._packages = PackageFetcher(head, node_cache())
         self._pulls = futures.ThreadPoolExecutor(pull_threads, thread_name_prefix="hs-pull")
+        self._ledger = DeliveryLedger()  # used under the node lock only
+        # Each peer's open Deliver stream holds a server thread while it lasts (a
+        # second at most), and each pull one per stream: room for a large cluster.
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="hs-node-rpc"),
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="hs-node-rpc"),
             interceptors=[TokenInterceptor(token)],
             options=[*channel_options(), ("grpc.so_reuseport", 0)],
         )
-        deliver = grpc.unary_unary_rpc_method_handler(
+        deliver = grpc.stream_unary_rpc_method_handler(
             self._on_deliver,
             request_deserializer=node_pb2.DeliverRequest.FromString,
             response_serializer=node_pb2.DeliverReply.SerializeToString,
         )
         self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(_SERVICE, {"Deliver": deliver}),)
+            (grpc.method_handlers_generic_handler(SERVICE, {"Deliver": deliver}),)
         )
         add_transfer_service(self._server, ObjectTransferServicer(self))
         target = f"[{host}]:0" if ":" in host else f"{host}:0"
@@ -388,7 +309,7 @@ class NodeLink:
             for info in infos
             if info.alive and info.index != self.node_index
         }
-        gone: list[_PeerSender] = []
+        gone: list[PeerSender] = []
         with self._lock:
             # A peer that died, or came back elsewhere, loses its sender (its thread
             # and channel): nodes come and go, and their senders must not pile up.
@@ -423,14 +344,21 @@ class NodeLink:
             return
         sender.put(effect)
 
-    def _sender(self, index: int) -> _PeerSender | None:
+    def _sender(self, index: int) -> PeerSender | None:
         with self._lock:
             sender = self._senders.get(index)
             if sender is None:
                 address = self._addresses.get(index)
                 if address is None:
                     return None
-                sender = self._senders[index] = _PeerSender(self, index, address)
+                sender = self._senders[index] = PeerSender(
+                    index=index,
+                    address=address,
+                    from_node=self.node_id,
+                    metadata=self.metadata,
+                    encode=encode_effect,
+                    channel=grpc.insecure_channel(address, options=channel_options()),
+                )
             return sender
 
     def _pull(self, index: int, object_id: int) -> None:
@@ -452,22 +380,33 @@ class NodeLink:
 
     # ----------------------------------------------------------------------- in --
 
-    def _on_deliver(self, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            index = int(request.from_node, 16)
-        except ValueError:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "from_node is not a node id")
-        messages = list(request.messages)
+    def _on_deliver(self, requests: Any, context: grpc.ServicerContext) -> Any:
+        """One peer's stream of batches: each applied once, in order, as it arrives."""
+        epoch = index = 0
+        for request in requests:
+            try:
+                index = int(request.from_node, 16)
+            except ValueError:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "from_node is not a node id")
+            epoch = request.epoch
+            self._apply_batch(index, request)
+        # Every batch of this stream went through peer_event before this point (one
+        # the node manager refused, stopping, is not counted: the sender keeps it).
+        return node_pb2.DeliverReply(applied=self._ledger.applied(index, epoch))
+
+    def _apply_batch(self, index: int, request: Any) -> None:
         if index not in self._addresses:
             self.refresh()  # a node we have not seen yet: learn where to answer it
+        messages = list(request.messages)
         code = self._install_code(messages)
+        ledger, epoch, seq = self._ledger, request.epoch, request.seq
 
         def apply(state: Any) -> None:
-            for envelope in messages:
-                apply_envelope(state, index, envelope, code)
+            if ledger.fresh(index, epoch, seq):
+                for envelope in messages:
+                    apply_envelope(state, index, envelope, code)
 
         self._manager.peer_event(apply)
-        return node_pb2.DeliverReply()
 
     def _install_code(self, messages: list[Any]) -> dict[tuple[str, ...], Any]:
         """Install the code packages forwarded tasks need (outside the node lock).

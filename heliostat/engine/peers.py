@@ -610,9 +610,7 @@ class Peers:
     def actor_died(self, owner: int, actor_id: int, how: str) -> None:
         """The process of an actor a peer placed here died: tell the peer (if alive)."""
         if owner in self.nodes:
-                self._out.effect(
-                    ActorStarted(node=owner, actor_id=actor_id, error=None, died=how)
-                )
+            self._out.effect(ActorStarted(node=owner, actor_id=actor_id, error=None, died=how))
 
     def forget_calls(self, index: int, task_ids: list[int]) -> None:
         """Calls sent to node ``index`` are taken back: a late report of them is ignored."""

@@ -111,13 +111,19 @@ class Envelope(_message.Message):
     def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., actor_started: _Optional[_Union[ActorStarted, _Mapping]] = ..., actor_control: _Optional[_Union[ActorControl, _Mapping]] = ...) -> None: ...
 
 class DeliverRequest(_message.Message):
-    __slots__ = ("from_node", "messages")
+    __slots__ = ("from_node", "messages", "epoch", "seq")
     FROM_NODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     from_node: str
     messages: _containers.RepeatedCompositeFieldContainer[Envelope]
-    def __init__(self, from_node: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
+    epoch: int
+    seq: int
+    def __init__(self, from_node: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class DeliverReply(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("applied",)
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    def __init__(self, applied: _Optional[int] = ...) -> None: ...

@@ -34,7 +34,7 @@ class NodeServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Deliver = channel.unary_unary(
+        self.Deliver = channel.stream_unary(
                 '/heliostat.cluster.v1.NodeService/Deliver',
                 request_serializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverRequest.SerializeToString,
                 response_deserializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverReply.FromString,
@@ -44,8 +44,11 @@ class NodeServiceStub:
 class NodeServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Deliver(self, request, context):
-        """FAILED_PRECONDITION when the receiver does not know the sender as a live node.
+    def Deliver(self, request_iterator, context):
+        """A stream of batches from one node to another, applied in order as they arrive.
+        A sender keeps one stream open to each peer at a time and closes it now and then
+        (after a number of batches, a second's age, or when idle) to learn what was
+        applied; what was not, it sends again on the next stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -54,7 +57,7 @@ class NodeServiceServicer:
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Deliver': grpc.unary_unary_rpc_method_handler(
+            'Deliver': grpc.stream_unary_rpc_method_handler(
                     servicer.Deliver,
                     request_deserializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverRequest.FromString,
                     response_serializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverReply.SerializeToString,
@@ -71,7 +74,7 @@ class NodeService:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Deliver(request,
+    def Deliver(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -81,8 +84,8 @@ class NodeService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/heliostat.cluster.v1.NodeService/Deliver',
             heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverRequest.SerializeToString,
