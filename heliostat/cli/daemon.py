@@ -130,6 +130,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
         cluster_id=cluster_id_of(token),
         version=heliostat.__version__,
         store=NodeTableStore(engine),
+        workflow_stores=_workflow_stores(db_url),
     )
     tls = TlsFiles(cert=spec.tls_cert, key=spec.tls_key) if spec.tls_cert and spec.tls_key else None
     try:
@@ -190,6 +191,36 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
         ui_url=ui_url,
         db_url=_hide_password(db_url),
     )
+
+
+def _workflow_stores(db_url: str) -> Any:
+    """What the head publishes to joining drivers: its database, its checkpoint store
+    (``--storage``, else the default under its home) and its signing key."""
+    from heliostat.cluster.local import machine_id
+    from heliostat.cluster.rpc import WorkflowStores
+    from heliostat.storage.checkpoints import default_storage_url
+    from heliostat.storage.signing import default_signer
+
+    return WorkflowStores(
+        db_url=db_url,
+        storage_url=default_storage_url(),
+        storage_configured=bool(os.environ.get("HELIOSTAT_STORAGE")),
+        signing_key=default_signer().export_key(),
+        head_machine=machine_id(),
+    )
+
+
+def _adopt_cluster_key(client: Any) -> None:
+    """Sign as the cluster does: a node's workers tag the checkpoint files they write
+    with the installation key, and the drivers that resume check those tags with the
+    cluster's. A key set here (``HELIOSTAT_SECRET_KEY``) is kept."""
+    from heliostat.storage.signing import SECRET_KEY_ENV
+
+    if os.environ.get(SECRET_KEY_ENV):
+        return
+    stores = client.workflow_stores()
+    if stores is not None and stores.signing_key:
+        os.environ[SECRET_KEY_ENV] = stores.signing_key.hex()  # the workers inherit it
 
 
 def _hide_password(url: str) -> str:
@@ -256,6 +287,7 @@ def _run_node(
     client = HeadClient(spec.address, token, tls_cert=spec.tls_cert)
     stack.push("the connection to the head", client.close)
     info = client.cluster_info()  # a wrong token or address fails here, before any work
+    _adopt_cluster_key(client)
     # Keep the token where 'heliostat status' and hs.init(address="auto") look for it.
     if not token_path().exists():
         with contextlib.suppress(OSError):

@@ -39,6 +39,7 @@ __all__ = [
     "HeadClient",
     "NodeNotKnown",
     "PackageNotOnHead",
+    "StoresNotPublished",
     "parse_address",
 ]
 
@@ -68,6 +69,10 @@ def parse_address(address: str) -> tuple[str, int]:
 
 class NodeNotKnown(ClusterError):
     """The head does not count this node as alive (unknown, dead or gone): register again."""
+
+
+class StoresNotPublished(ClusterError):
+    """The head publishes no workflow stores (one embedded in a test, without them)."""
 
 
 class PackageNotOnHead(ClusterError):
@@ -150,6 +155,8 @@ class HeadClient:
             )
         if code == grpc.StatusCode.NOT_FOUND and method == "Heartbeat":
             return NodeNotKnown(str(detail), address=self.address)
+        if code == grpc.StatusCode.NOT_FOUND and method == "GetWorkflowStores":
+            return StoresNotPublished(str(detail), address=self.address)
         if code == grpc.StatusCode.NOT_FOUND and method == "DownloadPackage":
             return PackageNotOnHead(
                 f"{where} has no such package ({detail}); publish it again", address=self.address
@@ -217,6 +224,24 @@ class HeadClient:
             version=reply.version,
             started_at=reply.started_at,
             nodes_alive=reply.nodes_alive,
+        )
+
+    def workflow_stores(self) -> rpc.WorkflowStores | None:
+        """Where the cluster's workflows keep their state (``None``: the head says none).
+
+        The answer holds secrets (a database password, the signing key): see
+        :class:`~heliostat.cluster.rpc.WorkflowStores`.
+        """
+        try:
+            reply = self._call("GetWorkflowStores", pb.GetWorkflowStoresRequest())
+        except StoresNotPublished:
+            return None
+        return rpc.WorkflowStores(
+            db_url=reply.db_url,
+            storage_url=reply.storage_url,
+            storage_configured=reply.storage_configured,
+            signing_key=bytes(reply.signing_key),
+            head_machine=reply.head_machine,
         )
 
     # --- jobs

@@ -50,6 +50,7 @@ from heliostat.cluster.rpc import (
     RegisterAck,
     Registration,
     RpcRefusal,
+    WorkflowStores,
     add_package_servicer,
     add_servicer,
 )
@@ -86,6 +87,8 @@ class HeadService:
         package_dir: where uploaded code packages are kept (default
             ``$HELIOSTAT_HOME/cluster/packages``, created on the first upload).
         max_package_bytes: the largest package accepted.
+        workflow_stores: where the cluster's workflows keep their state, published to
+            drivers that join (``None``: nothing is published; drivers use their own).
     """
 
     def __init__(
@@ -99,8 +102,10 @@ class HeadService:
         wall: Callable[[], float] = time.time,
         package_dir: str | os.PathLike[str] | None = None,
         max_package_bytes: int = MAX_PACKAGE_BYTES,
+        workflow_stores: WorkflowStores | None = None,
     ) -> None:
         self.cluster_id = cluster_id
+        self._workflow_stores = workflow_stores
         self.packages = PackageStore(
             package_dir if package_dir is not None else cluster_dir() / "packages",
             max_bytes=max_package_bytes,
@@ -287,6 +292,9 @@ class HeadService:
             started_at=self.started_at,
             nodes_alive=alive,
         )
+
+    def workflow_stores(self) -> WorkflowStores | None:
+        return self._workflow_stores
 
     def register_job(self, entrypoint: str, hostname: str, pid: int) -> str:
         with self._lock:

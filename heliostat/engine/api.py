@@ -257,6 +257,8 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
         )
         membership.start()
         runtime.extensions["cluster"] = membership
+        # Where the job's durable workflows record (heliostat.workflows.services).
+        membership.workflow_stores = head.workflow_stores()
         # The job's own modules (runtime_env working_dir / py_modules), for the nodes.
         membership.set_code(publish(head, options.get("code")))
         membership.job_id = head.register_job(" ".join(sys.argv), socket.gethostname(), os.getpid())

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_NODE_INDEX",
     "ClusterMembership",
     "choose_node_index",
+    "fetch_workflow_stores",
     "local_address_towards",
     "resolve_address",
     "resolve_token",
@@ -115,6 +116,18 @@ def resolve_token(token: str | None) -> str:
     )
 
 
+def fetch_workflow_stores(address: str, token: str | None) -> Any:
+    """What the head at ``address`` publishes about its workflow stores (``None``:
+    nothing), asked on a short-lived connection (commands run without a runtime).
+
+    Raises:
+        ClusterError: the head refused the token or cannot be reached.
+    """
+    secret = resolve_token(token)
+    with HeadClient(address, secret, tls_cert=os.environ.get("HELIOSTAT_TLS_CERT") or None) as head:
+        return head.workflow_stores()
+
+
 class _LocalResources:
     """What the node agent reports: this node's own resources (not the cluster's)."""
 
@@ -166,6 +179,9 @@ class ClusterMembership:
             is_head=is_head,
         )
         self.job_id = ""
+        # What the head publishes about the cluster's workflow stores (a driver's
+        # workflows record there: heliostat.workflows.services); None on daemons.
+        self.workflow_stores: Any = None
 
     def set_code(self, uris: tuple[str, ...]) -> None:
         """The job's code packages: tasks forwarded from this node carry them."""

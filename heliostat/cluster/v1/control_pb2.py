@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"heliostat/cluster/v1/control.proto\x12\x14heliostat.cluster.v1\"~\n\x0bResourceMap\x12?\n\x07\x61mounts\x18\x01 \x03(\x0b\x32..heliostat.cluster.v1.ResourceMap.AmountsEntry\x1a.\n\x0c\x41mountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd1\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12.\n\x05state\x18\x05 \x01(\x0e\x32\x1f.heliostat.cluster.v1.NodeState\x12\x30\n\x05total\x18\x06 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x34\n\tavailable\x18\x07 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x13\n\x0bincarnation\x18\x08 \x01(\x05\x12\x15\n\rregistered_at\x18\t \x01(\x01\x12\x19\n\x11last_heartbeat_at\x18\n \x01(\x01\x12\x14\n\x0csilent_for_s\x18\x0b \x01(\x01\x12\x0f\n\x07is_head\x18\x0c \x01(\x08\"\xcf\x01\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x30\n\x05total\x18\x05 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x34\n\tavailable\x18\x06 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x0f\n\x07is_head\x18\x07 \x01(\x08\"p\n\x11RegisterNodeReply\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x05\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_after_s\x18\x04 \x01(\x01\"Y\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x34\n\tavailable\x18\x02 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\"%\n\x0eHeartbeatReply\x12\x13\n\x0bincarnation\x18\x01 \x01(\x05\"(\n\x15\x44\x65registerNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65registerNodeReply\"\x12\n\x10ListNodesRequest\"?\n\x0eListNodesReply\x12-\n\x05nodes\x18\x01 \x03(\x0b\x32\x1e.heliostat.cluster.v1.NodeInfo\"\x1c\n\x1aGetClusterResourcesRequest\"\x82\x01\n\x18GetClusterResourcesReply\x12\x30\n\x05total\x18\x01 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x34\n\tavailable\x18\x02 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\"\x17\n\x15GetClusterInfoRequest\"c\n\x13GetClusterInfoReply\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0bnodes_alive\x18\x04 \x01(\x05\"u\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nentrypoint\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x06 \x01(\x01\"G\n\x12RegisterJobRequest\x12\x12\n\nentrypoint\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\"\"\n\x10RegisterJobReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x46inishJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x10\n\x0e\x46inishJobReply\"\x11\n\x0fListJobsRequest\"<\n\rListJobsReply\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.heliostat.cluster.v1.JobInfo\" \n\x11HasPackageRequest\x12\x0b\n\x03uri\x18\x01 \x01(\t\"0\n\x0fHasPackageReply\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x04\"=\n\x0cPackageChunk\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"2\n\x12UploadPackageReply\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x04\"%\n\x16\x44ownloadPackageRequest\x12\x0b\n\x03uri\x18\x01 \x01(\t*\x7f\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_ALIVE\x10\x01\x12\x16\n\x12NODE_STATE_SUSPECT\x10\x02\x12\x13\n\x0fNODE_STATE_DEAD\x10\x03\x12\x13\n\x0fNODE_STATE_LEFT\x10\x04\x32\xb0\x02\n\x08Packages\x12\\\n\nHasPackage\x12\'.heliostat.cluster.v1.HasPackageRequest\x1a%.heliostat.cluster.v1.HasPackageReply\x12_\n\rUploadPackage\x12\".heliostat.cluster.v1.PackageChunk\x1a(.heliostat.cluster.v1.UploadPackageReply(\x01\x12\x65\n\x0f\x44ownloadPackage\x12,.heliostat.cluster.v1.DownloadPackageRequest\x1a\".heliostat.cluster.v1.PackageChunk0\x01\x32\x89\x07\n\x0c\x43ontrolPlane\x12\x62\n\x0cRegisterNode\x12).heliostat.cluster.v1.RegisterNodeRequest\x1a\'.heliostat.cluster.v1.RegisterNodeReply\x12Y\n\tHeartbeat\x12&.heliostat.cluster.v1.HeartbeatRequest\x1a$.heliostat.cluster.v1.HeartbeatReply\x12h\n\x0e\x44\x65registerNode\x12+.heliostat.cluster.v1.DeregisterNodeRequest\x1a).heliostat.cluster.v1.DeregisterNodeReply\x12Y\n\tListNodes\x12&.heliostat.cluster.v1.ListNodesRequest\x1a$.heliostat.cluster.v1.ListNodesReply\x12w\n\x13GetClusterResources\x12\x30.heliostat.cluster.v1.GetClusterResourcesRequest\x1a..heliostat.cluster.v1.GetClusterResourcesReply\x12h\n\x0eGetClusterInfo\x12+.heliostat.cluster.v1.GetClusterInfoRequest\x1a).heliostat.cluster.v1.GetClusterInfoReply\x12_\n\x0bRegisterJob\x12(.heliostat.cluster.v1.RegisterJobRequest\x1a&.heliostat.cluster.v1.RegisterJobReply\x12Y\n\tFinishJob\x12&.heliostat.cluster.v1.FinishJobRequest\x1a$.heliostat.cluster.v1.FinishJobReply\x12V\n\x08ListJobs\x12%.heliostat.cluster.v1.ListJobsRequest\x1a#.heliostat.cluster.v1.ListJobsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"heliostat/cluster/v1/control.proto\x12\x14heliostat.cluster.v1\"~\n\x0bResourceMap\x12?\n\x07\x61mounts\x18\x01 \x03(\x0b\x32..heliostat.cluster.v1.ResourceMap.AmountsEntry\x1a.\n\x0c\x41mountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd1\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12.\n\x05state\x18\x05 \x01(\x0e\x32\x1f.heliostat.cluster.v1.NodeState\x12\x30\n\x05total\x18\x06 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x34\n\tavailable\x18\x07 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x13\n\x0bincarnation\x18\x08 \x01(\x05\x12\x15\n\rregistered_at\x18\t \x01(\x01\x12\x19\n\x11last_heartbeat_at\x18\n \x01(\x01\x12\x14\n\x0csilent_for_s\x18\x0b \x01(\x01\x12\x0f\n\x07is_head\x18\x0c \x01(\x08\"\xcf\x01\n\x13RegisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x30\n\x05total\x18\x05 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x34\n\tavailable\x18\x06 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x0f\n\x07is_head\x18\x07 \x01(\x08\"p\n\x11RegisterNodeReply\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x05\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_after_s\x18\x04 \x01(\x01\"Y\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x34\n\tavailable\x18\x02 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\"%\n\x0eHeartbeatReply\x12\x13\n\x0bincarnation\x18\x01 \x01(\x05\"(\n\x15\x44\x65registerNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65registerNodeReply\"\x12\n\x10ListNodesRequest\"?\n\x0eListNodesReply\x12-\n\x05nodes\x18\x01 \x03(\x0b\x32\x1e.heliostat.cluster.v1.NodeInfo\"\x1c\n\x1aGetClusterResourcesRequest\"\x82\x01\n\x18GetClusterResourcesReply\x12\x30\n\x05total\x18\x01 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\x12\x34\n\tavailable\x18\x02 \x01(\x0b\x32!.heliostat.cluster.v1.ResourceMap\"\x17\n\x15GetClusterInfoRequest\"c\n\x13GetClusterInfoReply\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0bnodes_alive\x18\x04 \x01(\x05\"\x1a\n\x18GetWorkflowStoresRequest\"\x84\x01\n\x16GetWorkflowStoresReply\x12\x0e\n\x06\x64\x62_url\x18\x01 \x01(\t\x12\x13\n\x0bstorage_url\x18\x02 \x01(\t\x12\x1a\n\x12storage_configured\x18\x03 \x01(\x08\x12\x13\n\x0bsigning_key\x18\x04 \x01(\x0c\x12\x14\n\x0chead_machine\x18\x05 \x01(\t\"u\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nentrypoint\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x06 \x01(\x01\"G\n\x12RegisterJobRequest\x12\x12\n\nentrypoint\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\"\"\n\x10RegisterJobReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x46inishJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x10\n\x0e\x46inishJobReply\"\x11\n\x0fListJobsRequest\"<\n\rListJobsReply\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.heliostat.cluster.v1.JobInfo\" \n\x11HasPackageRequest\x12\x0b\n\x03uri\x18\x01 \x01(\t\"0\n\x0fHasPackageReply\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x04\"=\n\x0cPackageChunk\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"2\n\x12UploadPackageReply\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x04\"%\n\x16\x44ownloadPackageRequest\x12\x0b\n\x03uri\x18\x01 \x01(\t*\x7f\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_ALIVE\x10\x01\x12\x16\n\x12NODE_STATE_SUSPECT\x10\x02\x12\x13\n\x0fNODE_STATE_DEAD\x10\x03\x12\x13\n\x0fNODE_STATE_LEFT\x10\x04\x32\xb0\x02\n\x08Packages\x12\\\n\nHasPackage\x12\'.heliostat.cluster.v1.HasPackageRequest\x1a%.heliostat.cluster.v1.HasPackageReply\x12_\n\rUploadPackage\x12\".heliostat.cluster.v1.PackageChunk\x1a(.heliostat.cluster.v1.UploadPackageReply(\x01\x12\x65\n\x0f\x44ownloadPackage\x12,.heliostat.cluster.v1.DownloadPackageRequest\x1a\".heliostat.cluster.v1.PackageChunk0\x01\x32\xfc\x07\n\x0c\x43ontrolPlane\x12\x62\n\x0cRegisterNode\x12).heliostat.cluster.v1.RegisterNodeRequest\x1a\'.heliostat.cluster.v1.RegisterNodeReply\x12Y\n\tHeartbeat\x12&.heliostat.cluster.v1.HeartbeatRequest\x1a$.heliostat.cluster.v1.HeartbeatReply\x12h\n\x0e\x44\x65registerNode\x12+.heliostat.cluster.v1.DeregisterNodeRequest\x1a).heliostat.cluster.v1.DeregisterNodeReply\x12Y\n\tListNodes\x12&.heliostat.cluster.v1.ListNodesRequest\x1a$.heliostat.cluster.v1.ListNodesReply\x12w\n\x13GetClusterResources\x12\x30.heliostat.cluster.v1.GetClusterResourcesRequest\x1a..heliostat.cluster.v1.GetClusterResourcesReply\x12h\n\x0eGetClusterInfo\x12+.heliostat.cluster.v1.GetClusterInfoRequest\x1a).heliostat.cluster.v1.GetClusterInfoReply\x12q\n\x11GetWorkflowStores\x12..heliostat.cluster.v1.GetWorkflowStoresRequest\x1a,.heliostat.cluster.v1.GetWorkflowStoresReply\x12_\n\x0bRegisterJob\x12(.heliostat.cluster.v1.RegisterJobRequest\x1a&.heliostat.cluster.v1.RegisterJobReply\x12Y\n\tFinishJob\x12&.heliostat.cluster.v1.FinishJobRequest\x1a$.heliostat.cluster.v1.FinishJobReply\x12V\n\x08ListJobs\x12%.heliostat.cluster.v1.ListJobsRequest\x1a#.heliostat.cluster.v1.ListJobsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOURCEMAP_AMOUNTSENTRY']._loaded_options = None
   _globals['_RESOURCEMAP_AMOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATE']._serialized_start=2022
-  _globals['_NODESTATE']._serialized_end=2149
+  _globals['_NODESTATE']._serialized_start=2185
+  _globals['_NODESTATE']._serialized_end=2312
   _globals['_RESOURCEMAP']._serialized_start=60
   _globals['_RESOURCEMAP']._serialized_end=186
   _globals['_RESOURCEMAP_AMOUNTSENTRY']._serialized_start=140
@@ -65,32 +65,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCLUSTERINFOREQUEST']._serialized_end=1318
   _globals['_GETCLUSTERINFOREPLY']._serialized_start=1320
   _globals['_GETCLUSTERINFOREPLY']._serialized_end=1419
-  _globals['_JOBINFO']._serialized_start=1421
-  _globals['_JOBINFO']._serialized_end=1538
-  _globals['_REGISTERJOBREQUEST']._serialized_start=1540
-  _globals['_REGISTERJOBREQUEST']._serialized_end=1611
-  _globals['_REGISTERJOBREPLY']._serialized_start=1613
-  _globals['_REGISTERJOBREPLY']._serialized_end=1647
-  _globals['_FINISHJOBREQUEST']._serialized_start=1649
-  _globals['_FINISHJOBREQUEST']._serialized_end=1683
-  _globals['_FINISHJOBREPLY']._serialized_start=1685
-  _globals['_FINISHJOBREPLY']._serialized_end=1701
-  _globals['_LISTJOBSREQUEST']._serialized_start=1703
-  _globals['_LISTJOBSREQUEST']._serialized_end=1720
-  _globals['_LISTJOBSREPLY']._serialized_start=1722
-  _globals['_LISTJOBSREPLY']._serialized_end=1782
-  _globals['_HASPACKAGEREQUEST']._serialized_start=1784
-  _globals['_HASPACKAGEREQUEST']._serialized_end=1816
-  _globals['_HASPACKAGEREPLY']._serialized_start=1818
-  _globals['_HASPACKAGEREPLY']._serialized_end=1866
-  _globals['_PACKAGECHUNK']._serialized_start=1868
-  _globals['_PACKAGECHUNK']._serialized_end=1929
-  _globals['_UPLOADPACKAGEREPLY']._serialized_start=1931
-  _globals['_UPLOADPACKAGEREPLY']._serialized_end=1981
-  _globals['_DOWNLOADPACKAGEREQUEST']._serialized_start=1983
-  _globals['_DOWNLOADPACKAGEREQUEST']._serialized_end=2020
-  _globals['_PACKAGES']._serialized_start=2152
-  _globals['_PACKAGES']._serialized_end=2456
-  _globals['_CONTROLPLANE']._serialized_start=2459
-  _globals['_CONTROLPLANE']._serialized_end=3364
+  _globals['_GETWORKFLOWSTORESREQUEST']._serialized_start=1421
+  _globals['_GETWORKFLOWSTORESREQUEST']._serialized_end=1447
+  _globals['_GETWORKFLOWSTORESREPLY']._serialized_start=1450
+  _globals['_GETWORKFLOWSTORESREPLY']._serialized_end=1582
+  _globals['_JOBINFO']._serialized_start=1584
+  _globals['_JOBINFO']._serialized_end=1701
+  _globals['_REGISTERJOBREQUEST']._serialized_start=1703
+  _globals['_REGISTERJOBREQUEST']._serialized_end=1774
+  _globals['_REGISTERJOBREPLY']._serialized_start=1776
+  _globals['_REGISTERJOBREPLY']._serialized_end=1810
+  _globals['_FINISHJOBREQUEST']._serialized_start=1812
+  _globals['_FINISHJOBREQUEST']._serialized_end=1846
+  _globals['_FINISHJOBREPLY']._serialized_start=1848
+  _globals['_FINISHJOBREPLY']._serialized_end=1864
+  _globals['_LISTJOBSREQUEST']._serialized_start=1866
+  _globals['_LISTJOBSREQUEST']._serialized_end=1883
+  _globals['_LISTJOBSREPLY']._serialized_start=1885
+  _globals['_LISTJOBSREPLY']._serialized_end=1945
+  _globals['_HASPACKAGEREQUEST']._serialized_start=1947
+  _globals['_HASPACKAGEREQUEST']._serialized_end=1979
+  _globals['_HASPACKAGEREPLY']._serialized_start=1981
+  _globals['_HASPACKAGEREPLY']._serialized_end=2029
+  _globals['_PACKAGECHUNK']._serialized_start=2031
+  _globals['_PACKAGECHUNK']._serialized_end=2092
+  _globals['_UPLOADPACKAGEREPLY']._serialized_start=2094
+  _globals['_UPLOADPACKAGEREPLY']._serialized_end=2144
+  _globals['_DOWNLOADPACKAGEREQUEST']._serialized_start=2146
+  _globals['_DOWNLOADPACKAGEREQUEST']._serialized_end=2183
+  _globals['_PACKAGES']._serialized_start=2315
+  _globals['_PACKAGES']._serialized_end=2619
+  _globals['_CONTROLPLANE']._serialized_start=2622
+  _globals['_CONTROLPLANE']._serialized_end=3642
 # @@protoc_insertion_point(module_scope)

@@ -153,6 +153,24 @@ class GetClusterInfoReply(_message.Message):
     nodes_alive: int
     def __init__(self, cluster_id: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[float] = ..., nodes_alive: _Optional[int] = ...) -> None: ...
 
+class GetWorkflowStoresRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetWorkflowStoresReply(_message.Message):
+    __slots__ = ("db_url", "storage_url", "storage_configured", "signing_key", "head_machine")
+    DB_URL_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
+    HEAD_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    db_url: str
+    storage_url: str
+    storage_configured: bool
+    signing_key: bytes
+    head_machine: str
+    def __init__(self, db_url: _Optional[str] = ..., storage_url: _Optional[str] = ..., storage_configured: _Optional[bool] = ..., signing_key: _Optional[bytes] = ..., head_machine: _Optional[str] = ...) -> None: ...
+
 class JobInfo(_message.Message):
     __slots__ = ("job_id", "entrypoint", "hostname", "pid", "started_at", "finished_at")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
