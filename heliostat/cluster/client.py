@@ -8,6 +8,7 @@ errors a user can act on:
 * ``UNAUTHENTICATED`` -> :class:`~heliostat.exceptions.ClusterAuthError`;
 * ``UNAVAILABLE`` or a missed deadline -> :class:`~heliostat.exceptions.ClusterUnreachableError`;
 * ``NOT_FOUND`` on a heartbeat -> :class:`NodeNotKnown` (the node registers again);
+* ``ALREADY_EXISTS`` on a registration -> :class:`NodeIdTaken` (the node picks another id);
 * ``NOT_FOUND`` on a package download -> :class:`PackageNotOnHead`;
 * anything else -> :class:`~heliostat.exceptions.ClusterError`, with the head's reason
   (a package refused for its digest or size says so).
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "PACKAGE_TIMEOUT",
     "HeadClient",
+    "NodeIdTaken",
     "NodeNotKnown",
     "PackageNotOnHead",
     "StoresNotPublished",
@@ -69,6 +71,10 @@ def parse_address(address: str) -> tuple[str, int]:
 
 class NodeNotKnown(ClusterError):
     """The head does not count this node as alive (unknown, dead or gone): register again."""
+
+
+class NodeIdTaken(ClusterError):
+    """A live node of another process holds the node id a registration asked for."""
 
 
 class StoresNotPublished(ClusterError):
@@ -155,6 +161,8 @@ class HeadClient:
             )
         if code == grpc.StatusCode.NOT_FOUND and method == "Heartbeat":
             return NodeNotKnown(str(detail), address=self.address)
+        if code == grpc.StatusCode.ALREADY_EXISTS and method == "RegisterNode":
+            return NodeIdTaken(f"{where}: {detail}", address=self.address)
         if code == grpc.StatusCode.NOT_FOUND and method == "GetWorkflowStores":
             return StoresNotPublished(str(detail), address=self.address)
         if code == grpc.StatusCode.NOT_FOUND and method == "DownloadPackage":
@@ -187,16 +195,26 @@ class HeadClient:
         )
 
     def heartbeat(
-        self, node_id: str, available: Mapping[str, float], *, timeout: float | None = None
+        self,
+        node_id: str,
+        available: Mapping[str, float],
+        *,
+        timeout: float | None = None,
+        incarnation: int = 0,
     ) -> int:
-        """Say the node lives; returns its incarnation.
+        """Say the node lives, as ``incarnation`` (0: not said); returns its incarnation.
 
         Raises:
-            NodeNotKnown: the head does not count the node as alive.
+            NodeNotKnown: the head does not count the node as alive, or that incarnation
+                of it is over.
         """
         reply = self._call(
             "Heartbeat",
-            pb.HeartbeatRequest(node_id=node_id, available=rpc.resources_to_pb(available)),
+            pb.HeartbeatRequest(
+                node_id=node_id,
+                available=rpc.resources_to_pb(available),
+                incarnation=incarnation,
+            ),
             timeout=timeout,
         )
         return int(reply.incarnation)

@@ -172,7 +172,14 @@ class HeadHandler(Protocol):
     """What the servicer needs from the head (implemented by ``HeadService``)."""
 
     def register_node(self, registration: Registration, *, cause_id: str) -> RegisterAck: ...
-    def heartbeat(self, node_id: str, available: Mapping[str, float], *, cause_id: str) -> int: ...
+    def heartbeat(
+        self,
+        node_id: str,
+        available: Mapping[str, float],
+        *,
+        cause_id: str,
+        incarnation: int = 0,
+    ) -> int: ...
     def deregister_node(self, node_id: str, *, cause_id: str) -> None: ...
     def list_nodes(self) -> list[NodeView]: ...
     def cluster_resources(self) -> ClusterTotals: ...
@@ -278,18 +285,21 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     def RegisterNode(self, request: Any, context: grpc.ServicerContext) -> Any:
         if not request.node_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id is required")
-        ack = self._handler.register_node(
-            Registration(
-                node_id=request.node_id,
-                address=request.address,
-                hostname=request.hostname,
-                pid=request.pid,
-                total=resources_from_pb(request.total),
-                available=resources_from_pb(request.available),
-                is_head=request.is_head,
-            ),
-            cause_id=_cause(context),
-        )
+        try:
+            ack = self._handler.register_node(
+                Registration(
+                    node_id=request.node_id,
+                    address=request.address,
+                    hostname=request.hostname,
+                    pid=request.pid,
+                    total=resources_from_pb(request.total),
+                    available=resources_from_pb(request.available),
+                    is_head=request.is_head,
+                ),
+                cause_id=_cause(context),
+            )
+        except RpcRefusal as refusal:
+            self._refused(context, refusal)
         return pb.RegisterNodeReply(
             cluster_id=ack.cluster_id,
             incarnation=ack.incarnation,
@@ -300,7 +310,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             incarnation = self._handler.heartbeat(
-                request.node_id, resources_from_pb(request.available), cause_id=_cause(context)
+                request.node_id,
+                resources_from_pb(request.available),
+                cause_id=_cause(context),
+                incarnation=request.incarnation,
             )
         except RpcRefusal as refusal:
             self._refused(context, refusal)

@@ -10,6 +10,10 @@ driver that connected with ``init(address=...)``) is a *node* of the cluster:
 3. :class:`ClusterMembership` serves the node to its peers (``NodeLink``), registers
    it with the head and heartbeats (``NodeAgent``), until closed (``shutdown``).
 
+Two nodes joining at once may pick the same free index. The head refuses the second
+registration (``NodeIdTaken``: a live node of another process holds it), and
+:func:`join_with_free_index` stops that runtime and starts again with another index.
+
 A driver's node has no CPUs of its own (``num_cpus=0``): every task it submits runs on
 the cluster's nodes, its objects stay in its own store until a node pulls them, and it
 leaves the cluster when the driver shuts down, as a Ray driver does.
@@ -22,11 +26,11 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from heliostat.cluster.agent import NodeAgent
-from heliostat.cluster.client import HeadClient, parse_address
+from heliostat.cluster.client import HeadClient, NodeIdTaken, parse_address
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_link import NodeLink
 from heliostat.exceptions import ClusterError
@@ -36,6 +40,7 @@ __all__ = [
     "ClusterMembership",
     "choose_node_index",
     "fetch_workflow_stores",
+    "join_with_free_index",
     "local_address_towards",
     "resolve_address",
     "resolve_token",
@@ -44,6 +49,7 @@ __all__ = [
 log = logging.getLogger("heliostat.cluster")
 
 MAX_NODE_INDEX = 0xFFFF  # ids.py gives the node index 16 bits; 0 is a lone node
+JOIN_ATTEMPTS = 5  # indexes tried when the head says another node took the one picked
 
 
 def choose_node_index(taken: set[int], *, rand: Any = secrets.randbelow) -> int:
@@ -216,6 +222,45 @@ def taken_indexes(head: HeadClient) -> set[int]:
     return taken
 
 
+def join_with_free_index(
+    head: HeadClient,
+    start_runtime: Callable[[int], Any],
+    join: Callable[[Any], ClusterMembership],
+    *,
+    choose: Callable[[set[int]], int] = choose_node_index,
+    attempts: int = JOIN_ATTEMPTS,
+) -> tuple[Any, ClusterMembership]:
+    """Start a runtime under a free node index and join the cluster with it.
+
+    ``start_runtime(index)`` starts a runtime; ``join(runtime)`` returns its membership,
+    started (registered). When the head refuses the index because a live node of
+    another process holds it (two nodes picked it at once), the runtime is shut down and
+    another index is picked, up to ``attempts`` times.
+
+    Raises:
+        ClusterError: no free index after ``attempts`` tries, or the head's refusal.
+    """
+    taken = taken_indexes(head)
+    refusal: NodeIdTaken | None = None
+    for _ in range(attempts):
+        index = choose(taken)
+        runtime = start_runtime(index)
+        try:
+            return runtime, join(runtime)
+        except NodeIdTaken as exc:
+            refusal = exc
+            log.info("node index %s: %s; picking another", format_id(index), exc)
+            taken.add(index)
+            runtime.shutdown()
+        except BaseException:
+            runtime.shutdown()
+            raise
+    raise ClusterError(
+        f"could not join the cluster: {attempts} node indexes in a row were taken by "
+        f"nodes joining at the same time (last: {refusal})"
+    )
+
+
 def start_node_runtime(
     head: HeadClient,
     *,
@@ -232,22 +277,24 @@ def start_node_runtime(
     """
     from heliostat.engine import runtime as _rt
 
-    index = choose_node_index(taken_indexes(head))
-    runtime = _rt.Runtime(
-        num_cpus=num_cpus,
-        resources=resources,
-        object_store_memory=None,
-        namespace=None,
-        node_index=index,
-    )
-    runtime.start()
-    runtime.started_by_cli = True  # a scheduled run's own init() returns this node
-    try:
+    def start_runtime(index: int) -> Any:
+        runtime = _rt.Runtime(
+            num_cpus=num_cpus,
+            resources=resources,
+            object_store_memory=None,
+            namespace=None,
+            node_index=index,
+        )
+        runtime.start()
+        return runtime
+
+    def join(runtime: Any) -> ClusterMembership:
         membership = ClusterMembership(runtime, head=head, token=token, host=host, is_head=is_head)
         membership.start()
-    except BaseException:
-        runtime.shutdown()
-        raise
+        return membership
+
+    runtime, membership = join_with_free_index(head, start_runtime, join)
+    runtime.started_by_cli = True  # a scheduled run's own init() returns this node
     runtime.extensions["cluster"] = membership
     _rt.set_current(runtime)
     return runtime
