@@ -13,7 +13,8 @@ A head daemon runs, in this order (and stops them in the reverse order):
 3. a local node (``hs.init`` with ``--num-cpus`` / ``--resources``), registered with
    the control plane like any node, so the head also runs work, as Ray's does;
 4. the schedule trigger loop (the same one as ``heliostat scheduler``);
-5. with ``--ui-port``, the web UI, with the cluster token as its token.
+5. with ``--ui-port``, the web UI, with the cluster token as its token; its runtime
+   page shows the control plane's nodes and jobs, read in this process.
 
 A node daemon checks the head first (the token, the address), then starts its local
 node and its agent, which registers and heartbeats (``heliostat.cluster.NodeAgent``).
@@ -168,7 +169,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
 
     ui_url = ""
     if spec.ui_port is not None:
-        ui_url = _start_ui(spec, token, db_url, stack)
+        ui_url = _start_ui(spec, token, db_url, stack, cluster=service)
     write_daemon_info(
         DaemonInfo(
             kind="head",
@@ -238,13 +239,15 @@ def _scheduler(stop: threading.Event) -> None:
         log.exception("the schedule trigger loop stopped")
 
 
-def _start_ui(spec: DaemonSpec, token: str, db_url: str, stack: _Stack) -> str:
+def _start_ui(spec: DaemonSpec, token: str, db_url: str, stack: _Stack, *, cluster: Any) -> str:
+    """Serve the web UI in this process; its runtime page reads ``cluster`` (the head's
+    control plane) for the nodes and jobs."""
     import uvicorn
 
     from heliostat.cli.ui import _server_class
     from heliostat.ui import create_app
 
-    app = create_app(db_url=db_url, token=token, host=spec.host)
+    app = create_app(db_url=db_url, token=token, host=spec.host, cluster=cluster)
     family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

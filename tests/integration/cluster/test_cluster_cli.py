@@ -9,10 +9,12 @@ or, for the tests parametrized so, in a PostgreSQL schema of the test's own.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,25 @@ def test_tls_head_nodes_and_drivers(daemons: Daemons, tmp_path: Path) -> None:
         env={"HELIOSTAT_TLS_CERT": str(cert)},
     )
     assert ran.strip() == "42"
+
+
+def test_the_heads_web_ui_shows_the_clusters_nodes(daemons: Daemons) -> None:
+    """--ui-port: the UI in the head's process reads its control plane (no browser here:
+    the JSON and the HTML over HTTP)."""
+    daemons.start_head("--ui-port", "0")
+    node = daemons.start_node("n1", "127.0.0.2")
+    info = json.loads((daemons.home("head") / "cluster" / "head.json").read_text())
+    url = info["ui_url"]
+    with urllib.request.urlopen(url + "api/cluster", timeout=30) as answer:
+        cluster = json.loads(answer.read())
+    nodes = {n["node_id"]: n for n in cluster["nodes"]}
+    assert set(nodes) == {daemons.head_node_id(), node}
+    assert nodes[node]["address"].startswith("127.0.0.2:") and nodes[node]["state"] == "ALIVE"
+    assert nodes[node]["resources"]["CPU"]["total"] == 1.0
+    assert nodes[daemons.head_node_id()]["is_head"]
+    with urllib.request.urlopen(url + "runtime", timeout=30) as answer:
+        html = answer.read().decode()
+    assert f'data-node="{node}"' in html and nodes[node]["address"] in html
 
 
 def test_calls_without_the_token_or_with_a_wrong_one_are_refused(daemons: Daemons) -> None:
