@@ -56,7 +56,7 @@ class DaemonSpec:
     host: str = "127.0.0.1"
     port: int = 0
     ui_port: int | None = None
-    tls_key: str | None = None
+    tls_key: str | None = None  # head and node: TLS between nodes too (peer_tls.py)
     # node
     address: str = ""
     node_ip_address: str = ""
@@ -151,6 +151,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
         num_cpus=spec.num_cpus,
         resources=dict(spec.resources) or None,
         is_head=True,
+        tls=_peer_tls(spec),
     )
     stack.push("the local node", heliostat.shutdown)
     node_id = runtime.extensions["cluster"].node_id
@@ -192,6 +193,15 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
         ui_url=ui_url,
         db_url=_hide_password(db_url),
     )
+
+
+def _peer_tls(spec: DaemonSpec) -> Any:
+    """TLS between nodes with the cluster's certificate and key, when both were given."""
+    from heliostat.cluster.peer_tls import PeerTls
+
+    if spec.tls_cert and spec.tls_key:
+        return PeerTls.load(spec.tls_cert, spec.tls_key)
+    return None
 
 
 def _workflow_stores(db_url: str) -> Any:
@@ -301,6 +311,7 @@ def _run_node(
         host=spec.node_ip_address or local_address_towards(spec.address),
         num_cpus=spec.num_cpus,
         resources=dict(spec.resources) or None,
+        tls=_peer_tls(spec),
     )
     stack.push("the local node", heliostat.shutdown)
     membership = runtime.extensions["cluster"]

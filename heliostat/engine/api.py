@@ -233,10 +233,12 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
         ClusterMembership,
         join_with_free_index,
         local_address_towards,
+        peer_tls_from_env,
         resolve_token,
     )
 
     secret = resolve_token(token)
+    tls = peer_tls_from_env()  # a half-set pair fails here, before anything starts
     head = HeadClient(address, secret, tls_cert=os.environ.get("HELIOSTAT_TLS_CERT") or None)
     runtime: _rt.Runtime | None = None
 
@@ -253,7 +255,7 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
 
     def join(started: _rt.Runtime) -> ClusterMembership:
         membership = ClusterMembership(
-            started, head=head, token=secret, host=local_address_towards(address)
+            started, head=head, token=secret, host=local_address_towards(address), tls=tls
         )
         membership.start()
         return membership

@@ -31,6 +31,7 @@ from typing import Any
 
 from heliostat.cluster.agent import NodeAgent
 from heliostat.cluster.client import HeadClient, NodeIdTaken, parse_address
+from heliostat.cluster.peer_tls import PeerTls
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_link import NodeLink
 from heliostat.exceptions import ClusterError
@@ -42,6 +43,7 @@ __all__ = [
     "fetch_workflow_stores",
     "join_with_free_index",
     "local_address_towards",
+    "peer_tls_from_env",
     "resolve_address",
     "resolve_token",
 ]
@@ -122,6 +124,30 @@ def resolve_token(token: str | None) -> str:
     )
 
 
+def peer_tls_from_env() -> PeerTls | None:
+    """A driver's TLS between nodes: ``HELIOSTAT_TLS_CERT`` (the cluster's certificate,
+    also trusted for the head) with ``HELIOSTAT_TLS_KEY``; ``None`` without either.
+
+    Raises:
+        ClusterError: only one of the two is set, or a file cannot be read.
+    """
+    cert = os.environ.get("HELIOSTAT_TLS_CERT") or None
+    key = os.environ.get("HELIOSTAT_TLS_KEY") or None
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        missing = "HELIOSTAT_TLS_CERT" if cert is None else "HELIOSTAT_TLS_KEY"
+        raise ClusterError(
+            f"{missing} is not set: a driver of a TLS cluster needs both HELIOSTAT_TLS_CERT "
+            "and HELIOSTAT_TLS_KEY (the cluster's certificate and key), since nodes "
+            "deliver its results over TLS to the driver itself"
+        )
+    try:
+        return PeerTls.load(cert, key)
+    except ValueError as exc:
+        raise ClusterError(str(exc)) from None
+
+
 def fetch_workflow_stores(address: str, token: str | None) -> Any:
     """What the head at ``address`` publishes about its workflow stores (``None``:
     nothing), asked on a short-lived connection (commands run without a runtime).
@@ -169,12 +195,13 @@ class ClusterMembership:
         token: str,
         host: str,
         is_head: bool = False,
+        tls: PeerTls | None = None,
     ) -> None:
         self.head = head
         self.runtime = runtime
         self.node_index = runtime.config.node_index
         self.node_id = format_id(self.node_index)
-        self.link = NodeLink(runtime.manager, head=head, token=token, host=host)
+        self.link = NodeLink(runtime.manager, head=head, token=token, host=host, tls=tls)
         self.agent = NodeAgent(
             head,
             node_id=self.node_id,
@@ -269,6 +296,7 @@ def start_node_runtime(
     num_cpus: float | None,
     resources: dict[str, float] | None,
     is_head: bool = False,
+    tls: PeerTls | None = None,
 ) -> Any:
     """Start this process's runtime as a node of the cluster (``heliostat start``).
 
@@ -289,7 +317,9 @@ def start_node_runtime(
         return runtime
 
     def join(runtime: Any) -> ClusterMembership:
-        membership = ClusterMembership(runtime, head=head, token=token, host=host, is_head=is_head)
+        membership = ClusterMembership(
+            runtime, head=head, token=token, host=host, is_head=is_head, tls=tls
+        )
         membership.start()
         return membership
 
