@@ -109,9 +109,18 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
     EnvVar(
         name="HELIOSTAT_TLS_CERT",
         default="none",
-        meaning="A PEM certificate to trust when `hs.init(address=...)` connects to a "
-        "head that serves TLS (`heliostat start --head --tls-cert/--tls-key`).",
-        read_by=("heliostat.engine.api",),
+        meaning="The cluster's PEM certificate, for a driver of a TLS cluster "
+        "(`heliostat start --tls-cert/--tls-key`): trusted for the head and for peers, "
+        "and served to peers with `HELIOSTAT_TLS_KEY`.",
+        read_by=("heliostat.engine.api", "heliostat.engine.cluster_join"),
+    ),
+    EnvVar(
+        name="HELIOSTAT_TLS_KEY",
+        default="none",
+        meaning="The private key of `HELIOSTAT_TLS_CERT`: a driver of a TLS cluster "
+        "serves its peers (the nodes that send it results) with TLS; needed with "
+        "`HELIOSTAT_TLS_CERT`.",
+        read_by=("heliostat.engine.cluster_join",),
     ),
     EnvVar(
         name="HELIOSTAT_STORAGE",

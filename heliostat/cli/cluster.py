@@ -88,10 +88,11 @@ def register(sub: Any) -> None:
         "--tls-cert",
         default=None,
         metavar="PEM",
-        help="head: serve TLS with this certificate (with --tls-key); node: trust this "
-        "certificate for the head",
+        help="the cluster's TLS certificate (with --tls-key): the head serves its control "
+        "plane with it, every node serves its peers with it and trusts it for the head "
+        "and its peers; its names must cover every node's address",
     )
-    p.add_argument("--tls-key", default=None, metavar="PEM", help="head: the TLS private key")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
     p.set_defaults(func=_cmd_start)
 
     p = sub.add_parser(
@@ -203,9 +204,14 @@ def _check_node(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]
     from heliostat.cluster.local import token_path
 
     head_only = "is for a head (--head); a node takes --address"
-    _refuse(
-        args, ("--host", "--port", "--ui-port", "--db-url", "--storage", "--tls-key"), head_only
-    )
+    _refuse(args, ("--host", "--port", "--ui-port", "--db-url", "--storage"), head_only)
+    if args.tls_key is not None and args.tls_cert is None:
+        raise CliError("--tls-key needs --tls-cert (the cluster's certificate)")
+    if args.tls_cert is not None and args.tls_key is None:
+        raise CliError(
+            "--tls-cert needs --tls-key on a node: nodes serve each other with TLS too, "
+            "with the cluster's certificate and key"
+        )
     try:
         host, port = parse_address(args.address)
     except ValueError as exc:
@@ -240,6 +246,7 @@ def _check_node(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]
         "address": args.address,
         "node_ip_address": node_ip,
         "tls_cert": _readable("--tls-cert", args.tls_cert),
+        "tls_key": _readable("--tls-key", args.tls_key),
     }
 
 

@@ -13,7 +13,8 @@ A head daemon runs, in this order (and stops them in the reverse order):
 3. a local node (``hs.init`` with ``--num-cpus`` / ``--resources``), registered with
    the control plane like any node, so the head also runs work, as Ray's does;
 4. the schedule trigger loop (the same one as ``heliostat scheduler``);
-5. with ``--ui-port``, the web UI, with the cluster token as its token.
+5. with ``--ui-port``, the web UI, with the cluster token as its token; its runtime
+   page shows the control plane's nodes and jobs, read in this process.
 
 A node daemon checks the head first (the token, the address), then starts its local
 node and its agent, which registers and heartbeats (``heliostat.cluster.NodeAgent``).
@@ -55,7 +56,7 @@ class DaemonSpec:
     host: str = "127.0.0.1"
     port: int = 0
     ui_port: int | None = None
-    tls_key: str | None = None
+    tls_key: str | None = None  # head and node: TLS between nodes too (peer_tls.py)
     # node
     address: str = ""
     node_ip_address: str = ""
@@ -130,6 +131,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
         cluster_id=cluster_id_of(token),
         version=heliostat.__version__,
         store=NodeTableStore(engine),
+        workflow_stores=_workflow_stores(db_url),
     )
     tls = TlsFiles(cert=spec.tls_cert, key=spec.tls_key) if spec.tls_cert and spec.tls_key else None
     try:
@@ -149,6 +151,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
         num_cpus=spec.num_cpus,
         resources=dict(spec.resources) or None,
         is_head=True,
+        tls=_peer_tls(spec),
     )
     stack.push("the local node", heliostat.shutdown)
     node_id = runtime.extensions["cluster"].node_id
@@ -167,7 +170,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
 
     ui_url = ""
     if spec.ui_port is not None:
-        ui_url = _start_ui(spec, token, db_url, stack)
+        ui_url = _start_ui(spec, token, db_url, stack, cluster=service)
     write_daemon_info(
         DaemonInfo(
             kind="head",
@@ -192,6 +195,45 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
     )
 
 
+def _peer_tls(spec: DaemonSpec) -> Any:
+    """TLS between nodes with the cluster's certificate and key, when both were given."""
+    from heliostat.cluster.peer_tls import PeerTls
+
+    if spec.tls_cert and spec.tls_key:
+        return PeerTls.load(spec.tls_cert, spec.tls_key)
+    return None
+
+
+def _workflow_stores(db_url: str) -> Any:
+    """What the head publishes to joining drivers: its database, its checkpoint store
+    (``--storage``, else the default under its home) and its signing key."""
+    from heliostat.cluster.local import machine_id
+    from heliostat.cluster.rpc import WorkflowStores
+    from heliostat.storage.checkpoints import default_storage_url
+    from heliostat.storage.signing import default_signer
+
+    return WorkflowStores(
+        db_url=db_url,
+        storage_url=default_storage_url(),
+        storage_configured=bool(os.environ.get("HELIOSTAT_STORAGE")),
+        signing_key=default_signer().export_key(),
+        head_machine=machine_id(),
+    )
+
+
+def _adopt_cluster_key(client: Any) -> None:
+    """Sign as the cluster does: a node's workers tag the checkpoint files they write
+    with the installation key, and the drivers that resume check those tags with the
+    cluster's. A key set here (``HELIOSTAT_SECRET_KEY``) is kept."""
+    from heliostat.storage.signing import SECRET_KEY_ENV
+
+    if os.environ.get(SECRET_KEY_ENV):
+        return
+    stores = client.workflow_stores()
+    if stores is not None and stores.signing_key:
+        os.environ[SECRET_KEY_ENV] = stores.signing_key.hex()  # the workers inherit it
+
+
 def _hide_password(url: str) -> str:
     import sqlalchemy as sa
 
@@ -207,13 +249,15 @@ def _scheduler(stop: threading.Event) -> None:
         log.exception("the schedule trigger loop stopped")
 
 
-def _start_ui(spec: DaemonSpec, token: str, db_url: str, stack: _Stack) -> str:
+def _start_ui(spec: DaemonSpec, token: str, db_url: str, stack: _Stack, *, cluster: Any) -> str:
+    """Serve the web UI in this process; its runtime page reads ``cluster`` (the head's
+    control plane) for the nodes and jobs."""
     import uvicorn
 
     from heliostat.cli.ui import _server_class
     from heliostat.ui import create_app
 
-    app = create_app(db_url=db_url, token=token, host=spec.host)
+    app = create_app(db_url=db_url, token=token, host=spec.host, cluster=cluster)
     family = socket.AF_INET6 if ":" in spec.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -256,6 +300,7 @@ def _run_node(
     client = HeadClient(spec.address, token, tls_cert=spec.tls_cert)
     stack.push("the connection to the head", client.close)
     info = client.cluster_info()  # a wrong token or address fails here, before any work
+    _adopt_cluster_key(client)
     # Keep the token where 'heliostat status' and hs.init(address="auto") look for it.
     if not token_path().exists():
         with contextlib.suppress(OSError):
@@ -266,6 +311,7 @@ def _run_node(
         host=spec.node_ip_address or local_address_towards(spec.address),
         num_cpus=spec.num_cpus,
         resources=dict(spec.resources) or None,
+        tls=_peer_tls(spec),
     )
     stack.push("the local node", heliostat.shutdown)
     membership = runtime.extensions["cluster"]

@@ -30,6 +30,7 @@ from heliostat.cluster.auth import cluster_id_of, ensure_token_file, read_token_
 from heliostat.cluster.client import (
     DEFAULT_TIMEOUT,
     HeadClient,
+    NodeIdTaken,
     NodeNotKnown,
     PackageNotOnHead,
     parse_address,
@@ -49,6 +50,7 @@ __all__ = [
     "JobView",
     "Membership",
     "NodeAgent",
+    "NodeIdTaken",
     "NodeNotKnown",
     "NodeState",
     "NodeView",

@@ -14,7 +14,9 @@
    again, which is harmless for a head that still counts the node alive and is what a
    head that lost its table needs. So nodes rejoin a restarted head by themselves.
 5. A refused token is final: the agent stops and reports it (``on_fatal``); retrying
-   could not help.
+   could not help. So is a registration refused because a live node of another
+   process now holds this node's id (it took the id while this node was counted
+   dead): the ids this node mints would collide with that one's.
 6. :meth:`NodeAgent.stop` ends the thread and, asked to, deregisters (the node LEFT
    rather than dead).
 
@@ -30,7 +32,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from heliostat.cluster.client import HeadClient, NodeNotKnown
+from heliostat.cluster.client import HeadClient, NodeIdTaken, NodeNotKnown
 from heliostat.cluster.rpc import RegisterAck, Registration
 from heliostat.exceptions import ClusterAuthError, ClusterError
 
@@ -153,7 +155,10 @@ class NodeAgent:
                 if registered:
                     # A heartbeat answered later than the interval is as good as lost.
                     self.client.heartbeat(
-                        self.node_id, self._resources.available(), timeout=max(interval, 1.0)
+                        self.node_id,
+                        self._resources.available(),
+                        timeout=max(interval, 1.0),
+                        incarnation=self.ack.incarnation,
                     )
                     self.heartbeats += 1
                 else:
@@ -166,6 +171,11 @@ class NodeAgent:
                 continue
             except ClusterAuthError as exc:
                 log.error("the head refused node %s's token: %s", self.node_id, exc)
+                if self._on_fatal is not None:
+                    self._on_fatal(exc)
+                return
+            except NodeIdTaken as exc:
+                log.error("node %s cannot rejoin: %s", self.node_id, exc)
                 if self._on_fatal is not None:
                     self._on_fatal(exc)
                 return

@@ -8,6 +8,7 @@ errors a user can act on:
 * ``UNAUTHENTICATED`` -> :class:`~heliostat.exceptions.ClusterAuthError`;
 * ``UNAVAILABLE`` or a missed deadline -> :class:`~heliostat.exceptions.ClusterUnreachableError`;
 * ``NOT_FOUND`` on a heartbeat -> :class:`NodeNotKnown` (the node registers again);
+* ``ALREADY_EXISTS`` on a registration -> :class:`NodeIdTaken` (the node picks another id);
 * ``NOT_FOUND`` on a package download -> :class:`PackageNotOnHead`;
 * anything else -> :class:`~heliostat.exceptions.ClusterError`, with the head's reason
   (a package refused for its digest or size says so).
@@ -37,8 +38,10 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "PACKAGE_TIMEOUT",
     "HeadClient",
+    "NodeIdTaken",
     "NodeNotKnown",
     "PackageNotOnHead",
+    "StoresNotPublished",
     "parse_address",
 ]
 
@@ -68,6 +71,14 @@ def parse_address(address: str) -> tuple[str, int]:
 
 class NodeNotKnown(ClusterError):
     """The head does not count this node as alive (unknown, dead or gone): register again."""
+
+
+class NodeIdTaken(ClusterError):
+    """A live node of another process holds the node id a registration asked for."""
+
+
+class StoresNotPublished(ClusterError):
+    """The head publishes no workflow stores (one embedded in a test, without them)."""
 
 
 class PackageNotOnHead(ClusterError):
@@ -150,6 +161,10 @@ class HeadClient:
             )
         if code == grpc.StatusCode.NOT_FOUND and method == "Heartbeat":
             return NodeNotKnown(str(detail), address=self.address)
+        if code == grpc.StatusCode.ALREADY_EXISTS and method == "RegisterNode":
+            return NodeIdTaken(f"{where}: {detail}", address=self.address)
+        if code == grpc.StatusCode.NOT_FOUND and method == "GetWorkflowStores":
+            return StoresNotPublished(str(detail), address=self.address)
         if code == grpc.StatusCode.NOT_FOUND and method == "DownloadPackage":
             return PackageNotOnHead(
                 f"{where} has no such package ({detail}); publish it again", address=self.address
@@ -180,16 +195,26 @@ class HeadClient:
         )
 
     def heartbeat(
-        self, node_id: str, available: Mapping[str, float], *, timeout: float | None = None
+        self,
+        node_id: str,
+        available: Mapping[str, float],
+        *,
+        timeout: float | None = None,
+        incarnation: int = 0,
     ) -> int:
-        """Say the node lives; returns its incarnation.
+        """Say the node lives, as ``incarnation`` (0: not said); returns its incarnation.
 
         Raises:
-            NodeNotKnown: the head does not count the node as alive.
+            NodeNotKnown: the head does not count the node as alive, or that incarnation
+                of it is over.
         """
         reply = self._call(
             "Heartbeat",
-            pb.HeartbeatRequest(node_id=node_id, available=rpc.resources_to_pb(available)),
+            pb.HeartbeatRequest(
+                node_id=node_id,
+                available=rpc.resources_to_pb(available),
+                incarnation=incarnation,
+            ),
             timeout=timeout,
         )
         return int(reply.incarnation)
@@ -217,6 +242,24 @@ class HeadClient:
             version=reply.version,
             started_at=reply.started_at,
             nodes_alive=reply.nodes_alive,
+        )
+
+    def workflow_stores(self) -> rpc.WorkflowStores | None:
+        """Where the cluster's workflows keep their state (``None``: the head says none).
+
+        The answer holds secrets (a database password, the signing key): see
+        :class:`~heliostat.cluster.rpc.WorkflowStores`.
+        """
+        try:
+            reply = self._call("GetWorkflowStores", pb.GetWorkflowStoresRequest())
+        except StoresNotPublished:
+            return None
+        return rpc.WorkflowStores(
+            db_url=reply.db_url,
+            storage_url=reply.storage_url,
+            storage_configured=reply.storage_configured,
+            signing_key=bytes(reply.signing_key),
+            head_machine=reply.head_machine,
         )
 
     # --- jobs

@@ -50,6 +50,7 @@ from heliostat.cluster.rpc import (
     RegisterAck,
     Registration,
     RpcRefusal,
+    WorkflowStores,
     add_package_servicer,
     add_servicer,
 )
@@ -86,6 +87,8 @@ class HeadService:
         package_dir: where uploaded code packages are kept (default
             ``$HELIOSTAT_HOME/cluster/packages``, created on the first upload).
         max_package_bytes: the largest package accepted.
+        workflow_stores: where the cluster's workflows keep their state, published to
+            drivers that join (``None``: nothing is published; drivers use their own).
     """
 
     def __init__(
@@ -99,8 +102,10 @@ class HeadService:
         wall: Callable[[], float] = time.time,
         package_dir: str | os.PathLike[str] | None = None,
         max_package_bytes: int = MAX_PACKAGE_BYTES,
+        workflow_stores: WorkflowStores | None = None,
     ) -> None:
         self.cluster_id = cluster_id
+        self._workflow_stores = workflow_stores
         self.packages = PackageStore(
             package_dir if package_dir is not None else cluster_dir() / "packages",
             max_bytes=max_package_bytes,
@@ -188,7 +193,9 @@ class HeadService:
             rows = [
                 self._row_of(i.node, now, wall_now)
                 for i in instructions
-                if not isinstance(i, ms.HeartbeatAccepted | ms.HeartbeatRejected)
+                if not isinstance(
+                    i, ms.HeartbeatAccepted | ms.HeartbeatRejected | ms.RegistrationRefused
+                )
             ]
             if rows and self._store is not None:
                 self._writes.put(rows)  # under the lock: rows reach SQL in machine order
@@ -242,6 +249,14 @@ class HeadService:
                 cause_id=cause_id,
             )
         )
+        for instruction in instructions:
+            if isinstance(instruction, ms.RegistrationRefused):
+                holder = instruction.holder
+                raise RpcRefusal(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"node id {registration.node_id} is held by a live node "
+                    f"({holder.address}, pid {holder.pid} on {holder.hostname}); pick another",
+                )
         alive = next(i for i in instructions if isinstance(i, ms.NodeAlive))
         timing = self.timing
         return RegisterAck(
@@ -251,9 +266,20 @@ class HeadService:
             dead_after=timing.dead_after,
         )
 
-    def heartbeat(self, node_id: str, available: Mapping[str, float], *, cause_id: str) -> int:
+    def heartbeat(
+        self,
+        node_id: str,
+        available: Mapping[str, float],
+        *,
+        cause_id: str,
+        incarnation: int = 0,
+    ) -> int:
         event = ms.HeartbeatReceived(
-            node_id=node_id, available=available, now=self._clock(), cause_id=cause_id
+            node_id=node_id,
+            available=available,
+            now=self._clock(),
+            incarnation=incarnation,
+            cause_id=cause_id,
         )
         for instruction in self._handle(event):
             if isinstance(instruction, ms.HeartbeatRejected):
@@ -287,6 +313,9 @@ class HeadService:
             started_at=self.started_at,
             nodes_alive=alive,
         )
+
+    def workflow_stores(self) -> WorkflowStores | None:
+        return self._workflow_stores
 
     def register_job(self, entrypoint: str, hostname: str, pid: int) -> str:
         with self._lock:
@@ -382,6 +411,16 @@ def _log_instruction(instruction: ms.Instruction) -> None:
         )
     elif isinstance(instruction, ms.NodeLeft):
         log.info("node %s left the cluster", instruction.node.node_id)
+    elif isinstance(instruction, ms.RegistrationRefused):
+        holder = instruction.holder
+        log.warning(
+            "refused a registration as node %s, held by a live node (%s, pid %d on %s) [%s]",
+            instruction.node_id,
+            holder.address,
+            holder.pid,
+            holder.hostname,
+            instruction.cause_id,
+        )
     elif isinstance(instruction, ms.HeartbeatRejected):
         log.info(
             "heartbeat of node %s refused (%s) [%s]",

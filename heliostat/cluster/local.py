@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -42,6 +43,7 @@ __all__ = [
     "DaemonKind",
     "cluster_dir",
     "log_path",
+    "machine_id",
     "pid_path",
     "read_daemon_info",
     "remove_daemon_files",
@@ -68,6 +70,20 @@ class DaemonInfo:
     ui_url: str = ""
     tls_cert: str = ""  # the certificate a client of this head trusts ("" : no TLS)
     log_file: str = ""
+
+
+def machine_id() -> str:
+    """Who this machine is: its hostname and, where the OS keeps one, its machine id.
+
+    Two processes with the same answer share a filesystem root, so a SQLite file or a
+    directory one of them names is the other's too (see ``docs/cluster.md``).
+    """
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found = Path(path).read_text(encoding="ascii").strip()
+            if found:
+                return f"{socket.gethostname()}/{found}"
+    return socket.gethostname()
 
 
 def cluster_dir(home: Path | None = None) -> Path:

@@ -21,6 +21,14 @@ Liveness protocol:
    back as a new *incarnation*: whatever the cluster did about its death (tasks
    retried elsewhere) stays done, and the node starts afresh.
 4. A node that leaves on purpose deregisters (:class:`NodeDeregistered`) and is LEFT.
+4a. Node ids are chosen by the nodes (a random index, ``engine/cluster_join.py``), so
+   two nodes joining at once can pick the same one. A registration under the id of a
+   live node from *another process* (another hostname, pid or address) is refused
+   (:class:`RegistrationRefused`; the RPC layer answers ALREADY_EXISTS and the joining
+   node picks another id). Only the same process may register again while it is live
+   (after a head restart); a DEAD or LEFT node's id may be taken by anyone, as a new
+   incarnation. Heartbeats carry the incarnation they belong to, so those of a process
+   whose id was taken meanwhile are rejected rather than counted for the new holder.
 5. A restarted head builds the machine from the persisted records
    (``Membership(nodes=...)``): nodes that were ALIVE or SUSPECT get a full
    ``dead_after`` of grace from the moment of recovery, since the head cannot know
@@ -58,6 +66,7 @@ __all__ = [
     "NodeRegistered",
     "NodeState",
     "NodeSuspect",
+    "RegistrationRefused",
     "Tick",
     "Timing",
     "check_node_transition",
@@ -150,11 +159,13 @@ class NodeRegistered:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeartbeatReceived:
-    """A node says it is alive, with the resources it has free."""
+    """A node says it is alive, with the resources it has free, as the incarnation it
+    registered as (0: not said)."""
 
     node_id: str
     available: Mapping[str, float]
     now: float
+    incarnation: int = 0
     cause_id: str = ""
 
 
@@ -237,7 +248,25 @@ class HeartbeatRejected:
     cause_id: str = ""
 
 
-Instruction = NodeAlive | NodeSuspect | NodeDead | NodeLeft | HeartbeatAccepted | HeartbeatRejected
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrationRefused:
+    """Answer the registration with ALREADY_EXISTS: a live node of another process holds
+    ``node_id`` (``holder``); the registering node must pick another id."""
+
+    node_id: str
+    holder: NodeRecord
+    cause_id: str = ""
+
+
+Instruction = (
+    NodeAlive
+    | NodeSuspect
+    | NodeDead
+    | NodeLeft
+    | HeartbeatAccepted
+    | HeartbeatRejected
+    | RegistrationRefused
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -328,7 +357,11 @@ class Membership:
             node = NodeRecord(node_id=ev.node_id, registered_at=ev.now, **info)  # type: ignore[arg-type]
             self._nodes[node.node_id] = node
             return [NodeAlive(node=node, cause_id=ev.cause_id)]
-        if old.state in LIVE_STATES:  # the same incarnation says hello again (head restart)
+        if old.state in LIVE_STATES:
+            if (old.hostname, old.pid, old.address) != (ev.hostname, ev.pid, ev.address):
+                # Another process picked a live node's id: it must pick another.
+                return [RegistrationRefused(node_id=ev.node_id, holder=old, cause_id=ev.cause_id)]
+            # The same incarnation says hello again (a head restart).
             node = self._set(old, NodeState.ALIVE, **info)
             return [NodeAlive(node=node, cause_id=ev.cause_id)]
         node = self._set(
@@ -345,6 +378,10 @@ class Membership:
         old = self._nodes.get(ev.node_id)
         if old is None or old.state not in LIVE_STATES:
             why = "unknown node" if old is None else f"node is {old.state.value}"
+            return [HeartbeatRejected(node_id=ev.node_id, reason=why, cause_id=ev.cause_id)]
+        if ev.incarnation and ev.incarnation != old.incarnation:
+            # A process whose incarnation is over: another one holds the id now.
+            why = f"incarnation {ev.incarnation} is over (the node is at {old.incarnation})"
             return [HeartbeatRejected(node_id=ev.node_id, reason=why, cause_id=ev.cause_id)]
         node = self._set(
             old,

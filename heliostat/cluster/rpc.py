@@ -39,6 +39,7 @@ __all__ = [
     "RegisterAck",
     "Registration",
     "RpcRefusal",
+    "WorkflowStores",
     "add_package_servicer",
     "add_servicer",
     "job_from_pb",
@@ -112,6 +113,28 @@ class ClusterInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowStores:
+    """Where the cluster's durable workflows keep their state, as the head publishes it.
+
+    Holds secrets (a password inside ``db_url``, ``signing_key``): never log it whole;
+    its ``repr`` hides both.
+    """
+
+    db_url: str
+    storage_url: str
+    storage_configured: bool  # False: the default under the head's HELIOSTAT_HOME
+    signing_key: bytes
+    head_machine: str  # the head's machine, as heliostat.cluster.local.machine_id() says
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkflowStores(db_url=<{len(self.db_url)} chars>, "
+            f"storage_url={self.storage_url!r}, storage_configured={self.storage_configured}, "
+            f"signing_key=<hidden>, head_machine={self.head_machine!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobView:
     """A driver registered with the head."""
 
@@ -149,11 +172,19 @@ class HeadHandler(Protocol):
     """What the servicer needs from the head (implemented by ``HeadService``)."""
 
     def register_node(self, registration: Registration, *, cause_id: str) -> RegisterAck: ...
-    def heartbeat(self, node_id: str, available: Mapping[str, float], *, cause_id: str) -> int: ...
+    def heartbeat(
+        self,
+        node_id: str,
+        available: Mapping[str, float],
+        *,
+        cause_id: str,
+        incarnation: int = 0,
+    ) -> int: ...
     def deregister_node(self, node_id: str, *, cause_id: str) -> None: ...
     def list_nodes(self) -> list[NodeView]: ...
     def cluster_resources(self) -> ClusterTotals: ...
     def cluster_info(self) -> ClusterInfo: ...
+    def workflow_stores(self) -> WorkflowStores | None: ...
     def register_job(self, entrypoint: str, hostname: str, pid: int) -> str: ...
     def finish_job(self, job_id: str) -> None: ...
     def list_jobs(self) -> list[JobView]: ...
@@ -254,18 +285,21 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     def RegisterNode(self, request: Any, context: grpc.ServicerContext) -> Any:
         if not request.node_id:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id is required")
-        ack = self._handler.register_node(
-            Registration(
-                node_id=request.node_id,
-                address=request.address,
-                hostname=request.hostname,
-                pid=request.pid,
-                total=resources_from_pb(request.total),
-                available=resources_from_pb(request.available),
-                is_head=request.is_head,
-            ),
-            cause_id=_cause(context),
-        )
+        try:
+            ack = self._handler.register_node(
+                Registration(
+                    node_id=request.node_id,
+                    address=request.address,
+                    hostname=request.hostname,
+                    pid=request.pid,
+                    total=resources_from_pb(request.total),
+                    available=resources_from_pb(request.available),
+                    is_head=request.is_head,
+                ),
+                cause_id=_cause(context),
+            )
+        except RpcRefusal as refusal:
+            self._refused(context, refusal)
         return pb.RegisterNodeReply(
             cluster_id=ack.cluster_id,
             incarnation=ack.incarnation,
@@ -276,7 +310,10 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
     def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             incarnation = self._handler.heartbeat(
-                request.node_id, resources_from_pb(request.available), cause_id=_cause(context)
+                request.node_id,
+                resources_from_pb(request.available),
+                cause_id=_cause(context),
+                incarnation=request.incarnation,
             )
         except RpcRefusal as refusal:
             self._refused(context, refusal)
@@ -302,6 +339,19 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             version=info.version,
             started_at=info.started_at,
             nodes_alive=info.nodes_alive,
+        )
+
+    def GetWorkflowStores(self, request: Any, context: grpc.ServicerContext) -> Any:
+        stores = self._handler.workflow_stores()
+        if stores is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "this head publishes no workflow stores")
+        assert stores is not None  # abort raised
+        return pb.GetWorkflowStoresReply(
+            db_url=stores.db_url,
+            storage_url=stores.storage_url,
+            storage_configured=stores.storage_configured,
+            signing_key=stores.signing_key,
+            head_machine=stores.head_machine,
         )
 
     def RegisterJob(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -19,7 +19,6 @@ from heliostat.engine import runtime as _rt
 from heliostat.engine.actor import ActorClass, ActorHandle
 from heliostat.engine.events import to_chrome_trace
 from heliostat.engine.generators import ObjectRefGenerator, wait_with_generators
-from heliostat.engine.ids import format_id
 from heliostat.engine.init_options import check_init_options
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction, task_options
@@ -232,31 +231,41 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
     from heliostat.cluster.packages import publish
     from heliostat.engine.cluster_join import (
         ClusterMembership,
-        choose_node_index,
+        join_with_free_index,
         local_address_towards,
+        peer_tls_from_env,
         resolve_token,
-        taken_indexes,
     )
 
     secret = resolve_token(token)
+    tls = peer_tls_from_env()  # a half-set pair fails here, before anything starts
     head = HeadClient(address, secret, tls_cert=os.environ.get("HELIOSTAT_TLS_CERT") or None)
     runtime: _rt.Runtime | None = None
-    try:
-        head.cluster_info()  # a wrong token or an empty address fails here, clearly
-        index = choose_node_index(taken_indexes(head))
-        runtime = _rt.Runtime(
+
+    def start_runtime(index: int) -> _rt.Runtime:
+        started = _rt.Runtime(
             num_cpus=0,
             resources=None,
             object_store_memory=None,
             node_index=index,
             **options,
         )
-        runtime.start()
+        started.start()
+        return started
+
+    def join(started: _rt.Runtime) -> ClusterMembership:
         membership = ClusterMembership(
-            runtime, head=head, token=secret, host=local_address_towards(address)
+            started, head=head, token=secret, host=local_address_towards(address), tls=tls
         )
         membership.start()
+        return membership
+
+    try:
+        head.cluster_info()  # a wrong token or an empty address fails here, clearly
+        runtime, membership = join_with_free_index(head, start_runtime, join)
         runtime.extensions["cluster"] = membership
+        # Where the job's durable workflows record (heliostat.workflows.services).
+        membership.workflow_stores = head.workflow_stores()
         # The job's own modules (runtime_env working_dir / py_modules), for the nodes.
         membership.set_code(publish(head, options.get("code")))
         membership.job_id = head.register_job(" ".join(sys.argv), socket.gethostname(), os.getpid())
@@ -265,7 +274,7 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
             runtime.shutdown()
         head.close()
         raise
-    log.info("connected to the heliostat cluster at %s as node %s", address, format_id(index))
+    log.info("connected to the heliostat cluster at %s as node %s", address, membership.node_id)
     return runtime
 
 

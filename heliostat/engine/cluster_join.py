@@ -10,6 +10,10 @@ driver that connected with ``init(address=...)``) is a *node* of the cluster:
 3. :class:`ClusterMembership` serves the node to its peers (``NodeLink``), registers
    it with the head and heartbeats (``NodeAgent``), until closed (``shutdown``).
 
+Two nodes joining at once may pick the same free index. The head refuses the second
+registration (``NodeIdTaken``: a live node of another process holds it), and
+:func:`join_with_free_index` stops that runtime and starts again with another index.
+
 A driver's node has no CPUs of its own (``num_cpus=0``): every task it submits runs on
 the cluster's nodes, its objects stay in its own store until a node pulls them, and it
 leaves the cluster when the driver shuts down, as a Ray driver does.
@@ -22,11 +26,12 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from heliostat.cluster.agent import NodeAgent
-from heliostat.cluster.client import HeadClient, parse_address
+from heliostat.cluster.client import HeadClient, NodeIdTaken, parse_address
+from heliostat.cluster.peer_tls import PeerTls
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_link import NodeLink
 from heliostat.exceptions import ClusterError
@@ -35,7 +40,10 @@ __all__ = [
     "MAX_NODE_INDEX",
     "ClusterMembership",
     "choose_node_index",
+    "fetch_workflow_stores",
+    "join_with_free_index",
     "local_address_towards",
+    "peer_tls_from_env",
     "resolve_address",
     "resolve_token",
 ]
@@ -43,6 +51,7 @@ __all__ = [
 log = logging.getLogger("heliostat.cluster")
 
 MAX_NODE_INDEX = 0xFFFF  # ids.py gives the node index 16 bits; 0 is a lone node
+JOIN_ATTEMPTS = 5  # indexes tried when the head says another node took the one picked
 
 
 def choose_node_index(taken: set[int], *, rand: Any = secrets.randbelow) -> int:
@@ -115,6 +124,42 @@ def resolve_token(token: str | None) -> str:
     )
 
 
+def peer_tls_from_env() -> PeerTls | None:
+    """A driver's TLS between nodes: ``HELIOSTAT_TLS_CERT`` (the cluster's certificate,
+    also trusted for the head) with ``HELIOSTAT_TLS_KEY``; ``None`` without either.
+
+    Raises:
+        ClusterError: only one of the two is set, or a file cannot be read.
+    """
+    cert = os.environ.get("HELIOSTAT_TLS_CERT") or None
+    key = os.environ.get("HELIOSTAT_TLS_KEY") or None
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        missing = "HELIOSTAT_TLS_CERT" if cert is None else "HELIOSTAT_TLS_KEY"
+        raise ClusterError(
+            f"{missing} is not set: a driver of a TLS cluster needs both HELIOSTAT_TLS_CERT "
+            "and HELIOSTAT_TLS_KEY (the cluster's certificate and key), since nodes "
+            "deliver its results over TLS to the driver itself"
+        )
+    try:
+        return PeerTls.load(cert, key)
+    except ValueError as exc:
+        raise ClusterError(str(exc)) from None
+
+
+def fetch_workflow_stores(address: str, token: str | None) -> Any:
+    """What the head at ``address`` publishes about its workflow stores (``None``:
+    nothing), asked on a short-lived connection (commands run without a runtime).
+
+    Raises:
+        ClusterError: the head refused the token or cannot be reached.
+    """
+    secret = resolve_token(token)
+    with HeadClient(address, secret, tls_cert=os.environ.get("HELIOSTAT_TLS_CERT") or None) as head:
+        return head.workflow_stores()
+
+
 class _LocalResources:
     """What the node agent reports: this node's own resources (not the cluster's)."""
 
@@ -150,12 +195,13 @@ class ClusterMembership:
         token: str,
         host: str,
         is_head: bool = False,
+        tls: PeerTls | None = None,
     ) -> None:
         self.head = head
         self.runtime = runtime
         self.node_index = runtime.config.node_index
         self.node_id = format_id(self.node_index)
-        self.link = NodeLink(runtime.manager, head=head, token=token, host=host)
+        self.link = NodeLink(runtime.manager, head=head, token=token, host=host, tls=tls)
         self.agent = NodeAgent(
             head,
             node_id=self.node_id,
@@ -166,6 +212,9 @@ class ClusterMembership:
             is_head=is_head,
         )
         self.job_id = ""
+        # What the head publishes about the cluster's workflow stores (a driver's
+        # workflows record there: heliostat.workflows.services); None on daemons.
+        self.workflow_stores: Any = None
 
     def set_code(self, uris: tuple[str, ...]) -> None:
         """The job's code packages: tasks forwarded from this node carry them."""
@@ -200,6 +249,45 @@ def taken_indexes(head: HeadClient) -> set[int]:
     return taken
 
 
+def join_with_free_index(
+    head: HeadClient,
+    start_runtime: Callable[[int], Any],
+    join: Callable[[Any], ClusterMembership],
+    *,
+    choose: Callable[[set[int]], int] = choose_node_index,
+    attempts: int = JOIN_ATTEMPTS,
+) -> tuple[Any, ClusterMembership]:
+    """Start a runtime under a free node index and join the cluster with it.
+
+    ``start_runtime(index)`` starts a runtime; ``join(runtime)`` returns its membership,
+    started (registered). When the head refuses the index because a live node of
+    another process holds it (two nodes picked it at once), the runtime is shut down and
+    another index is picked, up to ``attempts`` times.
+
+    Raises:
+        ClusterError: no free index after ``attempts`` tries, or the head's refusal.
+    """
+    taken = taken_indexes(head)
+    refusal: NodeIdTaken | None = None
+    for _ in range(attempts):
+        index = choose(taken)
+        runtime = start_runtime(index)
+        try:
+            return runtime, join(runtime)
+        except NodeIdTaken as exc:
+            refusal = exc
+            log.info("node index %s: %s; picking another", format_id(index), exc)
+            taken.add(index)
+            runtime.shutdown()
+        except BaseException:
+            runtime.shutdown()
+            raise
+    raise ClusterError(
+        f"could not join the cluster: {attempts} node indexes in a row were taken by "
+        f"nodes joining at the same time (last: {refusal})"
+    )
+
+
 def start_node_runtime(
     head: HeadClient,
     *,
@@ -208,6 +296,7 @@ def start_node_runtime(
     num_cpus: float | None,
     resources: dict[str, float] | None,
     is_head: bool = False,
+    tls: PeerTls | None = None,
 ) -> Any:
     """Start this process's runtime as a node of the cluster (``heliostat start``).
 
@@ -216,22 +305,26 @@ def start_node_runtime(
     """
     from heliostat.engine import runtime as _rt
 
-    index = choose_node_index(taken_indexes(head))
-    runtime = _rt.Runtime(
-        num_cpus=num_cpus,
-        resources=resources,
-        object_store_memory=None,
-        namespace=None,
-        node_index=index,
-    )
-    runtime.start()
-    runtime.started_by_cli = True  # a scheduled run's own init() returns this node
-    try:
-        membership = ClusterMembership(runtime, head=head, token=token, host=host, is_head=is_head)
+    def start_runtime(index: int) -> Any:
+        runtime = _rt.Runtime(
+            num_cpus=num_cpus,
+            resources=resources,
+            object_store_memory=None,
+            namespace=None,
+            node_index=index,
+        )
+        runtime.start()
+        return runtime
+
+    def join(runtime: Any) -> ClusterMembership:
+        membership = ClusterMembership(
+            runtime, head=head, token=token, host=host, is_head=is_head, tls=tls
+        )
         membership.start()
-    except BaseException:
-        runtime.shutdown()
-        raise
+        return membership
+
+    runtime, membership = join_with_free_index(head, start_runtime, join)
+    runtime.started_by_cli = True  # a scheduled run's own init() returns this node
     runtime.extensions["cluster"] = membership
     _rt.set_current(runtime)
     return runtime

@@ -34,6 +34,7 @@ import grpc
 from heliostat.cluster.auth import TokenInterceptor, call_metadata
 from heliostat.cluster.client import HeadClient
 from heliostat.cluster.packages import PackageFetcher, node_cache
+from heliostat.cluster.peer_tls import PeerTls, add_peer_port, peer_channel
 from heliostat.cluster.transfer import (
     ObjectTransferServicer,
     SegmentSink,
@@ -211,6 +212,7 @@ class NodeLink:
         token: the cluster token.
         host: the address to serve on (this node's address as peers reach it).
         poll_interval: seconds between two reads of the head's node table.
+        tls: serve and dial peers with TLS (:mod:`heliostat.cluster.peer_tls`).
     """
 
     def __init__(
@@ -222,8 +224,10 @@ class NodeLink:
         host: str = "127.0.0.1",
         poll_interval: float = 0.5,
         pull_threads: int = 4,
+        tls: PeerTls | None = None,
     ) -> None:
         self._manager = manager
+        self.tls = tls
         self._head = head
         self.metadata = call_metadata(token)
         self.node_index = manager.config.node_index
@@ -255,7 +259,7 @@ class NodeLink:
         )
         add_transfer_service(self._server, ObjectTransferServicer(self))
         target = f"[{host}]:0" if ":" in host else f"{host}:0"
-        port = self._server.add_insecure_port(target)
+        port = add_peer_port(self._server, target, tls)
         if not port:
             raise OSError(f"cannot listen on {target}")
         self.address = f"{host}:{port}"
@@ -357,7 +361,7 @@ class NodeLink:
                     from_node=self.node_id,
                     metadata=self.metadata,
                     encode=encode_effect,
-                    channel=grpc.insecure_channel(address, options=channel_options()),
+                    channel=peer_channel(address, self.tls, channel_options()),
                 )
             return sender
 

@@ -134,6 +134,11 @@ class Signer:
     def __repr__(self) -> str:  # never the key
         return f"Signer(source={self.source!r})"
 
+    def export_key(self) -> bytes:
+        """The key itself, for a process that must share it: a cluster head hands it
+        to the drivers that join it (they hold the cluster token). Never log it."""
+        return self._key
+
     def sign(self, *parts: bytes | str) -> str:
         """The signature of ``parts``: ``"hmac-sha256:<hex>"``.
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query
 
+from heliostat.ui.cluster import cluster_view
 from heliostat.ui.models import LogOut, ScheduleOut, StepDetail, WorkflowDetail, WorkflowPage
 from heliostat.ui.state import LOG_PAGE, UiState
 from heliostat.ui.views import (
@@ -98,6 +99,14 @@ def register(app: FastAPI, state: UiState) -> None:
     def api_runtime() -> list[dict[str, Any]]:
         """The live local runtimes: resources, workers, tasks, actors, object store."""
         return runtimes()
+
+    @app.get("/api/cluster", tags=["runtime"])
+    def api_cluster() -> dict[str, Any]:
+        """The cluster's nodes (id, address, state, resources, last heartbeat) and jobs,
+        from the head that serves this UI; 404 for a UI without one (``heliostat ui``)."""
+        if state.cluster is None:
+            raise HTTPException(404, "this UI is not served by a cluster head")
+        return cluster_view(state.cluster)
 
     # Last: a workflow id may hold '/', so these match only what nothing above did.
     @app.get("/api/workflows/{workflow_id:path}", response_model=WorkflowDetail, tags=["workflows"])

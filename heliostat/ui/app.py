@@ -31,6 +31,7 @@ from heliostat.storage.checkpoints import default_storage_url
 from heliostat.storage.db import default_db_url
 from heliostat.storage.states import WorkflowStatus
 from heliostat.ui import actions, api, auth, graphics, pages
+from heliostat.ui.cluster import ClusterSource
 from heliostat.ui.state import TEMPLATES, UiState
 from heliostat.workflows.triggers import POLL_INTERVAL
 
@@ -44,6 +45,7 @@ def create_app(
     token: str | None = None,
     host: str = "127.0.0.1",
     cwd: str | None = None,
+    cluster: ClusterSource | None = None,
 ) -> FastAPI:
     """Build the web UI app.
 
@@ -53,6 +55,8 @@ def create_app(
         token: the token actions (and, off loopback, reads) need.
         host: the address it will be served on; off loopback a token is required.
         cwd: where resumed runs start (their functions must import from there).
+        cluster: the head's control plane, when a cluster head serves the UI: the
+            runtime page and ``/api/cluster`` show its nodes and jobs.
 
     Raises:
         TokenRequiredError: ``host`` is not loopback and there is no token.
@@ -64,6 +68,7 @@ def create_app(
         token=token,
         host=host,
         cwd=cwd or os.getcwd(),
+        cluster=cluster,
     )
     app = FastAPI(
         title="heliostat",

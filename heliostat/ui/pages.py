@@ -19,6 +19,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from heliostat.ui import auth, dag, graphics
+from heliostat.ui.cluster import cluster_view
 from heliostat.ui.state import ACTIVE, LOG_PAGE, RESUMABLE_FROM, UiState, as_utc, utc_now
 from heliostat.ui.views import (
     LimitQuery,
@@ -258,7 +259,10 @@ def register(app: FastAPI, state: UiState, render: Render) -> None:
 
     @app.get("/runtime", response_class=HTMLResponse, include_in_schema=False)
     def page_runtime(request: Request) -> HTMLResponse:
-        return render(request, "runtime.html", title="Runtime", runtimes=runtimes())
+        cluster = cluster_view(state.cluster) if state.cluster is not None else None
+        return render(
+            request, "runtime.html", title="Runtime", runtimes=runtimes(), cluster=cluster
+        )
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     def page_login(request: Request, next: str = "/workflows") -> HTMLResponse:

@@ -23,6 +23,7 @@ from heliostat.storage.checkpoints import CheckpointStore
 from heliostat.storage.signing import default_signer
 from heliostat.storage.states import WorkflowStatus
 from heliostat.ui import auth, dag
+from heliostat.ui.cluster import ClusterSource
 from heliostat.workflows.lineage import WorkflowRecord
 from heliostat.workflows.store import WorkflowStore
 
@@ -61,9 +62,17 @@ class UiState:
     """What one app serves from: its lineage store, checkpoint store and token."""
 
     def __init__(
-        self, *, db_url: str, storage: str, token: str | None, host: str, cwd: str
+        self,
+        *,
+        db_url: str,
+        storage: str,
+        token: str | None,
+        host: str,
+        cwd: str,
+        cluster: ClusterSource | None = None,
     ) -> None:
         self.db_url = db_url
+        self.cluster = cluster  # the head's control plane, when a head serves this UI
         self.storage = storage
         self.token = token or None
         self.loopback = auth.is_loopback(host)

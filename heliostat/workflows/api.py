@@ -2,8 +2,10 @@
 
 Where things live: the lineage database is ``HELIOSTAT_DB_URL`` (default SQLite at
 ``$HELIOSTAT_HOME/heliostat.db``); checkpoints go to ``hs.init(storage=...)``, else
-``HELIOSTAT_STORAGE``, else ``$HELIOSTAT_HOME/checkpoints``. The stores belong to the
-runtime (:mod:`heliostat.workflows.services`).
+``HELIOSTAT_STORAGE``, else ``$HELIOSTAT_HOME/checkpoints``. A driver joined to a
+cluster uses the cluster's database and store in place of the home's defaults
+(:mod:`heliostat.workflows.cluster_stores`). The stores belong to the runtime
+(:mod:`heliostat.workflows.services`).
 
 Every way of running a workflow (``run``, ``resume``, ``resume_all``, the scheduler's
 recovery, the CLI) takes the workflow's lease first and holds it for the whole run

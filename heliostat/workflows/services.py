@@ -9,6 +9,10 @@ A call that needs no runtime (reading a status, listing, cancelling from the com
 line) gets short-lived services of its own, closed when it returns
 (:func:`workflow_services`).
 
+A driver joined to a cluster records its workflows in the cluster's database and
+checkpoint store (what the head publishes), unless it sets its own: the order is
+decided by :mod:`heliostat.workflows.cluster_stores`.
+
 The clock is injected here: :func:`install` gives a runtime services with a
 :class:`~heliostat.workflows.clock.FakeClock`, and leases then expire only when a test
 moves that clock.
@@ -20,21 +24,25 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from heliostat.engine.runtime import Runtime, current_runtime
-from heliostat.exceptions import WorkflowError
+from heliostat.exceptions import StorageError, WorkflowError
 from heliostat.storage.checkpoints import (
     CheckpointStore,
     default_storage_url,
     validate_storage_url,
 )
 from heliostat.storage.db import default_db_url
-from heliostat.storage.signing import default_signer
+from heliostat.storage.signing import Signer, default_signer
+from heliostat.workflows import cluster_stores
 from heliostat.workflows.clock import Clock, SystemClock
 from heliostat.workflows.heap import HeapFreeze
 from heliostat.workflows.lease import LeaseKeeper
 from heliostat.workflows.store import WorkflowStore
+
+if TYPE_CHECKING:
+    from heliostat.cluster.rpc import WorkflowStores
 
 __all__ = ["EXTENSION", "WorkflowServices", "install", "runtime_services", "workflow_services"]
 
@@ -54,11 +62,29 @@ class WorkflowServices:
     Args:
         clock: the time source of leases and records (default: the system clock).
         storage: the checkpoint URL given to ``hs.init(storage=...)``, if any.
+        cluster: what the head of the cluster this runtime joined publishes about its
+            workflow stores (``None``: not joined).
+        head: that head's address (for messages).
     """
 
-    def __init__(self, *, clock: Clock | None = None, storage: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        storage: str | None = None,
+        cluster: WorkflowStores | None = None,
+        head: str = "",
+    ) -> None:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.storage = storage
+        self.cluster = cluster
+        self._head = head
+        self._machine = ""
+        if cluster is not None:
+            from heliostat.cluster.local import machine_id
+
+            self._machine = machine_id()
+        self._cluster_signer: Signer | None = None
         self.keeper = LeaseKeeper(self.clock)
         self.heap = HeapFreeze()
         self._stores: dict[tuple[str, int], WorkflowStore] = {}
@@ -69,13 +95,25 @@ class WorkflowServices:
         self._closed = False
 
     def store(self, url: str | None = None) -> WorkflowStore:
-        """The lineage store of ``url`` (default: ``HELIOSTAT_DB_URL`` / the home's SQLite).
+        """The lineage store of ``url`` (default: ``HELIOSTAT_DB_URL``, the cluster's
+        database, or the home's SQLite).
 
         Raises:
-            StorageError: the database cannot be opened or the installation key read.
+            StorageError: the database cannot be opened or the installation key read,
+                or the cluster's database cannot be shared from this machine (the
+                message says what to do).
         """
-        url = url or default_db_url()
-        signer = default_signer()  # follows HELIOSTAT_HOME / HELIOSTAT_SECRET_KEY
+        signer: Signer | None = None
+        if url is None:
+            choice = cluster_stores.choose_db(
+                self.cluster, os.environ, machine=self._machine, head=self._head
+            )
+            if choice.refusal is not None:
+                raise StorageError(choice.refusal)
+            url = choice.url or default_db_url()
+            signer = self._signer_for(cluster_stores.choose_key(self.cluster, os.environ, choice))
+        if signer is None:
+            signer = default_signer()  # follows HELIOSTAT_HOME / HELIOSTAT_SECRET_KEY
         key = (url, id(signer))
         with self._lock:
             store = self._stores.get(key)
@@ -90,22 +128,35 @@ class WorkflowServices:
         store.close()  # another thread opened it first
         return existing
 
+    def _signer_for(self, key: bytes | None) -> Signer | None:
+        """A signer of the cluster's key (one per services, so stores are reused)."""
+        if key is None:
+            return None
+        signer = self._cluster_signer
+        if signer is None or signer.export_key() != key:
+            signer = Signer(key, source=f"the cluster's key (from the head at {self._head})")
+            self._cluster_signer = signer
+        return signer
+
     def checkpoints(self) -> CheckpointStore:
-        """The checkpoint store: ``hs.init(storage=)``, ``HELIOSTAT_STORAGE`` or the home's.
+        """The checkpoint store: ``hs.init(storage=)``, ``HELIOSTAT_STORAGE``, the
+        cluster's, or the home's.
 
         Raises:
             StorageError: the URL names no filesystem fsspec knows, or one whose package
-                is not installed (the message names where the URL came from).
+                is not installed (the message names where the URL came from), or the
+                cluster's store cannot be shared from this machine.
         """
-        if self.storage:
-            url, source = self.storage, "hs.init(storage=...)"
-        elif os.environ.get("HELIOSTAT_STORAGE"):
-            url, source = (
-                os.environ["HELIOSTAT_STORAGE"],
-                "the environment variable HELIOSTAT_STORAGE",
-            )
-        else:
-            url, source = default_storage_url(), "the default under HELIOSTAT_HOME"
+        choice = cluster_stores.choose_storage(
+            self.cluster,
+            os.environ,
+            init_storage=self.storage,
+            machine=self._machine,
+            head=self._head,
+        )
+        if choice.refusal is not None:
+            raise StorageError(choice.refusal)
+        url, source = choice.url or default_storage_url(), choice.source
         with self._lock:
             store = self._checkpoints.get(url)
         if store is not None:
@@ -213,7 +264,13 @@ def install(runtime: Runtime, *, clock: Clock | None = None) -> WorkflowServices
     old = runtime.extensions.pop(EXTENSION, None)
     if old is not None:
         old.close()
-    services = WorkflowServices(clock=clock, storage=runtime.storage)
+    membership = runtime.extensions.get("cluster")
+    services = WorkflowServices(
+        clock=clock,
+        storage=runtime.storage,
+        cluster=getattr(membership, "workflow_stores", None),
+        head=getattr(getattr(membership, "head", None), "address", ""),
+    )
     runtime.extensions[EXTENSION] = services
     return services
 
@@ -239,13 +296,30 @@ def runtime_services(runtime: Runtime | None = None) -> WorkflowServices | None:
 
 @contextlib.contextmanager
 def workflow_services() -> Iterator[WorkflowServices]:
-    """The current runtime's services, or short-lived ones closed on exit."""
+    """The current runtime's services, or short-lived ones closed on exit.
+
+    Without a runtime but with ``HELIOSTAT_ADDRESS`` set (a command run where drivers
+    join a cluster), the short-lived ones use the cluster's stores, asked of its head.
+    """
     services = runtime_services()
     if services is not None:
         yield services
         return
-    temporary = WorkflowServices()
+    published, head = _cluster_stores_from_env()
+    temporary = WorkflowServices(cluster=published, head=head)
     try:
         yield temporary
     finally:
         temporary.close()
+
+
+def _cluster_stores_from_env() -> tuple[WorkflowStores | None, str]:
+    """What the head named by ``HELIOSTAT_ADDRESS`` publishes, if that is set."""
+    if not os.environ.get("HELIOSTAT_ADDRESS", "").strip():
+        return None, ""
+    from heliostat.engine.cluster_join import fetch_workflow_stores, resolve_address
+
+    address = resolve_address(None)
+    if address is None:
+        return None, ""
+    return fetch_workflow_stores(address, None), address

@@ -92,12 +92,14 @@ class RegisterNodeReply(_message.Message):
     def __init__(self, cluster_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., dead_after_s: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "available")
+    __slots__ = ("node_id", "available", "incarnation")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     available: ResourceMap
-    def __init__(self, node_id: _Optional[str] = ..., available: _Optional[_Union[ResourceMap, _Mapping]] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, node_id: _Optional[str] = ..., available: _Optional[_Union[ResourceMap, _Mapping]] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
     __slots__ = ("incarnation",)
@@ -152,6 +154,24 @@ class GetClusterInfoReply(_message.Message):
     started_at: float
     nodes_alive: int
     def __init__(self, cluster_id: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[float] = ..., nodes_alive: _Optional[int] = ...) -> None: ...
+
+class GetWorkflowStoresRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetWorkflowStoresReply(_message.Message):
+    __slots__ = ("db_url", "storage_url", "storage_configured", "signing_key", "head_machine")
+    DB_URL_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_URL_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
+    HEAD_MACHINE_FIELD_NUMBER: _ClassVar[int]
+    db_url: str
+    storage_url: str
+    storage_configured: bool
+    signing_key: bytes
+    head_machine: str
+    def __init__(self, db_url: _Optional[str] = ..., storage_url: _Optional[str] = ..., storage_configured: _Optional[bool] = ..., signing_key: _Optional[bytes] = ..., head_machine: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
     __slots__ = ("job_id", "entrypoint", "hostname", "pid", "started_at", "finished_at")

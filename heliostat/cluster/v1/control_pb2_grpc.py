@@ -231,6 +231,11 @@ class ControlPlaneStub:
                 request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoRequest.SerializeToString,
                 response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoReply.FromString,
                 _registered_method=True)
+        self.GetWorkflowStores = channel.unary_unary(
+                '/heliostat.cluster.v1.ControlPlane/GetWorkflowStores',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetWorkflowStoresRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetWorkflowStoresReply.FromString,
+                _registered_method=True)
         self.RegisterJob = channel.unary_unary(
                 '/heliostat.cluster.v1.ControlPlane/RegisterJob',
                 request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.RegisterJobRequest.SerializeToString,
@@ -289,6 +294,13 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWorkflowStores(self, request, context):
+        """Where durable workflows keep their lineage and checkpoints (secrets: see above).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterJob(self, request, context):
         """Drivers (jobs) connected to the cluster.
         """
@@ -340,6 +352,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.GetClusterInfo,
                     request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoRequest.FromString,
                     response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoReply.SerializeToString,
+            ),
+            'GetWorkflowStores': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflowStores,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetWorkflowStoresRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetWorkflowStoresReply.SerializeToString,
             ),
             'RegisterJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterJob,
@@ -519,6 +536,33 @@ class ControlPlane:
             '/heliostat.cluster.v1.ControlPlane/GetClusterInfo',
             heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoRequest.SerializeToString,
             heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflowStores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heliostat.cluster.v1.ControlPlane/GetWorkflowStores',
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.GetWorkflowStoresRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.GetWorkflowStoresReply.FromString,
             options,
             channel_credentials,
             insecure,

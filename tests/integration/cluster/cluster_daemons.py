@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ class Daemons:
         self.tmpdir = tmpdir
         self.homes: list[Path] = []
         self.sessions: set[int] = set()
+        self.drivers: list[subprocess.Popen[str]] = []
         env = {
             k: v
             for k, v in os.environ.items()
@@ -161,6 +163,33 @@ class Daemons:
         assert result.returncode == 0, (result.stdout, result.stderr)
         return result.stdout
 
+    def driver_env(self, home: str = "driver") -> dict[str, str]:
+        """The environment of a driver joined to the head, with a home of its own."""
+        return {
+            **self.env,
+            "HELIOSTAT_ADDRESS": self.address,
+            "HELIOSTAT_TOKEN": self.token,
+            "HELIOSTAT_HOME": str(self.home(home)),
+        }
+
+    def spawn_driver(
+        self, code: str, *, home: str, args: tuple[str, ...] = ()
+    ) -> subprocess.Popen[str]:
+        """Start ``code`` as a driver in a session of its own and return at once (kill it
+        with ``os.killpg``); its processes are among those the fixture checks are gone."""
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            env=self.driver_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.root,
+            start_new_session=True,
+        )
+        self.sessions.add(proc.pid)
+        self.drivers.append(proc)
+        return proc
+
     def head_node_id(self) -> str:
         return str(json.loads((self.home("head") / "cluster" / "head.json").read_text())["node_id"])
 
@@ -185,7 +214,12 @@ class Daemons:
         return found
 
     def stop_all(self) -> None:
-        """``heliostat stop`` in every home, all at once (nodes and head are independent)."""
+        """``heliostat stop`` in every home, all at once (nodes and head are independent),
+        after killing the drivers still running."""
+        for proc in self.drivers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=COMMAND_TIMEOUT)
         stops = [
             subprocess.Popen(
                 [sys.executable, "-m", "heliostat.cli", "stop", "--timeout", "20"],

@@ -9,10 +9,13 @@ or, for the tests parametrized so, in a PostgreSQL schema of the test's own.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,33 +102,77 @@ def test_a_restarted_head_recovers_its_nodes_without_restarting_them(
 
 
 def test_tls_head_nodes_and_drivers(daemons: Daemons, tmp_path: Path) -> None:
-    """--tls-cert/--tls-key on the head: nodes and drivers that trust the certificate
-    join; a client speaking plain TCP gets nowhere."""
+    """One cluster certificate (naming every node's address) and its key: the head's
+    control plane and every node's peer services are TLS; tasks, their arguments and
+    their results cross nodes over it; plain TCP gets nowhere, at the head or a node."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=heliostat-cluster",
+         "-addext", "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3"],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-    address = daemons.start_head("--tls-cert", str(cert), "--tls-key", str(key))
-    node = daemons.start_node("n1", "127.0.0.2", extra=("--tls-cert", str(cert)))
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    address = daemons.start_head(*tls)
+    n1 = daemons.start_node("n1", "127.0.0.2", extra=tls)
+    n2 = daemons.start_node("n2", "127.0.0.3", extra=tls)
     with HeadClient(address, daemons.token, tls_cert=str(cert), timeout=5) as client:
-        assert {n.node_id for n in client.list_nodes()} >= {node}
-    with grpc.insecure_channel(address) as channel:  # plain TCP to a TLS port
-        stub = pb_grpc.ControlPlaneStub(channel)
-        with pytest.raises(grpc.RpcError) as info:
-            stub.ListNodes(
-                pb.ListNodesRequest(),
-                metadata=(("authorization", f"bearer {daemons.token}"),),
-                timeout=5,
-            )
-        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        nodes = {n.node_id: n for n in client.list_nodes()}
+    assert {n1, n2} <= set(nodes)
+    plain = {"authorization": f"bearer {daemons.token}"}
+    for target in (address, nodes[n1].address):  # plain TCP to a TLS port
+        with grpc.insecure_channel(target) as channel:
+            call = channel.unary_unary("/heliostat.cluster.v1.ControlPlane/ListNodes")
+            with pytest.raises(grpc.RpcError) as info:
+                call(pb.ListNodesRequest().SerializeToString(), metadata=tuple(plain.items()),
+                     timeout=5)  # fmt: skip
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     ran = daemons.driver(
-        "import heliostat as hs\nprint(hs.get(hs.remote(lambda: 6 * 7).remote(), timeout=60))\n",
-        env={"HELIOSTAT_TLS_CERT": str(cert)},
+        "import numpy as np\n"
+        "import heliostat as hs\n"
+        "from heliostat.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
+        "@hs.remote\n"
+        "def make(n):\n"
+        "    return np.arange(n, dtype=np.int64)\n"
+        "@hs.remote\n"
+        "def total(a):\n"
+        "    return int(a.sum()), hs.get_runtime_context().get_node_id()\n"
+        "import sys\n"
+        "a, b = sys.argv[1], sys.argv[2]\n"
+        "big = make.options(scheduling_strategy=On(a, soft=False)).remote(2_000_000)\n"
+        "out = hs.get(total.options(scheduling_strategy=On(b, soft=False)).remote(big),"
+        " timeout=120)\n"
+        "print(out[0], out[1], hs.get(hs.remote(lambda: 6 * 7).remote(), timeout=60))\n",
+        env={"HELIOSTAT_TLS_CERT": str(cert), "HELIOSTAT_TLS_KEY": str(key)},
+        args=(n1, n2),
     )
-    assert ran.strip() == "42"
+    assert ran.split() == [str(sum(range(2_000_000))), n2, "42"]
+    # A driver without the key cannot serve its peers: refused at once, saying why.
+    refused = subprocess.run(
+        [sys.executable, "-c", "import heliostat as hs; hs.init()"],
+        env={**daemons.driver_env("driver-nokey"), "HELIOSTAT_TLS_CERT": str(cert)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "HELIOSTAT_TLS_KEY is not set" in refused.stderr
+
+
+def test_the_heads_web_ui_shows_the_clusters_nodes(daemons: Daemons) -> None:
+    """--ui-port: the UI in the head's process reads its control plane (no browser here:
+    the JSON and the HTML over HTTP)."""
+    daemons.start_head("--ui-port", "0")
+    node = daemons.start_node("n1", "127.0.0.2")
+    info = json.loads((daemons.home("head") / "cluster" / "head.json").read_text())
+    url = info["ui_url"]
+    with urllib.request.urlopen(url + "api/cluster", timeout=30) as answer:
+        cluster = json.loads(answer.read())
+    nodes = {n["node_id"]: n for n in cluster["nodes"]}
+    assert set(nodes) == {daemons.head_node_id(), node}
+    assert nodes[node]["address"].startswith("127.0.0.2:") and nodes[node]["state"] == "ALIVE"
+    assert nodes[node]["resources"]["CPU"]["total"] == 1.0
+    assert nodes[daemons.head_node_id()]["is_head"]
+    with urllib.request.urlopen(url + "runtime", timeout=30) as answer:
+        html = answer.read().decode()
+    assert f'data-node="{node}"' in html and nodes[node]["address"] in html
 
 
 def test_calls_without_the_token_or_with_a_wrong_one_are_refused(daemons: Daemons) -> None:
@@ -168,6 +215,8 @@ def test_an_unreachable_head_is_named(daemons: Daemons) -> None:
         (["--head", "--resources", '{"CPU": 2}'], "--num-cpus"),
         (["--head", "--port", "70000"], "0-65535"),
         (["--head", "--tls-cert", "x.pem"], "both --tls-cert and --tls-key"),
+        (["--address", "127.0.0.1:9", "--token", "t", "--tls-key", "k.pem"], "--tls-key needs"),
+        (["--address", "127.0.0.1:9", "--token", "t", "--tls-cert", "c.pem"], "needs --tls-key"),
         (["--head", "--num-cpus", "-1"], "--num-cpus"),
         (
             ["--address", "127.0.0.1:9", "--token", "t", "--node-ip-address", "10.9.9.9"],

@@ -10,7 +10,14 @@ from typing import Any
 import grpc
 import pytest
 
-from heliostat.cluster import HeadClient, HeadServer, HeadService, NodeNotKnown, Timing
+from heliostat.cluster import (
+    HeadClient,
+    HeadServer,
+    HeadService,
+    NodeIdTaken,
+    NodeNotKnown,
+    Timing,
+)
 from heliostat.cluster.agent import NodeAgent
 from heliostat.cluster.auth import ensure_token_file, tokens_match
 from heliostat.cluster.rpc import Registration
@@ -90,6 +97,54 @@ def test_a_silent_node_dies_and_its_heartbeat_gets_not_found(
         with pytest.raises(NodeNotKnown):
             client.heartbeat("n1", {})
         assert client.register_node(_registration()).incarnation == 2
+
+
+def test_a_live_nodes_id_is_refused_to_another_process(
+    make_head: Callable[..., HeadServer], wait_for: Callable[..., Any]
+) -> None:
+    slow = Timing(heartbeat_interval=0.05, suspect_after=0.5, dead_after=1.0)
+    head = make_head(timing=slow)
+    other = Registration(node_id="n1", address="127.0.0.3", hostname="box", pid=2)
+    with HeadClient(head.address, TOKEN) as client:
+        client.register_node(_registration())
+        with pytest.raises(NodeIdTaken, match=r"held by a live node \(127.0.0.2, pid 1 on box\)"):
+            client.register_node(other)
+        [node] = client.list_nodes()
+        assert (node.address, node.pid, node.incarnation) == ("127.0.0.2", 1, 1)
+        # The same process may register again (as after a head restart).
+        assert client.register_node(_registration()).incarnation == 1
+        # Once the holder is dead, the id is free: the other process takes it.
+        wait_for(lambda: client.list_nodes()[0].state is NodeState.DEAD, 5, what="n1 to die")
+        assert client.register_node(other).incarnation == 2
+
+
+def test_an_agent_whose_id_was_taken_while_it_was_dead_stops_for_good(
+    make_head: Callable[..., HeadServer], wait_for: Callable[..., Any]
+) -> None:
+    head = make_head()
+    fatal: list[Exception] = []
+    agent = NodeAgent(
+        HeadClient(head.address, TOKEN, timeout=1),
+        node_id="n1",
+        address="127.0.0.2",
+        hostname="box",
+        pid=1,
+        resources=FixedResources(),
+        on_fatal=fatal.append,
+    )
+    agent.register()  # not heartbeating yet: the head declares it dead
+    with HeadClient(head.address, TOKEN) as client:
+        wait_for(lambda: client.list_nodes()[0].state is NodeState.DEAD, 5, what="n1 to die")
+        taker = Registration(node_id="n1", address="127.0.0.3", hostname="box", pid=2)
+        client.register_node(taker)
+        agent.start()  # its heartbeat is refused, and so is its registration
+        try:
+            wait_for(lambda: fatal, 5, what="the agent to give up")
+            assert isinstance(fatal[0], NodeIdTaken)
+            # The taker's heartbeats keep it alive.
+            assert client.heartbeat("n1", {}) == 2
+        finally:
+            agent.stop(deregister=False)
 
 
 @pytest.mark.parametrize("token", [None, "wrong", ""])

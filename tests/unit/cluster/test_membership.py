@@ -16,9 +16,9 @@ def _register(m: ms.Membership, node_id: str = "n1", now: float = 0.0, **kw: obj
         ms.NodeRegistered(
             node_id=node_id,
             address=kw.pop("address", "127.0.0.2"),  # type: ignore[arg-type]
-            hostname="box",
-            pid=42,
-            total={"CPU": 2.0},
+            hostname=kw.pop("hostname", "box"),  # type: ignore[arg-type]
+            pid=kw.pop("pid", 42),  # type: ignore[arg-type]
+            total=kw.pop("total", {"CPU": 2.0}),  # type: ignore[arg-type]
             available={"CPU": 2.0},
             now=now,
             **kw,  # type: ignore[arg-type]
@@ -101,9 +101,41 @@ def test_an_unknown_node_heartbeat_is_rejected() -> None:
 def test_registering_again_while_alive_keeps_the_incarnation() -> None:
     m = ms.Membership(timing=TIMING)
     _register(m)
-    [again] = _register(m, now=1.0, address="127.0.0.9")
+    [again] = _register(m, now=1.0, total={"CPU": 4.0})
     assert isinstance(again, ms.NodeAlive) and not again.rejoined
-    assert again.node.incarnation == 1 and again.node.address == "127.0.0.9"
+    assert again.node.incarnation == 1 and again.node.total == {"CPU": 4.0}
+
+
+@pytest.mark.parametrize(
+    "other", [{"address": "127.0.0.9"}, {"pid": 43}, {"hostname": "another-box"}]
+)
+def test_a_live_nodes_id_is_refused_to_another_process(other: dict[str, object]) -> None:
+    m = ms.Membership(timing=TIMING)
+    _register(m)
+    [refused] = _register(m, now=1.0, **other)
+    assert isinstance(refused, ms.RegistrationRefused)
+    assert refused.node_id == "n1" and refused.holder.pid == 42
+    held = m.get("n1")
+    assert held is not None and (held.address, held.pid, held.hostname) == (
+        "127.0.0.2",
+        42,
+        "box",
+    )
+    assert held.incarnation == 1 and m.alive_count() == 1
+
+
+def test_a_suspect_nodes_id_is_refused_too_but_a_dead_or_left_ones_is_free() -> None:
+    m = ms.Membership(timing=TIMING)
+    _register(m, "a")
+    _register(m, "b")
+    m.handle(ms.Tick(now=2.5))  # both suspect
+    assert isinstance(_register(m, "a", now=2.6, pid=7)[0], ms.RegistrationRefused)
+    m.handle(ms.Tick(now=5.0))  # both dead
+    [taken] = _register(m, "a", now=5.1, pid=7)
+    assert isinstance(taken, ms.NodeAlive) and taken.rejoined and taken.node.pid == 7
+    m.handle(ms.NodeDeregistered(node_id="a", now=5.2))
+    [again] = _register(m, "a", now=5.3, pid=8)
+    assert isinstance(again, ms.NodeAlive) and again.node.incarnation == 3
 
 
 def test_deregistering_leaves_and_frees_the_resources() -> None:
@@ -181,3 +213,21 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     highs = [backoff_delay(n, rand=lambda: 1.0) for n in range(1, 8)]
     assert lows == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5, 0.5])
     assert highs == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
+
+
+def test_heartbeats_of_an_incarnation_that_is_over_are_rejected() -> None:
+    m = ms.Membership(timing=TIMING)
+    _register(m)
+    assert _beat_as(m, 1, now=1.0) == [ms.HeartbeatAccepted(node_id="n1", incarnation=1)]
+    m.handle(ms.Tick(now=10.0))  # dead
+    _register(m, now=11.0, pid=7)  # another process takes the id: incarnation 2
+    [rejected] = _beat_as(m, 1, now=11.5)  # the old process, back from a partition
+    assert isinstance(rejected, ms.HeartbeatRejected) and "incarnation 1 is over" in rejected.reason
+    assert _beat_as(m, 2, now=11.6) == [ms.HeartbeatAccepted(node_id="n1", incarnation=2)]
+    assert _beat_as(m, 0, now=11.7) == [ms.HeartbeatAccepted(node_id="n1", incarnation=2)]
+
+
+def _beat_as(m: ms.Membership, incarnation: int, now: float):
+    return m.handle(
+        ms.HeartbeatReceived(node_id="n1", available={}, now=now, incarnation=incarnation)
+    )
