@@ -256,6 +256,7 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
             runtime, head=head, token=secret, host=local_address_towards(address)
         )
         membership.start()
+        runtime.manager.mark_driver_node()  # it leaves with this driver
         runtime.extensions["cluster"] = membership
         # The job's own modules (runtime_env working_dir / py_modules), for the nodes.
         membership.set_code(publish(head, options.get("code")))
@@ -452,6 +453,25 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     client = _rt.client_or_auto_init()
     actor_id, class_name, methods = client.get_actor(name, namespace or client.namespace)
     return ActorHandle(actor_id, class_name, methods, client.tracker, adopt=True)
+
+
+def list_named_actors(all_namespaces: bool = False) -> list[Any]:
+    """The names of the live named actors, as Ray's ``ray.util.list_named_actors``.
+
+    In this job's namespace, as a list of names; with ``all_namespaces=True``, in every
+    namespace, as a list of ``{"name": ..., "namespace": ...}`` dicts. Joined to a
+    cluster, the actors of every node (the head keeps the names).
+    """
+    if not isinstance(all_namespaces, bool):
+        raise TypeError(
+            f"list_named_actors(all_namespaces=...) must be a bool, got "
+            f"{type(all_namespaces).__name__}."
+        )
+    client = _rt.client_or_auto_init()
+    found = client.list_named_actors(None if all_namespaces else client.namespace)
+    if all_namespaces:
+        return [{"name": name, "namespace": namespace} for namespace, name in found]
+    return [name for _namespace, name in found]
 
 
 def _head() -> Any:
