@@ -114,18 +114,14 @@ def test_a_borrowers_kill_ends_the_actor_and_frees_its_name(
 ) -> None:
     victim = Counter.options(name="victim", num_cpus=1).remote()
     assert hs.get(victim.incr.remote(), timeout=60) == 1
-    code = COUNTER + (
-        "hs.kill(hs.get_actor('victim'))\n"
-        "print('killed')\n"
-    )
+    code = COUNTER + ("hs.kill(hs.get_actor('victim'))\nprint('killed')\n")
     assert driver.daemons.driver(code).split() == ["killed"]
     with pytest.raises(ActorDiedError, match="kill"):
         hs.get(victim.incr.remote(), timeout=60)
     wait_for(lambda: "victim" not in hs.util.list_named_actors(), 30, what="the name freed")
     # Free cluster-wide: another driver takes it.
     code = COUNTER + (
-        "c = Counter.options(name='victim').remote(7)\n"
-        "print(hs.get(c.incr.remote(), timeout=60))\n"
+        "c = Counter.options(name='victim').remote(7)\nprint(hs.get(c.incr.remote(), timeout=60))\n"
     )
     assert driver.daemons.driver(code).split() == ["8"]
 
@@ -140,9 +136,7 @@ def test_a_detached_actor_outlives_its_driver_with_its_state(
     )
     assert names.daemons.driver(create).split() == ["3", "True"]  # then that driver exits
     later = COUNTER + (
-        "c = hs.get_actor('keeper')\n"
-        "print(hs.get(c.incr.remote(), timeout=60))\n"
-        "hs.kill(c)\n"
+        "c = hs.get_actor('keeper')\nprint(hs.get(c.incr.remote(), timeout=60))\nhs.kill(c)\n"
     )
     assert names.daemons.driver(later).split() == ["4"]
     gone = COUNTER + (

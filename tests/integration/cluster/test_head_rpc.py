@@ -202,6 +202,7 @@ def test_actor_names_are_claimed_looked_up_released_and_go_with_their_node(
         assert not client.release_name("ns", "c", 1)  # not that actor's name
         assert client.release_name("ns", "c", 7 << 64)
         assert client.lookup_name("ns", "c") is None
+
         # n1 is silent and dies: its names go with it; n2 (heartbeating) keeps its own.
         def n1_dead() -> bool:
             client.heartbeat("n2", {})
