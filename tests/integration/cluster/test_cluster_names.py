@@ -16,7 +16,6 @@ from cluster_daemons import Daemons
 import heliostat as hs
 from heliostat.exceptions import ActorDiedError
 
-
 # The nodes cannot import this test module: its classes travel by value, as __main__'s do.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -13,12 +13,12 @@ import pytest
 from heliostat.cluster import HeadClient, HeadServer, HeadService, NodeNotKnown, Timing
 from heliostat.cluster.agent import NodeAgent
 from heliostat.cluster.auth import ensure_token_file, tokens_match
+from heliostat.cluster.names import NamedActor
 from heliostat.cluster.rpc import Registration
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.cluster.v1 import control_pb2_grpc as pb_grpc
 from heliostat.exceptions import ClusterAuthError, ClusterUnreachableError
 from heliostat.storage import db
-from heliostat.cluster.names import NamedActor
 from heliostat.storage.cluster_names import NameTableStore
 from heliostat.storage.cluster_nodes import NodeState, NodeTableStore
 
