@@ -260,7 +260,7 @@ class NodeLoop:
                 self.peer_sink(effect)  # a question for the head: the cluster link asks it
             elif getattr(effect, "req", 0):  # nobody to ask: the asker must not wait
                 self._state.actors.head_answer(
-                    effect.req,  # type: ignore[union-attr]
+                    effect.req,  # type: ignore[attr-defined]
                     False,
                     ClusterError("this node left its cluster: the head cannot be asked"),
                 )
