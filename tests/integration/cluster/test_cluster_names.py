@@ -113,7 +113,16 @@ def test_a_borrowers_kill_ends_the_actor_and_frees_its_name(
 ) -> None:
     victim = Counter.options(name="victim", num_cpus=1).remote()
     assert hs.get(victim.incr.remote(), timeout=60) == 1
-    code = COUNTER + ("hs.kill(hs.get_actor('victim'))\nprint('killed')\n")
+    # kill() is asynchronous, as Ray's: the next call (sent after it, to the same owner)
+    # says when it took effect.
+    code = COUNTER + (
+        "victim = hs.get_actor('victim')\n"
+        "hs.kill(victim)\n"
+        "try:\n"
+        "    hs.get(victim.incr.remote(), timeout=60)\n"
+        "except ActorDiedError:\n"
+        "    print('killed')\n"
+    )
     assert driver.daemons.driver(code).split() == ["killed"]
     with pytest.raises(ActorDiedError, match="kill"):
         hs.get(victim.incr.remote(), timeout=60)
