@@ -144,7 +144,13 @@ def test_a_detached_actor_outlives_its_driver_with_its_state(
     )
     assert names.daemons.driver(create).split() == ["3", "True"]  # then that driver exits
     later = COUNTER + (
-        "c = hs.get_actor('keeper')\nprint(hs.get(c.incr.remote(), timeout=60))\nhs.kill(c)\n"
+        "c = hs.get_actor('keeper')\n"
+        "print(hs.get(c.incr.remote(), timeout=60))\n"
+        "hs.kill(c)\n"
+        "try:\n"  # kill() is asynchronous: its effect, before this driver exits
+        "    hs.get(c.incr.remote(), timeout=60)\n"
+        "except ActorDiedError:\n"
+        "    pass\n"
     )
     assert names.daemons.driver(later).split() == ["4"]
     gone = COUNTER + (
