@@ -118,6 +118,7 @@ RAY_NAMES: tuple[RayName, ...] = (
         [
             ("ray.util", "The module itself."),
             "ray.util.ActorPool",
+            ("ray.util.list_named_actors", "Cluster-wide when joined to a cluster."),
             "ray.util.queue.Queue",
             "ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy",
             "ray.util.scheduling_strategies.PlacementGroupSchedulingStrategy",

@@ -119,6 +119,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
     from heliostat.cluster.auth import cluster_id_of, ensure_token_file
     from heliostat.cluster.local import DaemonInfo, log_path, token_path, write_daemon_info
     from heliostat.engine.cluster_join import start_node_runtime
+    from heliostat.storage.cluster_names import NameTableStore
     from heliostat.storage.cluster_nodes import NodeTableStore
     from heliostat.storage.db import default_db_url, ensure_schema, make_engine
 
@@ -132,6 +133,7 @@ def _run_head(spec: DaemonSpec, stack: _Stack, ready: dict[str, Any]) -> None:
         version=heliostat.__version__,
         store=NodeTableStore(engine),
         workflow_stores=_workflow_stores(db_url),
+        name_store=NameTableStore(engine),
     )
     tls = TlsFiles(cert=spec.tls_cert, key=spec.tls_key) if spec.tls_cert and spec.tls_key else None
     try:

@@ -30,6 +30,7 @@ import grpc
 
 from heliostat.cluster import rpc
 from heliostat.cluster.auth import call_metadata
+from heliostat.cluster.names import NamedActor
 from heliostat.cluster.package_store import DEFAULT_PACKAGE_CHUNK
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.exceptions import ClusterAuthError, ClusterError, ClusterUnreachableError
@@ -123,6 +124,7 @@ class HeadClient:
             self._channel = grpc.insecure_channel(address, options=options)
         self._stub = rpc.stub(self._channel)
         self._packages = rpc.package_stub(self._channel)
+        self._names = rpc.names_stub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -276,6 +278,39 @@ class HeadClient:
     def list_jobs(self) -> list[rpc.JobView]:
         reply = self._call("ListJobs", pb.ListJobsRequest())
         return [rpc.job_from_pb(j) for j in reply.jobs]
+
+    # --- actor names
+
+    def claim_name(self, entry: NamedActor) -> NamedActor | None:
+        """Claim ``entry``'s name for its actor; None when claimed, else the holder."""
+        reply = self._call(
+            "ClaimName", pb.ClaimNameRequest(actor=rpc.named_actor_to_pb(entry)), stub=self._names
+        )
+        return None if reply.claimed else rpc.named_actor_from_pb(reply.holder)
+
+    def lookup_name(self, namespace: str, name: str) -> NamedActor | None:
+        """The actor named so, or None."""
+        reply = self._call(
+            "LookupName", pb.LookupNameRequest(namespace=namespace, name=name), stub=self._names
+        )
+        return rpc.named_actor_from_pb(reply.actor) if reply.found else None
+
+    def release_name(self, namespace: str, name: str, actor_id: int) -> bool:
+        """Forget the name if ``actor_id`` still holds it; whether it did."""
+        reply = self._call(
+            "ReleaseName",
+            pb.ReleaseNameRequest(
+                namespace=namespace, name=name, actor_id=actor_id.to_bytes(10, "big")
+            ),
+            stub=self._names,
+        )
+        return bool(reply.released)
+
+    def list_names(self, namespace: str | None) -> list[NamedActor]:
+        """The named actors of ``namespace`` (None: of every namespace)."""
+        request = pb.ListNamesRequest(all_namespaces=namespace is None, namespace=namespace or "")
+        reply = self._call("ListNames", request, stub=self._names)
+        return [rpc.named_actor_from_pb(a) for a in reply.actors]
 
     # --- code packages
 

@@ -7,7 +7,10 @@ feeds the machine under one lock, and carries out the instructions that come bac
 * state changes (joined, suspect, dead, left) are logged and handed to a writer
   thread that saves them to the node table in SQL, in order, so a slow database never
   holds up a heartbeat;
-* a rejected heartbeat becomes ``NOT_FOUND`` for the node (which then registers again).
+* a rejected heartbeat becomes ``NOT_FOUND`` for the node (which then registers again);
+* a node that died or left loses the actor names it owned
+  (:class:`~heliostat.cluster.names.NameRegistry`, the cluster's named actors, also
+  written to SQL by the writer thread).
 
 A ticker thread feeds :class:`~heliostat.cluster.membership.Tick` every
 :data:`TICK_INTERVAL` seconds, which is how silent nodes are found out.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import logging
 import os
@@ -41,6 +45,7 @@ import grpc
 from heliostat.cluster import membership as ms
 from heliostat.cluster.auth import TokenInterceptor
 from heliostat.cluster.local import cluster_dir
+from heliostat.cluster.names import NamedActor, NameRegistry
 from heliostat.cluster.package_store import MAX_PACKAGE_BYTES, PackageStore
 from heliostat.cluster.rpc import (
     ClusterInfo,
@@ -51,9 +56,11 @@ from heliostat.cluster.rpc import (
     Registration,
     RpcRefusal,
     WorkflowStores,
+    add_names_servicer,
     add_package_servicer,
     add_servicer,
 )
+from heliostat.storage.cluster_names import NameRow, NameTableStore
 from heliostat.storage.cluster_nodes import NodeRow, NodeTableStore
 
 __all__ = ["TICK_INTERVAL", "HeadServer", "HeadService", "TlsFiles"]
@@ -81,6 +88,7 @@ class HeadService:
         cluster_id: the cluster's public id.
         version: heliostat's version, reported to clients.
         store: where the node table is persisted (``None``: in memory only).
+        name_store: where the actor names are persisted (``None``: in memory only).
         timing: heartbeat and silence thresholds.
         clock: monotonic seconds (injected by tests).
         wall: Unix seconds (injected by tests).
@@ -97,6 +105,7 @@ class HeadService:
         cluster_id: str,
         version: str,
         store: NodeTableStore | None = None,
+        name_store: NameTableStore | None = None,
         timing: ms.Timing | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -122,9 +131,20 @@ class HeadService:
             live = sum(1 for n in recovered if n.state in ms.LIVE_STATES)
             log.info("recovered %d node(s) from the node table, %d alive", len(recovered), live)
         self._membership = ms.Membership(timing=timing, nodes=recovered, now=now)
+        self._name_store = name_store
+        self._names = NameRegistry(_named(row) for row in (name_store.load() if name_store else []))
+        stale = self._names.keep_only({n.node_id for n in recovered if n.state in ms.LIVE_STATES})
+        if len(self._names) or stale:
+            log.info(
+                "recovered %d actor name(s); forgot %d whose owner is gone",
+                len(self._names),
+                len(stale),
+            )
+        self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        if stale and name_store is not None:
+            self._writes.put(_deleting(name_store, stale))
         self._jobs: dict[str, JobView] = {}
         self._job_seq = itertools.count(1)
-        self._writes: queue.Queue[list[NodeRow] | None] = queue.Queue()
         self._writer = threading.Thread(target=self._write_loop, name="hs-head-writer", daemon=True)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="hs-head-ticker", daemon=True)
@@ -198,7 +218,22 @@ class HeadService:
                 )
             ]
             if rows and self._store is not None:
-                self._writes.put(rows)  # under the lock: rows reach SQL in machine order
+                # Under the lock: rows reach SQL in machine order.
+                self._writes.put(functools.partial(self._store.save, rows))
+            gone = [
+                name
+                for i in instructions
+                if isinstance(i, ms.NodeDead | ms.NodeLeft)
+                for name in self._names.node_gone(i.node.node_id)
+            ]
+            if gone:
+                log.info(
+                    "forgot %d actor name(s) of a node that is gone: %s",
+                    len(gone),
+                    ", ".join(f"{e.namespace}/{e.name}" for e in gone[:10]),
+                )
+                if self._name_store is not None:
+                    self._writes.put(_deleting(self._name_store, gone))
         for instruction in instructions:
             _log_instruction(instruction)
         return instructions
@@ -213,21 +248,18 @@ class HeadService:
 
     def _write_loop(self) -> None:
         while True:
-            rows = self._writes.get()
-            if rows is None:
+            write = self._writes.get()
+            if write is None:
                 return
-            if self._store is None:
-                continue
             for attempt in range(_WRITE_RETRIES):
                 try:
-                    self._store.save(rows)
+                    write()
                     break
                 except Exception as exc:
                     if attempt == _WRITE_RETRIES - 1:
                         log.error(
-                            "could not save %d node row(s) to the node table: %s; a restarted "
-                            "head will not know of this change",
-                            len(rows),
+                            "could not save a change of the node table or the actor names: "
+                            "%s; a restarted head will not know of it",
                             exc,
                         )
                     else:
@@ -350,12 +382,75 @@ class HeadService:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.started_at)
 
+    # --- NameHandler
+
+    def claim_name(self, entry: NamedActor) -> NamedActor | None:
+        with self._lock:
+            holder = self._names.claim(entry)
+            if holder is None and self._name_store is not None:
+                self._writes.put(functools.partial(self._name_store.put, _name_row(entry)))
+        if holder is None:
+            log.info(
+                "actor name %s/%s -> %x, owned by node %s",
+                entry.namespace,
+                entry.name,
+                entry.actor_id,
+                entry.owner,
+            )
+        return holder
+
+    def lookup_name(self, namespace: str, name: str) -> NamedActor | None:
+        with self._lock:
+            return self._names.lookup(namespace, name)
+
+    def release_name(self, namespace: str, name: str, actor_id: int) -> bool:
+        with self._lock:
+            gone = self._names.release(namespace, name, actor_id)
+            if gone is not None and self._name_store is not None:
+                self._writes.put(_deleting(self._name_store, [gone]))
+        if gone is not None:
+            log.info("actor name %s/%s released", namespace, name)
+        return gone is not None
+
+    def list_names(self, namespace: str | None) -> list[NamedActor]:
+        with self._lock:
+            return self._names.list(namespace)
+
     def close(self) -> None:
         """Stop ticking and write what is queued (waits for the database)."""
         self._stop.set()
         self._ticker.join(timeout=5)
         self._writes.put(None)
         self._writer.join(timeout=30)
+
+
+def _named(row: NameRow) -> NamedActor:
+    return NamedActor(
+        namespace=row.namespace,
+        name=row.name,
+        actor_id=row.actor_id,
+        owner=row.owner_node_id,
+        class_name=row.class_name,
+        methods=dict(row.methods),
+        detached=row.detached,
+    )
+
+
+def _name_row(entry: NamedActor) -> NameRow:
+    return NameRow(
+        namespace=entry.namespace,
+        name=entry.name,
+        actor_id=entry.actor_id,
+        owner_node_id=entry.owner,
+        class_name=entry.class_name,
+        methods=dict(entry.methods),
+        detached=entry.detached,
+    )
+
+
+def _deleting(store: NameTableStore, gone: list[NamedActor]) -> Callable[[], None]:
+    keys = [e.key for e in gone]
+    return lambda: store.delete(keys)
 
 
 def _view(
@@ -463,6 +558,7 @@ class HeadServer:
         )
         add_servicer(self._server, service)
         add_package_servicer(self._server, service.packages)
+        add_names_servicer(self._server, service)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if tls is not None:
             with open(tls.key, "rb") as fh:

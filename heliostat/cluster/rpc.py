@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from heliostat.cluster.names import NamedActor
 from heliostat.cluster.package_store import PackageTooLarge
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.cluster.v1 import control_pb2_grpc as pb_grpc
@@ -28,11 +29,13 @@ from heliostat.storage.cluster_nodes import NodeState
 from heliostat.storage.packages import PackageError
 
 __all__ = [
+    "ActorNamesServicer",
     "ClusterInfo",
     "ClusterTotals",
     "ControlPlaneServicer",
     "HeadHandler",
     "JobView",
+    "NameHandler",
     "NodeView",
     "PackageHandler",
     "PackagesServicer",
@@ -40,9 +43,13 @@ __all__ = [
     "Registration",
     "RpcRefusal",
     "WorkflowStores",
+    "add_names_servicer",
     "add_package_servicer",
     "add_servicer",
     "job_from_pb",
+    "named_actor_from_pb",
+    "named_actor_to_pb",
+    "names_stub",
     "node_from_pb",
     "package_stub",
     "resources_from_pb",
@@ -168,6 +175,15 @@ class PackageHandler(Protocol):
     def read(self, uri: str) -> tuple[int, Generator[bytes, None, None]] | None: ...
 
 
+class NameHandler(Protocol):
+    """What the ``ActorNames`` service needs (implemented by ``HeadService``)."""
+
+    def claim_name(self, entry: NamedActor) -> NamedActor | None: ...
+    def lookup_name(self, namespace: str, name: str) -> NamedActor | None: ...
+    def release_name(self, namespace: str, name: str, actor_id: int) -> bool: ...
+    def list_names(self, namespace: str | None) -> list[NamedActor]: ...
+
+
 class HeadHandler(Protocol):
     """What the servicer needs from the head (implemented by ``HeadService``)."""
 
@@ -262,6 +278,34 @@ def job_from_pb(message: Any) -> JobView:
         pid=message.pid,
         started_at=message.started_at,
         finished_at=message.finished_at or None,
+    )
+
+
+def _id_bytes(ident: int) -> bytes:
+    return ident.to_bytes(10, "big")  # as node.proto carries ids
+
+
+def named_actor_to_pb(entry: NamedActor) -> Any:
+    return pb.NamedActor(
+        namespace=entry.namespace,
+        name=entry.name,
+        actor_id=_id_bytes(entry.actor_id),
+        owner_node_id=entry.owner,
+        class_name=entry.class_name,
+        methods={str(k): int(v) for k, v in entry.methods.items()},
+        detached=entry.detached,
+    )
+
+
+def named_actor_from_pb(message: Any) -> NamedActor:
+    return NamedActor(
+        namespace=message.namespace,
+        name=message.name,
+        actor_id=int.from_bytes(message.actor_id, "big"),
+        owner=message.owner_node_id,
+        class_name=message.class_name,
+        methods={str(k): int(v) for k, v in message.methods.items()},
+        detached=message.detached,
     )
 
 
@@ -369,6 +413,40 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
         return pb.ListJobsReply(jobs=[_job_to_pb(j) for j in self._handler.list_jobs()])
 
 
+class ActorNamesServicer(pb_grpc.ActorNamesServicer):
+    """The ``ActorNames`` service: cluster-wide actor names, kept by the head."""
+
+    def __init__(self, handler: NameHandler) -> None:
+        self._handler = handler
+
+    def ClaimName(self, request: Any, context: grpc.ServicerContext) -> Any:
+        entry = named_actor_from_pb(request.actor)
+        if not entry.name or not entry.owner:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a name and its owner are required")
+        holder = self._handler.claim_name(entry)
+        if holder is None:
+            return pb.ClaimNameReply(claimed=True)
+        return pb.ClaimNameReply(claimed=False, holder=named_actor_to_pb(holder))
+
+    def LookupName(self, request: Any, context: grpc.ServicerContext) -> Any:
+        found = self._handler.lookup_name(request.namespace, request.name)
+        if found is None:
+            return pb.LookupNameReply(found=False)
+        return pb.LookupNameReply(found=True, actor=named_actor_to_pb(found))
+
+    def ReleaseName(self, request: Any, context: grpc.ServicerContext) -> Any:
+        released = self._handler.release_name(
+            request.namespace, request.name, int.from_bytes(request.actor_id, "big")
+        )
+        return pb.ReleaseNameReply(released=released)
+
+    def ListNames(self, request: Any, context: grpc.ServicerContext) -> Any:
+        namespace = None if request.all_namespaces else request.namespace
+        return pb.ListNamesReply(
+            actors=[named_actor_to_pb(e) for e in self._handler.list_names(namespace)]
+        )
+
+
 class PackagesServicer(pb_grpc.PackagesServicer):
     """The ``Packages`` service: uploads and downloads of code archives, in chunks."""
 
@@ -440,6 +518,18 @@ def add_package_servicer(server: grpc.Server, store: PackageHandler) -> None:
     pb_grpc.add_PackagesServicer_to_server(  # type: ignore[no-untyped-call]
         PackagesServicer(store), server
     )
+
+
+def add_names_servicer(server: grpc.Server, handler: NameHandler) -> None:
+    """Serve the ``ActorNames`` service of ``handler`` on ``server``."""
+    pb_grpc.add_ActorNamesServicer_to_server(  # type: ignore[no-untyped-call]
+        ActorNamesServicer(handler), server
+    )
+
+
+def names_stub(channel: grpc.Channel) -> Any:
+    """An ``ActorNames`` client stub on ``channel``."""
+    return pb_grpc.ActorNamesStub(channel)  # type: ignore[no-untyped-call]
 
 
 def package_stub(channel: grpc.Channel) -> Any:

@@ -226,7 +226,36 @@ class ActorClass:
                 raise ActorUnschedulableError(str(refused).replace("Task", "Actor", 1))
         cls_id = self._code.ensure()
         client.register_function(cls_id, self._code.payload)
-        actor_id = client.create_actor(
+        try:
+            actor_id = self._create(client, cls_id, args, kwargs, name, namespace, strategy)
+        except ValueError:
+            if not (name and opts.get("get_if_exists")):
+                raise
+            try:  # created meanwhile by another process (the name is taken): that one
+                actor_id, class_name, methods = client.get_actor(name, namespace)
+            except ValueError:
+                pass
+            else:
+                return ActorHandle(actor_id, class_name, methods, client.tracker, adopt=True)
+            raise
+        handle = ActorHandle(
+            actor_id, self._cls.__qualname__, self._methods, client.tracker, adopt=None
+        )
+        handle._checkers = self._checkers
+        return handle
+
+    def _create(
+        self,
+        client: Any,
+        cls_id: bytes,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        name: str,
+        namespace: str,
+        strategy: Any,
+    ) -> int:
+        opts = self._options
+        actor_id: int = client.create_actor(
             cls_id=cls_id,
             args=args,
             kwargs=kwargs,
@@ -247,11 +276,7 @@ class ActorClass:
             ),
             strategy=strategy,
         )
-        handle = ActorHandle(
-            actor_id, self._cls.__qualname__, self._methods, client.tracker, adopt=None
-        )
-        handle._checkers = self._checkers
-        return handle
+        return actor_id
 
     def _remote(
         self,

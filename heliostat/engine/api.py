@@ -263,6 +263,7 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
     try:
         head.cluster_info()  # a wrong token or an empty address fails here, clearly
         runtime, membership = join_with_free_index(head, start_runtime, join)
+        runtime.manager.mark_driver_node()  # it leaves with this driver
         runtime.extensions["cluster"] = membership
         # Where the job's durable workflows record (heliostat.workflows.services).
         membership.workflow_stores = head.workflow_stores()
@@ -461,6 +462,25 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     client = _rt.client_or_auto_init()
     actor_id, class_name, methods = client.get_actor(name, namespace or client.namespace)
     return ActorHandle(actor_id, class_name, methods, client.tracker, adopt=True)
+
+
+def list_named_actors(all_namespaces: bool = False) -> list[Any]:
+    """The names of the live named actors, as Ray's ``ray.util.list_named_actors``.
+
+    In this job's namespace, as a list of names; with ``all_namespaces=True``, in every
+    namespace, as a list of ``{"name": ..., "namespace": ...}`` dicts. Joined to a
+    cluster, the actors of every node (the head keeps the names).
+    """
+    if not isinstance(all_namespaces, bool):
+        raise TypeError(
+            f"list_named_actors(all_namespaces=...) must be a bool, got "
+            f"{type(all_namespaces).__name__}."
+        )
+    client = _rt.client_or_auto_init()
+    found = client.list_named_actors(None if all_namespaces else client.namespace)
+    if all_namespaces:
+        return [{"name": name, "namespace": namespace} for namespace, name in found]
+    return [name for _namespace, name in found]
 
 
 def _head() -> Any:

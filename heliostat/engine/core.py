@@ -423,6 +423,11 @@ class CoreClient:
         result: tuple[int, str, dict[str, int]] = self._call("get_actor", name, namespace)
         return result
 
+    def list_named_actors(self, namespace: str | None) -> list[tuple[str, str]]:
+        """(namespace, name) of the live named actors of ``namespace`` (None: all)."""
+        found: list[tuple[str, str]] = self._call("list_named_actors", namespace)
+        return [(str(ns), str(name)) for ns, name in found]
+
     def cluster_info(self) -> dict[str, Any]:
         info: dict[str, Any] = self._call("cluster_info")
         return info

@@ -334,6 +334,58 @@ class ActorControl:
     no_restart: bool
 
 
+# ------------------------------------------- instructions: questions for the head --
+# Decided by ``actor_directory.py`` (cluster-wide actor names); carried out by the
+# cluster link, which asks the head and hands the answer back to
+# ``ActorDirectory.head_answer(req, ok, value)`` (``req`` 0: no answer wanted).
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimName:
+    """Claim (namespace, name) at the head for actor ``actor_id``, owned by this node.
+
+    Answer: None (claimed) or the ``cluster.names.NamedActor`` that holds the name.
+    """
+
+    req: int
+    namespace: str
+    name: str
+    actor_id: int
+    class_name: str
+    methods: dict[str, int]
+    detached: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LookupName:
+    """Which actor has this name? Answer: a ``NamedActor``, or None."""
+
+    req: int
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseName:
+    """The actor ``actor_id`` of this node is dead for good: free its name (no answer)."""
+
+    namespace: str
+    name: str
+    actor_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListNames:
+    """The named actors of ``namespace`` (None: all). Answer: a list of ``NamedActor``."""
+
+    req: int
+    namespace: str | None
+
+
+HeadEffect = ClaimName | LookupName | ReleaseName | ListNames
+HEAD_EFFECTS = (ClaimName, LookupName, ReleaseName, ListNames)
+
+
 PeerEffect = (
     ForwardTask
     | ReportTask
@@ -356,7 +408,7 @@ PEER_EFFECTS = (
 )
 
 
-Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect | PeerEffect
+Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect | PeerEffect | HeadEffect
 
 
 class Outbox:

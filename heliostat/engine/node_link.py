@@ -13,7 +13,9 @@
 * pulls objects the node needs into its own segments (``transfer.pull_object``) on a
   small thread pool;
 * polls the head's node table and tells the node manager who is alive, which is how
-  a dead peer's tasks get retried.
+  a dead peer's tasks get retried;
+* asks the head about actor names (the node manager's ``HEAD_EFFECTS``), one question
+  at a time and in order, and hands each answer back (:meth:`NodeLink._ask_head`).
 
 Everything it learns goes into the node manager as one call under the manager's lock
 (:meth:`NodeManager.peer_event`); every decision is made there, none here.
@@ -33,6 +35,7 @@ import grpc
 
 from heliostat.cluster.auth import TokenInterceptor, call_metadata
 from heliostat.cluster.client import HeadClient
+from heliostat.cluster.names import NamedActor
 from heliostat.cluster.packages import PackageFetcher, node_cache
 from heliostat.cluster.peer_tls import PeerTls, add_peer_port, peer_channel
 from heliostat.cluster.transfer import (
@@ -48,6 +51,13 @@ from heliostat.cluster.transfer import (
 )
 from heliostat.cluster.v1 import node_pb2
 from heliostat.engine.ids import format_id
+from heliostat.engine.node_instructions import (
+    HEAD_EFFECTS,
+    ClaimName,
+    ListNames,
+    LookupName,
+    ReleaseName,
+)
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.peer_stream import SERVICE, DeliveryLedger, PeerSender
 from heliostat.engine.peers import (
@@ -244,6 +254,9 @@ class NodeLink:
         self._ledger = DeliveryLedger()  # used under the node lock only
         # Each peer's open Deliver stream holds a server thread while it lasts (a
         # second at most), and each pull one per stream: room for a large cluster.
+        # One thread: questions to the head are asked in the order they were decided
+        # (a name released, then claimed again, must reach the head in that order).
+        self._asks = futures.ThreadPoolExecutor(1, thread_name_prefix="hs-head-ask")
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="hs-node-rpc"),
             interceptors=[TokenInterceptor(token)],
@@ -284,6 +297,7 @@ class NodeLink:
         for sender in senders:
             sender.close()
         self._pulls.shutdown(wait=True, cancel_futures=True)
+        self._asks.shutdown(wait=True)  # names released at the end still reach the head
         with contextlib.suppress(Exception):
             self._server.stop(1.0).wait(2.0)
 
@@ -342,6 +356,9 @@ class NodeLink:
         if type(effect) is PullObject:
             self._pulls.submit(self._pull, effect.node, effect.object_id)
             return
+        if type(effect) in HEAD_EFFECTS:
+            self._asks.submit(self._ask_head, effect)
+            return
         sender = self._sender(effect.node)
         if sender is None:
             log.warning("dropped a message for node %s: not a live node", format_id(effect.node))
@@ -381,6 +398,49 @@ class NodeLink:
         self._manager.peer_event(
             lambda state: state.peers.pulled(object_id, pulled.result, pulled.size)
         )
+
+    def _ask_head(self, effect: Any) -> None:
+        """Ask the head one question about actor names; hand the answer back."""
+        head = self._head
+        kind = type(effect)
+        value: Any = None
+        try:
+            if kind is ClaimName:
+                value = head.claim_name(
+                    NamedActor(
+                        namespace=effect.namespace,
+                        name=effect.name,
+                        actor_id=effect.actor_id,
+                        owner=self.node_id,
+                        class_name=effect.class_name,
+                        methods=effect.methods,
+                        detached=effect.detached,
+                    )
+                )
+            elif kind is LookupName:
+                value = head.lookup_name(effect.namespace, effect.name)
+                if value is not None and value.owner != self.node_id:
+                    with contextlib.suppress(ValueError):
+                        if int(value.owner, 16) not in self._addresses:
+                            self.refresh()  # a node newer than our view: learn where it is
+            elif kind is ReleaseName:
+                head.release_name(effect.namespace, effect.name, effect.actor_id)
+                return
+            elif kind is ListNames:
+                value = head.list_names(effect.namespace)
+            ok = True
+        except Exception as exc:
+            if kind is ReleaseName:
+                log.warning(
+                    "could not release actor name %s/%s at the head: %s",
+                    effect.namespace,
+                    effect.name,
+                    exc,
+                )
+                return
+            ok, value = False, exc
+        req = effect.req
+        self._manager.peer_event(lambda state: state.actors.head_answer(req, ok, value))
 
     # ----------------------------------------------------------------------- in --
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from heliostat.engine.node_instructions import (
+    HEAD_EFFECTS,
     ActorReady,
     CallActor,
     CancelCall,
@@ -55,6 +56,7 @@ from heliostat.engine.peers import PEER_EFFECTS
 from heliostat.engine.protocol import ConnectionClosed, Op, PeerConnection
 from heliostat.engine.records import WorkerRecord, WorkerState
 from heliostat.engine.worker_pool import ForkServerClient
+from heliostat.exceptions import ClusterError
 
 __all__ = ["NodeLoop", "RequestHandler"]
 
@@ -253,6 +255,15 @@ class NodeLoop:
                 self.peer_sink(effect)  # for another node: the cluster link sends it
             else:  # the node is leaving its cluster: nobody to send it to
                 log.debug("dropped %s: the node left its cluster", kind.__name__)
+        elif kind in HEAD_EFFECTS:
+            if self.peer_sink is not None:
+                self.peer_sink(effect)  # a question for the head: the cluster link asks it
+            elif getattr(effect, "req", 0):  # nobody to ask: the asker must not wait
+                self._state.actors.head_answer(
+                    effect.req,  # type: ignore[attr-defined]
+                    False,
+                    ClusterError("this node left its cluster: the head cannot be asked"),
+                )
         else:
             raise TypeError(f"unknown effect {effect!r}")
 

@@ -43,13 +43,14 @@ from heliostat.engine.object_table import ObjKind
 from heliostat.engine.records import ActorOptions, TaskSpec, WorkerRecord
 from heliostat.engine.shm import SHM_DIR, session_glob
 from heliostat.engine.worker_pool import ForkServerClient
-from heliostat.exceptions import HeliostatError, HeliostatInternalError
+from heliostat.exceptions import ClusterError, HeliostatError, HeliostatInternalError
 from heliostat.scheduler import ResourceSet
 
 __all__ = ["NodeConfig", "NodeManager", "Reply"]
 
 log = logging.getLogger("heliostat.engine")
 
+_HEAD_ANSWER_TIMEOUT = 60.0  # seconds a named actor's creation waits for the head
 _INTROSPECT_FINISHED = 1000  # finished tasks listed by ``heliostat list tasks``
 
 
@@ -214,12 +215,38 @@ class NodeManager:
         self.handle(proc, "release", (ids,), None)
 
     def create_actor(self, proc: WorkerRecord, spec: TaskSpec, options: ActorOptions) -> None:
+        """Create an actor (the driver's path); raises why it cannot be.
+
+        In a cluster a named actor's name is claimed at the head first: this waits for
+        that answer (the head's calls have their own deadline).
+        """
+        answer: list[Any] = []
+        done = threading.Event()
+
+        def reply(ok: bool, value: Any) -> None:
+            answer[:] = [ok, value]
+            done.set()
+
         with self._lock:
             try:
-                self.state.create_actor(proc, spec, options)
+                self.state.create_actor(proc, spec, options, reply)
             finally:
                 if self._out.pending:
                     self.loop.flush()
+        if not done.wait(_HEAD_ANSWER_TIMEOUT):
+            raise ClusterError(
+                f"creating actor {options.class_name} ({options.name!r}): the cluster's head "
+                f"did not answer within {_HEAD_ANSWER_TIMEOUT:.0f} s"
+            )
+        if not answer[0]:
+            raise answer[1]
+
+    def mark_driver_node(self) -> None:
+        """This node is a driver's, joined to a cluster: it leaves with its driver, so
+        the detached actors it creates are handed over to the nodes that host them."""
+        with self._lock:
+            if self.state.peers is not None:
+                self.state.peers.driver_node = True
 
     # ------------------------------------------------------------------ the cluster --
 

@@ -22,7 +22,11 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from heliostat.engine.actor_directory import ActorDirectory
+from heliostat.engine.actor_directory import (
+    ActorDirectory,
+    name_taken_error,
+    no_such_actor_error,
+)
 from heliostat.engine.dispatch import Dispatch, may_retry
 from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.node_instructions import (
@@ -174,6 +178,9 @@ class NodeState:
         if spec.kind is TaskKind.ACTOR_CREATE:
             assert actor_options is not None
             copies = peers.receive_for(index, spec, fn_bytes, values, pending)
+            if actor_options.handover:
+                self._adopt_actor(index, spec, actor_options, copies)
+                return
             refusal = self.actor_refusal(spec, actor_options)
             if refusal is None and not spec.resources.is_subset_of(self.node.total):
                 refusal = InfeasibleResourcesError(self.dispatch.infeasible_message(spec.resources))
@@ -185,6 +192,32 @@ class NodeState:
             peers.release_copies(index, copies)  # the creation pins what it needs
             return
         peers.on_forward(index, spec, fn_bytes, values, pending)
+
+    def _adopt_actor(
+        self, index: int, spec: TaskSpec, options: ActorOptions, copies: list[int]
+    ) -> None:
+        """Node ``index`` (a driver's) hands a detached actor over: it lives here and
+        this node owns it (its record, name, queue and restarts), whatever becomes of
+        the driver. A refusal leaves it dead here, so that its callers learn why."""
+        peers = self.peers
+        assert peers is not None
+        spec.owner = self.driver.index  # this node's own process holds it from now on
+        refusal: HeliostatError | ValueError | None = None
+        if self.actors.name_taken(options):
+            refusal = name_taken_error(options.name, options.namespace)
+        elif not spec.resources.is_subset_of(self.node.total):
+            refusal = InfeasibleResourcesError(self.dispatch.infeasible_message(spec.resources))
+        key = (options.namespace, options.name)
+        holder = self.actors.named.get(key)
+        actor = self.actors.create(self.driver, spec, options, start=refusal is None)
+        peers.release_copies(index, copies)  # the creation pins what it needs
+        if refusal is not None:
+            if holder is not None:
+                self.actors.named[key] = holder  # the name stays with the live one
+            actor.max_restarts = 0
+            self.actors.dead(actor, f"node {format_id(peers.local_index)} refused it: {refusal}")
+            return
+        self.actors.adopt(actor)
 
     def peer_cancel(self, index: int, task_id: int, force: bool) -> None:
         """The owner of a task forwarded here cancels it."""
@@ -300,20 +333,35 @@ class NodeState:
     def submit(self, proc: WorkerRecord, spec: TaskSpec) -> None:
         self.dispatch.submit(proc, spec)
 
-    def create_actor(self, proc: WorkerRecord, spec: TaskSpec, options: ActorOptions) -> None:
-        """Create an actor; raises what :meth:`actor_refusal` finds wrong."""
+    def create_actor(
+        self,
+        proc: WorkerRecord,
+        spec: TaskSpec,
+        options: ActorOptions,
+        reply: Reply | None = None,
+    ) -> None:
+        """Create an actor; raises (or replies) what :meth:`actor_refusal` finds wrong.
+
+        In a cluster, with ``reply``, a named actor's name is first claimed at the
+        head, cluster-wide; ``reply(True, None)`` once it is created.
+        """
         refusal = self.actor_refusal(spec, options)
         if refusal is not None:
-            raise refusal
+            if reply is None:
+                raise refusal
+            reply(False, refusal)
+            return
+        if options.name and self.peers is not None and reply is not None:
+            self.actors.create_named(proc, spec, options, reply)
+            return
         self.actors.create(proc, spec, options)
+        if reply is not None:
+            reply(True, None)
 
     def actor_refusal(self, spec: TaskSpec, options: ActorOptions) -> ValueError | None:
         """Why this actor cannot be created (a taken name, infeasible resources), or None."""
         if self.actors.name_taken(options):
-            return ValueError(
-                f"An actor named {options.name!r} already exists in namespace "
-                f"{options.namespace!r}; pick another name or use get_actor()."
-            )
+            return name_taken_error(options.name, options.namespace)
         if not self.dispatch.feasible(spec.resources):
             return InfeasibleResourcesError(self.dispatch.infeasible_message(spec.resources))
         return None
@@ -363,8 +411,9 @@ class NodeState:
         table = objects.table
         actors = self.actors
         known = actors.actors
+        borrowed = actors.borrowed
         for ident in ids:
-            if ident in known:
+            if ident in known or ident in borrowed:
                 actors.release(proc, ident)
             else:
                 table.release(proc, ident)
@@ -453,21 +502,22 @@ class NodeState:
     def _v_create_actor(
         self, proc: WorkerRecord, reply: Reply, fields: tuple[Any, ...], options: ActorOptions
     ) -> None:
-        spec = spec_from_wire(fields, proc.index)
-        refusal = self.actor_refusal(spec, options)
-        if refusal is not None:
-            reply(False, refusal)
-            return
-        self.actors.create(proc, spec, options)
-        reply(True, None)
+        self.create_actor(proc, spec_from_wire(fields, proc.index), options, reply)
 
     def _v_get_actor(self, proc: WorkerRecord, reply: Reply, name: str, namespace: str) -> None:
         actor = self.actors.lookup(name, namespace)
         if actor is None:
-            reply(False, ValueError(f"No actor named {name!r} in namespace {namespace!r}."))
+            if self.peers is not None:  # names are cluster-wide: the head knows
+                self.actors.lookup_cluster(proc, name, namespace, reply)
+                return
+            reply(False, no_such_actor_error(name, namespace))
             return
         self.actors.hold(proc, actor)  # adopted by the handle the caller builds
         reply(True, (actor.actor_id, actor.class_name, actor.methods))
+
+    def _v_list_named_actors(self, proc: WorkerRecord, reply: Reply, namespace: str | None) -> None:
+        """(namespace, name) of every live named actor, cluster-wide when joined."""
+        self.actors.list_names(namespace, reply)
 
     def _v_kill_actor(
         self, proc: WorkerRecord, reply: Reply | None, actor_id: int, no_restart: bool
@@ -477,6 +527,8 @@ class NodeState:
         if actor is not None and actor.state is not ActorState.DEAD:
             self.actors.kill(actor, no_restart)
             killed = True
+        elif actor is None and actor_id in self.actors.borrowed:  # its owner kills it
+            killed = self.actors.kill_borrowed(self.actors.borrowed[actor_id], no_restart)
         if reply is not None:
             reply(True, killed)
 

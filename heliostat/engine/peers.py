@@ -153,6 +153,9 @@ class Peers:
         # URIs of this job's code packages, sent with every task forwarded from here.
         self.code: tuple[str, ...] = ()
         self._leaving = False
+        # A driver's node (it leaves with its driver): the detached actors it creates
+        # are handed over to the node that hosts them (ActorDirectory.hand_over).
+        self.driver_node = False
 
     # ------------------------------------------------------------------ membership --
 
@@ -212,6 +215,7 @@ class Peers:
                 self._tasks.fail(spec, error_payload(exc), "node died")
         actors = self.actors
         if actors is not None:
+            actors.owner_node_gone(index, "left the cluster" if self._leaving else "died or left")
             for actor in list(actors.actors.values()):
                 if actor.remote_node == index:
                     self.actors_on[index] = 0
@@ -603,6 +607,47 @@ class Peers:
         self.forward(creation, index, actor_options=options)
         self.inflight.get(index, {}).pop(creation.task_id, None)  # ends by actor_started
 
+    def place_detached(self, actor: Any) -> int | str:
+        """Where a detached actor of this driver's node goes to live *and be owned*: a
+        peer with CPUs (drivers' nodes have none, and leave with their driver); -1 to
+        wait for one, or why none ever can (a string)."""
+        request = actor.resources
+        hosts = {i: info for i, info in self.nodes.items() if info.total.get(CPU) > 0}
+        strategy = _placement_strategy(actor.creation.strategy)
+        if isinstance(strategy, NodeAffinity):
+            try:
+                wanted: int | None = int(strategy.node_id, 16)
+            except ValueError:
+                wanted = None
+            info = hosts.get(wanted) if wanted is not None else None
+            if info is not None and request.is_subset_of(info.total):
+                return wanted  # type: ignore[return-value]
+            if not strategy.soft:
+                return f"node {strategy.node_id} is not a live node that can hold it"
+        fits = sorted(i for i, info in hosts.items() if request.is_subset_of(info.total))
+        if not fits:
+            return -1 if not hosts else f"no node with CPUs can hold {request}"
+        if strategy is Strategy.SPREAD:
+            return fits[next(self._spread) % len(fits)]
+        return min(fits, key=lambda i: self.actors_on.get(i, 0))
+
+    def hand_over_actor(self, actor: Any, index: int) -> None:
+        """Create a detached actor on node ``index``, which owns it from then on."""
+        self.actors_on[index] = self.actors_on.get(index, 0) + 1
+        options = ActorOptions(
+            name=actor.name,
+            namespace=actor.namespace,
+            class_name=actor.class_name,
+            max_restarts=actor.max_restarts,
+            max_concurrency=actor.max_concurrency,
+            detached=True,
+            methods=actor.methods,
+            max_task_retries=actor.max_task_retries,
+            handover=True,
+        )
+        self.forward(actor.creation, index, actor_options=options)
+        self.inflight.get(index, {}).pop(actor.creation.task_id, None)  # not ours any more
+
     def actor_started(self, owner: int, actor_id: int, error: bytes | None) -> None:
         """An actor a peer created here finished its constructor: tell the peer."""
         self._out.effect(ActorStarted(node=owner, actor_id=actor_id, error=error))
@@ -638,8 +683,16 @@ class Peers:
             self.actors.remote_ready(actor_id, error)
 
     def on_actor_control(self, index: int, actor_id: int, kill: bool, no_restart: bool) -> None:
-        actor = self.actors.actors.get(actor_id)
-        if actor is None or actor.creation.owner != PEER_INDEX_BASE + index:
+        actors = self.actors
+        actor = actors.actors.get(actor_id)
+        if actor is None:
+            borrowed = actors.borrowed.get(actor_id)
+            if borrowed is not None and kill:  # one we handed over: pass it on
+                actors.kill_borrowed(borrowed, no_restart)
+            return
+        if actor.creation.owner != PEER_INDEX_BASE + index:
+            if kill and actor.creation.owner < PEER_INDEX_BASE:  # a borrower kills ours
+                actors.kill(actor, no_restart)
             return
         if kill:
             self.actors.kill(actor, no_restart)

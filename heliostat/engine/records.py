@@ -321,6 +321,9 @@ class ActorOptions:
     # Times a call in flight when the actor's process dies is run again on the
     # restarted actor (-1: no limit); 0 fails it with ActorDiedError.
     max_task_retries: int = 0
+    # In a cluster: the node this creation is sent to owns the actor from now on
+    # (a detached actor a driver's node created: it must not depend on that node).
+    handover: bool = False
 
 
 class ActorRecord:
@@ -347,6 +350,7 @@ class ActorRecord:
         "methods",
         "max_task_retries",
         "remote_node",
+        "lifetime_detached",
     )
 
     def __init__(
@@ -381,6 +385,7 @@ class ActorRecord:
         self.methods: dict[str, int] = {}  # method name -> num_returns, for get_actor
         self.max_task_retries = 0  # see ActorOptions.max_task_retries
         self.remote_node = 0  # the peer node index it lives on (peers.py); 0: this node
+        self.lifetime_detached = False  # lifetime="detached" (``detached`` also: named)
 
     def label(self) -> str:
         return f"{self.class_name}({self.name or hex(self.actor_id)})"

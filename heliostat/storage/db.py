@@ -261,7 +261,7 @@ def _alembic_config(connection: Connection) -> Iterator[Any]:
         yield config
 
 
-SCHEMA_HEAD: Final = "0007"
+SCHEMA_HEAD: Final = "0008"
 """The newest migration revision this version of heliostat ships. A constant, so that
 opening a database at head needs neither Alembic (about 0.12 s to import) nor a read
 of the migration scripts; a test checks it against the scripts."""

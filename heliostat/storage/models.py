@@ -38,6 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from heliostat.storage.cluster_names import ClusterActorName
 from heliostat.storage.cluster_nodes import ClusterNode
 from heliostat.storage.sql_base import (
     NAMING_CONVENTION,
@@ -63,6 +64,7 @@ __all__ = [
     "NAMING_CONVENTION",
     "AttemptLog",
     "Base",
+    "ClusterActorName",
     "ClusterNode",
     "Edge",
     "Schedule",

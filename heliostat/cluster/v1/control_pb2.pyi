@@ -262,3 +262,88 @@ class DownloadPackageRequest(_message.Message):
     URI_FIELD_NUMBER: _ClassVar[int]
     uri: str
     def __init__(self, uri: _Optional[str] = ...) -> None: ...
+
+class NamedActor(_message.Message):
+    __slots__ = ("namespace", "name", "actor_id", "owner_node_id", "class_name", "methods", "detached")
+    class MethodsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    actor_id: bytes
+    owner_node_id: str
+    class_name: str
+    methods: _containers.ScalarMap[str, int]
+    detached: bool
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., actor_id: _Optional[bytes] = ..., owner_node_id: _Optional[str] = ..., class_name: _Optional[str] = ..., methods: _Optional[_Mapping[str, int]] = ..., detached: _Optional[bool] = ...) -> None: ...
+
+class ClaimNameRequest(_message.Message):
+    __slots__ = ("actor",)
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    actor: NamedActor
+    def __init__(self, actor: _Optional[_Union[NamedActor, _Mapping]] = ...) -> None: ...
+
+class ClaimNameReply(_message.Message):
+    __slots__ = ("claimed", "holder")
+    CLAIMED_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    claimed: bool
+    holder: NamedActor
+    def __init__(self, claimed: _Optional[bool] = ..., holder: _Optional[_Union[NamedActor, _Mapping]] = ...) -> None: ...
+
+class LookupNameRequest(_message.Message):
+    __slots__ = ("namespace", "name")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class LookupNameReply(_message.Message):
+    __slots__ = ("found", "actor")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    actor: NamedActor
+    def __init__(self, found: _Optional[bool] = ..., actor: _Optional[_Union[NamedActor, _Mapping]] = ...) -> None: ...
+
+class ReleaseNameRequest(_message.Message):
+    __slots__ = ("namespace", "name", "actor_id")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    name: str
+    actor_id: bytes
+    def __init__(self, namespace: _Optional[str] = ..., name: _Optional[str] = ..., actor_id: _Optional[bytes] = ...) -> None: ...
+
+class ReleaseNameReply(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class ListNamesRequest(_message.Message):
+    __slots__ = ("all_namespaces", "namespace")
+    ALL_NAMESPACES_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    all_namespaces: bool
+    namespace: str
+    def __init__(self, all_namespaces: _Optional[bool] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class ListNamesReply(_message.Message):
+    __slots__ = ("actors",)
+    ACTORS_FIELD_NUMBER: _ClassVar[int]
+    actors: _containers.RepeatedCompositeFieldContainer[NamedActor]
+    def __init__(self, actors: _Optional[_Iterable[_Union[NamedActor, _Mapping]]] = ...) -> None: ...

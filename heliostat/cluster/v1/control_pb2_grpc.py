@@ -192,6 +192,207 @@ class Packages:
             _registered_method=True)
 
 
+class ActorNamesStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ClaimName = channel.unary_unary(
+                '/heliostat.cluster.v1.ActorNames/ClaimName',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ClaimNameRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ClaimNameReply.FromString,
+                _registered_method=True)
+        self.LookupName = channel.unary_unary(
+                '/heliostat.cluster.v1.ActorNames/LookupName',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.LookupNameRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.LookupNameReply.FromString,
+                _registered_method=True)
+        self.ReleaseName = channel.unary_unary(
+                '/heliostat.cluster.v1.ActorNames/ReleaseName',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ReleaseNameRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ReleaseNameReply.FromString,
+                _registered_method=True)
+        self.ListNames = channel.unary_unary(
+                '/heliostat.cluster.v1.ActorNames/ListNames',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ListNamesRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ListNamesReply.FromString,
+                _registered_method=True)
+
+
+class ActorNamesServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ClaimName(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupName(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseName(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNames(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ActorNamesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ClaimName': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimName,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ClaimNameRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ClaimNameReply.SerializeToString,
+            ),
+            'LookupName': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupName,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.LookupNameRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.LookupNameReply.SerializeToString,
+            ),
+            'ReleaseName': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseName,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ReleaseNameRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ReleaseNameReply.SerializeToString,
+            ),
+            'ListNames': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNames,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ListNamesRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.ListNamesReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'heliostat.cluster.v1.ActorNames', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('heliostat.cluster.v1.ActorNames', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ActorNames:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ClaimName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heliostat.cluster.v1.ActorNames/ClaimName',
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.ClaimNameRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.ClaimNameReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heliostat.cluster.v1.ActorNames/LookupName',
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.LookupNameRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.LookupNameReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heliostat.cluster.v1.ActorNames/ReleaseName',
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.ReleaseNameRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.ReleaseNameReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNames(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heliostat.cluster.v1.ActorNames/ListNames',
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.ListNamesRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.ListNamesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ControlPlaneStub:
     """Missing associated documentation comment in .proto file."""
 

@@ -20,11 +20,13 @@ from heliostat.cluster import (
 )
 from heliostat.cluster.agent import NodeAgent
 from heliostat.cluster.auth import ensure_token_file, tokens_match
+from heliostat.cluster.names import NamedActor
 from heliostat.cluster.rpc import Registration
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.cluster.v1 import control_pb2_grpc as pb_grpc
 from heliostat.exceptions import ClusterAuthError, ClusterUnreachableError
 from heliostat.storage import db
+from heliostat.storage.cluster_names import NameTableStore
 from heliostat.storage.cluster_nodes import NodeState, NodeTableStore
 
 TOKEN = "t0ken-for-tests"
@@ -45,13 +47,16 @@ def make_head(tmp_path: Path) -> Iterator[Callable[..., HeadServer]]:
     engines: list[Any] = []
 
     def make(url: str | None = None, *, port: int = 0, timing: Timing = FAST) -> HeadServer:
-        store = None
+        store = names = None
         if url is not None:
             engine = db.make_engine(url)
             db.ensure_schema(engine)
             engines.append(engine)
             store = NodeTableStore(engine)
-        service = HeadService(cluster_id="c1", version="test", store=store, timing=timing)
+            names = NameTableStore(engine)
+        service = HeadService(
+            cluster_id="c1", version="test", store=store, name_store=names, timing=timing
+        )
         server = HeadServer(service, token=TOKEN, port=port)
         servers.append(server)
         return server
@@ -212,6 +217,85 @@ def test_a_restarted_head_recovers_its_table_and_the_agent_carries_on(
             assert node.state is NodeState.ALIVE and node.incarnation == 1
     finally:
         agent.stop()
+
+
+def _named(name: str, actor_id: int, owner: str, namespace: str = "ns") -> NamedActor:
+    return NamedActor(
+        namespace=namespace,
+        name=name,
+        actor_id=actor_id,
+        owner=owner,
+        class_name="Counter",
+        methods={"incr": 1, "stream": -2},
+        detached=name.startswith("d"),
+    )
+
+
+def test_actor_names_are_claimed_looked_up_released_and_go_with_their_node(
+    make_head: Callable[..., HeadServer], wait_for: Callable[..., Any]
+) -> None:
+    head = make_head()
+    with HeadClient(head.address, TOKEN) as client:
+        client.register_node(_registration("n1"))
+        client.register_node(_registration("n2"))
+        first = _named("c", 7 << 64, "n1")
+        assert client.claim_name(first) is None
+        assert client.claim_name(_named("c", 9 << 64, "n2")) == first  # taken: the holder
+        assert client.claim_name(_named("c", 9 << 64, "n2", namespace="other")) is None
+        assert client.lookup_name("ns", "c") == first
+        assert client.lookup_name("ns", "nobody") is None
+        # The same actor claims its name again from the node it moved to (a hand-over).
+        moved = _named("c", 7 << 64, "n2")
+        assert client.claim_name(moved) is None and client.lookup_name("ns", "c") == moved
+        assert client.claim_name(_named("d1", 8 << 64, "n1")) is None
+        assert [e.name for e in client.list_names("ns")] == ["c", "d1"]
+        assert [(e.namespace, e.name) for e in client.list_names(None)] == [
+            ("ns", "c"),
+            ("ns", "d1"),
+            ("other", "c"),
+        ]
+        assert not client.release_name("ns", "c", 1)  # not that actor's name
+        assert client.release_name("ns", "c", 7 << 64)
+        assert client.lookup_name("ns", "c") is None
+
+        # n1 is silent and dies: its names go with it; n2 (heartbeating) keeps its own.
+        def n1_dead() -> bool:
+            client.heartbeat("n2", {})
+            return {n.node_id: n.state for n in client.list_nodes()}["n1"] is NodeState.DEAD
+
+        wait_for(n1_dead, 5, what="n1 declared dead", interval=0.02)
+        assert [(e.namespace, e.name) for e in client.list_names(None)] == [("other", "c")]
+        client.deregister_node("n2")  # a node that leaves loses its names too
+        assert client.list_names(None) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_restarted_head_keeps_the_names_of_live_owners(
+    make_head: Callable[..., HeadServer],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    backend: str,
+) -> None:
+    if backend == "postgresql":
+        url = request.getfixturevalue("pg_schema_url")()
+    else:
+        url = f"sqlite:///{tmp_path / 'meta.db'}"
+    slow = Timing(heartbeat_interval=0.05, suspect_after=5.0, dead_after=10.0)
+    head = make_head(url, timing=slow)
+    port = head.port
+    with HeadClient(head.address, TOKEN) as client:
+        client.register_node(_registration("n1"))
+        client.register_node(_registration("n2"))
+        assert client.claim_name(_named("d1", 1 << 64, "n1")) is None
+        assert client.claim_name(_named("d2", 2 << 64, "n2")) is None
+        assert client.claim_name(_named("gone", 3 << 64, "n1")) is None
+        assert client.release_name("ns", "gone", 3 << 64)
+        client.deregister_node("n2")
+    head.stop(grace=0)  # writes what is queued
+    restarted = make_head(url, port=port, timing=slow)
+    with HeadClient(restarted.address, TOKEN) as client:
+        [kept] = client.list_names(None)
+        assert kept == _named("d1", 1 << 64, "n1")  # with its methods and lifetime
 
 
 def test_the_token_file_is_private_and_reused(tmp_path: Path) -> None:

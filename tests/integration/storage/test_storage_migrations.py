@@ -39,6 +39,7 @@ TABLES = {
     "schedules",
     "schedule_runs",
     "cluster_nodes",
+    "cluster_actor_names",
 }
 
 

@@ -312,3 +312,203 @@ def test_actors_a_dead_owner_placed_here_go_with_it(make_node, make_spec) -> Non
     runner.state.worker_exited(WorkerExited(pid=worker.pid, code=-9))
     assert runner.effects() == [Disconnect(worker=worker)]  # nothing for the gone owner
     assert creation.actor_id not in runner.state.actors.actors
+
+
+# --- named actors across the cluster: names at the head, borrowed handles, hand-over --
+
+
+def _options(name: str = "counter", *, detached: bool = False, restarts: int = 0):
+    from heliostat.engine.records import ActorOptions
+
+    return ActorOptions(
+        name=name,
+        namespace="ns",
+        class_name="Counter",
+        max_restarts=restarts,
+        max_concurrency=1,
+        detached=detached,
+        methods={"incr": 1},
+        max_task_retries=0,
+    )
+
+
+def _creation(make_spec, cpus: float = 1):
+    from heliostat.engine.records import TaskKind
+
+    spec = make_spec(kind=TaskKind.ACTOR_CREATE, resources=ResourceSet.from_dict({"CPU": cpus}))
+    spec.actor_id = spec.task_id
+    return spec
+
+
+def _asks(node, kind):
+    return [e for e in node.effects() if isinstance(e, kind)]
+
+
+def _named(name: str, actor_id: int, owner: int):
+    from heliostat.cluster.names import NamedActor
+
+    return NamedActor(
+        namespace="ns",
+        name=name,
+        actor_id=actor_id,
+        owner=f"{owner:020x}",
+        class_name="Counter",
+        methods={"incr": 1},
+    )
+
+
+def test_a_named_actor_is_created_once_the_head_gave_it_its_name(make_node, make_spec) -> None:
+    from heliostat.engine.node_instructions import ClaimName
+
+    node, _ = _cluster(make_node, num_cpus=1)
+    replies: list = []
+    first = _creation(make_spec)
+    node.state.create_actor(node.state.driver, first, _options(), lambda *r: replies.append(r))
+    (claim,) = _asks(node, ClaimName)
+    assert (claim.namespace, claim.name, claim.actor_id) == ("ns", "counter", first.actor_id)
+    assert replies == [] and first.actor_id not in node.state.actors.actors
+    # Meanwhile the name counts as taken here.
+    other = _creation(make_spec)
+    node.state.create_actor(node.state.driver, other, _options(), lambda *r: replies.append(r))
+    assert replies[0][0] is False and "already exists" in str(replies[0][1])
+    node.state.actors.head_answer(claim.req, True, None)  # claimed
+    assert replies[1] == (True, None) and first.actor_id in node.state.actors.actors
+    # Another node holds the name: refused with the same error as a local clash.
+    third = _creation(make_spec)
+    node.state.create_actor(
+        node.state.driver, third, _options("elsewhere"), lambda *r: replies.append(r)
+    )
+    (claim,) = _asks(node, ClaimName)
+    node.state.actors.head_answer(claim.req, True, _named("elsewhere", 99, C))
+    ok, error = replies[2]
+    assert not ok and isinstance(error, ValueError) and "'elsewhere' already exists" in str(error)
+    assert third.actor_id not in node.state.actors.actors
+
+
+def test_a_dead_named_actor_gives_its_name_back(make_node, make_spec) -> None:
+    from heliostat.engine.node_instructions import ReleaseName
+
+    node, _ = _cluster(make_node, num_cpus=1)
+    creation = _creation(make_spec)
+    node.state.create_actor(node.state.driver, creation, _options())
+    node.effects()
+    node.state._v_kill_actor(node.state.driver, None, creation.actor_id, True)
+    assert _asks(node, ReleaseName) == [
+        ReleaseName(namespace="ns", name="counter", actor_id=creation.actor_id)
+    ]
+
+
+def test_get_actor_asks_the_head_and_a_borrowers_calls_go_to_the_owner(
+    make_node, make_spec
+) -> None:
+    from heliostat.engine.node_instructions import ActorControl, LookupName
+    from heliostat.engine.records import TaskKind
+    from heliostat.exceptions import ActorDiedError
+
+    node, peers = _cluster(make_node, peers=(B, C))
+    replies: list = []
+    node.state._v_get_actor(node.state.driver, lambda *r: replies.append(r), "nobody", "elsewhere")
+    (lookup,) = _asks(node, LookupName)
+    node.state.actors.head_answer(lookup.req, True, None)
+    ok, error = replies.pop()
+    assert not ok and "'nobody'" in str(error) and "'elsewhere'" in str(error)
+    actor_id = 5 << 64
+    node.state._v_get_actor(node.state.driver, lambda *r: replies.append(r), "counter", "ns")
+    (lookup,) = _asks(node, LookupName)
+    node.state.actors.head_answer(lookup.req, True, _named("counter", actor_id, B))
+    assert replies.pop() == (True, (actor_id, "Counter", {"incr": 1}))
+    # Its calls go to the owner at once, in order; the owner reports each one.
+    calls = [make_spec(kind=TaskKind.ACTOR_CALL, actor_id=actor_id) for _ in range(2)]
+    for call in calls:
+        node.state.submit(node.state.driver, call)
+    assert [(f.node, f.spec) for f in _forwards(node)] == [(B, calls[0]), (B, calls[1])]
+    rid = calls[0].return_ids[0]
+    peers.on_report(B, calls[0].task_id, "ok", 1.0, 2.0, [WireValue(rid, INLINE, b"1", 1, ())], [])
+    assert node.state.objects.entries[rid].payload == b"1"
+    # kill() from here asks the owner.
+    assert node.state.actors.kill_borrowed(node.state.actors.borrowed[actor_id], True)
+    assert _asks(node, ActorControl) == [
+        ActorControl(node=B, actor_id=actor_id, kill=True, no_restart=True)
+    ]
+    # The owner's node dies: the call in flight and later ones fail, naming why.
+    peers.update([_peer(C)])
+    error = _error(node, calls[1].return_ids[0])
+    assert isinstance(error, ActorDiedError) and f"owner's node {B:020x}" in str(error)
+    late = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=actor_id)
+    node.state.submit(node.state.driver, late)
+    assert isinstance(_error(node, late.return_ids[0]), ActorDiedError)
+
+
+def test_the_owner_queues_a_borrowers_calls_and_obeys_its_kill(make_node, make_spec) -> None:
+    from heliostat.engine.node_instructions import ActorReady, CallActor
+    from heliostat.engine.records import ActorState, TaskKind
+
+    owner = make_node(num_cpus=1)
+    owner_peers = owner.state.join_cluster(B, depth=2)
+    owner_peers.update([_peer(A, cpus=0)])
+    worker = owner.add_worker()
+    creation = _creation(make_spec)
+    owner.state.create_actor(owner.state.driver, creation, _options())
+    owner.sent(worker)  # its constructor
+    owner.state.actor_ready(ActorReady(worker=worker, actor_id=creation.actor_id, error=None))
+    call = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=creation.actor_id)
+    owner.state.peer_forward(A, spec_to_wire(call), None, [], [])
+    (sent,) = owner.sent(worker)
+    assert isinstance(sent, CallActor) and sent.spec.task_id == call.task_id
+    remote = sent.spec
+    rid = remote.return_ids[0]
+    owner.state.task_done(
+        TaskDone(
+            worker=worker,
+            task_id=remote.task_id,
+            results=[(rid, INLINE, b"7", (), 1)],
+            started=1.0,
+            finished=2.0,
+        )
+    )
+    (report,) = [e for e in owner.effects() if isinstance(e, ReportTask)]
+    assert report.node == A and report.values[0].payload == b"7"
+    owner_peers.on_actor_control(A, creation.actor_id, True, True)
+    actor = owner.state.actors.actors[creation.actor_id]
+    assert [e.worker for e in owner.effects() if isinstance(e, Kill)] == [worker]
+    owner.state.worker_exited(WorkerExited(pid=worker.pid, code=-9))
+    assert actor.state is ActorState.DEAD and "kill()" in actor.death_cause
+
+
+def test_a_drivers_detached_actor_is_handed_over_to_the_node_that_hosts_it(
+    make_node, make_spec
+) -> None:
+    from heliostat.engine.node_instructions import ClaimName
+    from heliostat.engine.records import ActorState, TaskKind
+
+    driver, driver_peers = _cluster(make_node, peers=(B,))
+    driver_peers.driver_node = True
+    creation = _creation(make_spec, cpus=0)  # would fit on the driver's node: not detached
+    driver.state.create_actor(driver.state.driver, creation, _options("keep", detached=True))
+    early = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=creation.actor_id)
+    (forward,) = _forwards(driver)
+    assert forward.node == B and forward.actor_options.handover
+    assert forward.actor_options.name == "keep" and forward.actor_options.detached
+    # The driver's node keeps no record: it borrows the actor from B like anyone else.
+    assert creation.actor_id not in driver.state.actors.actors
+    assert driver.state.actors.borrowed[creation.actor_id].owner == B
+    driver.state.submit(driver.state.driver, early)
+    assert [(f.node, f.spec) for f in _forwards(driver)] == [(B, early)]
+    # On B: created as B's own actor, its name claimed again for B.
+    host = make_node(num_cpus=1)
+    host_peers = host.state.join_cluster(B, depth=2)
+    host_peers.update([_peer(A, cpus=0)])
+    worker = host.add_worker()
+    host.state.peer_forward(
+        A, spec_to_wire(forward.spec), b"code", [], [], actor_options=forward.actor_options
+    )
+    actor = host.state.actors.actors[creation.actor_id]
+    assert actor.creation.owner == host.state.driver.index and actor.state is ActorState.CREATING
+    assert host.sent(worker)
+    (claim,) = [e for e in host.effects() if isinstance(e, ClaimName)]
+    assert (claim.name, claim.actor_id, claim.detached) == ("keep", creation.actor_id, True)
+    host.state.actors.head_answer(claim.req, True, None)
+    # The driver leaves: the actor stays (it is B's).
+    host_peers.update([])
+    assert actor.state is ActorState.CREATING
+    assert not [e for e in host.effects() if isinstance(e, Kill)]
