@@ -27,6 +27,7 @@ import contextlib
 import logging
 import pickle
 import threading
+import time
 from collections.abc import Sequence
 from concurrent import futures
 from typing import Any
@@ -78,6 +79,8 @@ from heliostat.scheduler import ResourceSet
 from heliostat.storage.cluster_nodes import NodeState
 
 __all__ = ["NodeLink"]
+
+_DRAIN_S = 2.0  # at most, for the messages still queued for peers at shutdown
 
 log = logging.getLogger("heliostat.cluster")
 
@@ -291,6 +294,12 @@ class NodeLink:
         self._stop.set()
         if self._watcher.is_alive():
             self._watcher.join(timeout=5)
+        with self._lock:
+            senders = list(self._senders.values())
+        # What this node told its peers last (a kill, a release) still reaches them.
+        deadline = time.monotonic() + _DRAIN_S
+        for sender in senders:
+            sender.drain(max(deadline - time.monotonic(), 0.0))
         self._manager.attach_peers(None)
         with self._lock:
             senders, self._senders = list(self._senders.values()), {}

@@ -88,6 +88,7 @@ class PeerSender:
         self._queue: deque[Any] = deque()  # effects, encoded by the sending thread
         self._cond = threading.Condition()
         self._closed = False
+        self._draining = False
         self._epoch = secrets.randbits(63) or 1
         self._seq = 0
         self._unacked: deque[node_pb2.DeliverRequest] = deque()
@@ -110,6 +111,20 @@ class PeerSender:
             if len(queue) == 1 or len(queue) == BATCH:
                 self._cond.notify()
 
+    def drain(self, timeout: float) -> bool:
+        """Wait until everything put so far is sent and acknowledged (True), at most
+        ``timeout`` seconds (False)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._draining = True
+            self._cond.notify()
+            while self._queue or self._unacked or self._stream is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed or not self._thread.is_alive():
+                    return False
+                self._cond.wait(timeout=min(left, 0.05))
+        return True
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -131,13 +146,21 @@ class PeerSender:
     def _step(self) -> bool:
         """Send one batch (or close an idle stream); False when the sender is done."""
         with self._cond:
-            if not self._queue and not self._closed:
+            if not self._queue and not self._closed and not self._draining:
                 self._cond.wait(timeout=STREAM_AGE_S if self._stream is not None else None)
             if self._closed:
                 return False
-            if not self._queue:
-                self._settle()  # idle a while: learn what the peer applied
+            idle = not self._queue
+            if idle and self._stream is None:  # draining, and all is acknowledged
+                self._cond.notify_all()
+                self._cond.wait(timeout=STREAM_AGE_S)
                 return True
+        if idle:
+            # Idle a while (or draining): learn what the peer applied. Never under the
+            # condition's lock: put() is called under the node lock.
+            self._settle()
+            return True
+        with self._cond:
             if len(self._queue) < BATCH:
                 # Linger a moment for more: a burst of small tasks then costs one
                 # message per batch instead of one per task.

@@ -159,3 +159,20 @@ def test_an_unreachable_peer_is_given_up_and_the_sender_closes(
     finally:
         sender.close()
     assert not sender._thread.is_alive()
+
+
+def test_drain_returns_once_everything_put_is_applied(serve: Callable[[Receiver], str]) -> None:
+    """At shutdown a node drains its senders: its last messages (a kill, a release)
+    must reach the peers, not die in a queue."""
+    receiver = Receiver()
+    sender = _sender(serve(receiver))
+    names = [f"m{i}" for i in range(50)]
+    try:
+        for name in names:
+            sender.put(name)
+        assert sender.drain(10.0) is True
+        assert receiver.applied == names  # applied, and the sender heard so
+        assert not sender._unacked and not sender._queue
+    finally:
+        sender.close()
+    assert not sender._thread.is_alive()
