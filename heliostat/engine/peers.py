@@ -27,7 +27,8 @@ Refs nested in a value (a list of refs passed to a task or returned by one) trav
 with it: their values are sent when ready (:meth:`Peers.push_when_ready`), and the
 receiving node holds a pending entry for each until then.
 
-Streaming generator tasks and actors stay on their submitter's node (for now).
+Streaming generator tasks stay on their submitter's node (for now). Actors: see
+:mod:`heliostat.engine.peer_actors`.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ from heliostat.engine.node_instructions import (
 )
 from heliostat.engine.object_directory import ObjectDirectory, Waiter, error_payload
 from heliostat.engine.object_table import ObjKind
+from heliostat.engine.peer_actors import PeerActors, placement_strategy
 from heliostat.engine.records import (
     PEER_INDEX_BASE,
-    ActorOptions,
     TaskKind,
     TaskSpec,
     TaskState,
@@ -114,7 +115,7 @@ class PeerInfo:
         return format_id(self.index)
 
 
-class Peers:
+class Peers(PeerActors):
     """This node's view of the others, and the work and values it exchanges with them.
 
     Called under the node lock; every output is an effect on the outbox.
@@ -276,7 +277,7 @@ class Peers:
         never run (a string). DEFAULT tasks are not routed: they queue here and spill
         when this node is full (:meth:`spill`).
         """
-        strategy = _placement_strategy(spec.strategy)
+        strategy = placement_strategy(spec.strategy)
         if strategy is None or not self.spillable(spec):
             return None
         return self._choose(spec.resources, local, strategy)
@@ -564,141 +565,6 @@ class Peers:
         for oid in ids:
             table.release(proc, oid)
 
-    # ------------------------------------------------------------------- actors --
-
-    def place_actor(self, actor: Any, local: Any) -> int | str:
-        """Where an actor of ours starts: 0 here, a peer's index, -1 to wait for room,
-        or why it never can (a string)."""
-        request = actor.resources
-        strategy = _placement_strategy(actor.creation.strategy)
-        local_view = NodeView(
-            node_id=format_id(self.local_index), total=local.total, available=local.available
-        )
-        if strategy is None:
-            if request.is_subset_of(local.total):
-                return 0
-            best: int | None = None
-            for index, info in self.nodes.items():
-                if request.is_subset_of(info.total) and (
-                    best is None or self.actors_on.get(index, 0) < self.actors_on.get(best, 0)
-                ):
-                    best = index
-            if best is not None:
-                return best
-            strategy = Strategy.DEFAULT  # no node can hold it: the policy says why
-        where = self._choose(request, local_view, strategy)
-        return 0 if where is None else where
-
-    def create_remote_actor(self, actor: Any, index: int) -> None:
-        """Create an actor of ours on node ``index``; its calls follow it there."""
-        actor.remote_node = index
-        self.actors_on[index] = self.actors_on.get(index, 0) + 1
-        creation = actor.creation
-        options = ActorOptions(
-            name="",  # names live with the owner, who answers get_actor
-            namespace=actor.namespace,
-            class_name=actor.class_name,
-            max_restarts=0,  # the owner restarts it, elsewhere if need be
-            max_concurrency=actor.max_concurrency,
-            detached=False,  # held by the owner's stand-in until the owner lets go
-            methods=actor.methods,
-            max_task_retries=0,
-        )
-        self.forward(creation, index, actor_options=options)
-        self.inflight.get(index, {}).pop(creation.task_id, None)  # ends by actor_started
-
-    def place_detached(self, actor: Any) -> int | str:
-        """Where a detached actor of this driver's node goes to live *and be owned*: a
-        peer with CPUs (drivers' nodes have none, and leave with their driver); -1 to
-        wait for one, or why none ever can (a string)."""
-        request = actor.resources
-        hosts = {i: info for i, info in self.nodes.items() if info.total.get(CPU) > 0}
-        strategy = _placement_strategy(actor.creation.strategy)
-        if isinstance(strategy, NodeAffinity):
-            try:
-                wanted: int | None = int(strategy.node_id, 16)
-            except ValueError:
-                wanted = None
-            info = hosts.get(wanted) if wanted is not None else None
-            if info is not None and request.is_subset_of(info.total):
-                return wanted  # type: ignore[return-value]
-            if not strategy.soft:
-                return f"node {strategy.node_id} is not a live node that can hold it"
-        fits = sorted(i for i, info in hosts.items() if request.is_subset_of(info.total))
-        if not fits:
-            return -1 if not hosts else f"no node with CPUs can hold {request}"
-        if strategy is Strategy.SPREAD:
-            return fits[next(self._spread) % len(fits)]
-        return min(fits, key=lambda i: self.actors_on.get(i, 0))
-
-    def hand_over_actor(self, actor: Any, index: int) -> None:
-        """Create a detached actor on node ``index``, which owns it from then on."""
-        self.actors_on[index] = self.actors_on.get(index, 0) + 1
-        options = ActorOptions(
-            name=actor.name,
-            namespace=actor.namespace,
-            class_name=actor.class_name,
-            max_restarts=actor.max_restarts,
-            max_concurrency=actor.max_concurrency,
-            detached=True,
-            methods=actor.methods,
-            max_task_retries=actor.max_task_retries,
-            handover=True,
-        )
-        self.forward(actor.creation, index, actor_options=options)
-        self.inflight.get(index, {}).pop(actor.creation.task_id, None)  # not ours any more
-
-    def actor_started(self, owner: int, actor_id: int, error: bytes | None) -> None:
-        """An actor a peer created here finished its constructor: tell the peer."""
-        self._out.effect(ActorStarted(node=owner, actor_id=actor_id, error=error))
-
-    def actor_died(self, owner: int, actor_id: int, how: str) -> None:
-        """The process of an actor a peer placed here died: tell the peer (if alive)."""
-        if owner in self.nodes:
-            self._out.effect(ActorStarted(node=owner, actor_id=actor_id, error=None, died=how))
-
-    def forget_calls(self, index: int, task_ids: list[int]) -> None:
-        """Calls sent to node ``index`` are taken back: a late report of them is ignored."""
-        sent = self.inflight.get(index)
-        if sent:
-            for task_id in task_ids:
-                spec = sent.pop(task_id, None)
-                if spec is not None:
-                    spec.remote_node = 0
-
-    def control_remote_actor(self, actor: Any, *, kill: bool, no_restart: bool) -> None:
-        """Kill (or let go of) an actor of ours that lives on a peer."""
-        index = actor.remote_node
-        if index in self.nodes:
-            self._out.effect(
-                ActorControl(node=index, actor_id=actor.actor_id, kill=kill, no_restart=no_restart)
-            )
-
-    def on_actor_started(
-        self, index: int, actor_id: int, error: bytes | None, died: str = ""
-    ) -> None:
-        if died:
-            self.actors.remote_died(actor_id, index, died)
-        else:
-            self.actors.remote_ready(actor_id, error)
-
-    def on_actor_control(self, index: int, actor_id: int, kill: bool, no_restart: bool) -> None:
-        actors = self.actors
-        actor = actors.actors.get(actor_id)
-        if actor is None:
-            borrowed = actors.borrowed.get(actor_id)
-            if borrowed is not None and kill:  # one we handed over: pass it on
-                actors.kill_borrowed(borrowed, no_restart)
-            return
-        if actor.creation.owner != PEER_INDEX_BASE + index:
-            if kill and actor.creation.owner < PEER_INDEX_BASE:  # a borrower kills ours
-                actors.kill(actor, no_restart)
-            return
-        if kill:
-            self.actors.kill(actor, no_restart)
-        else:
-            self.actors.release(self.proc(index), actor_id)
-
     def cancel(self, spec: TaskSpec, force: bool) -> bool:
         """Ask the node running a forwarded task of ours to cancel it."""
         index = spec.remote_node
@@ -790,15 +656,3 @@ class Peers:
         if self.remote_owner.get(task_id) != index:
             return None
         return self._tasks.tasks.get(task_id)
-
-
-def _placement_strategy(strategy: Any) -> Strategy | NodeAffinity | None:
-    """The placement policy's form of a task's ``scheduling_strategy`` (None: DEFAULT)."""
-    if strategy is None or strategy == "DEFAULT":
-        return None
-    if strategy == "SPREAD":
-        return Strategy.SPREAD
-    node_id = getattr(strategy, "node_id", None)
-    if node_id is not None:
-        return NodeAffinity(str(node_id), bool(getattr(strategy, "soft", False)))
-    return None

@@ -1,0 +1,364 @@
+"""Actors across a cluster: names kept by the head, handles to other nodes' actors,
+detached actors handed over (the cluster half of ``ActorDirectory``; pure).
+
+* **Names.** A named actor's name is claimed at the head before the actor is created
+  (a name taken anywhere in the cluster is refused as a local clash is), looked up
+  there when this node does not know it, and released when the actor dies for good.
+  Questions to the head are effects (``AskHead``); their answers come back through
+  :meth:`ClusterActors.head_answer` under the node lock.
+* **Borrowed handles** (:class:`BorrowedActor`): an actor owned by another node. Its
+  calls go to the owner, which queues them with the actor's other calls; a kill is
+  passed on to the owner; if the owner's node goes, the calls fail with
+  ``ActorDiedError`` naming it.
+* **Detached actors** created by a driver's node are handed over to the node that
+  hosts them, which owns them from then on (the driver's node leaves with its driver).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from heliostat.engine.ids import format_id
+from heliostat.engine.node_instructions import (
+    ActorControl,
+    ClaimName,
+    ListNames,
+    LookupName,
+    Outbox,
+    ReleaseName,
+)
+from heliostat.engine.object_directory import ObjectDirectory, error_payload
+from heliostat.engine.records import (
+    ActorOptions,
+    ActorRecord,
+    ActorState,
+    TaskSpec,
+    TaskState,
+    WorkerRecord,
+    WorkerState,
+)
+from heliostat.engine.task_table import TaskTable
+from heliostat.exceptions import ActorDiedError
+
+__all__ = ["BorrowedActor", "ClusterActors", "name_taken_error", "no_such_actor_error"]
+
+log = logging.getLogger("heliostat.engine")
+
+
+def name_taken_error(name: str, namespace: str) -> ValueError:
+    return ValueError(
+        f"An actor named {name!r} already exists in namespace {namespace!r}; "
+        "pick another name or use get_actor()."
+    )
+
+
+def no_such_actor_error(name: str, namespace: str, why: str = "") -> ValueError:
+    return ValueError(f"No actor named {name!r} in namespace {namespace!r}{why}.")
+
+
+class BorrowedActor:
+    """An actor owned by another node (``owner``), that this node holds handles to.
+
+    Its calls are forwarded to the owner as they are submitted (their arguments
+    follow when ready); the owner reports each one back.
+    """
+
+    __slots__ = (
+        "actor_id",
+        "owner",
+        "name",
+        "namespace",
+        "class_name",
+        "methods",
+        "inflight",
+        "death_cause",
+    )
+
+    def __init__(
+        self,
+        *,
+        actor_id: int,
+        owner: int,
+        name: str,
+        namespace: str,
+        class_name: str,
+        methods: dict[str, int],
+    ) -> None:
+        self.actor_id = actor_id
+        self.owner = owner  # the node index of its owner
+        self.name = name
+        self.namespace = namespace
+        self.class_name = class_name
+        self.methods = methods
+        self.inflight: dict[int, TaskSpec] = {}  # calls sent to the owner
+        self.death_cause = ""  # set when its owner is gone
+
+    def label(self) -> str:
+        return f"{self.class_name}({self.name or hex(self.actor_id)})"
+
+
+class ClusterActors:
+    """Mixed into ``ActorDirectory``, which provides what is declared here."""
+
+    actors: dict[int, ActorRecord]
+    named: dict[tuple[str, str], int]
+    peers: Any  # peers.Peers in a cluster
+    borrowed: dict[int, BorrowedActor]
+    claiming: set[tuple[str, str]]
+    _asks: dict[int, Callable[[bool, Any], None]]
+    _ask_ids: itertools.count[int]
+    _out: Outbox
+    _tasks: TaskTable
+    _objects: ObjectDirectory
+
+    if TYPE_CHECKING:  # provided by ActorDirectory
+
+        def lookup(self, name: str, namespace: str) -> ActorRecord | None: ...
+        def hold(self, proc: WorkerRecord, actor: ActorRecord) -> None: ...
+        def dead(
+            self, actor: ActorRecord, cause: str, *, resources_released: bool = False
+        ) -> None: ...
+        def create(
+            self, proc: WorkerRecord, spec: TaskSpec, options: ActorOptions, *, start: bool = ...
+        ) -> ActorRecord: ...
+
+    def ask_head(self, make: Callable[[int], Any], then: Callable[[bool, Any], None]) -> None:
+        """Queue a question for the head (``make(req)``); ``then(ok, answer)`` later."""
+        req = next(self._ask_ids)
+        self._asks[req] = then
+        self._out.effect(make(req))
+
+    def head_answer(self, req: int, ok: bool, value: Any) -> None:
+        """The head answered question ``req`` (``ok`` False: ``value`` is why not)."""
+        then = self._asks.pop(req, None)
+        if then is not None:
+            then(ok, value)
+
+    def create_named(
+        self, proc: WorkerRecord, spec: TaskSpec, options: ActorOptions, reply: Any
+    ) -> None:
+        """Claim the actor's name at the head, then create it (``reply`` either way)."""
+        key = (options.namespace, options.name)
+        self.claiming.add(key)
+
+        def then(ok: bool, holder: Any) -> None:
+            self.claiming.discard(key)
+            if not ok:
+                reply(False, holder)
+            elif holder is not None:
+                reply(False, name_taken_error(options.name, options.namespace))
+            elif proc.state is WorkerState.DEAD:  # its creator is gone: nobody wants it
+                self._out.effect(ReleaseName(namespace=key[0], name=key[1], actor_id=spec.actor_id))
+            else:
+                self.create(proc, spec, options)
+                reply(True, None)
+
+        self.ask_head(lambda req: _claim(req, spec.actor_id, options), then)
+
+    def lookup_cluster(self, proc: WorkerRecord, name: str, namespace: str, reply: Any) -> None:
+        """``get_actor`` of a name this node does not know: ask the head."""
+        peers = self.peers
+
+        def then(ok: bool, found: Any) -> None:
+            if not ok:
+                reply(False, found)
+                return
+            if found is None:
+                reply(False, no_such_actor_error(name, namespace, " anywhere in the cluster"))
+                return
+            actor_id = found.actor_id
+            owner = int(found.owner, 16)
+            if owner == peers.local_index and actor_id not in self.borrowed:
+                actor = self.actors.get(actor_id)
+                if actor is None or actor.state is ActorState.DEAD:
+                    reply(False, no_such_actor_error(name, namespace, " (it is dead)"))
+                    return
+                self.hold(proc, actor)
+                reply(True, (actor_id, actor.class_name, actor.methods))
+                return
+            if owner != peers.local_index:
+                self.borrow(
+                    actor_id,
+                    owner,
+                    name=name,
+                    namespace=namespace,
+                    class_name=found.class_name,
+                    methods=dict(found.methods),
+                )
+            borrowed = self.borrowed[actor_id]
+            reply(True, (actor_id, borrowed.class_name, borrowed.methods))
+
+        self.ask_head(lambda req: LookupName(req=req, namespace=namespace, name=name), then)
+
+    def list_names(self, namespace: str | None, reply: Any) -> None:
+        """``(namespace, name)`` of every live named actor (``namespace`` None: all)."""
+        if self.peers is None:
+            reply(
+                True,
+                sorted(
+                    key
+                    for key in self.named
+                    if (namespace is None or key[0] == namespace)
+                    and self.lookup(key[1], key[0]) is not None
+                ),
+            )
+            return
+
+        def then(ok: bool, found: Any) -> None:
+            if ok:
+                reply(True, [(e.namespace, e.name) for e in found])
+            else:
+                reply(False, found)
+
+        self.ask_head(lambda req: ListNames(req=req, namespace=namespace), then)
+
+    def borrow(
+        self,
+        actor_id: int,
+        owner: int,
+        *,
+        name: str,
+        namespace: str,
+        class_name: str,
+        methods: dict[str, int],
+    ) -> BorrowedActor:
+        """Node ``owner`` owns actor ``actor_id`` (the head says): send it its calls."""
+        borrowed = self.borrowed.get(actor_id)
+        if borrowed is None or borrowed.death_cause:
+            borrowed = self.borrowed[actor_id] = BorrowedActor(
+                actor_id=actor_id,
+                owner=owner,
+                name=name,
+                namespace=namespace,
+                class_name=class_name,
+                methods=methods,
+            )
+        else:
+            borrowed.owner = owner  # ownership moved (a detached actor's hand-over)
+        return borrowed
+
+    def call_borrowed(self, borrowed: BorrowedActor, spec: TaskSpec) -> None:
+        """Send a call to the owner of a borrowed actor (or fail it: the owner is gone)."""
+        peers = self.peers
+        if not borrowed.death_cause and (peers is None or borrowed.owner not in peers.nodes):
+            borrowed.death_cause = (
+                f"its owner's node {format_id(borrowed.owner)} is no longer in the cluster"
+            )
+        if borrowed.death_cause:
+            self._tasks.fail(
+                spec, error_payload(self._borrowed_error(borrowed, spec)), "actor_dead"
+            )
+            return
+        borrowed.inflight[spec.task_id] = spec
+        peers.forward(spec, borrowed.owner)
+
+    def _borrowed_error(self, borrowed: BorrowedActor, spec: TaskSpec) -> ActorDiedError:
+        return ActorDiedError(
+            f"The actor {borrowed.label()} is dead because {borrowed.death_cause}; "
+            f"{spec.name!r} did not run.",
+            actor_id=format_id(borrowed.actor_id),
+            class_name=borrowed.class_name,
+        )
+
+    def kill_borrowed(self, borrowed: BorrowedActor, no_restart: bool) -> bool:
+        """``kill()`` of an actor another node owns: ask its owner. False: it is gone."""
+        peers = self.peers
+        if borrowed.death_cause or peers is None or borrowed.owner not in peers.nodes:
+            return False
+        self._out.effect(
+            ActorControl(
+                node=borrowed.owner,
+                actor_id=borrowed.actor_id,
+                kill=True,
+                no_restart=no_restart,
+            )
+        )
+        return True
+
+    def owner_node_gone(self, index: int, how: str) -> None:
+        """Node ``index`` died or left: the actors it owned that we borrow are dead,
+        and their calls in flight fail."""
+        for borrowed in self.borrowed.values():
+            if borrowed.owner != index or borrowed.death_cause:
+                continue
+            borrowed.death_cause = f"its owner's node {format_id(index)} {how}"
+            inflight, borrowed.inflight = borrowed.inflight, {}
+            for spec in inflight.values():
+                if spec.state is TaskState.RUNNING:
+                    spec.remote_node = 0
+                    self._tasks.fail(
+                        spec, error_payload(self._borrowed_error(borrowed, spec)), "actor_dead"
+                    )
+
+    def hand_over(self, actor: ActorRecord, index: int) -> None:
+        """A detached actor this driver's node created goes to node ``index``, which
+        hosts and owns it from now on; this node borrows it like any other node."""
+        self.peers.hand_over_actor(actor, index)
+        self.actors.pop(actor.actor_id, None)
+        if actor.name and self.named.get((actor.namespace, actor.name)) == actor.actor_id:
+            del self.named[(actor.namespace, actor.name)]
+        creation = actor.creation
+        creation.state = TaskState.FINISHED
+        self._tasks.unpin(creation)  # its arguments travelled with it
+        borrowed = self.borrow(
+            actor.actor_id,
+            index,
+            name=actor.name,
+            namespace=actor.namespace,
+            class_name=actor.class_name,
+            methods=actor.methods,
+        )
+        entries = self._objects.entries
+        queue, actor.queue = actor.queue, deque()
+        for spec in queue:  # calls made before it started follow it, in order
+            if spec.state is not TaskState.WAITING:
+                continue
+            for aid in spec.arg_ids:  # their arguments follow them (PushValues)
+                arg = entries.get(aid)
+                if arg is not None and arg.waiters and spec in arg.waiters:
+                    arg.waiters.remove(spec)
+            spec.pending_deps = 0
+            self.call_borrowed(borrowed, spec)
+
+    def adopt(self, actor: ActorRecord) -> None:
+        """A peer handed actor ``actor`` over to this node, which owns it now: its name
+        (if any) is this node's at the head."""
+        if not actor.name:
+            return
+
+        def then(ok: bool, holder: Any) -> None:
+            if not ok:
+                log.warning(
+                    "could not tell the head that actor %s is owned here now: %s",
+                    actor.label(),
+                    holder,
+                )
+            elif holder is not None and actor.state is not ActorState.DEAD:
+                self.dead(actor, f"its name {actor.name!r} was taken by another actor meanwhile")
+
+        options = ActorOptions(
+            name=actor.name,
+            namespace=actor.namespace,
+            class_name=actor.class_name,
+            max_restarts=actor.max_restarts,
+            max_concurrency=actor.max_concurrency,
+            detached=actor.lifetime_detached,
+            methods=actor.methods,
+        )
+        self.ask_head(lambda req: _claim(req, actor.actor_id, options), then)
+
+
+def _claim(req: int, actor_id: int, options: ActorOptions) -> ClaimName:
+    return ClaimName(
+        req=req,
+        namespace=options.namespace,
+        name=options.name,
+        actor_id=actor_id,
+        class_name=options.class_name,
+        methods=dict(options.methods),
+        detached=options.detached,
+    )
