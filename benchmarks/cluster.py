@@ -172,7 +172,8 @@ import os, signal, sys
 from concurrent import futures
 import grpc
 from heliostat.cluster.transfer import (
-    ObjectTransferServicer, add_transfer_service, channel_options, segment_object,
+    DirectServer, ObjectTransferServicer, add_transfer_service, channel_options,
+    segment_object,
 )
 
 root = sys.argv[1]
@@ -182,13 +183,16 @@ class Files:
         path = os.path.join(root, format(object_id, "x"))
         return segment_object(path) if os.path.exists(path) else None
 
+direct = DirectServer("127.0.0.1")
+direct.start()
 server = grpc.server(futures.ThreadPoolExecutor(8), options=channel_options())
-add_transfer_service(server, ObjectTransferServicer(Files()))
+add_transfer_service(server, ObjectTransferServicer(Files(), direct=direct))
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print(port, flush=True)
 signal.sigwait({signal.SIGTERM})
 server.stop(0)
+direct.close()
 """
 
 

@@ -4,8 +4,9 @@
 
 * serves this node over gRPC: ``NodeService.Deliver`` (batches of forwarded tasks,
   reports, values, releases, cancellations from other node managers) and
-  ``ObjectTransfer.Pull`` (this node's objects, straight from their shared-memory
-  segments), both behind the cluster token;
+  ``ObjectTransfer`` (this node's objects, straight from their shared-memory
+  segments), both behind the cluster token, and the direct data port that
+  ``ObjectTransfer.Open`` hands out tickets for (``cluster/direct.py``);
 * sends what the node manager decided for other nodes (the effects of ``peers.py``):
   one sender thread per peer drains that peer's queue and sends everything queued as
   one ``Deliver`` call, so order is kept per peer and a burst of small tasks costs one
@@ -36,6 +37,7 @@ from heliostat.cluster.auth import TokenInterceptor, call_metadata
 from heliostat.cluster.client import HeadClient
 from heliostat.cluster.packages import PackageFetcher, node_cache
 from heliostat.cluster.transfer import (
+    DirectServer,
     ObjectTransferServicer,
     SegmentSink,
     SourceObject,
@@ -332,7 +334,10 @@ class NodeLink:
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(_SERVICE, {"Deliver": deliver}),)
         )
-        add_transfer_service(self._server, ObjectTransferServicer(self))
+        # Object bytes go over the data port (a third of gRPC's CPU per byte); the
+        # gRPC stream stays for peers that ask for it.
+        self._direct = DirectServer(host)
+        add_transfer_service(self._server, ObjectTransferServicer(self, direct=self._direct))
         target = f"[{host}]:0" if ":" in host else f"{host}:0"
         port = self._server.add_insecure_port(target)
         if not port:
@@ -345,6 +350,7 @@ class NodeLink:
     def start(self) -> None:
         """Serve, attach to the node manager, and start watching the head."""
         self._server.start()
+        self._direct.start()
         self._manager.attach_peers(self.send)
         self.refresh()
         self._watcher.start()
@@ -361,6 +367,7 @@ class NodeLink:
         self._pulls.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             self._server.stop(1.0).wait(2.0)
+        self._direct.close()
 
     # ------------------------------------------------------------------ membership --
 
