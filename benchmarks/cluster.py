@@ -1,10 +1,11 @@
-"""Cluster control plane: how fast a dead node is found, what a heartbeat costs.
+"""Cluster benchmarks: the control plane, tiny-task throughput, moving objects.
 
 Prints one JSON object. A head (``heliostat start --head``) and nodes (``heliostat
 start --address``, each on its own loopback address 127.0.0.N) run as real daemons,
 each with its own ``HELIOSTAT_HOME`` in a temporary directory, all stopped at the end.
+``--only`` runs one section: ``control``, ``throughput`` or ``transfer``.
 
-Figures:
+Control plane:
 
 * ``dead_node_detection_s``: from SIGKILL of a node daemon to the head listing it DEAD,
   over ``--kills`` kills (a fresh node each time): ``median``, ``min``, ``max``,
@@ -13,24 +14,34 @@ Figures:
   (token check included), over ``--heartbeats`` calls: ``median``, ``p95``, ``p99``.
 * ``list_nodes_rpc_us``: one ListNodes call, median.
 * ``timing``: the head's heartbeat interval and silence threshold in force.
-* ``transfer_gbps``: one ``--transfer-mib`` object (default 1024 MiB) pulled through the
-  object transfer service (:mod:`heliostat.cluster.transfer`) from a server process that
-  maps it from its own ``/dev/shm`` directory into a new segment of this process, over
-  loopback gRPC: ``median`` and ``best`` of ``--transfers`` pulls. This is the service
-  alone: the engine does not call it yet (no task runs across nodes).
-* With ``--peer ray``: ``ray_transfer_gbps``, a Ray 2.60 cluster formed the same way
-  (``ray start --head`` and ``ray start --address``, one CPU each): a task on the second
-  node makes a numpy array of the same size, and the time is that of a task on the head
-  node reading its last byte (the pull between the two object stores dominates), and
-  ``transfer_ratio`` (heliostat / Ray). ``--ray-python`` names Ray's interpreter
-  (default ``.venv-ray/bin/python``).
 
-Sections to come, sharing the same cluster set-up (:class:`Cluster`): tiny-task
-throughput on 1, 2 and 3 nodes, and the same through real nodes once tasks run across
-them.
+Throughput:
 
-Usage: ``python benchmarks/cluster.py [--kills 5] [--heartbeats 2000] [--transfers 3]
-[--transfer-mib 1024] [--peer ray]``.
+* ``tiny_tasks_per_s``: ``--tasks`` tasks that return their argument, ``--rounds``
+  rounds, on one local node and on clusters of 1, 2 and 3 one-CPU nodes (the driver
+  joins as a node without CPUs, so every task is forwarded and reported back);
+  ``three_nodes_vs_local`` is their ratio.
+
+Moving objects (GB/s, ``median``, ``best`` and ``samples`` of ``--transfers`` pulls of
+one ``--transfer-mib`` object, default 1024 MiB):
+
+* ``transfer_gbps``: the object transfer service alone (:mod:`heliostat.cluster.transfer`):
+  a server process maps the object from its own ``/dev/shm`` directory and this process
+  pulls it into a new segment, over the direct data port (``Open`` and plain TCP, the
+  default); ``transfer_grpc_gbps``: the same over the gRPC ``Pull`` stream.
+* ``engine_transfer_gbps``: through the engine: a task on one node makes a numpy array
+  of that size, and the time is that of a task on another node reading its last byte
+  (the pull between the two nodes' stores dominates).
+
+With ``--peer ray``, the same on Ray 2.60 (``--ray-python`` names its interpreter,
+default ``.venv-ray/bin/python``), formed the same way (``ray start --head`` and
+``ray start --address``, one CPU each): ``ray_tiny_tasks_per_s`` and
+``throughput_ratio_3_nodes``; ``ray_transfer_gbps`` (a task on the second raylet makes
+the array, one on the head raylet reads its last byte) and ``transfer_ratio``
+(heliostat's engine path / Ray's, medians).
+
+Usage: ``python benchmarks/cluster.py [--only transfer] [--kills 5] [--heartbeats 2000]
+[--tasks 5000] [--rounds 3] [--transfers 3] [--transfer-mib 1024] [--peer ray]``.
 """
 
 from __future__ import annotations
@@ -172,7 +183,8 @@ import os, signal, sys
 from concurrent import futures
 import grpc
 from heliostat.cluster.transfer import (
-    ObjectTransferServicer, add_transfer_service, channel_options, segment_object,
+    DirectServer, ObjectTransferServicer, add_transfer_service, channel_options,
+    segment_object,
 )
 
 root = sys.argv[1]
@@ -182,18 +194,22 @@ class Files:
         path = os.path.join(root, format(object_id, "x"))
         return segment_object(path) if os.path.exists(path) else None
 
+direct = DirectServer("127.0.0.1")
+direct.start()
 server = grpc.server(futures.ThreadPoolExecutor(8), options=channel_options())
-add_transfer_service(server, ObjectTransferServicer(Files()))
+add_transfer_service(server, ObjectTransferServicer(Files(), direct=direct))
 port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print(port, flush=True)
 signal.sigwait({signal.SIGTERM})
 server.stop(0)
+direct.close()
 """
 
 
-def measure_transfer(mib: int, repeats: int) -> dict[str, Any]:
-    """Pull one object of ``mib`` MiB from a server process, ``repeats`` times."""
+def measure_transfer(mib: int, repeats: int, *, direct: bool) -> dict[str, Any]:
+    """Pull one object of ``mib`` MiB from a server process, ``repeats`` times, over
+    the data port (``direct``) or the gRPC stream."""
     import grpc
 
     from heliostat.cluster.transfer import SegmentSink, channel_options, pull_object
@@ -216,7 +232,7 @@ def measure_transfer(mib: int, repeats: int) -> dict[str, Any]:
         sink = SegmentSink(lambda oid: str(local / format(oid, "x")))
         for _ in range(repeats):
             t0 = time.perf_counter()
-            pulled = pull_object(channel, 1, sink)
+            pulled = pull_object(channel, 1, sink, direct=direct)
             rates.append(size / (time.perf_counter() - t0) / 1e9)
             assert pulled.size == size
             os.unlink(local / "1")
@@ -533,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
             result["ray_tiny_tasks_per_s"] = theirs
             result["throughput_ratio_3_nodes"] = round(three / theirs["nodes_3"]["median"], 2)
     if args.only in (None, "transfer"):
-        result["transfer_gbps"] = measure_transfer(args.transfer_mib, args.transfers)
+        mib, repeats = args.transfer_mib, args.transfers
+        result["transfer_gbps"] = measure_transfer(mib, repeats, direct=True)
+        result["transfer_grpc_gbps"] = measure_transfer(mib, repeats, direct=False)
         result["engine_transfer_gbps"] = measure_engine_transfer(args.transfer_mib, args.transfers)
         if ray:
             theirs = measure_ray_transfer(args.ray_python, args.transfer_mib, args.transfers)

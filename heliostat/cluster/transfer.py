@@ -1,23 +1,29 @@
-"""Objects between nodes: a gRPC service that streams an object's bytes in chunks.
+"""Objects between nodes: a node pulls the bytes of an object another node holds.
 
 The node that holds an object serves it (:class:`ObjectTransferServicer` over an
 :class:`ObjectSource`); a node that needs it pulls it (:func:`pull_object`) into an
 :class:`ObjectSink`, in practice a new shared-memory segment of its own
-(:class:`SegmentSink`), so that once the bytes are there every local reader maps them
-zero-copy as if the object had been made on this node.
+(:class:`~heliostat.cluster.segments.SegmentSink`), so that once the bytes are there
+every local reader maps them zero-copy as if the object had been made on this node.
 
-How the bytes move:
+Two ways for the bytes, one entry point:
 
-* **In chunks, never whole**: the server slices the object's mapping one chunk at a
-  time, and the receiver writes each chunk at its offset in the segment it allocated
-  from the first chunk's ``total_size``. Neither side holds a second copy of the
-  object; the memory in flight is a few chunks per stream.
-* **Several streams per large object**: the first pull asks for the object's first
-  ``split_at`` bytes and learns its size; the rest is pulled as ranges over parallel
-  streams (gRPC does the socket work outside the GIL, so two or three streams keep
-  both ends busy).
-* **Several objects at once**: :func:`pull_objects` runs pulls of different objects
-  concurrently on one channel.
+* **The direct data port** (the default, when the serving node has one): an ``Open``
+  call, token-checked like every call, pins the object and answers its size and a
+  one-time ticket; the bytes then come over plain TCP connections to the node's data
+  port (:mod:`heliostat.cluster.direct`), sent with ``sendfile`` and written into the
+  segment from one reused buffer per connection. About a third of the CPU per byte
+  of the gRPC stream, which is what bounds a transfer on a small machine.
+* **The gRPC stream** (``Pull``), for a node without a data port (``Open`` answers
+  ``UNIMPLEMENTED``) or when asked (``direct=False``): the server slices the object's
+  mapping one chunk at a time into ``ObjectChunk`` messages (:func:`encode_chunk`), and
+  the receiver parses them without copying (:func:`decode_chunk`).
+
+Either way the bytes move **in chunks, never whole** (neither side holds a second copy
+of the object: the memory in flight is a buffer or a few chunks per stream), and a
+large object moves as **several ranges at once**: over ``split_at`` bytes, it is cut
+into ``streams`` ranges pulled in parallel. :func:`pull_objects` pulls several objects
+concurrently.
 
 A missing object answers ``NOT_FOUND`` and raises :class:`ObjectNotOnNodeError`; the
 caller (the node manager) then asks the head for another location or rebuilds the
@@ -28,23 +34,28 @@ object from lineage. The cluster token travels as call metadata like every other
 from __future__ import annotations
 
 import logging
-import mmap
-import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from functools import partial
+from typing import Any, Protocol
 
 import grpc
 
+from heliostat.cluster.chunks import Chunk, decode_chunk, encode_chunk
+from heliostat.cluster.direct import DirectServer, receive_range
+from heliostat.cluster.segments import SegmentSink, SourceObject, segment_object
 from heliostat.cluster.v1 import objects_pb2
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_SPLIT_AT",
+    "DEFAULT_STREAMS",
     "MAX_MESSAGE_BYTES",
     "Chunk",
+    "DirectServer",
     "ObjectNotOnNodeError",
     "ObjectSink",
     "ObjectSource",
@@ -104,18 +115,6 @@ class ObjectNotOnNodeError(TransferError):
         self.peer = peer
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SourceObject:
-    """An object's bytes as its node stores them, ready to be served.
-
-    ``release`` is called once the stream is done with ``data`` (unpin, unmap).
-    """
-
-    data: memoryview
-    is_error: bool = False
-    release: Callable[[], None] | None = None
-
-
 class ObjectSource(Protocol):
     """What a node serves from: its local objects."""
 
@@ -161,111 +160,48 @@ def id_bytes(ident: int) -> bytes:
 _SERVICE = objects_pb2.DESCRIPTOR.services_by_name["ObjectTransfer"].full_name
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def encode_chunk(total_size: int, offset: int, data: memoryview, is_error: bool) -> bytes:
-    """An ``ObjectChunk`` message, serialized: the bytes protobuf itself would write.
-
-    The server's hot path. Building the message object copies ``data`` twice more
-    (into a ``bytes``, then into the serialized message) and ran at well under half
-    the speed; here the slice is copied once, straight into the output. Fields go in
-    field-number order and zero values are left out, exactly as protobuf does (a unit
-    test compares the two), so every client parses it with the generated class.
-    """
-    head = b"\x08" + _varint(total_size) if total_size else b""  # 1: total_size
-    if offset:
-        head += b"\x10" + _varint(offset)  # 2: offset
-    tail = b"\x20\x01" if is_error else b""  # 4: is_error
-    if data.nbytes:  # 3: data, length-delimited
-        return b"".join((head, b"\x1a", _varint(data.nbytes), data, tail))
-    return head + tail
-
-
-class Chunk(NamedTuple):
-    """A decoded ``ObjectChunk``; ``data`` is a view into the received message."""
-
-    total_size: int
-    offset: int
-    data: memoryview
-    is_error: bool
-
-
-def _read_varint(message: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    shift = 0
-    while True:
-        if pos >= len(message) or shift > 63:
-            raise TransferError("a malformed ObjectChunk: a varint runs past its end")
-        byte = message[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def decode_chunk(message: bytes) -> Chunk:
-    """Parse an ``ObjectChunk`` as protobuf does, but without copying its data.
-
-    The generated class copies the data twice (into the message, then into a new
-    ``bytes`` on access); the receiver then copies it once more into the segment.
-    Here ``data`` is a view into the received bytes. Unknown fields are skipped and a
-    repeated field's last value wins, as in protobuf; a message that ends inside a
-    field raises :class:`TransferError`. A unit test checks it against the generated
-    class.
-    """
-    view = memoryview(message)
-    total = offset = 0
-    is_error = False
-    data = view[:0]
-    pos, end = 0, len(message)
-    while pos < end:
-        key, pos = _read_varint(message, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:  # varint
-            value, pos = _read_varint(message, pos)
-            if field == 1:
-                total = value
-            elif field == 2:
-                offset = value
-            elif field == 4:
-                is_error = bool(value)
-        elif wire == 2:  # length-delimited
-            length, pos = _read_varint(message, pos)
-            if pos + length > end:
-                raise TransferError("a malformed ObjectChunk: a field runs past its end")
-            if field == 3:
-                data = view[pos : pos + length]
-            pos += length
-        elif wire == 1:  # fixed64
-            pos += 8
-        elif wire == 5:  # fixed32
-            pos += 4
-        else:
-            raise TransferError(f"a malformed ObjectChunk: wire type {wire}")
-    if pos != end:
-        raise TransferError("a malformed ObjectChunk: a fixed field runs past its end")
-    return Chunk(total, offset, data, is_error)
-
-
 class ObjectTransferServicer:
-    """Serves this node's objects to the other nodes (the ``ObjectTransfer`` service)."""
+    """Serves this node's objects to the other nodes (the ``ObjectTransfer`` service).
 
-    def __init__(self, source: ObjectSource, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    Args:
+        source: this node's objects.
+        chunk_size: bytes per ``Pull`` message unless the request asks otherwise.
+        direct: this node's data port (started and closed by the caller); without
+            one, ``Open`` is not served and peers pull over ``Pull``.
+    """
+
+    def __init__(
+        self,
+        source: ObjectSource,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        direct: DirectServer | None = None,
+    ) -> None:
         if not 0 < chunk_size <= _MAX_CHUNK:
             raise ValueError(f"chunk_size must be in (0, {_MAX_CHUNK}], not {chunk_size}")
         self._source = source
         self._chunk_size = chunk_size
+        self.direct = direct
+
+    def Open(self, request: Any, context: grpc.ServicerContext) -> Any:  # the RPC's name
+        """Pin an object for the data port: its size, kind, and a ticket for its bytes."""
+        assert self.direct is not None  # only registered with a data port
+        object_id = int.from_bytes(request.object_id, "big")
+        obj = self._source.open_object(object_id)
+        if obj is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"object {object_id:#x} not here")
+        assert obj is not None  # abort raised
+        size = obj.data.nbytes
+        if size == 0:  # nothing to fetch: no ticket, nothing pinned
+            if obj.release is not None:
+                obj.release()
+            return objects_pb2.OpenReply(is_error=obj.is_error, address=self.direct.address)
+        return objects_pb2.OpenReply(
+            total_size=size,
+            is_error=obj.is_error,
+            address=self.direct.address,
+            ticket=self.direct.issue(obj),
+        )
 
     def Pull(  # the RPC's name in the .proto
         self, request: Any, context: grpc.ServicerContext
@@ -310,17 +246,24 @@ def _already_serialized(message: bytes) -> bytes:
 def add_transfer_service(server: grpc.Server, servicer: ObjectTransferServicer) -> None:
     """Register the object transfer service on a node's gRPC server.
 
-    The same method path and wire format as the generated registration; only the
-    replies are serialized by :func:`encode_chunk` instead of the message class.
+    The same method paths and wire format as the generated registration; only
+    ``Pull``'s replies are serialized by :func:`encode_chunk` instead of the message
+    class. ``Open`` is registered only when the servicer has a data port.
     """
-    pull = grpc.unary_stream_rpc_method_handler(
-        servicer.Pull,
-        request_deserializer=objects_pb2.PullRequest.FromString,
-        response_serializer=_already_serialized,
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(_SERVICE, {"Pull": pull}),)
-    )
+    handlers = {
+        "Pull": grpc.unary_stream_rpc_method_handler(
+            servicer.Pull,
+            request_deserializer=objects_pb2.PullRequest.FromString,
+            response_serializer=_already_serialized,
+        )
+    }
+    if servicer.direct is not None:
+        handlers["Open"] = grpc.unary_unary_rpc_method_handler(
+            servicer.Open,
+            request_deserializer=objects_pb2.OpenRequest.FromString,
+            response_serializer=objects_pb2.OpenReply.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
 
 
 # --- pulling ---------------------------------------------------------------------------
@@ -336,7 +279,7 @@ def _status_error(exc: grpc.RpcError, object_id: int, peer: str) -> TransferErro
 
 
 class _Receiver:
-    """One object's pull in progress: the buffer, and which bytes have arrived."""
+    """One object's pull in progress: the sink's object, and how many bytes arrived."""
 
     def __init__(self, sink: ObjectSink, object_id: int, peer: str) -> None:
         self.sink = sink
@@ -347,65 +290,110 @@ class _Receiver:
         self.is_error = False
         self.received = 0
         self._lock = threading.Lock()
-        self._calls: list[Any] = []  # streams in flight, to cancel when one fails
+        self._stops: list[Callable[[], None]] = []  # stop each stream in flight
         self.failed = False
 
-    def take(self, chunk: Chunk) -> None:
-        if not self.begun:
-            with self._lock:  # several streams may race to set the object up
-                if not self.begun:
-                    self.size = chunk.total_size
-                    self.is_error = chunk.is_error
-                    self.sink.begin(self.object_id, self.size, self.is_error)
-                    self.begun = True
-        if chunk.total_size != self.size:
-            raise TransferError(
-                f"object {self.object_id:#x} from {self.peer}: chunks disagree on its size "
-                f"({chunk.total_size} after {self.size})"
-            )
-        data = chunk.data
-        end = chunk.offset + data.nbytes
+    def begin(self, size: int, is_error: bool) -> None:
+        """Set the object up in the sink, once (several streams may race to do it)."""
+        with self._lock:
+            if not self.begun:
+                self.size = size
+                self.is_error = is_error
+                self.sink.begin(self.object_id, size, is_error)
+                self.begun = True
+
+    def write(self, offset: int, data: memoryview) -> None:
+        end = offset + data.nbytes
         if end > self.size:
             raise TransferError(
                 f"object {self.object_id:#x} from {self.peer}: a chunk ends at {end}, past "
                 f"the object's {self.size} bytes"
             )
-        self.sink.write(self.object_id, chunk.offset, data)
+        self.sink.write(self.object_id, offset, data)
         with self._lock:
-            self.received += len(data)
+            self.received += data.nbytes
 
-    def stream(self, pull: Any, offset: int, length: int, chunk_size: int, metadata: Any) -> int:
-        """Pull ``[offset, offset+length)`` (length 0: to the end); returns bytes taken."""
+    def take(self, chunk: Chunk) -> None:
+        """One ``Pull`` message."""
+        if not self.begun:
+            self.begin(chunk.total_size, chunk.is_error)
+        if chunk.total_size != self.size:
+            raise TransferError(
+                f"object {self.object_id:#x} from {self.peer}: chunks disagree on its size "
+                f"({chunk.total_size} after {self.size})"
+            )
+        self.write(chunk.offset, chunk.data)
+
+    def _started(self, stop: Callable[[], None]) -> bool:
+        """Register a new stream's stop; False (and stopped) if the pull already failed."""
+        with self._lock:
+            if not self.failed:
+                self._stops.append(stop)
+                return True
+        stop()
+        return False
+
+    def stream(self, pull: Any, offset: int, length: int, chunk_size: int, metadata: Any) -> None:
+        """Pull ``[offset, offset+length)`` over ``Pull`` (length 0: to the end)."""
         request = objects_pb2.PullRequest(
             object_id=id_bytes(self.object_id),
             offset=offset,
             length=length,
             chunk_size=chunk_size,
         )
-        taken = 0
         call = pull(request, metadata=metadata)
-        with self._lock:
-            if self.failed:
-                call.cancel()
-                return 0
-            self._calls.append(call)
+        if not self._started(call.cancel):
+            return
         try:
             for chunk in call:
                 self.take(chunk)
-                taken += chunk.data.nbytes
         except grpc.RpcError as exc:
             if self.failed and exc.code() is grpc.StatusCode.CANCELLED:
-                return taken  # cancelled because a sibling stream failed
+                return  # cancelled because a sibling stream failed
             raise _status_error(exc, self.object_id, self.peer) from exc
-        return taken
 
-    def cancel(self) -> None:
+    def fetch(self, address: str, ticket: bytes, offset: int, length: int, buffer: int) -> None:
+        """Fetch ``[offset, offset+length)`` from a data port with an ``Open`` ticket."""
+
+        def opened(sock: socket.socket) -> None:
+            if not self._started(lambda: _shut(sock)):
+                raise TransferError("stopped: a sibling stream failed")
+
+        sink_failed = False
+
+        def write(at: int, data: memoryview) -> None:
+            nonlocal sink_failed
+            try:
+                self.write(at, data)
+            except BaseException:
+                sink_failed = True
+                raise
+
+        try:
+            receive_range(address, ticket, offset, length, write, buffer_size=buffer, opened=opened)
+        except OSError as exc:
+            if sink_failed:
+                raise  # the sink's own error (a full disk...), as the caller knows it
+            if self.failed:
+                return  # shut down because a sibling stream failed
+            raise TransferError(
+                f"pulling object {self.object_id:#x} from {self.peer} failed: {exc}"
+            ) from exc
+
+    def stop(self) -> None:
         """Stop every stream of this pull (one of them failed)."""
         with self._lock:
             self.failed = True
-            calls = list(self._calls)
-        for call in calls:
-            call.cancel()
+            stops = list(self._stops)
+        for stop in stops:
+            stop()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already: the stream is over anyway
 
 
 def _ranges(start: int, end: int, parts: int) -> list[tuple[int, int]]:
@@ -421,6 +409,45 @@ def _ranges(start: int, end: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
+def _in_parallel(
+    receiver: _Receiver,
+    jobs: Sequence[Callable[[], None]],
+    executor: ThreadPoolExecutor | None,
+) -> None:
+    """Run a pull's streams at once; on a failure, stop the others and re-raise."""
+    if len(jobs) == 1:
+        jobs[0]()
+        return
+    own = executor or ThreadPoolExecutor(len(jobs), thread_name_prefix="hs-pull")
+    futures = [own.submit(job) for job in jobs]
+    try:
+        for future in futures:
+            future.result()
+    finally:
+        # On a failure, stop the other streams and wait for them before the abort:
+        # no thread may write into a segment being unlinked.
+        if any(not f.done() or f.exception() is not None for f in futures):
+            receiver.stop()
+        wait(futures)
+        if executor is None:
+            own.shutdown(wait=True)
+
+
+def _open(channel: grpc.Channel, object_id: int, peer: str, metadata: Any) -> Any | None:
+    """The ``Open`` reply for a direct pull; None when the node has no data port."""
+    opener = channel.unary_unary(
+        f"/{_SERVICE}/Open",
+        request_serializer=objects_pb2.OpenRequest.SerializeToString,
+        response_deserializer=objects_pb2.OpenReply.FromString,
+    )
+    try:
+        return opener(objects_pb2.OpenRequest(object_id=id_bytes(object_id)), metadata=metadata)
+    except grpc.RpcError as exc:
+        if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+            return None
+        raise _status_error(exc, object_id, peer) from exc
+
+
 def pull_object(
     channel: grpc.Channel,
     object_id: int,
@@ -432,6 +459,7 @@ def pull_object(
     split_at: int = DEFAULT_SPLIT_AT,
     streams: int = DEFAULT_STREAMS,
     executor: ThreadPoolExecutor | None = None,
+    direct: bool = True,
 ) -> PulledObject:
     """Pull one object from the node behind ``channel`` into ``sink``.
 
@@ -442,44 +470,45 @@ def pull_object(
         sink: where its bytes go.
         peer: the node's name, for errors and logs.
         metadata: call metadata (the cluster token).
-        chunk_size: bytes per message.
+        chunk_size: bytes per message, and per write into the sink.
         split_at: objects bigger than this are pulled over ``streams`` streams.
         streams: how many streams one large object may use.
         executor: threads for the extra streams (a private pool when None).
+        direct: use the node's data port when it has one (False: always ``Pull``).
 
     Raises:
         ObjectNotOnNodeError: the node does not hold the object.
         TransferError: the pull failed; nothing is left in the sink.
     """
-    # The generated stub's method, but replies parsed by decode_chunk (no data copies).
-    pull = channel.unary_stream(
-        f"/{_SERVICE}/Pull",
-        request_serializer=objects_pb2.PullRequest.SerializeToString,
-        response_deserializer=decode_chunk,
-    )
     receiver = _Receiver(sink, object_id, peer)
     try:
-        receiver.stream(pull, 0, split_at, chunk_size, metadata)
-        if not receiver.begun:
-            raise TransferError(f"object {object_id:#x} from {peer}: the stream was empty")
-        if receiver.size > split_at:
-            ranges = _ranges(split_at, receiver.size, streams)
-            own = executor or ThreadPoolExecutor(len(ranges), thread_name_prefix="hs-pull")
-            futures = [
-                own.submit(receiver.stream, pull, off, length, chunk_size, metadata)
-                for off, length in ranges
+        opened = _open(channel, object_id, peer, metadata) if direct else None
+        if opened is not None:
+            receiver.begin(opened.total_size, opened.is_error)
+            parts = streams if opened.total_size > split_at else 1
+            jobs = [
+                partial(receiver.fetch, opened.address, opened.ticket, off, length, chunk_size)
+                for off, length in _ranges(0, opened.total_size, parts)
+                if length
             ]
-            try:
-                for future in futures:
-                    future.result()
-            finally:
-                # On a failure, stop the other streams and wait for them before the
-                # abort: no thread may write into a segment being unlinked.
-                if any(not f.done() or f.exception() is not None for f in futures):
-                    receiver.cancel()
-                wait(futures)
-                if executor is None:
-                    own.shutdown(wait=True)
+            if jobs:
+                _in_parallel(receiver, jobs, executor)
+        else:
+            # The generated stub's method, but replies parsed by decode_chunk (no copies).
+            pull = channel.unary_stream(
+                f"/{_SERVICE}/Pull",
+                request_serializer=objects_pb2.PullRequest.SerializeToString,
+                response_deserializer=decode_chunk,
+            )
+            receiver.stream(pull, 0, split_at, chunk_size, metadata)
+            if not receiver.begun:
+                raise TransferError(f"object {object_id:#x} from {peer}: the stream was empty")
+            if receiver.size > split_at:
+                jobs = [
+                    partial(receiver.stream, pull, off, length, chunk_size, metadata)
+                    for off, length in _ranges(split_at, receiver.size, streams)
+                ]
+                _in_parallel(receiver, jobs, executor)
         if receiver.received != receiver.size:
             raise TransferError(
                 f"object {object_id:#x} from {peer}: {receiver.received} of "
@@ -520,79 +549,3 @@ def pull_objects(
             except TransferError as exc:
                 results[oid] = exc
     return results
-
-
-# --- shared-memory segments ------------------------------------------------------------
-
-
-class SegmentSink:
-    """Pulled objects into new files (shared-memory segments), one per object.
-
-    ``path_for(object_id)`` names the file (``/dev/shm/heliostat-{session}-{id}``, as
-    the node's own objects); the file is created exclusively and private (0600), and
-    unlinked again on abort. ``commit`` returns the path. Pieces are written with
-    ``pwrite``, which copies in the kernel without the GIL and fills tmpfs pages
-    without a page fault each (twice as fast as writing through a fresh mapping).
-    Thread-safe: pulls of different objects, and streams of one, run at once.
-    """
-
-    def __init__(self, path_for: Callable[[int], str]) -> None:
-        self._path_for = path_for
-        self._open: dict[int, tuple[str, int]] = {}
-        self._lock = threading.Lock()
-
-    def begin(self, object_id: int, size: int, is_error: bool) -> None:
-        path = self._path_for(object_id)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            os.ftruncate(fd, size)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        with self._lock:
-            self._open[object_id] = (path, fd)
-
-    def write(self, object_id: int, offset: int, data: memoryview) -> None:
-        fd = self._open[object_id][1]
-        view = data
-        while view.nbytes:  # pwrite may write less than asked
-            written = os.pwrite(fd, view, offset)
-            view = view[written:]
-            offset += written
-
-    def _close(self, object_id: int) -> str:
-        with self._lock:
-            path, fd = self._open.pop(object_id)
-        os.close(fd)
-        return path
-
-    def commit(self, object_id: int) -> str:
-        return self._close(object_id)
-
-    def abort(self, object_id: int) -> None:
-        path = self._close(object_id)
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def segment_object(path: str, *, is_error: bool = False) -> SourceObject:
-    """Serve a segment (or spill file): mapped read-only, unmapped when released.
-
-    Raises:
-        FileNotFoundError: the file is gone (the object was freed meanwhile).
-    """
-    with open(path, "rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if size == 0:
-            return SourceObject(data=memoryview(b""), is_error=is_error)
-        mapping = mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ)
-    view = memoryview(mapping)
-
-    def release() -> None:
-        view.release()
-        mapping.close()
-
-    return SourceObject(data=view, is_error=is_error, release=release)

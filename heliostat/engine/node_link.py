@@ -4,8 +4,9 @@
 
 * serves this node over gRPC: ``NodeService.Deliver`` (batches of forwarded tasks,
   reports, values, releases, cancellations from other node managers) and
-  ``ObjectTransfer.Pull`` (this node's objects, straight from their shared-memory
-  segments), both behind the cluster token;
+  ``ObjectTransfer`` (this node's objects, straight from their shared-memory
+  segments), both behind the cluster token, and the direct data port that
+  ``ObjectTransfer.Open`` hands out tickets for (``cluster/direct.py``);
 * sends what the node manager decided for other nodes (the effects of ``peers.py``):
   one sender thread per peer drains that peer's queue and sends everything queued as
   one ``Deliver`` call, so order is kept per peer and a burst of small tasks costs one
@@ -40,6 +41,7 @@ from heliostat.cluster.names import NamedActor
 from heliostat.cluster.packages import PackageFetcher, node_cache
 from heliostat.cluster.peer_tls import PeerTls, add_peer_port, peer_channel
 from heliostat.cluster.transfer import (
+    DirectServer,
     ObjectTransferServicer,
     SegmentSink,
     SourceObject,
@@ -273,7 +275,12 @@ class NodeLink:
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, {"Deliver": deliver}),)
         )
-        add_transfer_service(self._server, ObjectTransferServicer(self))
+        # Object bytes go over the data port (a third of gRPC's CPU per byte); the
+        # gRPC stream stays for peers that ask for it. The data port is plain TCP, so
+        # a cluster with TLS has none: its bytes go over the encrypted gRPC stream
+        # (Open answers UNIMPLEMENTED, and pullers fall back to Pull).
+        self._direct = DirectServer(host) if tls is None else None
+        add_transfer_service(self._server, ObjectTransferServicer(self, direct=self._direct))
         target = f"[{host}]:0" if ":" in host else f"{host}:0"
         port = add_peer_port(self._server, target, tls)
         if not port:
@@ -286,6 +293,8 @@ class NodeLink:
     def start(self) -> None:
         """Serve, attach to the node manager, and start watching the head."""
         self._server.start()
+        if self._direct is not None:
+            self._direct.start()
         self._manager.attach_peers(self.send)
         self.refresh()
         self._watcher.start()
@@ -309,6 +318,8 @@ class NodeLink:
         self._asks.shutdown(wait=True)  # names released at the end still reach the head
         with contextlib.suppress(Exception):
             self._server.stop(1.0).wait(2.0)
+        if self._direct is not None:
+            self._direct.close()
 
     # ------------------------------------------------------------------ membership --
 

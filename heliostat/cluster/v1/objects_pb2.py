@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"heliostat/cluster/v1/objects.proto\x12\x14heliostat.cluster.v1\"T\n\x0bPullRequest\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\"Q\n\x0bObjectChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x10\n\x08is_error\x18\x04 \x01(\x08\x32`\n\x0eObjectTransfer\x12N\n\x04Pull\x12!.heliostat.cluster.v1.PullRequest\x1a!.heliostat.cluster.v1.ObjectChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"heliostat/cluster/v1/objects.proto\x12\x14heliostat.cluster.v1\"T\n\x0bPullRequest\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\r\"Q\n\x0bObjectChunk\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x10\n\x08is_error\x18\x04 \x01(\x08\" \n\x0bOpenRequest\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\"R\n\tOpenReply\x12\x12\n\ntotal_size\x18\x01 \x01(\x04\x12\x10\n\x08is_error\x18\x02 \x01(\x08\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06ticket\x18\x04 \x01(\x0c\x32\xac\x01\n\x0eObjectTransfer\x12N\n\x04Pull\x12!.heliostat.cluster.v1.PullRequest\x1a!.heliostat.cluster.v1.ObjectChunk0\x01\x12J\n\x04Open\x12!.heliostat.cluster.v1.OpenRequest\x1a\x1f.heliostat.cluster.v1.OpenReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLREQUEST']._serialized_end=144
   _globals['_OBJECTCHUNK']._serialized_start=146
   _globals['_OBJECTCHUNK']._serialized_end=227
-  _globals['_OBJECTTRANSFER']._serialized_start=229
-  _globals['_OBJECTTRANSFER']._serialized_end=325
+  _globals['_OPENREQUEST']._serialized_start=229
+  _globals['_OPENREQUEST']._serialized_end=261
+  _globals['_OPENREPLY']._serialized_start=263
+  _globals['_OPENREPLY']._serialized_end=345
+  _globals['_OBJECTTRANSFER']._serialized_start=348
+  _globals['_OBJECTTRANSFER']._serialized_end=520
 # @@protoc_insertion_point(module_scope)

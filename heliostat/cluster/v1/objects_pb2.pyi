@@ -27,3 +27,21 @@ class ObjectChunk(_message.Message):
     data: bytes
     is_error: bool
     def __init__(self, total_size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., is_error: _Optional[bool] = ...) -> None: ...
+
+class OpenRequest(_message.Message):
+    __slots__ = ("object_id",)
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    def __init__(self, object_id: _Optional[bytes] = ...) -> None: ...
+
+class OpenReply(_message.Message):
+    __slots__ = ("total_size", "is_error", "address", "ticket")
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    IS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    total_size: int
+    is_error: bool
+    address: str
+    ticket: bytes
+    def __init__(self, total_size: _Optional[int] = ..., is_error: _Optional[bool] = ..., address: _Optional[str] = ..., ticket: _Optional[bytes] = ...) -> None: ...

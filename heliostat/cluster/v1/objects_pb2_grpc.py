@@ -39,6 +39,11 @@ class ObjectTransferStub:
                 request_serializer=heliostat_dot_cluster_dot_v1_dot_objects__pb2.PullRequest.SerializeToString,
                 response_deserializer=heliostat_dot_cluster_dot_v1_dot_objects__pb2.ObjectChunk.FromString,
                 _registered_method=True)
+        self.Open = channel.unary_unary(
+                '/heliostat.cluster.v1.ObjectTransfer/Open',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_objects__pb2.OpenRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_objects__pb2.OpenReply.FromString,
+                _registered_method=True)
 
 
 class ObjectTransferServicer:
@@ -51,6 +56,14 @@ class ObjectTransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Open(self, request, context):
+        """The object pinned for a direct pull. NOT_FOUND as for Pull; UNIMPLEMENTED when the
+        node has no data port (then pull with Pull).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ObjectTransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_ObjectTransferServicer_to_server(servicer, server):
                     servicer.Pull,
                     request_deserializer=heliostat_dot_cluster_dot_v1_dot_objects__pb2.PullRequest.FromString,
                     response_serializer=heliostat_dot_cluster_dot_v1_dot_objects__pb2.ObjectChunk.SerializeToString,
+            ),
+            'Open': grpc.unary_unary_rpc_method_handler(
+                    servicer.Open,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_objects__pb2.OpenRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_objects__pb2.OpenReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class ObjectTransfer:
             '/heliostat.cluster.v1.ObjectTransfer/Pull',
             heliostat_dot_cluster_dot_v1_dot_objects__pb2.PullRequest.SerializeToString,
             heliostat_dot_cluster_dot_v1_dot_objects__pb2.ObjectChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Open(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heliostat.cluster.v1.ObjectTransfer/Open',
+            heliostat_dot_cluster_dot_v1_dot_objects__pb2.OpenRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_objects__pb2.OpenReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from heliostat.cluster.transfer import TransferError, _ranges, decode_chunk, encode_chunk
+from heliostat.cluster.chunks import MalformedChunkError, decode_chunk, encode_chunk
+from heliostat.cluster.transfer import _ranges
 from heliostat.cluster.v1 import objects_pb2
 
 
@@ -84,5 +85,5 @@ def test_decoding_skips_unknown_fields_and_takes_the_last_value() -> None:
     [b"\x08", b"\x08\xff", b"\x1a\x05abc", b"\x5d\x00\x00", b"\x0b", b"\x08" + b"\xff" * 11],
 )
 def test_malformed_chunks_are_refused(message: bytes) -> None:
-    with pytest.raises(TransferError, match="malformed ObjectChunk"):
+    with pytest.raises(MalformedChunkError, match="malformed ObjectChunk"):
         decode_chunk(message)
