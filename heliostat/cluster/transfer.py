@@ -55,6 +55,7 @@ __all__ = [
     "DEFAULT_STREAMS",
     "MAX_MESSAGE_BYTES",
     "Chunk",
+    "DataPortUnreachableError",
     "DirectServer",
     "ObjectNotOnNodeError",
     "ObjectSink",
@@ -355,7 +356,11 @@ class _Receiver:
     def fetch(self, address: str, ticket: bytes, offset: int, length: int, buffer: int) -> None:
         """Fetch ``[offset, offset+length)`` from a data port with an ``Open`` ticket."""
 
+        connected = False
+
         def opened(sock: socket.socket) -> None:
+            nonlocal connected
+            connected = True
             if not self._started(lambda: _shut(sock)):
                 raise TransferError("stopped: a sibling stream failed")
 
@@ -376,6 +381,10 @@ class _Receiver:
                 raise  # the sink's own error (a full disk...), as the caller knows it
             if self.failed:
                 return  # shut down because a sibling stream failed
+            if not connected:
+                raise DataPortUnreachableError(
+                    f"the data port {address} of {self.peer} cannot be reached: {exc}"
+                ) from exc
             raise TransferError(
                 f"pulling object {self.object_id:#x} from {self.peer} failed: {exc}"
             ) from exc
@@ -448,7 +457,47 @@ def _open(channel: grpc.Channel, object_id: int, peer: str, metadata: Any) -> An
         raise _status_error(exc, object_id, peer) from exc
 
 
+class DataPortUnreachableError(TransferError):
+    """A node's data port could not be reached (a firewall, a wrong address): the
+    pull is made again over the gRPC stream."""
+
+
 def pull_object(
+    channel: grpc.Channel,
+    object_id: int,
+    sink: ObjectSink,
+    *,
+    direct: bool = True,
+    **options: Any,
+) -> PulledObject:
+    """Pull one object from the node behind ``channel`` into ``sink``.
+
+    Args:
+        channel: a channel to the node that holds the object (made with
+            :func:`channel_options`).
+        object_id: the object.
+        sink: where its bytes go.
+        direct: use the node's data port when it has one (False: always ``Pull``);
+            a data port that cannot be reached falls back to ``Pull``.
+        options: ``peer`` (the node's name, for errors and logs), ``metadata`` (call
+            metadata: the cluster token), ``chunk_size`` (bytes per message, and per
+            write into the sink), ``split_at`` and ``streams`` (objects bigger than
+            ``split_at`` are pulled over ``streams`` streams), ``executor`` (threads
+            for the extra streams; a private pool when None).
+
+    Raises:
+        ObjectNotOnNodeError: the node does not hold the object.
+        TransferError: the pull failed; nothing is left in the sink.
+    """
+    if direct:
+        try:
+            return _pull_once(channel, object_id, sink, direct=True, **options)
+        except DataPortUnreachableError as exc:
+            log.warning("%s; pulling object %#x over gRPC instead", exc, object_id)
+    return _pull_once(channel, object_id, sink, direct=False, **options)
+
+
+def _pull_once(
     channel: grpc.Channel,
     object_id: int,
     sink: ObjectSink,
@@ -459,27 +508,9 @@ def pull_object(
     split_at: int = DEFAULT_SPLIT_AT,
     streams: int = DEFAULT_STREAMS,
     executor: ThreadPoolExecutor | None = None,
-    direct: bool = True,
+    direct: bool,
 ) -> PulledObject:
-    """Pull one object from the node behind ``channel`` into ``sink``.
-
-    Args:
-        channel: a channel to the node that holds the object (made with
-            :func:`channel_options`).
-        object_id: the object.
-        sink: where its bytes go.
-        peer: the node's name, for errors and logs.
-        metadata: call metadata (the cluster token).
-        chunk_size: bytes per message, and per write into the sink.
-        split_at: objects bigger than this are pulled over ``streams`` streams.
-        streams: how many streams one large object may use.
-        executor: threads for the extra streams (a private pool when None).
-        direct: use the node's data port when it has one (False: always ``Pull``).
-
-    Raises:
-        ObjectNotOnNodeError: the node does not hold the object.
-        TransferError: the pull failed; nothing is left in the sink.
-    """
+    """One pull (see :func:`pull_object`)."""
     receiver = _Receiver(sink, object_id, peer)
     try:
         opened = _open(channel, object_id, peer, metadata) if direct else None

@@ -171,9 +171,7 @@ def test_a_short_stream_is_detected_and_leaves_nothing(
 def test_a_source_without_a_file_is_sent_from_memory(node: Node, sink_dir: Path) -> None:
     data = os.urandom(9 * 2**20 + 3)
     node.objects.extra[0x61] = SourceObject(data=memoryview(data))
-    pull_object(
-        node.channel, 0x61, _sink(sink_dir), metadata=call_metadata(TOKEN), split_at=2**20
-    )
+    pull_object(node.channel, 0x61, _sink(sink_dir), metadata=call_metadata(TOKEN), split_at=2**20)
     assert (sink_dir / "61").read_bytes() == data
 
 
@@ -217,3 +215,17 @@ def test_an_unused_ticket_expires_and_unpins(tmp_path: Path) -> None:
 def test_a_wildcard_address_is_refused() -> None:
     with pytest.raises(ValueError, match="peers can reach"):
         DirectServer("0.0.0.0")
+
+
+def test_an_unreachable_data_port_falls_back_to_the_grpc_stream(
+    node: Node, sink_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A firewalled data port (here: an address where nothing listens) costs speed,
+    not the pull: the bytes come over the token-checked gRPC stream instead."""
+    data = os.urandom(2 * 2**20 + 3)
+    (node.objects.root / "51").write_bytes(data)
+    monkeypatch.setattr(node.direct, "address", "127.0.0.1:1")
+    with caplog.at_level("WARNING", logger="heliostat.cluster"):
+        pulled = pull_object(node.channel, 0x51, _sink(sink_dir), metadata=call_metadata(TOKEN))
+    assert (sink_dir / "51").read_bytes() == data and pulled.size == len(data)
+    assert "cannot be reached" in caplog.text and "over gRPC instead" in caplog.text
