@@ -154,6 +154,7 @@ class Peers(PeerActors):
         # URIs of this job's code packages, sent with every task forwarded from here.
         self.code: tuple[str, ...] = ()
         self._leaving = False
+        self._hosts: dict[ResourceSet, tuple[tuple[int, int], ...]] = {}
         # A driver's node (it leaves with its driver): the detached actors it creates
         # are handed over to the node that hosts them (ActorDirectory.hand_over).
         self.driver_node = False
@@ -175,6 +176,12 @@ class Peers(PeerActors):
             if info.index != self.local_index and info.alive:
                 seen[info.index] = info
         gone = [index for index in self.nodes if index not in seen]
+        changed = any(
+            (known := self.nodes.get(index)) is None or known.total != info.total
+            for index, info in seen.items()
+        )
+        if gone or changed:
+            self._hosts = {}  # who can hold what changed
         self.nodes = seen  # first: what the dead nodes had must not be sent to another dead one
         for index in gone:
             self.node_died(index)
@@ -192,6 +199,7 @@ class Peers(PeerActors):
     def node_died(self, index: int) -> None:
         """Node ``index`` is gone: retry its tasks, rebuild what it had, fail its promises."""
         self.nodes.pop(index, None)
+        self._hosts = {}
         self._sent_fns.pop(index, None)
         name = format_id(index)
         objects = self._objects
@@ -263,8 +271,23 @@ class Peers(PeerActors):
             for info in self.nodes.values()
         ]
 
+    def _hosts_of(self, resources: ResourceSet) -> tuple[tuple[int, int], ...]:
+        """The peers that can ever hold ``resources``, each with how many tasks of that
+        shape it is sent at most (its slots times the depth); cached per shape until
+        the peers or their totals change."""
+        hosts = self._hosts.get(resources)
+        if hosts is None:
+            cpu = resources.get(CPU)
+            found = []
+            for index, info in self.nodes.items():
+                if resources.is_subset_of(info.total):
+                    slots = int(info.total.get(CPU) // cpu) if cpu > 0 else 16
+                    found.append((index, max(slots, 1) * self.depth))
+            hosts = self._hosts[resources] = tuple(found)
+        return hosts
+
     def feasible_somewhere(self, resources: ResourceSet) -> bool:
-        return any(resources.is_subset_of(info.total) for info in self.nodes.values())
+        return bool(self._hosts_of(resources))
 
     def views(self) -> list[NodeView]:
         """Every peer as placement sees it (for error messages)."""
@@ -313,13 +336,9 @@ class Peers(PeerActors):
         """The least loaded peer that can take one more task of this shape, or None."""
         best: int | None = None
         best_load = 1.0
-        cpu = resources.get(CPU)
-        for index, info in self.nodes.items():
-            if not resources.is_subset_of(info.total):
-                continue
-            slots = int(info.total.get(CPU) // cpu) if cpu > 0 else 16
-            capacity = max(slots, 1) * self.depth
-            load = len(self.inflight.get(index, ())) / capacity
+        inflight = self.inflight
+        for index, capacity in self._hosts_of(resources):
+            load = len(inflight.get(index, ())) / capacity
             if load < best_load:
                 best, best_load = index, load
         return best

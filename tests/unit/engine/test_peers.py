@@ -512,3 +512,16 @@ def test_a_drivers_detached_actor_is_handed_over_to_the_node_that_hosts_it(
     host_peers.update([])
     assert actor.state is ActorState.CREATING
     assert not [e for e in host.effects() if isinstance(e, Kill)]
+
+
+def test_who_can_hold_a_shape_follows_the_peers_that_come_and_go(make_node) -> None:
+    _node, peers = _cluster(make_node)  # peer B: two CPUs
+    eight = ResourceSet.from_dict({"CPU": 8})
+    one = ResourceSet.from_dict({"CPU": 1})
+    assert not peers.feasible_somewhere(eight) and peers.spill_target(one) == B
+    peers.update([_peer(B), _peer(C, cpus=8)])  # a bigger node joins
+    assert peers.feasible_somewhere(eight) and peers.spill_target(eight) == C
+    peers.update([_peer(B, cpus=8)])  # C leaves; B comes back bigger
+    assert peers.feasible_somewhere(eight) and peers.spill_target(eight) == B
+    peers.update([])
+    assert not peers.feasible_somewhere(one) and peers.spill_target(one) is None
