@@ -432,6 +432,17 @@ class CoreClient:
         info: dict[str, Any] = self._call("cluster_info")
         return info
 
+    def mirror_lease_beacon(self, node_index: int, beacon: str, timeout: float) -> str:
+        """The local path of a copy of node ``node_index``'s lease beacon ``beacon``,
+        kept up to date by this node until :meth:`release_lease_beacon`
+        (``engine/beacon_mirror.py``); raises ClusterError when it cannot be had."""
+        path: str = self._call("mirror_beacon", node_index, beacon, timeout=timeout)
+        return path
+
+    def release_lease_beacon(self, path: str) -> None:
+        """This process no longer watches the beacon copy at ``path``."""
+        self._post("unmirror_beacon", path)
+
     def task_events(self) -> list[Any]:
         events: list[Any] = self._call("timeline")
         return events

@@ -13,6 +13,9 @@
   round trip per batch, not per task;
 * pulls objects the node needs into its own segments (``transfer.pull_object``) on a
   small thread pool;
+* keeps local copies of other nodes' workflow lease beacons for the steps that run
+  here (``engine/beacon_mirror.py``), and answers ``NodeService.LeaseDeadline`` about
+  its own driver's;
 * polls the head's node table and tells the node manager who is alive, which is how
   a dead peer's tasks get retried;
 * asks the head about actor names (the node manager's ``HEAD_EFFECTS``), one question
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import threading
 import time
@@ -53,6 +57,8 @@ from heliostat.cluster.transfer import (
     segment_object,
 )
 from heliostat.cluster.v1 import node_pb2
+from heliostat.engine.beacon_mirror import BeaconMirror, beacon_path
+from heliostat.engine.deadline_file import read_deadline
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
     HEAD_EFFECTS,
@@ -77,6 +83,7 @@ from heliostat.engine.peers import (
 )
 from heliostat.engine.records import spec_to_wire
 from heliostat.engine.shm import segment_path
+from heliostat.exceptions import ClusterError
 from heliostat.scheduler import ResourceSet
 from heliostat.storage.cluster_nodes import NodeState
 
@@ -272,8 +279,21 @@ class NodeLink:
             request_deserializer=node_pb2.DeliverRequest.FromString,
             response_serializer=node_pb2.DeliverReply.SerializeToString,
         )
+        lease = grpc.unary_unary_rpc_method_handler(
+            self._on_lease_deadline,
+            request_deserializer=node_pb2.LeaseDeadlineRequest.FromString,
+            response_serializer=node_pb2.LeaseDeadlineReply.SerializeToString,
+        )
         self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"Deliver": deliver}),)
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE, {"Deliver": deliver, "LeaseDeadline": lease}
+                ),
+            )
+        )
+        self._session_dir = manager.config.session_dir
+        self.beacons = BeaconMirror(
+            os.path.join(self._session_dir, "lease-mirrors"), self._ask_lease_deadline
         )
         # Object bytes go over the data port (a third of gRPC's CPU per byte); the
         # gRPC stream stays for peers that ask for it. The data port is plain TCP, so
@@ -296,6 +316,8 @@ class NodeLink:
         if self._direct is not None:
             self._direct.start()
         self._manager.attach_peers(self.send)
+        self.beacons.start()
+        self._manager.beacon_mirror = self.beacons
         self.refresh()
         self._watcher.start()
 
@@ -310,6 +332,8 @@ class NodeLink:
         for sender in senders:
             sender.drain(max(deadline - time.monotonic(), 0.0))
         self._manager.attach_peers(None)
+        self._manager.beacon_mirror = None
+        self.beacons.stop()
         with self._lock:
             senders, self._senders = list(self._senders.values()), {}
         for sender in senders:
@@ -491,6 +515,32 @@ class NodeLink:
                     apply_envelope(state, index, envelope, code)
 
         self._manager.peer_event(apply)
+
+    def _on_lease_deadline(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """How long a lease beacon of this node's driver still holds (by our clock)."""
+        try:
+            path = beacon_path(self._session_dir, request.beacon)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        deadline = read_deadline(path)
+        if not deadline:
+            return node_pb2.LeaseDeadlineReply(found=False)
+        return node_pb2.LeaseDeadlineReply(found=True, remaining=deadline - time.monotonic())
+
+    def _ask_lease_deadline(self, index: int, beacon: str, timeout: float) -> tuple[bool, float]:
+        """Ask node ``index`` about one of its lease beacons (the mirror's thread)."""
+        sender = self._sender(index)
+        if sender is None:
+            raise ClusterError(f"node {format_id(index)} is not a live node")
+        call = sender.channel.unary_unary(
+            f"/{SERVICE}/LeaseDeadline",
+            request_serializer=node_pb2.LeaseDeadlineRequest.SerializeToString,
+            response_deserializer=node_pb2.LeaseDeadlineReply.FromString,
+        )
+        reply = call(
+            node_pb2.LeaseDeadlineRequest(beacon=beacon), timeout=timeout, metadata=self.metadata
+        )
+        return reply.found, reply.remaining
 
     def _install_code(self, messages: list[Any]) -> dict[tuple[str, ...], Any]:
         """Install the code packages forwarded tasks need (outside the node lock).

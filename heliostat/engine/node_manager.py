@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from heliostat.engine.beacon_mirror import BeaconMirror
 from heliostat.engine.events import TaskEvent
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_loop import NodeLoop
@@ -109,6 +110,10 @@ class NodeManager:
         self.driver: WorkerRecord = self.state.driver
         self._verbs = self.state.verbs
         self._verbs["cluster_info"] = self._v_cluster_info
+        self._verbs["mirror_beacon"] = self._v_mirror_beacon
+        self._verbs["unmirror_beacon"] = self._v_unmirror_beacon
+        # Set by the cluster's NodeLink while this node is in a cluster.
+        self.beacon_mirror: BeaconMirror | None = None
         self._out = self.state.out
         self._pool = ForkServerClient(
             {
@@ -301,6 +306,37 @@ class NodeManager:
         with self._lock:
             self.loop.expire_revokes(now)
             self.loop.flush()
+
+    # ------------------------------------------------------------ lease beacons --
+
+    def _v_mirror_beacon(self, proc: WorkerRecord, reply: Reply, index: int, beacon: str) -> None:
+        """A worker runs a step of node ``index``'s driver: a local copy of its lease
+        beacon, answered once it holds a deadline (``engine/beacon_mirror.py``)."""
+        mirror = self.beacon_mirror
+        if mirror is None:
+            raise ClusterError(
+                f"node {format_id(self.config.node_index)} is not in a cluster: it cannot "
+                f"follow the workflow lease of node {format_id(index)}'s driver"
+            )
+
+        def answer(ok: bool, value: Any) -> None:  # on the mirror's thread
+            with self._lock:
+                if self._stopping:
+                    return
+                reply(ok, value)
+                if self._out.pending:
+                    self.loop.flush()
+
+        try:
+            mirror.watch(proc.pid, index, beacon, answer)
+        except ValueError as exc:
+            raise ClusterError(str(exc)) from None
+
+    def _v_unmirror_beacon(self, proc: WorkerRecord, reply: Reply | None, path: str) -> None:
+        if self.beacon_mirror is not None:
+            self.beacon_mirror.unwatch(proc.pid, path)
+        if reply is not None:
+            reply(True, None)
 
     # ------------------------------------------------------------------ reading --
 

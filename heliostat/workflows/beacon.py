@@ -19,26 +19,28 @@ them in doubt and settles them knowing nothing runs any more. Idempotent steps a
 left alone: running one twice is harmless by their own declaration.
 
 The clock is ``time.monotonic`` (``CLOCK_MONOTONIC``), one clock for every process of
-a machine and immune to changes of the wall clock. This covers one machine, where
-heliostat's workers are; workers on other machines will need the deadline over the
-network.
+a machine and immune to changes of the wall clock (the file format is
+``engine/deadline_file.py``). On a cluster, a step may run on another machine than its
+driver's: that node's manager keeps a local copy of the beacon, asking the driver's node
+for the time left (``engine/beacon_mirror.py``), and the step watches the copy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
-import struct
 import threading
 import time
+
+from heliostat.engine.deadline_file import DeadlineFile, read_deadline
 
 __all__ = ["WATCH_INTERVAL", "LeaseBeacon", "Watchdog", "fence_margin", "read_deadline"]
 
 log = logging.getLogger("heliostat.workflows")
 
-_FORMAT = struct.Struct("<d")  # one float: the deadline, in time.monotonic() seconds
+LeaseBeacon = DeadlineFile
+"""The driver's side: the run's beacon file, rewritten with each renewal's deadline."""
 
 WATCH_INTERVAL = 0.05
 """Seconds between two looks of a watchdog at its beacon."""
@@ -48,49 +50,6 @@ def fence_margin(timeout: float) -> float:
     """How long before the deadline a watched step stops: a fifth of the lease timeout,
     at least half a second (the watchdog's reaction time and a busy machine)."""
     return max(0.5, timeout / 5)
-
-
-class LeaseBeacon:
-    """The driver's side: one file, rewritten in place with each new deadline.
-
-    Args:
-        path: where (a file of the driver's session directory).
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def publish(self, deadline: float) -> None:
-        """The lease is surely held until ``deadline`` (``time.monotonic()`` seconds)."""
-        with self._lock:
-            if not self._closed:  # 8 bytes at offset 0: one write, never seen torn
-                os.pwrite(self._fd, _FORMAT.pack(deadline), 0)
-
-    def close(self) -> None:
-        """Remove the beacon (the run released its lease)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            os.close(self._fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-
-def read_deadline(path: str) -> float:
-    """The deadline a beacon holds; 0 (long past) if it is gone or unreadable."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_FORMAT.size)
-    except OSError:
-        return 0.0
-    if len(data) != _FORMAT.size:
-        return 0.0
-    return float(_FORMAT.unpack(data)[0])
 
 
 class Watchdog:

@@ -54,6 +54,7 @@ import cloudpickle
 import heliostat.engine as hs
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction
+from heliostat.engine.runtime import current_client
 from heliostat.exceptions import (
     HeliostatInternalError,
     StorageError,
@@ -248,6 +249,9 @@ class WorkflowExecutor:
         self._released = False
         # memory:// lives in one process: there the driver writes the checkpoints.
         self._worker_writes = checkpoints.shared_across_processes
+        # The node whose session holds the run's beacon (this driver's): a step that
+        # runs elsewhere follows the lease through a copy (engine/beacon_mirror.py).
+        self._node_index = current_client().minter.node_index if beacon is not None else 0
 
     def _now(self) -> dt.datetime:
         return self._turn_now
@@ -528,6 +532,7 @@ class WorkflowExecutor:
             inline_limit=INLINE_LIMIT if spec.options.idempotent else 0,
             catch_exceptions=opts.catch_exceptions,
             beacon=None if opts.idempotent or self.beacon is None else self.beacon.path,
+            beacon_node=self._node_index,
             fence_margin=fence_margin(self.lease.timeout),
         )
         inputs = list(submit.inputs)

@@ -25,6 +25,7 @@ engine never retries a step behind the workflow's back. Only an interruption
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -33,14 +34,16 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from heliostat.engine.api import get, put
 from heliostat.engine.dag import DAGNode, map_leaves
+from heliostat.engine.runtime import current_client
 from heliostat.engine.serialization import cloudpickle_dumps
-from heliostat.exceptions import CorruptCheckpointError, StorageError
+from heliostat.exceptions import CorruptCheckpointError, HeliostatError, StorageError
 from heliostat.storage.checkpoints import CheckpointRef, CheckpointStore, decode_checkpoint
 from heliostat.workflows.beacon import LeaseExpired, Watchdog
 from heliostat.workflows.compile import Placeholder, StoredValue, Upstream
@@ -108,6 +111,7 @@ class StepEnv:
     inline_limit: int  # outputs pickled this small go to SQL with the COMMIT (0: never)
     catch_exceptions: bool
     beacon: str | None = None  # a non-idempotent step's lease beacon (see beacon.py)
+    beacon_node: int = 0  # the node whose session holds it (its driver's)
     fence_margin: float = 0.0
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -124,6 +128,7 @@ class StepEnv:
                 self.inline_limit,
                 self.catch_exceptions,
                 self.beacon,
+                self.beacon_node,
                 self.fence_margin,
             ),
         )
@@ -138,6 +143,7 @@ def _step_env(
     inline_limit: int,
     catch_exceptions: bool,
     beacon: str | None,
+    beacon_node: int,
     fence_margin: float,
 ) -> StepEnv:
     return StepEnv(
@@ -149,6 +155,7 @@ def _step_env(
         inline_limit=inline_limit,
         catch_exceptions=catch_exceptions,
         beacon=beacon,
+        beacon_node=beacon_node,
         fence_margin=fence_margin,
     )
 
@@ -438,7 +445,7 @@ class StepCall:
         sys.stdout, sys.stderr = _Tee(stdout, capture), _Tee(stderr, capture)
         try:
             if env.beacon is not None:  # non-idempotent: stop with the lease
-                with Watchdog(env.beacon, env.fence_margin, what=f"step {env.task_id!r}"):
+                with _lease_watchdog(env):
                     result = self.run_user(env, args, kwargs)
             else:
                 result = self.run_user(env, args, kwargs)
@@ -513,6 +520,41 @@ class StepCall:
             except Exception as exc:  # catch_exceptions hands the error to the caller
                 return (None, exc)
         return self.fn(*args, **kwargs)
+
+
+_MIRROR_WAIT_S = 5.0  # for a first copy of a lease beacon of another node
+
+
+@contextlib.contextmanager
+def _lease_watchdog(env: StepEnv) -> Iterator[None]:
+    """Run a non-idempotent step under a watchdog of its driver's lease.
+
+    On the driver's own node the worker watches the driver's beacon file; on another
+    node, a copy its node manager keeps up to date (``engine/beacon_mirror.py``). A
+    copy that cannot be had means the lease cannot be followed: the step does not
+    start (``LeaseExpired``), as when the driver stopped renewing.
+    """
+    assert env.beacon is not None
+    what = f"step {env.task_id!r}"
+    client = current_client()
+    if env.beacon_node == client.minter.node_index:
+        with Watchdog(env.beacon, env.fence_margin, what=what):
+            yield
+        return
+    try:
+        path = client.mirror_lease_beacon(
+            env.beacon_node, os.path.basename(env.beacon), _MIRROR_WAIT_S
+        )
+    except HeliostatError as exc:
+        raise LeaseExpired(
+            f"{what}: its driver's lease cannot be followed from this node ({exc}), so the "
+            "step does not start."
+        ) from exc
+    try:
+        with Watchdog(path, env.fence_margin, what=what):
+            yield
+    finally:
+        client.release_lease_beacon(path)
 
 
 def _flushed(capture: _Capture) -> StepLogs | None:

@@ -127,3 +127,17 @@ class DeliverReply(_message.Message):
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     applied: int
     def __init__(self, applied: _Optional[int] = ...) -> None: ...
+
+class LeaseDeadlineRequest(_message.Message):
+    __slots__ = ("beacon",)
+    BEACON_FIELD_NUMBER: _ClassVar[int]
+    beacon: str
+    def __init__(self, beacon: _Optional[str] = ...) -> None: ...
+
+class LeaseDeadlineReply(_message.Message):
+    __slots__ = ("found", "remaining")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    remaining: float
+    def __init__(self, found: _Optional[bool] = ..., remaining: _Optional[float] = ...) -> None: ...

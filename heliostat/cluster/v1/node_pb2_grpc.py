@@ -39,6 +39,11 @@ class NodeServiceStub:
                 request_serializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverRequest.SerializeToString,
                 response_deserializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverReply.FromString,
                 _registered_method=True)
+        self.LeaseDeadline = channel.unary_unary(
+                '/heliostat.cluster.v1.NodeService/LeaseDeadline',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.LeaseDeadlineRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.LeaseDeadlineReply.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -54,6 +59,13 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaseDeadline(self, request, context):
+        """How long a workflow lease of this node's driver is surely held still.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +73,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Deliver,
                     request_deserializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverRequest.FromString,
                     response_serializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverReply.SerializeToString,
+            ),
+            'LeaseDeadline': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseDeadline,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.LeaseDeadlineRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_node__pb2.LeaseDeadlineReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +107,33 @@ class NodeService:
             '/heliostat.cluster.v1.NodeService/Deliver',
             heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverRequest.SerializeToString,
             heliostat_dot_cluster_dot_v1_dot_node__pb2.DeliverReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseDeadline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heliostat.cluster.v1.NodeService/LeaseDeadline',
+            heliostat_dot_cluster_dot_v1_dot_node__pb2.LeaseDeadlineRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_node__pb2.LeaseDeadlineReply.FromString,
             options,
             channel_credentials,
             insecure,

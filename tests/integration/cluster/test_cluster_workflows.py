@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import sqlalchemy as sa
 from cluster_daemons import Daemons
 
@@ -122,3 +124,84 @@ def test_a_workflow_whose_driver_was_killed_is_resumed_from_another_node(
         env={"HELIOSTAT_ADDRESS": daemons.address, "HELIOSTAT_TOKEN": daemons.token},
     )
     assert json.loads(status.stdout)["status"] == "SUCCESSFUL"
+
+
+# A non-idempotent step on a cluster runs on another node than its driver's (a
+# driver's node has no CPUs): it follows its driver's lease through a copy of the
+# beacon that its node keeps (engine/beacon_mirror.py). The step records its pid and
+# node, then ticks until a "go" file appears.
+LEASED_DRIVER = """
+import os, pathlib, sys, time
+os.environ["HELIOSTAT_LEASE_TIMEOUT"] = sys.argv[2]
+import heliostat as hs
+from heliostat import workflow
+
+marks = pathlib.Path(sys.argv[1])
+
+@hs.remote
+def charge(wid):
+    node = hs.get_runtime_context().get_node_id()
+    (marks / f"{wid}.pid").write_text(f"{os.getpid()} {node}")
+    while not (marks / f"{wid}.go").exists():
+        with open(marks / f"{wid}.ticks", "a") as fh:
+            fh.write("x")
+        time.sleep(0.05)
+    return node
+
+hs.init()
+me = hs.get_runtime_context().get_node_id()
+for wid in ("paid", "frozen"):
+    step = charge.options(**workflow.options(task_id="charge", idempotent=False))
+    ran_on = workflow.run(step.bind(wid), workflow_id=wid)
+    (marks / f"{wid}.result").write_text(f"{me} {ran_on}")
+"""
+
+
+def test_a_non_idempotent_step_on_another_node_stops_with_its_drivers_lease(
+    daemons: Daemons, tmp_path: Path, wait_for: Callable[..., Any]
+) -> None:
+    lease_timeout = 4.0
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    daemons.start_head()
+    daemons.start_node("n1", "127.0.0.2")
+    (marks / "paid.go").touch()
+    driver = daemons.spawn_driver(
+        LEASED_DRIVER, home="driver", args=(str(marks), str(lease_timeout))
+    )
+
+    # It runs, on a node that is not the driver's, and its workflow succeeds.
+    wait_for(
+        lambda: (marks / "paid.result").exists() or driver.poll() is not None,
+        120,
+        what="the first workflow to finish",
+    )
+    assert driver.poll() is None, driver.communicate()
+    driver_node, ran_on = (marks / "paid.result").read_text().split()
+    assert ran_on != driver_node
+
+    # The driver stops renewing its lease (SIGSTOP) while the second one's step runs:
+    # the step's worker, on another node, dies before the lease can expire.
+    wait_for(lambda: (marks / "frozen.pid").exists(), 60, what="the second step to start")
+    pid = int((marks / "frozen.pid").read_text().split()[0])
+    wait_for(lambda: (marks / "frozen.ticks").exists(), 30, what="the step to tick")
+    os.kill(driver.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        wait_for(lambda: _gone(pid), lease_timeout + 10, what="the step's worker to stop")
+        took = time.monotonic() - stopped
+        ticks = (marks / "frozen.ticks").read_text()
+        # The lease was last renewed before the stop: it expires at most lease_timeout
+        # after it (the polling here adds its interval).
+        assert took < lease_timeout + 0.5, took
+        assert (marks / "frozen.ticks").read_text() == ticks  # nothing runs any more
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
