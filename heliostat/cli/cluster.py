@@ -475,6 +475,8 @@ def cluster_summary(address: str | None, token: str | None) -> dict[str, Any] | 
                 "available": dict(n.available),
                 "last_heartbeat_at": n.last_heartbeat_at,
                 "silent_for": round(n.silent_for, 3),
+                "objects": n.objects,
+                "object_bytes": n.object_bytes,
             }
             for n in nodes
         ],

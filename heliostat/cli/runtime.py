@@ -273,11 +273,14 @@ def _print_cluster(cluster: dict[str, Any]) -> None:
                 n["address"],
                 n["pid"],
                 _resources(n["total"]),
+                f"{n.get('objects', 0)} ({_size(n.get('object_bytes', 0))})",
                 "-" if beat is None else format_duration(max(0.0, now - beat)) + " ago",
             ]
         )
     if rows:
-        print_table(["node", "state", "address", "pid", "resources", "last heartbeat"], rows)
+        print_table(
+            ["node", "state", "address", "pid", "resources", "objects", "last heartbeat"], rows
+        )
 
 
 def _resources(total: dict[str, float]) -> str:

@@ -21,7 +21,8 @@
    rather than dead).
 
 What to report is asked of a :class:`ResourceSource` each time, so the agent holds no
-reference to the engine.
+reference to the engine. Each heartbeat also says what changed in the node's object
+store (``cluster/object_locations.py``), read from a ``stored_objects`` callable.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from heliostat.cluster.client import HeadClient, NodeIdTaken, NodeNotKnown
+from heliostat.cluster.object_locations import ObjectReport
 from heliostat.cluster.rpc import RegisterAck, Registration
 from heliostat.exceptions import ClusterAuthError, ClusterError
 
@@ -83,6 +85,8 @@ class NodeAgent:
         pid: the node daemon's pid.
         resources: what the node offers and has free.
         is_head: this node runs inside the head process.
+        stored_objects: the objects the node's store holds (id -> bytes), reported to
+            the head with the heartbeats; None: none reported.
         on_fatal: called (from the agent's thread) with the error that stopped it.
     """
 
@@ -96,6 +100,7 @@ class NodeAgent:
         pid: int,
         resources: ResourceSource,
         is_head: bool = False,
+        stored_objects: Callable[[], Mapping[int, int]] | None = None,
         on_fatal: Callable[[ClusterError], None] | None = None,
     ) -> None:
         self.client = client
@@ -105,6 +110,8 @@ class NodeAgent:
         self._pid = pid
         self._resources = resources
         self._is_head = is_head
+        self._stored_objects = stored_objects
+        self._report = ObjectReport()  # the agent's thread alone uses it
         self._on_fatal = on_fatal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -131,6 +138,7 @@ class NodeAgent:
         )
         if self.ack is not None and ack.incarnation != self.ack.incarnation:
             log.info("node %s rejoined as incarnation %d", self.node_id, ack.incarnation)
+        self._report.forget()  # the head may have forgotten this node's store
         self.ack = ack
         self.registrations += 1
         return ack
@@ -153,13 +161,19 @@ class NodeAgent:
         while not self._stop.wait(delay):
             try:
                 if registered:
+                    stored = self._stored_objects() if self._stored_objects else None
                     # A heartbeat answered later than the interval is as good as lost.
-                    self.client.heartbeat(
+                    answer = self.client.heartbeat(
                         self.node_id,
                         self._resources.available(),
                         timeout=max(interval, 1.0),
                         incarnation=self.ack.incarnation,
+                        objects=self._report.delta(stored) if stored is not None else None,
                     )
+                    if stored is not None:
+                        self._report.accepted(stored)
+                        if answer.objects_wanted:  # a restarted head
+                            self._report.forget()
                     self.heartbeats += 1
                 else:
                     interval = self.register().heartbeat_interval

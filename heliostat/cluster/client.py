@@ -23,7 +23,7 @@ is TLS and trusts that certificate (a self-signed head certificate, or its CA).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import grpc
@@ -31,6 +31,7 @@ import grpc
 from heliostat.cluster import rpc
 from heliostat.cluster.auth import call_metadata
 from heliostat.cluster.names import NamedActor
+from heliostat.cluster.object_locations import ObjectPlace, StoreDelta
 from heliostat.cluster.package_store import DEFAULT_PACKAGE_CHUNK
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.exceptions import ClusterAuthError, ClusterError, ClusterUnreachableError
@@ -203,8 +204,11 @@ class HeadClient:
         *,
         timeout: float | None = None,
         incarnation: int = 0,
-    ) -> int:
-        """Say the node lives, as ``incarnation`` (0: not said); returns its incarnation.
+        objects: StoreDelta | None = None,
+    ) -> rpc.HeartbeatAck:
+        """Say the node lives, as ``incarnation`` (0: not said), with what changed in
+        its object store (``objects``); returns its incarnation and whether the head
+        wants a full report of the store next time.
 
         Raises:
             NodeNotKnown: the head does not count the node as alive, or that incarnation
@@ -216,10 +220,27 @@ class HeadClient:
                 node_id=node_id,
                 available=rpc.resources_to_pb(available),
                 incarnation=incarnation,
+                **(rpc.store_delta_to_pb(objects) if objects else {}),
             ),
             timeout=timeout,
         )
-        return int(reply.incarnation)
+        return rpc.HeartbeatAck(
+            incarnation=int(reply.incarnation), objects_wanted=reply.objects_wanted
+        )
+
+    def locate_objects(
+        self, object_ids: Iterable[int] = (), *, limit: int = 1000
+    ) -> tuple[list[ObjectPlace], int]:
+        """Which nodes' stores hold these objects (none given: the largest objects of
+        the cluster, up to ``limit``), as their heartbeats said; and how many objects
+        the head knows of in all. Objects no node holds are left out."""
+        reply = self._call(
+            "LocateObjects",
+            pb.LocateObjectsRequest(
+                object_ids=[oid.to_bytes(10, "big") for oid in object_ids], limit=limit
+            ),
+        )
+        return [rpc.place_from_pb(p) for p in reply.places], int(reply.total)
 
     def deregister_node(self, node_id: str) -> None:
         self._call("DeregisterNode", pb.DeregisterNodeRequest(node_id=node_id))

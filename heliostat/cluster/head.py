@@ -46,10 +46,12 @@ from heliostat.cluster import membership as ms
 from heliostat.cluster.auth import TokenInterceptor
 from heliostat.cluster.local import cluster_dir
 from heliostat.cluster.names import NamedActor, NameRegistry
+from heliostat.cluster.object_locations import ObjectLocations, ObjectPlace, StoreDelta
 from heliostat.cluster.package_store import MAX_PACKAGE_BYTES, PackageStore
 from heliostat.cluster.rpc import (
     ClusterInfo,
     ClusterTotals,
+    HeartbeatAck,
     JobView,
     NodeView,
     RegisterAck,
@@ -132,6 +134,7 @@ class HeadService:
             log.info("recovered %d node(s) from the node table, %d alive", len(recovered), live)
         self._membership = ms.Membership(timing=timing, nodes=recovered, now=now)
         self._name_store = name_store
+        self._objects = ObjectLocations()  # where objects are stored (eventual)
         self._names = NameRegistry(_named(row) for row in (name_store.load() if name_store else []))
         stale = self._names.keep_only({n.node_id for n in recovered if n.state in ms.LIVE_STATES})
         if len(self._names) or stale:
@@ -220,12 +223,12 @@ class HeadService:
             if rows and self._store is not None:
                 # Under the lock: rows reach SQL in machine order.
                 self._writes.put(functools.partial(self._store.save, rows))
-            gone = [
-                name
-                for i in instructions
-                if isinstance(i, ms.NodeDead | ms.NodeLeft)
-                for name in self._names.node_gone(i.node.node_id)
+            departed = [
+                i.node.node_id for i in instructions if isinstance(i, ms.NodeDead | ms.NodeLeft)
             ]
+            for node_id in departed:
+                self._objects.node_gone(node_id)
+            gone = [name for node_id in departed for name in self._names.node_gone(node_id)]
             if gone:
                 log.info(
                     "forgot %d actor name(s) of a node that is gone: %s",
@@ -305,7 +308,8 @@ class HeadService:
         *,
         cause_id: str,
         incarnation: int = 0,
-    ) -> int:
+        objects: StoreDelta | None = None,
+    ) -> HeartbeatAck:
         event = ms.HeartbeatReceived(
             node_id=node_id,
             available=available,
@@ -320,7 +324,12 @@ class HeadService:
                     f"node {node_id}: {instruction.reason}; register again",
                 )
             if isinstance(instruction, ms.HeartbeatAccepted):
-                return instruction.incarnation
+                with self._lock:  # a rejected heartbeat's report is not taken
+                    complete = self._objects.apply(node_id, objects or StoreDelta(added={}))
+                return HeartbeatAck(
+                    incarnation=instruction.incarnation,
+                    objects_wanted=objects is not None and not complete,
+                )
         raise AssertionError("a heartbeat produced no answer")  # pragma: no cover
 
     def deregister_node(self, node_id: str, *, cause_id: str) -> None:
@@ -329,7 +338,16 @@ class HeadService:
     def list_nodes(self) -> list[NodeView]:
         with self._lock:
             now, wall_now = self._clock(), self._wall()
-            return [_view(n, now, wall_now, self._to_wall) for n in self._membership.nodes()]
+            return [
+                _view(n, now, wall_now, self._to_wall, self._objects.node_summary(n.node_id))
+                for n in self._membership.nodes()
+            ]
+
+    def locate_objects(self, object_ids: list[int], limit: int) -> tuple[list[ObjectPlace], int]:
+        with self._lock:
+            if object_ids:
+                return self._objects.locate(object_ids), len(self._objects)
+            return self._objects.listing(limit or 1000)
 
     def cluster_resources(self) -> ClusterTotals:
         with self._lock:
@@ -458,6 +476,7 @@ def _view(
     now: float,
     wall_now: float,
     to_wall: Callable[[float | None, float, float], float | None],
+    objects: tuple[int, int] = (0, 0),
 ) -> NodeView:
     registered = to_wall(node.registered_at, now, wall_now)
     assert registered is not None
@@ -474,6 +493,8 @@ def _view(
         last_heartbeat_at=to_wall(node.last_heartbeat_at, now, wall_now),
         silent_for=node.silent_for(now),
         is_head=node.is_head,
+        objects=objects[0],
+        object_bytes=objects[1],
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import grpc
 
 from heliostat.cluster.names import NamedActor
+from heliostat.cluster.object_locations import ObjectPlace, StoreDelta
 from heliostat.cluster.package_store import PackageTooLarge
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.cluster.v1 import control_pb2_grpc as pb_grpc
@@ -99,6 +100,16 @@ class NodeView:
     last_heartbeat_at: float | None
     silent_for: float
     is_head: bool
+    objects: int = 0  # in its store, as last reported (cluster/object_locations.py)
+    object_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatAck:
+    """The head's answer to a heartbeat."""
+
+    incarnation: int
+    objects_wanted: bool = False  # send a full report of the object store next time
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,11 +206,15 @@ class HeadHandler(Protocol):
         *,
         cause_id: str,
         incarnation: int = 0,
-    ) -> int: ...
+        objects: StoreDelta | None = None,
+    ) -> HeartbeatAck: ...
     def deregister_node(self, node_id: str, *, cause_id: str) -> None: ...
     def list_nodes(self) -> list[NodeView]: ...
     def cluster_resources(self) -> ClusterTotals: ...
     def cluster_info(self) -> ClusterInfo: ...
+    def locate_objects(
+        self, object_ids: list[int], limit: int
+    ) -> tuple[list[ObjectPlace], int]: ...
     def workflow_stores(self) -> WorkflowStores | None: ...
     def register_job(self, entrypoint: str, hostname: str, pid: int) -> str: ...
     def finish_job(self, job_id: str) -> None: ...
@@ -239,6 +254,8 @@ def _node_to_pb(node: NodeView) -> Any:
         last_heartbeat_at=node.last_heartbeat_at or 0.0,
         silent_for_s=node.silent_for,
         is_head=node.is_head,
+        objects=node.objects,
+        object_bytes=node.object_bytes,
     )
 
 
@@ -256,6 +273,36 @@ def node_from_pb(message: Any) -> NodeView:
         last_heartbeat_at=message.last_heartbeat_at or None,
         silent_for=message.silent_for_s,
         is_head=message.is_head,
+        objects=message.objects,
+        object_bytes=message.object_bytes,
+    )
+
+
+def store_delta_to_pb(delta: StoreDelta) -> dict[str, Any]:
+    """A store report as the fields of a ``HeartbeatRequest``."""
+    return {
+        "objects_added": [
+            pb.StoredObject(object_id=_id_bytes(oid), size=size)
+            for oid, size in delta.added.items()
+        ],
+        "objects_removed": [_id_bytes(oid) for oid in delta.removed],
+        "objects_full": delta.full,
+    }
+
+
+def store_delta_from_pb(request: Any) -> StoreDelta:
+    return StoreDelta(
+        added={int.from_bytes(o.object_id, "big"): o.size for o in request.objects_added},
+        removed=tuple(int.from_bytes(oid, "big") for oid in request.objects_removed),
+        full=request.objects_full,
+    )
+
+
+def place_from_pb(message: Any) -> ObjectPlace:
+    return ObjectPlace(
+        object_id=int.from_bytes(message.object_id, "big"),
+        size=message.size,
+        node_ids=tuple(message.node_ids),
     )
 
 
@@ -353,15 +400,16 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
 
     def Heartbeat(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            incarnation = self._handler.heartbeat(
+            ack = self._handler.heartbeat(
                 request.node_id,
                 resources_from_pb(request.available),
                 cause_id=_cause(context),
                 incarnation=request.incarnation,
+                objects=store_delta_from_pb(request),
             )
         except RpcRefusal as refusal:
             self._refused(context, refusal)
-        return pb.HeartbeatReply(incarnation=incarnation)
+        return pb.HeartbeatReply(incarnation=ack.incarnation, objects_wanted=ack.objects_wanted)
 
     def DeregisterNode(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._handler.deregister_node(request.node_id, cause_id=_cause(context))
@@ -383,6 +431,20 @@ class ControlPlaneServicer(pb_grpc.ControlPlaneServicer):
             version=info.version,
             started_at=info.started_at,
             nodes_alive=info.nodes_alive,
+        )
+
+    def LocateObjects(self, request: Any, context: grpc.ServicerContext) -> Any:
+        places, total = self._handler.locate_objects(
+            [int.from_bytes(oid, "big") for oid in request.object_ids], request.limit
+        )
+        return pb.LocateObjectsReply(
+            places=[
+                pb.ObjectPlace(
+                    object_id=_id_bytes(p.object_id), size=p.size, node_ids=list(p.node_ids)
+                )
+                for p in places
+            ],
+            total=total,
         )
 
     def GetWorkflowStores(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -210,6 +210,7 @@ class ClusterMembership:
             pid=os.getpid(),
             resources=_LocalResources(runtime.manager),
             is_head=is_head,
+            stored_objects=runtime.manager.stored_objects,
         )
         self.job_id = ""
         # What the head publishes about the cluster's workflow stores (a driver's

@@ -297,6 +297,11 @@ class NodeManager:
             except FileNotFoundError:
                 return None
 
+    def stored_objects(self) -> dict[int, int]:
+        """The objects this node's store holds (shared memory or spilled): id -> bytes."""
+        with self._lock:
+            return self.state.objects.table.stored()
+
     def check_feasible(self, resources: ResourceSet) -> None:
         """Raise InfeasibleResourcesError if no node could ever run this request."""
         self.state.dispatch.check_feasible(resources)

@@ -321,6 +321,15 @@ class ObjectTable:
         entry.kind = ObjKind.FREED
         entry.path = ""
 
+    def stored(self) -> dict[int, int]:
+        """The objects this node stores, in shared memory or spilled: id -> bytes."""
+        found = {oid: entry.size for oid, entry in self._lru.items()}
+        if self.spilled_bytes:  # rare: only then look through every entry
+            for oid, entry in self.entries.items():
+                if entry.kind is ObjKind.SPILLED:
+                    found[oid] = entry.size
+        return found
+
     def stats(self) -> dict[str, int]:
         return {
             "objects": len(self.entries),

@@ -59,6 +59,8 @@ def cluster_view(source: ClusterSource) -> dict[str, Any]:
             "registered_at": _iso(n.registered_at),
             "last_heartbeat_at": _iso(n.last_heartbeat_at),
             "silent_for": round(n.silent_for, 2),
+            "objects": n.objects,
+            "object_bytes": n.object_bytes,
         }
         for n in source.list_nodes()
     ]

@@ -34,7 +34,7 @@ class ResourceMap(_message.Message):
     def __init__(self, amounts: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "hostname", "pid", "state", "total", "available", "incarnation", "registered_at", "last_heartbeat_at", "silent_for_s", "is_head")
+    __slots__ = ("node_id", "address", "hostname", "pid", "state", "total", "available", "incarnation", "registered_at", "last_heartbeat_at", "silent_for_s", "is_head", "objects", "object_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class NodeInfo(_message.Message):
     LAST_HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
     SILENT_FOR_S_FIELD_NUMBER: _ClassVar[int]
     IS_HEAD_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     hostname: str
@@ -59,7 +61,9 @@ class NodeInfo(_message.Message):
     last_heartbeat_at: float
     silent_for_s: float
     is_head: bool
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., total: _Optional[_Union[ResourceMap, _Mapping]] = ..., available: _Optional[_Union[ResourceMap, _Mapping]] = ..., incarnation: _Optional[int] = ..., registered_at: _Optional[float] = ..., last_heartbeat_at: _Optional[float] = ..., silent_for_s: _Optional[float] = ..., is_head: _Optional[bool] = ...) -> None: ...
+    objects: int
+    object_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., total: _Optional[_Union[ResourceMap, _Mapping]] = ..., available: _Optional[_Union[ResourceMap, _Mapping]] = ..., incarnation: _Optional[int] = ..., registered_at: _Optional[float] = ..., last_heartbeat_at: _Optional[float] = ..., silent_for_s: _Optional[float] = ..., is_head: _Optional[bool] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ...) -> None: ...
 
 class RegisterNodeRequest(_message.Message):
     __slots__ = ("node_id", "address", "hostname", "pid", "total", "available", "is_head")
@@ -92,20 +96,36 @@ class RegisterNodeReply(_message.Message):
     def __init__(self, cluster_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., heartbeat_interval_s: _Optional[float] = ..., dead_after_s: _Optional[float] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "available", "incarnation")
+    __slots__ = ("node_id", "available", "incarnation", "objects_added", "objects_removed", "objects_full")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FULL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     available: ResourceMap
     incarnation: int
-    def __init__(self, node_id: _Optional[str] = ..., available: _Optional[_Union[ResourceMap, _Mapping]] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    objects_added: _containers.RepeatedCompositeFieldContainer[StoredObject]
+    objects_removed: _containers.RepeatedScalarFieldContainer[bytes]
+    objects_full: bool
+    def __init__(self, node_id: _Optional[str] = ..., available: _Optional[_Union[ResourceMap, _Mapping]] = ..., incarnation: _Optional[int] = ..., objects_added: _Optional[_Iterable[_Union[StoredObject, _Mapping]]] = ..., objects_removed: _Optional[_Iterable[bytes]] = ..., objects_full: _Optional[bool] = ...) -> None: ...
+
+class StoredObject(_message.Message):
+    __slots__ = ("object_id", "size")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    size: int
+    def __init__(self, object_id: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("incarnation",)
+    __slots__ = ("incarnation", "objects_wanted")
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_WANTED_FIELD_NUMBER: _ClassVar[int]
     incarnation: int
-    def __init__(self, incarnation: _Optional[int] = ...) -> None: ...
+    objects_wanted: bool
+    def __init__(self, incarnation: _Optional[int] = ..., objects_wanted: _Optional[bool] = ...) -> None: ...
 
 class DeregisterNodeRequest(_message.Message):
     __slots__ = ("node_id",)
@@ -347,3 +367,29 @@ class ListNamesReply(_message.Message):
     ACTORS_FIELD_NUMBER: _ClassVar[int]
     actors: _containers.RepeatedCompositeFieldContainer[NamedActor]
     def __init__(self, actors: _Optional[_Iterable[_Union[NamedActor, _Mapping]]] = ...) -> None: ...
+
+class LocateObjectsRequest(_message.Message):
+    __slots__ = ("object_ids", "limit")
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    object_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    limit: int
+    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ObjectPlace(_message.Message):
+    __slots__ = ("object_id", "size", "node_ids")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    size: int
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, object_id: _Optional[bytes] = ..., size: _Optional[int] = ..., node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LocateObjectsReply(_message.Message):
+    __slots__ = ("places", "total")
+    PLACES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    places: _containers.RepeatedCompositeFieldContainer[ObjectPlace]
+    total: int
+    def __init__(self, places: _Optional[_Iterable[_Union[ObjectPlace, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...

@@ -432,6 +432,11 @@ class ControlPlaneStub:
                 request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoRequest.SerializeToString,
                 response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoReply.FromString,
                 _registered_method=True)
+        self.LocateObjects = channel.unary_unary(
+                '/heliostat.cluster.v1.ControlPlane/LocateObjects',
+                request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.LocateObjectsRequest.SerializeToString,
+                response_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.LocateObjectsReply.FromString,
+                _registered_method=True)
         self.GetWorkflowStores = channel.unary_unary(
                 '/heliostat.cluster.v1.ControlPlane/GetWorkflowStores',
                 request_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetWorkflowStoresRequest.SerializeToString,
@@ -495,6 +500,12 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LocateObjects(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetWorkflowStores(self, request, context):
         """Where durable workflows keep their lineage and checkpoints (secrets: see above).
         """
@@ -553,6 +564,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.GetClusterInfo,
                     request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoRequest.FromString,
                     response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoReply.SerializeToString,
+            ),
+            'LocateObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.LocateObjects,
+                    request_deserializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.LocateObjectsRequest.FromString,
+                    response_serializer=heliostat_dot_cluster_dot_v1_dot_control__pb2.LocateObjectsReply.SerializeToString,
             ),
             'GetWorkflowStores': grpc.unary_unary_rpc_method_handler(
                     servicer.GetWorkflowStores,
@@ -737,6 +753,33 @@ class ControlPlane:
             '/heliostat.cluster.v1.ControlPlane/GetClusterInfo',
             heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoRequest.SerializeToString,
             heliostat_dot_cluster_dot_v1_dot_control__pb2.GetClusterInfoReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LocateObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heliostat.cluster.v1.ControlPlane/LocateObjects',
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.LocateObjectsRequest.SerializeToString,
+            heliostat_dot_cluster_dot_v1_dot_control__pb2.LocateObjectsReply.FromString,
             options,
             channel_credentials,
             insecure,

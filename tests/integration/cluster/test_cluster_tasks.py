@@ -19,6 +19,7 @@ import pytest
 from cluster_daemons import Daemons, can_isolate_shm
 
 import heliostat as hs
+from heliostat.cluster import HeadClient
 from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
 from heliostat.exceptions import (
     ClusterAuthError,
@@ -147,6 +148,33 @@ def test_a_200_mb_array_and_an_arrow_table_move_between_nodes(driver: Cluster) -
         table_facts.options(scheduling_strategy=on_n1).remote(table), timeout=120
     )
     assert (where, count, id_sum) == (driver.n1, rows, rows * (rows - 1) // 2)
+
+
+def test_the_head_knows_which_nodes_store_an_object(
+    driver: Cluster, wait_for: Callable[..., Any]
+) -> None:
+    on_n1 = NodeAffinitySchedulingStrategy(driver.n1, soft=False)
+    array = make_array.options(scheduling_strategy=on_n1).remote(1_000_000)  # 8 MB
+    assert hs.get(array, timeout=60)[-1] == 999_999
+    me = hs.get_runtime_context().get_node_id()
+    oid = array.id
+    with HeadClient(driver.address, driver.token) as head:
+
+        def holders() -> tuple[str, ...]:
+            places, _total = head.locate_objects([oid])
+            return places[0].node_ids if places else ()
+
+        # The driver read it: its own store has a copy, which its heartbeats report.
+        wait_for(lambda: me in holders(), 10, what="the head to list the driver's copy")
+        assert set(holders()) <= {me, driver.n1}
+        [place] = head.locate_objects([oid])[0]
+        assert place.size >= 8_000_000
+        stored = {n.node_id: n.objects for n in head.list_nodes()}
+        assert stored[me] >= 1
+        del array  # the last ref: every copy is freed, and the head hears of it
+        wait_for(
+            lambda: not head.locate_objects([oid])[0], 10, what="the head to forget the object"
+        )
 
 
 @hs.remote

@@ -80,7 +80,7 @@ def test_register_heartbeat_list_and_resources(make_head: Callable[..., HeadServ
         ack = client.register_node(_registration())
         assert ack.cluster_id == "c1" and ack.incarnation == 1
         assert ack.heartbeat_interval == FAST.heartbeat_interval
-        assert client.heartbeat("n1", {"CPU": 0.5}) == 1
+        assert client.heartbeat("n1", {"CPU": 0.5}).incarnation == 1
         [node] = client.list_nodes()
         assert node.state is NodeState.ALIVE and node.address == "127.0.0.2"
         assert node.available == {"CPU": 0.5} and node.last_heartbeat_at is not None
@@ -147,7 +147,7 @@ def test_an_agent_whose_id_was_taken_while_it_was_dead_stops_for_good(
             wait_for(lambda: fatal, 5, what="the agent to give up")
             assert isinstance(fatal[0], NodeIdTaken)
             # The taker's heartbeats keep it alive.
-            assert client.heartbeat("n1", {}) == 2
+            assert client.heartbeat("n1", {}).incarnation == 2
         finally:
             agent.stop(deregister=False)
 
@@ -197,11 +197,18 @@ def test_a_restarted_head_recovers_its_table_and_the_agent_carries_on(
         hostname="box",
         pid=1,
         resources=FixedResources(),
+        stored_objects=lambda: {7: 4096},
     )
     agent.register()
     agent.start()
     try:
         wait_for(lambda: agent.heartbeats >= 2, 5, what="heartbeats")
+        with HeadClient(head.address, TOKEN) as client:
+            places, total = client.locate_objects([7, 8])
+            assert [(p.object_id, p.size, p.node_ids) for p in places] == [(7, 4096, ("n1",))]
+            assert total == 1
+            [node] = client.list_nodes()
+            assert (node.objects, node.object_bytes) == (1, 4096)
         head.stop(grace=0)
         restarted = make_head(url, port=port, timing=slow)
         with HeadClient(restarted.address, TOKEN) as client:
@@ -215,6 +222,13 @@ def test_a_restarted_head_recovers_its_table_and_the_agent_carries_on(
             )
             [node] = client.list_nodes()
             assert node.state is NodeState.ALIVE and node.incarnation == 1
+            # The restarted head kept no objects: it asked the node for all of them.
+            wait_for(
+                lambda: client.locate_objects()[1] == 1,
+                10,
+                what="the node's store to be reported to the restarted head",
+            )
+            assert client.locate_objects()[0][0].node_ids == ("n1",)
     finally:
         agent.stop()
 

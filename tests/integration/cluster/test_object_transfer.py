@@ -124,9 +124,7 @@ def test_a_large_array_over_several_streams(served, sink_dir: Path, direct: bool
     root, channel = served
     array = np.random.default_rng(7).integers(0, 2**62, size=200 * 2**20 // 8, dtype=np.int64)
     (root / "7").write_bytes(array.tobytes())
-    pulled = pull_object(
-        channel, 7, _sink(sink_dir), split_at=8 * 2**20, streams=3, direct=direct
-    )
+    pulled = pull_object(channel, 7, _sink(sink_dir), split_at=8 * 2**20, streams=3, direct=direct)
     assert pulled.size == array.nbytes
     back = np.frombuffer((sink_dir / "7").read_bytes(), dtype=np.int64)
     assert np.array_equal(back, array)
@@ -141,9 +139,7 @@ def test_errors_keep_their_kind(served, sink_dir: Path, direct: bool) -> None:
     assert (sink_dir / "5").read_bytes() == b"pickled exception"
 
 
-def test_a_missing_object_raises_and_leaves_nothing(
-    served, sink_dir: Path, direct: bool
-) -> None:
+def test_a_missing_object_raises_and_leaves_nothing(served, sink_dir: Path, direct: bool) -> None:
     _root, channel = served
     with pytest.raises(ObjectNotOnNodeError, match="0x63 is not on node node-b") as info:
         pull_object(channel, 0x63, _sink(sink_dir), peer="node-b", direct=direct)
@@ -156,9 +152,7 @@ def test_many_objects_at_once(served, sink_dir: Path, direct: bool) -> None:
     sizes = {i: (i * 977_351) % (3 * 2**20) for i in range(1, 25)}
     for oid, size in sizes.items():
         (root / f"{oid:x}").write_bytes(os.urandom(size))
-    results = pull_objects(
-        channel, [*sizes, 0xDEAD], _sink(sink_dir), parallel=6, direct=direct
-    )
+    results = pull_objects(channel, [*sizes, 0xDEAD], _sink(sink_dir), parallel=6, direct=direct)
     assert isinstance(results.pop(0xDEAD), ObjectNotOnNodeError)
     for oid, outcome in results.items():
         assert not isinstance(outcome, TransferError), outcome
