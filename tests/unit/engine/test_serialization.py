@@ -7,6 +7,7 @@ import pickle
 import struct
 import threading
 import types
+from typing import Any
 
 import cloudpickle
 import numpy as np
@@ -309,3 +310,32 @@ def test_copyreg_registrations_still_reach_the_pickler() -> None:
         assert pickle.loads(cloudpickle_dumps(Point(4))) == 40
     finally:
         del copyreg.dispatch_table[Point]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ((1, 2.5, True, None, 3j), {}),
+        (("text", b"bytes"), {"k": [1, {"nested": (2, 3)}]}),
+        ((), {}),
+    ],
+)
+def test_plain_values_take_the_fast_path_with_the_same_bytes(value: Any) -> None:
+    ser = serialize(value)
+    assert ser.data == cloudpickle_dumps(value)  # what cloudpickle would have written
+    assert ser.contained == [] and ser.buffers == []
+    assert pickle.loads(ser.data) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ((lambda: 1,), {}),  # code: cloudpickle's job
+        ((b"x" * 4096,), {}),  # large enough to travel out of band
+        ((list(range(100)),), {}),  # too many items to look through
+    ],
+)
+def test_other_values_are_pickled_by_cloudpickle(value: Any) -> None:
+    ser = serialize(value)
+    restored = pickle.loads(ser.data, buffers=ser.buffers)
+    assert type(restored) is tuple and len(restored[0]) == 1
