@@ -62,7 +62,7 @@ from heliostat.engine.node_instructions import (
     TaskFailed,
 )
 from heliostat.engine.object_directory import ObjectDirectory, error_payload
-from heliostat.engine.object_table import ObjectEntry, ObjKind, keeps_lineage
+from heliostat.engine.object_table import KIND_OF, ObjectEntry, ObjKind, keeps_lineage
 from heliostat.engine.records import (
     PendingRevoke,
     TaskKind,
@@ -391,17 +391,17 @@ class Dispatch:
         spec = self._task_of(worker, event.task_id)
         if spec is None:
             for _oid, kind, payload, _contained, _size in event.results:
-                table.discard_payload(ObjKind(kind), payload)
+                table.discard_payload(KIND_OF[kind], payload)
             return
         entries = objects.entries
         for oid, kind, payload, contained, size in event.results:
             entry = entries.get(oid)
             if entry is None or entry.kind is not ObjKind.PENDING:
-                table.discard_payload(ObjKind(kind), payload)
+                table.discard_payload(KIND_OF[kind], payload)
                 continue
             if kind == _SHM:
                 table.make_room(size)
-            objects.set_value(entry, ObjKind(kind), payload, size, contained)
+            objects.set_value(entry, KIND_OF[kind], payload, size, contained)
         self._tasks.finish(spec, event.started, event.finished, "ok")
         self._after_execution(worker, spec)
 

@@ -36,7 +36,7 @@ from heliostat.engine.ids import format_id
 from heliostat.engine.records import TaskSpec, WorkerRecord
 from heliostat.engine.shm import unlink_quietly
 
-__all__ = ["ObjKind", "ObjectEntry", "ObjectTable"]
+__all__ = ["KIND_OF", "ObjKind", "ObjectEntry", "ObjectTable"]
 
 log = logging.getLogger("heliostat.engine")
 
@@ -50,6 +50,12 @@ class ObjKind(enum.IntEnum):
     SPILLED = 3  # a file at ``path`` in the spill directory
     ERROR = 4  # a pickled exception to raise at get
     FREED = 5  # value dropped; the entry stays only as lineage
+
+
+KIND_OF: tuple[ObjKind, ...] = tuple(ObjKind)
+"""``KIND_OF[k]`` is ``ObjKind(k)`` without the enum call (the result path reads one
+per value). The kinds are numbered 0, 1, 2... in order."""
+assert all(kind == i for i, kind in enumerate(KIND_OF))
 
 
 class ObjectEntry:

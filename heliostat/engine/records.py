@@ -50,6 +50,9 @@ class TaskKind(enum.IntEnum):
     ACTOR_CALL = 2
 
 
+_TASK_KINDS: tuple[TaskKind, ...] = tuple(TaskKind)  # by number, without the enum call
+
+
 class TaskState(enum.StrEnum):
     """Lifecycle of one task execution request."""
 
@@ -415,7 +418,7 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
     ) = fields
     return TaskSpec(
         task_id=task_id,
-        kind=TaskKind(kind),
+        kind=_TASK_KINDS[kind],
         name=name,
         fn_id=fn_id,
         args_payload=args_payload,
