@@ -181,6 +181,7 @@ class Peers(PeerActors):
         # Objects being copied here, by id. Invariant: a pull with a keeper is for a
         # PENDING entry, one without (0) for a REMOTE entry; none survives its entry.
         self.pulls: dict[int, _Pull] = {}
+        self.pull_count = 0  # pulls started, ever (``cluster_info``: objects_pulled)
         self.promised: dict[int, set[int]] = {}  # node -> ids it owes us (PushValues)
         self.remote_owner: dict[int, int] = {}  # executor side: task id -> owner node
         self.copies: dict[int, list[int]] = {}  # executor side: task id -> copies made
@@ -608,6 +609,7 @@ class Peers(PeerActors):
                     objects.set_value(entry, ObjKind.REMOTE, None, value.size, value.contained)
                 else:
                     self.pulls[oid] = _Pull(source, index, value.contained)
+                    self.pull_count += 1
                     table.make_room(value.size)
                     self._out.effect(PullObject(node=source, object_id=oid, size=value.size))
                 continue
@@ -637,6 +639,7 @@ class Peers(PeerActors):
         if oid in self.pulls or location is None:
             return
         self.pulls[oid] = _Pull(location.source, 0, ())
+        self.pull_count += 1
         self._objects.table.make_room(entry.size)
         self._out.effect(PullObject(node=location.source, object_id=oid, size=entry.size))
 
