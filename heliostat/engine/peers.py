@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,7 @@ from heliostat.engine.records import (
     transition,
 )
 from heliostat.engine.task_table import TaskTable
-from heliostat.exceptions import NodeDiedError, OwnerDiedError
+from heliostat.exceptions import NodeDiedError, ObjectLostError, OwnerDiedError
 from heliostat.scheduler import CPU, ResourceSet
 from heliostat.scheduler.placement import (
     NodeAffinity,
@@ -533,12 +534,55 @@ class Peers(PeerActors):
             self._release_pulled(index, values)
             return
         spec.remote_node = 0
+        if outcome == "error" and self._argument_lost(spec, values):
+            self._release_pulled(index, values)
+            if may_retry(spec):
+                log.warning(
+                    "node %s could not fetch an argument of %r; rebuilding it and retrying",
+                    format_id(index),
+                    spec.name,
+                )
+                self._tasks.record(spec, None, "argument lost")
+                self.hooks.retry(spec)
+                self.hooks.schedule()
+                return
         # Large results stay where they were made until a reader needs them.
         self._adopt(index, self._receive(index, values, pending, lazy=True))
         self._tasks.finish(spec, started, finished, outcome)
         if spec.kind is TaskKind.ACTOR_CALL:
             self.actors.remote_call_ended(spec)
         self.hooks.schedule()
+
+    def _argument_lost(self, spec: TaskSpec, values: list[WireValue]) -> bool:
+        """Whether ``spec`` failed on its node because an argument we said lived on a
+        third node could not be pulled from there (that node died, or lost it): then
+        the argument is lost here too (rebuilt from lineage when the task runs again),
+        as Ray's owner rebuilds an object a node failed to fetch."""
+        if spec.kind is not TaskKind.NORMAL or not spec.arg_ids or not values:
+            return False
+        entries = self._objects.entries
+        suspects = {
+            format_id(aid): arg
+            for aid in spec.arg_ids
+            if (arg := entries.get(aid)) is not None
+            and arg.kind in (ObjKind.REMOTE, ObjKind.FREED, ObjKind.PENDING)
+        }
+        first = values[0]
+        if not suspects or first.kind != int(ObjKind.ERROR):
+            return False
+        try:
+            exc = pickle.loads(first.payload or b"")
+        except Exception:  # not an error of ours, then
+            return False
+        if type(exc) is not ObjectLostError:
+            return False
+        arg = suspects.get(exc.object_id)
+        if arg is None:
+            return False
+        if arg.kind is ObjKind.REMOTE:
+            self.pulls.pop(arg.id, None)
+            self._objects.table.mark_lost(arg)  # its keeper is told (let_go)
+        return True
 
     def _release_pulled(self, index: int, values: list[WireValue]) -> None:
         ids = tuple(v.object_id for v in values if v.kind == int(_SHM))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 
+from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import Disconnect, Execute, Kill, TaskDone, WorkerExited
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.peers import (
@@ -334,6 +335,30 @@ def test_a_failed_pull_rebuilds_the_value_from_lineage(make_node, make_spec) -> 
     effects = node.effects()
     assert _of(effects, ReleaseAt) == [ReleaseAt(node=B, object_ids=(rid,))]
     assert [f.spec for f in _of(effects, ForwardTask)] == [spec]  # re-run for its value
+
+
+def test_a_task_whose_node_could_not_fetch_its_argument_runs_again_after_a_rebuild(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    maker, rid = _remote_result(node, peers, make_spec, max_retries=2)
+    reader = make_spec(args=(rid,), max_retries=1)
+    reader.strategy = NodeAffinitySchedulingStrategy(f"{C:020x}", soft=True)
+    node.state.submit(node.state.driver, reader)
+    assert [f.spec for f in _forwards(node)] == [reader]
+    # B lost the value (or died) before C pulled it: C reports the task failed so.
+    lost = ObjectLostError("gone", object_id=format_id(rid))
+    (ret,) = reader.return_ids
+    error = WireValue(ret, int(ObjKind.ERROR), pickle.dumps(lost), 0, ())
+    peers.on_report(C, reader.task_id, "error", 1.0, 2.0, [error], [])
+    effects = node.effects()
+    # The owner takes the value for lost, rebuilds it, and runs the reader again.
+    assert ReleaseAt(node=B, object_ids=(rid,)) in effects
+    forwards = {f.spec.task_id: f for f in _of(effects, ForwardTask)}
+    assert set(forwards) == {maker.task_id, reader.task_id}
+    assert forwards[reader.task_id].pending == (rid,)  # its value follows when rebuilt
+    assert reader.state is TaskState.RUNNING and reader.attempts == 2
+    assert node.state.objects.entries[ret].kind is ObjKind.PENDING
 
 
 def test_a_remote_value_that_cannot_be_rebuilt_raises_object_lost(make_node, make_spec) -> None:
