@@ -128,14 +128,18 @@ class _Pull:
     """A copy of an object under way from node ``source`` into our store.
 
     ``keeper``: the node that keeps the object for us, told (ReleaseAt) once the copy
-    is here. 0 for the pull of a REMOTE value: its keeper keeps its hold until the
-    entry is freed (:meth:`Peers.let_go`), since we may have told other nodes to pull
-    from ``source`` meanwhile.
+    is here. 0 for the pull of a REMOTE value (``location``: the one it was pulled
+    for): its keeper keeps its hold until the entry is freed (:meth:`Peers.let_go`),
+    since we may have told other nodes to pull from ``source`` meanwhile.
+
+    One pull per object at a time (its bytes go to the object's one segment path): a
+    record stays until the pull ends, even when the entry it was for is gone.
     """
 
     source: int
     keeper: int
     contained: tuple[int, ...]
+    location: Location | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,8 +183,9 @@ class Peers(PeerActors):
         self.procs: dict[int, WorkerRecord] = {}  # a stand-in holder per peer node
         self.inflight: dict[int, dict[int, TaskSpec]] = {}  # owner side, by node
         self._sent_fns: dict[int, set[bytes]] = {}
-        # Objects being copied here, by id. Invariant: a pull with a keeper is for a
-        # PENDING entry, one without (0) for a REMOTE entry; none survives its entry.
+        # Objects being copied here, by id: at most one pull per object, its record
+        # kept until it ends (a pull with a keeper fills a PENDING entry, one without
+        # a REMOTE one; either may outlive the entry it was for: _Pull).
         self.pulls: dict[int, _Pull] = {}
         self.pull_count = 0  # pulls started, ever (``cluster_info``: objects_pulled)
         self.promised: dict[int, set[int]] = {}  # node -> ids it owes us (PushValues)
@@ -312,7 +317,6 @@ class Peers(PeerActors):
         us, are lost; they are rebuilt from lineage when a reader needs them (at once
         if one waits). Our own copies of them stay."""
         objects = self._objects
-        pulls = self.pulls
         for entry in list(objects.entries.values()):
             location = entry.remote
             if location is None or index not in (location.source, location.keeper):
@@ -320,7 +324,6 @@ class Peers(PeerActors):
             if entry.kind is not ObjKind.REMOTE:
                 self.let_go(entry)  # the bytes are here too
                 continue
-            pulls.pop(entry.id, None)
             if entry.waiters:
                 objects.lost(entry)
             else:
@@ -580,7 +583,6 @@ class Peers(PeerActors):
         if arg is None:
             return False
         if arg.kind is ObjKind.REMOTE:
-            self.pulls.pop(arg.id, None)
             self._objects.table.mark_lost(arg)  # its keeper is told (let_go)
         return True
 
@@ -634,7 +636,8 @@ class Peers(PeerActors):
                 entry = table.create(oid, proc, None)
                 created.append(oid)
             large = value.kind == int(_SHM)
-            if entry.kind is not ObjKind.PENDING or (large and oid in self.pulls):
+            under_way = self.pulls.get(oid) if large else None
+            if entry.kind is not ObjKind.PENDING or (under_way is not None and under_way.keeper):
                 if large:  # we have it (or it is on its way): the sender need not keep it
                     release.append(oid)
                 continue
@@ -644,7 +647,11 @@ class Peers(PeerActors):
                     # We keep whatever we told anyone to pull from here, so this is not
                     # expected; the sender is the only other place to ask.
                     source = index
-                if lazy:
+                if under_way is not None and not lazy:
+                    # The bytes of an earlier value of it are still coming (a pull for
+                    # an entry since dropped): they serve this one.
+                    self.pulls[oid] = _Pull(under_way.source, index, value.contained)
+                elif lazy:
                     for cid in value.contained:
                         if cid not in entries:
                             table.create(cid, proc, None)
@@ -680,9 +687,10 @@ class Peers(PeerActors):
         are (once, however many readers ask)."""
         oid = entry.id
         location = entry.remote
-        if oid in self.pulls or location is None:
-            return
-        self.pulls[oid] = _Pull(location.source, 0, ())
+        assert location is not None, "a REMOTE entry always says where it lives"
+        if oid in self.pulls:
+            return  # its bytes are on their way (for this location or an earlier one)
+        self.pulls[oid] = _Pull(location.source, 0, (), location)
         self.pull_count += 1
         self._objects.table.make_room(entry.size)
         self._out.effect(PullObject(node=location.source, object_id=oid, size=entry.size))
@@ -699,16 +707,16 @@ class Peers(PeerActors):
         objects = self._objects
         entry = objects.entries.get(object_id)
         if pull is None:  # given up on (its node died): the entry was dealt with
-            objects.table.discard_payload(ObjKind.SHM, path)
+            self._discard(object_id, path)
             return
         if not pull.keeper:
             if entry is not None and entry.kind is ObjKind.REMOTE:
-                objects.localized(entry, path)
+                objects.localized(entry, path)  # (for an earlier location too: same bytes)
             else:
-                objects.table.discard_payload(ObjKind.SHM, path)
+                self._discard(object_id, path)
             return
         if entry is None or entry.kind is not ObjKind.PENDING:
-            objects.table.discard_payload(ObjKind.SHM, path)
+            self._discard(object_id, path)
         else:
             keeper = pull.keeper
             proc = self.procs.get(keeper)
@@ -721,6 +729,12 @@ class Peers(PeerActors):
             self._adopt(keeper, created)
         if pull.keeper in self.nodes:
             self._out.effect(ReleaseAt(node=pull.keeper, object_ids=(object_id,)))
+
+    def _discard(self, object_id: int, path: str) -> None:
+        """Drop pulled bytes nobody wants, unless the object's entry lives there now."""
+        entry = self._objects.entries.get(object_id)
+        if entry is None or entry.path != path:
+            self._objects.table.discard_payload(ObjKind.SHM, path)
 
     def pull_failed(self, object_id: int, reason: str) -> None:
         """A pull failed (the node died, or lost the object): rebuild it, or fail it."""
@@ -736,7 +750,14 @@ class Peers(PeerActors):
         entry = self._objects.entries.get(object_id)
         if pull.keeper and pull.keeper in self.nodes:
             self._out.effect(ReleaseAt(node=pull.keeper, object_ids=(object_id,)))
-        if entry is not None and entry.kind in (ObjKind.PENDING, ObjKind.REMOTE):
+        if entry is None:
+            return
+        if entry.kind is ObjKind.REMOTE and entry.remote is not pull.location:
+            # A pull for an earlier location of it (since let go of): try the new one.
+            if entry.waiters:
+                self.fetch(entry)
+            return
+        if entry.kind in (ObjKind.PENDING, ObjKind.REMOTE):
             self._objects.lost(entry)  # a REMOTE one's keeper is told (let_go)
 
     def on_release(self, index: int, ids: list[int]) -> None:

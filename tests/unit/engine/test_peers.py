@@ -361,6 +361,33 @@ def test_a_task_whose_node_could_not_fetch_its_argument_runs_again_after_a_rebui
     assert node.state.objects.entries[ret].kind is ObjKind.PENDING
 
 
+def test_a_value_rebuilt_while_an_old_pull_of_it_runs_waits_for_that_pull(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node)
+    spec, rid = _remote_result(node, peers, make_spec, max_retries=2)
+    entry = node.state.objects.entries[rid]
+    entry.lineage_refs += 1  # a downstream task's lineage keeps it as a recipe
+    _ask(node, "wait", 1, [rid], 1, True)  # pulls it (then forgotten: a timeout)
+    node.state.verbs["forget"](node.state.driver, None, 1)
+    node.state.verbs["release"](node.state.driver, None, [rid])
+    assert entry.kind is ObjKind.FREED
+    assert _of(node.effects(), ReleaseAt) == [ReleaseAt(node=B, object_ids=(rid,))]
+    # Rebuilt, and reported again before the first pull ended: the value has a new
+    # location, and no second pull starts while the first one writes its segment.
+    got = _ask(node, "get", 2, [rid])
+    assert [f.spec for f in _forwards(node)] == [spec]
+    peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, [WireValue(rid, SHM, None, 4096, ())], [])
+    assert entry.kind is ObjKind.REMOTE
+    assert _of(node.effects(), PullObject) == []
+    # The first pull fails (B had let go of that copy): the new location is pulled.
+    peers.pull_failed(rid, "not found")
+    assert entry.kind is ObjKind.REMOTE
+    assert _of(node.effects(), PullObject) == [PullObject(node=B, object_id=rid, size=4096)]
+    peers.pulled(rid, "/dev/shm/heliostat-x-1", 4096)
+    assert got == [[(rid, SHM, "/dev/shm/heliostat-x-1")]]
+
+
 def test_a_remote_value_that_cannot_be_rebuilt_raises_object_lost(make_node, make_spec) -> None:
     node, peers = _cluster(make_node, peers=(B, C))
     _spec, rid = _remote_result(node, peers, make_spec, max_retries=0)
