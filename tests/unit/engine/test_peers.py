@@ -205,6 +205,61 @@ def test_the_last_ref_to_a_remote_value_frees_it_where_it_lives_without_a_pull(
     assert rid not in node.state.objects.entries
 
 
+def test_a_pulled_remote_value_spills_like_any_other_and_still_lets_its_holder_go(
+    make_node, make_spec, tmp_path
+) -> None:
+    node, peers = _cluster(make_node)  # a 1 MiB store
+    size = 600_000
+    refs = [_remote_result(node, peers, make_spec, size=size)[1] for _ in range(2)]
+    paths = []
+    for i, rid in enumerate(refs):
+        got = _ask(node, "get", i + 1, [rid])
+        node.effects()
+        path = tmp_path / f"segment-{i}"
+        path.write_bytes(b"x" * size)
+        paths.append(str(path))
+        peers.pulled(rid, str(path), size)
+        assert got == [[(rid, SHM, str(path))]]
+    # Room for the second was made by spilling the first (the least recently used).
+    first = node.state.objects.entries[refs[0]]
+    assert first.kind is ObjKind.SPILLED and node.state.objects.table.used == size
+    node.state.verbs["release"](node.state.driver, None, [refs[0]])
+    assert _of(node.effects(), ReleaseAt) == [ReleaseAt(node=B, object_ids=(refs[0],))]
+    assert node.state.objects.table.spilled_bytes == 0
+
+
+def test_a_large_value_nested_in_a_small_result_stays_where_it_was_made(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node)
+    spec = make_spec()
+    node.state.submit(node.state.driver, spec)
+    node.effects()
+    rid = spec.return_ids[0]
+    inner = (B << 64) | 7  # a ref B minted (a put in the task), large, inside the result
+    peers.on_report(
+        B,
+        spec.task_id,
+        "ok",
+        1.0,
+        2.0,
+        [WireValue(rid, INLINE, b"[ref]", 5, (inner,)), WireValue(inner, SHM, None, 4096, ())],
+        [],
+    )
+    assert node.effects() == []
+    entries = node.state.objects.entries
+    assert entries[rid].kind is ObjKind.INLINE
+    assert entries[inner].kind is ObjKind.REMOTE and entries[inner].count == 1  # the list
+    # A reader of the inner ref pulls it; dropping the list lets B free it.
+    got = _ask(node, "get", 1, [inner])
+    assert _of(node.effects(), PullObject) == [PullObject(node=B, object_id=inner, size=4096)]
+    peers.pulled(inner, "/dev/shm/heliostat-x-7", 4096)
+    assert got == [[(inner, SHM, "/dev/shm/heliostat-x-7")]]
+    node.state.verbs["release"](node.state.driver, None, [rid])
+    assert node.effects() == [ReleaseAt(node=B, object_ids=(inner,))]
+    assert inner not in entries
+
+
 def test_a_task_run_on_the_owners_node_pulls_its_remote_arguments_first(
     make_node, make_spec
 ) -> None:
