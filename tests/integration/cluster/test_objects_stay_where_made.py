@@ -163,6 +163,12 @@ def test_a_value_lost_with_its_node_before_anyone_pulled_it_is_rebuilt(
         assert hs.wait([ref], timeout=60, fetch_local=False)[0] == [ref]
         assert location(ref) == "REMOTE"
         os.killpg(daemons.pid("a", "node"), signal.SIGKILL)  # the node and its workers
+        # A reader sent to B at once is told the value is on A (the driver does not
+        # know A is dead yet): B cannot pull it, and the driver rebuilds it and runs
+        # the reader again.
+        reader = read.options(scheduling_strategy=on(cluster.b)).remote(ref)
         node, array = hs.get(ref, timeout=120)  # re-run where it can run now
         assert node != cluster.a
         assert int(array[0]) == 9 and array.nbytes == SIZE
+        maker, where, checksum = hs.get(reader, timeout=120)
+        assert maker != cluster.a and where == cluster.b and checksum == 18
