@@ -101,7 +101,7 @@ class Waiter:
         need: int,
         reply: Reply,
         is_get: bool,
-        fetch: bool = True,
+        fetch: bool = False,
     ) -> None:
         self.proc = proc
         self.req_id = req_id
@@ -110,7 +110,9 @@ class Waiter:
         self.reply = reply
         self.is_get = is_get
         self.done = False  # answered (or forgotten): later progress is ignored
-        self.fetch = fetch  # a REMOTE value counts once it is here (a get always fetches)
+        # A REMOTE value counts once it is pulled here (gets, waits with fetch_local),
+        # or (False) as soon as it is made, wherever (a push to a peer waits so).
+        self.fetch = fetch
 
 
 class ObjectDirectory:
@@ -182,16 +184,25 @@ class ObjectDirectory:
         self.remote.fetch(entry)
 
     def _wake(self, entry: ObjectEntry) -> None:
-        """The value of ``entry`` is here: advance the tasks and gets waiting on it."""
+        """The value of ``entry`` is set: advance the tasks and gets waiting on it.
+
+        A value set as REMOTE (made on another node) is ready for a task (which pulls
+        what it needs once it is about to run here) and for a wait that does not
+        fetch; a get or a fetching wait starts its pull now and waits on.
+        """
         waiters = entry.waiters
         if waiters:
             entry.waiters = None
+            remote = entry.kind is ObjKind.REMOTE
             for waiter in waiters:
                 if type(waiter) is TaskSpec:
                     if waiter.state is TaskState.WAITING:
                         waiter.pending_deps -= 1
                         if waiter.pending_deps == 0:
                             self.hooks.dependency_ready(waiter)
+                elif remote and waiter.fetch and not waiter.done:
+                    self.fetch(entry)
+                    entry.waiters = [*(entry.waiters or ()), waiter]
                 else:
                     self._progress(waiter, entry)
 
@@ -389,6 +400,21 @@ class ObjectDirectory:
                 and not (waiter.fetch and e.kind is ObjKind.REMOTE)
             ]
             waiter.reply(True, ready_ids)
+            return
+        remote = {
+            entry.id: entry
+            for oid in waiter.ids
+            if (entry := entries.get(oid)) is not None and entry.kind is ObjKind.REMOTE
+        }
+        if remote:
+            # Made on other nodes again since (rebuilt): pull them all, then answer.
+            waiter.done = False
+            waiter.need = len(remote)
+            for entry in remote.values():
+                self.fetch(entry)
+                entry.waiters = [*(entry.waiters or ()), waiter]
+            self.waiters[(waiter.proc.index, waiter.req_id)] = waiter
+            self.hooks.block(waiter.proc)
             return
         values = []
         for oid in waiter.ids:

@@ -16,6 +16,7 @@ from heliostat.engine.peers import (
     ForwardTask,
     PeerInfo,
     PullObject,
+    PushValues,
     ReleaseAt,
     ReportTask,
     WireValue,
@@ -258,6 +259,49 @@ def test_a_large_value_nested_in_a_small_result_stays_where_it_was_made(
     node.state.verbs["release"](node.state.driver, None, [rid])
     assert node.effects() == [ReleaseAt(node=B, object_ids=(inner,))]
     assert inner not in entries
+
+
+def test_a_get_waiting_for_results_pulls_each_as_soon_as_it_is_reported(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node)
+    specs = [make_spec() for _ in range(2)]
+    for spec in specs:
+        spec.strategy = NodeAffinitySchedulingStrategy(f"{B:020x}", soft=True)
+        node.state.submit(node.state.driver, spec)
+    node.effects()
+    rids = [spec.return_ids[0] for spec in specs]
+    got = _ask(node, "get", 1, rids)
+    for spec, rid in zip(specs, rids, strict=True):
+        value = WireValue(rid, SHM, None, 4096, ())
+        peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, [value], [])
+        assert _of(node.effects(), PullObject) == [PullObject(node=B, object_id=rid, size=4096)]
+    peers.pulled(rids[1], "/dev/shm/heliostat-x-2", 4096)
+    assert got == []
+    peers.pulled(rids[0], "/dev/shm/heliostat-x-1", 4096)
+    assert got == [
+        [(rids[0], SHM, "/dev/shm/heliostat-x-1"), (rids[1], SHM, "/dev/shm/heliostat-x-2")]
+    ]
+
+
+def test_a_nested_ref_made_later_elsewhere_is_pushed_as_its_location(make_node, make_spec) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    maker = make_spec()
+    maker.strategy = NodeAffinitySchedulingStrategy(f"{B:020x}", soft=False)
+    node.state.submit(node.state.driver, maker)
+    node.effects()
+    (inner,) = maker.return_ids
+    reader = make_spec()
+    reader.contained = (inner,)  # a list holding the ref, say
+    reader.strategy = NodeAffinitySchedulingStrategy(f"{C:020x}", soft=False)
+    node.state.submit(node.state.driver, reader)
+    (forward,) = _forwards(node)
+    assert forward.node == C and forward.pending == (inner,)
+    peers.on_report(B, maker.task_id, "ok", 1.0, 2.0, [WireValue(inner, SHM, None, 4096, ())], [])
+    # C is told where it lives; the owner pulls nothing.
+    assert node.effects() == [
+        PushValues(node=C, values=(WireValue(inner, SHM, None, 4096, (), B),))
+    ]
 
 
 def test_a_task_run_on_the_owners_node_pulls_its_remote_arguments_first(
