@@ -188,6 +188,9 @@ class Peers(PeerActors):
         # a REMOTE one; either may outlive the entry it was for: _Pull).
         self.pulls: dict[int, _Pull] = {}
         self.pull_count = 0  # pulls started, ever (``cluster_info``: objects_pulled)
+        # Ids of our entries with a location that names each node (as source or keeper),
+        # so that a node's death costs what it held for us, not a scan of every entry.
+        self.located: dict[int, set[int]] = {}
         self.promised: dict[int, set[int]] = {}  # node -> ids it owes us (PushValues)
         self.remote_owner: dict[int, int] = {}  # executor side: task id -> owner node
         self.copies: dict[int, list[int]] = {}  # executor side: task id -> copies made
@@ -317,9 +320,13 @@ class Peers(PeerActors):
         us, are lost; they are rebuilt from lineage when a reader needs them (at once
         if one waits). Our own copies of them stay."""
         objects = self._objects
-        for entry in list(objects.entries.values()):
-            location = entry.remote
-            if location is None or index not in (location.source, location.keeper):
+        entries = objects.entries
+        for oid in self.located.pop(index, ()):
+            entry = entries.get(oid)
+            location = entry.remote if entry is not None else None
+            if entry is None or location is None:
+                continue
+            if index not in (location.source, location.keeper):
                 continue
             if entry.kind is not ObjKind.REMOTE:
                 self.let_go(entry)  # the bytes are here too
@@ -657,6 +664,9 @@ class Peers(PeerActors):
                             table.create(cid, proc, None)
                             created.append(cid)
                     entry.remote = Location(source, index)
+                    located = self.located
+                    located.setdefault(source, set()).add(oid)
+                    located.setdefault(index, set()).add(oid)
                     objects.set_value(entry, ObjKind.REMOTE, None, value.size, value.contained)
                 else:
                     self.pulls[oid] = _Pull(source, index, value.contained)
@@ -698,7 +708,15 @@ class Peers(PeerActors):
     def let_go(self, entry: ObjectEntry) -> None:
         """``entry`` is freed or lost (or its keeper died): its keeper may drop it."""
         location, entry.remote = entry.remote, None
-        if location is not None and location.keeper in self.nodes:
+        if location is None:
+            return
+        for index in (location.source, location.keeper):
+            ids = self.located.get(index)
+            if ids is not None:
+                ids.discard(entry.id)
+                if not ids:
+                    del self.located[index]
+        if location.keeper in self.nodes:
             self._out.effect(ReleaseAt(node=location.keeper, object_ids=(entry.id,)))
 
     def pulled(self, object_id: int, path: str, size: int) -> None:

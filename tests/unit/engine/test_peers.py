@@ -191,9 +191,11 @@ def test_a_large_result_stays_on_the_node_that_made_it_until_a_get_pulls_it(
     # B keeps its copy while ours lives (we may have told others to pull from it) ...
     assert _of(node.effects(), ReleaseAt) == []
     # ... and lets go of it with our last ref.
+    assert peers.located == {B: {rid}}
     node.state.verbs["release"](node.state.driver, None, [rid])
     assert _of(node.effects(), ReleaseAt) == [ReleaseAt(node=B, object_ids=(rid,))]
     assert rid not in node.state.objects.entries
+    assert peers.located == {}
 
 
 def test_the_last_ref_to_a_remote_value_frees_it_where_it_lives_without_a_pull(
@@ -415,6 +417,7 @@ def test_a_remote_value_whose_node_dies_is_rebuilt_when_it_is_needed(make_node, 
     spec, rid = _remote_result(node, peers, make_spec, max_retries=2)
     peers.update([_peer(C)])  # B dies: nothing is redone until someone reads the value
     assert node.state.objects.entries[rid].kind is ObjKind.FREED
+    assert peers.located == {}
     assert node.effects() == []
     got = _ask(node, "get", 1, [rid])
     (forward,) = _forwards(node)
