@@ -410,8 +410,10 @@ def wait(
 
     ``refs`` may hold ``ObjectRefGenerator``s too, as in Ray: a generator is ready when
     ``next()`` on it would not block (its next item was yielded, or it has ended).
-    Both lists keep the input order. ``fetch_local=False`` (Ray: do not pull the values
-    to this node) changes nothing on one node, where every value is already local.
+    Both lists keep the input order. With ``fetch_local`` (the default, as in Ray) a
+    value made on another node of a cluster is ready once it has been pulled to this
+    node; ``fetch_local=False`` counts it ready where it is, and pulls nothing. On one
+    node every value is already local.
     """
     if not isinstance(fetch_local, bool):
         raise TypeError(f"wait(): fetch_local must be a bool, not {type(fetch_local).__name__}.")
@@ -428,8 +430,8 @@ def wait(
         raise ValueError(f"num_returns must be between 0 and {len(refs)}, got {num_returns}.")
     client = _rt.current_client()
     if any(type(r) is not ObjectRef for r in refs):
-        return wait_with_generators(client, refs, num_returns, timeout)
-    return client.wait(refs, num_returns, timeout)
+        return wait_with_generators(client, refs, num_returns, timeout, fetch_local)
+    return client.wait(refs, num_returns, timeout, fetch_local)
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -382,18 +382,26 @@ class CoreClient:
         raise HeliostatError(f"object {format_id(object_id)} keeps moving; giving up")
 
     def wait(
-        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+        self,
+        refs: Sequence[ObjectRef],
+        num_returns: int,
+        timeout: float | None,
+        fetch_local: bool = True,
     ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        """Ready and not ready refs; ``fetch_local``: a value made on another node of a
+        cluster is ready once it has been pulled to this node (as in Ray)."""
         if self.tracker.has_pending():
             self.tracker.drain()
         req_id = next(self._req_ids)
         ids = [r.id for r in refs]
         try:
-            ready_ids = self._call("wait", req_id, ids, num_returns, timeout=timeout, req_id=req_id)
+            ready_ids = self._call(
+                "wait", req_id, ids, num_returns, fetch_local, timeout=timeout, req_id=req_id
+            )
         except GetTimeoutError:
             # wait() is answered with what is ready now, then.
             req_id = next(self._req_ids)
-            ready_ids = self._call("wait", req_id, ids, 0, timeout=None, req_id=req_id)
+            ready_ids = self._call("wait", req_id, ids, 0, fetch_local, timeout=None, req_id=req_id)
         ready_set = set(ready_ids)
         ready: list[ObjectRef] = []
         not_ready: list[ObjectRef] = []
@@ -479,8 +487,9 @@ class DriverClient(CoreClient):
 
     def on_ready(self, ref: ObjectRef, callback: Callable[[ObjectRef], None]) -> None:
         req_id = next(self._req_ids)
+        # Ready means made: a value on another node is not pulled here for this.
         self._manager.handle(
-            self._proc, "wait", (req_id, [ref.id], 1), lambda ok, value: callback(ref)
+            self._proc, "wait", (req_id, [ref.id], 1, False), lambda ok, value: callback(ref)
         )
 
     def _call(self, verb: str, *args: Any, timeout: float | None = None, req_id: int = 0) -> Any:

@@ -240,8 +240,24 @@ class Dispatch:
             return
         if spec.kind is TaskKind.ACTOR_CALL:
             actors.pump(actor)
-        else:
+        elif not self._fetch_remote_args(spec):
             actors.start(actor)
+
+    def _fetch_remote_args(self, spec: TaskSpec) -> bool:
+        """Pull the arguments of an actor's constructor that live on other nodes here,
+        before the actor starts: wherever it is placed now, a restart may run it here.
+        True if the creation waits for them."""
+        objects = self._objects
+        entries = objects.entries
+        remote = 0
+        for aid in spec.arg_ids:
+            arg = entries.get(aid)
+            if arg is not None and arg.kind is ObjKind.REMOTE:
+                objects.fetch(arg)
+                arg.waiters = (arg.waiters or []) + [spec]
+                remote += 1
+        spec.pending_deps += remote
+        return remote > 0
 
     def _routed(self, spec: TaskSpec) -> bool:
         """Place a ready task with an explicit strategy over the cluster: True if it was

@@ -211,6 +211,7 @@ def wait_with_generators(
     items: Sequence[ObjectRef | ObjectRefGenerator],
     num_returns: int,
     timeout: float | None,
+    fetch_local: bool = True,
 ) -> tuple[list[Any], list[Any]]:
     """``wait()`` over refs and generators: a generator is ready when ``next`` won't block.
 
@@ -230,13 +231,13 @@ def wait_with_generators(
         need = num_returns - len(ready_gens)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if refs and need > 0:
-            ready_refs, _ = client.wait(refs, min(need, len(refs)), 0)
+            ready_refs, _ = client.wait(refs, min(need, len(refs)), 0, fetch_local)
         if need <= len(ready_refs) or left == 0.0:
             break
         if refs and len(ready_refs) < len(refs):
             # Refs not all ready: wait on them a little, then look at the generators.
             step = _MIXED_SLICE_S if left is None else min(_MIXED_SLICE_S, left)
-            client.wait(refs, min(need, len(refs)), step)
+            client.wait(refs, min(need, len(refs)), step, fetch_local)
         else:
             wakeup.wait(left)
             wakeup.clear()

@@ -243,7 +243,9 @@ class WireValue:
     """One object's value between nodes.
 
     ``kind`` INLINE or ERROR: ``payload`` is the value. SHM: the value is ``size``
-    bytes in the sender's store, to pull (``payload`` is None).
+    bytes to pull (``payload`` is None) from the store of node ``at``, or of the sender
+    when ``at`` is 0; either way the sender keeps it for the receiver until the
+    receiver's :class:`ReleaseAt`.
     """
 
     object_id: int
@@ -251,6 +253,7 @@ class WireValue:
     payload: bytes | None
     size: int
     contained: tuple[int, ...]
+    at: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -298,7 +301,8 @@ class PullObject:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReleaseAt:
-    """We have our copies of these objects: ``node`` may let go of them."""
+    """We no longer need ``node`` to keep these objects for us (we have our copies, or
+    let go of our refs): it may drop them."""
 
     node: int
     object_ids: tuple[int, ...]

@@ -12,7 +12,8 @@
   one ``Deliver`` call, so order is kept per peer and a burst of small tasks costs one
   round trip per batch, not per task;
 * pulls objects the node needs into its own segments (``transfer.pull_object``) on a
-  small thread pool;
+  small thread pool, from whichever node ``peers.py`` names: the one that holds the
+  bytes, which is not always the one that told us about them;
 * keeps local copies of other nodes' workflow lease beacons for the steps that run
   here (``engine/beacon_mirror.py``), and answers ``NodeService.LeaseDeadline`` about
   its own driver's;
@@ -106,6 +107,7 @@ def _wire_values(values: Sequence[WireValue]) -> list[node_pb2.WireValue]:
             payload=v.payload or b"",
             size=v.size,
             contained=[id_bytes(c) for c in v.contained],
+            at=v.at,
         )
         for v in values
     ]
@@ -119,6 +121,7 @@ def _values(messages: Sequence[Any]) -> list[WireValue]:
             m.payload if m.kind != int(ObjKind.SHM) else None,
             m.size,
             tuple(_int(c) for c in m.contained),
+            m.at,
         )
         for m in messages
     ]
@@ -427,8 +430,16 @@ class NodeLink:
             return sender
 
     def _pull(self, index: int, object_id: int) -> None:
-        """Copy one object from node ``index`` into a segment of ours (a pool thread)."""
+        """Copy one object from node ``index`` into a segment of ours (a pool thread).
+
+        ``index`` may be a node this one has not heard from yet (the owner of a task
+        named where its argument lives): the head's node table says where it is.
+        """
         sender = self._sender(index)
+        if sender is None:
+            with contextlib.suppress(Exception):
+                self.refresh()
+            sender = self._sender(index)
         try:
             if sender is None:
                 raise TransferError(f"node {format_id(index)} is not a live node")

@@ -370,6 +370,8 @@ class NodeManager:
             "started_at": self.started_at,
             # Live peer nodes of a cluster (0 on a node of its own).
             "cluster_peers": len(state.peers.nodes) if state.peers is not None else 0,
+            # Objects this node copied from its peers since it started.
+            "objects_pulled": state.peers.pull_count if state.peers is not None else 0,
         }
 
     def introspect_locked(self, what: str) -> Any:

@@ -424,9 +424,15 @@ class NodeState:
         self.objects.await_ids(proc, req_id, ids, len(set(ids)), reply, True)
 
     def _v_wait(
-        self, proc: WorkerRecord, reply: Reply, req_id: int, ids: list[int], num_returns: int
+        self,
+        proc: WorkerRecord,
+        reply: Reply,
+        req_id: int,
+        ids: list[int],
+        num_returns: int,
+        fetch_local: bool = True,
     ) -> None:
-        self.objects.await_ids(proc, req_id, ids, num_returns, reply, False)
+        self.objects.await_ids(proc, req_id, ids, num_returns, reply, False, fetch_local)
 
     def _v_forget(self, proc: WorkerRecord, reply: Reply | None, req_id: int) -> None:
         self.objects.forget(proc, req_id)

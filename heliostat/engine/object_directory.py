@@ -13,6 +13,11 @@
 - **Lost values.** A value whose segment vanished, or that was freed while a reader
   still wanted it, is rebuilt from lineage (``hooks.reconstruct``) or replaced by an
   ``ObjectLostError``.
+- **Values on other nodes.** In a cluster an entry may be ``REMOTE``: ready (a task
+  that takes it is ready, ``wait(fetch_local=False)`` counts it), but its bytes are on
+  another node. A reader here (a ``get``, a ``wait`` that fetches, a task or actor
+  call that runs here) asks ``remote.fetch`` to pull it and waits like any waiter on a
+  pending value; :meth:`ObjectDirectory.localized` answers them once it is here.
 - **Streams.** Items of streaming generator tasks (``streams.py``).
 
 Nothing here writes to a socket: answers go through the ``reply`` callback the caller
@@ -37,7 +42,15 @@ from heliostat.engine.streams import StreamState
 from heliostat.engine.worker_registry import WorkerRegistry
 from heliostat.exceptions import ObjectLostError, TaskCancelledError
 
-__all__ = ["ActorHandles", "DirectoryHooks", "ObjectDirectory", "Reply", "Waiter", "error_payload"]
+__all__ = [
+    "ActorHandles",
+    "DirectoryHooks",
+    "ObjectDirectory",
+    "RemoteValues",
+    "Reply",
+    "Waiter",
+    "error_payload",
+]
 
 log = logging.getLogger("heliostat.engine")
 
@@ -59,6 +72,12 @@ class DirectoryHooks(Protocol):
     def unblock(self, proc: WorkerRecord) -> None: ...
 
 
+class RemoteValues(Protocol):
+    """Pulls values that live on other nodes (``peers.Peers``)."""
+
+    def fetch(self, entry: ObjectEntry) -> None: ...
+
+
 class ActorHandles(Protocol):
     """Handle counts of actors (``actor_directory.ActorDirectory``)."""
 
@@ -72,10 +91,17 @@ class ActorHandles(Protocol):
 class Waiter:
     """A pending get or wait: answered when ``need`` more of its ids are ready."""
 
-    __slots__ = ("proc", "req_id", "ids", "need", "reply", "is_get", "done")
+    __slots__ = ("proc", "req_id", "ids", "need", "reply", "is_get", "done", "fetch")
 
     def __init__(
-        self, proc: WorkerRecord, req_id: int, ids: list[int], need: int, reply: Reply, is_get: bool
+        self,
+        proc: WorkerRecord,
+        req_id: int,
+        ids: list[int],
+        need: int,
+        reply: Reply,
+        is_get: bool,
+        fetch: bool = False,
     ) -> None:
         self.proc = proc
         self.req_id = req_id
@@ -84,6 +110,9 @@ class Waiter:
         self.reply = reply
         self.is_get = is_get
         self.done = False  # answered (or forgotten): later progress is ignored
+        # A REMOTE value counts once it is pulled here (gets, waits with fetch_local),
+        # or (False) as soon as it is made, wherever (a push to a peer waits so).
+        self.fetch = fetch
 
 
 class ObjectDirectory:
@@ -116,6 +145,7 @@ class ObjectDirectory:
         # Wired by the node manager once every part exists (they call each other).
         self.hooks: DirectoryHooks
         self.handles: ActorHandles
+        self.remote: RemoteValues | None = None  # set when the node joins a cluster
 
     # ------------------------------------------------------------- values --
 
@@ -141,15 +171,38 @@ class ObjectDirectory:
                     self.pin_any(cid)
             contained = tuple(c for c in contained if c not in actors)
         self.table.set_value(entry, kind, payload, size, contained)
+        self._wake(entry)
+
+    def localized(self, entry: ObjectEntry, path: str) -> None:
+        """The bytes of a REMOTE value were pulled to ``path``: its readers go on."""
+        self.table.localize(entry, path)
+        self._wake(entry)
+
+    def fetch(self, entry: ObjectEntry) -> None:
+        """Pull a REMOTE value here (once, however many readers ask)."""
+        assert self.remote is not None, "a REMOTE value on a node outside a cluster"
+        self.remote.fetch(entry)
+
+    def _wake(self, entry: ObjectEntry) -> None:
+        """The value of ``entry`` is set: advance the tasks and gets waiting on it.
+
+        A value set as REMOTE (made on another node) is ready for a task (which pulls
+        what it needs once it is about to run here) and for a wait that does not
+        fetch; a get or a fetching wait starts its pull now and waits on.
+        """
         waiters = entry.waiters
         if waiters:
             entry.waiters = None
+            remote = entry.kind is ObjKind.REMOTE
             for waiter in waiters:
                 if type(waiter) is TaskSpec:
                     if waiter.state is TaskState.WAITING:
                         waiter.pending_deps -= 1
                         if waiter.pending_deps == 0:
                             self.hooks.dependency_ready(waiter)
+                elif remote and waiter.fetch and not waiter.done:
+                    self.fetch(entry)
+                    entry.waiters = [*(entry.waiters or ()), waiter]
                 else:
                     self._progress(waiter, entry)
 
@@ -179,6 +232,9 @@ class ObjectDirectory:
         elif kind is ObjKind.ERROR:
             data = entry.payload
             entry.error_seen = True  # a reader gets it: not an unhandled error
+        elif kind is ObjKind.REMOTE:
+            self.fetch(entry)  # the caller waits on the entry, as for a rebuild
+            return None
         else:
             self.lost(entry)
             return self.value_for(proc, entry) if entry.kind is ObjKind.ERROR else None
@@ -242,11 +298,23 @@ class ObjectDirectory:
     # ------------------------------------------------------------ waiters --
 
     def await_ids(
-        self, proc: WorkerRecord, req_id: int, ids: list[int], need: int, reply: Reply, is_get: bool
+        self,
+        proc: WorkerRecord,
+        req_id: int,
+        ids: list[int],
+        need: int,
+        reply: Reply,
+        is_get: bool,
+        fetch: bool = True,
     ) -> None:
-        """Answer a get (``is_get``) or wait now, or once ``need`` of ``ids`` are ready."""
+        """Answer a get (``is_get``) or wait now, or once ``need`` of ``ids`` are ready.
+
+        A value on another node is pulled here first for a get, and for a wait that
+        ``fetch``es (``wait(fetch_local=True)``, as Ray's); otherwise it is ready as is.
+        """
         entries = self.entries
-        waiter = Waiter(proc, req_id, ids, need, reply, is_get)
+        fetch = fetch or is_get
+        waiter = Waiter(proc, req_id, ids, need, reply, is_get, fetch)
         pending: list[ObjectEntry] = []
         ready = 0
         failed: ObjectEntry | None = None  # the first ready error, for a get
@@ -266,6 +334,9 @@ class ObjectDirectory:
             if entry.kind is ObjKind.FREED:
                 self.lost(entry)
             if entry.kind is ObjKind.PENDING:
+                pending.append(entry)
+            elif entry.kind is ObjKind.REMOTE and fetch:
+                self.fetch(entry)
                 pending.append(entry)
             else:
                 ready += 1
@@ -324,9 +395,26 @@ class ObjectDirectory:
             ready_ids = [
                 oid
                 for oid in waiter.ids
-                if (e := entries.get(oid)) is not None and e.kind is not ObjKind.PENDING
+                if (e := entries.get(oid)) is not None
+                and e.kind is not ObjKind.PENDING
+                and not (waiter.fetch and e.kind is ObjKind.REMOTE)
             ]
             waiter.reply(True, ready_ids)
+            return
+        remote = {
+            entry.id: entry
+            for oid in waiter.ids
+            if (entry := entries.get(oid)) is not None and entry.kind is ObjKind.REMOTE
+        }
+        if remote:
+            # Made on other nodes again since (rebuilt): pull them all, then answer.
+            waiter.done = False
+            waiter.need = len(remote)
+            for entry in remote.values():
+                self.fetch(entry)
+                entry.waiters = [*(entry.waiters or ()), waiter]
+            self.waiters[(waiter.proc.index, waiter.req_id)] = waiter
+            self.hooks.block(waiter.proc)
             return
         values = []
         for oid in waiter.ids:

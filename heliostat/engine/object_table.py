@@ -19,6 +19,12 @@ of a spilled object restores it into shared memory first, spilling others if nee
 A spill file that has gone missing makes the object *lost*; the caller then rebuilds
 it from lineage or reports :class:`~heliostat.exceptions.ObjectLostError`.
 
+In a cluster a value may live on another node (``REMOTE``): the entry then records
+where (:class:`Location`) and takes no memory here until a reader here needs the bytes
+and they are pulled (:meth:`ObjectTable.localize`). The node that keeps the value
+alive for us is told when the entry is freed or lost (the ``on_remote_drop`` hook,
+set by ``peers.py``).
+
 The table does no locking: the node manager calls it under its own lock.
 """
 
@@ -30,13 +36,14 @@ import os
 import shutil
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from heliostat.engine.ids import format_id
 from heliostat.engine.records import TaskSpec, WorkerRecord
 from heliostat.engine.shm import unlink_quietly
 
-__all__ = ["KIND_OF", "ObjKind", "ObjectEntry", "ObjectTable"]
+__all__ = ["KIND_OF", "Location", "ObjKind", "ObjectEntry", "ObjectTable"]
 
 log = logging.getLogger("heliostat.engine")
 
@@ -50,6 +57,21 @@ class ObjKind(enum.IntEnum):
     SPILLED = 3  # a file at ``path`` in the spill directory
     ERROR = 4  # a pickled exception to raise at get
     FREED = 5  # value dropped; the entry stays only as lineage
+    REMOTE = 6  # on another node (``ObjectEntry.remote``); never sent to a reader
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where the bytes of a value made on another node are, and who keeps them for us.
+
+    ``source`` is a node whose store holds the bytes: a reader here pulls them from
+    there. ``keeper`` is the node that holds a hold on the value on our behalf until we
+    send it ``ReleaseAt``: the node that sent us the value (``source`` itself, or a node
+    that keeps ``source``'s copy alive in turn).
+    """
+
+    source: int
+    keeper: int
 
 
 KIND_OF: tuple[ObjKind, ...] = tuple(ObjKind)
@@ -75,6 +97,7 @@ class ObjectEntry:
         "owner",
         "mapped_by",
         "error_seen",
+        "remote",
     )
 
     def __init__(self, object_id: int, owner: int, lineage: TaskSpec | None) -> None:
@@ -91,6 +114,9 @@ class ObjectEntry:
         self.owner = owner
         self.mapped_by: set[int] | None = None  # worker indexes that were sent the path
         self.error_seen = False  # an ERROR value was handed to a reader (get, a task)
+        # Set while a keeper on another node holds the value for us: always when REMOTE,
+        # and after a pull of a REMOTE value too (we may have told others where it is).
+        self.remote: Location | None = None
 
 
 class ObjectTable:
@@ -115,6 +141,9 @@ class ObjectTable:
         self._unmap = unmap
         # Called when an ERROR value no reader ever saw is freed (Ray's "unhandled error").
         self._on_unhandled_error = on_unhandled_error
+        # Called when an entry with a ``remote`` location is freed or lost: its keeper
+        # may let go (``peers.Peers.let_go``, which clears ``entry.remote``).
+        self.on_remote_drop: Callable[[ObjectEntry], None] | None = None
 
     # --- creation and counting -------------------------------------------------------
 
@@ -195,6 +224,17 @@ class ObjectTable:
         else:
             entry.payload = payload
 
+    def localize(self, entry: ObjectEntry, path: str) -> None:
+        """A REMOTE value was pulled into the segment at ``path``: it is local now.
+
+        Its refs inside were pinned when it became REMOTE; the keeper keeps its hold.
+        """
+        entry.kind = ObjKind.SHM
+        entry.path = path
+        self.used += entry.size
+        self._lru[entry.id] = entry
+        self.make_room(0, keep=entry.id)
+
     def discard_payload(self, kind: ObjKind, payload: Any) -> None:
         """A value arrived for an object nobody references any more: drop it."""
         if kind is ObjKind.SHM:
@@ -227,6 +267,8 @@ class ObjectTable:
         elif kind is ObjKind.ERROR and not entry.error_seen:
             if self._on_unhandled_error is not None:
                 self._on_unhandled_error(entry)
+        if entry.remote is not None and self.on_remote_drop is not None:
+            self.on_remote_drop(entry)
         entry.payload = None
         entry.path = ""
         entry.kind = ObjKind.FREED
@@ -324,6 +366,8 @@ class ObjectTable:
             self._lru.pop(entry.id, None)
         elif entry.kind is ObjKind.SPILLED:
             self.spilled_bytes -= entry.size
+        if entry.remote is not None and self.on_remote_drop is not None:
+            self.on_remote_drop(entry)
         entry.kind = ObjKind.FREED
         entry.path = ""
 

@@ -10,22 +10,44 @@ the head lists them) and decides here, under its lock like every other decision:
   (:meth:`Peers.route`). The policy itself is ``scheduler.placement``.
 * **What travels.** The submitting node stays the task's owner: it keeps the spec,
   the lineage and the returned values. It sends the peer the task and its arguments
-  (:class:`ForwardTask`): small values inline, large ones as a size the peer pulls
-  from the owner's object store. The peer runs the task as if it were its own, then
-  reports the results the same way (:class:`ReportTask`); the owner pulls the large
-  ones (:class:`PullObject`). So every value ends up *copied* to the node that needs
-  it and the copies live independently: a node that has its copy never needs the
-  sender again, and no reference count spans two nodes. The sender holds a value for
-  a peer only until the peer has its copy (inline: at once; pulled: until the peer's
-  :class:`ReleaseAt`).
+  (:class:`ForwardTask`): small values inline, large ones as a size and the node whose
+  store holds them (:class:`WireValue` ``at``), which the peer pulls (:class:`PullObject`)
+  before the task runs. The peer runs the task as if it were its own, then reports the
+  results the same way (:class:`ReportTask`).
+* **Where large values live (ownership, as in Ray).** A large result stays on the node
+  that made it: the owner only records where it lives (an entry of kind ``REMOTE``
+  with its :class:`~heliostat.engine.object_table.Location`), and that node keeps it
+  pinned on the owner's behalf. The bytes move only when something needs them, and
+  straight from where they are:
+
+  1. a reader on the owner's node (``get``, ``wait`` with ``fetch_local``, a task or
+     actor call that runs there) pulls it (:meth:`Peers.fetch`) and waits for it, as
+     for a value being computed (an actor's constructor pulls its arguments before
+     the actor is placed anywhere: a restart may run it on the owner's node);
+  2. a task forwarded to another node is told where the value is, and that node pulls
+     it from there, not through the owner; on the node that holds it, no byte moves;
+  3. the owner's last reference gone, the holder is told (:class:`ReleaseAt`) and
+     frees it, whether or not it was ever pulled.
+
+  The rule that makes it safe: **a node that tells a peer about a large value (inline
+  values need nothing) keeps its own entry for that peer until the peer's**
+  :class:`ReleaseAt`, and an entry that names a location keeps its *keeper's* hold
+  (the node that told us) until the entry is freed or lost (:meth:`Peers.let_go`).
+  So every location handed out is backed by a chain of holds down to the node that has
+  the bytes. A value pulled for a forwarded task's arguments is released to its keeper
+  once it is here (the copy then lives on its own); a REMOTE value pulled later keeps
+  its keeper's hold, since other nodes may have been told to pull from there.
 * **What a dead node costs.** Tasks forwarded to it are retried elsewhere within
-  ``max_retries`` (else they fail with ``NodeDiedError``); values being pulled from
-  it are rebuilt from lineage (``ObjectDirectory.lost``); values it had promised but
-  not sent yet fail with ``OwnerDiedError``.
+  ``max_retries`` (else they fail with ``NodeDiedError``). Values that lived there (or
+  that it kept alive for us) are lost: rebuilt from lineage when a reader needs them
+  (at once if one waits, ``ObjectDirectory.lost``), else ``ObjectLostError``. Values it
+  had promised but not sent yet fail with ``OwnerDiedError``. The other way round, what
+  a node kept for a dead peer (its stand-in's holds) is freed.
 
 Refs nested in a value (a list of refs passed to a task or returned by one) travel
 with it: their values are sent when ready (:meth:`Peers.push_when_ready`), and the
-receiving node holds a pending entry for each until then.
+receiving node holds a pending entry for each until then. Large ones arrive as
+locations, like results, and are pulled when read.
 
 Streaming generator tasks stay on their submitter's node (for now). Actors: see
 :mod:`heliostat.engine.peer_actors`.
@@ -35,6 +57,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +79,7 @@ from heliostat.engine.node_instructions import (
     WireValue,
 )
 from heliostat.engine.object_directory import ObjectDirectory, Waiter, error_payload
-from heliostat.engine.object_table import ObjKind
+from heliostat.engine.object_table import Location, ObjectEntry, ObjKind
 from heliostat.engine.peer_actors import PeerActors, placement_strategy
 from heliostat.engine.records import (
     PEER_INDEX_BASE,
@@ -68,7 +91,7 @@ from heliostat.engine.records import (
     transition,
 )
 from heliostat.engine.task_table import TaskTable
-from heliostat.exceptions import NodeDiedError, OwnerDiedError
+from heliostat.exceptions import NodeDiedError, ObjectLostError, OwnerDiedError
 from heliostat.scheduler import CPU, ResourceSet
 from heliostat.scheduler.placement import (
     NodeAffinity,
@@ -98,6 +121,25 @@ __all__ = [
 log = logging.getLogger("heliostat.engine")
 
 _SHM = ObjKind.SHM
+
+
+@dataclass(frozen=True, slots=True)
+class _Pull:
+    """A copy of an object under way from node ``source`` into our store.
+
+    ``keeper``: the node that keeps the object for us, told (ReleaseAt) once the copy
+    is here. 0 for the pull of a REMOTE value (``location``: the one it was pulled
+    for): its keeper keeps its hold until the entry is freed (:meth:`Peers.let_go`),
+    since we may have told other nodes to pull from ``source`` meanwhile.
+
+    One pull per object at a time (its bytes go to the object's one segment path): a
+    record stays until the pull ends, even when the entry it was for is gone.
+    """
+
+    source: int
+    keeper: int
+    contained: tuple[int, ...]
+    location: Location | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,8 +183,14 @@ class Peers(PeerActors):
         self.procs: dict[int, WorkerRecord] = {}  # a stand-in holder per peer node
         self.inflight: dict[int, dict[int, TaskSpec]] = {}  # owner side, by node
         self._sent_fns: dict[int, set[bytes]] = {}
-        # Objects being copied here: id -> (the node it comes from, the refs inside).
-        self.pulls: dict[int, tuple[int, tuple[int, ...]]] = {}
+        # Objects being copied here, by id: at most one pull per object, its record
+        # kept until it ends (a pull with a keeper fills a PENDING entry, one without
+        # a REMOTE one; either may outlive the entry it was for: _Pull).
+        self.pulls: dict[int, _Pull] = {}
+        self.pull_count = 0  # pulls started, ever (``cluster_info``: objects_pulled)
+        # Ids of our entries with a location that names each node (as source or keeper),
+        # so that a node's death costs what it held for us, not a scan of every entry.
+        self.located: dict[int, set[int]] = {}
         self.promised: dict[int, set[int]] = {}  # node -> ids it owes us (PushValues)
         self.remote_owner: dict[int, int] = {}  # executor side: task id -> owner node
         self.copies: dict[int, list[int]] = {}  # executor side: task id -> copies made
@@ -158,6 +206,9 @@ class Peers(PeerActors):
         # A driver's node (it leaves with its driver): the detached actors it creates
         # are handed over to the node that hosts them (ActorDirectory.hand_over).
         self.driver_node = False
+        # Values that live on peers: read through here, let go of through here.
+        objects.remote = self
+        objects.table.on_remote_drop = self.let_go
 
     # ------------------------------------------------------------------ membership --
 
@@ -233,12 +284,13 @@ class Peers(PeerActors):
                         actors.dead(actor, "this node left the cluster")
                     else:
                         actors.remote_node_died(actor, name)
-        for oid, (source, _inner) in list(self.pulls.items()):
-            if source == index:
+        for oid, pull in list(self.pulls.items()):
+            if pull.source == index:  # someone here waits for it: rebuild it now
                 del self.pulls[oid]
                 entry = objects.entries.get(oid)
-                if entry is not None and entry.kind is ObjKind.PENDING:
+                if entry is not None and entry.kind in (ObjKind.PENDING, ObjKind.REMOTE):
                     objects.lost(entry)
+        self._forget_locations(index)
         for oid in self.promised.pop(index, set()):
             entry = objects.entries.get(oid)
             if entry is not None and entry.kind is ObjKind.PENDING:
@@ -262,6 +314,27 @@ class Peers(PeerActors):
                 actors.release_all(proc)
             else:
                 objects.table.release_all(proc)
+
+    def _forget_locations(self, index: int) -> None:
+        """Node ``index`` is gone: values that lived there, or that it kept alive for
+        us, are lost; they are rebuilt from lineage when a reader needs them (at once
+        if one waits). Our own copies of them stay."""
+        objects = self._objects
+        entries = objects.entries
+        for oid in self.located.pop(index, ()):
+            entry = entries.get(oid)
+            location = entry.remote if entry is not None else None
+            if entry is None or location is None:
+                continue
+            if index not in (location.source, location.keeper):
+                continue
+            if entry.kind is not ObjKind.REMOTE:
+                self.let_go(entry)  # the bytes are here too
+                continue
+            if entry.waiters:
+                objects.lost(entry)
+            else:
+                objects.table.mark_lost(entry)
 
     # ------------------------------------------------------------------- placement --
 
@@ -400,6 +473,13 @@ class Peers(PeerActors):
             # The peer pulls it; hold it for the peer until its ReleaseAt.
             self._objects.table.hold(proc, entry.id)
             values.append(WireValue(entry.id, int(_SHM), None, entry.size, entry.contained))
+        elif kind is ObjKind.REMOTE:
+            # The peer pulls it from the node that has it (no bytes move when that is
+            # the peer itself). Our entry, and so our keeper's hold on it, stays for
+            # the peer until its ReleaseAt.
+            self._objects.table.hold(proc, entry.id)
+            source = entry.remote.source if entry.remote is not None else 0
+            values.append(WireValue(entry.id, int(_SHM), None, entry.size, entry.contained, source))
         else:
             if kind is ObjKind.ERROR:
                 entry.error_seen = True
@@ -464,11 +544,54 @@ class Peers(PeerActors):
             self._release_pulled(index, values)
             return
         spec.remote_node = 0
-        self._adopt(index, self._receive(index, values, pending))
+        if outcome == "error" and self._argument_lost(spec, values):
+            self._release_pulled(index, values)
+            if may_retry(spec):
+                log.warning(
+                    "node %s could not fetch an argument of %r; rebuilding it and retrying",
+                    format_id(index),
+                    spec.name,
+                )
+                self._tasks.record(spec, None, "argument lost")
+                self.hooks.retry(spec)
+                self.hooks.schedule()
+                return
+        # Large results stay where they were made until a reader needs them.
+        self._adopt(index, self._receive(index, values, pending, lazy=True))
         self._tasks.finish(spec, started, finished, outcome)
         if spec.kind is TaskKind.ACTOR_CALL:
             self.actors.remote_call_ended(spec)
         self.hooks.schedule()
+
+    def _argument_lost(self, spec: TaskSpec, values: list[WireValue]) -> bool:
+        """Whether ``spec`` failed on its node because an argument we said lived on a
+        third node could not be pulled from there (that node died, or lost it): then
+        the argument is lost here too (rebuilt from lineage when the task runs again),
+        as Ray's owner rebuilds an object a node failed to fetch."""
+        if spec.kind is not TaskKind.NORMAL or not spec.arg_ids or not values:
+            return False
+        entries = self._objects.entries
+        suspects = {
+            format_id(aid): arg
+            for aid in spec.arg_ids
+            if (arg := entries.get(aid)) is not None
+            and arg.kind in (ObjKind.REMOTE, ObjKind.FREED, ObjKind.PENDING)
+        }
+        first = values[0]
+        if not suspects or first.kind != int(ObjKind.ERROR):
+            return False
+        try:
+            exc = pickle.loads(first.payload or b"")
+        except Exception:  # not an error of ours, then
+            return False
+        if type(exc) is not ObjectLostError:
+            return False
+        arg = suspects.get(exc.object_id)
+        if arg is None:
+            return False
+        if arg.kind is ObjKind.REMOTE:
+            self._objects.table.mark_lost(arg)  # its keeper is told (let_go)
+        return True
 
     def _release_pulled(self, index: int, values: list[WireValue]) -> None:
         ids = tuple(v.object_id for v in values if v.kind == int(_SHM))
@@ -481,7 +604,7 @@ class Peers(PeerActors):
         if promised:
             for value in values:
                 promised.discard(value.object_id)
-        self._adopt(index, self._receive(index, values, []))
+        self._adopt(index, self._receive(index, values, [], lazy=True))
 
     def _adopt(self, index: int, created: list[int]) -> None:
         """Nested refs that arrived inside our values: their containers hold them now."""
@@ -495,8 +618,14 @@ class Peers(PeerActors):
             if entry is not None and entry.count > 1:
                 table.release(proc, oid)
 
-    def _receive(self, index: int, values: list[WireValue], pending: list[int]) -> list[int]:
+    def _receive(
+        self, index: int, values: list[WireValue], pending: list[int], *, lazy: bool = False
+    ) -> list[int]:
         """Store values that arrived from node ``index`` (ours or copies of theirs).
+
+        A large value is pulled at once (a forwarded task's arguments: the task needs
+        them), or with ``lazy`` recorded as REMOTE, where it lives, until a reader
+        here needs it (results reported to their owner, values pushed later).
 
         Returns the ids of the entries it created: copies held by the sender's
         stand-in until the task that needed them lets go (:meth:`finished`).
@@ -508,21 +637,42 @@ class Peers(PeerActors):
         release: list[int] = []
         created: list[int] = []
         for value in values:
-            entry = entries.get(value.object_id)
+            oid = value.object_id
+            entry = entries.get(oid)
             if entry is None:
-                entry = table.create(value.object_id, proc, None)
-                created.append(value.object_id)
-            if entry.kind is not ObjKind.PENDING:
-                if value.kind == int(_SHM):
-                    release.append(value.object_id)
+                entry = table.create(oid, proc, None)
+                created.append(oid)
+            large = value.kind == int(_SHM)
+            under_way = self.pulls.get(oid) if large else None
+            if entry.kind is not ObjKind.PENDING or (under_way is not None and under_way.keeper):
+                if large:  # we have it (or it is on its way): the sender need not keep it
+                    release.append(oid)
                 continue
-            if value.kind == int(_SHM):
-                if value.object_id not in self.pulls:
-                    self.pulls[value.object_id] = (index, value.contained)
+            if large:
+                source = value.at or index
+                if source == self.local_index:
+                    # We keep whatever we told anyone to pull from here, so this is not
+                    # expected; the sender is the only other place to ask.
+                    source = index
+                if under_way is not None and not lazy:
+                    # The bytes of an earlier value of it are still coming (a pull for
+                    # an entry since dropped): they serve this one.
+                    self.pulls[oid] = _Pull(under_way.source, index, value.contained)
+                elif lazy:
+                    for cid in value.contained:
+                        if cid not in entries:
+                            table.create(cid, proc, None)
+                            created.append(cid)
+                    entry.remote = Location(source, index)
+                    located = self.located
+                    located.setdefault(source, set()).add(oid)
+                    located.setdefault(index, set()).add(oid)
+                    objects.set_value(entry, ObjKind.REMOTE, None, value.size, value.contained)
+                else:
+                    self.pulls[oid] = _Pull(source, index, value.contained)
+                    self.pull_count += 1
                     table.make_room(value.size)
-                    self._out.effect(
-                        PullObject(node=index, object_id=value.object_id, size=value.size)
-                    )
+                    self._out.effect(PullObject(node=source, object_id=oid, size=value.size))
                 continue
             for cid in value.contained:
                 if cid not in entries:
@@ -542,41 +692,94 @@ class Peers(PeerActors):
                 owed.add(oid)
         return created
 
+    def fetch(self, entry: ObjectEntry) -> None:
+        """A reader here needs the bytes of a REMOTE value: pull them from where they
+        are (once, however many readers ask)."""
+        oid = entry.id
+        location = entry.remote
+        assert location is not None, "a REMOTE entry always says where it lives"
+        if oid in self.pulls:
+            return  # its bytes are on their way (for this location or an earlier one)
+        self.pulls[oid] = _Pull(location.source, 0, (), location)
+        self.pull_count += 1
+        self._objects.table.make_room(entry.size)
+        self._out.effect(PullObject(node=location.source, object_id=oid, size=entry.size))
+
+    def let_go(self, entry: ObjectEntry) -> None:
+        """``entry`` is freed or lost (or its keeper died): its keeper may drop it."""
+        location, entry.remote = entry.remote, None
+        if location is None:
+            return
+        for index in (location.source, location.keeper):
+            ids = self.located.get(index)
+            if ids is not None:
+                ids.discard(entry.id)
+                if not ids:
+                    del self.located[index]
+        if location.keeper in self.nodes:
+            self._out.effect(ReleaseAt(node=location.keeper, object_ids=(entry.id,)))
+
     def pulled(self, object_id: int, path: str, size: int) -> None:
         """A pull finished: the value is in our store at ``path``."""
-        index, contained = self.pulls.pop(object_id, (None, ()))
+        pull = self.pulls.pop(object_id, None)
         objects = self._objects
         entry = objects.entries.get(object_id)
+        if pull is None:  # given up on (its node died): the entry was dealt with
+            self._discard(object_id, path)
+            return
+        if not pull.keeper:
+            if entry is not None and entry.kind is ObjKind.REMOTE:
+                objects.localized(entry, path)  # (for an earlier location too: same bytes)
+            else:
+                self._discard(object_id, path)
+            return
         if entry is None or entry.kind is not ObjKind.PENDING:
-            objects.table.discard_payload(ObjKind.SHM, path)
+            self._discard(object_id, path)
         else:
-            proc = self.procs.get(index) if index is not None else None
+            keeper = pull.keeper
+            proc = self.procs.get(keeper)
             created = []
-            for cid in contained:
+            for cid in pull.contained:
                 if cid not in objects.entries and proc is not None:
                     objects.table.create(cid, proc, None)
                     created.append(cid)
-            objects.set_value(entry, ObjKind.SHM, path, size, contained)
-            if index is not None:
-                self._adopt(index, created)
-        if index is not None and index in self.nodes:
-            self._out.effect(ReleaseAt(node=index, object_ids=(object_id,)))
+            objects.set_value(entry, ObjKind.SHM, path, size, pull.contained)
+            self._adopt(keeper, created)
+        if pull.keeper in self.nodes:
+            self._out.effect(ReleaseAt(node=pull.keeper, object_ids=(object_id,)))
+
+    def _discard(self, object_id: int, path: str) -> None:
+        """Drop pulled bytes nobody wants, unless the object's entry lives there now."""
+        entry = self._objects.entries.get(object_id)
+        if entry is None or entry.path != path:
+            self._objects.table.discard_payload(ObjKind.SHM, path)
 
     def pull_failed(self, object_id: int, reason: str) -> None:
         """A pull failed (the node died, or lost the object): rebuild it, or fail it."""
-        index, _inner = self.pulls.pop(object_id, (None, ()))
+        pull = self.pulls.pop(object_id, None)
+        if pull is None:
+            return  # given up on already (its node died)
         log.warning(
             "could not copy object %s from node %s: %s",
             format_id(object_id),
-            format_id(index or 0),
+            format_id(pull.source),
             reason,
         )
         entry = self._objects.entries.get(object_id)
-        if entry is not None and entry.kind is ObjKind.PENDING:
-            self._objects.lost(entry)
+        if pull.keeper and pull.keeper in self.nodes:
+            self._out.effect(ReleaseAt(node=pull.keeper, object_ids=(object_id,)))
+        if entry is None:
+            return
+        if entry.kind is ObjKind.REMOTE and entry.remote is not pull.location:
+            # A pull for an earlier location of it (since let go of): try the new one.
+            if entry.waiters:
+                self.fetch(entry)
+            return
+        if entry.kind in (ObjKind.PENDING, ObjKind.REMOTE):
+            self._objects.lost(entry)  # a REMOTE one's keeper is told (let_go)
 
     def on_release(self, index: int, ids: list[int]) -> None:
-        """Node ``index`` has its copies: drop what we held for it."""
+        """Node ``index`` no longer needs what we kept for it: drop our holds."""
         proc = self.procs.get(index)
         if proc is None:
             return

@@ -85,12 +85,25 @@ class TaskTable:
     def resolve_args(self, spec: TaskSpec, worker: WorkerRecord) -> list[Any] | None:
         """Values of the top-level arguments as (id, kind, data); pre-holds nested refs.
 
-        None if an argument turned out lost: the task waits for its rebuild.
+        None if an argument turned out lost, or is on another node: the task waits
+        for its rebuild, or for every such argument to be pulled here (at once).
         """
         if not spec.arg_ids and not spec.contained:
             return []
         objects = self._objects
         entries = objects.entries
+        remote = 0
+        for aid in spec.arg_ids:
+            arg = entries[aid]
+            if arg.kind is ObjKind.REMOTE:
+                objects.fetch(arg)
+                arg.waiters = (arg.waiters or []) + [spec]
+                remote += 1
+        if remote:
+            spec.pending_deps += remote
+            if spec.state is TaskState.READY:
+                transition(spec, TaskState.WAITING)
+            return None
         resolved = []
         for aid in spec.arg_ids:
             arg = entries[aid]  # pinned by the task: a missing entry is a bug

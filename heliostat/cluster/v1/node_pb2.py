@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheliostat/cluster/v1/node.proto\x12\x14heliostat.cluster.v1\"^\n\tWireValue\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kind\x18\x02 \x01(\x05\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x11\n\tcontained\x18\x05 \x03(\x0c\"\x94\x01\n\x0b\x46orwardTask\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x10\n\x08\x66unction\x18\x02 \x01(\x0c\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\x12\x0c\n\x04\x63ode\x18\x05 \x03(\t\x12\x15\n\ractor_options\x18\x06 \x01(\x0c\"\x99\x01\n\nTaskReport\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\x12/\n\x06values\x18\x05 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x06 \x03(\x0c\"=\n\nPushValues\x12/\n\x06values\x18\x01 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\"$\n\x0eReleaseObjects\x12\x12\n\nobject_ids\x18\x01 \x03(\x0c\",\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"=\n\x0c\x41\x63torStarted\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64ied\x18\x03 \x01(\t\"B\n\x0c\x41\x63torControl\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kill\x18\x02 \x01(\x08\x12\x12\n\nno_restart\x18\x03 \x01(\x08\"\x95\x03\n\x08\x45nvelope\x12\x34\n\x07\x66orward\x18\x01 \x01(\x0b\x32!.heliostat.cluster.v1.ForwardTaskH\x00\x12\x32\n\x06report\x18\x02 \x01(\x0b\x32 .heliostat.cluster.v1.TaskReportH\x00\x12\x30\n\x04push\x18\x03 \x01(\x0b\x32 .heliostat.cluster.v1.PushValuesH\x00\x12\x37\n\x07release\x18\x04 \x01(\x0b\x32$.heliostat.cluster.v1.ReleaseObjectsH\x00\x12\x32\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32 .heliostat.cluster.v1.CancelTaskH\x00\x12;\n\ractor_started\x18\x06 \x01(\x0b\x32\".heliostat.cluster.v1.ActorStartedH\x00\x12;\n\ractor_control\x18\x07 \x01(\x0b\x32\".heliostat.cluster.v1.ActorControlH\x00\x42\x06\n\x04\x62ody\"q\n\x0e\x44\x65liverRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.heliostat.cluster.v1.Envelope\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x1f\n\x0c\x44\x65liverReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\"&\n\x14LeaseDeadlineRequest\x12\x0e\n\x06\x62\x65\x61\x63on\x18\x01 \x01(\t\"6\n\x12LeaseDeadlineReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x01\x32\xcb\x01\n\x0bNodeService\x12U\n\x07\x44\x65liver\x12$.heliostat.cluster.v1.DeliverRequest\x1a\".heliostat.cluster.v1.DeliverReply(\x01\x12\x65\n\rLeaseDeadline\x12*.heliostat.cluster.v1.LeaseDeadlineRequest\x1a(.heliostat.cluster.v1.LeaseDeadlineReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheliostat/cluster/v1/node.proto\x12\x14heliostat.cluster.v1\"j\n\tWireValue\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kind\x18\x02 \x01(\x05\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x11\n\tcontained\x18\x05 \x03(\x0c\x12\n\n\x02\x61t\x18\x06 \x01(\r\"\x94\x01\n\x0b\x46orwardTask\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x10\n\x08\x66unction\x18\x02 \x01(\x0c\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\x12\x0c\n\x04\x63ode\x18\x05 \x03(\t\x12\x15\n\ractor_options\x18\x06 \x01(\x0c\"\x99\x01\n\nTaskReport\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\x12/\n\x06values\x18\x05 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x06 \x03(\x0c\"=\n\nPushValues\x12/\n\x06values\x18\x01 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\"$\n\x0eReleaseObjects\x12\x12\n\nobject_ids\x18\x01 \x03(\x0c\",\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"=\n\x0c\x41\x63torStarted\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64ied\x18\x03 \x01(\t\"B\n\x0c\x41\x63torControl\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kill\x18\x02 \x01(\x08\x12\x12\n\nno_restart\x18\x03 \x01(\x08\"\x95\x03\n\x08\x45nvelope\x12\x34\n\x07\x66orward\x18\x01 \x01(\x0b\x32!.heliostat.cluster.v1.ForwardTaskH\x00\x12\x32\n\x06report\x18\x02 \x01(\x0b\x32 .heliostat.cluster.v1.TaskReportH\x00\x12\x30\n\x04push\x18\x03 \x01(\x0b\x32 .heliostat.cluster.v1.PushValuesH\x00\x12\x37\n\x07release\x18\x04 \x01(\x0b\x32$.heliostat.cluster.v1.ReleaseObjectsH\x00\x12\x32\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32 .heliostat.cluster.v1.CancelTaskH\x00\x12;\n\ractor_started\x18\x06 \x01(\x0b\x32\".heliostat.cluster.v1.ActorStartedH\x00\x12;\n\ractor_control\x18\x07 \x01(\x0b\x32\".heliostat.cluster.v1.ActorControlH\x00\x42\x06\n\x04\x62ody\"q\n\x0e\x44\x65liverRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.heliostat.cluster.v1.Envelope\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x1f\n\x0c\x44\x65liverReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\"&\n\x14LeaseDeadlineRequest\x12\x0e\n\x06\x62\x65\x61\x63on\x18\x01 \x01(\t\"6\n\x12LeaseDeadlineReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x01\x32\xcb\x01\n\x0bNodeService\x12U\n\x07\x44\x65liver\x12$.heliostat.cluster.v1.DeliverRequest\x1a\".heliostat.cluster.v1.DeliverReply(\x01\x12\x65\n\rLeaseDeadline\x12*.heliostat.cluster.v1.LeaseDeadlineRequest\x1a(.heliostat.cluster.v1.LeaseDeadlineReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,31 +32,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'heliostat.cluster.v1.node_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WIREVALUE']._serialized_start=57
-  _globals['_WIREVALUE']._serialized_end=151
-  _globals['_FORWARDTASK']._serialized_start=154
-  _globals['_FORWARDTASK']._serialized_end=302
-  _globals['_TASKREPORT']._serialized_start=305
-  _globals['_TASKREPORT']._serialized_end=458
-  _globals['_PUSHVALUES']._serialized_start=460
-  _globals['_PUSHVALUES']._serialized_end=521
-  _globals['_RELEASEOBJECTS']._serialized_start=523
-  _globals['_RELEASEOBJECTS']._serialized_end=559
-  _globals['_CANCELTASK']._serialized_start=561
-  _globals['_CANCELTASK']._serialized_end=605
-  _globals['_ACTORSTARTED']._serialized_start=607
-  _globals['_ACTORSTARTED']._serialized_end=668
-  _globals['_ACTORCONTROL']._serialized_start=670
-  _globals['_ACTORCONTROL']._serialized_end=736
-  _globals['_ENVELOPE']._serialized_start=739
-  _globals['_ENVELOPE']._serialized_end=1144
-  _globals['_DELIVERREQUEST']._serialized_start=1146
-  _globals['_DELIVERREQUEST']._serialized_end=1259
-  _globals['_DELIVERREPLY']._serialized_start=1261
-  _globals['_DELIVERREPLY']._serialized_end=1292
-  _globals['_LEASEDEADLINEREQUEST']._serialized_start=1294
-  _globals['_LEASEDEADLINEREQUEST']._serialized_end=1332
-  _globals['_LEASEDEADLINEREPLY']._serialized_start=1334
-  _globals['_LEASEDEADLINEREPLY']._serialized_end=1388
-  _globals['_NODESERVICE']._serialized_start=1391
-  _globals['_NODESERVICE']._serialized_end=1594
+  _globals['_WIREVALUE']._serialized_end=163
+  _globals['_FORWARDTASK']._serialized_start=166
+  _globals['_FORWARDTASK']._serialized_end=314
+  _globals['_TASKREPORT']._serialized_start=317
+  _globals['_TASKREPORT']._serialized_end=470
+  _globals['_PUSHVALUES']._serialized_start=472
+  _globals['_PUSHVALUES']._serialized_end=533
+  _globals['_RELEASEOBJECTS']._serialized_start=535
+  _globals['_RELEASEOBJECTS']._serialized_end=571
+  _globals['_CANCELTASK']._serialized_start=573
+  _globals['_CANCELTASK']._serialized_end=617
+  _globals['_ACTORSTARTED']._serialized_start=619
+  _globals['_ACTORSTARTED']._serialized_end=680
+  _globals['_ACTORCONTROL']._serialized_start=682
+  _globals['_ACTORCONTROL']._serialized_end=748
+  _globals['_ENVELOPE']._serialized_start=751
+  _globals['_ENVELOPE']._serialized_end=1156
+  _globals['_DELIVERREQUEST']._serialized_start=1158
+  _globals['_DELIVERREQUEST']._serialized_end=1271
+  _globals['_DELIVERREPLY']._serialized_start=1273
+  _globals['_DELIVERREPLY']._serialized_end=1304
+  _globals['_LEASEDEADLINEREQUEST']._serialized_start=1306
+  _globals['_LEASEDEADLINEREQUEST']._serialized_end=1344
+  _globals['_LEASEDEADLINEREPLY']._serialized_start=1346
+  _globals['_LEASEDEADLINEREPLY']._serialized_end=1400
+  _globals['_NODESERVICE']._serialized_start=1403
+  _globals['_NODESERVICE']._serialized_end=1606
 # @@protoc_insertion_point(module_scope)

@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WireValue(_message.Message):
-    __slots__ = ("object_id", "kind", "payload", "size", "contained")
+    __slots__ = ("object_id", "kind", "payload", "size", "contained", "at")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CONTAINED_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     kind: int
     payload: bytes
     size: int
     contained: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, object_id: _Optional[bytes] = ..., kind: _Optional[int] = ..., payload: _Optional[bytes] = ..., size: _Optional[int] = ..., contained: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    at: int
+    def __init__(self, object_id: _Optional[bytes] = ..., kind: _Optional[int] = ..., payload: _Optional[bytes] = ..., size: _Optional[int] = ..., contained: _Optional[_Iterable[bytes]] = ..., at: _Optional[int] = ...) -> None: ...
 
 class ForwardTask(_message.Message):
     __slots__ = ("spec", "function", "values", "pending", "code", "actor_options")

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import pickle
 
+from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import Disconnect, Execute, Kill, TaskDone, WorkerExited
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.peers import (
     ForwardTask,
     PeerInfo,
     PullObject,
+    PushValues,
     ReleaseAt,
     ReportTask,
     WireValue,
 )
 from heliostat.engine.records import PEER_INDEX_BASE, TaskState, spec_to_wire
 from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
-from heliostat.exceptions import NodeDiedError, OwnerDiedError, TaskUnschedulableError
+from heliostat.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    OwnerDiedError,
+    TaskUnschedulableError,
+)
 from heliostat.scheduler import ResourceSet
 
 INLINE, SHM = int(ObjKind.INLINE), int(ObjKind.SHM)
@@ -137,33 +144,386 @@ def test_a_dead_nodes_tasks_are_retried_elsewhere_or_fail_naming_the_node(
     assert retried.state is TaskState.RUNNING and retried.remote_node == C
 
 
-def test_a_large_result_is_pulled_then_released_at_the_peer(make_node, make_spec) -> None:
+def _remote_result(node, peers, make_spec, *, max_retries: int = 0, size: int = 4096):
+    """A task of node A that ran on B and reported a large result (left on B)."""
+    spec = make_spec(max_retries=max_retries)
+    spec.strategy = NodeAffinitySchedulingStrategy(f"{B:020x}", soft=True)
+    node.state.submit(node.state.driver, spec)
+    assert [f.node for f in _forwards(node)] == [B]
+    rid = spec.return_ids[0]
+    peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, [WireValue(rid, SHM, None, size, ())], [])
+    return spec, rid
+
+
+def _ask(node, verb: str, *args) -> list:
+    """Call a driver verb; the answers it got so far (it may answer later)."""
+    answers: list = []
+    node.state.verbs[verb](node.state.driver, lambda ok, value: answers.append(value), *args)
+    return answers
+
+
+def _of(effects, kind) -> list:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+def test_a_large_result_stays_on_the_node_that_made_it_until_a_get_pulls_it(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node)
+    spec, rid = _remote_result(node, peers, make_spec)
+    entry = node.state.objects.entries[rid]
+    # The owner only records where it lives: no pull, and B keeps it for us.
+    assert entry.kind is ObjKind.REMOTE and entry.size == 4096
+    assert spec.state is TaskState.FINISHED
+    assert node.effects() == []
+    assert node.state.objects.table.used == 0
+    # A wait that does not fetch counts it ready where it is.
+    assert _ask(node, "wait", 1, [rid], 1, False) == [[rid]]
+    assert node.effects() == []
+    # A wait that fetches, and a get, pull it once, from B.
+    waited = _ask(node, "wait", 2, [rid], 1, True)
+    got = _ask(node, "get", 3, [rid])
+    assert waited == [] and got == []
+    assert _of(node.effects(), PullObject) == [PullObject(node=B, object_id=rid, size=4096)]
+    peers.pulled(rid, "/dev/shm/heliostat-x-1", 4096)
+    assert waited == [[rid]] and got == [[(rid, SHM, "/dev/shm/heliostat-x-1")]]
+    assert entry.kind is ObjKind.SHM and node.state.objects.table.used == 4096
+    # B keeps its copy while ours lives (we may have told others to pull from it) ...
+    assert _of(node.effects(), ReleaseAt) == []
+    # ... and lets go of it with our last ref.
+    assert peers.located == {B: {rid}}
+    node.state.verbs["release"](node.state.driver, None, [rid])
+    assert _of(node.effects(), ReleaseAt) == [ReleaseAt(node=B, object_ids=(rid,))]
+    assert rid not in node.state.objects.entries
+    assert peers.located == {}
+
+
+def test_the_last_ref_to_a_remote_value_frees_it_where_it_lives_without_a_pull(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node)
+    _spec, rid = _remote_result(node, peers, make_spec)
+    node.state.verbs["release"](node.state.driver, None, [rid])
+    assert node.effects() == [ReleaseAt(node=B, object_ids=(rid,))]
+    assert rid not in node.state.objects.entries
+
+
+def test_a_pulled_remote_value_spills_like_any_other_and_still_lets_its_holder_go(
+    make_node, make_spec, tmp_path
+) -> None:
+    node, peers = _cluster(make_node)  # a 1 MiB store
+    size = 600_000
+    refs = [_remote_result(node, peers, make_spec, size=size)[1] for _ in range(2)]
+    paths = []
+    for i, rid in enumerate(refs):
+        got = _ask(node, "get", i + 1, [rid])
+        node.effects()
+        path = tmp_path / f"segment-{i}"
+        path.write_bytes(b"x" * size)
+        paths.append(str(path))
+        peers.pulled(rid, str(path), size)
+        assert got == [[(rid, SHM, str(path))]]
+    # Room for the second was made by spilling the first (the least recently used).
+    first = node.state.objects.entries[refs[0]]
+    assert first.kind is ObjKind.SPILLED and node.state.objects.table.used == size
+    node.state.verbs["release"](node.state.driver, None, [refs[0]])
+    assert _of(node.effects(), ReleaseAt) == [ReleaseAt(node=B, object_ids=(refs[0],))]
+    assert node.state.objects.table.spilled_bytes == 0
+
+
+def test_a_large_value_nested_in_a_small_result_stays_where_it_was_made(
+    make_node, make_spec
+) -> None:
     node, peers = _cluster(make_node)
     spec = make_spec()
     node.state.submit(node.state.driver, spec)
     node.effects()
     rid = spec.return_ids[0]
-    peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, [WireValue(rid, SHM, None, 4096, ())], [])
-    (pull,) = [e for e in node.effects() if isinstance(e, PullObject)]
-    assert (pull.node, pull.object_id, pull.size) == (B, rid, 4096)
-    assert node.state.objects.entries[rid].kind is ObjKind.PENDING
-    peers.pulled(rid, "/dev/shm/heliostat-x-1", 4096)
-    assert node.state.objects.entries[rid].kind is ObjKind.SHM
-    assert [e for e in node.effects() if isinstance(e, ReleaseAt)] == [
-        ReleaseAt(node=B, object_ids=(rid,))
+    inner = (B << 64) | 7  # a ref B minted (a put in the task), large, inside the result
+    peers.on_report(
+        B,
+        spec.task_id,
+        "ok",
+        1.0,
+        2.0,
+        [WireValue(rid, INLINE, b"[ref]", 5, (inner,)), WireValue(inner, SHM, None, 4096, ())],
+        [],
+    )
+    assert node.effects() == []
+    entries = node.state.objects.entries
+    assert entries[rid].kind is ObjKind.INLINE
+    assert entries[inner].kind is ObjKind.REMOTE and entries[inner].count == 1  # the list
+    # A reader of the inner ref pulls it; dropping the list lets B free it.
+    got = _ask(node, "get", 1, [inner])
+    assert _of(node.effects(), PullObject) == [PullObject(node=B, object_id=inner, size=4096)]
+    peers.pulled(inner, "/dev/shm/heliostat-x-7", 4096)
+    assert got == [[(inner, SHM, "/dev/shm/heliostat-x-7")]]
+    node.state.verbs["release"](node.state.driver, None, [rid])
+    assert node.effects() == [ReleaseAt(node=B, object_ids=(inner,))]
+    assert inner not in entries
+
+
+def test_a_get_waiting_for_results_pulls_each_as_soon_as_it_is_reported(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node)
+    specs = [make_spec() for _ in range(2)]
+    for spec in specs:
+        spec.strategy = NodeAffinitySchedulingStrategy(f"{B:020x}", soft=True)
+        node.state.submit(node.state.driver, spec)
+    node.effects()
+    rids = [spec.return_ids[0] for spec in specs]
+    got = _ask(node, "get", 1, rids)
+    for spec, rid in zip(specs, rids, strict=True):
+        value = WireValue(rid, SHM, None, 4096, ())
+        peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, [value], [])
+        assert _of(node.effects(), PullObject) == [PullObject(node=B, object_id=rid, size=4096)]
+    peers.pulled(rids[1], "/dev/shm/heliostat-x-2", 4096)
+    assert got == []
+    peers.pulled(rids[0], "/dev/shm/heliostat-x-1", 4096)
+    assert got == [
+        [(rids[0], SHM, "/dev/shm/heliostat-x-1"), (rids[1], SHM, "/dev/shm/heliostat-x-2")]
     ]
+
+
+def test_a_nested_ref_made_later_elsewhere_is_pushed_as_its_location(make_node, make_spec) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    maker = make_spec()
+    maker.strategy = NodeAffinitySchedulingStrategy(f"{B:020x}", soft=False)
+    node.state.submit(node.state.driver, maker)
+    node.effects()
+    (inner,) = maker.return_ids
+    reader = make_spec()
+    reader.contained = (inner,)  # a list holding the ref, say
+    reader.strategy = NodeAffinitySchedulingStrategy(f"{C:020x}", soft=False)
+    node.state.submit(node.state.driver, reader)
+    (forward,) = _forwards(node)
+    assert forward.node == C and forward.pending == (inner,)
+    peers.on_report(B, maker.task_id, "ok", 1.0, 2.0, [WireValue(inner, SHM, None, 4096, ())], [])
+    # C is told where it lives; the owner pulls nothing.
+    assert node.effects() == [
+        PushValues(node=C, values=(WireValue(inner, SHM, None, 4096, (), B),))
+    ]
+
+
+def test_a_task_run_on_the_owners_node_pulls_its_remote_arguments_first(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node, num_cpus=1)
+    _spec, rid = _remote_result(node, peers, make_spec)
+    _spec2, rid2 = _remote_result(node, peers, make_spec, size=8192)
+    worker = node.add_worker()
+    reader = make_spec(args=(rid, rid2))
+    node.state.submit(node.state.driver, reader)
+    # Both arguments are pulled at once; the task waits for them.
+    assert node.sent(worker) == []
+    assert {(p.node, p.object_id) for p in _of(node.effects(), PullObject)} == {
+        (B, rid),
+        (B, rid2),
+    }
+    assert reader.state is TaskState.WAITING
+    peers.pulled(rid, "/dev/shm/heliostat-x-1", 4096)
+    assert node.sent(worker) == []
+    peers.pulled(rid2, "/dev/shm/heliostat-x-2", 8192)
+    (execute,) = node.sent(worker)
+    assert execute.spec is reader
+    assert execute.resolved == [
+        (rid, SHM, "/dev/shm/heliostat-x-1"),
+        (rid2, SHM, "/dev/shm/heliostat-x-2"),
+    ]
+
+
+def test_a_task_sent_to_a_third_node_pulls_its_argument_from_where_it_lives(
+    make_node, make_spec
+) -> None:
+    owner, owner_peers = _cluster(make_node, peers=(B, C))
+    _spec, rid = _remote_result(owner, owner_peers, make_spec)
+    reader = make_spec(args=(rid,))
+    reader.strategy = NodeAffinitySchedulingStrategy(f"{C:020x}", soft=False)
+    owner.state.submit(owner.state.driver, reader)
+    (forward,) = _forwards(owner)
+    assert forward.node == C
+    assert forward.values == (WireValue(rid, SHM, None, 4096, (), B),)  # at B
+    # Node C pulls it from B (no hop through the owner) and lets the owner know once
+    # it has its copy: the owner, not B, kept it for C.
+    runner = make_node(num_cpus=1)
+    runner_peers = runner.state.join_cluster(C, depth=2)
+    runner_peers.update([_peer(A, cpus=0), _peer(B)])
+    runner.add_worker()
+    runner.state.peer_forward(A, spec_to_wire(forward.spec), None, list(forward.values), [])
+    assert _of(runner.effects(), PullObject) == [PullObject(node=B, object_id=rid, size=4096)]
+    runner_peers.pulled(rid, "/dev/shm/heliostat-c-1", 4096)
+    assert _of(runner.effects(), ReleaseAt) == [ReleaseAt(node=A, object_ids=(rid,))]
+    # The owner kept its entry (and B's copy) for C until then.
+    assert owner.state.objects.entries[rid].count == 3  # the driver, the task, C
+    owner_peers.on_release(C, [rid])
+    assert owner.state.objects.entries[rid].count == 2
+    assert owner.effects() == []
+
+
+def test_a_task_sent_to_the_node_holding_its_argument_moves_no_bytes(make_node, make_spec) -> None:
+    owner, owner_peers = _cluster(make_node)
+    runner = make_node(num_cpus=1)
+    runner_peers = runner.state.join_cluster(B, depth=2)
+    runner_peers.update([_peer(A, cpus=0)])
+    worker = runner.add_worker()
+    # B ran a task of A's and keeps its large result for A.
+    maker = make_spec()
+    owner.state.submit(owner.state.driver, maker)
+    (forward,) = _forwards(owner)
+    runner.state.peer_forward(A, spec_to_wire(forward.spec), None, [], [])
+    (execute,) = runner.sent(worker)
+    rid = maker.return_ids[0]
+    runner.state.task_done(
+        TaskDone(
+            worker=worker,
+            task_id=maker.task_id,
+            results=[(rid, SHM, "/dev/shm/heliostat-b-1", (), 4096)],
+            started=1.0,
+            finished=2.0,
+        )
+    )
+    (report,) = _of(runner.effects(), ReportTask)
+    assert report.values == (WireValue(rid, SHM, None, 4096, ()),)
+    assert runner.state.objects.entries[rid].kind is ObjKind.SHM  # kept for A
+    owner_peers.on_report(B, maker.task_id, "ok", 1.0, 2.0, list(report.values), [])
+    assert owner.effects() == []
+    # A task reading it goes to B (A has no CPUs), which uses its own copy.
+    reader = make_spec(args=(rid,))
+    owner.state.submit(owner.state.driver, reader)
+    (forward,) = _forwards(owner)
+    assert forward.values == (WireValue(rid, SHM, None, 4096, (), B),)
+    runner.state.peer_forward(A, spec_to_wire(forward.spec), None, list(forward.values), [])
+    (execute,) = runner.sent(worker)
+    assert execute.resolved == [(rid, SHM, "/dev/shm/heliostat-b-1")]
+    # No pull; the owner's extra hold for B is given back at once.
+    assert runner.effects() == [ReleaseAt(node=A, object_ids=(rid,))]
+    # The owner drops its ref once the reader is done: B frees its copy.
+    owner_peers.on_release(B, [rid])
+    owner.state.verbs["release"](owner.state.driver, None, [rid])
+    runner.state.task_done(
+        TaskDone(worker=worker, task_id=reader.task_id, results=[], started=2.0, finished=3.0)
+    )
+    (report,) = _of(runner.effects(), ReportTask)
+    owner_peers.on_report(B, reader.task_id, "ok", 2.0, 3.0, [], [])
+    (release,) = _of(owner.effects(), ReleaseAt)
+    assert release == ReleaseAt(node=B, object_ids=(rid,))
+    runner_peers.on_release(A, list(release.object_ids))
+    assert rid not in runner.state.objects.entries
+
+
+def test_a_remote_value_whose_node_dies_is_rebuilt_when_it_is_needed(make_node, make_spec) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    spec, rid = _remote_result(node, peers, make_spec, max_retries=2)
+    peers.update([_peer(C)])  # B dies: nothing is redone until someone reads the value
+    assert node.state.objects.entries[rid].kind is ObjKind.FREED
+    assert peers.located == {}
+    assert node.effects() == []
+    got = _ask(node, "get", 1, [rid])
+    (forward,) = _forwards(node)
+    assert forward.spec is spec and forward.node == C  # re-run for its value
+    peers.on_report(C, spec.task_id, "ok", 1.0, 2.0, [WireValue(rid, SHM, None, 4096, ())], [])
+    assert _of(node.effects(), PullObject) == [PullObject(node=C, object_id=rid, size=4096)]
+    peers.pulled(rid, "/dev/shm/heliostat-x-1", 4096)
+    assert got == [[(rid, SHM, "/dev/shm/heliostat-x-1")]]
 
 
 def test_a_failed_pull_rebuilds_the_value_from_lineage(make_node, make_spec) -> None:
     node, peers = _cluster(make_node)
-    spec = make_spec(max_retries=2)
-    node.state.submit(node.state.driver, spec)
+    spec, rid = _remote_result(node, peers, make_spec, max_retries=2)
+    _ask(node, "get", 1, [rid])
     node.effects()
-    rid = spec.return_ids[0]
-    peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, [WireValue(rid, SHM, None, 10, ())], [])
-    node.effects()
-    peers.pull_failed(rid, "node gone")
-    assert [f.spec for f in _forwards(node)] == [spec]  # re-run for its value
+    peers.pull_failed(rid, "B lost it")
+    effects = node.effects()
+    assert _of(effects, ReleaseAt) == [ReleaseAt(node=B, object_ids=(rid,))]
+    assert [f.spec for f in _of(effects, ForwardTask)] == [spec]  # re-run for its value
+
+
+def test_a_task_whose_node_could_not_fetch_its_argument_runs_again_after_a_rebuild(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    maker, rid = _remote_result(node, peers, make_spec, max_retries=2)
+    reader = make_spec(args=(rid,), max_retries=1)
+    reader.strategy = NodeAffinitySchedulingStrategy(f"{C:020x}", soft=True)
+    node.state.submit(node.state.driver, reader)
+    assert [f.spec for f in _forwards(node)] == [reader]
+    # B lost the value (or died) before C pulled it: C reports the task failed so.
+    lost = ObjectLostError("gone", object_id=format_id(rid))
+    (ret,) = reader.return_ids
+    error = WireValue(ret, int(ObjKind.ERROR), pickle.dumps(lost), 0, ())
+    peers.on_report(C, reader.task_id, "error", 1.0, 2.0, [error], [])
+    effects = node.effects()
+    # The owner takes the value for lost, rebuilds it, and runs the reader again.
+    assert ReleaseAt(node=B, object_ids=(rid,)) in effects
+    forwards = {f.spec.task_id: f for f in _of(effects, ForwardTask)}
+    assert set(forwards) == {maker.task_id, reader.task_id}
+    assert forwards[reader.task_id].pending == (rid,)  # its value follows when rebuilt
+    assert reader.state is TaskState.RUNNING and reader.attempts == 2
+    assert node.state.objects.entries[ret].kind is ObjKind.PENDING
+
+
+def test_a_value_rebuilt_while_an_old_pull_of_it_runs_waits_for_that_pull(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node)
+    spec, rid = _remote_result(node, peers, make_spec, max_retries=2)
+    entry = node.state.objects.entries[rid]
+    entry.lineage_refs += 1  # a downstream task's lineage keeps it as a recipe
+    _ask(node, "wait", 1, [rid], 1, True)  # pulls it (then forgotten: a timeout)
+    node.state.verbs["forget"](node.state.driver, None, 1)
+    node.state.verbs["release"](node.state.driver, None, [rid])
+    assert entry.kind is ObjKind.FREED
+    assert _of(node.effects(), ReleaseAt) == [ReleaseAt(node=B, object_ids=(rid,))]
+    # Rebuilt, and reported again before the first pull ended: the value has a new
+    # location, and no second pull starts while the first one writes its segment.
+    got = _ask(node, "get", 2, [rid])
+    assert [f.spec for f in _forwards(node)] == [spec]
+    peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, [WireValue(rid, SHM, None, 4096, ())], [])
+    assert entry.kind is ObjKind.REMOTE
+    assert _of(node.effects(), PullObject) == []
+    # The first pull fails (B had let go of that copy): the new location is pulled.
+    peers.pull_failed(rid, "not found")
+    assert entry.kind is ObjKind.REMOTE
+    assert _of(node.effects(), PullObject) == [PullObject(node=B, object_id=rid, size=4096)]
+    peers.pulled(rid, "/dev/shm/heliostat-x-1", 4096)
+    assert got == [[(rid, SHM, "/dev/shm/heliostat-x-1")]]
+
+
+def test_a_remote_value_that_cannot_be_rebuilt_raises_object_lost(make_node, make_spec) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    _spec, rid = _remote_result(node, peers, make_spec, max_retries=0)
+    peers.update([_peer(C)])
+    got = _ask(node, "get", 1, [rid])
+    ((_oid, kind, payload),) = got[0]
+    assert kind == int(ObjKind.ERROR)
+    assert isinstance(pickle.loads(payload), ObjectLostError)
+
+
+def test_what_a_node_kept_for_an_owner_that_died_is_freed(make_node, make_spec) -> None:
+    owner, _owner_peers = _cluster(make_node)
+    runner = make_node(num_cpus=1)
+    runner_peers = runner.state.join_cluster(B, depth=2)
+    runner_peers.update([_peer(A, cpus=0)])
+    worker = runner.add_worker()
+    maker = make_spec()
+    owner.state.submit(owner.state.driver, maker)
+    (forward,) = _forwards(owner)
+    runner.state.peer_forward(A, spec_to_wire(forward.spec), None, [], [])
+    rid = maker.return_ids[0]
+    runner.state.task_done(
+        TaskDone(
+            worker=worker,
+            task_id=maker.task_id,
+            results=[(rid, SHM, "/dev/shm/heliostat-b-1", (), 4096)],
+            started=1.0,
+            finished=2.0,
+        )
+    )
+    assert runner.state.objects.entries[rid].kind is ObjKind.SHM
+    runner_peers.update([])  # A dies
+    assert rid not in runner.state.objects.entries
+    assert runner.state.objects.table.used == 0
 
 
 def test_a_forwarded_task_runs_on_the_peer_and_reports_back(make_node, make_spec) -> None:
