@@ -97,6 +97,7 @@ class ObjectTable:
         spill_dir: str,
         unmap: Callable[[ObjectEntry], None],
         on_unhandled_error: Callable[[ObjectEntry], None] | None = None,
+        unpin_other: Callable[[int], None] | None = None,
     ) -> None:
         self.entries: dict[int, ObjectEntry] = {}
         self.limit = limit
@@ -109,6 +110,8 @@ class ObjectTable:
         self._unmap = unmap
         # Called when an ERROR value no reader ever saw is freed (Ray's "unhandled error").
         self._on_unhandled_error = on_unhandled_error
+        # A freed value lets go of the ids inside it that are not objects (actors).
+        self._unpin_other = unpin_other
 
     # --- creation and counting -------------------------------------------------------
 
@@ -225,8 +228,12 @@ class ObjectTable:
         entry.path = ""
         entry.kind = ObjKind.FREED
         contained, entry.contained = entry.contained, ()
+        entries = self.entries
         for inner in contained:
-            self.unpin(inner)
+            if inner in entries:
+                self.unpin(inner)
+            elif self._unpin_other is not None:
+                self._unpin_other(inner)
         if entry.lineage_refs == 0:
             self._delete(entry)
 

@@ -43,7 +43,9 @@ from heliostat.engine.dispatch import may_retry
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
     PEER_EFFECTS,
+    ActorBorrow,
     ActorControl,
+    ActorRefs,
     ActorStarted,
     CancelRemote,
     ForwardTask,
@@ -81,7 +83,9 @@ from heliostat.scheduler.placement import (
 __all__ = [
     "PEER_EFFECTS",
     "PEER_INDEX_BASE",
+    "ActorBorrow",
     "ActorControl",
+    "ActorRefs",
     "ActorStarted",
     "CancelRemote",
     "ForwardTask",
@@ -371,6 +375,7 @@ class Peers(PeerActors):
         spec.remote_node = index
         spec.worker = None
         self.inflight.setdefault(index, {})[spec.task_id] = spec
+        self.lend(index, spec.contained, values)
         sent = self._sent_fns.setdefault(index, set())
         fn_bytes = None
         if spec.fn_id not in sent:
@@ -444,6 +449,7 @@ class Peers(PeerActors):
         if pending:
             self.push_when_ready(index, pending)
         if values:
+            self.lend(index, (), values)
             self._out.effect(PushValues(node=index, values=tuple(values)))
 
     def on_report(
@@ -525,7 +531,7 @@ class Peers(PeerActors):
                     )
                 continue
             for cid in value.contained:
-                if cid not in entries:
+                if cid not in entries and not self.is_actor(cid):
                     table.create(cid, proc, None)
                     created.append(cid)
             objects.set_value(
@@ -553,7 +559,7 @@ class Peers(PeerActors):
             proc = self.procs.get(index) if index is not None else None
             created = []
             for cid in contained:
-                if cid not in objects.entries and proc is not None:
+                if cid not in objects.entries and proc is not None and not self.is_actor(cid):
                     objects.table.create(cid, proc, None)
                     created.append(cid)
             objects.set_value(entry, ObjKind.SHM, path, size, contained)
@@ -652,6 +658,7 @@ class Peers(PeerActors):
                 self._add_value(proc, entry, values, pending)
         if pending:
             self.push_when_ready(index, pending)
+        self.lend(index, (), values)
         self._out.effect(
             ReportTask(
                 node=index,
