@@ -17,8 +17,9 @@ In a cluster, names are cluster-wide and kept by the head: a named actor's name 
 claimed there before the actor is created (``ClaimName``), ``get_actor`` of a name not
 known here asks the head (``LookupName``), and the name is released when the actor is
 dead for good (``ReleaseName``). An actor owned by another node that this node has a
-handle to (from the head) is *borrowed*: its calls are sent to its owner, which
-queues them with its other calls and reports their results back. A detached actor
+handle to (from the head, or inside something another node sent) is *borrowed*: its
+calls are sent to its owner, which queues them with its other calls and reports their
+results back; the owner keeps the actor while a borrowing node holds a handle. A detached actor
 that a driver's node creates is handed over to the node that hosts it, which owns it
 from then on, so that it outlives the driver. That half of the directory is in
 :mod:`heliostat.engine.cluster_actors`.

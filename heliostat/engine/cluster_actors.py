@@ -6,10 +6,15 @@ detached actors handed over (the cluster half of ``ActorDirectory``; pure).
   there when this node does not know it, and released when the actor dies for good.
   Questions to the head are effects (``AskHead``); their answers come back through
   :meth:`ClusterActors.head_answer` under the node lock.
-* **Borrowed handles** (:class:`BorrowedActor`): an actor owned by another node. Its
-  calls go to the owner, which queues them with the actor's other calls; a kill is
-  passed on to the owner; if the owner's node goes, the calls fail with
-  ``ActorDiedError`` naming it.
+* **Borrowed handles** (:class:`BorrowedActor`): an actor owned by another node, found
+  by name or received inside a task, a value or a result (the sender names the owner
+  first: ``ActorRefs``). Its calls go to the owner, which queues them with the
+  actor's other calls; a kill or a cancel is passed on to the owner; if the owner's
+  node goes, the calls fail with ``ActorDiedError`` naming it. The record is counted
+  like a local actor and goes with this node's last handle.
+* **Lifetime across nodes**: the owner counts, per borrowing node, the handles sent
+  there and not given back (``ActorBorrow``), and keeps the actor while any count is
+  above zero; the protocol is numbered above :meth:`ClusterActors.lend`.
 * **Detached actors** created by a driver's node are handed over to the node that
   hosts them, which owns them from then on (the driver's node leaves with its driver).
 """
@@ -525,16 +530,54 @@ class ClusterActors:
             elif holder is not None and actor.state is not ActorState.DEAD:
                 self.dead(actor, f"its name {actor.name!r} was taken by another actor meanwhile")
 
-        options = ActorOptions(
-            name=actor.name,
-            namespace=actor.namespace,
-            class_name=actor.class_name,
-            max_restarts=actor.max_restarts,
-            max_concurrency=actor.max_concurrency,
-            detached=actor.lifetime_detached,
-            methods=actor.methods,
-        )
-        self.ask_head(lambda req: _claim(req, actor.actor_id, options), then)
+        self.ask_head(lambda req: _claim(req, actor.actor_id, _options_of(actor)), then)
+
+    def reclaim_names(self) -> None:
+        """This node registered with the head again (it was cut off and declared dead,
+        which made the head forget its names; or the head restarted): claim the names
+        of its living named actors again. A name another actor took meanwhile stays
+        that actor's; ours lives on, known by its handles only."""
+        for actor in list(self.actors.values()):
+            key = (actor.namespace, actor.name)
+            if (
+                not actor.name
+                or actor.state is ActorState.DEAD
+                or actor.creation.owner >= PEER_INDEX_BASE
+                or self.named.get(key) != actor.actor_id
+            ):
+                continue
+
+            def then(ok: bool, holder: Any, actor: ActorRecord = actor) -> None:
+                key = (actor.namespace, actor.name)
+                if not ok:
+                    log.warning(
+                        "could not claim the name of actor %s again: %s", actor.label(), holder
+                    )
+                elif holder is not None and self.named.get(key) == actor.actor_id:
+                    log.warning(
+                        "actor %s lost its name %r to another actor while this node was "
+                        "cut off from the cluster; it lives on without it",
+                        actor.label(),
+                        actor.name,
+                    )
+                    del self.named[key]
+
+            def claim(req: int, actor: ActorRecord = actor) -> ClaimName:
+                return _claim(req, actor.actor_id, _options_of(actor))
+
+            self.ask_head(claim, then)
+
+
+def _options_of(actor: ActorRecord) -> ActorOptions:
+    return ActorOptions(
+        name=actor.name,
+        namespace=actor.namespace,
+        class_name=actor.class_name,
+        max_restarts=actor.max_restarts,
+        max_concurrency=actor.max_concurrency,
+        detached=actor.lifetime_detached,
+        methods=actor.methods,
+    )
 
 
 def _claim(req: int, actor_id: int, options: ActorOptions) -> ClaimName:

@@ -26,6 +26,7 @@ from waiting import poll_for
 import heliostat as hs
 from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
 from heliostat.exceptions import ActorDiedError, TaskCancelledError
+from heliostat.storage.cluster_nodes import NodeState
 
 # The nodes cannot import this test module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -193,3 +194,40 @@ def test_a_borrowed_actor_whose_owners_node_is_killed_fails_its_calls(daemons: D
             hs.get(in_flight, timeout=60)
         with pytest.raises(ActorDiedError, match="owner's node"):
             hs.get(counter.incr.remote(), timeout=60)
+
+
+@hs.remote
+def make_named(name: str) -> int:
+    """A detached named actor created (and owned) by the node that runs this task."""
+    counter = Counter.options(name=name, lifetime="detached").remote()
+    return int(hs.get(counter.incr.remote(), timeout=60))
+
+
+def _call_by_name(name: str) -> int | None:
+    try:
+        return int(hs.get(hs.get_actor(name).incr.remote(), timeout=30))
+    except ValueError:  # not known at the head (yet)
+        return None
+
+
+def test_a_node_cut_off_and_back_claims_its_actors_names_again(daemons: Daemons) -> None:
+    """On a cluster of its own: it freezes a node (SIGSTOP) until the head declares it
+    dead, then lets it go on; its actor lived on meanwhile, and is found by name again."""
+    with joined(Cluster(daemons)) as driver:
+        make = make_named.options(scheduling_strategy=on(driver.n1))
+        assert hs.get(make.remote("survivor"), timeout=60) == 1
+        assert _call_by_name("survivor") == 2
+        node = daemons.pid("n1", "node")
+        os.kill(node, signal.SIGSTOP)
+        try:
+            poll_for(
+                lambda: daemons.states().get(driver.n1) is NodeState.DEAD,
+                30,
+                what="the head to declare the frozen node dead",
+            )
+            assert _call_by_name("survivor") is None  # its names went with it
+        finally:
+            os.kill(node, signal.SIGCONT)
+        # Back (a new incarnation): the name is claimed again, the actor's state intact.
+        assert poll_for(lambda: _call_by_name("survivor"), 60, what="the name again") == 3
+        assert "survivor" in hs.util.list_named_actors()

@@ -681,3 +681,30 @@ def test_a_call_through_a_borrowed_handle_is_cancelled_by_the_owner(make_node, m
     )
     assert call.state is TaskState.FINISHED
     assert isinstance(_error(borrower, call.return_ids[0]), TaskCancelledError)
+
+
+def test_a_node_back_from_being_cut_off_claims_its_actors_names_again(make_node, make_spec) -> None:
+    from heliostat.engine.node_instructions import ClaimName
+    from heliostat.engine.records import ActorState
+
+    node, _ = _cluster(make_node, num_cpus=2)
+    actors = node.state.actors
+    created = []
+    for name in ("kept", "taken"):
+        creation = _creation(make_spec)
+        node.state.create_actor(node.state.driver, creation, _options(name), lambda *r: None)
+        (claim,) = _asks(node, ClaimName)
+        actors.head_answer(claim.req, True, None)
+        created.append(creation.actor_id)
+    node.reset()
+    actors.reclaim_names()  # registered with the head again
+    claims = {c.name: c for c in _asks(node, ClaimName)}
+    assert {(n, c.actor_id) for n, c in claims.items()} == {
+        ("kept", created[0]),
+        ("taken", created[1]),
+    }
+    actors.head_answer(claims["kept"].req, True, None)
+    actors.head_answer(claims["taken"].req, True, _named("taken", 99, C))  # taken meanwhile
+    assert actors.lookup("kept", "ns").actor_id == created[0]
+    assert actors.lookup("taken", "ns") is None  # that name is the other actor's now
+    assert actors.actors[created[1]].state is not ActorState.DEAD  # it lives on without it
