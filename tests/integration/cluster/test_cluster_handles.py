@@ -231,3 +231,53 @@ def test_a_node_cut_off_and_back_claims_its_actors_names_again(daemons: Daemons)
         # Back (a new incarnation): the name is claimed again, the actor's state intact.
         assert poll_for(lambda: _call_by_name("survivor"), 60, what="the name again") == 3
         assert "survivor" in hs.util.list_named_actors()
+
+
+# What the first driver runs: a detached unnamed counter (handed over to the head's
+# node, which owns it from then on) kept by a named registry actor on n1.
+REGISTRY = (
+    "import sys\n"
+    "import heliostat as hs\n"
+    "from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy as On\n"
+    "@hs.remote\n"
+    "class Counter:\n"
+    "    def __init__(self):\n"
+    "        self.n = 0\n"
+    "    def incr(self):\n"
+    "        self.n += 1\n"
+    "        return self.n\n"
+    "@hs.remote\n"
+    "class Registry:\n"
+    "    def keep(self, counter):\n"
+    "        self.counter = counter\n"
+    "    def use(self):\n"
+    "        return hs.get(self.counter.incr.remote(), timeout=60)\n"
+    "    def give(self):\n"
+    "        return self.counter\n"
+    "hs.init()\n"
+    "head, n1 = sys.argv[1:3]\n"
+    "counter = Counter.options(lifetime='detached', scheduling_strategy=On(head, soft=False))"
+    ".remote()\n"
+    "registry = Registry.options(name='registry', lifetime='detached',"
+    " scheduling_strategy=On(n1, soft=False)).remote()\n"
+    "print(hs.get(counter.incr.remote(), timeout=60))\n"
+    "hs.get(registry.keep.remote(counter), timeout=60)\n"
+    "print(hs.get(registry.use.remote(), timeout=60))\n"
+)
+
+
+def test_a_drivers_detached_actor_is_called_through_a_handle_its_driver_passed_on(
+    driver: Cluster,
+) -> None:
+    # The first driver creates both, hands the counter's handle to the registry, exits.
+    out = driver.daemons.driver(REGISTRY, args=(driver.head, driver.n1))
+    assert out.split() == ["1", "2"]
+    # Its node is gone: the registry's handle names the counter's host as its owner.
+    registry = hs.get_actor("registry")
+    assert hs.get(registry.use.remote(), timeout=60) == 3
+    counter = hs.get(registry.give.remote(), timeout=60)  # and handed on to this driver
+    assert hs.get(counter.incr.remote(), timeout=60) == 4
+    hs.kill(counter)
+    hs.kill(registry)
+    with pytest.raises(ActorDiedError):
+        hs.get(counter.incr.remote(), timeout=60)
