@@ -416,8 +416,12 @@ class ClusterActors:
             return
         if self.borrowed.get(borrowed.actor_id) is not borrowed:
             return
-        del self.borrowed[borrowed.actor_id]
         peers = self.peers
+        if peers is not None and peers.pulls:
+            actor_id = borrowed.actor_id
+            if any(actor_id in inner for _source, inner in peers.pulls.values()):
+                return  # a value on its way here holds a handle to it (pinned on arrival)
+        del self.borrowed[borrowed.actor_id]
         if (
             borrowed.received
             and not borrowed.death_cause

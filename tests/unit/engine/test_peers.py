@@ -708,3 +708,21 @@ def test_a_node_back_from_being_cut_off_claims_its_actors_names_again(make_node,
     assert actors.lookup("kept", "ns").actor_id == created[0]
     assert actors.lookup("taken", "ns") is None  # that name is the other actor's now
     assert actors.actors[created[1]].state is not ActorState.DEAD  # it lives on without it
+
+
+def test_a_borrowed_record_waits_for_a_value_being_pulled_with_a_handle_inside(
+    make_node, make_spec
+) -> None:
+    node, peers = _borrower(make_node, B)
+    actors = node.state.actors
+    actor_id = 5 << 64
+    actors.borrow_refs([(actor_id, A)])
+    borrowed = actors.borrowed[actor_id]
+    actors.hold(node.state.driver, borrowed)  # a handle it had already
+    big = 9 << 60
+    peers.on_values(A, [WireValue(big, SHM, None, 1 << 20, (actor_id,))])
+    assert big in peers.pulls
+    node.state._v_release(node.state.driver, None, [actor_id])  # that handle goes
+    assert actors.borrowed.get(actor_id) is borrowed  # kept for the value on its way
+    peers.pulled(big, "/dev/shm/nothing", 1 << 20)
+    assert borrowed.holds == 1  # the value holds it now
