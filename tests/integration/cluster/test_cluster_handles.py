@@ -179,6 +179,14 @@ def test_a_borrowed_call_is_cancelled_by_the_owner(driver: Cluster) -> None:
         hs.get(queued, timeout=60)
     assert hs.get(busy, timeout=60) == 3.0
     assert hs.get(counter.incr.remote(), timeout=60) == 2  # the cancelled call never ran
+    # An actor of the driver's node that lives on another: the node it lives on cancels.
+    own = Counter.options(scheduling_strategy=on(driver.n1)).remote()
+    busy = own.nap.remote(3.0)
+    queued = own.incr.remote()
+    hs.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        hs.get(queued, timeout=60)
+    assert hs.get([busy, own.incr.remote()], timeout=60) == [3.0, 1]
 
 
 def test_a_borrowed_actor_whose_owners_node_is_killed_fails_its_calls(daemons: Daemons) -> None:
