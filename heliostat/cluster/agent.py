@@ -113,6 +113,7 @@ class NodeAgent:
         self._stored_objects = stored_objects
         self._report = ObjectReport()  # the agent's thread alone uses it
         self._on_fatal = on_fatal
+        self._on_rejoined: Callable[[], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ack: RegisterAck | None = None
@@ -122,6 +123,11 @@ class NodeAgent:
     def set_on_fatal(self, on_fatal: Callable[[ClusterError], None] | None) -> None:
         """Who to tell when the agent stops for good (set before :meth:`start`)."""
         self._on_fatal = on_fatal
+
+    def set_on_rejoined(self, on_rejoined: Callable[[], None] | None) -> None:
+        """Who to tell each time the node registered again (step 3 or 4), so that it
+        can tell the head again what the head forgot about it (its actors' names)."""
+        self._on_rejoined = on_rejoined
 
     def register(self) -> RegisterAck:
         """Register now. Raises the client's error when the head refuses or is away."""
@@ -179,6 +185,8 @@ class NodeAgent:
                     interval = self.register().heartbeat_interval
                     registered = True
                     log.info("node %s registered with the head again", self.node_id)
+                    if self._on_rejoined is not None:
+                        self._on_rejoined()
             except NodeNotKnown as exc:
                 log.warning("the head no longer counts node %s (%s)", self.node_id, exc)
                 registered, delay = False, 0.0

@@ -5,7 +5,8 @@ dedicated worker process runs the constructor) and returns an :class:`ActorHandl
 ``handle.method.remote(...)`` submits a call; calls from one caller (process) run in
 submission order, and a call whose arguments are ready never waits behind another
 caller's call whose arguments are not (as in Ray). Arguments are checked against the
-method's signature at ``.remote()``. Handles are counted like object refs: when every
+method's signature at ``.remote()``. Handles are counted like object refs, wherever
+they are (in processes, inside values, on other nodes of a cluster): when every
 handle is gone, an unnamed actor exits once its queued calls are done (a named one
 lives until ``kill`` or shutdown, as a detached Ray actor does).
 """

@@ -17,8 +17,9 @@ In a cluster, names are cluster-wide and kept by the head: a named actor's name 
 claimed there before the actor is created (``ClaimName``), ``get_actor`` of a name not
 known here asks the head (``LookupName``), and the name is released when the actor is
 dead for good (``ReleaseName``). An actor owned by another node that this node has a
-handle to (from the head) is *borrowed*: its calls are sent to its owner, which
-queues them with its other calls and reports their results back. A detached actor
+handle to (from the head, or inside something another node sent) is *borrowed*: its
+calls are sent to its owner, which queues them with its other calls and reports their
+results back; the owner keeps the actor while a borrowing node holds a handle. A detached actor
 that a driver's node creates is handed over to the node that hosts it, which owns it
 from then on, so that it outlives the driver. That half of the directory is in
 :mod:`heliostat.engine.cluster_actors`.
@@ -113,20 +114,39 @@ class ActorDirectory(ClusterActors):
         self.claiming: set[tuple[str, str]] = set()  # names being claimed at the head
         self._asks: dict[int, Callable[[bool, Any], None]] = {}  # questions to the head
         self._ask_ids = itertools.count(1)
+        # In a cluster: our actors whose handles were sent to other nodes, by actor id:
+        # node -> handle transfers not let go of yet (may dip below zero for a moment,
+        # see ClusterActors.on_borrow). An actor with any count above zero is pinned.
+        self.lent: dict[int, dict[int, int]] = {}
+        # Peers' actors that live here: handle transfers to this node their owners
+        # counted, given back when only the owner's own hold is left.
+        self.hosted_received: dict[int, int] = {}
 
     # ------------------------------------------------------------------ handles --
 
-    def pin(self, actor: ActorRecord) -> None:
+    # Both kinds of actor are counted alike: ours (``ActorRecord``) and those another
+    # node owns (``BorrowedActor``), whose record goes when the count falls to zero.
+
+    def pin(self, actor: ActorRecord | BorrowedActor) -> None:
         actor.holds += 1
 
-    def unpin(self, actor: ActorRecord) -> None:
+    def unpin(self, actor: ActorRecord | BorrowedActor) -> None:
         actor.holds -= 1
         if actor.holds <= 0:
-            self._out_of_scope(actor)
+            if type(actor) is BorrowedActor:
+                self.unheld(actor)
+            else:
+                self._out_of_scope(actor)  # type: ignore[arg-type]
+        elif self.hosted_received and actor.actor_id in self.hosted_received:
+            self.hosted_unheld(actor)  # type: ignore[arg-type]
 
-    def hold(self, proc: WorkerRecord, actor: ActorRecord) -> None:
+    def hold(self, proc: WorkerRecord, actor: ActorRecord | BorrowedActor) -> None:
         actor.holds += 1
         proc.holds[actor.actor_id] = proc.holds.get(actor.actor_id, 0) + 1
+
+    def _counted(self, actor_id: int) -> ActorRecord | BorrowedActor | None:
+        actor = self.actors.get(actor_id)
+        return actor if actor is not None else self.borrowed.get(actor_id)
 
     def release(self, proc: WorkerRecord, actor_id: int) -> None:
         n = proc.holds.get(actor_id, 0)
@@ -136,19 +156,21 @@ class ActorDirectory(ClusterActors):
             del proc.holds[actor_id]
         else:
             proc.holds[actor_id] = n - 1
-        actor = self.actors.get(actor_id)
+        actor = self._counted(actor_id)
         if actor is not None:
             self.unpin(actor)
 
     def release_all(self, proc: WorkerRecord) -> None:
         """A process is gone: drop every handle and object hold it had."""
-        actor_holds = {i: n for i, n in proc.holds.items() if i in self.actors}
+        actor_holds = {
+            i: n for i, n in proc.holds.items() if i in self.actors or i in self.borrowed
+        }
         for actor_id in actor_holds:
             del proc.holds[actor_id]
         self._objects.table.release_all(proc)
         for actor_id, n in actor_holds.items():
             for _ in range(n):
-                actor = self.actors.get(actor_id)
+                actor = self._counted(actor_id)
                 if actor is not None:
                     self.unpin(actor)
 
@@ -362,6 +384,7 @@ class ActorDirectory(ClusterActors):
         borrowed = self.borrowed.get(spec.actor_id)
         if borrowed is not None:
             borrowed.inflight.pop(spec.task_id, None)
+            self.unheld(borrowed)  # forgotten if that was all that kept it
 
     def remote_died(self, actor_id: int, index: int, how: str) -> None:
         """The node an actor of ours lives on says its process died."""
@@ -539,6 +562,8 @@ class ActorDirectory(ClusterActors):
         if worker is not None:
             self._out.send(worker, EXIT)  # dropped if it has not connected yet
         self.actors.pop(actor.actor_id, None)
+        self.lent.pop(actor.actor_id, None)
+        self.hosted_received.pop(actor.actor_id, None)
         if actor.name:
             self.named.pop((actor.namespace, actor.name), None)
 

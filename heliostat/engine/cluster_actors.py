@@ -6,10 +6,15 @@ detached actors handed over (the cluster half of ``ActorDirectory``; pure).
   there when this node does not know it, and released when the actor dies for good.
   Questions to the head are effects (``AskHead``); their answers come back through
   :meth:`ClusterActors.head_answer` under the node lock.
-* **Borrowed handles** (:class:`BorrowedActor`): an actor owned by another node. Its
-  calls go to the owner, which queues them with the actor's other calls; a kill is
-  passed on to the owner; if the owner's node goes, the calls fail with
-  ``ActorDiedError`` naming it.
+* **Borrowed handles** (:class:`BorrowedActor`): an actor owned by another node, found
+  by name or received inside a task, a value or a result (the sender names the owner
+  first: ``ActorRefs``). Its calls go to the owner, which queues them with the
+  actor's other calls; a kill or a cancel is passed on to the owner; if the owner's
+  node goes, the calls fail with ``ActorDiedError`` naming it. The record is counted
+  like a local actor and goes with this node's last handle.
+* **Lifetime across nodes**: the owner counts, per borrowing node, the handles sent
+  there and not given back (``ActorBorrow``), and keeps the actor while any count is
+  above zero; the protocol is numbered above :meth:`ClusterActors.lend`.
 * **Detached actors** created by a driver's node are handed over to the node that
   hosts them, which owns them from then on (the driver's node leaves with its driver).
 """
@@ -19,12 +24,14 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
+    ActorBorrow,
     ActorControl,
+    ActorRefs,
     ClaimName,
     ListNames,
     LookupName,
@@ -33,6 +40,7 @@ from heliostat.engine.node_instructions import (
 )
 from heliostat.engine.object_directory import ObjectDirectory, error_payload
 from heliostat.engine.records import (
+    PEER_INDEX_BASE,
     ActorOptions,
     ActorRecord,
     ActorState,
@@ -64,7 +72,10 @@ class BorrowedActor:
     """An actor owned by another node (``owner``), that this node holds handles to.
 
     Its calls are forwarded to the owner as they are submitted (their arguments
-    follow when ready); the owner reports each one back.
+    follow when ready); the owner reports each one back. The record is counted like
+    an actor of ours (``holds``: processes with a handle, tasks and values with one
+    inside) and goes when the count is zero and no call is out
+    (:meth:`ClusterActors.unheld`).
     """
 
     __slots__ = (
@@ -76,6 +87,8 @@ class BorrowedActor:
         "methods",
         "inflight",
         "death_cause",
+        "holds",
+        "received",
     )
 
     def __init__(
@@ -96,9 +109,13 @@ class BorrowedActor:
         self.methods = methods
         self.inflight: dict[int, TaskSpec] = {}  # calls sent to the owner
         self.death_cause = ""  # set when its owner is gone
+        self.holds = 0  # handles here: processes' holds plus pins (tasks, values)
+        # Handle transfers to this node the owner counts (``ActorRefs`` received):
+        # given back to the owner when the record goes.
+        self.received = 0
 
     def label(self) -> str:
-        return f"{self.class_name}({self.name or hex(self.actor_id)})"
+        return f"{self.class_name or 'actor'}({self.name or format_id(self.actor_id)})"
 
 
 class ClusterActors:
@@ -108,6 +125,8 @@ class ClusterActors:
     named: dict[tuple[str, str], int]
     peers: Any  # peers.Peers in a cluster
     borrowed: dict[int, BorrowedActor]
+    lent: dict[int, dict[int, int]]
+    hosted_received: dict[int, int]
     claiming: set[tuple[str, str]]
     _asks: dict[int, Callable[[bool, Any], None]]
     _ask_ids: itertools.count[int]
@@ -118,13 +137,15 @@ class ClusterActors:
     if TYPE_CHECKING:  # provided by ActorDirectory
 
         def lookup(self, name: str, namespace: str) -> ActorRecord | None: ...
-        def hold(self, proc: WorkerRecord, actor: ActorRecord) -> None: ...
+        def hold(self, proc: WorkerRecord, actor: ActorRecord | BorrowedActor) -> None: ...
         def dead(
             self, actor: ActorRecord, cause: str, *, resources_released: bool = False
         ) -> None: ...
         def create(
             self, proc: WorkerRecord, spec: TaskSpec, options: ActorOptions, *, start: bool = ...
         ) -> ActorRecord: ...
+        def pin(self, actor: ActorRecord | BorrowedActor) -> None: ...
+        def unpin(self, actor: ActorRecord | BorrowedActor) -> None: ...
 
     def ask_head(self, make: Callable[[int], Any], then: Callable[[bool, Any], None]) -> None:
         """Queue a question for the head (``make(req)``); ``then(ok, answer)`` later."""
@@ -190,6 +211,7 @@ class ClusterActors:
                     methods=dict(found.methods),
                 )
             borrowed = self.borrowed[actor_id]
+            self.hold(proc, borrowed)  # adopted by the handle the caller builds
             reply(True, (actor_id, borrowed.class_name, borrowed.methods))
 
         self.ask_head(lambda req: LookupName(req=req, namespace=namespace, name=name), then)
@@ -228,7 +250,7 @@ class ClusterActors:
     ) -> BorrowedActor:
         """Node ``owner`` owns actor ``actor_id`` (the head says): send it its calls."""
         borrowed = self.borrowed.get(actor_id)
-        if borrowed is None or borrowed.death_cause:
+        if borrowed is None:
             borrowed = self.borrowed[actor_id] = BorrowedActor(
                 actor_id=actor_id,
                 owner=owner,
@@ -237,8 +259,16 @@ class ClusterActors:
                 class_name=class_name,
                 methods=methods,
             )
-        else:
-            borrowed.owner = owner  # ownership moved (a detached actor's hand-over)
+            return borrowed
+        # Ownership moved (a detached actor's hand-over), or a record of a dead owner
+        # meets the actor again (a new incarnation of its node): the handles counted
+        # here stay counted.
+        borrowed.owner = owner
+        borrowed.death_cause = ""
+        borrowed.name = borrowed.name or name
+        borrowed.namespace = borrowed.namespace or namespace
+        borrowed.class_name = borrowed.class_name or class_name
+        borrowed.methods = borrowed.methods or methods
         return borrowed
 
     def call_borrowed(self, borrowed: BorrowedActor, spec: TaskSpec) -> None:
@@ -281,8 +311,8 @@ class ClusterActors:
 
     def owner_node_gone(self, index: int, how: str) -> None:
         """Node ``index`` died or left: the actors it owned that we borrow are dead,
-        and their calls in flight fail."""
-        for borrowed in self.borrowed.values():
+        and their calls in flight fail; the handles it borrowed of ours are gone."""
+        for borrowed in list(self.borrowed.values()):
             if borrowed.owner != index or borrowed.death_cause:
                 continue
             borrowed.death_cause = f"its owner's node {format_id(index)} {how}"
@@ -293,12 +323,174 @@ class ClusterActors:
                     self._tasks.fail(
                         spec, error_payload(self._borrowed_error(borrowed, spec)), "actor_dead"
                     )
+            self.unheld(borrowed)
+        for actor_id, counts in list(self.lent.items()):
+            n = counts.get(index)
+            actor = self.actors.get(actor_id)
+            if actor is None:
+                del self.lent[actor_id]
+            elif n is not None:
+                self._lent_change(actor, index, -n)
+
+    # -------------------------------------------------- handles between nodes --
+    #
+    # Lifetime across nodes (Ray's borrowers, counted per node):
+    #
+    # 1. A node that sends a handle to node N (in a task, its result, a value) first
+    #    sends N an ``ActorRefs`` naming the actor's owner, on the same ordered stream,
+    #    and counts one transfer to N at the owner: directly if it is the owner, else
+    #    by an ``ActorBorrow(+1)`` to the owner, sent before anything that could let
+    #    go of its own handles (its own ``ActorBorrow(-n)`` follows on that stream).
+    # 2. N keeps a ``BorrowedActor`` counted like a local actor, adding one to
+    #    ``received`` per ``ActorRefs``. When its count is zero and none of its calls
+    #    is out, N forgets it and gives the owner back ``received`` (``ActorBorrow``).
+    # 3. The owner pins the actor while some node's count is above zero. A count may
+    #    dip below zero when a borrower's give-back overtakes a third node's +1 (two
+    #    streams); that node's own count stays above zero until its +1 has arrived
+    #    (step 1), so the actor never ends while a handle to it exists.
+    # 4. A borrower's node that dies or leaves loses its counts; an owner's node that
+    #    dies or leaves makes its actors dead for every borrower.
+
+    def lend(self, index: int, ids: Iterable[int]) -> None:
+        """What is about to be sent to node ``index`` holds these ids: for the actors
+        among them, tell ``index`` their owners and count the transfer (step 1)."""
+        local = self.peers.local_index
+        refs: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        for ident in ids:
+            if ident in seen:
+                continue
+            seen.add(ident)
+            actor = self.actors.get(ident)
+            if actor is not None:
+                owner = actor.creation.owner
+                if owner < PEER_INDEX_BASE:  # ours
+                    refs.append((ident, local))
+                    if actor.state is not ActorState.DEAD:
+                        self._lent_change(actor, index, 1)
+                    continue
+                owner -= PEER_INDEX_BASE  # a peer's actor that lives here
+            else:
+                borrowed = self.borrowed.get(ident)
+                if borrowed is None:
+                    continue
+                owner = borrowed.owner
+            if owner != index:
+                refs.append((ident, owner))
+                self._out.effect(ActorBorrow(node=owner, actor_id=ident, borrower=index, delta=1))
+        if refs:
+            self._out.effect(ActorRefs(node=index, refs=tuple(refs)))
+
+    def borrow_refs(self, refs: list[tuple[int, int]]) -> None:
+        """Handles to these (actor id, owner) arrive next (step 2)."""
+        peers = self.peers
+        if peers is None:
+            return
+        local = peers.local_index
+        for actor_id, owner in refs:
+            if owner == local:
+                continue  # ours
+            hosted = self.actors.get(actor_id)
+            if hosted is not None:  # a peer's actor that lives here: counted on it
+                if hosted.creation.owner >= PEER_INDEX_BASE:
+                    self.hosted_received[actor_id] = self.hosted_received.get(actor_id, 0) + 1
+                continue
+            borrowed = self.borrowed.get(actor_id)
+            if borrowed is None:
+                borrowed = self.borrowed[actor_id] = BorrowedActor(
+                    actor_id=actor_id,
+                    owner=owner,
+                    name="",
+                    namespace="",
+                    class_name="",
+                    methods={},
+                )
+            elif borrowed.owner != owner and not borrowed.death_cause:
+                borrowed.owner = owner  # a detached actor handed over since
+            borrowed.received += 1
+
+    def unheld(self, borrowed: BorrowedActor) -> None:
+        """No handle to ``borrowed`` is left here: once its calls are back, forget it
+        and give the owner back what it counted for this node (step 2)."""
+        if borrowed.holds > 0 or borrowed.inflight:
+            return
+        if self.borrowed.get(borrowed.actor_id) is not borrowed:
+            return
+        peers = self.peers
+        if peers is not None and peers.pulls:
+            actor_id = borrowed.actor_id
+            if any(actor_id in inner for _source, inner in peers.pulls.values()):
+                return  # a value on its way here holds a handle to it (pinned on arrival)
+        del self.borrowed[borrowed.actor_id]
+        if (
+            borrowed.received
+            and not borrowed.death_cause
+            and peers is not None
+            and borrowed.owner in peers.nodes
+        ):
+            self._out.effect(
+                ActorBorrow(
+                    node=borrowed.owner,
+                    actor_id=borrowed.actor_id,
+                    borrower=peers.local_index,
+                    delta=-borrowed.received,
+                )
+            )
+
+    def hosted_unheld(self, actor: ActorRecord) -> None:
+        """A handle to ``actor``, a peer's actor that lives here, went: if only its
+        owner's own hold is left, give the owner back what it counted for this node."""
+        owner = actor.creation.owner - PEER_INDEX_BASE
+        standin = self.peers.procs.get(owner) if self.peers is not None else None
+        if actor.holds > (standin.holds.get(actor.actor_id, 0) if standin is not None else 0):
+            return
+        n = self.hosted_received.pop(actor.actor_id, 0)
+        if n and owner in self.peers.nodes:
+            self._out.effect(
+                ActorBorrow(
+                    node=owner,
+                    actor_id=actor.actor_id,
+                    borrower=self.peers.local_index,
+                    delta=-n,
+                )
+            )
+
+    def on_borrow(self, actor_id: int, borrower: int, delta: int) -> None:
+        """Node ``borrower`` got (``delta`` > 0) or gave back handles of an actor of
+        ours (step 3)."""
+        actor = self.actors.get(actor_id)
+        if (
+            actor is None
+            or actor.state is ActorState.DEAD
+            or actor.creation.owner >= PEER_INDEX_BASE
+        ):
+            return
+        self._lent_change(actor, borrower, delta)
+
+    def _lent_change(self, actor: ActorRecord, index: int, delta: int) -> None:
+        counts = self.lent.get(actor.actor_id)
+        if counts is None:
+            counts = self.lent[actor.actor_id] = {}
+        before = any(n > 0 for n in counts.values())
+        n = counts.get(index, 0) + delta
+        if n:
+            counts[index] = n
+        else:
+            counts.pop(index, None)
+        after = any(n > 0 for n in counts.values())
+        if not counts:
+            del self.lent[actor.actor_id]
+        if after and not before:
+            self.pin(actor)
+        elif before and not after:
+            self.unpin(actor)
 
     def hand_over(self, actor: ActorRecord, index: int) -> None:
         """A detached actor this driver's node created goes to node ``index``, which
         hosts and owns it from now on; this node borrows it like any other node."""
         self.peers.hand_over_actor(actor, index)
         self.actors.pop(actor.actor_id, None)
+        lent = self.lent.pop(actor.actor_id, {})  # detached: borrowers do not keep it
         if actor.name and self.named.get((actor.namespace, actor.name)) == actor.actor_id:
             del self.named[(actor.namespace, actor.name)]
         creation = actor.creation
@@ -312,6 +504,8 @@ class ClusterActors:
             class_name=actor.class_name,
             methods=actor.methods,
         )
+        # The handles counted here keep counting (not the borrowers' pin: detached).
+        borrowed.holds += actor.holds - (1 if any(n > 0 for n in lent.values()) else 0)
         entries = self._objects.entries
         queue, actor.queue = actor.queue, deque()
         for spec in queue:  # calls made before it started follow it, in order
@@ -340,16 +534,54 @@ class ClusterActors:
             elif holder is not None and actor.state is not ActorState.DEAD:
                 self.dead(actor, f"its name {actor.name!r} was taken by another actor meanwhile")
 
-        options = ActorOptions(
-            name=actor.name,
-            namespace=actor.namespace,
-            class_name=actor.class_name,
-            max_restarts=actor.max_restarts,
-            max_concurrency=actor.max_concurrency,
-            detached=actor.lifetime_detached,
-            methods=actor.methods,
-        )
-        self.ask_head(lambda req: _claim(req, actor.actor_id, options), then)
+        self.ask_head(lambda req: _claim(req, actor.actor_id, _options_of(actor)), then)
+
+    def reclaim_names(self) -> None:
+        """This node registered with the head again (it was cut off and declared dead,
+        which made the head forget its names; or the head restarted): claim the names
+        of its living named actors again. A name another actor took meanwhile stays
+        that actor's; ours lives on, known by its handles only."""
+        for actor in list(self.actors.values()):
+            key = (actor.namespace, actor.name)
+            if (
+                not actor.name
+                or actor.state is ActorState.DEAD
+                or actor.creation.owner >= PEER_INDEX_BASE
+                or self.named.get(key) != actor.actor_id
+            ):
+                continue
+
+            def then(ok: bool, holder: Any, actor: ActorRecord = actor) -> None:
+                key = (actor.namespace, actor.name)
+                if not ok:
+                    log.warning(
+                        "could not claim the name of actor %s again: %s", actor.label(), holder
+                    )
+                elif holder is not None and self.named.get(key) == actor.actor_id:
+                    log.warning(
+                        "actor %s lost its name %r to another actor while this node was "
+                        "cut off from the cluster; it lives on without it",
+                        actor.label(),
+                        actor.name,
+                    )
+                    del self.named[key]
+
+            def claim(req: int, actor: ActorRecord = actor) -> ClaimName:
+                return _claim(req, actor.actor_id, _options_of(actor))
+
+            self.ask_head(claim, then)
+
+
+def _options_of(actor: ActorRecord) -> ActorOptions:
+    return ActorOptions(
+        name=actor.name,
+        namespace=actor.namespace,
+        class_name=actor.class_name,
+        max_restarts=actor.max_restarts,
+        max_concurrency=actor.max_concurrency,
+        detached=actor.lifetime_detached,
+        methods=actor.methods,
+    )
 
 
 def _claim(req: int, actor_id: int, options: ActorOptions) -> ClaimName:

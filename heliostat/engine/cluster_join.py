@@ -212,6 +212,12 @@ class ClusterMembership:
             is_head=is_head,
             stored_objects=runtime.manager.stored_objects,
         )
+        # Back after being cut off (declared dead), or the head restarted: the names of
+        # this node's living actors are claimed again.
+        manager = runtime.manager
+        self.agent.set_on_rejoined(
+            lambda: manager.peer_event(lambda state: state.actors.reclaim_names())
+        )
         self.job_id = ""
         # What the head publishes about the cluster's workflow stores (a driver's
         # workflows record there: heliostat.workflows.services); None on daemons.

@@ -338,6 +338,28 @@ class ActorControl:
     no_restart: bool
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorRefs:
+    """Handles to these actors are inside what follows on the stream to ``node``:
+    ``refs`` pairs each actor's id with the index of the node that owns it, so that
+    ``node`` sends its calls there."""
+
+    node: int
+    refs: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorBorrow:
+    """Tell ``node``, the owner of actor ``actor_id``, that node ``borrower`` was sent
+    ``delta`` handle transfers of it (``delta`` > 0, said by the sender), or let go of
+    ``-delta`` of them (said by the borrower, when its last handle went)."""
+
+    node: int
+    actor_id: int
+    borrower: int
+    delta: int
+
+
 # ------------------------------------------- instructions: questions for the head --
 # Decided by ``actor_directory.py`` (cluster-wide actor names); carried out by the
 # cluster link, which asks the head and hands the answer back to
@@ -399,6 +421,8 @@ PeerEffect = (
     | CancelRemote
     | ActorStarted
     | ActorControl
+    | ActorRefs
+    | ActorBorrow
 )
 PEER_EFFECTS = (
     ForwardTask,
@@ -409,6 +433,8 @@ PEER_EFFECTS = (
     CancelRemote,
     ActorStarted,
     ActorControl,
+    ActorRefs,
+    ActorBorrow,
 )
 
 

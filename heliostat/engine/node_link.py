@@ -71,7 +71,9 @@ from heliostat.engine.node_instructions import (
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.peer_stream import SERVICE, DeliveryLedger, PeerSender
 from heliostat.engine.peers import (
+    ActorBorrow,
     ActorControl,
+    ActorRefs,
     ActorStarted,
     CancelRemote,
     ForwardTask,
@@ -178,6 +180,19 @@ def encode_effect(effect: Any) -> node_pb2.Envelope:
                 actor_id=id_bytes(effect.actor_id), kill=effect.kill, no_restart=effect.no_restart
             )
         )
+    if kind is ActorRefs:
+        return node_pb2.Envelope(
+            actor_refs=node_pb2.ActorRefs(
+                actor_ids=[id_bytes(a) for a, _owner in effect.refs],
+                owners=[owner for _a, owner in effect.refs],
+            )
+        )
+    if kind is ActorBorrow:
+        return node_pb2.Envelope(
+            actor_borrow=node_pb2.ActorBorrow(
+                actor_id=id_bytes(effect.actor_id), borrower=effect.borrower, delta=effect.delta
+            )
+        )
     raise TypeError(f"not a message for a peer: {effect!r}")
 
 
@@ -225,6 +240,12 @@ def apply_envelope(
     elif body == "actor_control":
         msg = envelope.actor_control
         peers.on_actor_control(index, _int(msg.actor_id), msg.kill, msg.no_restart)
+    elif body == "actor_refs":
+        msg = envelope.actor_refs
+        state.actors.borrow_refs(list(zip(map(_int, msg.actor_ids), msg.owners, strict=True)))
+    elif body == "actor_borrow":
+        msg = envelope.actor_borrow
+        state.actors.on_borrow(_int(msg.actor_id), msg.borrower, msg.delta)
 
 
 class NodeLink:

@@ -484,6 +484,14 @@ class NodeState:
                 spec.cancel_requested = "soft"
                 self.actors.cancel_call(actor.worker, spec)
                 return True
+            if self.peers is not None and spec.remote_node:
+                # Sent to the node the actor lives on, or (a borrowed actor) to its
+                # owner: that node cancels it as it would a call of its own.
+                borrowed = self.actors.borrowed.get(spec.actor_id) if actor is None else None
+                if (actor is not None and spec.task_id in actor.inflight) or (
+                    borrowed is not None and spec.task_id in borrowed.inflight
+                ):
+                    return self.peers.cancel(spec, False)
             return False
         if spec.state in (TaskState.WAITING, TaskState.READY):
             if spec.state is TaskState.READY:

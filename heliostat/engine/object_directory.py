@@ -82,10 +82,11 @@ class ActorHandles(Protocol):
     """Handle counts of actors (``actor_directory.ActorDirectory``)."""
 
     actors: dict[int, ActorRecord]
+    borrowed: dict[int, Any]  # actors other nodes own (cluster_actors.BorrowedActor)
 
-    def pin(self, actor: ActorRecord) -> None: ...
-    def unpin(self, actor: ActorRecord) -> None: ...
-    def hold(self, proc: WorkerRecord, actor: ActorRecord) -> None: ...
+    def pin(self, actor: Any) -> None: ...
+    def unpin(self, actor: Any) -> None: ...
+    def hold(self, proc: WorkerRecord, actor: Any) -> None: ...
 
 
 class Waiter:
@@ -137,6 +138,7 @@ class ObjectDirectory:
             spill_dir=spill_dir,
             unmap=self._unmap,
             on_unhandled_error=log_unhandled_error,
+            unpin_other=self._unpin_actor,
         )
         self.entries = self.table.entries
         self.waiters: dict[tuple[int, int], Waiter] = {}  # by (process index, request id)
@@ -164,12 +166,16 @@ class ObjectDirectory:
     def set_value(
         self, entry: ObjectEntry, kind: ObjKind, payload: Any, size: int, contained: tuple[int, ...]
     ) -> None:
-        actors = self.handles.actors
-        if contained and actors:
+        if contained:
+            # Handles to actors inside the value pin their actors (until the value is
+            # freed: ``_unpin_actor``); they stay in ``contained`` so that a reader
+            # of the value, or a node it is sent to, gets a hold on them too.
+            handles = self.handles
+            actors, borrowed = handles.actors, handles.borrowed
             for cid in contained:
-                if cid in actors:
-                    self.pin_any(cid)
-            contained = tuple(c for c in contained if c not in actors)
+                actor = actors.get(cid) or borrowed.get(cid)
+                if actor is not None:
+                    handles.pin(actor)
         self.table.set_value(entry, kind, payload, size, contained)
         self._wake(entry)
 
@@ -274,22 +280,32 @@ class ObjectDirectory:
 
     # ------------------------------------------------------ pins and holds --
 
+    def _actor(self, ident: int) -> Any:
+        """The actor (ours, or one borrowed from another node) with this id, or None."""
+        handles = self.handles
+        return handles.actors.get(ident) or handles.borrowed.get(ident)
+
     def pin_any(self, ident: int) -> None:
-        actor = self.handles.actors.get(ident)
+        actor = self._actor(ident)
         if actor is not None:
             self.handles.pin(actor)
         else:
             self.table.pin(ident)
 
     def unpin_any(self, ident: int) -> None:
-        actor = self.handles.actors.get(ident)
+        actor = self._actor(ident)
         if actor is not None:
             self.handles.unpin(actor)
         else:
             self.table.unpin(ident)
 
+    def _unpin_actor(self, ident: int) -> None:
+        actor = self._actor(ident)
+        if actor is not None:
+            self.handles.unpin(actor)
+
     def hold_any(self, proc: WorkerRecord, ident: int) -> None:
-        actor = self.handles.actors.get(ident)
+        actor = self._actor(ident)
         if actor is not None:
             self.handles.hold(proc, actor)
         else:

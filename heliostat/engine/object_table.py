@@ -129,6 +129,7 @@ class ObjectTable:
         spill_dir: str,
         unmap: Callable[[ObjectEntry], None],
         on_unhandled_error: Callable[[ObjectEntry], None] | None = None,
+        unpin_other: Callable[[int], None] | None = None,
     ) -> None:
         self.entries: dict[int, ObjectEntry] = {}
         self.limit = limit
@@ -144,6 +145,8 @@ class ObjectTable:
         # Called when an entry with a ``remote`` location is freed or lost: its keeper
         # may let go (``peers.Peers.let_go``, which clears ``entry.remote``).
         self.on_remote_drop: Callable[[ObjectEntry], None] | None = None
+        # A freed value lets go of the ids inside it that are not objects (actors).
+        self._unpin_other = unpin_other
 
     # --- creation and counting -------------------------------------------------------
 
@@ -273,8 +276,12 @@ class ObjectTable:
         entry.path = ""
         entry.kind = ObjKind.FREED
         contained, entry.contained = entry.contained, ()
+        entries = self.entries
         for inner in contained:
-            self.unpin(inner)
+            if inner in entries:
+                self.unpin(inner)
+            elif self._unpin_other is not None:
+                self._unpin_other(inner)
         if entry.lineage_refs == 0:
             self._delete(entry)
 

@@ -14,10 +14,11 @@ owner (``ActorStarted``), who decides restarts; the owner kills or lets go of it
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from heliostat.engine.ids import format_id
-from heliostat.engine.node_instructions import ActorControl, ActorStarted, Outbox
+from heliostat.engine.node_instructions import ActorControl, ActorStarted, Outbox, WireValue
 from heliostat.engine.records import PEER_INDEX_BASE, ActorOptions, TaskSpec, WorkerRecord
 from heliostat.scheduler import CPU
 from heliostat.scheduler.placement import NodeAffinity, NodeView, Strategy
@@ -42,6 +43,23 @@ class PeerActors:
         def proc(self, index: int) -> WorkerRecord: ...
         def forward(self, spec: TaskSpec, index: int, actor_options: Any = None) -> None: ...
         def _choose(self, request: Any, local: NodeView, strategy: Any) -> int | str | None: ...
+
+    def lend(self, index: int, contained: Iterable[int], values: Iterable[WireValue]) -> None:
+        """A task's refs (``contained``) and ``values`` go to node ``index``: the actor
+        handles among them are lent to it (``ActorDirectory.lend``), first."""
+        actors = self.actors
+        if actors is None or not (actors.actors or actors.borrowed):
+            return
+        ids = list(contained)
+        for value in values:
+            ids.extend(value.contained)
+        if ids:
+            actors.lend(index, ids)
+
+    def is_actor(self, ident: int) -> bool:
+        """Whether ``ident`` (inside a value that arrived) is an actor's id."""
+        actors = self.actors
+        return actors is not None and (ident in actors.actors or ident in actors.borrowed)
 
     def place_actor(self, actor: Any, local: Any) -> int | str:
         """Where an actor of ours starts: 0 here, a peer's index, -1 to wait for room,

@@ -66,7 +66,9 @@ from heliostat.engine.dispatch import may_retry
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
     PEER_EFFECTS,
+    ActorBorrow,
     ActorControl,
+    ActorRefs,
     ActorStarted,
     CancelRemote,
     ForwardTask,
@@ -104,7 +106,9 @@ from heliostat.scheduler.placement import (
 __all__ = [
     "PEER_EFFECTS",
     "PEER_INDEX_BASE",
+    "ActorBorrow",
     "ActorControl",
+    "ActorRefs",
     "ActorStarted",
     "CancelRemote",
     "ForwardTask",
@@ -444,6 +448,7 @@ class Peers(PeerActors):
         spec.remote_node = index
         spec.worker = None
         self.inflight.setdefault(index, {})[spec.task_id] = spec
+        self.lend(index, spec.contained, values)
         sent = self._sent_fns.setdefault(index, set())
         fn_bytes = None
         if spec.fn_id not in sent:
@@ -524,6 +529,7 @@ class Peers(PeerActors):
         if pending:
             self.push_when_ready(index, pending)
         if values:
+            self.lend(index, (), values)
             self._out.effect(PushValues(node=index, values=tuple(values)))
 
     def on_report(
@@ -675,7 +681,7 @@ class Peers(PeerActors):
                     self._out.effect(PullObject(node=source, object_id=oid, size=value.size))
                 continue
             for cid in value.contained:
-                if cid not in entries:
+                if cid not in entries and not self.is_actor(cid):
                     table.create(cid, proc, None)
                     created.append(cid)
             objects.set_value(
@@ -740,7 +746,7 @@ class Peers(PeerActors):
             proc = self.procs.get(keeper)
             created = []
             for cid in pull.contained:
-                if cid not in objects.entries and proc is not None:
+                if cid not in objects.entries and proc is not None and not self.is_actor(cid):
                     objects.table.create(cid, proc, None)
                     created.append(cid)
             objects.set_value(entry, ObjKind.SHM, path, size, pull.contained)
@@ -855,6 +861,7 @@ class Peers(PeerActors):
                 self._add_value(proc, entry, values, pending)
         if pending:
             self.push_when_ready(index, pending)
+        self.lend(index, (), values)
         self._out.effect(
             ReportTask(
                 node=index,

@@ -221,6 +221,8 @@ class TaskTable:
             objects.end_stream(spec.return_ids[0], error_payload(exc))
         transition(spec, TaskState.CANCELLED)
         self.record(spec, None, "cancelled")
+        if spec.owner >= PEER_INDEX_BASE and self.on_peer_task_end is not None:
+            self.on_peer_task_end(spec, "cancelled")  # its owner is waiting for it
         self.tasks.pop(spec.task_id, None)
         self.children.pop(spec.task_id, None)
         self.unpin(spec)

@@ -94,8 +94,26 @@ class ActorControl(_message.Message):
     no_restart: bool
     def __init__(self, actor_id: _Optional[bytes] = ..., kill: _Optional[bool] = ..., no_restart: _Optional[bool] = ...) -> None: ...
 
+class ActorRefs(_message.Message):
+    __slots__ = ("actor_ids", "owners")
+    ACTOR_IDS_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
+    actor_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    owners: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, actor_ids: _Optional[_Iterable[bytes]] = ..., owners: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ActorBorrow(_message.Message):
+    __slots__ = ("actor_id", "borrower", "delta")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    BORROWER_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    actor_id: bytes
+    borrower: int
+    delta: int
+    def __init__(self, actor_id: _Optional[bytes] = ..., borrower: _Optional[int] = ..., delta: _Optional[int] = ...) -> None: ...
+
 class Envelope(_message.Message):
-    __slots__ = ("forward", "report", "push", "release", "cancel", "actor_started", "actor_control")
+    __slots__ = ("forward", "report", "push", "release", "cancel", "actor_started", "actor_control", "actor_refs", "actor_borrow")
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +121,8 @@ class Envelope(_message.Message):
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     ACTOR_STARTED_FIELD_NUMBER: _ClassVar[int]
     ACTOR_CONTROL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_REFS_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_BORROW_FIELD_NUMBER: _ClassVar[int]
     forward: ForwardTask
     report: TaskReport
     push: PushValues
@@ -110,7 +130,9 @@ class Envelope(_message.Message):
     cancel: CancelTask
     actor_started: ActorStarted
     actor_control: ActorControl
-    def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., actor_started: _Optional[_Union[ActorStarted, _Mapping]] = ..., actor_control: _Optional[_Union[ActorControl, _Mapping]] = ...) -> None: ...
+    actor_refs: ActorRefs
+    actor_borrow: ActorBorrow
+    def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., actor_started: _Optional[_Union[ActorStarted, _Mapping]] = ..., actor_control: _Optional[_Union[ActorControl, _Mapping]] = ..., actor_refs: _Optional[_Union[ActorRefs, _Mapping]] = ..., actor_borrow: _Optional[_Union[ActorBorrow, _Mapping]] = ...) -> None: ...
 
 class DeliverRequest(_message.Message):
     __slots__ = ("from_node", "messages", "epoch", "seq")

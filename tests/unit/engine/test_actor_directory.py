@@ -137,3 +137,27 @@ def test_the_last_handle_going_retires_the_actor(make_node, make_spec) -> None:
     assert actor.state is ActorState.DEAD
     assert actor.actor_id not in node.state.actors.actors
     assert node.sent(worker) == [Exit()]
+
+
+def test_a_handle_inside_a_value_keeps_the_actor_until_the_value_and_its_readers_let_go(
+    make_node, make_spec
+) -> None:
+    node = make_node()
+    worker = node.add_worker()
+    actor = _create(node, make_spec)
+    node.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
+    reader = node.add_worker()
+    # put([handle]): the value holds the handle; the creator's own handle goes.
+    box = 1 << 50
+    node.state.objects.table.create(box, node.state.driver, None)
+    node.state.objects.fulfill(box, int(ObjKind.INLINE), b"[h]", 3, (actor.actor_id,))
+    node.state.verbs["release"](node.state.driver, None, [actor.actor_id])
+    assert actor.state is ActorState.ALIVE
+    # A reader of the value gets a hold on the handle inside, as on the object refs.
+    entry = node.state.objects.entries[box]
+    assert node.state.objects.value_for(reader, entry) is not None
+    assert reader.holds[actor.actor_id] == 1
+    node.state.verbs["release"](node.state.driver, None, [box])  # the value is freed
+    assert box not in node.state.objects.entries and actor.state is ActorState.ALIVE
+    node.state.verbs["release"](reader, None, [actor.actor_id])  # the reader's handle goes
+    assert actor.state is ActorState.DEAD and actor.actor_id not in node.state.actors.actors

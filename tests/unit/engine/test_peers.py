@@ -885,3 +885,204 @@ def test_who_can_hold_a_shape_follows_the_peers_that_come_and_go(make_node) -> N
     assert peers.feasible_somewhere(eight) and peers.spill_target(eight) == B
     peers.update([])
     assert not peers.feasible_somewhere(one) and peers.spill_target(one) is None
+
+
+# --- handles to unnamed actors between nodes: owners named, borrowers counted ---------
+
+
+def _owner_with_actor(make_node, make_spec):
+    """Node A (no CPUs, so tasks spill to B and C) owning an unnamed, 0-CPU actor."""
+    from heliostat.engine.records import TaskKind
+
+    owner, owner_peers = _cluster(make_node, peers=(B, C))
+    worker = owner.add_worker()
+    creation = _creation(make_spec, cpus=0)
+    owner.state.create_actor(owner.state.driver, creation, _options(""))
+    owner.sent(worker)
+    actor = owner.state.actors.actors[creation.actor_id]
+    task = make_spec(resources=ResourceSet.from_dict({"CPU": 1}))
+    task.contained = (actor.actor_id,)  # the handle is inside its arguments
+    assert task.kind is TaskKind.NORMAL
+    return owner, owner_peers, actor, task
+
+
+def _borrower(make_node, index: int):
+    node = make_node(num_cpus=2)
+    peers = node.state.join_cluster(index, depth=2)
+    peers.update([_peer(i) for i in (A, B, C) if i != index])
+    return node, peers
+
+
+def test_a_handle_sent_to_a_node_names_its_owner_and_keeps_the_actor_until_given_back(
+    make_node, make_spec
+) -> None:
+    from heliostat.engine.node_instructions import ActorBorrow, ActorRefs
+    from heliostat.engine.records import ActorState
+
+    owner, _, actor, task = _owner_with_actor(make_node, make_spec)
+    owner.state.submit(owner.state.driver, task)
+    effects = owner.effects()
+    refs = next(i for i, e in enumerate(effects) if isinstance(e, ActorRefs))
+    forward = next(i for i, e in enumerate(effects) if isinstance(e, ForwardTask))
+    index = effects[forward].node
+    # Who owns it goes first, on the same ordered stream as the task.
+    assert refs < forward and effects[refs] == ActorRefs(node=index, refs=((actor.actor_id, A),))
+    assert owner.state.actors.lent[actor.actor_id] == {index: 1}
+    # The driver lets go of its handle: the borrowing node keeps the actor alive.
+    owner.state.actors.release(owner.state.driver, actor.actor_id)
+    assert actor.state is not ActorState.DEAD
+    # On the borrower: a record counted like an actor of its own.
+    runner, _ = _borrower(make_node, index)
+    worker = runner.add_worker()
+    runner.state.actors.borrow_refs([(actor.actor_id, A)])
+    runner.state.peer_forward(A, spec_to_wire(task), b"code", [], [])
+    borrowed = runner.state.actors.borrowed[actor.actor_id]
+    assert borrowed.owner == A and borrowed.received == 1 and borrowed.holds == 2  # task, worker
+    (execute,) = runner.sent(worker)
+    # The task's calls go to the owner.
+    from heliostat.engine.records import TaskKind
+
+    call = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=actor.actor_id)
+    runner.state.submit(worker, call)
+    assert [(f.node, f.spec) for f in _forwards(runner)] == [(A, call)]
+    # The task ends and the worker drops its handle: the record stays while the call is out.
+    runner.state.task_done(
+        TaskDone(
+            worker=worker,
+            task_id=execute.spec.task_id,
+            results=[(execute.spec.return_ids[0], INLINE, b"1", (), 1)],
+            started=1.0,
+            finished=2.0,
+        )
+    )
+    runner.state._v_release(worker, None, [actor.actor_id])
+    assert actor.actor_id in runner.state.actors.borrowed
+    runner.effects()
+    runner.state.peers.on_report(A, call.task_id, "ok", 1.0, 2.0, [], [])
+    # Its last call is back: the record goes, and the owner is given its count back.
+    assert actor.actor_id not in runner.state.actors.borrowed
+    (give_back,) = [e for e in runner.effects() if isinstance(e, ActorBorrow)]
+    assert give_back == ActorBorrow(node=A, actor_id=actor.actor_id, borrower=index, delta=-1)
+    # The owner hears of its task (which pinned the handle too), then of the give-back.
+    owner.state.peers.on_report(index, task.task_id, "ok", 1.0, 2.0, [], [])
+    assert actor.state is not ActorState.DEAD
+    owner.state.actors.on_borrow(actor.actor_id, index, -1)
+    assert actor.state is ActorState.DEAD and actor.actor_id not in owner.state.actors.lent
+
+
+def test_a_borrower_passing_a_handle_on_counts_the_new_borrower_at_the_owner(
+    make_node, make_spec
+) -> None:
+    from heliostat.engine.node_instructions import ActorBorrow, ActorRefs
+    from heliostat.engine.records import ActorState
+
+    owner, _, actor, _ = _owner_with_actor(make_node, make_spec)
+    middle, _ = _borrower(make_node, B)
+    middle.state.actors.borrow_refs([(actor.actor_id, A)])
+    middle.state.actors.lend(C, [actor.actor_id, 12345])  # 12345: not an actor
+    assert middle.effects() == [
+        ActorBorrow(node=A, actor_id=actor.actor_id, borrower=C, delta=1),
+        ActorRefs(node=C, refs=((actor.actor_id, A),)),
+    ]
+    # Sent back to its owner: nothing to count.
+    middle.state.actors.lend(A, [actor.actor_id])
+    assert middle.effects() == []
+    # At the owner, C's give-back may overtake B's +1 for C (two streams): the count
+    # dips below zero, while B's own count keeps the actor.
+    actors = owner.state.actors
+    actors.on_borrow(actor.actor_id, B, 1)
+    owner.state.actors.release(owner.state.driver, actor.actor_id)
+    actors.on_borrow(actor.actor_id, C, -1)
+    assert actor.state is not ActorState.DEAD and actors.lent[actor.actor_id] == {B: 1, C: -1}
+    actors.on_borrow(actor.actor_id, C, 1)
+    actors.on_borrow(actor.actor_id, B, -1)
+    assert actor.state is ActorState.DEAD
+
+
+def test_a_borrowers_node_that_dies_drops_its_borrow(make_node, make_spec) -> None:
+    from heliostat.engine.records import ActorState
+
+    owner, owner_peers, actor, task = _owner_with_actor(make_node, make_spec)
+    owner.state.submit(owner.state.driver, task)
+    index = _forwards(owner)[0].node
+    owner.state.actors.release(owner.state.driver, actor.actor_id)
+    assert actor.state is not ActorState.DEAD
+    owner_peers.update([_peer(i) for i in (B, C) if i != index])  # the borrower died
+    assert actor.state is ActorState.DEAD and actor.actor_id not in owner.state.actors.lent
+
+
+def test_a_call_through_a_borrowed_handle_is_cancelled_by_the_owner(make_node, make_spec) -> None:
+    from heliostat.engine.node_instructions import CancelRemote
+    from heliostat.engine.records import TaskKind, TaskState
+    from heliostat.exceptions import TaskCancelledError
+
+    owner, _, actor, _ = _owner_with_actor(make_node, make_spec)  # its constructor runs
+    borrower, borrower_peers = _borrower(make_node, B)
+    borrower.state.actors.borrow_refs([(actor.actor_id, A)])
+    borrowed = borrower.state.actors.borrowed[actor.actor_id]
+    borrower.state.actors.hold(borrower.state.driver, borrowed)
+    call = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=actor.actor_id)
+    borrower.state.submit(borrower.state.driver, call)
+    (forward,) = _forwards(borrower)
+    replies: list = []
+    borrower.state._v_cancel(
+        borrower.state.driver, lambda *r: replies.append(r), call.return_ids[0], False
+    )
+    assert replies == [(True, True)]
+    assert borrower.effects() == [CancelRemote(node=A, task_id=call.task_id, force=False)]
+    # The owner has it queued (the actor is not started yet): cancelled there, reported.
+    owner.state.peer_forward(B, spec_to_wire(forward.spec), None, [], [])
+    assert call.task_id in {s.task_id for s in actor.queue}
+    owner.state.peer_cancel(B, call.task_id, False)
+    (report,) = [e for e in owner.effects() if isinstance(e, ReportTask)]
+    assert report.node == B and report.outcome == "cancelled"
+    borrower_peers.on_report(
+        B if False else A, report.task_id, report.outcome, 1.0, 2.0, list(report.values), []
+    )
+    assert call.state is TaskState.FINISHED
+    assert isinstance(_error(borrower, call.return_ids[0]), TaskCancelledError)
+
+
+def test_a_node_back_from_being_cut_off_claims_its_actors_names_again(make_node, make_spec) -> None:
+    from heliostat.engine.node_instructions import ClaimName
+    from heliostat.engine.records import ActorState
+
+    node, _ = _cluster(make_node, num_cpus=2)
+    actors = node.state.actors
+    created = []
+    for name in ("kept", "taken"):
+        creation = _creation(make_spec)
+        node.state.create_actor(node.state.driver, creation, _options(name), lambda *r: None)
+        (claim,) = _asks(node, ClaimName)
+        actors.head_answer(claim.req, True, None)
+        created.append(creation.actor_id)
+    node.reset()
+    actors.reclaim_names()  # registered with the head again
+    claims = {c.name: c for c in _asks(node, ClaimName)}
+    assert {(n, c.actor_id) for n, c in claims.items()} == {
+        ("kept", created[0]),
+        ("taken", created[1]),
+    }
+    actors.head_answer(claims["kept"].req, True, None)
+    actors.head_answer(claims["taken"].req, True, _named("taken", 99, C))  # taken meanwhile
+    assert actors.lookup("kept", "ns").actor_id == created[0]
+    assert actors.lookup("taken", "ns") is None  # that name is the other actor's now
+    assert actors.actors[created[1]].state is not ActorState.DEAD  # it lives on without it
+
+
+def test_a_borrowed_record_waits_for_a_value_being_pulled_with_a_handle_inside(
+    make_node, make_spec
+) -> None:
+    node, peers = _borrower(make_node, B)
+    actors = node.state.actors
+    actor_id = 5 << 64
+    actors.borrow_refs([(actor_id, A)])
+    borrowed = actors.borrowed[actor_id]
+    actors.hold(node.state.driver, borrowed)  # a handle it had already
+    big = 9 << 60
+    peers.on_values(A, [WireValue(big, SHM, None, 1 << 20, (actor_id,))])
+    assert big in peers.pulls
+    node.state._v_release(node.state.driver, None, [actor_id])  # that handle goes
+    assert actors.borrowed.get(actor_id) is borrowed  # kept for the value on its way
+    peers.pulled(big, "/dev/shm/nothing", 1 << 20)
+    assert borrowed.holds == 1  # the value holds it now
