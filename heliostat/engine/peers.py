@@ -666,7 +666,7 @@ class Peers(PeerActors):
                     self.pulls[oid] = _Pull(under_way.source, index, value.contained)
                 elif lazy:
                     for cid in value.contained:
-                        if cid not in entries:
+                        if cid not in entries and not self.is_actor(cid):
                             table.create(cid, proc, None)
                             created.append(cid)
                     entry.remote = Location(source, index)

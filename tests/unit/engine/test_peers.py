@@ -1070,7 +1070,7 @@ def test_a_node_back_from_being_cut_off_claims_its_actors_names_again(make_node,
     assert actors.actors[created[1]].state is not ActorState.DEAD  # it lives on without it
 
 
-def test_a_borrowed_record_waits_for_a_value_being_pulled_with_a_handle_inside(
+def test_a_borrowed_record_is_kept_by_a_value_made_elsewhere_with_a_handle_inside(
     make_node, make_spec
 ) -> None:
     node, peers = _borrower(make_node, B)
@@ -1081,8 +1081,9 @@ def test_a_borrowed_record_waits_for_a_value_being_pulled_with_a_handle_inside(
     actors.hold(node.state.driver, borrowed)  # a handle it had already
     big = 9 << 60
     peers.on_values(A, [WireValue(big, SHM, None, 1 << 20, (actor_id,))])
-    assert big in peers.pulls
+    entry = node.state.objects.entries[big]
+    assert entry.kind is ObjKind.REMOTE  # it stays where it was made until read
+    assert actor_id not in node.state.objects.entries  # a handle, not an object
     node.state._v_release(node.state.driver, None, [actor_id])  # that handle goes
-    assert actors.borrowed.get(actor_id) is borrowed  # kept for the value on its way
-    peers.pulled(big, "/dev/shm/nothing", 1 << 20)
-    assert borrowed.holds == 1  # the value holds it now
+    assert actors.borrowed.get(actor_id) is borrowed  # kept: the value holds it
+    assert borrowed.holds == 1
