@@ -12,18 +12,22 @@ managers, fork servers, workers) is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+import heliostat as hs
 from heliostat.cluster import HeadClient
+from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
 from heliostat.storage.cluster_nodes import NodeState
 
 COMMAND_TIMEOUT = 180
@@ -232,3 +236,18 @@ class Daemons:
         ]
         for stop in stops:
             stop.wait(timeout=COMMAND_TIMEOUT)
+
+
+@contextlib.contextmanager
+def driving(daemons: Daemons) -> Iterator[None]:
+    """This process joined to the daemons' cluster as a driver, for the block."""
+    hs.init(address=daemons.address, token=daemons.token)
+    try:
+        yield
+    finally:
+        hs.shutdown()
+
+
+def on(node_id: str) -> NodeAffinitySchedulingStrategy:
+    """Run there and nowhere else."""
+    return NodeAffinitySchedulingStrategy(node_id, soft=False)

@@ -20,11 +20,10 @@ from typing import Any
 import cloudpickle
 import psutil
 import pytest
-from cluster_daemons import Daemons, can_isolate_shm
+from cluster_daemons import Daemons, can_isolate_shm, driving, on
 from waiting import poll_for
 
 import heliostat as hs
-from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
 from heliostat.exceptions import ActorDiedError, TaskCancelledError
 from heliostat.storage.cluster_nodes import NodeState
 
@@ -44,11 +43,8 @@ class Cluster:
 
 @contextlib.contextmanager
 def joined(cluster: Cluster) -> Iterator[Cluster]:
-    hs.init(address=cluster.daemons.address, token=cluster.daemons.token)
-    try:
+    with driving(cluster.daemons):
         yield cluster
-    finally:
-        hs.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +57,6 @@ def cluster(module_daemons: Daemons) -> Cluster:
 def driver(cluster: Cluster) -> Iterator[Cluster]:
     with joined(cluster) as c:
         yield c
-
-
-def on(node: str) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node, soft=False)
 
 
 @hs.remote

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from cluster_daemons import Daemons, can_isolate_shm
+from cluster_daemons import Daemons, can_isolate_shm, driving
 
 import heliostat as hs
 from heliostat.cluster import HeadClient
@@ -51,11 +51,8 @@ def cluster(module_daemons: Daemons) -> Cluster:
 
 @contextlib.contextmanager
 def joined(cluster: Cluster) -> Iterator[Cluster]:
-    hs.init(address=cluster.address, token=cluster.token)
-    try:
+    with driving(cluster.daemons):
         yield cluster
-    finally:
-        hs.shutdown()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cluster_daemons import Daemons, can_isolate_shm
+from cluster_daemons import Daemons, can_isolate_shm, driving, on
 
 import heliostat as hs
 from heliostat.engine.runtime import current_client, current_runtime
@@ -38,11 +38,8 @@ class Cluster:
 
 @contextlib.contextmanager
 def joined(cluster: Cluster) -> Iterator[Cluster]:
-    hs.init(address=cluster.daemons.address, token=cluster.daemons.token)
-    try:
+    with driving(cluster.daemons):
         yield cluster
-    finally:
-        hs.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +52,6 @@ def started(module_daemons: Daemons) -> Cluster:
 def cluster(started: Cluster) -> Iterator[Cluster]:
     with joined(started) as c:
         yield c
-
-
-def on(node: str) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node, soft=False)
 
 
 @hs.remote

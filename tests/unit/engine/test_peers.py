@@ -49,6 +49,21 @@ def _cluster(make_node, num_cpus: float = 0, peers=(B,)):
     return node, peers_state
 
 
+def _runner(make_node, num_cpus: float = 1, index: int = B):
+    """Node ``index`` with one worker, running tasks for node A (the driver's, no CPUs)."""
+    runner = make_node(num_cpus=num_cpus)
+    peers_state = runner.state.join_cluster(index, depth=2)
+    peers_state.update([_peer(A, cpus=0)])
+    return runner, peers_state, runner.add_worker()
+
+
+def _run_there(owner, runner, spec) -> None:
+    """The owner submits ``spec``, which it forwards to ``runner``, which takes it."""
+    owner.state.submit(owner.state.driver, spec)
+    (forward,) = _forwards(owner)
+    runner.state.peer_forward(A, spec_to_wire(forward.spec), None, [], [])
+
+
 def _forwards(node) -> list[ForwardTask]:
     return [e for e in node.effects() if isinstance(e, ForwardTask)]
 
@@ -363,15 +378,10 @@ def test_a_task_sent_to_a_third_node_pulls_its_argument_from_where_it_lives(
 
 def test_a_task_sent_to_the_node_holding_its_argument_moves_no_bytes(make_node, make_spec) -> None:
     owner, owner_peers = _cluster(make_node)
-    runner = make_node(num_cpus=1)
-    runner_peers = runner.state.join_cluster(B, depth=2)
-    runner_peers.update([_peer(A, cpus=0)])
-    worker = runner.add_worker()
+    runner, runner_peers, worker = _runner(make_node)
     # B ran a task of A's and keeps its large result for A.
     maker = make_spec()
-    owner.state.submit(owner.state.driver, maker)
-    (forward,) = _forwards(owner)
-    runner.state.peer_forward(A, spec_to_wire(forward.spec), None, [], [])
+    _run_there(owner, runner, maker)
     (execute,) = runner.sent(worker)
     rid = maker.return_ids[0]
     runner.state.task_done(
@@ -502,14 +512,9 @@ def test_a_remote_value_that_cannot_be_rebuilt_raises_object_lost(make_node, mak
 
 def test_what_a_node_kept_for_an_owner_that_died_is_freed(make_node, make_spec) -> None:
     owner, _owner_peers = _cluster(make_node)
-    runner = make_node(num_cpus=1)
-    runner_peers = runner.state.join_cluster(B, depth=2)
-    runner_peers.update([_peer(A, cpus=0)])
-    worker = runner.add_worker()
+    runner, runner_peers, worker = _runner(make_node)
     maker = make_spec()
-    owner.state.submit(owner.state.driver, maker)
-    (forward,) = _forwards(owner)
-    runner.state.peer_forward(A, spec_to_wire(forward.spec), None, [], [])
+    _run_there(owner, runner, maker)
     rid = maker.return_ids[0]
     runner.state.task_done(
         TaskDone(
@@ -528,10 +533,7 @@ def test_what_a_node_kept_for_an_owner_that_died_is_freed(make_node, make_spec) 
 
 def test_a_forwarded_task_runs_on_the_peer_and_reports_back(make_node, make_spec) -> None:
     owner, owner_peers = _cluster(make_node)
-    runner = make_node(num_cpus=2)
-    runner_peers = runner.state.join_cluster(B, depth=2)
-    runner_peers.update([_peer(A, cpus=0)])
-    worker = runner.add_worker()
+    runner, _runner_peers, worker = _runner(make_node, num_cpus=2)
     arg = owner.state.objects.table.create(7 << 70, owner.state.driver, None)
     owner.state.objects.fulfill(arg.id, INLINE, b"x", 1, ())
     spec = make_spec(args=(arg.id,))
@@ -645,10 +647,7 @@ def test_actors_a_dead_owner_placed_here_go_with_it(make_node, make_spec) -> Non
     give their CPU back (else tasks sent here later would wait behind them forever)."""
     from heliostat.engine.records import ActorOptions, ActorState, TaskKind
 
-    runner = make_node(num_cpus=1)
-    peers = runner.state.join_cluster(B, depth=2)
-    peers.update([_peer(A, cpus=0)])
-    worker = runner.add_worker()
+    runner, peers, worker = _runner(make_node)
     creation = make_spec(kind=TaskKind.ACTOR_CREATE, resources=ResourceSet.from_dict({"CPU": 1}))
     creation.actor_id = creation.task_id
     options = ActorOptions(
