@@ -19,9 +19,10 @@ few seconds). An answer that does not come, or comes late, only lets the mirrore
 deadline run out: a node cut off from the driver's stops the step, as a paused
 driver's own node would.
 
-Mirrors are asked every :data:`POLL_INTERVAL` seconds, one after another, by one
-thread, while a worker watches them; a mirror whose workers all said they are done,
-or died (the watchdog kills its worker), is closed and its file removed.
+Each mirror is asked about every :data:`POLL_INTERVAL` seconds while a worker watches
+it, by a few threads (:data:`ASKERS`), and never twice at once: a driver's node that is
+slow to answer delays only its own mirrors. A mirror whose workers all said they are
+done, or died (the watchdog kills its worker), is closed and its file removed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,7 @@ from heliostat.engine.ids import format_id
 from heliostat.exceptions import ClusterError
 
 __all__ = [
+    "ASKERS",
     "ASK_TIMEOUT",
     "BEACON_DIR",
     "POLL_INTERVAL",
@@ -62,6 +65,9 @@ POLL_INTERVAL = 0.1
 
 ASK_TIMEOUT = 1.0
 """Seconds one question to the beacon's node may take."""
+
+ASKERS = 4
+"""Questions under way at once, at most."""
 
 _NAME = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9_.~-]{0,199}")
 
@@ -121,6 +127,8 @@ class BeaconMirror:
         self._alive = alive
         self._interval = interval
         self._mirrors: dict[str, _Mirror] = {}  # local path -> mirror
+        self._asking: set[str] = set()  # mirrors with a question under way (by path)
+        self._askers = futures.ThreadPoolExecutor(ASKERS, thread_name_prefix="hs-lease-ask")
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
@@ -137,6 +145,7 @@ class BeaconMirror:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=ASK_TIMEOUT + 1)
+        self._askers.shutdown(wait=True)  # questions under way end within ASK_TIMEOUT
         for mirror in mirrors:
             mirror.file.close()
             for _pid, answer in mirror.waiting:
@@ -186,9 +195,19 @@ class BeaconMirror:
             with self._lock:
                 if self._stopped:
                     return
-                mirrors = list(self._mirrors.items())
-            for path, mirror in mirrors:
-                self._refresh(path, mirror)
+                due = [(p, m) for p, m in self._mirrors.items() if p not in self._asking]
+                self._asking.update(path for path, _mirror in due)
+            for path, mirror in due:
+                self._askers.submit(self._refresh_once, path, mirror)
+
+    def _refresh_once(self, path: str, mirror: _Mirror) -> None:
+        try:
+            self._refresh(path, mirror)
+        except Exception:  # a bug: the copy's deadline runs out, the step stops
+            log.exception("heliostat internal error refreshing lease beacon %s", path)
+        finally:
+            with self._lock:
+                self._asking.discard(path)
 
     def _refresh(self, path: str, mirror: _Mirror) -> None:
         with self._lock:

@@ -169,3 +169,31 @@ def test_stopping_removes_every_copy_and_fails_the_waiting(tmp_path: Path, drive
     assert not list((tmp_path / "m").iterdir())
     with pytest.raises(ClusterError, match="shutting down"):
         made.watch(101, 3, "wf-7-abc", answer)
+
+
+def test_a_slow_node_delays_only_its_own_copies(tmp_path: Path) -> None:
+    release = threading.Event()
+    asked: dict[int, int] = {3: 0, 4: 0}
+
+    def ask(index: int, beacon: str, timeout: float) -> tuple[bool, float]:
+        asked[index] += 1
+        if index == 3 and asked[3] > 1:
+            release.wait(10)  # node 3 stops answering after its first answer
+        return True, 10.0
+
+    made = BeaconMirror(str(tmp_path / "m"), ask, alive=lambda pid: True)
+    made.start()
+    try:
+        slow, answer_slow = _answers()
+        fast, answer_fast = _answers()
+        made.watch(101, 3, "wf-8-abc", answer_slow)
+        made.watch(102, 4, "wf-9-abc", answer_fast)
+        assert slow.get(timeout=5)[0] and fast.get(timeout=5)[0]
+        poll_for(lambda: asked[3] >= 2, what="node 3 to be asked again")
+        seen = asked[4]
+        # Node 3's question hangs; node 4's copy is still asked about, every interval.
+        poll_for(lambda: asked[4] >= seen + 5, what="node 4's copy to keep being refreshed")
+        assert asked[3] == 2  # and node 3 is not asked twice at once
+    finally:
+        release.set()
+        made.stop()
