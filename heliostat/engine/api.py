@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from heliostat.engine import async_refs  # noqa: F401  (installs await ref, ref.future())
 from heliostat.engine import runtime as _rt
@@ -23,6 +23,9 @@ from heliostat.engine.init_options import check_init_options
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.remote_function import RemoteFunction, task_options
 from heliostat.exceptions import HeliostatError
+
+if TYPE_CHECKING:
+    from heliostat.engine.attach import AttachedRuntime
 
 __all__ = [
     "available_resources",
@@ -63,7 +66,7 @@ def init(
     token: str | None = None,
     max_workers: int | None = None,
     **ray_options: Any,
-) -> _rt.Runtime:
+) -> _rt.Runtime | AttachedRuntime:
     """Start a local node (driver, node manager, worker pool) and make it current.
 
     Takes ``ray.init``'s keywords. Those that mean something on a local node work;
@@ -225,7 +228,7 @@ def _env_address() -> bool:
     return bool(os.environ.get("HELIOSTAT_ADDRESS", "").strip())
 
 
-def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
+def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime | AttachedRuntime:
     """Join the cluster whose head is at ``address`` as a driver node (no CPUs)."""
     from heliostat.cluster.client import HeadClient
     from heliostat.cluster.packages import publish
@@ -240,6 +243,13 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
     secret = resolve_token(token)
     tls = peer_tls_from_env()  # a half-set pair fails here, before anything starts
     head = HeadClient(address, secret, tls_cert=os.environ.get("HELIOSTAT_TLS_CERT") or None)
+    try:
+        attached = _attach_here(head, address, options)
+    except BaseException:
+        head.close()
+        raise
+    if attached is not None:
+        return attached
     runtime: _rt.Runtime | None = None
 
     def start_runtime(index: int) -> _rt.Runtime:
@@ -276,6 +286,43 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime:
         head.close()
         raise
     log.info("connected to the heliostat cluster at %s as node %s", address, membership.node_id)
+    return runtime
+
+
+def _attach_here(head: Any, address: str, options: dict[str, Any]) -> AttachedRuntime | None:
+    """Attach to a node daemon of this machine (``engine/attach.py``); None when there
+    is none to attach to, or the options ask for a node of the driver's own."""
+    from heliostat.cluster.local_nodes import local_nodes
+    from heliostat.engine.attach import attach_enabled, attach_to, choose_local_node
+    from heliostat.engine.cluster_join import AttachedMembership, local_address_towards
+
+    code = options.get("code")
+    own_node_only = bool(
+        options.get("env_vars")
+        or (code is not None and not code.empty)
+        or options.get("max_workers") is not None
+        or options.get("temp_dir") is not None
+    )
+    if own_node_only or not attach_enabled():
+        return None
+    cluster_id = head.cluster_info().cluster_id  # a wrong token fails here, clearly
+    node = choose_local_node(local_nodes(cluster_id), local_address_towards(address))
+    if node is None:
+        return None
+    runtime = attach_to(
+        node.socket, namespace=options.get("namespace") or "default", storage=options["storage"]
+    )
+    if runtime is None:
+        return None
+    try:
+        membership = AttachedMembership(head, node_id=node.node_id)
+        runtime.extensions["cluster"] = membership
+        membership.workflow_stores = head.workflow_stores()
+        membership.job_id = head.register_job(" ".join(sys.argv), socket.gethostname(), os.getpid())
+    except BaseException:
+        runtime.shutdown()
+        raise
+    log.info("connected to the heliostat cluster at %s through node %s", address, node.node_id)
     return runtime
 
 

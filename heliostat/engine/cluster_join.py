@@ -31,6 +31,7 @@ from typing import Any
 
 from heliostat.cluster.agent import NodeAgent
 from heliostat.cluster.client import HeadClient, NodeIdTaken, parse_address
+from heliostat.cluster.local_nodes import LocalNode, publish_local_node, withdraw_local_node
 from heliostat.cluster.peer_tls import PeerTls
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_link import NodeLink
@@ -38,6 +39,7 @@ from heliostat.exceptions import ClusterError
 
 __all__ = [
     "MAX_NODE_INDEX",
+    "AttachedMembership",
     "ClusterMembership",
     "choose_node_index",
     "fetch_workflow_stores",
@@ -247,6 +249,27 @@ class ClusterMembership:
         self.head.close()
 
 
+class AttachedMembership:
+    """The cluster side of a driver attached to a node of its machine
+    (``engine/attach.py``): the head it talks to and the job it registered there.
+
+    A runtime extension, like :class:`ClusterMembership`, with the attributes the
+    layers above read (``head``, ``node_id``, ``job_id``, ``workflow_stores``).
+    """
+
+    def __init__(self, head: HeadClient, *, node_id: str) -> None:
+        self.head = head
+        self.node_id = node_id
+        self.job_id = ""
+        self.workflow_stores: Any = None
+
+    def close(self) -> None:
+        if self.job_id:
+            with contextlib.suppress(Exception):
+                self.head.finish_job(self.job_id)
+        self.head.close()
+
+
 def taken_indexes(head: HeadClient) -> set[int]:
     """Node indexes the head lists (any state): a new node avoids them."""
     taken = set()
@@ -333,5 +356,26 @@ def start_node_runtime(
     runtime, membership = join_with_free_index(head, start_runtime, join)
     runtime.started_by_cli = True  # a scheduled run's own init() returns this node
     runtime.extensions["cluster"] = membership
+    published = publish_local_node(
+        LocalNode(
+            cluster_id=head.cluster_info().cluster_id,
+            node_id=membership.node_id,
+            node_address=membership.link.address,
+            socket=runtime.config.socket_path,
+            pid=os.getpid(),
+        )
+    )
+    if published is not None:  # drivers of this machine attach to it (engine/attach.py)
+        runtime.extensions["local_node"] = _Withdraw(published)
     _rt.set_current(runtime)
     return runtime
+
+
+class _Withdraw:
+    """Removes a node's published file when its runtime shuts down."""
+
+    def __init__(self, path: Any) -> None:
+        self._path = path
+
+    def close(self) -> None:
+        withdraw_local_node(self._path)

@@ -143,8 +143,12 @@ class NodeLoop:
         driver_unmap: Callable[[list[int]], None],
         driver_drain: Callable[[], None],
         log_sink: Callable[[str, str, int, str], None],
+        attach_facts: Callable[[WorkerRecord], dict[str, Any]] | None = None,
     ) -> None:
         self._state = state
+        # What a driver that attaches is told (its process index, the node's session,
+        # the shared-memory probe): ``engine/attach.py``. None: attaching is refused.
+        self._attach_facts = attach_facts
         self._lock = lock
         self._socket_path = socket_path
         self._pool = pool
@@ -325,6 +329,8 @@ class NodeLoop:
         if messages and messages[0][0] == Op.INTROSPECT:
             self._answer_introspection(conn, str(messages[0][1]))
             return None
+        if messages and messages[0][0] == Op.ATTACH:
+            return self._attach(conn, int(messages[0][1]))
         if not messages or messages[0][0] != Op.REGISTER:
             return None
         _op, index, pid = messages[0]
@@ -333,6 +339,21 @@ class NodeLoop:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.modify(conn.sock, selectors.EVENT_READ, worker)
         return worker
+
+    def _attach(self, conn: PeerConnection, pid: int) -> WorkerRecord | None:
+        """A driver on this machine attaches: adopt its connection and answer (request
+        id 0) with what it needs to act as a process of this node."""
+        if self._attach_facts is None or self._state.stopping:
+            with contextlib.suppress(Exception):
+                self._selector.unregister(conn.sock)
+            conn.close()
+            return None
+        proc = self._state.driver_attached(pid)
+        proc.conn = conn
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.modify(conn.sock, selectors.EVENT_READ, proc)
+        self._state.out.send(proc, Reply(request_id=0, ok=True, value=self._attach_facts(proc)))
+        return proc
 
     def _on_fork_event(self, event: tuple[str, int, int]) -> None:
         what, a, b = event

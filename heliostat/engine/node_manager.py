@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from heliostat.engine.node_state import NodeState
 from heliostat.engine.object_directory import Reply
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.records import ActorOptions, TaskSpec, WorkerRecord
-from heliostat.engine.shm import SHM_DIR, session_glob
+from heliostat.engine.shm import SHM_DIR, session_glob, unlink_quietly
 from heliostat.engine.worker_pool import ForkServerClient
 from heliostat.exceptions import ClusterError, HeliostatError, HeliostatInternalError
 from heliostat.scheduler import ResourceSet
@@ -135,7 +136,12 @@ class NodeManager:
             driver_unmap=driver_unmap,
             driver_drain=driver_drain,
             log_sink=log_sink,
+            attach_facts=self._attach_facts,
         )
+        # A file in this node's shared-memory directory that an attaching driver must
+        # read back (``engine/attach.py``): proof that it maps the same /dev/shm.
+        self.shm_probe = os.path.join(str(SHM_DIR), f"heliostat-{config.session}-probe")
+        self.shm_nonce = secrets.token_hex(16)
         self._stopping = False
         self.started_at = time.time()
 
@@ -143,6 +149,11 @@ class NodeManager:
 
     def start(self) -> None:
         """Listen, start the fork server and the first workers; does not wait for them."""
+        fd = os.open(self.shm_probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(fd, self.shm_nonce.encode())
+        finally:
+            os.close(fd)
         self.loop.listen()
         with self._lock:
             for _ in range(max(1, int(self.config.num_cpus))):
@@ -159,6 +170,19 @@ class NodeManager:
             self.state.stop()
             self.loop.flush()
         self.loop.stop()
+        unlink_quietly(self.shm_probe)
+
+    def _attach_facts(self, proc: WorkerRecord) -> dict[str, Any]:
+        """What an attaching driver is told (called under the lock)."""
+        config = self.config
+        return {
+            "index": proc.index,
+            "node_index": config.node_index,
+            "session": config.session,
+            "session_dir": config.session_dir,
+            "probe": self.shm_probe,
+            "nonce": self.shm_nonce,
+        }
 
     @property
     def pool_pid(self) -> int:

@@ -272,8 +272,40 @@ class NodeState:
         self.dispatch.schedule()
         return worker
 
+    def driver_attached(self, pid: int) -> WorkerRecord:
+        """A driver on this machine attached to the node (``engine/attach.py``)."""
+        proc = self.registry.attach_driver(pid)
+        log.info("driver pid %d attached as process %d", pid, proc.index)
+        return proc
+
+    def _driver_left(self, proc: WorkerRecord) -> None:
+        """An attached driver disconnected (it shut down, exited or died).
+
+        As when a Ray driver exits: the actors it created go with it (fate sharing:
+        nobody is left to call them), except detached ones, and every ref it held is
+        released. Tasks it submitted that still run finish; their results, unheld,
+        are freed.
+        """
+        self.registry.remove(proc)
+        self.out.effect(Disconnect(worker=proc))
+        owner = proc.index
+        for actor in list(self.actors.actors.values()):
+            if (
+                actor.creation.owner == owner
+                and not actor.lifetime_detached
+                and actor.state is not ActorState.DEAD
+            ):
+                self.actors.owner_gone(actor, f"its driver (pid {proc.pid}) disconnected")
+        self.actors.release_all(proc)
+        log.info("driver pid %d (process %d) detached", proc.pid, owner)
+        if not self.stopping:
+            self.dispatch.schedule()
+
     def _worker_gone(self, worker: WorkerRecord, code: int | None) -> None:
         """A worker's process exited (``code``) or its connection closed (None)."""
+        if worker.state is WorkerState.DRIVER:
+            self._driver_left(worker)
+            return
         if worker.state is WorkerState.DEAD:
             if code is not None and not worker.exit_status:
                 worker.exit_status = describe_exit(code)

@@ -66,6 +66,10 @@ class Op:
     # a tool (``heliostat status``) -> manager, as the first message of a connection;
     # the manager answers with one length-prefixed JSON document and closes it.
     INTROSPECT = 8  # (op, what)
+    # a driver on this machine -> manager, as the first message of a connection: it
+    # attaches as a process that submits work and is never dispatched to; answered by
+    # REPLY with request id 0 and the attachment's facts (``engine/attach.py``).
+    ATTACH = 9  # (op, pid)
 
     # manager -> worker
     EXECUTE = 20  # (op, task_id, fn_id, fn_bytes_or_None, args_payload, ref_positions,

@@ -84,6 +84,9 @@ class WorkerState(enum.StrEnum):
     ACTOR = "ACTOR"  # dedicated to an actor for the rest of its life
     # Ran its last call of a ``max_calls`` function: told to exit, gets no more tasks.
     RETIRING = "RETIRING"
+    # A driver process on this machine attached to the node (``engine/attach.py``):
+    # it submits work and holds refs like a worker, and is never given a task.
+    DRIVER = "DRIVER"
     DEAD = "DEAD"
 
 
@@ -93,6 +96,7 @@ WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.RETIRING, WorkerState.DEAD}),
     WorkerState.ACTOR: frozenset({WorkerState.DEAD}),
     WorkerState.RETIRING: frozenset({WorkerState.DEAD}),
+    WorkerState.DRIVER: frozenset({WorkerState.DEAD}),
     WorkerState.DEAD: frozenset(),
 }
 

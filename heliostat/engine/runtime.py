@@ -44,7 +44,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
@@ -56,6 +56,9 @@ from heliostat.engine.runtime_env import WORKING_DIR_ENV, code_env
 from heliostat.engine.shm import SHM_DIR, session_glob
 from heliostat.exceptions import NotInitializedError
 from heliostat.storage.packages import CodeSources, InstalledCode, PackageCache, build_sources
+
+if TYPE_CHECKING:
+    from heliostat.engine.attach import AttachedRuntime
 
 __all__ = [
     "SESSION_MARKER",
@@ -79,7 +82,7 @@ __all__ = [
 log = logging.getLogger("heliostat")
 
 _lock = threading.Lock()
-_runtime: Runtime | None = None
+_runtime: Runtime | AttachedRuntime | None = None
 _client: CoreClient | None = None
 _auto_init: Callable[[], None] | None = None
 _auto_init_lock = threading.Lock()  # two threads' first calls start one runtime
@@ -410,7 +413,7 @@ class Runtime:
         return self.manager.cluster_info()
 
 
-def set_current(runtime: Runtime | None) -> None:
+def set_current(runtime: Runtime | AttachedRuntime | None) -> None:
     global _runtime, _client
     with _lock:
         _runtime = runtime
@@ -467,7 +470,7 @@ def current_client() -> CoreClient:
     return client
 
 
-def current_runtime() -> Runtime | None:
+def current_runtime() -> Runtime | AttachedRuntime | None:
     return _runtime
 
 

@@ -63,8 +63,24 @@ class WorkerRegistry:
         return worker
 
     def live_task_workers(self) -> int:
-        """Workers that count against ``max_workers`` (actors' workers do not)."""
-        return len(self.workers) - sum(1 for w in self.workers.values() if w.actor)
+        """Workers that count against ``max_workers`` (actors' workers and attached
+        drivers do not)."""
+        return len(self.workers) - sum(
+            1 for w in self.workers.values() if w.actor or w.state is WorkerState.DRIVER
+        )
+
+    def attach_driver(self, pid: int) -> WorkerRecord:
+        """A driver process on this machine attached (``engine/attach.py``).
+
+        It gets a process index of its own (its ids are minted under it), lives in
+        ``workers`` so that replies and unmaps reach it, and is never idle or busy:
+        the scheduler never gives it a task. Not in ``by_pid``: the fork server did
+        not start it, and its connection closing is how the node learns it left.
+        """
+        proc = WorkerRecord(next(self._next_index), pid)
+        proc.state = WorkerState.DRIVER
+        self.workers[proc.index] = proc
+        return proc
 
     def spawned(self, index: int, pid: int) -> None:
         worker = self.workers.get(index)

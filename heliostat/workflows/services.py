@@ -43,6 +43,7 @@ from heliostat.workflows.store import WorkflowStore
 
 if TYPE_CHECKING:
     from heliostat.cluster.rpc import WorkflowStores
+    from heliostat.engine.attach import AttachedRuntime
 
 __all__ = ["EXTENSION", "WorkflowServices", "install", "runtime_services", "workflow_services"]
 
@@ -256,7 +257,7 @@ class WorkflowServices:
         self.close_stores()
 
 
-def install(runtime: Runtime, *, clock: Clock | None = None) -> WorkflowServices:
+def install(runtime: Runtime | AttachedRuntime, *, clock: Clock | None = None) -> WorkflowServices:
     """Give ``runtime`` workflow services with ``clock`` (tests pass a FakeClock).
 
     Replaces (and closes) services it had already.
@@ -278,7 +279,7 @@ def install(runtime: Runtime, *, clock: Clock | None = None) -> WorkflowServices
 _install_lock = threading.Lock()
 
 
-def runtime_services(runtime: Runtime | None = None) -> WorkflowServices | None:
+def runtime_services(runtime: Runtime | AttachedRuntime | None = None) -> WorkflowServices | None:
     """The services of ``runtime`` (default: the current one), opened on first use;
     ``None`` without a runtime."""
     runtime = runtime or current_runtime()
