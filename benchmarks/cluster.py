@@ -18,9 +18,12 @@ Control plane:
 Throughput:
 
 * ``tiny_tasks_per_s``: ``--tasks`` tasks that return their argument, ``--rounds``
-  rounds, on one local node and on clusters of 1, 2 and 3 one-CPU nodes (the driver
-  joins as a node without CPUs, so every task is forwarded and reported back);
-  ``three_nodes_vs_local`` is their ratio.
+  rounds, on one local node and on clusters of 1, 2 and 3 one-CPU nodes. The driver
+  runs on the head's machine and attaches to the head's node over its Unix socket
+  (``driver_attached``); that node's scheduler keeps what its CPU can take and
+  forwards the rest to the other nodes. ``tasks_per_node``: how many tasks of one
+  more (untimed) round each node ran, most first. ``three_nodes_vs_local`` is the
+  ratio of the 3-node and local medians.
 
 Moving objects (GB/s, ``median``, ``best`` and ``samples`` of ``--transfers`` pulls of
 one ``--transfer-mib`` object, default 1024 MiB):
@@ -325,7 +328,7 @@ def measure_ray_transfer(ray_python: str, mib: int, repeats: int) -> dict[str, A
 
 
 _HS_TINY = """
-import json, sys, time
+import collections, json, sys, time
 import heliostat as hs
 
 target, tasks, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -344,9 +347,16 @@ for _ in range(rounds):
     t0 = time.perf_counter()
     hs.get([tiny.remote(i) for i in range(tasks)], timeout=600)
     rates.append(tasks / (time.perf_counter() - t0))
-nodes = set(hs.get([tiny.options(scheduling_strategy="SPREAD").remote(0) for _ in range(8)]))
+@hs.remote
+def where(i):
+    return hs.get_runtime_context().get_node_id()
+
+# One more round, untimed: which node ran how many of the tasks.
+ran_on = collections.Counter(hs.get([where.remote(i) for i in range(tasks)], timeout=600))
+attached = type(hs.init(ignore_reinit_error=True)).__name__ == "AttachedRuntime"
 hs.shutdown()
-print(json.dumps(rates))
+print(json.dumps({"rates": rates, "ran_on": sorted(ran_on.values(), reverse=True),
+                  "attached": attached}))
 """
 
 _RAY_TINY = """
@@ -418,26 +428,37 @@ def _driver(script: str, *args: str, python: str = sys.executable, env: Any = No
 def measure_throughput(nodes: list[int], tasks: int, rounds: int) -> dict[str, Any]:
     """Tiny tasks per second: one local node, then clusters of 1, 2 and 3 nodes.
 
-    Every node has one CPU. A cluster's driver joins with ``init(address=...)`` (a
-    node without CPUs), so each of its tasks is forwarded to a node and reported back.
+    Every node has one CPU. A cluster's driver joins with ``init(address=...)`` and
+    attaches to the head's node; ``nodes_3_driver_node`` is the 3-node cluster again
+    with ``HELIOSTAT_ATTACH=0``: the driver joins as a node without CPUs, so every
+    task is forwarded to another node and reported back.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELIOSTAT_")}
-    result: dict[str, Any] = {
-        "tasks": tasks,
-        "local": _summary(_driver(_HS_TINY, "local:1", str(tasks), str(rounds), env=env)),
-    }
-    for count in nodes:
+    local = _driver(_HS_TINY, "local:1", str(tasks), str(rounds), env=env)
+    result: dict[str, Any] = {"tasks": tasks, "local": _summary(local["rates"])}
+    runs = [(count, f"nodes_{count}", "1") for count in nodes]
+    runs.append((max(nodes), f"nodes_{max(nodes)}_driver_node", "0"))
+    for count, key, attach in runs:
         cluster = Cluster()
         try:
             cluster.start_head()
             for i in range(count - 1):
                 cluster.start_node(f"n{i}", f"127.0.0.{2 + i}")
-            rates = _driver(
-                _HS_TINY, cluster.address, str(tasks), str(rounds), cluster.token, env=cluster.env
+            found = _driver(
+                _HS_TINY,
+                cluster.address,
+                str(tasks),
+                str(rounds),
+                cluster.token,
+                env={**cluster.env, "HELIOSTAT_ATTACH": attach},
             )
         finally:
             cluster.close()
-        result[f"nodes_{count}"] = _summary(rates)
+        result[key] = {
+            **_summary(found["rates"]),
+            "tasks_per_node": found["ran_on"],
+            "driver_attached": found["attached"],
+        }
     return result
 
 

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,7 @@ log = logging.getLogger("heliostat.cluster")
 
 ATTACH_ENV = "HELIOSTAT_ATTACH"
 CONNECT_TIMEOUT_S = 10.0
+RELEASE_INTERVAL_S = 0.2  # how soon an idle driver reports the refs it dropped
 
 
 def attach_enabled() -> bool:
@@ -87,6 +89,25 @@ class AttachedClient(WorkerClient):
     ``wait`` whose reply calls back.
     """
 
+    def __init__(self, channel: BlockingChannel, sock: socket.socket, **kwargs: Any) -> None:
+        super().__init__(channel, sock, **kwargs)
+        # A worker reports the refs it dropped whenever it next talks to its node; a
+        # driver may sit idle for long, so a thread of its own reports them soon.
+        self._stop_releasing = threading.Event()
+        self._releaser = threading.Thread(
+            target=self._report_dropped_refs, name="heliostat-ref-release", daemon=True
+        )
+        self._releaser.start()
+
+    def _report_dropped_refs(self) -> None:
+        tracker = self.tracker
+        while not self._stop_releasing.wait(RELEASE_INTERVAL_S):
+            if tracker.has_pending():
+                try:
+                    tracker.drain()
+                except (OSError, ConnectionClosed):
+                    return  # the node went away: nothing is held there any more
+
     def on_ready(self, ref: ObjectRef, callback: Callable[[ObjectRef], None]) -> None:
         req_id = self.next_request_id()
         # Ready means made: a value on another node is not pulled here for this.
@@ -94,12 +115,18 @@ class AttachedClient(WorkerClient):
 
     def close(self) -> None:
         """Disconnect: the node releases what this driver held."""
+        self._stop_releasing.set()
+        if self.tracker.has_pending():
+            with contextlib.suppress(OSError, ConnectionClosed):
+                self.tracker.drain()
         self.tracker.closed = True
         self.closed = True
         self.exiting = True
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
+        if self._releaser is not threading.current_thread():
+            self._releaser.join(timeout=5)
         self.mappings.clear()
 
 

@@ -201,6 +201,17 @@ class ClusterActors:
                 self.hold(proc, actor)
                 reply(True, (actor_id, actor.class_name, actor.methods))
                 return
+            hosted = self.actors.get(actor_id)
+            if owner != peers.local_index and hosted is not None:
+                # Another node's actor that lives here: handles of this node's processes
+                # are counted on it (as handles that arrive in values are), never on a
+                # borrowed record as well, which a release could not tell apart.
+                if hosted.state is ActorState.DEAD:
+                    reply(False, no_such_actor_error(name, namespace, " (it is dead)"))
+                    return
+                self.hold(proc, hosted)
+                reply(True, (actor_id, hosted.class_name, hosted.methods))
+                return
             if owner != peers.local_index:
                 self.borrow(
                     actor_id,

@@ -110,9 +110,20 @@ class Daemons:
         self.sessions.add(pid)  # daemons lead their own session
         return pid
 
-    def start_head(self, *extra: str, db_url: str | None = None) -> str:
+    def start_head(self, *extra: str, db_url: str | None = None, private_shm: bool = False) -> str:
         env = {"HELIOSTAT_DB_URL": db_url} if db_url else None
-        out = self.run("head", "start", "--head", "--port", "0", "--num-cpus", "1", *extra, env=env)
+        out = self.run(
+            "head",
+            "start",
+            "--head",
+            "--port",
+            "0",
+            "--num-cpus",
+            "1",
+            *extra,
+            env=env,
+            private_shm=private_shm,
+        )
         info = json.loads((self.home("head") / "cluster" / "head.json").read_text())
         self.address = info["address"]
         self.token = (self.home("head") / "cluster" / "token").read_text().strip()

@@ -10,7 +10,15 @@ from __future__ import annotations
 import pickle
 
 from heliostat.engine.ids import format_id
-from heliostat.engine.node_instructions import Disconnect, Execute, Kill, TaskDone, WorkerExited
+from heliostat.engine.node_instructions import (
+    ActorReady,
+    Disconnect,
+    Execute,
+    Kill,
+    TaskDone,
+    WorkerExited,
+    WorkerLost,
+)
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.peers import (
     ForwardTask,
@@ -1086,3 +1094,32 @@ def test_a_borrowed_record_is_kept_by_a_value_made_elsewhere_with_a_handle_insid
     node.state._v_release(node.state.driver, None, [actor_id])  # that handle goes
     assert actors.borrowed.get(actor_id) is borrowed  # kept: the value holds it
     assert borrowed.holds == 1
+
+
+def test_get_actor_of_a_peers_actor_that_lives_here_counts_the_handle_on_it(
+    make_node, make_spec
+) -> None:
+    """A process of the node an actor lives on (owned by another node) looks it up by
+    name: its handle is counted on the hosted record, so letting it go leaves the
+    actor alone (it once retired the actor: the release found the hosted record while
+    the hold had gone to a borrowed one)."""
+    from heliostat.engine.node_instructions import LookupName
+    from heliostat.engine.records import ActorState
+
+    runner, _peers, worker = _runner(make_node)
+    creation = _creation(make_spec)
+    options = _options("")  # a hosted record carries no name: the owner keeps it
+    runner.state.peer_forward(A, spec_to_wire(creation), b"code", [], [], actor_options=options)
+    actor = runner.state.actors.actors[creation.actor_id]
+    runner.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
+    caller = runner.state.driver_attached(4242)
+    replies: list = []
+    runner.state._v_get_actor(caller, lambda *r: replies.append(r), "counter", "ns")
+    (lookup,) = _asks(runner, LookupName)
+    runner.state.actors.head_answer(lookup.req, True, _named("counter", actor.actor_id, A))
+    assert replies == [(True, (actor.actor_id, "Counter", {"incr": 1}))]
+    assert actor.actor_id not in runner.state.actors.borrowed
+    runner.state.verbs["release"](caller, None, [actor.actor_id])
+    assert actor.state is ActorState.ALIVE
+    runner.state.worker_lost(WorkerLost(worker=caller))  # and when it goes
+    assert actor.state is ActorState.ALIVE
