@@ -320,6 +320,19 @@ class ClusterActors:
         )
         return True
 
+    def kill_hosted(self, actor: ActorRecord, no_restart: bool) -> bool:
+        """``kill()`` of another node's actor that lives here: its owner decides (it
+        records why the actor died, restarts it or frees its name), so it is asked, as
+        for a borrowed actor. False: the owner is gone."""
+        peers = self.peers
+        owner = actor.creation.owner - PEER_INDEX_BASE
+        if peers is None or owner not in peers.nodes:
+            return False
+        self._out.effect(
+            ActorControl(node=owner, actor_id=actor.actor_id, kill=True, no_restart=no_restart)
+        )
+        return True
+
     def owner_node_gone(self, index: int, how: str) -> None:
         """Node ``index`` died or left: the actors it owned that we borrow are dead,
         and their calls in flight fail; the handles it borrowed of ours are gone."""

@@ -377,6 +377,10 @@ class NodeState:
         In a cluster, with ``reply``, a named actor's name is first claimed at the
         head, cluster-wide; ``reply(True, None)`` once it is created.
         """
+        if options.detached and proc.state is WorkerState.DRIVER:
+            # An attached driver's detached actor is the node's own: it must not name
+            # as its owner a process that will go.
+            spec.owner = self.driver.index
         refusal = self.actor_refusal(spec, options)
         if refusal is not None:
             if reply is None:
@@ -570,7 +574,20 @@ class NodeState:
     ) -> None:
         actor = self.actors.actors.get(actor_id)
         killed = False
-        if actor is not None and actor.state is not ActorState.DEAD:
+        if (
+            actor is not None
+            and actor.state is not ActorState.DEAD
+            and actor.creation.owner >= PEER_INDEX_BASE
+            and self.peers is not None
+        ):
+            # Hosted here for the node that owns it: the owner is told first (it records
+            # the kill, frees the name, does not restart it); with no_restart the actor
+            # also ends here at once, so that calls this node's processes send after the
+            # kill fail, in order. (A restarting kill is the owner's alone to carry out.)
+            killed = self.actors.kill_hosted(actor, no_restart)
+            if killed and no_restart:
+                self.actors.kill(actor, no_restart)
+        elif actor is not None and actor.state is not ActorState.DEAD:
             self.actors.kill(actor, no_restart)
             killed = True
         elif actor is None and actor_id in self.actors.borrowed:  # its owner kills it

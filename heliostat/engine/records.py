@@ -91,7 +91,9 @@ class WorkerState(enum.StrEnum):
 
 
 WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.ACTOR, WorkerState.DEAD}),
+    WorkerState.STARTING: frozenset(
+        {WorkerState.IDLE, WorkerState.ACTOR, WorkerState.DRIVER, WorkerState.DEAD}
+    ),
     WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.ACTOR, WorkerState.DEAD}),
     WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.RETIRING, WorkerState.DEAD}),
     WorkerState.ACTOR: frozenset({WorkerState.DEAD}),

@@ -78,7 +78,7 @@ class WorkerRegistry:
         not start it, and its connection closing is how the node learns it left.
         """
         proc = WorkerRecord(next(self._next_index), pid)
-        proc.state = WorkerState.DRIVER
+        transition(proc, WorkerState.DRIVER)
         self.workers[proc.index] = proc
         return proc
 

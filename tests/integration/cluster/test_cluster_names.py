@@ -142,7 +142,9 @@ def test_a_detached_actor_outlives_its_driver_with_its_state(
         "print(hs.get([c.incr.remote() for _ in range(3)], timeout=60)[-1])\n"
         "print(hs.get(c.node.remote(), timeout=60) != hs.get_runtime_context().get_node_id())\n"
     )
-    assert names.daemons.driver(create).split() == ["3", "True"]  # then that driver exits
+    # A driver with a node of its own (not attached) hands its detached actor over to
+    # a node with CPUs; then that driver exits.
+    assert names.daemons.driver(create, env={"HELIOSTAT_ATTACH": "0"}).split() == ["3", "True"]
     later = COUNTER + (
         "c = hs.get_actor('keeper')\n"
         "print(hs.get(c.incr.remote(), timeout=60))\n"

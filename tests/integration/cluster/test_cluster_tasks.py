@@ -370,8 +370,18 @@ def test_two_drivers_at_once_each_get_their_own_results(cluster: Cluster) -> Non
         "assert {w for w, _, _ in out} == {who}\n"
         "print(len({n for _, _, n in out}), hs.get_runtime_context().get_node_id())\n"
     )
+    # "a" attaches to the head's node (a process of it); "b" joins as a node of its own.
+    attach = {"a": "1", "b": "0"}
     with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda who: cluster.daemons.driver(code, args=(who,)), "ab"))
-    driver_nodes = {run.split()[1] for run in runs}
-    assert len(driver_nodes) == 2  # each driver joined as a node of its own
+        runs = list(
+            pool.map(
+                lambda who: cluster.daemons.driver(
+                    code, args=(who,), env={"HELIOSTAT_ATTACH": attach[who]}
+                ),
+                "ab",
+            )
+        )
+    driver_nodes = [run.split()[1] for run in runs]
+    assert driver_nodes[0] == cluster.daemons.head_node_id()
+    assert driver_nodes[1] not in (cluster.head, cluster.n1, cluster.n2)  # a node of its own
     assert all(int(run.split()[0]) >= 2 for run in runs)  # and used several nodes

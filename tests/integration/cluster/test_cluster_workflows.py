@@ -135,8 +135,10 @@ import os, pathlib, sys, time
 os.environ["HELIOSTAT_LEASE_TIMEOUT"] = sys.argv[2]
 import heliostat as hs
 from heliostat import workflow
+from heliostat.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 marks = pathlib.Path(sys.argv[1])
+elsewhere = NodeAffinitySchedulingStrategy(sys.argv[3], soft=False)
 
 @hs.remote
 def charge(wid):
@@ -151,7 +153,9 @@ def charge(wid):
 hs.init()
 me = hs.get_runtime_context().get_node_id()
 for wid in ("paid", "frozen"):
-    step = charge.options(**workflow.options(task_id="charge", idempotent=False))
+    step = charge.options(
+        scheduling_strategy=elsewhere, **workflow.options(task_id="charge", idempotent=False)
+    )
     ran_on = workflow.run(step.bind(wid), workflow_id=wid)
     (marks / f"{wid}.result").write_text(f"{me} {ran_on}")
 """
@@ -164,10 +168,12 @@ def test_a_non_idempotent_step_on_another_node_stops_with_its_drivers_lease(
     marks = tmp_path / "marks"
     marks.mkdir()
     daemons.start_head()
-    daemons.start_node("n1", "127.0.0.2")
+    n1 = daemons.start_node("n1", "127.0.0.2")
     (marks / "paid.go").touch()
+    # The driver attaches to the head's node (its lease beacon is in that node's session
+    # directory); its steps are placed on n1, which follows the beacon over gRPC.
     driver = daemons.spawn_driver(
-        LEASED_DRIVER, home="driver", args=(str(marks), str(lease_timeout))
+        LEASED_DRIVER, home="driver", args=(str(marks), str(lease_timeout), n1)
     )
 
     # It runs, on a node that is not the driver's, and its workflow succeeds.

@@ -103,6 +103,7 @@ def test_a_driver_that_leaves_releases_its_refs_and_takes_its_actors_along(
     assert Disconnect(worker=driver) in effects
     assert Kill(worker=owned_worker, signal=signal.SIGKILL) in effects
     assert detached_actor.state is not ActorState.DEAD  # it outlives its driver
+    assert detached_actor.creation.owner == state.driver.index  # as the node's own
 
 
 def test_attaching_is_on_unless_heliostat_attach_says_0(monkeypatch) -> None:

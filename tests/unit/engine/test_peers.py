@@ -8,6 +8,7 @@ run, report, pull, release) and every failure path are plain function calls.
 from __future__ import annotations
 
 import pickle
+import signal
 
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
@@ -1123,3 +1124,29 @@ def test_get_actor_of_a_peers_actor_that_lives_here_counts_the_handle_on_it(
     assert actor.state is ActorState.ALIVE
     runner.state.worker_lost(WorkerLost(worker=caller))  # and when it goes
     assert actor.state is ActorState.ALIVE
+
+
+def test_kill_of_a_peers_actor_that_lives_here_asks_its_owner(make_node, make_spec) -> None:
+    """The owner records why its actor died (and frees its name), so a kill() from a
+    process of the node the actor lives on goes to the owner, as a borrower's does."""
+    from heliostat.engine.node_instructions import ActorControl
+
+    runner, _peers, worker = _runner(make_node)
+    creation = _creation(make_spec)
+    options = _options("")
+    runner.state.peer_forward(A, spec_to_wire(creation), b"code", [], [], actor_options=options)
+    actor = runner.state.actors.actors[creation.actor_id]
+    runner.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
+    runner.effects()
+    caller = runner.state.driver_attached(4242)
+    replies: list = []
+    runner.state._v_kill_actor(caller, lambda *r: replies.append(r), actor.actor_id, True)
+    assert replies == [(True, True)]
+    # The owner is told first (the same stream then carries the actor's death), and the
+    # worker is killed here at once, so calls sent from here after the kill fail.
+    effects = runner.effects()
+    control = ActorControl(node=A, actor_id=actor.actor_id, kill=True, no_restart=True)
+    kill = Kill(worker=worker, signal=signal.SIGKILL)
+    assert control in effects and kill in effects
+    assert effects.index(control) < effects.index(kill)
+    assert actor.max_restarts == actor.restarts  # not restarted here either
