@@ -75,6 +75,14 @@ ENVIRONMENT: Final[tuple[EnvVar, ...]] = (
         read_by=("heliostat.engine.runtime",),
     ),
     EnvVar(
+        name="HELIOSTAT_ATTACH",
+        default="`1`",
+        meaning="`0` stops a driver that joins a cluster from attaching to a node daemon "
+        "of its own machine (over its Unix socket); it then joins as a node without CPUs "
+        "of its own. Any value other than `0` or `1` is refused.",
+        read_by=("heliostat.engine.attach",),
+    ),
+    EnvVar(
         name="HELIOSTAT_WORKING_DIR",
         default="set by heliostat",
         meaning="Set in a worker's environment by its node: the copy of "
