@@ -46,6 +46,7 @@ __all__ = [
     "segment_path",
     "session_glob",
     "unlink_quietly",
+    "write_segment",
 ]
 
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
@@ -65,26 +66,44 @@ def session_glob(session: str) -> str:
 
 
 def create_segment(path: str, value: SerializedValue) -> mmap.mmap:
-    """Write ``value`` into a new segment at ``path`` and return a mapping of it.
+    """Write ``value`` into a new segment at ``path`` and return a read-only mapping
+    of it (for the creator's own reads; pages fault in as they are read).
 
-    The segment is created exclusively (an existing file is an error: ids are unique)
-    and written through a shared mapping, which the caller may keep as its read view.
+    The segment is created exclusively (an existing file is an error: ids are unique).
     """
-    size = value.total_size
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    fd = _write(path, value)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)  # held by the mapping: see SegmentPool
-        os.ftruncate(fd, max(size, 1))
-        mapping = mmap.mmap(fd, max(size, 1))
-    finally:
-        os.close(fd)
-    try:
-        value.write_into(memoryview(mapping))
+        return mmap.mmap(fd, max(value.total_size, 1), prot=mmap.PROT_READ)
     except BaseException:
-        mapping.close()
         unlink_quietly(path)
         raise
-    return mapping
+    finally:
+        os.close(fd)
+
+
+def write_segment(path: str, value: SerializedValue) -> None:
+    """Write ``value`` into a new segment at ``path``, not mapping it here."""
+    os.close(_write(path, value))
+
+
+def _write(path: str, value: SerializedValue) -> int:
+    """A new segment at ``path`` holding ``value``: its open descriptor, with a shared
+    ``flock`` (kept by any mapping made from it: see :class:`SegmentPool`).
+
+    Written with ``pwrite`` (:meth:`SerializedValue.write_to_file`), about three times
+    faster for a fresh tmpfs file than copying through a new mapping, which takes a page
+    fault for every 4 KiB.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.ftruncate(fd, max(value.total_size, 1))
+        value.write_to_file(fd)
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(path)
+        raise
+    return fd
 
 
 def map_readonly(path: str) -> mmap.mmap:
