@@ -9,6 +9,7 @@ been made there.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import threading
@@ -16,7 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-__all__ = ["SegmentSink", "SourceObject", "segment_object"]
+__all__ = ["SegmentSink", "SourceObject", "open_locked", "segment_object"]
+
+# A pooled segment as ``(path, size) -> descriptor or None``: see ``SegmentSink``.
+Reuse = Callable[[str, int], int | None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,15 +48,27 @@ class SegmentSink:
     ``pwrite``, which copies in the kernel without the GIL and fills tmpfs pages
     without a page fault each (twice as fast as writing through a fresh mapping).
     Thread-safe: pulls of different objects, and streams of one, run at once.
+
+    ``reuse``, when given, is asked first for a file that already has pages (a freed
+    segment kept by a :class:`heliostat.engine.shm.SegmentPool`), renamed to the path
+    and cut to the size: filling existing tmpfs pages skips allocating and zeroing a
+    page per 4 KiB. Its old bytes are overwritten before ``commit`` (a pull commits
+    only once every byte arrived), so no reader sees them.
     """
 
-    def __init__(self, path_for: Callable[[int], str]) -> None:
+    def __init__(self, path_for: Callable[[int], str], *, reuse: Reuse | None = None) -> None:
         self._path_for = path_for
+        self._reuse = reuse
         self._open: dict[int, tuple[str, int]] = {}
         self._lock = threading.Lock()
 
     def begin(self, object_id: int, size: int, is_error: bool) -> None:
         path = self._path_for(object_id)
+        reused = self._reuse(path, size) if self._reuse is not None else None
+        if reused is not None:
+            with self._lock:
+                self._open[object_id] = (path, reused)
+            return
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)
@@ -88,6 +104,36 @@ class SegmentSink:
             pass
 
 
+def open_locked(path: str, flags: int = os.O_RDONLY) -> int:
+    """Open a segment (or spill file) and take a shared ``flock`` on it.
+
+    The lock lasts as long as the open file does, including any mapping made from it,
+    and keeps a segment pool (:class:`heliostat.engine.shm.SegmentPool`) from reusing
+    the file meanwhile. A file renamed into the pool between the open and the lock is
+    reported as gone.
+
+    Raises:
+        FileNotFoundError: the file is gone (freed, spilled or pooled).
+    """
+    fd = os.open(path, flags)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if not _same_file(os.fstat(fd), path):
+            raise FileNotFoundError(2, "segment freed while it was opened", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _same_file(st: os.stat_result, path: str) -> bool:
+    try:
+        at = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (at.st_ino, at.st_dev) == (st.st_ino, st.st_dev)
+
+
 def segment_object(path: str, *, is_error: bool = False) -> SourceObject:
     """Serve a segment (or spill file): mapped read-only, kept open for ``sendfile``,
     unmapped and closed when released.
@@ -95,7 +141,7 @@ def segment_object(path: str, *, is_error: bool = False) -> SourceObject:
     Raises:
         FileNotFoundError: the file is gone (the object was freed meanwhile).
     """
-    file = open(path, "rb")
+    file = os.fdopen(open_locked(path), "rb")
     try:
         size = os.fstat(file.fileno()).st_size
         if size == 0:

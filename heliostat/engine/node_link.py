@@ -85,7 +85,7 @@ from heliostat.engine.peers import (
     WireValue,
 )
 from heliostat.engine.records import spec_to_wire
-from heliostat.engine.shm import segment_path
+from heliostat.engine.shm import SegmentPool, segment_path
 from heliostat.exceptions import ClusterError
 from heliostat.scheduler import ResourceSet
 from heliostat.storage.cluster_nodes import NodeState
@@ -93,6 +93,7 @@ from heliostat.storage.cluster_nodes import NodeState
 __all__ = ["NodeLink"]
 
 _DRAIN_S = 2.0  # at most, for the messages still queued for peers at shutdown
+POOL_SHARE = 4  # freed segments kept for reuse: up to 1/POOL_SHARE of the store
 
 log = logging.getLogger("heliostat.cluster")
 
@@ -284,7 +285,10 @@ class NodeLink:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         session = manager.config.session
-        self._sink = SegmentSink(lambda oid: segment_path(session, oid))
+        # Freed segments are kept (up to a quarter of the store) for pulls to land in
+        # pages that exist already: see SegmentPool.
+        self._segments = SegmentPool(session, manager.config.object_store_memory // POOL_SHARE)
+        self._sink = SegmentSink(lambda oid: segment_path(session, oid), reuse=self._segments.take)
         self._packages = PackageFetcher(head, node_cache())
         self._pulls = futures.ThreadPoolExecutor(pull_threads, thread_name_prefix="hs-pull")
         self._ledger = DeliveryLedger()  # used under the node lock only
@@ -340,6 +344,7 @@ class NodeLink:
         if self._direct is not None:
             self._direct.start()
         self._manager.attach_peers(self.send)
+        self._manager.use_segment_pool(self._segments)
         self.beacons.start()
         self._manager.beacon_mirror = self.beacons
         self.refresh()
@@ -363,6 +368,8 @@ class NodeLink:
         for sender in senders:
             sender.close()
         self._pulls.shutdown(wait=True, cancel_futures=True)
+        self._manager.use_segment_pool(None)
+        self._segments.close()
         self._asks.shutdown(wait=True)  # names released at the end still reach the head
         with contextlib.suppress(Exception):
             self._server.stop(1.0).wait(2.0)

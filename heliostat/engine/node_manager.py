@@ -43,7 +43,7 @@ from heliostat.engine.node_state import NodeState
 from heliostat.engine.object_directory import Reply
 from heliostat.engine.object_table import ObjKind
 from heliostat.engine.records import ActorOptions, TaskSpec, WorkerRecord
-from heliostat.engine.shm import SHM_DIR, session_glob, unlink_quietly
+from heliostat.engine.shm import SHM_DIR, SegmentPool, session_glob, unlink_quietly
 from heliostat.engine.worker_pool import ForkServerClient
 from heliostat.exceptions import ClusterError, HeliostatError, HeliostatInternalError
 from heliostat.scheduler import ResourceSet
@@ -320,6 +320,11 @@ class NodeManager:
                 return opener(entry.path)
             except FileNotFoundError:
                 return None
+
+    def use_segment_pool(self, pool: SegmentPool | None) -> None:
+        """Keep freed segments in ``pool`` for pulls to reuse (None: unlink them)."""
+        with self._lock:
+            self.state.objects.table.pool = pool
 
     def stored_objects(self) -> dict[int, int]:
         """The objects this node's store holds (shared memory or spilled): id -> bytes."""

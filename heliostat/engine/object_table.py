@@ -19,6 +19,10 @@ of a spilled object restores it into shared memory first, spilling others if nee
 A spill file that has gone missing makes the object *lost*; the caller then rebuilds
 it from lineage or reports :class:`~heliostat.exceptions.ObjectLostError`.
 
+A node in a cluster sets ``pool`` (:class:`~heliostat.engine.shm.SegmentPool`): freed
+segments then go there for pulls to reuse instead of being unlinked. Pooled bytes count
+against ``limit`` like live ones, and are the first given back when room is needed.
+
 In a cluster a value may live on another node (``REMOTE``): the entry then records
 where (:class:`Location`) and takes no memory here until a reader here needs the bytes
 and they are pulled (:meth:`ObjectTable.localize`). The node that keeps the value
@@ -41,7 +45,7 @@ from typing import Any
 
 from heliostat.engine.ids import format_id
 from heliostat.engine.records import TaskSpec, WorkerRecord
-from heliostat.engine.shm import unlink_quietly
+from heliostat.engine.shm import SegmentPool, unlink_quietly
 
 __all__ = ["KIND_OF", "Location", "ObjKind", "ObjectEntry", "ObjectTable"]
 
@@ -147,6 +151,8 @@ class ObjectTable:
         self.on_remote_drop: Callable[[ObjectEntry], None] | None = None
         # A freed value lets go of the ids inside it that are not objects (actors).
         self._unpin_other = unpin_other
+        # Freed segments kept for reuse (a node in a cluster sets one: peers.py).
+        self.pool: SegmentPool | None = None
 
     # --- creation and counting -------------------------------------------------------
 
@@ -261,7 +267,9 @@ class ObjectTable:
         if kind is ObjKind.SHM:
             self.used -= entry.size
             self._lru.pop(entry.id, None)
-            unlink_quietly(entry.path)
+            pool = self.pool
+            if pool is None or not pool.give(entry.path, entry.size):
+                unlink_quietly(entry.path)
             if entry.mapped_by or entry.owner == 0:
                 self._unmap(entry)
         elif kind is ObjKind.SPILLED:
@@ -320,7 +328,13 @@ class ObjectTable:
     # --- memory: spill and restore ---------------------------------------------------
 
     def make_room(self, incoming: int, *, keep: int = 0) -> None:
-        """Spill least recently used segments until ``incoming`` more bytes fit."""
+        """Give back pooled segments, then spill least recently used ones, until
+        ``incoming`` more bytes fit."""
+        pool = self.pool
+        if pool is not None and pool.bytes:
+            excess = self.used + pool.bytes + incoming - self.limit
+            if excess > 0:
+                pool.evict(excess)
         lru = self._lru
         while self.used + incoming > self.limit and lru:
             victim_id = next(iter(lru))
@@ -395,6 +409,7 @@ class ObjectTable:
             "spilled_bytes": self.spilled_bytes,
             "spill_count": self.spill_count,
             "restore_count": self.restore_count,
+            **(self.pool.stats() if self.pool is not None else {}),
         }
 
 

@@ -40,6 +40,7 @@ depend on string interning. :func:`cloudpickle_dumps` is the drop-in replacement
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import threading
@@ -164,6 +165,25 @@ def _align(n: int) -> int:
     return (n + ALIGNMENT - 1) & ~(ALIGNMENT - 1)
 
 
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    """``pwrite`` all of ``data`` at ``offset`` (a call may write less than asked)."""
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+_ZEROS = bytes(ALIGNMENT)
+
+
+def _pad(fd: int, end: int) -> None:
+    """Zero the alignment padding after a piece that ends at ``end``."""
+    gap = _align(end) - end
+    if gap:
+        _pwrite_all(fd, _ZEROS[:gap], end)
+
+
 class SerializedValue:
     """A pickled value: the stream, its out-of-band buffers, and the refs it holds."""
 
@@ -188,6 +208,34 @@ class SerializedValue:
         out = bytearray(self.total_size)
         self.write_into(memoryview(out))
         return bytes(out)
+
+    def write_to_file(self, fd: int) -> None:
+        """Write the value at the start of the open file ``fd``, as ``write_into`` lays
+        it out, with ``pwrite``: on tmpfs that fills the pages in the kernel, several
+        times faster than copying into a fresh mapping (no page fault per 4 KiB). Every
+        byte of ``[0, total_size)`` is written, alignment padding included, so a file
+        that held other bytes before shows none of them.
+        """
+        buffers = self.buffers
+        if not buffers:
+            _pwrite_all(fd, self.data, 0)
+            return
+        header_end = _HEADER.size + _ENTRY.size * len(buffers)
+        data_offset = _align(header_end)
+        offset = _align(data_offset + len(self.data))
+        header = bytearray(data_offset)
+        _HEADER.pack_into(header, 0, _MAGIC, len(buffers), len(self.data))
+        placed = []
+        for i, buf in enumerate(buffers):
+            _ENTRY.pack_into(header, _HEADER.size + i * _ENTRY.size, offset, buf.nbytes)
+            placed.append((offset, buf))
+            offset = _align(offset + buf.nbytes)
+        _pwrite_all(fd, header, 0)
+        _pwrite_all(fd, self.data, data_offset)
+        _pad(fd, data_offset + len(self.data))
+        for at, buf in placed:
+            _pwrite_all(fd, buf, at)
+            _pad(fd, at + buf.nbytes)
 
     def write_into(self, target: memoryview) -> None:
         """Write the value into ``target`` (at least ``total_size`` bytes).

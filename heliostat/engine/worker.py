@@ -70,7 +70,7 @@ from heliostat.engine.serialization import (
     loads_function,
     serialize,
 )
-from heliostat.engine.shm import create_segment, segment_path
+from heliostat.engine.shm import segment_path, write_segment
 from heliostat.engine.streams import STREAMING
 from heliostat.exceptions import GetTimeoutError, HeliostatError, TaskError
 
@@ -609,7 +609,7 @@ class Worker:
                 )
             else:
                 path = segment_path(session, object_id)
-                create_segment(path, ser).close()
+                write_segment(path, ser)
                 out.append((object_id, _SHM, path, tuple(ser.contained), ser.total_size))
         return out
 

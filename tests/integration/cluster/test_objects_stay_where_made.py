@@ -165,3 +165,28 @@ def test_a_value_lost_with_its_node_before_anyone_pulled_it_is_rebuilt(
         assert int(array[0]) == 9 and array.nbytes == SIZE
         maker, where, checksum = hs.get(reader, timeout=120)
         assert maker != cluster.a and where == cluster.b and checksum == 18
+
+
+@hs.remote
+def pool_facts() -> dict[str, int]:
+    """This node's segment pool: files kept, and files handed out again so far."""
+    store = current_client().cluster_info()["object_store"]
+    return {"files": store.get("pool_files", 0), "reused": store.get("pool_reused", 0)}
+
+
+def test_a_pull_reuses_a_freed_segment_and_shows_only_its_own_bytes(
+    cluster: Cluster, wait_for: Callable[..., Any]
+) -> None:
+    def b_pool() -> dict[str, int]:
+        return hs.get(pool_facts.options(scheduling_strategy=on(cluster.b)).remote())
+
+    reused_before = b_pool()["reused"]
+    ref = make.options(scheduling_strategy=on(cluster.a)).remote(SIZE, 7)
+    assert hs.get(read.options(scheduling_strategy=on(cluster.b)).remote(ref))[2] == 14
+    del ref  # B's copy is freed: into B's pool, not unlinked
+    wait_for(lambda: b_pool()["files"] >= 1, 30, what="B to keep the freed copy")
+    ref = make.options(scheduling_strategy=on(cluster.a)).remote(SIZE, 9)
+    maker, reader, checksum = hs.get(read.options(scheduling_strategy=on(cluster.b)).remote(ref))
+    # The new value, landed in the old one's pages: none of the old bytes show.
+    assert (maker, reader, checksum) == (cluster.a, cluster.b, 18)
+    assert b_pool()["reused"] > reused_before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copyreg
+import os
 import pickle
 import struct
 import threading
@@ -184,6 +185,31 @@ def test_value_without_buffers_fits_in_total_size(value) -> None:
         np.testing.assert_array_equal(back, value)
     else:
         assert back == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": np.arange(5001, dtype=np.float64), "b": [np.ones(4097, dtype=np.uint8)], "s": "x"},
+        b"z" * 300_001,
+        np.arange(3, dtype=np.int8),
+    ],
+    ids=["buffers", "no_buffers", "tiny"],
+)
+def test_write_to_file_matches_write_into_over_old_bytes(tmp_path, value) -> None:
+    """A segment written with pwrite is byte for byte the packed layout, padding
+    included, even in a file that held other bytes (a reused segment)."""
+    ser = serialize(value)
+    expected = bytearray(ser.total_size)
+    ser.write_into(memoryview(expected))
+    path = tmp_path / "segment"
+    path.write_bytes(b"\xee" * ser.total_size)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        ser.write_to_file(fd)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(expected)
 
 
 def test_arrow_table_buffers_travel_out_of_band() -> None:
