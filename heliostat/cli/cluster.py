@@ -422,10 +422,9 @@ def cluster_summary(address: str | None, token: str | None) -> dict[str, Any] | 
     or node daemon uses; the token is ``token``, else ``HELIOSTAT_TOKEN``, else this
     home's token file. A head that does not answer is reported, not raised.
     """
-    from heliostat.cluster import HeadClient
-    from heliostat.cluster.auth import read_token_file
+    # The client (gRPC, the protobuf modules) only once a head is known: without one,
+    # ``heliostat status`` reads two pid files and is done.
     from heliostat.cluster.local import read_daemon_info, running_daemon, token_path
-    from heliostat.exceptions import ClusterError
 
     tls_cert: str | None = None
     address = address or os.environ.get("HELIOSTAT_ADDRESS") or None
@@ -439,6 +438,10 @@ def cluster_summary(address: str | None, token: str | None) -> dict[str, Any] | 
                     break
     if address is None:
         return None
+    from heliostat.cluster import HeadClient
+    from heliostat.cluster.auth import read_token_file
+    from heliostat.exceptions import ClusterError
+
     summary: dict[str, Any] = {"address": address}
     try:
         token = token or os.environ.get("HELIOSTAT_TOKEN") or read_token_file(token_path())
