@@ -199,8 +199,9 @@ def _local_address_towards(host: str, port: int) -> str:
 
 
 def _check_node(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    # Light modules only: this runs before the daemon starts (the daemon imports gRPC).
+    from heliostat.cluster.addresses import parse_address
     from heliostat.cluster.auth import read_token_file
-    from heliostat.cluster.client import parse_address
     from heliostat.cluster.local import token_path
 
     head_only = "is for a head (--head); a node takes --address"
