@@ -6,13 +6,18 @@
 * ``fresh_runtime``: a factory, ``fresh_runtime(**init_kwargs)``, whose node is shut
   down when the test ends.
 * ``wait_for``: poll a predicate with short sleeps; fail naming what was awaited.
+
+The session starts by compiling heliostat's modules to bytecode once (see
+:func:`pytest_sessionstart`).
 """
 
 from __future__ import annotations
 
+import compileall
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +28,22 @@ import heliostat as hs
 from heliostat.engine import Runtime, current_runtime
 
 DEFAULT_CPUS = 2
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile heliostat's modules to bytecode once, before any test starts a process.
+
+    The tests start hundreds of Python processes (CLI commands, daemons, drivers). In an
+    environment with ``PYTHONDONTWRITEBYTECODE`` set, an editable install never gets its
+    ``__pycache__``, so each of them compiled every heliostat module it imported from
+    source again: about 0.2 s per command and 0.5 s per daemon. Up-to-date files are
+    skipped; a package that cannot be written to is left as it is.
+    """
+    package = Path(hs.__file__).parent
+    try:
+        compileall.compile_dir(package, quiet=2, workers=1)
+    except OSError:
+        pass
 
 
 @pytest.fixture

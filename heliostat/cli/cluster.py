@@ -199,8 +199,9 @@ def _local_address_towards(host: str, port: int) -> str:
 
 
 def _check_node(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    # Light modules only: this runs before the daemon starts (the daemon imports gRPC).
+    from heliostat.cluster.addresses import parse_address
     from heliostat.cluster.auth import read_token_file
-    from heliostat.cluster.client import parse_address
     from heliostat.cluster.local import token_path
 
     head_only = "is for a head (--head); a node takes --address"
@@ -422,10 +423,9 @@ def cluster_summary(address: str | None, token: str | None) -> dict[str, Any] | 
     or node daemon uses; the token is ``token``, else ``HELIOSTAT_TOKEN``, else this
     home's token file. A head that does not answer is reported, not raised.
     """
-    from heliostat.cluster import HeadClient
-    from heliostat.cluster.auth import read_token_file
+    # The client (gRPC, the protobuf modules) only once a head is known: without one,
+    # ``heliostat status`` reads two pid files and is done.
     from heliostat.cluster.local import read_daemon_info, running_daemon, token_path
-    from heliostat.exceptions import ClusterError
 
     tls_cert: str | None = None
     address = address or os.environ.get("HELIOSTAT_ADDRESS") or None
@@ -439,6 +439,10 @@ def cluster_summary(address: str | None, token: str | None) -> dict[str, Any] | 
                     break
     if address is None:
         return None
+    from heliostat.cluster import HeadClient
+    from heliostat.cluster.auth import read_token_file
+    from heliostat.exceptions import ClusterError
+
     summary: dict[str, Any] = {"address": address}
     try:
         token = token or os.environ.get("HELIOSTAT_TOKEN") or read_token_file(token_path())

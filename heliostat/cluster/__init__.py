@@ -25,20 +25,45 @@ with the engine, the trigger loop and the UI (:mod:`heliostat.cli.daemon`).
 
 from __future__ import annotations
 
-from heliostat.cluster.agent import NodeAgent, ResourceSource, backoff_delay
-from heliostat.cluster.auth import cluster_id_of, ensure_token_file, read_token_file
-from heliostat.cluster.client import (
-    DEFAULT_TIMEOUT,
-    HeadClient,
-    NodeIdTaken,
-    NodeNotKnown,
-    PackageNotOnHead,
-    parse_address,
-)
-from heliostat.cluster.head import HeadServer, HeadService, TlsFiles
-from heliostat.cluster.membership import Membership, NodeState, Timing
-from heliostat.cluster.packages import PackageFetcher, node_cache, publish
-from heliostat.cluster.rpc import ClusterInfo, ClusterTotals, JobView, NodeView
+from typing import TYPE_CHECKING
+
+from heliostat._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from heliostat.cluster.agent import NodeAgent, ResourceSource, backoff_delay
+    from heliostat.cluster.auth import cluster_id_of, ensure_token_file, read_token_file
+    from heliostat.cluster.client import (
+        DEFAULT_TIMEOUT,
+        HeadClient,
+        NodeIdTaken,
+        NodeNotKnown,
+        PackageNotOnHead,
+        parse_address,
+    )
+    from heliostat.cluster.head import HeadServer, HeadService, TlsFiles
+    from heliostat.cluster.membership import Membership, NodeState, Timing
+    from heliostat.cluster.packages import PackageFetcher, node_cache, publish
+    from heliostat.cluster.rpc import ClusterInfo, ClusterTotals, JobView, NodeView
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "heliostat.cluster.agent": ("NodeAgent", "ResourceSource", "backoff_delay"),
+    "heliostat.cluster.auth": ("cluster_id_of", "ensure_token_file", "read_token_file"),
+    "heliostat.cluster.client": (
+        "DEFAULT_TIMEOUT",
+        "HeadClient",
+        "NodeIdTaken",
+        "NodeNotKnown",
+        "PackageNotOnHead",
+        "parse_address",
+    ),
+    "heliostat.cluster.head": ("HeadServer", "HeadService", "TlsFiles"),
+    "heliostat.cluster.membership": ("Membership", "NodeState", "Timing"),
+    "heliostat.cluster.packages": ("PackageFetcher", "node_cache", "publish"),
+    "heliostat.cluster.rpc": ("ClusterInfo", "ClusterTotals", "JobView", "NodeView"),
+}
+"""Where each public name lives, imported on first use: a command that only reads this
+home's pid and address files (``heliostat.cluster.local``) must not pay for gRPC, the
+head's server and SQLAlchemy (about 0.5 s) before it knows a head is there at all."""
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -67,3 +92,5 @@ __all__ = [
     "publish",
     "read_token_file",
 ]
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

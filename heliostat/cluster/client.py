@@ -22,13 +22,13 @@ is TLS and trusts that certificate (a self-signed head certificate, or its CA).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import grpc
 
 from heliostat.cluster import rpc
+from heliostat.cluster.addresses import parse_address
 from heliostat.cluster.auth import call_metadata
 from heliostat.cluster.names import NamedActor
 from heliostat.cluster.object_locations import ObjectPlace, StoreDelta
@@ -52,23 +52,6 @@ DEFAULT_TIMEOUT: Final = 5.0
 
 PACKAGE_TIMEOUT: Final = 300.0
 """Seconds an upload or download of one package may take (100 MiB at 0.35 MB/s)."""
-
-_ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})$")
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``"HOST:PORT"`` -> ``(host, port)``.
-
-    Raises:
-        ValueError: not of that form, or the port is out of range.
-    """
-    match = _ADDRESS.match(address.strip())
-    if match is None:
-        raise ValueError(f"{address!r} is not a head address of the form HOST:PORT")
-    port = int(match["port"])
-    if not 0 < port < 65536:
-        raise ValueError(f"{address!r}: the port must be 1-65535")
-    return match["v6"] or match["host"], port
 
 
 class NodeNotKnown(ClusterError):

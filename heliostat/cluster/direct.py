@@ -21,6 +21,7 @@ The wire, per connection (one range of one object): the client sends ``ticket``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import socket
@@ -101,6 +102,10 @@ class DirectServer:
         """Stop accepting, and unpin every object whose ticket no connection is using."""
         self._closed.set()
         if self._thread.is_alive():
+            # Wake the accept loop now rather than at its next beat (up to a second):
+            # a listening socket shut down makes a blocked accept() fail at once.
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._thread.join(timeout=5)
         self._sock.close()
         self._expire(float("inf"))

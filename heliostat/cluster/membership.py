@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from heliostat.exceptions import InvalidTransition
-from heliostat.storage.cluster_nodes import NodeState
+from heliostat.storage.node_states import NodeState
 
 __all__ = [
     "LIVE_STATES",

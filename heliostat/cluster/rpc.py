@@ -26,7 +26,7 @@ from heliostat.cluster.object_locations import ObjectPlace, StoreDelta
 from heliostat.cluster.package_store import PackageTooLarge
 from heliostat.cluster.v1 import control_pb2 as pb
 from heliostat.cluster.v1 import control_pb2_grpc as pb_grpc
-from heliostat.storage.cluster_nodes import NodeState
+from heliostat.storage.node_states import NodeState
 from heliostat.storage.packages import PackageError
 
 __all__ = [

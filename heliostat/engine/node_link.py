@@ -88,7 +88,7 @@ from heliostat.engine.records import spec_to_wire
 from heliostat.engine.shm import SegmentPool, segment_path
 from heliostat.exceptions import ClusterError
 from heliostat.scheduler import ResourceSet
-from heliostat.storage.cluster_nodes import NodeState
+from heliostat.storage.node_states import NodeState
 
 __all__ = ["NodeLink"]
 

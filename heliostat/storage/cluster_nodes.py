@@ -17,13 +17,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Mapped, mapped_column
 
+from heliostat.storage.node_states import NodeState
 from heliostat.storage.sql_base import Base, state_column_type, utcnow
 
 __all__ = [
@@ -36,19 +36,6 @@ __all__ = [
 
 NODE_ID_LENGTH = 64
 """Longest node id, in characters (node daemons make 32 hex digits)."""
-
-
-class NodeState(StrEnum):
-    """Where a node stands in the head's eyes (the values are what SQL stores).
-
-    The allowed edges and the machine that takes them are in
-    :mod:`heliostat.cluster.membership`.
-    """
-
-    ALIVE = "ALIVE"
-    SUSPECT = "SUSPECT"
-    DEAD = "DEAD"
-    LEFT = "LEFT"
 
 
 class ClusterNode(Base):

@@ -183,7 +183,9 @@ def test_task_error_without_a_mixable_cause_is_plain_task_error() -> None:
     assert base.as_instanceof_cause() is base
 
 
-@pytest.mark.parametrize("package", ["heliostat.storage", "heliostat.workflows"])
+@pytest.mark.parametrize(
+    "package", ["heliostat.storage", "heliostat.workflows", "heliostat.cluster"]
+)
 def test_lazy_exports_match_the_type_checking_imports_and_all(package: str) -> None:
     """The runtime list of lazy exports, the imports type checkers read and ``__all__``
     name the same things, and every one of them loads."""

@@ -219,10 +219,19 @@ class Daemons:
             return {n.node_id: n.state for n in client.list_nodes()}
 
     def leftovers(self) -> list[psutil.Process]:
+        """The processes of the daemons' and drivers' sessions still running.
+
+        A zombie is not one: it has exited and only waits to be reaped. A daemon's
+        parent (``heliostat start``) is gone, so its zombie waits for PID 1, which
+        on some machines reaps only every second or two.
+        """
         found = []
-        for proc in psutil.process_iter(["pid"]):
+        for proc in psutil.process_iter(["pid", "status"]):
             try:
-                if os.getsid(proc.pid) in self.sessions:
+                if (
+                    os.getsid(proc.pid) in self.sessions
+                    and proc.info["status"] != psutil.STATUS_ZOMBIE
+                ):
                     found.append(proc)
             except (ProcessLookupError, PermissionError):
                 continue

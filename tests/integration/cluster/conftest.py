@@ -1,4 +1,11 @@
-"""Fixtures for tests of a real cluster (the daemons themselves: cluster_daemons.py)."""
+"""Fixtures for tests of a real cluster (the daemons themselves: cluster_daemons.py).
+
+A test whose head keeps its metadata in PostgreSQL asks for ``db_url`` or
+``pg_schema_url`` *before* ``daemons``: pytest tears fixtures down in the reverse
+order, so the daemons stop while their schema still exists. The other way round the
+schema is dropped under a running head, whose last writes then fail and are retried
+for seconds before it gives up.
+"""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ from heliostat.storage.cluster_nodes import NodeState
 
 
 def test_nodes_join_show_in_status_and_a_killed_node_is_dead_within_5_s(
-    daemons: Daemons, db_url: str | None, wait_for: Callable[..., Any]
+    db_url: str | None, daemons: Daemons, wait_for: Callable[..., Any]
 ) -> None:
     daemons.start_head(db_url=db_url)
     n1 = daemons.start_node("n1", "127.0.0.2")
@@ -58,7 +58,7 @@ def test_nodes_join_show_in_status_and_a_killed_node_is_dead_within_5_s(
 
 
 def test_a_restarted_head_recovers_its_nodes_without_restarting_them(
-    daemons: Daemons, db_url: str | None, wait_for: Callable[..., Any]
+    db_url: str | None, daemons: Daemons, wait_for: Callable[..., Any]
 ) -> None:
     address = daemons.start_head(db_url=db_url)
     n1 = daemons.start_node("n1", "127.0.0.2")

@@ -252,7 +252,7 @@ def test_actors_live_on_nodes_and_keep_their_state(
 
 
 def test_a_node_killed_while_1000_tasks_run_loses_no_result(
-    daemons: Daemons, pg_schema_url: Callable[[], str], wait_for: Callable[..., Any]
+    pg_schema_url: Callable[[], str], daemons: Daemons, wait_for: Callable[..., Any]
 ) -> None:
     """On a cluster of its own (it kills a node), with the head's tables in PostgreSQL
     (the module's shared cluster keeps them in SQLite)."""

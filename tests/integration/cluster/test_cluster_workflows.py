@@ -60,8 +60,8 @@ print(workflow.run(total.bind(double.bind(load.bind())), workflow_id="cross-node
 
 
 def test_a_workflow_whose_driver_was_killed_is_resumed_from_another_node(
-    daemons: Daemons,
     pg_schema_url: Callable[[], str],
+    daemons: Daemons,
     tmp_path: Path,
     wait_for: Callable[..., Any],
 ) -> None:

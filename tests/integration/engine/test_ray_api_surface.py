@@ -398,9 +398,14 @@ def test_actor_pool_idle_actors_and_push(runtime) -> None:
     assert pool.get_next() == 1
 
 
+# A call that outlasts the pools' 0.05 s timeouts thirty times over; the tests wait
+# for it to end, so it is no longer than that needs.
+SLOW_S = 1.5
+
+
 def test_actor_pool_timeouts(runtime) -> None:
     pool = ActorPool([Probe.remote(0)])
-    pool.submit(lambda a, v: a.slow_add.remote(v, 3.0), 1)
+    pool.submit(lambda a, v: a.slow_add.remote(v, SLOW_S), 1)
     pool.submit(_add, 2)
     with pytest.raises(TimeoutError):
         pool.get_next(timeout=0.05)
@@ -415,7 +420,7 @@ def test_actor_pool_unordered_timeout_ignored_returns_none(runtime) -> None:
     # Ray: get_next_unordered(timeout, ignore_if_timedout=True) gives None on a
     # timeout instead of raising; the timed-out call is dropped, its actor reused.
     pool = ActorPool([Probe.remote(0)])
-    pool.submit(lambda a, v: a.slow_add.remote(v, 3.0), 1)
+    pool.submit(lambda a, v: a.slow_add.remote(v, SLOW_S), 1)
     with pytest.raises(TimeoutError):
         pool.get_next_unordered(timeout=0.05)
     assert pool.get_next_unordered(timeout=0.05, ignore_if_timedout=True) is None
@@ -426,7 +431,7 @@ def test_actor_pool_unordered_timeout_ignored_returns_none(runtime) -> None:
 
 def test_actor_pool_get_next_after_unordered_is_refused(runtime) -> None:
     pool = ActorPool([Probe.remote(0), Probe.remote(0)])
-    pool.submit(lambda a, v: a.slow_add.remote(v, 2.0), 1)
+    pool.submit(lambda a, v: a.slow_add.remote(v, SLOW_S), 1)
     pool.submit(_add, 2)
     assert pool.get_next_unordered() == 2
     with pytest.raises(ValueError, match="get_next_unordered"):
