@@ -197,11 +197,14 @@ class PeerSender:
         stream: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for request in self._unacked:
             stream.put(request)
-        self._stream, self._written, self._opened = stream, len(self._unacked), time.monotonic()
-        self._call = self._deliver.future(
+        # The call first: if opening it fails (the channel was closed), no stream is
+        # left without its call for _end_stream to trip over.
+        call = self._deliver.future(
             iter(stream.get, _END), timeout=STREAM_TIMEOUT_S, metadata=self._metadata
         )
-        self._call.add_done_callback(self._wake)
+        self._stream, self._call = stream, call
+        self._written, self._opened = len(self._unacked), time.monotonic()
+        call.add_done_callback(self._wake)
 
     def _wake(self, _call: Any) -> None:
         with self._cond:
@@ -211,7 +214,7 @@ class PeerSender:
         """Close the open stream; its reply (``wait``), or None."""
         stream, call = self._stream, self._call
         self._stream = self._call = None
-        if stream is None:
+        if stream is None or call is None:
             return None
         stream.put(_END)
         if not wait:
