@@ -44,6 +44,7 @@ from typing import Any
 from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
+from heliostat.engine.runtime import close_extensions
 from heliostat.engine.worker import WorkerClient
 from heliostat.exceptions import ClusterError
 
@@ -175,12 +176,7 @@ class AttachedRuntime:
         if self._closed:
             return
         self._closed = True
-        for name, extension in reversed(list(self.extensions.items())):
-            try:
-                extension.close()
-            except Exception:  # one service failing to close must not keep us attached
-                log.warning("closing %s failed", name, exc_info=True)
-        self.extensions.clear()
+        close_extensions(self.extensions)
         self.client.close()
 
 

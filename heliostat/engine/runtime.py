@@ -66,6 +66,7 @@ __all__ = [
     "SessionDir",
     "attach_worker",
     "client_or_auto_init",
+    "close_extensions",
     "create_session_dir",
     "current_client",
     "current_runtime",
@@ -286,6 +287,17 @@ class Closeable(Protocol):
         ...
 
 
+def close_extensions(extensions: dict[str, Any]) -> None:
+    """Close a runtime's extensions, newest first, and forget them; one failing to
+    close is logged and does not keep the others open."""
+    for name, extension in reversed(list(extensions.items())):
+        try:
+            extension.close()
+        except Exception:
+            log.warning("closing %s failed", name, exc_info=True)
+    extensions.clear()
+
+
 def _drop_log(stream: str, task_name: str, pid: int, text: str) -> None:
     """The log sink of ``init(log_to_driver=False)``: workers' output is not printed."""
 
@@ -394,12 +406,7 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
-        for name, extension in reversed(list(self.extensions.items())):
-            try:
-                extension.close()
-            except Exception:  # one service failing to close must not keep the node up
-                log.warning("closing %s failed", name, exc_info=True)
-        self.extensions.clear()
+        close_extensions(self.extensions)
         self.client.tracker.closed = True
         self.client.closed = True
         self.manager.stop()
