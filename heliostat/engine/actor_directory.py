@@ -464,6 +464,11 @@ class ActorDirectory(ClusterActors):
         worker = actor.worker
         if worker is not None and worker.pid:
             self._out.effect(Kill(worker=worker, signal=signal.SIGKILL))
+            if no_restart:
+                # Dead from now on, not from when its exit is seen: a call that
+                # arrives meanwhile fails instead of reaching the dying worker (which
+                # might still answer it before the signal lands).
+                self.dead(actor, actor.death_cause)
         elif no_restart:
             self.dead(actor, actor.death_cause)
 

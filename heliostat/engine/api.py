@@ -294,7 +294,11 @@ def _attach_here(head: Any, address: str, options: dict[str, Any]) -> AttachedRu
     is none to attach to, or the options ask for a node of the driver's own."""
     from heliostat.cluster.local_nodes import local_nodes
     from heliostat.engine.attach import attach_enabled, attach_to, choose_local_node
-    from heliostat.engine.cluster_join import AttachedMembership, local_address_towards
+    from heliostat.engine.cluster_join import (
+        AttachedMembership,
+        await_node_view,
+        local_address_towards,
+    )
 
     code = options.get("code")
     own_node_only = bool(
@@ -319,6 +323,9 @@ def _attach_here(head: Any, address: str, options: dict[str, Any]) -> AttachedRu
         runtime.extensions["cluster"] = membership
         membership.workflow_stores = head.workflow_stores()
         membership.job_id = head.register_job(" ".join(sys.argv), socket.gethostname(), os.getpid())
+        await_node_view(
+            head, node.node_id, lambda: int(runtime.client.cluster_info()["cluster_peers"])
+        )
     except BaseException:
         runtime.shutdown()
         raise

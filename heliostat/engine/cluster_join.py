@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,10 +37,12 @@ from heliostat.cluster.peer_tls import PeerTls
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_link import NodeLink
 from heliostat.exceptions import ClusterError
+from heliostat.storage.node_states import NodeState
 
 __all__ = [
     "MAX_NODE_INDEX",
     "AttachedMembership",
+    "await_node_view",
     "ClusterMembership",
     "choose_node_index",
     "fetch_workflow_stores",
@@ -53,6 +56,7 @@ __all__ = [
 log = logging.getLogger("heliostat.cluster")
 
 MAX_NODE_INDEX = 0xFFFF  # ids.py gives the node index 16 bits; 0 is a lone node
+NODE_VIEW_TIMEOUT_S = 2.0  # for an attached node to learn of peers that joined just now
 JOIN_ATTEMPTS = 5  # indexes tried when the head says another node took the one picked
 
 
@@ -268,6 +272,37 @@ class AttachedMembership:
             with contextlib.suppress(Exception):
                 self.head.finish_job(self.job_id)
         self.head.close()
+
+
+def await_node_view(
+    head: HeadClient,
+    node_id: str,
+    known_peers: Callable[[], int],
+    *,
+    timeout: float = NODE_VIEW_TIMEOUT_S,
+) -> bool:
+    """Wait until the node a driver attached to knows as many live peers as the head
+    lists (it reads the head's table when a driver attaches, and on its own beat).
+
+    A node that joined a moment ago is then a candidate for the driver's first task
+    (``SPREAD`` included). ``known_peers()`` asks the node how many it knows. Returns
+    False when the view did not catch up within ``timeout`` (the driver goes on: the
+    node learns of the newcomer at its next read).
+    """
+    live = sum(
+        1
+        for view in head.list_nodes()
+        if view.state in (NodeState.ALIVE, NodeState.SUSPECT)
+        and ":" in view.address
+        and view.node_id != node_id
+    )
+    deadline = time.monotonic() + timeout
+    while known_peers() < live:
+        if time.monotonic() > deadline:
+            log.debug("node %s knows fewer than the %d live peers the head lists", node_id, live)
+            return False
+        time.sleep(0.005)  # the node's read of the head's table is one round trip
+    return True
 
 
 def taken_indexes(head: HeadClient) -> set[int]:

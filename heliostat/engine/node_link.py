@@ -284,6 +284,7 @@ class NodeLink:
         self._addresses: dict[int, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # read the head's node table now, not at the beat
         session = manager.config.session
         # Freed segments are kept (up to a quarter of the store) for pulls to land in
         # pages that exist already: see SegmentPool.
@@ -344,6 +345,7 @@ class NodeLink:
         if self._direct is not None:
             self._direct.start()
         self._manager.attach_peers(self.send)
+        self._manager.on_driver_attached = self._wake.set
         self._manager.use_segment_pool(self._segments)
         self.beacons.start()
         self._manager.beacon_mirror = self.beacons
@@ -352,6 +354,8 @@ class NodeLink:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        self._manager.on_driver_attached = None
         if self._watcher.is_alive():
             self._watcher.join(timeout=5)
         with self._lock:
@@ -418,7 +422,13 @@ class NodeLink:
             sender.close()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self._poll_interval):
+        # A driver that attaches wakes this loop: a node that joined since the last
+        # read is known before the driver's first task (its SPREAD sees every node).
+        while True:
+            self._wake.wait(self._poll_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.refresh()
             except Exception as exc:  # the head restarting: keep the last view

@@ -144,6 +144,9 @@ class NodeManager:
         self.shm_nonce = secrets.token_hex(16)
         self._stopping = False
         self.started_at = time.time()
+        # Called (under the lock; must not block) when a driver attaches: a cluster
+        # node's link reads the head's node table at once (``engine/node_link.py``).
+        self.on_driver_attached: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle --
 
@@ -174,6 +177,8 @@ class NodeManager:
 
     def _attach_facts(self, proc: WorkerRecord) -> dict[str, Any]:
         """What an attaching driver is told (called under the lock)."""
+        if self.on_driver_attached is not None:
+            self.on_driver_attached()
         config = self.config
         return {
             "index": proc.index,

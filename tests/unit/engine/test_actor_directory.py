@@ -127,6 +127,28 @@ def test_kill_signals_the_actor_s_worker(make_node, make_spec) -> None:
     assert node.effects() == [Kill(worker=worker, signal=signal.SIGKILL)]
 
 
+def test_a_call_after_kill_fails_even_before_the_worker_is_seen_to_exit(
+    make_node, make_spec
+) -> None:
+    node = make_node()
+    worker = node.add_worker()
+    actor = _create(node, make_spec)
+    node.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
+    before = _call(node, make_spec, actor)
+    node.reset()
+    node.state.verbs["kill_actor"](node.state.driver, lambda ok, v: None, actor.actor_id, True)
+    assert actor.state is ActorState.DEAD  # the SIGKILL is on its way; its exit not seen
+    after = _call(node, make_spec, actor)
+    assert node.sent(worker) == []  # nothing more reaches the dying worker
+    for spec in (before, after):
+        entry = node.state.objects.entries[spec.return_ids[0]]
+        assert entry.kind is ObjKind.ERROR
+        assert "killed with kill()" in str(pickle.loads(entry.payload))
+    node.state.worker_lost(WorkerLost(worker=worker))  # the exit, seen later: no restart
+    assert actor.state is ActorState.DEAD and actor.restarts == 0
+    assert node.state.node.available == node.state.node.total
+
+
 def test_the_last_handle_going_retires_the_actor(make_node, make_spec) -> None:
     node = make_node()
     worker = node.add_worker()
