@@ -42,8 +42,8 @@ from heliostat.storage.node_states import NodeState
 __all__ = [
     "MAX_NODE_INDEX",
     "AttachedMembership",
-    "await_node_view",
     "ClusterMembership",
+    "await_node_view",
     "choose_node_index",
     "fetch_workflow_stores",
     "join_with_free_index",
