@@ -9,11 +9,12 @@ been made there.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -53,21 +54,28 @@ class SegmentSink:
     segment kept by a :class:`heliostat.engine.shm.SegmentPool`), renamed to the path
     and cut to the size: filling existing tmpfs pages skips allocating and zeroing a
     page per 4 KiB. Its old bytes are overwritten before ``commit`` (a pull commits
-    only once every byte arrived), so no reader sees them.
+    only once every byte arrived), so no reader sees them. Such a file is also offered
+    as a :meth:`region`, so that a socket can fill its pages directly.
     """
 
     def __init__(self, path_for: Callable[[int], str], *, reuse: Reuse | None = None) -> None:
         self._path_for = path_for
         self._reuse = reuse
-        self._open: dict[int, tuple[str, int]] = {}
+        self._open: dict[int, _Open] = {}
         self._lock = threading.Lock()
 
     def begin(self, object_id: int, size: int, is_error: bool) -> None:
         path = self._path_for(object_id)
         reused = self._reuse(path, size) if self._reuse is not None else None
         if reused is not None:
+            try:
+                _allocate(reused, size)
+            except BaseException:
+                os.close(reused)
+                os.unlink(path)
+                raise
             with self._lock:
-                self._open[object_id] = (path, reused)
+                self._open[object_id] = _Open(path, reused, size, mapped=True)
             return
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
@@ -77,10 +85,40 @@ class SegmentSink:
             os.unlink(path)
             raise
         with self._lock:
-            self._open[object_id] = (path, fd)
+            self._open[object_id] = _Open(path, fd, size, mapped=False)
+
+    @contextlib.contextmanager
+    def region(self, object_id: int, offset: int, length: int) -> Iterator[memoryview | None]:
+        """``[offset, offset+length)`` of the object as a writable mapping whose pages
+        are all there already, to receive into; None when ``write`` is the faster way.
+
+        Only a reused file is mapped: its pages exist (:func:`_allocate` made sure), so
+        the mapping is populated up front (``MAP_POPULATE``: about 0.1 s per GiB) and
+        then filled at memory speed, where a fresh file's pages would each be
+        allocated by a page fault (half the speed of ``pwrite``). The mapping is gone
+        when the block ends.
+        """
+        entry = self._open[object_id]
+        if not entry.mapped or length == 0:
+            yield None
+            return
+        if offset < 0 or offset + length > entry.size:
+            raise ValueError(
+                f"[{offset}, {offset + length}) is outside the object's {entry.size} bytes"
+            )
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapping = mmap.mmap(
+            entry.fd, offset + length - start, flags=mmap.MAP_SHARED | _POPULATE, offset=start
+        )
+        try:
+            with memoryview(mapping) as view:
+                with view[offset - start :] as window:
+                    yield window
+        finally:
+            mapping.close()
 
     def write(self, object_id: int, offset: int, data: memoryview) -> None:
-        fd = self._open[object_id][1]
+        fd = self._open[object_id].fd
         view = data
         while view.nbytes:  # pwrite may write less than asked
             written = os.pwrite(fd, view, offset)
@@ -89,9 +127,9 @@ class SegmentSink:
 
     def _close(self, object_id: int) -> str:
         with self._lock:
-            path, fd = self._open.pop(object_id)
-        os.close(fd)
-        return path
+            entry = self._open.pop(object_id)
+        os.close(entry.fd)
+        return entry.path
 
     def commit(self, object_id: int) -> str:
         return self._close(object_id)
@@ -102,6 +140,32 @@ class SegmentSink:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+# Linux maps the pages in the mmap call itself; elsewhere they come by page faults.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Open:
+    """A pull's file while it is written."""
+
+    path: str
+    fd: int
+    size: int
+    mapped: bool  # offered as a region (its pages exist)
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give every page of the file's first ``size`` bytes memory now, if some lack it.
+
+    A reused file may be smaller than the object (the pool's best fit) or have holes;
+    writing through a mapping into a page tmpfs cannot find memory for kills the
+    process with SIGBUS, where ``fallocate`` fails cleanly (ENOSPC) here, before any
+    byte moves. A file with all its pages costs one ``fstat``.
+    """
+    if size and os.fstat(fd).st_blocks * 512 < size:
+        os.posix_fallocate(fd, 0, size)
 
 
 def open_locked(path: str, flags: int = os.O_RDONLY) -> int:

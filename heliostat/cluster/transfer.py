@@ -38,6 +38,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -132,6 +133,12 @@ class ObjectSink(Protocol):
 
     def write(self, object_id: int, offset: int, data: memoryview) -> None:
         """Put ``data`` at ``offset`` of the object."""
+
+    def region(
+        self, object_id: int, offset: int, length: int
+    ) -> AbstractContextManager[memoryview | None]:
+        """``[offset, offset+length)`` of the object as writable memory for a data-port
+        range to be received into in place, or None: ``write`` it instead."""
 
     def commit(self, object_id: int) -> Any:
         """Every byte arrived; make the object available. Returns what the caller needs."""
@@ -374,20 +381,28 @@ class _Receiver:
                 sink_failed = True
                 raise
 
-        try:
-            receive_range(address, ticket, offset, length, write, buffer_size=buffer, opened=opened)
-        except OSError as exc:
-            if sink_failed:
-                raise  # the sink's own error (a full disk...), as the caller knows it
-            if self.failed:
-                return  # shut down because a sibling stream failed
-            if not connected:
-                raise DataPortUnreachableError(
-                    f"the data port {address} of {self.peer} cannot be reached: {exc}"
+        # The sink's own errors (no memory for a mapping...) pass through as they are.
+        with self.sink.region(self.object_id, offset, length) as into:
+            try:
+                receive_range(
+                    address, ticket, offset, length, write,
+                    buffer_size=buffer, opened=opened, into=into,
+                )  # fmt: skip
+            except OSError as exc:
+                if sink_failed:
+                    raise  # the sink's own error (a full disk...), as the caller knows it
+                if self.failed:
+                    return  # shut down because a sibling stream failed
+                if not connected:
+                    raise DataPortUnreachableError(
+                        f"the data port {address} of {self.peer} cannot be reached: {exc}"
+                    ) from exc
+                raise TransferError(
+                    f"pulling object {self.object_id:#x} from {self.peer} failed: {exc}"
                 ) from exc
-            raise TransferError(
-                f"pulling object {self.object_id:#x} from {self.peer} failed: {exc}"
-            ) from exc
+        if into is not None:  # filled in place: no write() counted it
+            with self._lock:
+                self.received += length
 
     def stop(self) -> None:
         """Stop every stream of this pull (one of them failed)."""

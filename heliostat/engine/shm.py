@@ -4,10 +4,12 @@ Why one file per object rather than one big arena (Plasma's choice): the kernel 
 the allocation, freeing is ``unlink`` (a reader that still maps the segment keeps its
 pages until its views die, so freeing never pulls memory from under a live numpy
 array), and a crashed process leaks nothing that a glob on the session prefix cannot
-find. The cost is a page-table fill the first time a process maps a segment; readers
-map with ``MAP_POPULATE`` so that cost is paid in one bulk call, and each process keeps
-its mappings in a :class:`MappingCache` until the object is freed, so a worker that
-reads the same array twice maps it once.
+find. The cost is a page-table fill the first time a process maps a segment. Readers
+map lazily: a read fault maps 16 pages at once (the kernel's fault-around), so touching
+every page of a GiB costs about what ``MAP_POPULATE`` does (60 to 90 ms), while a task
+that reads a slice or one byte of a big array pays for those pages only. Each process
+keeps its mappings in a :class:`MappingCache` until the object is freed, so a worker
+that reads the same array twice maps it once.
 
 Segment names: ``/dev/shm/heliostat-{session}-{object id hex}``. Spilled objects are
 plain files under the session's spill directory with the same layout.
@@ -50,7 +52,6 @@ __all__ = [
 ]
 
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 log = logging.getLogger("heliostat.engine")
 
@@ -107,11 +108,11 @@ def _write(path: str, value: SerializedValue) -> int:
 
 
 def map_readonly(path: str) -> mmap.mmap:
-    """Map an existing segment (or spill file) read-only, with its pages populated."""
+    """Map an existing segment (or spill file) read-only; pages map as they are read."""
     fd = open_locked(path)
     try:
         size = os.fstat(fd).st_size
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
 

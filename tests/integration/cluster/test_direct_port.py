@@ -7,6 +7,7 @@ Servers run in this process (a gRPC server behind the token interceptor, and a
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from heliostat.cluster import segments
 from heliostat.cluster.auth import TokenInterceptor, call_metadata
 from heliostat.cluster.direct import DirectRefusedError, DirectServer, receive_range
 from heliostat.cluster.transfer import (
@@ -30,6 +32,7 @@ from heliostat.cluster.transfer import (
     pull_object,
     segment_object,
 )
+from heliostat.engine.shm import SegmentPool
 from tests.waiting import poll_for
 
 TOKEN = "direct-port-test-token"
@@ -229,3 +232,117 @@ def test_an_unreachable_data_port_falls_back_to_the_grpc_stream(
         pulled = pull_object(node.channel, 0x51, _sink(sink_dir), metadata=call_metadata(TOKEN))
     assert (sink_dir / "51").read_bytes() == data and pulled.size == len(data)
     assert "cannot be reached" in caplog.text and "over gRPC instead" in caplog.text
+
+
+class _CountingSink(SegmentSink):
+    """A sink over a segment pool that counts the pieces handed to ``write``."""
+
+    def __init__(self, root: Path, pool: SegmentPool) -> None:
+        super().__init__(lambda oid: str(root / f"{oid:x}"), reuse=pool.take)
+        self.writes = 0
+
+    def write(self, object_id: int, offset: int, data: memoryview) -> None:
+        self.writes += 1
+        super().write(object_id, offset, data)
+
+
+def _pool_with(tmp_path: Path, size: int) -> SegmentPool:
+    """A pool holding one freed segment of ``size`` bytes of stale 0xEE."""
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir(exist_ok=True)
+    pool = SegmentPool("directtest", 1 << 30, directory=pool_dir)
+    old = pool_dir / "old"
+    old.write_bytes(b"\xee" * size)
+    assert pool.give(str(old), size)
+    return pool
+
+
+@pytest.mark.parametrize(
+    ("pooled", "size", "streams"),
+    [
+        (8 * 2**20, 6 * 2**20 + 4097, 3),  # a bigger file: its stale tail is cut off
+        (2 * 2**20, 5 * 2**20 + 3, 4),  # a smaller one: the rest is allocated first
+        (3 * 2**20, 3 * 2**20, 1),
+    ],
+)
+def test_a_reused_segment_is_received_in_place_byte_for_byte(
+    node: Node, sink_dir: Path, tmp_path: Path, pooled: int, size: int, streams: int
+) -> None:
+    """Into a pooled file the socket writes straight into the mapped pages (no
+    ``write`` at all), at unaligned range offsets, and no stale byte survives."""
+    data = os.urandom(size)
+    (node.objects.root / "91").write_bytes(data)
+    pool = _pool_with(tmp_path, pooled)
+    sink = _CountingSink(sink_dir, pool)
+    pulled = pull_object(
+        node.channel, 0x91, sink, metadata=call_metadata(TOKEN),
+        chunk_size=65_536, split_at=0, streams=streams,
+    )  # fmt: skip
+    assert pool.reused == 1 and sink.writes == 0
+    assert pulled.size == size
+    assert (sink_dir / "91").read_bytes() == data
+    # A fresh file is written piece by piece, as before.
+    (sink_dir / "91").unlink()
+    fresh = _CountingSink(sink_dir, SegmentPool("directtest-empty", 1 << 30, directory=tmp_path))
+    pull_object(node.channel, 0x91, fresh, metadata=call_metadata(TOKEN), chunk_size=65_536)
+    assert fresh.writes > 0
+
+
+def test_a_short_stream_into_a_reused_segment_leaves_nothing(
+    node: Node, sink_dir: Path, tmp_path: Path
+) -> None:
+    """The connection ends mid-range while the socket fills a mapping: the pull fails
+    as a transfer error, the mapping is let go, and the half-written file is removed."""
+    short = tmp_path / "short"
+    short.write_bytes(b"x" * (2**20 + 10))
+    file = open(short, "rb")
+    node.objects.extra[0xA1] = SourceObject(
+        data=memoryview(b"x" * (4 * 2**20)), file=file, release=file.close
+    )
+    pool = _pool_with(tmp_path, 4 * 2**20)
+    with pytest.raises(TransferError, match=f"closed after {2**20 + 10} of {4 * 2**20} bytes"):
+        pull_object(node.channel, 0xA1, _CountingSink(sink_dir, pool),
+                    metadata=call_metadata(TOKEN))  # fmt: skip
+    assert pool.reused == 1
+    assert list(sink_dir.iterdir()) == []
+
+
+def test_no_memory_for_a_reused_segment_fails_before_any_byte_moves(
+    node: Node, sink_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled file smaller than the object needs more pages; when the filesystem has
+    none (ENOSPC, injected) the pull fails cleanly instead of the process dying of
+    SIGBUS on a write into the mapping, and it leaves nothing behind."""
+    data = os.urandom(4 * 2**20)
+    (node.objects.root / "b1").write_bytes(data)
+    pool = _pool_with(tmp_path, 2 * 2**20)
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+    monkeypatch.setattr(segments.os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="injected"):
+        pull_object(node.channel, 0xB1, _CountingSink(sink_dir, pool),
+                    metadata=call_metadata(TOKEN))  # fmt: skip
+    assert list(sink_dir.iterdir()) == []
+
+
+def test_a_region_must_lie_inside_its_object(sink_dir: Path, tmp_path: Path) -> None:
+    pool = _pool_with(tmp_path, 2 * 2**20)
+    sink = SegmentSink(lambda oid: str(sink_dir / f"{oid:x}"), reuse=pool.take)
+    sink.begin(1, 2 * 2**20, False)
+    try:
+        with (
+            pytest.raises(ValueError, match="outside the object"),
+            sink.region(1, 2**20, 2**20 + 1),
+        ):
+            pass
+        with sink.region(1, 5, 0) as empty:
+            assert empty is None
+    finally:
+        sink.abort(1)
+    fresh = _sink(sink_dir)
+    fresh.begin(2, 2**20, False)
+    with fresh.region(2, 0, 2**20) as view:
+        assert view is None  # a fresh file is written with pwrite
+    fresh.abort(2)
