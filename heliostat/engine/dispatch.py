@@ -369,7 +369,7 @@ class Dispatch:
             if not queue or node.fits(resources):
                 continue
             while queue and peers.spillable(queue[0]):
-                target = peers.spill_target(resources)
+                target = peers.spill_target(resources, queue[0].fn_id)
                 if target is None:
                     break
                 peers.forward(queue.popleft(), target)

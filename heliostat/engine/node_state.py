@@ -141,14 +141,16 @@ class NodeState:
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("_v_")
         }
 
-    def join_cluster(self, local_index: int, *, depth: int = 16) -> Peers:
-        """This node belongs to a cluster: work and values may cross to peers."""
+    def join_cluster(self, local_index: int, *, depth: int = 2, max_depth: int = 128) -> Peers:
+        """This node belongs to a cluster: work and values may cross to peers (up to
+        ``depth`` to ``max_depth`` tasks in flight per slot of a peer: spill_depth)."""
         peers = Peers(
             self.out,
             local_index=local_index,
             objects=self.objects,
             tasks=self.tasks,
             depth=depth,
+            max_depth=max_depth,
         )
         peers.hooks = self.dispatch
         peers.actors = self.actors

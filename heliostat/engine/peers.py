@@ -92,6 +92,7 @@ from heliostat.engine.records import (
     WorkerState,
     transition,
 )
+from heliostat.engine.spill_depth import SpillDepth
 from heliostat.engine.task_table import TaskTable
 from heliostat.exceptions import NodeDiedError, ObjectLostError, OwnerDiedError
 from heliostat.scheduler import CPU, ResourceSet
@@ -174,15 +175,17 @@ class Peers(PeerActors):
         local_index: int,
         objects: ObjectDirectory,
         tasks: TaskTable,
-        depth: int = 4,
+        depth: int = 2,
+        max_depth: int = 128,
     ) -> None:
         self._out = outbox
         self.local_index = local_index
         self._objects = objects
         self._tasks = tasks
-        # Tasks this node keeps forwarded to one peer, per CPU of that peer: the first
-        # runs, the rest wait there so the peer never idles for a round trip.
-        self.depth = depth
+        # Tasks this node keeps forwarded to one peer, per slot of that peer: the first
+        # runs, the rest wait there so the peer never idles for a round trip; more for
+        # short calls than for long ones (see spill_depth).
+        self.depth = SpillDepth(depth, max(depth, max_depth))
         self.nodes: dict[int, PeerInfo] = {}
         self.procs: dict[int, WorkerRecord] = {}  # a stand-in holder per peer node
         self.inflight: dict[int, dict[int, TaskSpec]] = {}  # owner side, by node
@@ -350,8 +353,8 @@ class Peers(PeerActors):
 
     def _hosts_of(self, resources: ResourceSet) -> tuple[tuple[int, int], ...]:
         """The peers that can ever hold ``resources``, each with how many tasks of that
-        shape it is sent at most (its slots times the depth); cached per shape until
-        the peers or their totals change."""
+        shape it runs at once (its slots); cached per shape until the peers or their
+        totals change."""
         hosts = self._hosts.get(resources)
         if hosts is None:
             cpu = resources.get(CPU)
@@ -359,7 +362,7 @@ class Peers(PeerActors):
             for index, info in self.nodes.items():
                 if resources.is_subset_of(info.total):
                     slots = int(info.total.get(CPU) // cpu) if cpu > 0 else 16
-                    found.append((index, max(slots, 1) * self.depth))
+                    found.append((index, max(slots, 1)))
             hosts = self._hosts[resources] = tuple(found)
         return hosts
 
@@ -409,13 +412,15 @@ class Peers(PeerActors):
             and bool(self.nodes)
         )
 
-    def spill_target(self, resources: ResourceSet) -> int | None:
-        """The least loaded peer that can take one more task of this shape, or None."""
+    def spill_target(self, resources: ResourceSet, fn_id: bytes | None = None) -> int | None:
+        """The least loaded peer that can take one more task of this shape (a call of
+        ``fn_id``: its depth), or None."""
         best: int | None = None
         best_load = 1.0
         inflight = self.inflight
-        for index, capacity in self._hosts_of(resources):
-            load = len(inflight.get(index, ())) / capacity
+        depth = self.depth.of(fn_id)
+        for index, slots in self._hosts_of(resources):
+            load = len(inflight.get(index, ())) / (slots * depth)
             if load < best_load:
                 best, best_load = index, load
         return best
@@ -550,6 +555,8 @@ class Peers(PeerActors):
             self._release_pulled(index, values)
             return
         spec.remote_node = 0
+        if spec.kind is TaskKind.NORMAL:
+            self.depth.ran(spec.fn_id, finished - started)
         if outcome == "error" and self._argument_lost(spec, values):
             self._release_pulled(index, values)
             if may_retry(spec):

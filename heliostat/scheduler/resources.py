@@ -296,8 +296,20 @@ class ResourceSet:
         return (_unpickle_resource_set, (tuple(self._units.items()),))
 
 
+# Unpickled sets by their items: every task spec carries one, and a node receives
+# thousands a second of the same few shapes. Sharing one immutable set per shape saves
+# building it, and its cached hash saves rehashing it in every dict it is looked up in.
+_UNPICKLED: dict[tuple[tuple[str, int], ...], ResourceSet] = {}
+_UNPICKLED_MAX = 4096  # shapes kept; past that the cache starts over
+
+
 def _unpickle_resource_set(items: tuple[tuple[str, int], ...]) -> ResourceSet:
-    return ResourceSet._from_units(dict(items))
+    found = _UNPICKLED.get(items)
+    if found is None:
+        if len(_UNPICKLED) >= _UNPICKLED_MAX:
+            _UNPICKLED.clear()
+        found = _UNPICKLED[items] = ResourceSet._from_units(dict(items))
+    return found
 
 
 class NodeResources:
