@@ -156,6 +156,17 @@ def test_pickle_round_trip_preserves_value_and_recomputes_hash() -> None:
     assert hash(copy) == hash(rs)
 
 
+def test_unpickled_sets_of_one_shape_are_one_shared_object() -> None:
+    """A node unpickles thousands of task specs a second: one set per shape is kept."""
+    first = pickle.loads(pickle.dumps(ResourceSet({"CPU": 1, "db": 2})))
+    again = pickle.loads(pickle.dumps(ResourceSet({"CPU": 1, "db": 2})))
+    other = pickle.loads(pickle.dumps(ResourceSet({"CPU": 2})))
+    assert first is again and first == ResourceSet({"CPU": 1, "db": 2})
+    assert other is not first and other.to_dict() == {"CPU": 2.0}
+    # Sharing is safe because a set never changes: arithmetic makes new ones.
+    assert (first + other).to_dict() == {"CPU": 3.0, "db": 2.0} and first.get("CPU") == 1
+
+
 # --- arithmetic ---------------------------------------------------------------------
 
 
