@@ -44,6 +44,14 @@ def _create(node, make_spec, **options):
     return node.state.actors.actors[creation.actor_id]
 
 
+def _started(node, make_spec):
+    """A new worker, and an actor created on it that is ready."""
+    worker = node.add_worker()
+    actor = _create(node, make_spec)
+    node.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
+    return worker, actor
+
+
 def _call(node, make_spec, actor):
     spec = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=actor.actor_id, resources=NO_CPU)
     node.state.submit(node.state.driver, spec)
@@ -100,9 +108,7 @@ def test_a_dead_worker_restarts_the_actor_and_retries_its_call(make_node, make_s
 
 def test_calls_on_an_actor_out_of_restarts_fail(make_node, make_spec) -> None:
     node = make_node()
-    worker = node.add_worker()
-    actor = _create(node, make_spec)
-    node.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
+    worker, actor = _started(node, make_spec)
     call = _call(node, make_spec, actor)
     node.state.worker_lost(WorkerLost(worker=worker))
     assert actor.state is ActorState.DEAD
@@ -131,9 +137,7 @@ def test_a_call_after_kill_fails_even_before_the_worker_is_seen_to_exit(
     make_node, make_spec
 ) -> None:
     node = make_node()
-    worker = node.add_worker()
-    actor = _create(node, make_spec)
-    node.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
+    worker, actor = _started(node, make_spec)
     before = _call(node, make_spec, actor)
     node.reset()
     node.state.verbs["kill_actor"](node.state.driver, lambda ok, v: None, actor.actor_id, True)
@@ -151,9 +155,7 @@ def test_a_call_after_kill_fails_even_before_the_worker_is_seen_to_exit(
 
 def test_the_last_handle_going_retires_the_actor(make_node, make_spec) -> None:
     node = make_node()
-    worker = node.add_worker()
-    actor = _create(node, make_spec)
-    node.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
+    worker, actor = _started(node, make_spec)
     node.reset()
     node.state.verbs["release"](node.state.driver, None, [actor.actor_id])
     assert actor.state is ActorState.DEAD
@@ -165,9 +167,7 @@ def test_a_handle_inside_a_value_keeps_the_actor_until_the_value_and_its_readers
     make_node, make_spec
 ) -> None:
     node = make_node()
-    worker = node.add_worker()
-    actor = _create(node, make_spec)
-    node.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
+    _worker, actor = _started(node, make_spec)
     reader = node.add_worker()
     # put([handle]): the value holds the handle; the creator's own handle goes.
     box = 1 << 50
