@@ -3,8 +3,9 @@
 A node manager decides, under its lock, what another node must be told (the effects
 of ``engine/peers.py``); :class:`PeerSender` carries them there in order:
 
-* a thread of its own drains the peer's queue, lingering a moment so that a burst of
-  small messages goes as one batch, encodes the batch off the node lock and writes it
+* a thread of its own drains the peer's queue (a lone message at once; in a burst it
+  lingers a moment, so that many small messages go as one batch), encodes the batch
+  off the node lock and writes it
   to a gRPC client stream that stays open across batches (a message on an open stream
   costs a fraction of a call of its own);
 * every batch carries a number (``seq``) within the sender's session (``epoch``). Now
@@ -42,8 +43,8 @@ __all__ = ["DeliveryLedger", "PeerSender"]
 log = logging.getLogger("heliostat.cluster")
 
 SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
-LINGER_S = 0.0005  # how long a sender waits for more messages before writing a batch
-BATCH = 64  # messages worth a batch without lingering
+LINGER_S = 0.002  # how long a busy sender waits for more messages before a batch
+BATCH = 128  # messages worth a batch without lingering
 STREAM_BATCHES = 512  # batches on one stream before it is closed and acknowledged
 STREAM_AGE_S = 1.0  # seconds a stream stays open (also: how long it may sit idle)
 STREAM_TIMEOUT_S = 60.0  # deadline of one stream, a safeguard against a stuck peer
@@ -161,9 +162,10 @@ class PeerSender:
             self._settle()
             return True
         with self._cond:
-            if len(self._queue) < BATCH:
-                # Linger a moment for more: a burst of small tasks then costs one
-                # message per batch instead of one per task.
+            if 1 < len(self._queue) < BATCH:
+                # Messages piled up while the last batch was being written: a burst.
+                # Linger a moment for more, so that many small tasks cost one message
+                # per batch instead of one per task. A lone message goes at once.
                 self._cond.wait(timeout=LINGER_S)
             effects = list(self._queue)
             self._queue.clear()

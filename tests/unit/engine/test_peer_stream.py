@@ -48,6 +48,7 @@ class Receiver:
     def __init__(self, break_after: int | None = None) -> None:
         self.ledger = DeliveryLedger()
         self.applied: list[str] = []  # every message applied, in order
+        self.batches: list[int] = []  # messages per batch received, in order
         self.streams = 0
         self.break_after = break_after
         self._lock = threading.Lock()
@@ -60,6 +61,7 @@ class Receiver:
         for request in requests:
             epoch = request.epoch
             with self._lock:
+                self.batches.append(len(request.messages))
                 if self.ledger.fresh(SENDER, request.epoch, request.seq):
                     self.applied.extend(m.cancel.task_id.decode() for m in request.messages)
             seen += 1
@@ -176,3 +178,26 @@ def test_drain_returns_once_everything_put_is_applied(serve: Callable[[Receiver]
     finally:
         sender.close()
     assert not sender._thread.is_alive()
+
+
+def test_a_lone_message_goes_at_once_and_a_burst_goes_as_one_batch(
+    serve: Callable[[Receiver], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender lingers for more only when messages piled up (a burst): a lone
+    message, such as one task sent to a peer, never waits for the linger."""
+    monkeypatch.setattr(peer_stream, "LINGER_S", 30.0)  # longer than any wait below
+    receiver = Receiver()
+    sender = _sender(serve(receiver))
+    try:
+        sender.put("alone")
+        poll_for(lambda: receiver.applied == ["alone"], 10, what="the lone message, unlingered")
+        monkeypatch.setattr(peer_stream, "LINGER_S", 0.2)
+        burst = [f"b{i}" for i in range(10)]
+        with sender._cond:  # the sender's thread cannot take any until all are queued
+            for name in burst:
+                sender.put(name)
+        poll_for(lambda: len(receiver.applied) == 11, 10, what="the burst")
+        assert receiver.applied == ["alone", *burst]
+        assert receiver.batches == [1, 10]
+    finally:
+        sender.close()
