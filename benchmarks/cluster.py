@@ -24,6 +24,10 @@ Throughput:
   forwards the rest to the other nodes. ``tasks_per_node``: how many tasks of one
   more (untimed) round each node ran, most first. ``three_nodes_vs_local`` is the
   ratio of the 3-node and local medians.
+* ``remote_call_ms``: on the 2-node cluster, one tiny task at a time sent to the other
+  node (``NodeAffinitySchedulingStrategy``) and its result fetched: ``median`` and
+  ``p90`` of 300 round trips (in ``tiny_tasks_per_s``; Ray's in
+  ``ray_tiny_tasks_per_s``).
 
 Moving objects (GB/s, ``median``, ``best`` and ``samples`` of ``--transfers`` pulls of
 one ``--transfer-mib`` object, default 1024 MiB):
@@ -359,6 +363,54 @@ print(json.dumps({"rates": rates, "ran_on": sorted(ran_on.values(), reverse=True
                   "attached": attached}))
 """
 
+# One tiny task at a time, sent to the node at 127.0.0.2: a cross-node round trip.
+_HS_REMOTE_CALL = """
+import json, statistics, sys, time
+import heliostat as hs
+from heliostat.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+hs.init(address=sys.argv[1], token=sys.argv[2])
+there = NodeAffinitySchedulingStrategy(sys.argv[3], soft=False)
+calls = int(sys.argv[4])
+
+@hs.remote
+def tiny(i):
+    return i
+
+hs.get([tiny.options(scheduling_strategy=there).remote(i) for i in range(50)])  # warm
+times = []
+for i in range(calls):
+    t0 = time.perf_counter()
+    assert hs.get(tiny.options(scheduling_strategy=there).remote(i)) == i
+    times.append(time.perf_counter() - t0)
+hs.shutdown()
+print(json.dumps(times))
+"""
+
+_RAY_REMOTE_CALL = """
+import json, sys, time
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+ray.init(address=sys.argv[1], logging_level="ERROR")
+calls = int(sys.argv[2])
+second = [n for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] == "127.0.0.2"]
+node = second[0]["NodeID"]
+there = NodeAffinitySchedulingStrategy(node, soft=False)
+
+@ray.remote
+def tiny(i):
+    return i
+
+ray.get([tiny.options(scheduling_strategy=there).remote(i) for i in range(50)])
+times = []
+for i in range(calls):
+    t0 = time.perf_counter()
+    assert ray.get(tiny.options(scheduling_strategy=there).remote(i)) == i
+    times.append(time.perf_counter() - t0)
+print(json.dumps(times))
+"""
+
 _RAY_TINY = """
 import json, sys, time
 import ray
@@ -442,8 +494,10 @@ def measure_throughput(nodes: list[int], tasks: int, rounds: int) -> dict[str, A
         cluster = Cluster()
         try:
             cluster.start_head()
+            second = ""
             for i in range(count - 1):
-                cluster.start_node(f"n{i}", f"127.0.0.{2 + i}")
+                node_id, _pid = cluster.start_node(f"n{i}", f"127.0.0.{2 + i}")
+                second = second or node_id
             found = _driver(
                 _HS_TINY,
                 cluster.address,
@@ -452,6 +506,12 @@ def measure_throughput(nodes: list[int], tasks: int, rounds: int) -> dict[str, A
                 cluster.token,
                 env={**cluster.env, "HELIOSTAT_ATTACH": attach},
             )
+            if count == 2 and attach == "1":
+                times = _driver(
+                    _HS_REMOTE_CALL, cluster.address, cluster.token, second, str(REMOTE_CALLS),
+                    env={**cluster.env, "HELIOSTAT_ATTACH": "1"},
+                )  # fmt: skip
+                result["remote_call_ms"] = _latency(times)
         finally:
             cluster.close()
         result[key] = {
@@ -460,6 +520,18 @@ def measure_throughput(nodes: list[int], tasks: int, rounds: int) -> dict[str, A
             "driver_attached": found["attached"],
         }
     return result
+
+
+REMOTE_CALLS = 300
+
+
+def _latency(seconds: list[float]) -> dict[str, float]:
+    """Round trips (seconds) as milliseconds: median and p90."""
+    return {
+        "median": round(statistics.median(seconds) * 1e3, 3),
+        "p90": round(_percentile(seconds, 0.9) * 1e3, 3),
+        "calls": len(seconds),
+    }
 
 
 def measure_engine_transfer(mib: int, repeats: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -519,6 +591,12 @@ def measure_ray_throughput(
             rates = _driver(
                 _RAY_TINY, f"127.0.0.1:{port}", str(tasks), str(rounds), python=ray_python, env=env
             )
+            if count == 2:
+                times = _driver(
+                    _RAY_REMOTE_CALL, f"127.0.0.1:{port}", str(REMOTE_CALLS),
+                    python=ray_python, env=env,
+                )  # fmt: skip
+                result["remote_call_ms"] = _latency(times)
         finally:
             subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
             shutil.rmtree(ray_home, ignore_errors=True)

@@ -57,7 +57,9 @@ def _make_project(root: Path, mib: int) -> None:
         index += 1
 
 
-def _median(run: Callable[[], None], repeats: int, before: Callable[[], None] | None = None) -> float:
+def _median(
+    run: Callable[[], None], repeats: int, before: Callable[[], None] | None = None
+) -> float:
     times = []
     for _ in range(repeats):
         if before is not None:
