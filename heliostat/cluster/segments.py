@@ -20,8 +20,9 @@ from typing import BinaryIO
 
 __all__ = ["SegmentSink", "SourceObject", "open_locked", "segment_object"]
 
-# A pooled segment as ``(path, size) -> descriptor or None``: see ``SegmentSink``.
-Reuse = Callable[[str, int], int | None]
+# A pooled segment as ``(path, size) -> (descriptor, mapping or None) or None``: see
+# ``SegmentSink`` (``heliostat.engine.shm.SegmentPool.take_mapped`` is one).
+Reuse = Callable[[str, int], "tuple[int, mmap.mmap | None] | None"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,7 +56,9 @@ class SegmentSink:
     and cut to the size: filling existing tmpfs pages skips allocating and zeroing a
     page per 4 KiB. Its old bytes are overwritten before ``commit`` (a pull commits
     only once every byte arrived), so no reader sees them. Such a file is also offered
-    as a :meth:`region`, so that a socket can fill its pages directly.
+    as a :meth:`region`, so that a socket can fill its pages directly: through the
+    mapping ``reuse`` handed out with it when there is one (its page tables filled
+    ahead), else through a mapping of each region made then.
     """
 
     def __init__(self, path_for: Callable[[int], str], *, reuse: Reuse | None = None) -> None:
@@ -68,14 +71,17 @@ class SegmentSink:
         path = self._path_for(object_id)
         reused = self._reuse(path, size) if self._reuse is not None else None
         if reused is not None:
+            fd, mapping = reused
             try:
-                _allocate(reused, size)
+                _allocate(fd, size)
             except BaseException:
-                os.close(reused)
+                os.close(fd)
+                if mapping is not None:
+                    mapping.close()
                 os.unlink(path)
                 raise
             with self._lock:
-                self._open[object_id] = _Open(path, reused, size, mapped=True)
+                self._open[object_id] = _Open(path, fd, size, mapped=True, mapping=mapping)
             return
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
@@ -106,6 +112,10 @@ class SegmentSink:
             raise ValueError(
                 f"[{offset}, {offset + length}) is outside the object's {entry.size} bytes"
             )
+        if entry.mapping is not None:  # mapped ahead, whole
+            with memoryview(entry.mapping) as whole, whole[offset : offset + length] as window:
+                yield window
+            return
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         mapping = mmap.mmap(
             entry.fd, offset + length - start, flags=mmap.MAP_SHARED | _POPULATE, offset=start
@@ -129,6 +139,8 @@ class SegmentSink:
         with self._lock:
             entry = self._open.pop(object_id)
         os.close(entry.fd)
+        if entry.mapping is not None:
+            entry.mapping.close()
         return entry.path
 
     def commit(self, object_id: int) -> str:
@@ -154,6 +166,7 @@ class _Open:
     fd: int
     size: int
     mapped: bool  # offered as a region (its pages exist)
+    mapping: mmap.mmap | None = None  # the whole file, mapped ahead (a warm pool's)
 
 
 def _allocate(fd: int, size: int) -> None:

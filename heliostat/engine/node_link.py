@@ -288,8 +288,12 @@ class NodeLink:
         session = manager.config.session
         # Freed segments are kept (up to a quarter of the store) for pulls to land in
         # pages that exist already: see SegmentPool.
-        self._segments = SegmentPool(session, manager.config.object_store_memory // POOL_SHARE)
-        self._sink = SegmentSink(lambda oid: segment_path(session, oid), reuse=self._segments.take)
+        self._segments = SegmentPool(
+            session, manager.config.object_store_memory // POOL_SHARE, warm=True
+        )
+        self._sink = SegmentSink(
+            lambda oid: segment_path(session, oid), reuse=self._segments.take_mapped
+        )
         self._packages = PackageFetcher(head, node_cache())
         self._pulls = futures.ThreadPoolExecutor(pull_threads, thread_name_prefix="hs-pull")
         self._ledger = DeliveryLedger()  # used under the node lock only

@@ -238,7 +238,7 @@ class _CountingSink(SegmentSink):
     """A sink over a segment pool that counts the pieces handed to ``write``."""
 
     def __init__(self, root: Path, pool: SegmentPool) -> None:
-        super().__init__(lambda oid: str(root / f"{oid:x}"), reuse=pool.take)
+        super().__init__(lambda oid: str(root / f"{oid:x}"), reuse=pool.take_mapped)
         self.writes = 0
 
     def write(self, object_id: int, offset: int, data: memoryview) -> None:
@@ -246,17 +246,21 @@ class _CountingSink(SegmentSink):
         super().write(object_id, offset, data)
 
 
-def _pool_with(tmp_path: Path, size: int) -> SegmentPool:
-    """A pool holding one freed segment of ``size`` bytes of stale 0xEE."""
+def _pool_with(tmp_path: Path, size: int, *, warm: bool = False) -> SegmentPool:
+    """A pool holding one freed segment of ``size`` bytes of stale 0xEE (mapped ahead,
+    when ``warm``)."""
     pool_dir = tmp_path / "pool"
     pool_dir.mkdir(exist_ok=True)
-    pool = SegmentPool("directtest", 1 << 30, directory=pool_dir)
+    pool = SegmentPool("directtest", 1 << 30, directory=pool_dir, warm=warm)
     old = pool_dir / "old"
     old.write_bytes(b"\xee" * size)
     assert pool.give(str(old), size)
+    if warm:
+        poll_for(lambda: pool.warmed == 1, what="the pooled file mapped ahead")
     return pool
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["mapped-then", "mapped-ahead"])
 @pytest.mark.parametrize(
     ("pooled", "size", "streams"),
     [
@@ -266,13 +270,14 @@ def _pool_with(tmp_path: Path, size: int) -> SegmentPool:
     ],
 )
 def test_a_reused_segment_is_received_in_place_byte_for_byte(
-    node: Node, sink_dir: Path, tmp_path: Path, pooled: int, size: int, streams: int
+    node: Node, sink_dir: Path, tmp_path: Path, pooled: int, size: int, streams: int, warm: bool
 ) -> None:
     """Into a pooled file the socket writes straight into the mapped pages (no
-    ``write`` at all), at unaligned range offsets, and no stale byte survives."""
+    ``write`` at all), at unaligned range offsets, and no stale byte survives: through
+    a mapping of each range, or the warm pool's mapping of the whole file."""
     data = os.urandom(size)
     (node.objects.root / "91").write_bytes(data)
-    pool = _pool_with(tmp_path, pooled)
+    pool = _pool_with(tmp_path, pooled, warm=warm)
     sink = _CountingSink(sink_dir, pool)
     pulled = pull_object(
         node.channel, 0x91, sink, metadata=call_metadata(TOKEN),
@@ -281,6 +286,7 @@ def test_a_reused_segment_is_received_in_place_byte_for_byte(
     assert pool.reused == 1 and sink.writes == 0
     assert pulled.size == size
     assert (sink_dir / "91").read_bytes() == data
+    pool.close()
     # A fresh file is written piece by piece, as before.
     (sink_dir / "91").unlink()
     fresh = _CountingSink(sink_dir, SegmentPool("directtest-empty", 1 << 30, directory=tmp_path))
@@ -288,8 +294,9 @@ def test_a_reused_segment_is_received_in_place_byte_for_byte(
     assert fresh.writes > 0
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["mapped-then", "mapped-ahead"])
 def test_a_short_stream_into_a_reused_segment_leaves_nothing(
-    node: Node, sink_dir: Path, tmp_path: Path
+    node: Node, sink_dir: Path, tmp_path: Path, warm: bool
 ) -> None:
     """The connection ends mid-range while the socket fills a mapping: the pull fails
     as a transfer error, the mapping is let go, and the half-written file is removed."""
@@ -299,12 +306,13 @@ def test_a_short_stream_into_a_reused_segment_leaves_nothing(
     node.objects.extra[0xA1] = SourceObject(
         data=memoryview(b"x" * (4 * 2**20)), file=file, release=file.close
     )
-    pool = _pool_with(tmp_path, 4 * 2**20)
+    pool = _pool_with(tmp_path, 4 * 2**20, warm=warm)
     with pytest.raises(TransferError, match=f"closed after {2**20 + 10} of {4 * 2**20} bytes"):
         pull_object(node.channel, 0xA1, _CountingSink(sink_dir, pool),
                     metadata=call_metadata(TOKEN))  # fmt: skip
     assert pool.reused == 1
     assert list(sink_dir.iterdir()) == []
+    pool.close()
 
 
 def test_no_memory_for_a_reused_segment_fails_before_any_byte_moves(
@@ -329,7 +337,7 @@ def test_no_memory_for_a_reused_segment_fails_before_any_byte_moves(
 
 def test_a_region_must_lie_inside_its_object(sink_dir: Path, tmp_path: Path) -> None:
     pool = _pool_with(tmp_path, 2 * 2**20)
-    sink = SegmentSink(lambda oid: str(sink_dir / f"{oid:x}"), reuse=pool.take)
+    sink = SegmentSink(lambda oid: str(sink_dir / f"{oid:x}"), reuse=pool.take_mapped)
     sink.begin(1, 2 * 2**20, False)
     try:
         with (

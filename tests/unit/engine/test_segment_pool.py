@@ -17,6 +17,7 @@ from heliostat.cluster.segments import SegmentSink, segment_object
 from heliostat.engine.object_table import ObjectTable, ObjKind
 from heliostat.engine.records import WorkerRecord
 from heliostat.engine.shm import SHM_DIR, SegmentPool, map_readonly, session_glob
+from tests.waiting import poll_for
 
 MB = 1 << 20
 SESSION = "pooltest"
@@ -155,7 +156,7 @@ def test_a_segment_pooled_while_being_opened_reads_as_gone(
 
 def test_a_reused_file_never_shows_its_old_bytes(shm: Path) -> None:
     pool = SegmentPool(SESSION, 64 * MB, directory=shm)
-    sink = SegmentSink(lambda oid: str(shm / f"obj-{oid}"), reuse=pool.take)
+    sink = SegmentSink(lambda oid: str(shm / f"obj-{oid}"), reuse=pool.take_mapped)
     for oid, (size, fill) in enumerate([(4 * MB, 0xAA), (3 * MB + 5, 0x11), (5 * MB, 0x22)]):
         sink.begin(oid, size, False)
         piece = bytes([fill]) * MB
@@ -171,7 +172,7 @@ def test_a_reused_file_never_shows_its_old_bytes(shm: Path) -> None:
 def test_an_aborted_pull_into_a_reused_file_leaves_nothing(shm: Path) -> None:
     pool = SegmentPool(SESSION, 64 * MB, directory=shm)
     assert pool.give(segment(shm, "old", 2 * MB, 1), 2 * MB)
-    sink = SegmentSink(lambda oid: str(shm / f"obj-{oid}"), reuse=pool.take)
+    sink = SegmentSink(lambda oid: str(shm / f"obj-{oid}"), reuse=pool.take_mapped)
     sink.begin(1, 2 * MB, False)
     sink.abort(1)
     assert sorted(p.name for p in shm.iterdir()) == []
@@ -257,3 +258,61 @@ def test_the_object_table_pools_freed_segments_and_counts_them(shm: Path) -> Non
     table.release(driver, 4)
     assert pooled(shm) == []
     assert [p.name for p in shm.iterdir() if p.name.startswith("obj-")] == []
+
+
+def test_a_warm_pool_maps_a_pooled_file_ahead_and_hands_the_mapping_out(shm: Path) -> None:
+    pool = SegmentPool(SESSION, 64 * MB, directory=shm, warm=True)
+    try:
+        assert pool.give(segment(shm, "old", 4 * MB, 0xAB), 4 * MB)
+        poll_for(lambda: pool.warmed == 1, what="the pooled file mapped ahead")
+        taken = pool.take_mapped(str(shm / "new"), 3 * MB)
+        assert taken is not None
+        fd, mapping = taken
+        try:
+            assert mapping is not None and len(mapping) >= 3 * MB
+            mapping[: 3 * MB] = b"\x5a" * (3 * MB)  # the socket's writes, as it were
+        finally:
+            os.close(fd)
+            assert mapping is not None
+            mapping.close()
+        assert (shm / "new").read_bytes() == b"\x5a" * (3 * MB)  # cut to the size asked
+    finally:
+        pool.close()
+
+
+def test_a_warm_mapping_is_closed_when_its_file_leaves_the_pool(shm: Path) -> None:
+    """Evicted (or the pool closed): the pool must not keep an unlinked file's memory
+    alive through its own mapping."""
+    pool = SegmentPool(SESSION, 64 * MB, directory=shm, warm=True)
+    try:
+        assert pool.give(segment(shm, "a", 2 * MB, 1), 2 * MB)
+        assert pool.give(segment(shm, "b", 2 * MB, 2), 2 * MB)
+        poll_for(lambda: pool.warmed == 2, what="both pooled files mapped ahead")
+        mappings = list(pool._mapped.values())
+        assert pool.evict(2 * MB) == 2 * MB  # the oldest goes
+        assert sum(m.closed for m in mappings) == 1 and len(pool._mapped) == 1
+    finally:
+        pool.close()
+    assert all(m.closed for m in mappings) and pool._mapped == {}
+    assert pooled(shm) == []
+    assert pool._warmer is not None and not pool._warmer.is_alive()
+
+
+def test_a_file_smaller_than_asked_comes_without_a_mapping(shm: Path) -> None:
+    pool = SegmentPool(SESSION, 64 * MB, directory=shm, warm=True)
+    try:
+        assert pool.give(segment(shm, "small", 2 * MB, 3), 2 * MB)
+        poll_for(lambda: pool.warmed == 1, what="the pooled file mapped ahead")
+        taken = pool.take_mapped(str(shm / "big"), 3 * MB)  # the biggest smaller one
+        assert taken is not None
+        fd, mapping = taken
+        os.close(fd)
+        assert mapping is None  # its tail is not mapped: the sink maps what it needs
+        assert os.path.getsize(shm / "big") == 3 * MB
+    finally:
+        pool.close()
+
+
+def test_warm_must_be_a_bool(shm: Path) -> None:
+    with pytest.raises(TypeError, match="warm must be a bool"):
+        SegmentPool(SESSION, MB, directory=shm, warm="yes")  # type: ignore[arg-type]
