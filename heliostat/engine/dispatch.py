@@ -44,11 +44,13 @@ end and starting the next); it waits for the worker.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from heliostat.engine.actor_directory import ActorDirectory
@@ -130,6 +132,31 @@ class Dispatch:
         self._cpu_of: dict[ResourceSet, ResourceSet] = {}
         # The other nodes of a cluster (peers.Peers), or None on a node of its own.
         self.peers: Any = None
+        # Inside batch(): schedule() only notes that a pass is due (_due).
+        self._batching = False
+        self._due = False
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Handle several events with one scheduling pass at the end instead of one
+        each: the messages of one read from the sockets, or one batch from a peer (a
+        hundred submits or reports then cost one pass, not a hundred). Nested batches
+        join the outer one. A failing pass at the end is logged, as a failing handler
+        is: the I/O loop goes on."""
+        if self._batching:
+            yield
+            return
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
+            if self._due:
+                self._due = False
+                try:
+                    self.schedule()
+                except Exception:
+                    log.exception("heliostat internal error in a scheduling pass; please report it")
 
     # ------------------------------------------------------------- feasibility --
 
@@ -299,7 +326,11 @@ class Dispatch:
     # ---------------------------------------------------------------- dispatch --
 
     def schedule(self) -> None:
-        """Dispatch ready tasks to idle workers while resources allow."""
+        """Dispatch ready tasks to idle workers while resources allow (at the end of
+        the current :meth:`batch`, inside one)."""
+        if self._batching:
+            self._due = True
+            return
         if self.stopping:
             return
         node = self.node

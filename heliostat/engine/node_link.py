@@ -564,8 +564,9 @@ class NodeLink:
 
         def apply(state: Any) -> None:
             if ledger.fresh(index, epoch, seq):
-                for envelope in messages:
-                    apply_envelope(state, index, envelope, code)
+                with state.dispatch.batch():  # one scheduling pass for the whole batch
+                    for envelope in messages:
+                        apply_envelope(state, index, envelope, code)
 
         self._manager.peer_event(apply)
 

@@ -465,14 +465,15 @@ class NodeLoop:
                 if self.stopping:
                     return
                 try:
-                    for source, messages in inbound:
-                        if isinstance(source, PeerConnection):
-                            source = self._adopt(source, messages)
-                            if source is None:
-                                continue
-                            messages = messages[1:]
-                        for message in messages:
-                            self._guarded(self.on_message, source, message)
+                    with state.dispatch.batch():  # one scheduling pass for all of them
+                        for source, messages in inbound:
+                            if isinstance(source, PeerConnection):
+                                source = self._adopt(source, messages)
+                                if source is None:
+                                    continue
+                                messages = messages[1:]
+                            for message in messages:
+                                self._guarded(self.on_message, source, message)
                     for worker in writable:
                         if worker.conn is not None:
                             worker.conn.flush()

@@ -254,3 +254,50 @@ def test_idle_workers_beyond_the_cpu_count_are_let_go(make_node, make_spec) -> N
     assert not node.sent(first) and not node.sent(second)
     registry.trim_idle(first.idle_since + 6.0)
     assert node.sent(first) == [Exit()] and registry.idle == [second]
+
+
+def test_events_in_one_batch_are_scheduled_once_at_its_end(make_node, make_spec) -> None:
+    """The messages of one socket read, or one batch from a peer, cost one scheduling
+    pass: nothing is dispatched until the batch ends, then the same as one by one."""
+    node = make_node(max_workers=1)
+    worker = node.add_worker()
+    specs = [make_spec() for _ in range(4)]
+    passes = 0
+    schedule = node.state.dispatch.schedule
+
+    def counted() -> None:
+        nonlocal passes
+        passes += 1
+        schedule()
+
+    node.state.dispatch.schedule = counted  # type: ignore[method-assign]
+    with node.state.dispatch.batch():
+        for spec in specs[:2]:
+            node.state.submit(node.state.driver, spec)
+        with node.state.dispatch.batch():  # a nested batch joins the outer one
+            node.state.submit(node.state.driver, specs[2])
+        assert node.sent(worker) == []  # nothing yet: the pass is due, not done
+        assert all(s.state is TaskState.READY for s in specs[:3])
+    assert [(m.spec, m.ahead) for m in node.sent(worker)] == [
+        (specs[0], False),
+        (specs[1], True),
+        (specs[2], True),
+    ]
+    assert passes == 4  # three calls noted the pass as due; the batch's end ran it
+    node.state.submit(node.state.driver, specs[3])  # outside a batch: at once
+    assert list(node.state.dispatch.ready[specs[3].resources]) == [specs[3]]
+    assert passes == 5
+
+
+def test_a_failing_pass_at_a_batchs_end_is_logged_not_raised(make_node, make_spec, caplog) -> None:
+    node = make_node()
+    node.add_worker()
+    dispatch = node.state.dispatch
+
+    def broken() -> None:
+        raise KeyError("a bug in a pass")
+
+    with caplog.at_level("ERROR", logger="heliostat"), dispatch.batch():
+        node.state.submit(node.state.driver, make_spec())
+        dispatch.schedule = broken  # type: ignore[method-assign]
+    assert "internal error in a scheduling pass" in caplog.text
