@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import sqlalchemy as sa
 from cluster_daemons import Daemons
 
@@ -126,9 +127,10 @@ def test_a_workflow_whose_driver_was_killed_is_resumed_from_another_node(
     assert json.loads(status.stdout)["status"] == "SUCCESSFUL"
 
 
-# A non-idempotent step on a cluster runs on another node than its driver's (a
-# driver's node has no CPUs): it follows its driver's lease through a copy of the
-# beacon that its node keeps (engine/beacon_mirror.py). The step records its pid and
+# A non-idempotent step follows its driver's lease wherever it runs: on another node
+# than its driver's through a copy of the beacon that its node keeps
+# (engine/beacon_mirror.py), on the driver's own node through the beacon itself. The
+# step runs on the node named by argv[3] ("here": the driver's), records its pid and
 # node, then ticks until a "go" file appears.
 LEASED_DRIVER = """
 import os, pathlib, sys, time
@@ -138,7 +140,6 @@ from heliostat import workflow
 from heliostat.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 marks = pathlib.Path(sys.argv[1])
-elsewhere = NodeAffinitySchedulingStrategy(sys.argv[3], soft=False)
 
 @hs.remote
 def charge(wid):
@@ -152,17 +153,19 @@ def charge(wid):
 
 hs.init()
 me = hs.get_runtime_context().get_node_id()
+there = NodeAffinitySchedulingStrategy(me if sys.argv[3] == "here" else sys.argv[3], soft=False)
 for wid in ("paid", "frozen"):
     step = charge.options(
-        scheduling_strategy=elsewhere, **workflow.options(task_id="charge", idempotent=False)
+        scheduling_strategy=there, **workflow.options(task_id="charge", idempotent=False)
     )
     ran_on = workflow.run(step.bind(wid), workflow_id=wid)
     (marks / f"{wid}.result").write_text(f"{me} {ran_on}")
 """
 
 
-def test_a_non_idempotent_step_on_another_node_stops_with_its_drivers_lease(
-    daemons: Daemons, tmp_path: Path, wait_for: Callable[..., Any]
+@pytest.mark.parametrize("where", ["another node", "the driver's node"], ids=["elsewhere", "here"])
+def test_a_non_idempotent_step_stops_with_its_drivers_lease(
+    daemons: Daemons, tmp_path: Path, wait_for: Callable[..., Any], where: str
 ) -> None:
     lease_timeout = 4.0
     marks = tmp_path / "marks"
@@ -171,12 +174,14 @@ def test_a_non_idempotent_step_on_another_node_stops_with_its_drivers_lease(
     n1 = daemons.start_node("n1", "127.0.0.2")
     (marks / "paid.go").touch()
     # The driver attaches to the head's node (its lease beacon is in that node's session
-    # directory); its steps are placed on n1, which follows the beacon over gRPC.
+    # directory); its steps are placed on n1, which follows the beacon over gRPC, or on
+    # the head's node, which reads the beacon itself.
+    target = n1 if where == "another node" else "here"
     driver = daemons.spawn_driver(
-        LEASED_DRIVER, home="driver", args=(str(marks), str(lease_timeout), n1)
+        LEASED_DRIVER, home="driver", args=(str(marks), str(lease_timeout), target)
     )
 
-    # It runs, on a node that is not the driver's, and its workflow succeeds.
+    # It runs where it was placed, and its workflow succeeds.
     wait_for(
         lambda: (marks / "paid.result").exists() or driver.poll() is not None,
         120,
@@ -184,10 +189,10 @@ def test_a_non_idempotent_step_on_another_node_stops_with_its_drivers_lease(
     )
     assert driver.poll() is None, driver.communicate()
     driver_node, ran_on = (marks / "paid.result").read_text().split()
-    assert ran_on != driver_node
+    assert (ran_on == n1 != driver_node) if where == "another node" else ran_on == driver_node
 
     # The driver stops renewing its lease (SIGSTOP) while the second one's step runs:
-    # the step's worker, on another node, dies before the lease can expire.
+    # the step's worker dies before the lease can expire.
     wait_for(lambda: (marks / "frozen.pid").exists(), 60, what="the second step to start")
     pid = int((marks / "frozen.pid").read_text().split()[0])
     wait_for(lambda: (marks / "frozen.ticks").exists(), 30, what="the step to tick")
