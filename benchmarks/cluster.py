@@ -52,7 +52,7 @@ the array, one on the head raylet reads its last byte) and ``transfer_ratio``
 (heliostat's engine path / Ray's, medians).
 
 Usage: ``python benchmarks/cluster.py [--only transfer] [--kills 5] [--heartbeats 2000]
-[--tasks 5000] [--rounds 3] [--transfers 3] [--transfer-mib 1024] [--peer ray]``.
+[--tasks 5000] [--rounds 5] [--transfers 3] [--transfer-mib 1024] [--peer ray]``.
 """
 
 from __future__ import annotations
@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfers", type=int, default=3, help="pulls to time (default 3)")
     parser.add_argument("--transfer-mib", type=int, default=1024, help="object size in MiB")
     parser.add_argument("--tasks", type=int, default=5000, help="tiny tasks per round")
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per cluster")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per cluster (default 5)")
     parser.add_argument(
         "--only",
         choices=["control", "throughput", "transfer"],
