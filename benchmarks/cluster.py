@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfers", type=int, default=3, help="pulls to time (default 3)")
     parser.add_argument("--transfer-mib", type=int, default=1024, help="object size in MiB")
     parser.add_argument("--tasks", type=int, default=5000, help="tiny tasks per round")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per cluster (default 5)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
     parser.add_argument(
         "--only",
         choices=["control", "throughput", "transfer"],
