@@ -185,7 +185,7 @@ class Peers(PeerActors):
         # Tasks this node keeps forwarded to one peer, per slot of that peer: the first
         # runs, the rest wait there so the peer never idles for a round trip; more for
         # short calls than for long ones (see spill_depth).
-        self.depth = SpillDepth(depth, max(depth, max_depth))
+        self.depth = SpillDepth(depth, max_depth)
         self.nodes: dict[int, PeerInfo] = {}
         self.procs: dict[int, WorkerRecord] = {}  # a stand-in holder per peer node
         self.inflight: dict[int, dict[int, TaskSpec]] = {}  # owner side, by node
