@@ -32,8 +32,13 @@ def _dead_pid() -> int:
 
 
 @pytest.fixture
-def temp_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def temp_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
     """A private temp dir that ``tempfile`` (and so the sweep) uses for this test."""
+    # pytest picks its own base temp dir from tempfile on first use: fix it first, or
+    # a later test's tmp_path would land in this directory after it is removed.
+    tmp_path_factory.getbasetemp()
     root = Path(tempfile.mkdtemp(prefix="hs-sweep-"))
     monkeypatch.setattr(tempfile, "tempdir", str(root))
     yield root
@@ -200,3 +205,24 @@ def test_init_sweeps_a_session_whose_driver_and_fork_server_were_killed(
             proc.wait()
         for path in _session_segments(session) if session else []:
             path.unlink(missing_ok=True)
+
+
+def test_sweep_takes_a_zombie_driver_for_dead(temp_root, segments) -> None:
+    """A daemon killed with SIGKILL stays a zombie until its parent (often an init that
+    reaps only now and then) collects it; a restart meanwhile must still sweep its
+    session, probe file included, instead of taking it for alive."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Wait for it to exit without reaping it (WNOWAIT): it stays a zombie.
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        assert psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE
+        assert psutil.pid_exists(proc.pid)  # what the sweep used to ask
+        zombie = f"{proc.pid:x}-a0b1c2"
+        zombie_dir = Path(create_session_dir(zombie))
+        probe = SHM_DIR / f"heliostat-{zombie}-probe"
+        probe.write_bytes(b"nonce")
+        segments.append(probe)
+        assert sweep_stale_sessions() == [zombie]
+        assert not zombie_dir.exists() and not probe.exists()
+    finally:
+        proc.wait()
