@@ -373,12 +373,9 @@ def _kill_group(pid: int) -> None:
 
 
 def _gone(pid: int) -> bool:
-    import psutil
+    from heliostat._process import process_running
 
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
+    return not process_running(pid)
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:

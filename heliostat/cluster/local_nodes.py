@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
+from heliostat._process import process_running
 
 __all__ = [
     "LocalNode",
@@ -74,7 +74,7 @@ def _private_dir(create: bool) -> Path | None:
 
 
 def _alive(node: LocalNode) -> bool:
-    return psutil.pid_exists(node.pid) and os.path.exists(node.socket)
+    return process_running(node.pid) and os.path.exists(node.socket)
 
 
 def _read(path: Path) -> LocalNode | None:
@@ -106,7 +106,7 @@ def publish_local_node(node: LocalNode) -> Path | None:
         return None
     for stale in directory.glob("*.json"):
         found = _read(stale)
-        if found is not None and not psutil.pid_exists(found.pid):
+        if found is not None and not process_running(found.pid):
             with contextlib.suppress(OSError):
                 stale.unlink()
     path = directory / f"{node.cluster_id}-{node.node_id}.json"

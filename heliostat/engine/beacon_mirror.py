@@ -37,8 +37,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
+from heliostat._process import process_running
 from heliostat.engine.deadline_file import DeadlineFile
 from heliostat.engine.ids import format_id
 from heliostat.exceptions import ClusterError
@@ -119,7 +118,7 @@ class BeaconMirror:
         directory: str,
         ask: AskDeadline,
         *,
-        alive: Callable[[int], bool] = psutil.pid_exists,
+        alive: Callable[[int], bool] = process_running,
         interval: float = POLL_INTERVAL,
     ) -> None:
         self.directory = directory

@@ -46,8 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import psutil
-
+from heliostat._process import process_running
 from heliostat.engine.core import CoreClient, DriverClient
 from heliostat.engine.ids import IdMinter
 from heliostat.engine.node_manager import NodeConfig, NodeManager
@@ -252,16 +251,6 @@ def _unlink_segments(session: str, uid: int) -> None:
             pass
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a process that still runs: a zombie (dead, not yet reaped by
-    its parent; a daemon's parent may be an init that reaps only now and then) does
-    not, and its files are as stale as a reaped one's."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def sweep_stale_sessions() -> list[str]:
     """Remove the files of sessions whose driver process no longer exists.
 
@@ -277,7 +266,7 @@ def sweep_stale_sessions() -> list[str]:
     uid = os.getuid()
     own_pid = os.getpid()
     for found in session_dirs():
-        if not is_stale(found, uid=uid, own_pid=own_pid, pid_alive=_running):
+        if not is_stale(found, uid=uid, own_pid=own_pid, pid_alive=process_running):
             continue
         _unlink_segments(found.session, uid)
         # rmtree never follows a symlink inside (it works on file descriptors), and the

@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from heliostat._process import process_running
 from heliostat.exceptions import (
     HeliostatInternalError,
     StorageError,
@@ -112,7 +112,7 @@ def driver_gone(
         now or dt.datetime.now(dt.UTC),
         grace=dt.timedelta(seconds=retry + _lease_timeout_or_default()),
         this_host=socket.gethostname(),
-        pid_exists=psutil.pid_exists,
+        pid_exists=process_running,
     )
 
 
@@ -240,7 +240,7 @@ class LineageReader:
             holder,
             now or dt.datetime.now(dt.UTC),
             this_host=socket.gethostname(),
-            pid_exists=psutil.pid_exists,
+            pid_exists=process_running,
         )
 
     def holder_is_gone(self, holder: LeaseHolder, now: dt.datetime | None = None) -> bool:

@@ -33,10 +33,10 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from heliostat._process import process_running
 from heliostat.exceptions import (
     HeliostatInternalError,
     WorkflowLeaseError,
@@ -249,9 +249,7 @@ class WorkflowStore(GroupCommitter):
                         timeout=timeout,
                     )
                     return mine, int(m["commit_seq"])
-                decision = decide_takeover(
-                    holder, owner, now, timeout, pid_exists=psutil.pid_exists
-                )
+                decision = decide_takeover(holder, owner, now, timeout, pid_exists=process_running)
                 if isinstance(decision, Refuse):
                     raise held_error(workflow_id, decision.holder)
                 status = WorkflowStatus(m["status"])

@@ -7,6 +7,10 @@ store with a fake clock and need no runtime.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,6 +299,29 @@ def test_a_stale_driver_is_fenced_out_and_writes_nothing(store: WorkflowStore) -
     assert store.renew_leases([first], clock.now()) == ["fenced"]
     assert _rows(store, "fenced") == before  # nothing written by the stale driver
     assert store.load("fenced").lease.owner == "h:2:b"
+
+
+def test_a_lease_whose_driver_on_this_host_is_a_zombie_is_taken_at_once(
+    store: WorkflowStore,
+) -> None:
+    """A driver killed under a parent that has not reaped it yet is a zombie: its
+    lease protects nothing, and a resume on the same host need not wait it out."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        here = socket.gethostname()
+        dead = LeaseOwner(owner=f"{here}:{proc.pid}:a", host=here, pid=proc.pid)
+        first = _create(store, "zombie", dead, T0)
+        second, _ = store.take_over(
+            "zombie",
+            LeaseOwner(owner=f"{here}:{os.getpid()}:b", host=here, pid=os.getpid()),
+            timeout=6,
+            now=T0 + dt.timedelta(seconds=1),  # long before the lease expires
+            moves=resume_moves("zombie", "x"),
+        )
+        assert second.generation == first.generation + 1
+    finally:
+        proc.wait()
 
 
 def test_a_retried_commit_that_had_committed_is_not_written_twice(store: WorkflowStore) -> None:
