@@ -54,6 +54,7 @@ __all__ = [
     "ReportTask",
     "Revoke",
     "Spawn",
+    "StreamItem",
     "TaskDone",
     "TaskFailed",
     "Unmap",
@@ -283,6 +284,18 @@ class ReportTask:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StreamItem:
+    """Item ``index`` of the streaming generator task ``stream_id`` of ``node``, which
+    runs here: ``values[0]`` is the item, the rest the refs inside it."""
+
+    node: int
+    stream_id: int
+    index: int
+    values: tuple[WireValue, ...]
+    pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PushValues:
     """Values ``node`` was promised (nested refs) that are ready now."""
 
@@ -415,6 +428,7 @@ HEAD_EFFECTS = (ClaimName, LookupName, ReleaseName, ListNames)
 PeerEffect = (
     ForwardTask
     | ReportTask
+    | StreamItem
     | PushValues
     | PullObject
     | ReleaseAt
@@ -427,6 +441,7 @@ PeerEffect = (
 PEER_EFFECTS = (
     ForwardTask,
     ReportTask,
+    StreamItem,
     PushValues,
     PullObject,
     ReleaseAt,

@@ -82,6 +82,7 @@ from heliostat.engine.peers import (
     PushValues,
     ReleaseAt,
     ReportTask,
+    StreamItem,
     WireValue,
 )
 from heliostat.engine.records import spec_to_wire
@@ -159,6 +160,15 @@ def encode_effect(effect: Any) -> node_pb2.Envelope:
                 pending=[id_bytes(p) for p in effect.pending],
             )
         )
+    if kind is StreamItem:
+        return node_pb2.Envelope(
+            item=node_pb2.StreamItem(
+                stream_id=id_bytes(effect.stream_id),
+                index=effect.index,
+                values=_wire_values(effect.values),
+                pending=[id_bytes(p) for p in effect.pending],
+            )
+        )
     if kind is PushValues:
         return node_pb2.Envelope(push=node_pb2.PushValues(values=_wire_values(effect.values)))
     if kind is ReleaseAt:
@@ -226,6 +236,15 @@ def apply_envelope(
             msg.outcome,
             msg.started_at,
             msg.finished_at,
+            _values(msg.values),
+            [_int(p) for p in msg.pending],
+        )
+    elif body == "item":
+        msg = envelope.item
+        peers.on_stream_item(
+            index,
+            _int(msg.stream_id),
+            msg.index,
             _values(msg.values),
             [_int(p) for p in msg.pending],
         )

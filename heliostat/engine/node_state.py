@@ -647,8 +647,11 @@ class NodeState:
         size: int,
     ) -> None:
         stream = self.objects.streams.get(stream_id)
-        owner = self.registry.proc_of(stream.owner) if stream is not None else None
-        self.objects.gen_item(owner, stream_id, index, object_id, kind, payload, contained, size)
+        item = (index, object_id, kind, payload, contained, size)
+        if stream is not None and stream.owner >= PEER_INDEX_BASE and self.peers is not None:
+            self.peers.relay_item(stream, stream_id, *item)  # its caller is on that node
+            return
+        self.objects.gen_item(stream_id, *item)
 
     def _v_gen_next(self, proc: WorkerRecord, reply: Reply, stream_id: int, index: int) -> None:
         self.objects.gen_next(proc, reply, stream_id, index)

@@ -36,7 +36,13 @@ from typing import Any, Protocol
 from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.node_instructions import Outbox, Unmap, UnmapDriver
 from heliostat.engine.object_table import ObjectEntry, ObjectTable, ObjKind
-from heliostat.engine.records import ActorRecord, TaskSpec, TaskState, WorkerRecord
+from heliostat.engine.records import (
+    PEER_INDEX_BASE,
+    ActorRecord,
+    TaskSpec,
+    TaskState,
+    WorkerRecord,
+)
 from heliostat.engine.shm import segment_path
 from heliostat.engine.streams import StreamState
 from heliostat.engine.worker_registry import WorkerRegistry
@@ -455,9 +461,22 @@ class ObjectDirectory:
 
     # ------------------------------------------------------------ streams --
 
+    def accepting(self, stream_id: int, index: int) -> tuple[StreamState, WorkerRecord] | None:
+        """The stream and its caller, if item ``index`` of ``stream_id`` is wanted: not a
+        retry's replay, not after the end, not for a caller that let go or is gone."""
+        stream = self.streams.get(stream_id)
+        if stream is None or not stream.accepts(index):
+            return None
+        owner = self._proc_of(stream.owner)
+        return None if owner is None else (stream, owner)
+
+    def add_item(self, stream: StreamState, object_id: int) -> None:
+        """Store the next item of ``stream`` (its entry is set) and answer its waiters."""
+        for _index, waiting, answer in stream.add(object_id):
+            self._answer_stream_waiter(waiting, answer, object_id)
+
     def gen_item(
         self,
-        owner: WorkerRecord | None,
         stream_id: int,
         index: int,
         object_id: int,
@@ -467,16 +486,16 @@ class ObjectDirectory:
         size: int,
     ) -> None:
         """A streaming generator yielded item ``index`` (streams.py, step 1)."""
-        stream = self.streams.get(stream_id)
-        if stream is None or owner is None or not stream.accepts(index):
+        found = self.accepting(stream_id, index)
+        if found is None:
             self.table.discard_payload(ObjKind(kind), payload)
             return
+        stream, owner = found
         if kind == int(ObjKind.SHM):
             self.table.make_room(size)
         entry = self.table.create(object_id, owner, None)  # the caller holds it
         self.set_value(entry, ObjKind(kind), payload, size, contained)
-        for _index, waiting, answer in stream.add(object_id):
-            self._answer_stream_waiter(waiting, answer, object_id)
+        self.add_item(stream, object_id)
 
     def gen_next(self, proc: WorkerRecord, reply: Reply, stream_id: int, index: int) -> None:
         """The id of item ``index`` of a stream, 0 at its end; waits until one is known."""
@@ -502,6 +521,12 @@ class ObjectDirectory:
         """The generator task ended (streams.py, step 3): store its error as the last item."""
         stream = self.streams.get(stream_id)
         if stream is None or stream.finished:
+            return
+        if stream.owner >= PEER_INDEX_BASE:
+            # The caller is on another node, which stores the error item itself when it
+            # hears that the task ended (``Peers.on_report``); nothing waits here.
+            stream.finish()
+            del self.streams[stream_id]
             return
         owner = self._proc_of(stream.owner)
         if error is not None and owner is not None and not stream.dropped:

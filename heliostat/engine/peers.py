@@ -49,8 +49,12 @@ with it: their values are sent when ready (:meth:`Peers.push_when_ready`), and t
 receiving node holds a pending entry for each until then. Large ones arrive as
 locations, like results, and are pulled when read.
 
-Streaming generator tasks stay on their submitter's node (for now). Actors: see
-:mod:`heliostat.engine.peer_actors`.
+A streaming generator task runs wherever a task may, and its items travel one by one
+to the node that owns it (:meth:`Peers.relay_item`, :meth:`Peers.on_stream_item`): on
+the peer stream, ahead of its report, so its caller's ``next()`` returns while it still
+runs there. The owner's ``StreamState`` decides what is new, as for a local task: a
+retry on another node replays the generator, and the items it had yielded already
+are dropped. Actors: see :mod:`heliostat.engine.peer_actors`.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from heliostat.engine.node_instructions import (
     PushValues,
     ReleaseAt,
     ReportTask,
+    StreamItem,
     WireValue,
 )
 from heliostat.engine.object_directory import ObjectDirectory, Waiter, error_payload
@@ -93,6 +98,7 @@ from heliostat.engine.records import (
     transition,
 )
 from heliostat.engine.spill_depth import SpillDepth
+from heliostat.engine.streams import STREAMING, StreamState
 from heliostat.engine.task_table import TaskTable
 from heliostat.exceptions import NodeDiedError, ObjectLostError, OwnerDiedError
 from heliostat.scheduler import CPU, ResourceSet
@@ -120,6 +126,7 @@ __all__ = [
     "PushValues",
     "ReleaseAt",
     "ReportTask",
+    "StreamItem",
     "WireValue",
 ]
 
@@ -404,13 +411,8 @@ class Peers(PeerActors):
         return int(decision.node_id, 16)
 
     def spillable(self, spec: TaskSpec) -> bool:
-        """Whether ``spec`` may run on another node (a task of our own, not streaming)."""
-        return (
-            spec.kind is TaskKind.NORMAL
-            and spec.owner < PEER_INDEX_BASE
-            and not spec.generator
-            and bool(self.nodes)
-        )
+        """Whether ``spec`` may run on another node (a task of our own)."""
+        return spec.kind is TaskKind.NORMAL and spec.owner < PEER_INDEX_BASE and bool(self.nodes)
 
     def spill_target(self, resources: ResourceSet, fn_id: bytes | None = None) -> int | None:
         """The least loaded peer that can take one more task of this shape (a call of
@@ -571,10 +573,33 @@ class Peers(PeerActors):
                 return
         # Large results stay where they were made until a reader needs them.
         self._adopt(index, self._receive(index, values, pending, lazy=True))
+        if spec.generator == STREAMING:
+            # A failed stream ends with its error as one more item, as a local one does.
+            stream_value = self._objects.entries.get(spec.return_ids[0])
+            if stream_value is not None and stream_value.kind is ObjKind.ERROR:
+                self._objects.end_stream(spec.return_ids[0], stream_value.payload)
         self._tasks.finish(spec, started, finished, outcome)
         if spec.kind is TaskKind.ACTOR_CALL:
             self.actors.remote_call_ended(spec)
         self.hooks.schedule()
+
+    def on_stream_item(
+        self, index: int, stream_id: int, item: int, values: list[WireValue], pending: list[int]
+    ) -> None:
+        """Node ``index`` runs our streaming task ``stream_id``, which yielded ``item``:
+        the caller holds it from now on (a large one stays there until read)."""
+        objects = self._objects
+        found = objects.accepting(stream_id, item) if values else None
+        if found is None:
+            # A replay of a retry, or the caller let go: the node need not keep it.
+            self._release_pulled(index, values)
+            return
+        stream, owner = found
+        object_id = values[0].object_id
+        if object_id not in objects.entries:
+            objects.table.create(object_id, owner, None)
+        self._adopt(index, self._receive(index, values, pending, lazy=True))
+        objects.add_item(stream, object_id)
 
     def _argument_lost(self, spec: TaskSpec, values: list[WireValue]) -> bool:
         """Whether ``spec`` failed on its node because an argument we said lived on a
@@ -886,6 +911,48 @@ class Peers(PeerActors):
         table = objects.table
         for ident in (*spec.return_ids, *self.copies.pop(spec.task_id, ())):
             table.release(proc, ident)
+
+    def relay_item(
+        self,
+        stream: StreamState,
+        stream_id: int,
+        item: int,
+        object_id: int,
+        kind: int,
+        payload: Any,
+        contained: tuple[int, ...],
+        size: int,
+    ) -> None:
+        """A task a peer forwarded here yielded ``item``: send it to its caller's node
+        (held here for that node until pulled, when it is large)."""
+        index = stream.owner - PEER_INDEX_BASE
+        proc = self.procs.get(index)
+        objects = self._objects
+        table = objects.table
+        if proc is None or not stream.accepts(item):  # a replay of a retry here
+            table.discard_payload(ObjKind(kind), payload)
+            return
+        stream.add(object_id)  # only to know what is new: nobody waits here
+        if kind == int(_SHM):
+            table.make_room(size)
+        entry = table.create(object_id, proc, None)
+        objects.set_value(entry, ObjKind(kind), payload, size, contained)
+        values: list[WireValue] = []
+        pending: list[int] = []
+        self._add_value(proc, entry, values, pending)
+        if pending:
+            self.push_when_ready(index, pending)
+        self.lend(index, (), values)
+        self._out.effect(
+            StreamItem(
+                node=index,
+                stream_id=stream_id,
+                index=item,
+                values=tuple(values),
+                pending=tuple(pending),
+            )
+        )
+        table.release(proc, object_id)  # sent inline, or held again until pulled
 
     def cancel_forwarded(self, index: int, task_id: int) -> TaskSpec | None:
         """The spec of a task node ``index`` forwarded to us, if it still runs here."""

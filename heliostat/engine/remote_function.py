@@ -280,6 +280,7 @@ class RemoteFunction:
             retry_exceptions=opts.retry_exceptions,
             generator=opts.num_returns,
             max_calls=opts.max_calls,
+            strategy=opts.scheduling_strategy,
         )
         return ObjectRefGenerator(ref) if opts.num_returns == STREAMING else ref
 

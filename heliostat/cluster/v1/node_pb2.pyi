@@ -54,6 +54,18 @@ class TaskReport(_message.Message):
     pending: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, task_id: _Optional[bytes] = ..., outcome: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class StreamItem(_message.Message):
+    __slots__ = ("stream_id", "index", "values", "pending")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    stream_id: bytes
+    index: int
+    values: _containers.RepeatedCompositeFieldContainer[WireValue]
+    pending: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, stream_id: _Optional[bytes] = ..., index: _Optional[int] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class PushValues(_message.Message):
     __slots__ = ("values",)
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -113,7 +125,7 @@ class ActorBorrow(_message.Message):
     def __init__(self, actor_id: _Optional[bytes] = ..., borrower: _Optional[int] = ..., delta: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("forward", "report", "push", "release", "cancel", "actor_started", "actor_control", "actor_refs", "actor_borrow")
+    __slots__ = ("forward", "report", "push", "release", "cancel", "actor_started", "actor_control", "actor_refs", "actor_borrow", "item")
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +135,7 @@ class Envelope(_message.Message):
     ACTOR_CONTROL_FIELD_NUMBER: _ClassVar[int]
     ACTOR_REFS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_BORROW_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
     forward: ForwardTask
     report: TaskReport
     push: PushValues
@@ -132,7 +145,8 @@ class Envelope(_message.Message):
     actor_control: ActorControl
     actor_refs: ActorRefs
     actor_borrow: ActorBorrow
-    def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., actor_started: _Optional[_Union[ActorStarted, _Mapping]] = ..., actor_control: _Optional[_Union[ActorControl, _Mapping]] = ..., actor_refs: _Optional[_Union[ActorRefs, _Mapping]] = ..., actor_borrow: _Optional[_Union[ActorBorrow, _Mapping]] = ...) -> None: ...
+    item: StreamItem
+    def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., actor_started: _Optional[_Union[ActorStarted, _Mapping]] = ..., actor_control: _Optional[_Union[ActorControl, _Mapping]] = ..., actor_refs: _Optional[_Union[ActorRefs, _Mapping]] = ..., actor_borrow: _Optional[_Union[ActorBorrow, _Mapping]] = ..., item: _Optional[_Union[StreamItem, _Mapping]] = ...) -> None: ...
 
 class DeliverRequest(_message.Message):
     __slots__ = ("from_node", "messages", "epoch", "seq")

@@ -28,10 +28,12 @@ from heliostat.engine.peers import (
     PushValues,
     ReleaseAt,
     ReportTask,
+    StreamItem,
     WireValue,
 )
 from heliostat.engine.records import PEER_INDEX_BASE, TaskState, spec_to_wire
 from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
+from heliostat.engine.streams import STREAMING
 from heliostat.exceptions import (
     NodeDiedError,
     ObjectLostError,
@@ -574,6 +576,96 @@ def test_a_forwarded_task_runs_on_the_peer_and_reports_back(make_node, make_spec
     assert rid not in runner.state.objects.entries and arg.id not in runner.state.objects.entries
     owner_peers.on_report(B, report.task_id, report.outcome, 1.0, 2.0, list(report.values), [])
     assert owner.state.objects.entries[rid].payload == b"42"
+
+
+def _streaming(make_spec, **kwargs):
+    spec = make_spec(**kwargs)
+    spec.generator = STREAMING
+    return spec
+
+
+def test_a_forwarded_generator_sends_each_new_item_to_its_caller_and_keeps_none(
+    make_node, make_spec
+) -> None:
+    owner, _owner_peers = _cluster(make_node)
+    runner, runner_peers, worker = _runner(make_node)
+    _run_there(owner, runner, _streaming(make_spec))
+    (execute,) = runner.sent(worker)
+    stream_id = execute.spec.return_ids[0]
+    item = runner.state.verbs["gen_item"]
+    small, large = (B << 64) | 1, (B << 64) | 2
+    item(worker, None, stream_id, 0, small, INLINE, b"a", (), 1)
+    item(worker, None, stream_id, 1, large, SHM, "/dev/shm/heliostat-b-2", (), 4096)
+    item(worker, None, stream_id, 0, (B << 64) | 3, INLINE, b"a", (), 1)  # a replay here
+    sent = _of(runner.effects(), StreamItem)
+    assert [(s.node, s.stream_id, s.index) for s in sent] == [(A, stream_id, 0), (A, stream_id, 1)]
+    assert sent[0].values == (WireValue(small, INLINE, b"a", 1, ()),)
+    assert sent[1].values == (WireValue(large, SHM, None, 4096, ()),)
+    entries = runner.state.objects.entries
+    assert small not in entries and entries[large].kind is ObjKind.SHM  # kept until pulled
+    runner.state.task_done(
+        TaskDone(
+            worker=worker,
+            task_id=execute.spec.task_id,
+            results=[(stream_id, INLINE, b"None", (), 4)],
+            started=1.0,
+            finished=2.0,
+        )
+    )
+    assert stream_id not in runner.state.objects.streams  # nothing waits for it here
+    runner_peers.on_release(A, [large])  # the caller pulled it
+    assert large not in entries
+
+
+def test_items_of_a_generator_running_on_a_peer_reach_the_caller_once_and_in_order(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node)
+    spec = _streaming(make_spec, max_retries=1)
+    node.state.submit(node.state.driver, spec)
+    assert [f.node for f in _forwards(node)] == [B]
+    stream_id = spec.return_ids[0]
+    asked = _ask(node, "gen_next", stream_id, 0)
+    assert asked == []  # nothing yet: the caller waits
+    first = (B << 64) | 1
+    peers.on_stream_item(B, stream_id, 0, [WireValue(first, INLINE, b"a", 1, ())], [])
+    assert asked == [first] and node.state.objects.entries[first].payload == b"a"
+    second = (B << 64) | 2
+    peers.on_stream_item(B, stream_id, 1, [WireValue(second, SHM, None, 4096, ())], [])
+    assert node.state.objects.entries[second].kind is ObjKind.REMOTE  # read when asked
+    node.effects()
+    # A retry elsewhere replays the generator: what the caller has is not added again,
+    # and the node that made the replayed copy may drop it.
+    replay = (C << 64) | 2
+    peers.on_stream_item(C, stream_id, 1, [WireValue(replay, SHM, None, 4096, ())], [])
+    assert replay not in node.state.objects.entries
+    assert _of(node.effects(), ReleaseAt) == [ReleaseAt(node=C, object_ids=(replay,))]
+    # It fails after two items: its error is the third, then the stream ends.
+    failure = pickle.dumps(ValueError("broke"))
+    peers.on_report(
+        B,
+        spec.task_id,
+        "error",
+        1.0,
+        2.0,
+        [WireValue(stream_id, int(ObjKind.ERROR), failure, 0, ())],
+        [],
+    )
+    (error_item,) = _ask(node, "gen_next", stream_id, 2)
+    assert node.state.objects.entries[error_item].payload == failure
+    assert _ask(node, "gen_next", stream_id, 3) == [0]
+
+
+def test_a_large_item_whose_node_dies_is_lost_not_rebuilt(make_node, make_spec) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    spec = _streaming(make_spec)
+    spec.strategy = NodeAffinitySchedulingStrategy(f"{B:020x}", soft=False)
+    node.state.submit(node.state.driver, spec)
+    item = (B << 64) | 1
+    peers.on_stream_item(B, spec.return_ids[0], 0, [WireValue(item, SHM, None, 4096, ())], [])
+    peers.update([_peer(C)])  # B dies with the item's only copy
+    ((_oid, kind, payload),) = _ask(node, "get", 1, [item])[0]
+    assert kind == int(ObjKind.ERROR) and isinstance(pickle.loads(payload), ObjectLostError)
 
 
 def test_values_promised_by_a_node_that_dies_fail_with_owner_died(make_node, make_spec) -> None:
