@@ -30,8 +30,10 @@ pool, and hands that mapping out with the file (:meth:`SegmentPool.take_mapped`)
 pull then receives straight into it without paying the page-table fill (about 0.1 s
 per GiB) on its own time. A pooled file's mapping is closed when the file leaves the
 pool in any other way (evicted, the pool closed), so the pool never holds on to the
-memory of a file it unlinked. Its own mapping takes no ``flock``: it never keeps a
-file from being handed out.
+memory of a file it unlinked. The page tables are filled with the GIL let go
+(:func:`heliostat.cluster.segments.map_populated`), so the node's other threads run
+meanwhile. The pool's own mapping takes no ``flock``: it never keeps a file from being
+handed out.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import os
 import threading
 from pathlib import Path
 
-from heliostat.cluster.segments import open_locked
+from heliostat.cluster.segments import map_populated, open_locked
 from heliostat.engine.ids import format_id
 from heliostat.engine.serialization import SerializedValue
 
@@ -63,9 +65,6 @@ __all__ = [
 SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("/tmp")
 
 log = logging.getLogger("heliostat.engine")
-
-# Linux fills a mapping's page tables in the mmap call itself; elsewhere pages fault in.
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def segment_path(session: str, object_id: int) -> str:
@@ -364,7 +363,7 @@ class SegmentPool:
         try:
             if os.fstat(fd).st_size != size:
                 return
-            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+            mapping = map_populated(fd, size)
         except OSError as exc:  # no address space, say: the pull maps it then
             log.debug("segment pool: could not map %s ahead: %s", path, exc)
             return
