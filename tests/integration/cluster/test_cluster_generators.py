@@ -25,7 +25,7 @@ from cluster_daemons import Daemons, can_isolate_shm, driving, on
 
 import heliostat as hs
 from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
-from heliostat.exceptions import TaskError
+from heliostat.exceptions import TaskCancelledError, TaskError
 
 # The nodes cannot import this test module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -93,6 +93,8 @@ def numbered(n: int, gate: Any = None, hold_after: int = -1, big_at: int = -1): 
 def test_a_generator_on_another_node_streams_items_while_it_runs(driver: Cluster) -> None:
     gate = Gate.options(scheduling_strategy=on(driver.head)).remote()
     gen = numbered.options(scheduling_strategy=on(driver.n1)).remote(5, gate, 1, 3)
+    ready, _ = hs.wait([gen], timeout=60)  # the first item is there
+    assert ready == [gen]
     # Items 0 and 1 arrive while the generator waits at the gate, on n1.
     first = [hs.get(next(gen), timeout=60) for _ in range(2)]
     assert [(node, i) for node, i, _ in first] == [(driver.n1, 0), (driver.n1, 1)]
@@ -131,6 +133,19 @@ def test_a_failing_generator_on_another_node_yields_its_items_then_its_error(
     assert isinstance(raised.value.cause, ValueError)
     with pytest.raises(StopIteration):
         next(gen)
+
+
+def test_cancelling_a_generator_on_another_node_ends_its_stream_with_the_cancel(
+    driver: Cluster,
+) -> None:
+    gate = Gate.options(scheduling_strategy=on(driver.head)).remote()  # never opened
+    gen = numbered.options(scheduling_strategy=on(driver.n2)).remote(5, gate, 0)
+    assert hs.get(next(gen), timeout=60)[:2] == (driver.n2, 0)
+    hs.cancel(gen)  # it waits at the gate, on n2: cancelled there
+    rest = list(gen)
+    assert len(rest) == 1
+    with pytest.raises(TaskCancelledError):
+        hs.get(rest[0], timeout=60)
 
 
 @hs.remote
