@@ -368,7 +368,7 @@ def _rebuild_handle(actor_id: int, class_name: str, methods: dict[str, int]) -> 
 class ActorMethod:
     """``handle.method``: call ``.remote(...)`` to submit a call."""
 
-    __slots__ = ("_handle", "_name", "_num_returns", "_checker")
+    __slots__ = ("_handle", "_name", "_num_returns", "_checker", "_task_name")
 
     def __init__(
         self,
@@ -376,11 +376,13 @@ class ActorMethod:
         name: str,
         num_returns: int,
         checker: ArgChecker | None = None,
+        task_name: str | None = None,
     ) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
         self._checker = checker
+        self._task_name = task_name  # the calls' name (``options(name=)``), else Class.method
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -390,12 +392,19 @@ class ActorMethod:
     def options(
         self, *, num_returns: int | str | None = None, name: str | None = None
     ) -> ActorMethod:
+        """A copy of this method with other call options: ``num_returns``, and ``name``
+        (the calls' task name in the timeline, the dashboard and errors, as in Ray)."""
+        what = f"actor method {self._name!r}"
         if num_returns is not None:
-            num_returns = parse_num_returns(
-                num_returns, what=f"actor method {self._name!r}", generator=False
-            )
-        m = ActorMethod(self._handle, self._name, num_returns or self._num_returns, self._checker)
-        return m
+            num_returns = parse_num_returns(num_returns, what=what, generator=False)
+        check_str("name", name, what=what)
+        return ActorMethod(
+            self._handle,
+            self._name,
+            num_returns or self._num_returns,
+            self._checker,
+            name or self._task_name,
+        )
 
     def _remote(
         self,
@@ -424,7 +433,7 @@ class ActorMethod:
         generator = self._num_returns if self._num_returns < 0 else 0
         refs = client.submit_task(
             fn_id=b"",
-            name=f"{handle._class_name}.{self._name}",
+            name=self._task_name or f"{handle._class_name}.{self._name}",
             args=args,
             kwargs=kwargs,
             describe=lambda key: f"argument {key}",

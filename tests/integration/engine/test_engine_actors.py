@@ -125,6 +125,16 @@ def test_actor_method_error_is_task_error_and_actor_survives(runtime) -> None:
     assert hs.get(counter.incr.remote(2)) == 2
 
 
+def test_a_method_call_named_by_options_carries_that_name(runtime) -> None:
+    counter = Counter.remote()
+    named = counter.incr.options(name="add-to-ledger")
+    with pytest.raises(TaskError, match="add-to-ledger"):
+        hs.get(named.remote("one"))
+    assert hs.get(named.remote(2)) == 2  # the options stick to the copy
+    with pytest.raises(TypeError, match="name"):
+        counter.incr.options(name=5)
+
+
 def test_max_concurrency_lets_calls_overlap(runtime) -> None:
     sleeper = Sleeper.options(max_concurrency=4).remote(4)
     met = hs.get([sleeper.nap.remote(0.2) for _ in range(4)], timeout=30)
