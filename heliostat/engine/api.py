@@ -278,7 +278,7 @@ def _connect(address: str, token: str | None, **options: Any) -> _rt.Runtime | A
         # Where the job's durable workflows record (heliostat.workflows.services).
         membership.workflow_stores = head.workflow_stores()
         # The job's own modules (runtime_env working_dir / py_modules), for the nodes.
-        membership.set_code(publish(head, options.get("code")))
+        membership.set_code(publish(head, options.get("code")), options.get("env_vars"))
         membership.job_id = head.register_job(" ".join(sys.argv), socket.gethostname(), os.getpid())
     except BaseException:
         if runtime is not None:

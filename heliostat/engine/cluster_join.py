@@ -229,9 +229,10 @@ class ClusterMembership:
         # workflows record there: heliostat.workflows.services); None on daemons.
         self.workflow_stores: Any = None
 
-    def set_code(self, uris: tuple[str, ...]) -> None:
-        """The job's code packages: tasks forwarded from this node carry them."""
-        self.runtime.manager.set_code(uris)
+    def set_code(self, uris: tuple[str, ...], env: dict[str, str] | None = None) -> None:
+        """The job's code packages and env_vars: tasks forwarded from this node carry
+        them."""
+        self.runtime.manager.set_code(uris, tuple(sorted((env or {}).items())))
 
     def start(self) -> None:
         """Serve peers, register with the head and heartbeat; fails with the head's reason."""

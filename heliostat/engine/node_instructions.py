@@ -267,6 +267,7 @@ class ForwardTask:
     values: tuple[WireValue, ...]
     pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
     code: tuple[str, ...] = ()  # URIs of the job's code packages (runtime_env)
+    env: tuple[tuple[str, str], ...] = ()  # the job's env_vars (runtime_env)
     actor_options: Any = None  # an actor's creation: its ActorOptions
 
 

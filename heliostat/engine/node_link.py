@@ -142,6 +142,7 @@ def encode_effect(effect: Any) -> node_pb2.Envelope:
                 values=_wire_values(effect.values),
                 pending=[id_bytes(p) for p in effect.pending],
                 code=list(effect.code),
+                env_vars=dict(effect.env),
                 actor_options=(
                     pickle.dumps(effect.actor_options, protocol=5)
                     if effect.actor_options is not None
@@ -219,13 +220,16 @@ def apply_envelope(
     if body == "forward":
         msg = envelope.forward
         fields = pickle.loads(msg.spec)  # the token vouched for the sender
+        uris = tuple(msg.code)
+        env = tuple(sorted(msg.env_vars.items()))
         state.peer_forward(
             index,
             fields,
             msg.function or None,
             _values(msg.values),
             [_int(p) for p in msg.pending],
-            code.get(tuple(msg.code)),
+            (uris, env) if uris or env else None,
+            code.get(uris),
             pickle.loads(msg.actor_options) if msg.actor_options else None,
         )
     elif body == "report":

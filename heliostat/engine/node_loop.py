@@ -124,6 +124,7 @@ def encode(message: Message) -> tuple[Any, ...]:
             message.resolved,  # type: ignore[union-attr]
             actor.label(),
             actor.max_concurrency,
+            spec.code,
         )
     raise TypeError(f"no wire form for {message!r}")
 

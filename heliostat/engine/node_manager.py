@@ -294,11 +294,13 @@ class NodeManager:
                 self.state.peers.leave()
                 self.loop.flush()
 
-    def set_code(self, uris: tuple[str, ...]) -> None:
-        """Code packages (URIs at the head) that tasks forwarded from here need."""
+    def set_code(self, uris: tuple[str, ...], env: tuple[tuple[str, str], ...] = ()) -> None:
+        """This node's job's runtime_env, which tasks forwarded from here carry: its
+        code packages (URIs at the head) and its env_vars."""
         with self._lock:
             if self.state.peers is not None:
                 self.state.peers.code = uris
+                self.state.peers.env = env
 
     def peer_event(self, event: Callable[[NodeState], None]) -> None:
         """Apply something another node said or did (``event(state)``), then flush."""

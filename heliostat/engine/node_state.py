@@ -48,6 +48,7 @@ from heliostat.engine.records import (
     PEER_INDEX_BASE,
     ActorOptions,
     ActorState,
+    JobEnv,
     TaskKind,
     TaskSpec,
     TaskState,
@@ -167,16 +168,21 @@ class NodeState:
         fn_bytes: bytes | None,
         values: list[WireValue],
         pending: list[int],
+        job: JobEnv | None = None,
         code: tuple[tuple[str, ...], str] | None = None,
         actor_options: ActorOptions | None = None,
     ) -> None:
-        """Node ``index`` forwarded a task, or an actor's creation or call, to run here
-        (with its job's code, installed)."""
+        """Node ``index`` forwarded a task, or an actor's creation or call, to run here:
+        ``job`` is its job's runtime_env (package URIs, env_vars), ``code`` those
+        packages as installed here (import paths, working directory)."""
         peers = self.peers
         assert peers is not None
         spec = spec_from_wire(fields, PEER_INDEX_BASE + index)
         spec.strategy = None  # placed already: it runs here
-        spec.code = code
+        if job is not None:
+            spec.job = job
+            paths, working_dir = code if code is not None else ((), "")
+            spec.code = (paths, working_dir, job[1])
         if spec.kind is TaskKind.ACTOR_CREATE:
             assert actor_options is not None
             copies = peers.receive_for(index, spec, fn_bytes, values, pending)
@@ -414,6 +420,7 @@ class NodeState:
     def _v_submit(self, proc: WorkerRecord, reply: Reply | None, fields: tuple[Any, ...]) -> None:
         spec = spec_from_wire(fields, proc.index)
         self.tasks.note_child(proc, spec)
+        _inherit_job(proc, spec)
         self.dispatch.submit(proc, spec)
 
     def _v_put(
@@ -554,7 +561,9 @@ class NodeState:
     def _v_create_actor(
         self, proc: WorkerRecord, reply: Reply, fields: tuple[Any, ...], options: ActorOptions
     ) -> None:
-        self.create_actor(proc, spec_from_wire(fields, proc.index), options, reply)
+        spec = spec_from_wire(fields, proc.index)
+        _inherit_job(proc, spec)
+        self.create_actor(proc, spec, options, reply)
 
     def _v_get_actor(self, proc: WorkerRecord, reply: Reply, name: str, namespace: str) -> None:
         actor = self.actors.lookup(name, namespace)
@@ -671,3 +680,13 @@ class NodeState:
             for entry in self.objects.entries.values()
             if entry.kind is not ObjKind.FREED
         ]
+
+
+def _inherit_job(proc: WorkerRecord, spec: TaskSpec) -> None:
+    """A task or actor submitted from a worker belongs to the job of what that worker
+    runs (its actor, or its task), as Ray's nested tasks inherit their parent's
+    runtime_env: on a node that is not the job's own, it takes that job's packages and
+    env_vars, here and wherever it is forwarded."""
+    parent = proc.actor.creation if proc.actor is not None else proc.task
+    if parent is not None and parent.job is not None:
+        spec.job, spec.code = parent.job, parent.code

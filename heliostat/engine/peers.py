@@ -214,7 +214,8 @@ class Peers(PeerActors):
         self.actors: Any = None  # ActorDirectory (wired later)
         self.actors_on: dict[int, int] = {}  # actors we placed on each peer
         # URIs of this job's code packages, sent with every task forwarded from here.
-        self.code: tuple[str, ...] = ()
+        self.code: tuple[str, ...] = ()  # this node's job: its code packages' URIs
+        self.env: tuple[tuple[str, str], ...] = ()  # and its env_vars
         self._leaving = False
         self._hosts: dict[ResourceSet, tuple[tuple[int, int], ...]] = {}
         # A driver's node (it leaves with its driver): the detached actors it creates
@@ -461,6 +462,7 @@ class Peers(PeerActors):
         if spec.fn_id not in sent:
             sent.add(spec.fn_id)
             fn_bytes = self._tasks.functions.get(spec.fn_id)
+        code, env = spec.job if spec.job is not None else (self.code, self.env)
         self._out.effect(
             ForwardTask(
                 node=index,
@@ -468,7 +470,8 @@ class Peers(PeerActors):
                 fn_bytes=fn_bytes,
                 values=tuple(values),
                 pending=tuple(pending),
-                code=self.code,
+                code=code,
+                env=env,
                 actor_options=actor_options,
             )
         )

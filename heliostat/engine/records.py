@@ -32,6 +32,8 @@ __all__ = [
     "ActorOptions",
     "ActorRecord",
     "ActorState",
+    "InstalledJob",
+    "JobEnv",
     "PendingRevoke",
     "TaskKind",
     "TaskSpec",
@@ -144,6 +146,12 @@ never collides with a real process of the node (``peers.py``).
 """
 
 
+# A job's runtime_env as it travels between nodes, and as a node installed it (see
+# TaskSpec.job and TaskSpec.code).
+JobEnv = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
+InstalledJob = tuple[tuple[str, ...], str, tuple[tuple[str, str], ...]]
+
+
 class TaskSpec:
     """One task: what to run, with which arguments, where it stands.
 
@@ -182,6 +190,7 @@ class TaskSpec:
         "generator",
         "max_calls",
         "remote_node",
+        "job",
         "code",
     )
 
@@ -243,9 +252,14 @@ class TaskSpec:
         # A worker runs at most this many calls of ``fn_id``, then exits (0: no limit).
         self.max_calls = max_calls
         self.remote_node = 0  # the peer node index running it (peers.py); 0: this node
-        # A task forwarded from another node: its job's installed code packages,
-        # (import paths, working directory or ""); None for this node's own tasks.
-        self.code: tuple[tuple[str, ...], str] | None = None
+        # The runtime_env of the job a task belongs to, when it is not this node's
+        # own: (URIs of its code packages at the head, its env_vars as pairs). Set on
+        # a task another node forwarded here, and inherited by the tasks and actors
+        # it submits; it travels with them to other nodes.
+        self.job: JobEnv | None = None
+        # That job's environment as installed here, for the worker: (import paths,
+        # working directory or "", env_vars pairs); None for this node's own tasks.
+        self.code: InstalledJob | None = None
 
     def label(self) -> str:
         return f"{self.name}#{self.task_id:x}"

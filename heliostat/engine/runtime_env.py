@@ -32,10 +32,13 @@ import contextlib
 import os
 import socket
 import sys
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from heliostat.exceptions import ModuleNotOnNodeError
 from heliostat.storage.packages import InstalledCode
+
+if TYPE_CHECKING:
+    from heliostat.engine.records import InstalledJob
 
 __all__ = [
     "WORKING_DIR_ENV",
@@ -114,23 +117,28 @@ def module_not_on_node(
 
 
 _cwd_before_code: str | None = None  # where the worker ran before a job's working_dir
+_env_before_code: dict[str, str | None] = {}  # what a job's env_vars replaced (None: unset)
 
 
-def use_code(code: tuple[tuple[str, ...], str] | None) -> None:
-    """In a worker, before a task: take on the code packages its job shipped, or none.
+def use_code(code: InstalledJob | None) -> None:
+    """In a worker, before a task: take on the environment its job shipped, or none.
 
     A node's workers serve the tasks of every job that forwards work to it; a task
     from another node's job carries that job's installed packages (import paths first
-    on ``sys.path``, its working_dir copy as the current directory). A task without
-    them (None) runs where the worker started.
+    on ``sys.path``, its working_dir copy as the current directory) and its
+    ``env_vars``, set for the task and put back as they were before the next task of
+    another job (a library that read a variable when it was imported keeps what it
+    read, as it would in any long-lived worker). A task without them (None) runs where
+    and as the worker started.
     """
     global _cwd_before_code
+    _restore_env()
     if code is None:
         if _cwd_before_code is not None:
             os.chdir(_cwd_before_code)
             _cwd_before_code = None
         return
-    paths, working_dir = code
+    paths, working_dir, env = code
     for path in reversed(paths):
         if not sys.path or sys.path[0] != path:
             with contextlib.suppress(ValueError):
@@ -140,3 +148,16 @@ def use_code(code: tuple[tuple[str, ...], str] | None) -> None:
         if _cwd_before_code is None:
             _cwd_before_code = os.getcwd()
         os.chdir(working_dir)
+    for name, value in env:
+        _env_before_code[name] = os.environ.get(name)
+        os.environ[name] = value
+
+
+def _restore_env() -> None:
+    """Put back the variables the last job's env_vars changed."""
+    for name, value in _env_before_code.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _env_before_code.clear()

@@ -677,9 +677,20 @@ class Worker:
         return reply
 
     def _create_actor(self, message: tuple[Any, ...]) -> None:
-        (_op, actor_id, cls_id, cls_bytes, payload, positions, resolved, label, max_concurrency) = (
-            message
-        )
+        (
+            _op,
+            actor_id,
+            cls_id,
+            cls_bytes,
+            payload,
+            positions,
+            resolved,
+            label,
+            max_concurrency,
+            code,
+        ) = message
+        if code is not None:
+            use_code(code)  # an actor of another node's job: its packages, for good
         self._actor_name = label
         self.current_name = f"{label}.__init__"
         task_context.set_actor(actor_id)

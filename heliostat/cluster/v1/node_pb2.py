@@ -24,45 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheliostat/cluster/v1/node.proto\x12\x14heliostat.cluster.v1\"j\n\tWireValue\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kind\x18\x02 \x01(\x05\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x11\n\tcontained\x18\x05 \x03(\x0c\x12\n\n\x02\x61t\x18\x06 \x01(\r\"\x94\x01\n\x0b\x46orwardTask\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x10\n\x08\x66unction\x18\x02 \x01(\x0c\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\x12\x0c\n\x04\x63ode\x18\x05 \x03(\t\x12\x15\n\ractor_options\x18\x06 \x01(\x0c\"\x99\x01\n\nTaskReport\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\x12/\n\x06values\x18\x05 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x06 \x03(\x0c\"p\n\nStreamItem\x12\x11\n\tstream_id\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\"=\n\nPushValues\x12/\n\x06values\x18\x01 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\"$\n\x0eReleaseObjects\x12\x12\n\nobject_ids\x18\x01 \x03(\x0c\",\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"=\n\x0c\x41\x63torStarted\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64ied\x18\x03 \x01(\t\"B\n\x0c\x41\x63torControl\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kill\x18\x02 \x01(\x08\x12\x12\n\nno_restart\x18\x03 \x01(\x08\".\n\tActorRefs\x12\x11\n\tactor_ids\x18\x01 \x03(\x0c\x12\x0e\n\x06owners\x18\x02 \x03(\r\"@\n\x0b\x41\x63torBorrow\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x10\n\x08\x62orrower\x18\x02 \x01(\r\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x12\"\xb9\x04\n\x08\x45nvelope\x12\x34\n\x07\x66orward\x18\x01 \x01(\x0b\x32!.heliostat.cluster.v1.ForwardTaskH\x00\x12\x32\n\x06report\x18\x02 \x01(\x0b\x32 .heliostat.cluster.v1.TaskReportH\x00\x12\x30\n\x04push\x18\x03 \x01(\x0b\x32 .heliostat.cluster.v1.PushValuesH\x00\x12\x37\n\x07release\x18\x04 \x01(\x0b\x32$.heliostat.cluster.v1.ReleaseObjectsH\x00\x12\x32\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32 .heliostat.cluster.v1.CancelTaskH\x00\x12;\n\ractor_started\x18\x06 \x01(\x0b\x32\".heliostat.cluster.v1.ActorStartedH\x00\x12;\n\ractor_control\x18\x07 \x01(\x0b\x32\".heliostat.cluster.v1.ActorControlH\x00\x12\x35\n\nactor_refs\x18\x08 \x01(\x0b\x32\x1f.heliostat.cluster.v1.ActorRefsH\x00\x12\x39\n\x0c\x61\x63tor_borrow\x18\t \x01(\x0b\x32!.heliostat.cluster.v1.ActorBorrowH\x00\x12\x30\n\x04item\x18\n \x01(\x0b\x32 .heliostat.cluster.v1.StreamItemH\x00\x42\x06\n\x04\x62ody\"q\n\x0e\x44\x65liverRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.heliostat.cluster.v1.Envelope\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x1f\n\x0c\x44\x65liverReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\"&\n\x14LeaseDeadlineRequest\x12\x0e\n\x06\x62\x65\x61\x63on\x18\x01 \x01(\t\"6\n\x12LeaseDeadlineReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x01\x32\xcb\x01\n\x0bNodeService\x12U\n\x07\x44\x65liver\x12$.heliostat.cluster.v1.DeliverRequest\x1a\".heliostat.cluster.v1.DeliverReply(\x01\x12\x65\n\rLeaseDeadline\x12*.heliostat.cluster.v1.LeaseDeadlineRequest\x1a(.heliostat.cluster.v1.LeaseDeadlineReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheliostat/cluster/v1/node.proto\x12\x14heliostat.cluster.v1\"j\n\tWireValue\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kind\x18\x02 \x01(\x05\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x11\n\tcontained\x18\x05 \x03(\x0c\x12\n\n\x02\x61t\x18\x06 \x01(\r\"\x86\x02\n\x0b\x46orwardTask\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x10\n\x08\x66unction\x18\x02 \x01(\x0c\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\x12\x0c\n\x04\x63ode\x18\x05 \x03(\t\x12\x15\n\ractor_options\x18\x06 \x01(\x0c\x12@\n\x08\x65nv_vars\x18\x07 \x03(\x0b\x32..heliostat.cluster.v1.ForwardTask.EnvVarsEntry\x1a.\n\x0c\x45nvVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\nTaskReport\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\x12/\n\x06values\x18\x05 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x06 \x03(\x0c\"p\n\nStreamItem\x12\x11\n\tstream_id\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\"=\n\nPushValues\x12/\n\x06values\x18\x01 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\"$\n\x0eReleaseObjects\x12\x12\n\nobject_ids\x18\x01 \x03(\x0c\",\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"=\n\x0c\x41\x63torStarted\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64ied\x18\x03 \x01(\t\"B\n\x0c\x41\x63torControl\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kill\x18\x02 \x01(\x08\x12\x12\n\nno_restart\x18\x03 \x01(\x08\".\n\tActorRefs\x12\x11\n\tactor_ids\x18\x01 \x03(\x0c\x12\x0e\n\x06owners\x18\x02 \x03(\r\"@\n\x0b\x41\x63torBorrow\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x10\n\x08\x62orrower\x18\x02 \x01(\r\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x12\"\xb9\x04\n\x08\x45nvelope\x12\x34\n\x07\x66orward\x18\x01 \x01(\x0b\x32!.heliostat.cluster.v1.ForwardTaskH\x00\x12\x32\n\x06report\x18\x02 \x01(\x0b\x32 .heliostat.cluster.v1.TaskReportH\x00\x12\x30\n\x04push\x18\x03 \x01(\x0b\x32 .heliostat.cluster.v1.PushValuesH\x00\x12\x37\n\x07release\x18\x04 \x01(\x0b\x32$.heliostat.cluster.v1.ReleaseObjectsH\x00\x12\x32\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32 .heliostat.cluster.v1.CancelTaskH\x00\x12;\n\ractor_started\x18\x06 \x01(\x0b\x32\".heliostat.cluster.v1.ActorStartedH\x00\x12;\n\ractor_control\x18\x07 \x01(\x0b\x32\".heliostat.cluster.v1.ActorControlH\x00\x12\x35\n\nactor_refs\x18\x08 \x01(\x0b\x32\x1f.heliostat.cluster.v1.ActorRefsH\x00\x12\x39\n\x0c\x61\x63tor_borrow\x18\t \x01(\x0b\x32!.heliostat.cluster.v1.ActorBorrowH\x00\x12\x30\n\x04item\x18\n \x01(\x0b\x32 .heliostat.cluster.v1.StreamItemH\x00\x42\x06\n\x04\x62ody\"q\n\x0e\x44\x65liverRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.heliostat.cluster.v1.Envelope\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x1f\n\x0c\x44\x65liverReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\"&\n\x14LeaseDeadlineRequest\x12\x0e\n\x06\x62\x65\x61\x63on\x18\x01 \x01(\t\"6\n\x12LeaseDeadlineReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x01\x32\xcb\x01\n\x0bNodeService\x12U\n\x07\x44\x65liver\x12$.heliostat.cluster.v1.DeliverRequest\x1a\".heliostat.cluster.v1.DeliverReply(\x01\x12\x65\n\rLeaseDeadline\x12*.heliostat.cluster.v1.LeaseDeadlineRequest\x1a(.heliostat.cluster.v1.LeaseDeadlineReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'heliostat.cluster.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FORWARDTASK_ENVVARSENTRY']._loaded_options = None
+  _globals['_FORWARDTASK_ENVVARSENTRY']._serialized_options = b'8\001'
   _globals['_WIREVALUE']._serialized_start=57
   _globals['_WIREVALUE']._serialized_end=163
   _globals['_FORWARDTASK']._serialized_start=166
-  _globals['_FORWARDTASK']._serialized_end=314
-  _globals['_TASKREPORT']._serialized_start=317
-  _globals['_TASKREPORT']._serialized_end=470
-  _globals['_STREAMITEM']._serialized_start=472
-  _globals['_STREAMITEM']._serialized_end=584
-  _globals['_PUSHVALUES']._serialized_start=586
-  _globals['_PUSHVALUES']._serialized_end=647
-  _globals['_RELEASEOBJECTS']._serialized_start=649
-  _globals['_RELEASEOBJECTS']._serialized_end=685
-  _globals['_CANCELTASK']._serialized_start=687
-  _globals['_CANCELTASK']._serialized_end=731
-  _globals['_ACTORSTARTED']._serialized_start=733
-  _globals['_ACTORSTARTED']._serialized_end=794
-  _globals['_ACTORCONTROL']._serialized_start=796
-  _globals['_ACTORCONTROL']._serialized_end=862
-  _globals['_ACTORREFS']._serialized_start=864
-  _globals['_ACTORREFS']._serialized_end=910
-  _globals['_ACTORBORROW']._serialized_start=912
-  _globals['_ACTORBORROW']._serialized_end=976
-  _globals['_ENVELOPE']._serialized_start=979
-  _globals['_ENVELOPE']._serialized_end=1548
-  _globals['_DELIVERREQUEST']._serialized_start=1550
-  _globals['_DELIVERREQUEST']._serialized_end=1663
-  _globals['_DELIVERREPLY']._serialized_start=1665
-  _globals['_DELIVERREPLY']._serialized_end=1696
-  _globals['_LEASEDEADLINEREQUEST']._serialized_start=1698
-  _globals['_LEASEDEADLINEREQUEST']._serialized_end=1736
-  _globals['_LEASEDEADLINEREPLY']._serialized_start=1738
-  _globals['_LEASEDEADLINEREPLY']._serialized_end=1792
-  _globals['_NODESERVICE']._serialized_start=1795
-  _globals['_NODESERVICE']._serialized_end=1998
+  _globals['_FORWARDTASK']._serialized_end=428
+  _globals['_FORWARDTASK_ENVVARSENTRY']._serialized_start=382
+  _globals['_FORWARDTASK_ENVVARSENTRY']._serialized_end=428
+  _globals['_TASKREPORT']._serialized_start=431
+  _globals['_TASKREPORT']._serialized_end=584
+  _globals['_STREAMITEM']._serialized_start=586
+  _globals['_STREAMITEM']._serialized_end=698
+  _globals['_PUSHVALUES']._serialized_start=700
+  _globals['_PUSHVALUES']._serialized_end=761
+  _globals['_RELEASEOBJECTS']._serialized_start=763
+  _globals['_RELEASEOBJECTS']._serialized_end=799
+  _globals['_CANCELTASK']._serialized_start=801
+  _globals['_CANCELTASK']._serialized_end=845
+  _globals['_ACTORSTARTED']._serialized_start=847
+  _globals['_ACTORSTARTED']._serialized_end=908
+  _globals['_ACTORCONTROL']._serialized_start=910
+  _globals['_ACTORCONTROL']._serialized_end=976
+  _globals['_ACTORREFS']._serialized_start=978
+  _globals['_ACTORREFS']._serialized_end=1024
+  _globals['_ACTORBORROW']._serialized_start=1026
+  _globals['_ACTORBORROW']._serialized_end=1090
+  _globals['_ENVELOPE']._serialized_start=1093
+  _globals['_ENVELOPE']._serialized_end=1662
+  _globals['_DELIVERREQUEST']._serialized_start=1664
+  _globals['_DELIVERREQUEST']._serialized_end=1777
+  _globals['_DELIVERREPLY']._serialized_start=1779
+  _globals['_DELIVERREPLY']._serialized_end=1810
+  _globals['_LEASEDEADLINEREQUEST']._serialized_start=1812
+  _globals['_LEASEDEADLINEREQUEST']._serialized_end=1850
+  _globals['_LEASEDEADLINEREPLY']._serialized_start=1852
+  _globals['_LEASEDEADLINEREPLY']._serialized_end=1906
+  _globals['_NODESERVICE']._serialized_start=1909
+  _globals['_NODESERVICE']._serialized_end=2112
 # @@protoc_insertion_point(module_scope)

@@ -23,20 +23,29 @@ class WireValue(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., kind: _Optional[int] = ..., payload: _Optional[bytes] = ..., size: _Optional[int] = ..., contained: _Optional[_Iterable[bytes]] = ..., at: _Optional[int] = ...) -> None: ...
 
 class ForwardTask(_message.Message):
-    __slots__ = ("spec", "function", "values", "pending", "code", "actor_options")
+    __slots__ = ("spec", "function", "values", "pending", "code", "actor_options", "env_vars")
+    class EnvVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SPEC_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     ACTOR_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ENV_VARS_FIELD_NUMBER: _ClassVar[int]
     spec: bytes
     function: bytes
     values: _containers.RepeatedCompositeFieldContainer[WireValue]
     pending: _containers.RepeatedScalarFieldContainer[bytes]
     code: _containers.RepeatedScalarFieldContainer[str]
     actor_options: bytes
-    def __init__(self, spec: _Optional[bytes] = ..., function: _Optional[bytes] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ..., code: _Optional[_Iterable[str]] = ..., actor_options: _Optional[bytes] = ...) -> None: ...
+    env_vars: _containers.ScalarMap[str, str]
+    def __init__(self, spec: _Optional[bytes] = ..., function: _Optional[bytes] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ..., code: _Optional[_Iterable[str]] = ..., actor_options: _Optional[bytes] = ..., env_vars: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TaskReport(_message.Message):
     __slots__ = ("task_id", "outcome", "started_at", "finished_at", "values", "pending")

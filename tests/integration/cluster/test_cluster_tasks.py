@@ -325,6 +325,74 @@ def test_a_user_module_ships_to_the_nodes_with_working_dir(cluster: Cluster, tmp
         hs.shutdown()
 
 
+def test_a_jobs_runtime_env_reaches_its_actors_and_nested_tasks_on_every_node(
+    cluster: Cluster, tmp_path
+) -> None:
+    """env_vars and working_dir hold wherever the job's work runs: tasks, an actor
+    created on a node before any task of the job ran there, and tasks submitted from
+    a task on another node. The next job without them sees neither."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "shipped_ledger.py").write_text("def entry(x):\n    return f'ledger:{x}'\n")
+    variable = "HS_TEST_LEDGER_REGION"
+
+    @hs.remote
+    def environment() -> tuple[str, str | None]:
+        return hs.get_runtime_context().get_node_id(), os.environ.get(variable)
+
+    @hs.remote
+    class Ledger:
+        def __init__(self) -> None:
+            import shipped_ledger  # only in the shipped copy
+
+            self.module = shipped_ledger
+
+        def write(self, x: int) -> tuple[str, str | None]:
+            return self.module.entry(x), os.environ.get(variable)
+
+    @hs.remote
+    def nested(target: str) -> tuple[str, str | None]:
+        @hs.remote
+        def inner() -> tuple[str, str | None]:
+            import shipped_ledger
+
+            return shipped_ledger.entry(hs.get_runtime_context().get_node_id()), os.environ.get(
+                variable
+            )
+
+        pinned = NodeAffinitySchedulingStrategy(target, soft=False)
+        return hs.get(inner.options(scheduling_strategy=pinned).remote(), timeout=60)
+
+    env = {"working_dir": str(project), "env_vars": {variable: "eu-west"}}
+    nodes = (cluster.head, cluster.n1, cluster.n2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(variable, raising=False)
+        hs.init(address=cluster.address, token=cluster.token, runtime_env=env)
+        try:
+            on_n2 = NodeAffinitySchedulingStrategy(cluster.n2, soft=False)
+            ledger = Ledger.options(scheduling_strategy=on_n2).remote()  # the job's first work
+            assert hs.get(ledger.write.remote(7), timeout=60) == ("ledger:7", "eu-west")
+            for target in nodes:
+                pinned = NodeAffinitySchedulingStrategy(target, soft=False)
+                assert hs.get(environment.options(scheduling_strategy=pinned).remote()) == (
+                    target,
+                    "eu-west",
+                )
+            on_n1 = NodeAffinitySchedulingStrategy(cluster.n1, soft=False)
+            inner = hs.get(nested.options(scheduling_strategy=on_n1).remote(cluster.n2))
+            assert inner == (f"ledger:{cluster.n2}", "eu-west")
+        finally:
+            hs.shutdown()
+        hs.init(address=cluster.address, token=cluster.token)  # a job without them
+        try:
+            for target in nodes:
+                pinned = NodeAffinitySchedulingStrategy(target, soft=False)
+                found = hs.get(environment.options(scheduling_strategy=pinned).remote())
+                assert found == (target, None)
+        finally:
+            hs.shutdown()
+
+
 def test_a_departed_drivers_actors_free_their_nodes(
     cluster: Cluster, wait_for: Callable[..., Any]
 ) -> None:
