@@ -491,11 +491,24 @@ class ObjectDirectory:
             self.table.discard_payload(ObjKind(kind), payload)
             return
         stream, owner = found
+        self.store_item(owner, object_id, kind, payload, contained, size)  # the caller's
+        self.add_item(stream, object_id)
+
+    def store_item(
+        self,
+        holder: WorkerRecord,
+        object_id: int,
+        kind: int,
+        payload: Any,
+        contained: tuple[int, ...],
+        size: int,
+    ) -> ObjectEntry:
+        """The entry of a value a generator yielded, held by ``holder``."""
         if kind == int(ObjKind.SHM):
             self.table.make_room(size)
-        entry = self.table.create(object_id, owner, None)  # the caller holds it
+        entry = self.table.create(object_id, holder, None)
         self.set_value(entry, ObjKind(kind), payload, size, contained)
-        self.add_item(stream, object_id)
+        return entry
 
     def gen_next(self, proc: WorkerRecord, reply: Reply, stream_id: int, index: int) -> None:
         """The id of item ``index`` of a stream, 0 at its end; waits until one is known."""

@@ -506,6 +506,20 @@ class Peers(PeerActors):
             if inner is not None:
                 self._add_value(proc, inner, values, pending)
 
+    def _send_values(
+        self, index: int, proc: WorkerRecord, entries: list[ObjectEntry]
+    ) -> tuple[list[WireValue], list[int]]:
+        """The wire form of ``entries`` for node ``index`` (stand-in ``proc``): the
+        values, and the ids of nested refs not ready yet (sent when they are)."""
+        values: list[WireValue] = []
+        pending: list[int] = []
+        for entry in entries:
+            self._add_value(proc, entry, values, pending)
+        if pending:
+            self.push_when_ready(index, pending)
+        self.lend(index, (), values)
+        return values, pending
+
     def push_when_ready(self, index: int, ids: list[int]) -> None:
         """Send node ``index`` the values of ``ids`` as each becomes ready."""
         objects = self._objects
@@ -888,15 +902,9 @@ class Peers(PeerActors):
             return
         objects = self._objects
         entries = objects.entries
-        values: list[WireValue] = []
-        pending: list[int] = []
-        for rid in spec.return_ids:
-            entry = entries.get(rid)
-            if entry is not None:
-                self._add_value(proc, entry, values, pending)
-        if pending:
-            self.push_when_ready(index, pending)
-        self.lend(index, (), values)
+        values, pending = self._send_values(
+            index, proc, [e for rid in spec.return_ids if (e := entries.get(rid)) is not None]
+        )
         self._out.effect(
             ReportTask(
                 node=index,
@@ -936,16 +944,8 @@ class Peers(PeerActors):
             table.discard_payload(ObjKind(kind), payload)
             return
         stream.add(object_id)  # only to know what is new: nobody waits here
-        if kind == int(_SHM):
-            table.make_room(size)
-        entry = table.create(object_id, proc, None)
-        objects.set_value(entry, ObjKind(kind), payload, size, contained)
-        values: list[WireValue] = []
-        pending: list[int] = []
-        self._add_value(proc, entry, values, pending)
-        if pending:
-            self.push_when_ready(index, pending)
-        self.lend(index, (), values)
+        entry = objects.store_item(proc, object_id, kind, payload, contained, size)
+        values, pending = self._send_values(index, proc, [entry])
         self._out.effect(
             StreamItem(
                 node=index,
