@@ -206,6 +206,9 @@ class Peers(PeerActors):
         # so that a node's death costs what it held for us, not a scan of every entry.
         self.located: dict[int, set[int]] = {}
         self.promised: dict[int, set[int]] = {}  # node -> ids it owes us (PushValues)
+        # node -> ids it will push that nobody here wants: refs inside stream items we
+        # dropped (on_stream_item), released at the node when they come.
+        self.unwanted: dict[int, set[int]] = {}
         self.remote_owner: dict[int, int] = {}  # executor side: task id -> owner node
         self.copies: dict[int, list[int]] = {}  # executor side: task id -> copies made
         self._spread = itertools.count()
@@ -306,6 +309,7 @@ class Peers(PeerActors):
                 if entry is not None and entry.kind in (ObjKind.PENDING, ObjKind.REMOTE):
                     objects.lost(entry)
         self._forget_locations(index)
+        self.unwanted.pop(index, None)
         for oid in self.promised.pop(index, set()):
             entry = objects.entries.get(oid)
             if entry is not None and entry.kind is ObjKind.PENDING:
@@ -608,8 +612,13 @@ class Peers(PeerActors):
         objects = self._objects
         found = objects.accepting(stream_id, item) if values else None
         if found is None:
-            # A replay of a retry, or the caller let go: the node need not keep it.
+            # A replay of a retry, or the caller let go: the node need not keep it,
+            # nor the refs inside it that it will push later.
             self._release_pulled(index, values)
+            entries = objects.entries
+            later = [oid for oid in pending if oid not in entries]
+            if later:
+                self.unwanted.setdefault(index, set()).update(later)
             return
         stream, owner = found
         object_id = values[0].object_id
@@ -659,7 +668,30 @@ class Peers(PeerActors):
         if promised:
             for value in values:
                 promised.discard(value.object_id)
+        unwanted = self.unwanted.get(index)
+        if unwanted:
+            values = self._drop_unwanted(index, unwanted, values)
         self._adopt(index, self._receive(index, values, [], lazy=True))
+
+    def _drop_unwanted(
+        self, index: int, unwanted: set[int], values: list[WireValue]
+    ) -> list[WireValue]:
+        """``values`` less those nobody here wants (nested in a dropped stream item, and
+        in those), which node ``index`` is told to let go of."""
+        entries = self._objects.entries
+        kept: list[WireValue] = []
+        dropped: list[WireValue] = []
+        for value in values:  # a value comes before the refs inside it
+            if value.object_id in unwanted and value.object_id not in entries:
+                unwanted.discard(value.object_id)
+                unwanted.update(cid for cid in value.contained if cid not in entries)
+                dropped.append(value)
+            else:
+                kept.append(value)
+        if not unwanted:
+            del self.unwanted[index]
+        self._release_pulled(index, dropped)
+        return kept
 
     def _adopt(self, index: int, created: list[int]) -> None:
         """Nested refs that arrived inside our values: their containers hold them now."""

@@ -656,6 +656,22 @@ def test_items_of_a_generator_running_on_a_peer_reach_the_caller_once_and_in_ord
     assert _ask(node, "gen_next", stream_id, 3) == [0]
 
 
+def test_refs_inside_a_dropped_item_are_let_go_when_they_come(make_node, make_spec) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    spec = _streaming(make_spec)
+    node.state.submit(node.state.driver, spec)
+    stream_id = spec.return_ids[0]
+    peers.on_stream_item(B, stream_id, 0, [WireValue((B << 64) | 1, INLINE, b"a", 1, ())], [])
+    # C replays item 0 (a retry there): a list holding a ref still being made on C.
+    inner, replay = (C << 64) | 9, (C << 64) | 1
+    peers.on_stream_item(C, stream_id, 0, [WireValue(replay, INLINE, b"[r]", 3, (inner,))], [inner])
+    node.effects()
+    peers.on_values(C, [WireValue(inner, SHM, None, 4096, ())])  # C pushes it when ready
+    assert inner not in node.state.objects.entries
+    assert _of(node.effects(), ReleaseAt) == [ReleaseAt(node=C, object_ids=(inner,))]
+    assert C not in peers.unwanted
+
+
 def test_a_large_item_whose_node_dies_is_lost_not_rebuilt(make_node, make_spec) -> None:
     node, peers = _cluster(make_node, peers=(B, C))
     spec = _streaming(make_spec)
