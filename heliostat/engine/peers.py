@@ -49,12 +49,9 @@ with it: their values are sent when ready (:meth:`Peers.push_when_ready`), and t
 receiving node holds a pending entry for each until then. Large ones arrive as
 locations, like results, and are pulled when read.
 
-A streaming generator task runs wherever a task may, and its items travel one by one
-to the node that owns it (:meth:`Peers.relay_item`, :meth:`Peers.on_stream_item`): on
-the peer stream, ahead of its report, so its caller's ``next()`` returns while it still
-runs there. The owner's ``StreamState`` decides what is new, as for a local task: a
-retry on another node replays the generator, and the items it had yielded already
-are dropped. Actors: see :mod:`heliostat.engine.peer_actors`.
+A streaming generator task runs wherever a task may; its items travel one by one to
+the node that owns it: see :mod:`heliostat.engine.peer_streams`. Actors: see
+:mod:`heliostat.engine.peer_actors`.
 """
 
 from __future__ import annotations
@@ -88,6 +85,7 @@ from heliostat.engine.node_instructions import (
 from heliostat.engine.object_directory import ObjectDirectory, Waiter, error_payload
 from heliostat.engine.object_table import Location, ObjectEntry, ObjKind
 from heliostat.engine.peer_actors import PeerActors, placement_strategy
+from heliostat.engine.peer_streams import PeerStreams
 from heliostat.engine.records import (
     PEER_INDEX_BASE,
     TaskKind,
@@ -98,7 +96,7 @@ from heliostat.engine.records import (
     transition,
 )
 from heliostat.engine.spill_depth import SpillDepth
-from heliostat.engine.streams import STREAMING, StreamState
+from heliostat.engine.streams import STREAMING
 from heliostat.engine.task_table import TaskTable
 from heliostat.exceptions import NodeDiedError, ObjectLostError, OwnerDiedError
 from heliostat.scheduler import CPU, ResourceSet
@@ -169,7 +167,7 @@ class PeerInfo:
         return format_id(self.index)
 
 
-class Peers(PeerActors):
+class Peers(PeerActors, PeerStreams):
     """This node's view of the others, and the work and values it exchanges with them.
 
     Called under the node lock; every output is an effect on the outbox.
@@ -206,9 +204,7 @@ class Peers(PeerActors):
         # so that a node's death costs what it held for us, not a scan of every entry.
         self.located: dict[int, set[int]] = {}
         self.promised: dict[int, set[int]] = {}  # node -> ids it owes us (PushValues)
-        # node -> ids it will push that nobody here wants: refs inside stream items we
-        # dropped (on_stream_item), released at the node when they come.
-        self.unwanted: dict[int, set[int]] = {}
+        self.unwanted: dict[int, set[int]] = {}  # (peer_streams.py)
         self.remote_owner: dict[int, int] = {}  # executor side: task id -> owner node
         self.copies: dict[int, list[int]] = {}  # executor side: task id -> copies made
         self._spread = itertools.count()
@@ -604,29 +600,6 @@ class Peers(PeerActors):
             self.actors.remote_call_ended(spec)
         self.hooks.schedule()
 
-    def on_stream_item(
-        self, index: int, stream_id: int, item: int, values: list[WireValue], pending: list[int]
-    ) -> None:
-        """Node ``index`` runs our streaming task ``stream_id``, which yielded ``item``:
-        the caller holds it from now on (a large one stays there until read)."""
-        objects = self._objects
-        found = objects.accepting(stream_id, item) if values else None
-        if found is None:
-            # A replay of a retry, or the caller let go: the node need not keep it,
-            # nor the refs inside it that it will push later.
-            self._release_pulled(index, values)
-            entries = objects.entries
-            later = [oid for oid in pending if oid not in entries]
-            if later:
-                self.unwanted.setdefault(index, set()).update(later)
-            return
-        stream, owner = found
-        object_id = values[0].object_id
-        if object_id not in objects.entries:
-            objects.table.create(object_id, owner, None)
-        self._adopt(index, self._receive(index, values, pending, lazy=True))
-        objects.add_item(stream, object_id)
-
     def _argument_lost(self, spec: TaskSpec, values: list[WireValue]) -> bool:
         """Whether ``spec`` failed on its node because an argument we said lived on a
         third node could not be pulled from there (that node died, or lost it): then
@@ -670,28 +643,8 @@ class Peers(PeerActors):
                 promised.discard(value.object_id)
         unwanted = self.unwanted.get(index)
         if unwanted:
-            values = self._drop_unwanted(index, unwanted, values)
+            values = self.drop_unwanted(index, unwanted, values)
         self._adopt(index, self._receive(index, values, [], lazy=True))
-
-    def _drop_unwanted(
-        self, index: int, unwanted: set[int], values: list[WireValue]
-    ) -> list[WireValue]:
-        """``values`` less those nobody here wants (nested in a dropped stream item, and
-        in those), which node ``index`` is told to let go of."""
-        entries = self._objects.entries
-        kept: list[WireValue] = []
-        dropped: list[WireValue] = []
-        for value in values:  # a value comes before the refs inside it
-            if value.object_id in unwanted and value.object_id not in entries:
-                unwanted.discard(value.object_id)
-                unwanted.update(cid for cid in value.contained if cid not in entries)
-                dropped.append(value)
-            else:
-                kept.append(value)
-        if not unwanted:
-            del self.unwanted[index]
-        self._release_pulled(index, dropped)
-        return kept
 
     def _adopt(self, index: int, created: list[int]) -> None:
         """Nested refs that arrived inside our values: their containers hold them now."""
@@ -954,40 +907,6 @@ class Peers(PeerActors):
         table = objects.table
         for ident in (*spec.return_ids, *self.copies.pop(spec.task_id, ())):
             table.release(proc, ident)
-
-    def relay_item(
-        self,
-        stream: StreamState,
-        stream_id: int,
-        item: int,
-        object_id: int,
-        kind: int,
-        payload: Any,
-        contained: tuple[int, ...],
-        size: int,
-    ) -> None:
-        """A task a peer forwarded here yielded ``item``: send it to its caller's node
-        (held here for that node until pulled, when it is large)."""
-        index = stream.owner - PEER_INDEX_BASE
-        proc = self.procs.get(index)
-        objects = self._objects
-        table = objects.table
-        if proc is None or not stream.accepts(item):  # a replay of a retry here
-            table.discard_payload(ObjKind(kind), payload)
-            return
-        stream.add(object_id)  # only to know what is new: nobody waits here
-        entry = objects.store_item(proc, object_id, kind, payload, contained, size)
-        values, pending = self._send_values(index, proc, [entry])
-        self._out.effect(
-            StreamItem(
-                node=index,
-                stream_id=stream_id,
-                index=item,
-                values=tuple(values),
-                pending=tuple(pending),
-            )
-        )
-        table.release(proc, object_id)  # sent inline, or held again until pulled
 
     def cancel_forwarded(self, index: int, task_id: int) -> TaskSpec | None:
         """The spec of a task node ``index`` forwarded to us, if it still runs here."""
