@@ -311,6 +311,9 @@ class Dispatch:
         if 0 <= spec.max_retries <= spec.reconstructions:
             return False
         spec.reconstructions += 1
+        # A generator's re-run yields each item it yielded before under the same id,
+        # which fills the lost ones (and the others are dropped as replays).
+        spec.item_ids = tuple(spec.item_ids)
         entries = self._objects.entries
         for rid in spec.return_ids:
             ret = entries.get(rid)
@@ -483,7 +486,8 @@ class Dispatch:
         if actor is not None:
             self._actors.after_call(actor)
             return
-        spec.worker = None
+        if spec.worker is worker:  # not when ending it started it again (a rebuild)
+            spec.worker = None
         self.next_queued_or_idle(worker)
         self.schedule()
 

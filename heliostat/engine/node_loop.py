@@ -54,7 +54,7 @@ from heliostat.engine.node_instructions import (
 from heliostat.engine.node_state import NodeState
 from heliostat.engine.peers import PEER_EFFECTS
 from heliostat.engine.protocol import ConnectionClosed, Op, PeerConnection
-from heliostat.engine.records import WorkerRecord, WorkerState
+from heliostat.engine.records import WorkerRecord, WorkerState, item_ids_to_send
 from heliostat.engine.worker_pool import ForkServerClient
 from heliostat.exceptions import ClusterError
 
@@ -87,6 +87,7 @@ def encode(message: Message) -> tuple[Any, ...]:
             message.ahead,  # type: ignore[union-attr]
             spec.generator,
             spec.code,
+            item_ids_to_send(spec),
         )
     if kind is Reply:
         return (Op.REPLY, message.request_id, message.ok, message.value)  # type: ignore[union-attr]

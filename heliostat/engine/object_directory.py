@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.node_instructions import Outbox, Unmap, UnmapDriver
-from heliostat.engine.object_table import ObjectEntry, ObjectTable, ObjKind
+from heliostat.engine.object_table import ObjectEntry, ObjectTable, ObjKind, why_not_rebuilt
 from heliostat.engine.records import (
     PEER_INDEX_BASE,
     ActorRecord,
@@ -260,9 +260,9 @@ class ObjectDirectory:
         if self.hooks.reconstruct(entry):
             log.info("rebuilding lost object %s from lineage", format_id(entry.id))
             return
-        reason = "it was created by put()" if entry.lineage is None else "its task cannot be re-run"
         exc = ObjectLostError(
-            f"Object {format_id(entry.id)} was lost and cannot be rebuilt: {reason}.",
+            f"Object {format_id(entry.id)} was lost and cannot be rebuilt: "
+            f"{why_not_rebuilt(entry.lineage)}.",
             object_id=format_id(entry.id),
         )
         self.set_value(entry, ObjKind.ERROR, error_payload(exc), 0, ())
@@ -471,9 +471,56 @@ class ObjectDirectory:
         return None if owner is None else (stream, owner)
 
     def add_item(self, stream: StreamState, object_id: int) -> None:
-        """Store the next item of ``stream`` (its entry is set) and answer its waiters."""
+        """Store the next item of ``stream`` (its entry is set) and answer its waiters.
+
+        When the task keeps lineage, the item's entry keeps the task's spec (as a
+        return value does) and the spec notes the item's id, so that a lost item can be
+        rebuilt by running the generator again (:meth:`rebuilt_item`).
+        """
+        spec = stream.lineage
+        if spec is not None:
+            entry = self.entries.get(object_id)
+            if entry is not None and entry.lineage is None:
+                entry.lineage = spec
+                spec.live_returns += 1
+                ids = spec.item_ids
+                if type(ids) is tuple:
+                    spec.item_ids = ids = list(ids)
+                ids.append(object_id)
         for _index, waiting, answer in stream.add(object_id):
             self._answer_stream_waiter(waiting, answer, object_id)
+
+    def rebuilding(self, object_id: int) -> ObjectEntry | None:
+        """The entry of a lost generator item that a re-run now yields again under its
+        old id (``TaskSpec.item_ids``), or None: the id is new or its value is here."""
+        entry = self.entries.get(object_id)
+        if entry is not None and entry.kind is ObjKind.PENDING and entry.lineage is not None:
+            return entry
+        return None
+
+    def items_not_yielded(self, spec: TaskSpec, error: bytes | None = None) -> None:
+        """A streaming generator task ended: its items still waiting for a value were
+        not yielded again by this run. After a first run (the item was lost while the
+        task still ran), they are rebuilt by another run; after a re-run, they get
+        ``error`` (the run failed) or an ObjectLostError (it yielded fewer items)."""
+        rebuilt = type(spec.item_ids) is tuple
+        entries = self.entries
+        for index, object_id in enumerate(spec.item_ids):
+            entry = entries.get(object_id)
+            if entry is None or entry.kind is not ObjKind.PENDING or entry.lineage is not spec:
+                continue
+            if not rebuilt and error is None:
+                self.lost(entry)
+                continue
+            if error is None:
+                exc = ObjectLostError(
+                    f"Item {index} of generator task {spec.name!r} was lost, and the task's "
+                    f"re-run to rebuild it ended without yielding it (a generator must "
+                    f"yield the same items each run for them to be rebuilt).",
+                    object_id=format_id(object_id),
+                )
+                error = error_payload(exc)
+            self.set_value(entry, ObjKind.ERROR, error, 0, ())
 
     def gen_item(
         self,
@@ -486,6 +533,12 @@ class ObjectDirectory:
         size: int,
     ) -> None:
         """A streaming generator yielded item ``index`` (streams.py, step 1)."""
+        lost = self.rebuilding(object_id)
+        if lost is not None:  # a re-run yields a lost item again
+            if kind == int(ObjKind.SHM):
+                self.table.make_room(size)
+            self.set_value(lost, ObjKind(kind), payload, size, contained)
+            return
         found = self.accepting(stream_id, index)
         if found is None:
             self.table.discard_payload(ObjKind(kind), payload)

@@ -416,3 +416,23 @@ class ObjectTable:
 def keeps_lineage(spec: TaskSpec) -> bool:
     """Whether a task's spec is retained so its returns can be rebuilt if lost."""
     return spec.max_retries != 0 and spec.kind == 0
+
+
+def why_not_rebuilt(spec: TaskSpec | None) -> str:
+    """Why a lost value whose lineage is ``spec`` cannot be rebuilt, for its error."""
+    if spec is None:
+        return (
+            "it has no lineage (it was stored by put(), or yielded by an actor method, "
+            'a num_returns="dynamic" generator or a generator task with max_retries=0)'
+        )
+    if spec.kind != 0:
+        return (
+            f"it was returned by the actor call {spec.name!r}, which is never re-run "
+            "(the actor's state has moved on)"
+        )
+    if spec.max_retries == 0:
+        return f"its task {spec.name!r} has max_retries=0"
+    return (
+        f"its task {spec.name!r} was re-run {spec.reconstructions} times already "
+        f"(max_retries={spec.max_retries})"
+    )

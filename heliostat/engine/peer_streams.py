@@ -56,6 +56,10 @@ class PeerStreams:
         """Node ``index`` runs our streaming task ``stream_id``, which yielded ``item``:
         the caller holds it from now on (a large one stays there until read)."""
         objects = self._objects
+        if values and objects.rebuilding(values[0].object_id) is not None:
+            # A re-run yields a lost item again, under the id the caller holds.
+            self._adopt(index, self._receive(index, values, pending, lazy=True))
+            return
         found = objects.accepting(stream_id, item) if values else None
         if found is None:
             # A replay of a retry, or the caller let go: the node need not keep it,

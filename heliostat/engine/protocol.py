@@ -73,10 +73,13 @@ class Op:
 
     # manager -> worker
     EXECUTE = 20  # (op, task_id, fn_id, fn_bytes_or_None, args_payload, ref_positions,
-    #               resolved, return_ids, name, retry_exceptions, ahead, generator, code)
+    #               resolved, return_ids, name, retry_exceptions, ahead, generator, code,
+    #               item_ids)
     #   ahead: sent to a busy worker; checked for a REVOKE before it runs
     #   (dispatch.py)
     #   code: another node's job's environment (records.InstalledJob), or None
+    #   item_ids: a streaming generator re-run to rebuild lost items yields item i
+    #   under item_ids[i] (streams.py); () otherwise
     CREATE_ACTOR = 21  # (op, actor_id, cls_id, cls_bytes, args_payload, resolved, name,
     #                    max_concurrency, code)
     ACTOR_CALL = 22  # (op, task_id, method, args_payload, ref_positions, resolved,

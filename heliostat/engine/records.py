@@ -40,6 +40,7 @@ __all__ = [
     "TaskState",
     "WorkerRecord",
     "WorkerState",
+    "item_ids_to_send",
     "spec_from_wire",
     "spec_to_wire",
     "transition",
@@ -192,6 +193,7 @@ class TaskSpec:
         "remote_node",
         "job",
         "code",
+        "item_ids",
     )
 
     def __init__(
@@ -260,6 +262,11 @@ class TaskSpec:
         # That job's environment as installed here, for the worker: (import paths,
         # working directory or "", env_vars pairs); None for this node's own tasks.
         self.code: InstalledJob | None = None
+        # A streaming generator's items, by index (streams.py, rebuilding): at its
+        # owner a list that grows as items are stored (when it keeps lineage); a tuple
+        # once frozen for a re-run, which then yields each known item under its id.
+        # Only a tuple travels (item_ids_to_send).
+        self.item_ids: list[int] | tuple[int, ...] = ()
 
     def label(self) -> str:
         return f"{self.name}#{self.task_id:x}"
@@ -435,8 +442,9 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
         generator,
         max_calls,
         strategy,
+        item_ids,
     ) = fields
-    return TaskSpec(
+    spec = TaskSpec(
         task_id=task_id,
         kind=_TASK_KINDS[kind],
         name=name,
@@ -457,6 +465,14 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
         max_calls=max_calls,
         strategy=strategy,
     )
+    spec.item_ids = item_ids
+    return spec
+
+
+def item_ids_to_send(spec: TaskSpec) -> tuple[int, ...]:
+    """The item ids a run of ``spec`` reuses: those frozen for a re-run, else none."""
+    ids = spec.item_ids
+    return ids if type(ids) is tuple else ()
 
 
 def spec_to_wire(spec: TaskSpec) -> tuple[Any, ...]:
@@ -480,4 +496,5 @@ def spec_to_wire(spec: TaskSpec) -> tuple[Any, ...]:
         spec.generator,
         spec.max_calls,
         spec.strategy,
+        item_ids_to_send(spec),
     )

@@ -27,6 +27,13 @@ stream id:
    the items yielded before it; then the stream ends.
 4. When the caller drops the generator (its stream id's count falls to zero), the
    items it never asked for are released, and items still to come are dropped.
+5. When the task keeps lineage (a task, not an actor method, with ``max_retries``
+   other than 0), each stored item's entry keeps the task's spec and the spec notes
+   the item's id (``TaskSpec.item_ids``), as a task's return values are rebuilt: a
+   lost item runs the generator again, and that run yields item ``i`` under the id
+   noted for ``i`` (the worker is sent the ids), so the caller's ref is filled and
+   items still present drop the replay. Items the run does not yield again end with
+   an ObjectLostError (``ObjectDirectory.items_not_yielded``).
 
 The state here is pure: the node manager does the I/O and the object table work.
 """
@@ -110,10 +117,13 @@ class StreamState:
     caller was sent (it holds those itself); once ``finished``, no item is added.
     """
 
-    __slots__ = ("owner", "items", "finished", "dropped", "delivered", "waiters")
+    __slots__ = ("owner", "items", "finished", "dropped", "delivered", "waiters", "lineage")
 
-    def __init__(self, owner: int) -> None:
+    def __init__(self, owner: int, lineage: Any = None) -> None:
         self.owner = owner  # process index of the caller, which owns the items
+        # The task's spec when its items can be rebuilt from lineage (the items' entries
+        # keep it, as a task's return values do); None otherwise.
+        self.lineage = lineage
         self.items: list[int] = []
         self.finished = False
         self.dropped = False  # the caller let go of the generator

@@ -57,7 +57,9 @@ class TaskTable:
         for cid in spec.contained:
             objects.pin_any(cid)
         if spec.generator == STREAMING:
-            objects.streams[spec.return_ids[0]] = StreamState(proc.index)
+            objects.streams[spec.return_ids[0]] = StreamState(
+                proc.index, spec if keeps_lineage(spec) else None
+            )
         if keeps_lineage(spec):
             entries = objects.entries
             for aid in spec.arg_ids:
@@ -168,6 +170,8 @@ class TaskTable:
         if spec.owner >= PEER_INDEX_BASE and self.on_peer_task_end is not None:
             self.on_peer_task_end(spec, outcome)  # report to the node that owns it
         self.unpin(spec)
+        if spec.item_ids:
+            self._objects.items_not_yielded(spec)
 
     def unpin(self, spec: TaskSpec) -> None:
         objects = self._objects
@@ -201,6 +205,8 @@ class TaskTable:
                 objects.set_value(entry, ObjKind.ERROR, payload, 0, ())
         if spec.generator == STREAMING:
             objects.end_stream(spec.return_ids[0], payload)
+            if spec.item_ids:
+                objects.items_not_yielded(spec, payload)
         if spec.state is not TaskState.FINISHED:
             self.finish(spec, spec.started_at, spec.finished_at or time.time(), outcome)
 
@@ -219,6 +225,8 @@ class TaskTable:
                 objects.set_value(entry, ObjKind.ERROR, error_payload(exc), 0, ())
         if spec.generator == STREAMING:
             objects.end_stream(spec.return_ids[0], error_payload(exc))
+            if spec.item_ids:
+                objects.items_not_yielded(spec, error_payload(exc))
         transition(spec, TaskState.CANCELLED)
         self.record(spec, None, "cancelled")
         if spec.owner >= PEER_INDEX_BASE and self.on_peer_task_end is not None:

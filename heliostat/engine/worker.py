@@ -41,7 +41,7 @@ import time
 import traceback
 import types
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
@@ -640,6 +640,7 @@ class Worker:
             _ahead,
             generator,
             code,
+            item_ids,
         ) = message
         if code is not None or self._used_code:
             use_code(code)  # a task from another node's job: its packages, or none
@@ -653,7 +654,9 @@ class Worker:
             args, kwargs = self._arguments(payload, positions, resolved)
             result = self._run_user(fn, args, kwargs)
             if generator:
-                result = self.drive_generator(generator, return_ids[0], name, result)
+                result = self.drive_generator(
+                    generator, return_ids[0], name, result, item_ids=item_ids
+                )
             results = self._results(name, return_ids, result)
             reply = (Op.TASK_DONE, task_id, results, started, time.time())
         except KeyboardInterrupt:
@@ -781,21 +784,24 @@ class Worker:
 
     # --- generator tasks (streams.py) -------------------------------------------------
 
-    def drive_generator(self, mode: int, stream_id: int, name: str, gen: Any) -> Any:
+    def drive_generator(
+        self, mode: int, stream_id: int, name: str, gen: Any, *, item_ids: Sequence[int] = ()
+    ) -> Any:
         """Run a generator task's generator to its end; returns the task's one value.
 
         Streaming: each value is reported as it is yielded and the value is None.
         Dynamic: the values are stored one by one and the value is a
         ``DynamicObjectRefGenerator`` of their refs, with an error ending it as one
         more ref that raises (as in Ray). Iterating runs user code, so a cancel
-        (SIGINT) interrupts it.
+        (SIGINT) interrupts it. ``item_ids``: a re-run that rebuilds lost items
+        yields item ``i`` under ``item_ids[i]`` (the id its caller holds).
         """
         if not isinstance(gen, Iterator):
             raise TypeError(
                 f"{name!r} has num_returns={'streaming' if mode == STREAMING else 'dynamic'!r} "
                 f"but returned a {type(gen).__name__}, not a generator."
             )
-        stream = self.sink(mode, stream_id, name)
+        stream = self.sink(mode, stream_id, name, item_ids)
         sentinel = object()
         self._sigint_pending = False
         while True:
@@ -817,14 +823,19 @@ class Worker:
             stream.put(value)
         return stream.result()
 
-    def sink(self, mode: int, stream_id: int, name: str) -> GeneratorSink:
+    def sink(
+        self, mode: int, stream_id: int, name: str, item_ids: Sequence[int] = ()
+    ) -> GeneratorSink:
         """Where the values of one generator task go."""
-        return GeneratorSink(self, mode, stream_id, name)
+        return GeneratorSink(self, mode, stream_id, name, item_ids)
 
-    def item_record(self, name: str, value: Any) -> tuple[int, int, Any, tuple[int, ...], int]:
-        """Serialize one yielded value under a new object id: (id, kind, payload, ...)."""
+    def item_record(
+        self, name: str, value: Any, object_id: int = 0
+    ) -> tuple[int, int, Any, tuple[int, ...], int]:
+        """Serialize one yielded value under ``object_id`` (0: a new id): (id, kind,
+        payload, ...)."""
         result: tuple[int, int, Any, tuple[int, ...], int] = self._results(
-            name, (self.client.minter.next(),), value
+            name, (object_id or self.client.minter.next(),), value
         )[0]
         return result
 
@@ -859,11 +870,19 @@ def error_payload(name: str, exc: BaseException) -> bytes:
 class GeneratorSink:
     """Where one generator task's values go: reported one by one, or collected as refs."""
 
-    def __init__(self, worker: Worker, mode: int, stream_id: int, name: str) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        mode: int,
+        stream_id: int,
+        name: str,
+        item_ids: Sequence[int] = (),
+    ) -> None:
         self._worker = worker
         self._mode = mode
         self._stream_id = stream_id
         self._name = name
+        self._item_ids = item_ids  # ids to reuse, by index (a re-run's rebuild)
         self._index = 0
         self._refs: list[Any] = []
 
@@ -872,8 +891,11 @@ class GeneratorSink:
         worker = self._worker
         client = worker.client
         if self._mode == STREAMING:
-            oid, kind, payload, contained, size = worker.item_record(self._name, value)
             index = self._index
+            known = self._item_ids
+            oid, kind, payload, contained, size = worker.item_record(
+                self._name, value, known[index] if index < len(known) else 0
+            )
             client._post("gen_item", self._stream_id, index, oid, kind, payload, contained, size)
         else:
             ser = serialize(value, what=f"a value yielded by {self._name!r}")

@@ -191,3 +191,26 @@ def test_a_generator_whose_node_is_killed_is_replayed_elsewhere_and_each_item_se
         after = [hs.get(ref, timeout=60) for ref in gen]
         assert [i for _, i, _ in after] == [3, 4, 5]
         assert {node for node, _, _ in after} <= {driver.head, driver.n2}
+
+
+def test_an_item_lost_with_its_node_is_rebuilt_by_running_the_generator_again(
+    daemons: Daemons,
+) -> None:
+    """On a cluster of its own: it kills a node. A finished generator's large item lived
+    only on the node that ran it; reading it after that node died runs the generator
+    again elsewhere (as Ray rebuilds a generator's lost items), and the item comes back
+    under the ref the caller holds. Items the caller already had are not replaced."""
+    with joined(Cluster(daemons)) as driver:
+        prefer_n1 = NodeAffinitySchedulingStrategy(driver.n1, soft=True)
+        gen = numbered.options(scheduling_strategy=prefer_n1, max_retries=1).remote(3, big_at=1)
+        refs = list(gen)  # every item yielded, the task ended; none read yet
+        assert len(refs) == 3
+        os.killpg(daemons.pid("n1", "node"), signal.SIGKILL)  # the big item's only copy
+        node, i, payload = hs.get(refs[1], timeout=90)
+        assert i == 1 and node in {driver.head, driver.n2}  # made again, elsewhere
+        assert payload.shape == (1 << 19,) and float(payload.sum()) == float(1 << 19)
+        # The small items were inline at the caller's node: still the first run's.
+        assert [hs.get(ref, timeout=30)[:2] for ref in (refs[0], refs[2])] == [
+            (driver.n1, 0),
+            (driver.n1, 2),
+        ]

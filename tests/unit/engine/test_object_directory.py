@@ -144,3 +144,17 @@ def test_freeing_a_segment_unmaps_it_in_the_driver(make_node, tmp_path) -> None:
     node.effects()
     node.state.verbs["release"](node.state.driver, None, [5])
     assert UnmapDriver(object_ids=(5,)) in node.effects()
+
+
+def test_a_lost_value_says_why_it_cannot_be_rebuilt(make_spec) -> None:
+    from heliostat.engine.object_table import why_not_rebuilt
+    from heliostat.engine.records import TaskKind
+
+    assert "put()" in why_not_rebuilt(None) and "generator" in why_not_rebuilt(None)
+    once = make_spec(max_retries=0, name="load")
+    assert why_not_rebuilt(once) == "its task 'load' has max_retries=0"
+    call = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=7, max_retries=3, name="Counter.add")
+    assert "actor call 'Counter.add'" in why_not_rebuilt(call)
+    spent = make_spec(max_retries=2, name="load")
+    spent.reconstructions = 2
+    assert why_not_rebuilt(spent) == "its task 'load' was re-run 2 times already (max_retries=2)"

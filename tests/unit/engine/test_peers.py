@@ -684,6 +684,37 @@ def test_a_large_item_whose_node_dies_is_lost_not_rebuilt(make_node, make_spec) 
     assert kind == int(ObjKind.ERROR) and isinstance(pickle.loads(payload), ObjectLostError)
 
 
+def test_a_large_item_whose_node_dies_is_rebuilt_by_running_the_generator_again(
+    make_node, make_spec
+) -> None:
+    node, peers = _cluster(make_node, peers=(B, C))
+    spec = _streaming(make_spec, max_retries=1)
+    spec.strategy = NodeAffinitySchedulingStrategy(f"{B:020x}", soft=True)
+    node.state.submit(node.state.driver, spec)
+    assert [f.node for f in _forwards(node)] == [B]
+    stream_id = spec.return_ids[0]
+    small, large = (B << 64) | 1, (B << 64) | 2
+    peers.on_stream_item(B, stream_id, 0, [WireValue(small, INLINE, b"a", 1, ())], [])
+    peers.on_stream_item(B, stream_id, 1, [WireValue(large, SHM, None, 4096, ())], [])
+    done = [WireValue(stream_id, INLINE, b"N.", 2, ())]
+    peers.on_report(B, spec.task_id, "ok", 1.0, 2.0, done, [])
+    node.effects()
+    peers.update([_peer(C)])  # B dies with the large item's only copy
+    got = _ask(node, "get", 1, [large])
+    assert got == []  # it waits for the rebuild
+    (rerun,) = _forwards(node)
+    # The re-run goes to C and yields each item it yielded before under the same id.
+    assert rerun.node == C and spec_to_wire(rerun.spec)[-1] == (small, large)
+    # Item 0 is still here: its replay is dropped. Item 1 fills the lost entry.
+    peers.on_stream_item(C, stream_id, 0, [WireValue(small, INLINE, b"a", 1, ())], [])
+    peers.on_stream_item(C, stream_id, 1, [WireValue(large, SHM, None, 4096, ())], [])
+    entry = node.state.objects.entries[large]
+    assert entry.kind is ObjKind.REMOTE and entry.remote.source == C
+    assert [(p.node, p.object_id) for p in _of(node.effects(), PullObject)] == [(C, large)]
+    peers.on_report(C, spec.task_id, "ok", 1.0, 2.0, done, [])
+    assert spec.state is TaskState.FINISHED and spec.reconstructions == 1
+
+
 def test_values_promised_by_a_node_that_dies_fail_with_owner_died(make_node, make_spec) -> None:
     node, peers = _cluster(make_node)
     spec = make_spec()
