@@ -279,7 +279,7 @@ class ActorDirectory(ClusterActors):
         spec = actor.creation
         tasks = self._tasks
         resolved = tasks.resolve_args(spec, worker) or []
-        cls_bytes = tasks.function_for(worker, spec.fn_id)
+        cls_bytes = tasks.function_for(worker, spec)
         self._out.send(worker, CreateActor(actor=actor, cls_bytes=cls_bytes, resolved=resolved))
 
     def ready(self, worker: WorkerRecord, actor_id: int, error: bytes | None) -> None:

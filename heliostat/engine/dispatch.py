@@ -427,7 +427,7 @@ class Dispatch:
             worker.task = spec
             worker.held = spec.resources
             self._registry.busy[worker.index] = worker
-        fn_bytes = self._tasks.function_for(worker, spec.fn_id)
+        fn_bytes = self._tasks.function_for(worker, spec)
         self._out.send(
             worker, Execute(spec=spec, fn_bytes=fn_bytes, resolved=resolved, ahead=ahead)
         )

@@ -40,6 +40,7 @@ __all__ = [
     "TaskState",
     "WorkerRecord",
     "WorkerState",
+    "function_key",
     "item_ids_to_send",
     "spec_from_wire",
     "spec_to_wire",
@@ -303,7 +304,7 @@ class WorkerRecord:
         self.task: TaskSpec | None = None
         self.blocked = 0  # nesting depth of get/wait calls waiting in the manager
         self.held: ResourceSet | None = None  # resources the running task holds now
-        self.known_functions: set[bytes] = set()
+        self.known_functions: set[Any] = set()  # function_key()s sent to it
         self.holds: dict[int, int] = {}  # object or actor id -> holds by this process
         self.actor: ActorRecord | None = None
         # Instructions for this worker (node_instructions.Message) not sent yet.
@@ -467,6 +468,15 @@ def spec_from_wire(fields: tuple[Any, ...], owner: int) -> TaskSpec:
     )
     spec.item_ids = item_ids
     return spec
+
+
+def function_key(fn_id: bytes, code: InstalledJob | None) -> Any:
+    """What a worker loads a function (or class) once for: its id within its job.
+
+    The same id in two jobs (a function pickled by reference: ``utils.f``) names each
+    job's own module, which a worker keeps apart (``runtime_env.use_code``).
+    """
+    return fn_id if code is None else (code, fn_id)
 
 
 def item_ids_to_send(spec: TaskSpec) -> tuple[int, ...]:

@@ -29,9 +29,13 @@ and says how to ship it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import site
 import socket
 import sys
+import sysconfig
+from types import ModuleType
 from typing import TYPE_CHECKING, Final
 
 from heliostat.exceptions import ModuleNotOnNodeError
@@ -45,6 +49,7 @@ __all__ = [
     "code_env",
     "enter_working_dir",
     "module_not_on_node",
+    "note_boot_modules",
     "use_code",
 ]
 
@@ -127,23 +132,28 @@ def use_code(code: InstalledJob | None) -> None:
     from another node's job carries that job's installed packages (import paths first
     on ``sys.path``, its working_dir copy as the current directory) and its
     ``env_vars``, set for the task and put back as they were before the next task of
-    another job (a library that read a variable when it was imported keeps what it
-    read, as it would in any long-lived worker). A task without them (None) runs where
-    and as the worker started.
+    another job. A task without them (None) runs where and as the worker started.
+
+    Each job sees its own modules, as if it had workers of its own (Ray keeps workers
+    per job): when the job changes, the modules the last one imported from its own
+    code (its packages; for the worker's own job, its directories on ``sys.path``
+    that are not the interpreter's or installed packages) leave ``sys.modules``, and
+    a shipped job's paths leave ``sys.path``; they are put back as they were when
+    that job's next task comes. So two jobs that ship a ``utils.py`` each import
+    their own, and a module of a job that read an env var when it was imported read
+    that job's value. Installed packages, and heliostat itself, are shared by all
+    jobs, as on any Python machine.
     """
     global _cwd_before_code
     _restore_env()
+    if code != _namespaces.active:
+        _namespaces.switch(code)
     if code is None:
         if _cwd_before_code is not None:
             os.chdir(_cwd_before_code)
             _cwd_before_code = None
         return
-    paths, working_dir, env = code
-    for path in reversed(paths):
-        if not sys.path or sys.path[0] != path:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(path)
-            sys.path.insert(0, path)
+    _paths, working_dir, env = code  # the paths: switch() put them first
     if working_dir and os.getcwd() != working_dir:
         if _cwd_before_code is None:
             _cwd_before_code = os.getcwd()
@@ -151,6 +161,92 @@ def use_code(code: InstalledJob | None) -> None:
     for name, value in env:
         _env_before_code[name] = os.environ.get(name)
         os.environ[name] = value
+
+
+class _Namespaces:
+    """The modules of each job a worker has run, all but the active job's put aside.
+
+    ``boot`` (the modules loaded when the worker started: heliostat's own, the
+    standard library's) never move; ``own_paths`` are the worker's own job's code
+    directories (taken at the first switch: its ``sys.path`` then, less the
+    interpreter's and the installed packages' directories).
+    """
+
+    def __init__(self) -> None:
+        self.active: InstalledJob | None = None
+        self.boot: frozenset[str] | None = None
+        self.own_paths: tuple[str, ...] | None = None
+        self.aside: dict[InstalledJob | None, dict[str, ModuleType]] = {}
+
+    def note_boot(self) -> None:
+        """At worker start: what is loaded now belongs to no job."""
+        self.boot = frozenset(sys.modules)
+
+    def paths_of(self, code: InstalledJob | None) -> tuple[str, ...]:
+        if code is not None:
+            return tuple(code[0])
+        if self.own_paths is None:
+            shared = _shared_dirs()
+            self.own_paths = tuple(
+                p for p in sys.path if p and not any(_under(p, d) for d in shared)
+            )
+        return self.own_paths
+
+    def switch(self, code: InstalledJob | None) -> None:
+        """Put the active job's modules (and shipped paths) aside; bring ``code``'s back.
+
+        The worker's own paths stay on ``sys.path`` (behind a shipped job's): they may
+        hold packages installed in development mode, which other imports need.
+        """
+        old = self.active
+        old_dirs = tuple(os.path.abspath(p) + os.sep for p in self.paths_of(old))
+        boot = self.boot or frozenset()
+        leaving: dict[str, ModuleType] = {}
+        for name, module in list(sys.modules.items()):
+            if name in boot or name == "heliostat" or name.startswith("heliostat."):
+                continue
+            where = getattr(module, "__file__", None)
+            if where and os.path.abspath(where).startswith(old_dirs):
+                leaving[name] = module
+                del sys.modules[name]
+        self.aside[old] = leaving
+        new_paths = tuple(code[0]) if code is not None else ()
+        if old is not None:
+            for path in old[0]:
+                if path not in new_paths:
+                    with contextlib.suppress(ValueError):
+                        sys.path.remove(path)
+        for path in reversed(new_paths):
+            if not sys.path or sys.path[0] != path:
+                with contextlib.suppress(ValueError):
+                    sys.path.remove(path)
+                sys.path.insert(0, path)
+        sys.modules.update(self.aside.pop(code, {}))
+        importlib.invalidate_caches()
+        self.active = code
+
+
+def _shared_dirs() -> tuple[str, ...]:
+    """Directories whose modules every job shares: the interpreter's, installed packages'."""
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(KeyError):
+            dirs.add(sysconfig.get_paths()[key])
+    with contextlib.suppress(AttributeError):
+        dirs.update(site.getsitepackages())
+    with contextlib.suppress(AttributeError):
+        dirs.add(site.getusersitepackages())
+    return tuple(os.path.realpath(d) for d in dirs if d)
+
+
+def _under(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or inside it (both compared resolved)."""
+    path = os.path.realpath(path)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+_namespaces = _Namespaces()
+note_boot_modules = _namespaces.note_boot
 
 
 def _restore_env() -> None:

@@ -22,6 +22,7 @@ from heliostat.engine.records import (
     TaskSpec,
     TaskState,
     WorkerRecord,
+    function_key,
     transition,
 )
 from heliostat.engine.streams import STREAMING, StreamState
@@ -77,11 +78,14 @@ class TaskTable:
             objects.pin_any(cid)
         self.tasks[spec.task_id] = spec
 
-    def function_for(self, worker: WorkerRecord, fn_id: bytes) -> bytes | None:
-        """The code to send with a task: only the first time this worker needs it."""
-        if fn_id in worker.known_functions:
+    def function_for(self, worker: WorkerRecord, spec: TaskSpec) -> bytes | None:
+        """The code to send with a task: only the first time this worker needs it
+        (for each job: a worker loads a function once per job, ``function_key``)."""
+        fn_id = spec.fn_id
+        key = function_key(fn_id, spec.code)
+        if key in worker.known_functions:
             return None
-        worker.known_functions.add(fn_id)
+        worker.known_functions.add(key)
         return self.functions.get(fn_id)
 
     def resolve_args(self, spec: TaskSpec, worker: WorkerRecord) -> list[Any] | None:

@@ -61,8 +61,13 @@ from heliostat.engine.generators import DynamicObjectRefGenerator
 from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.object_ref import set_process_tracker
 from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
-from heliostat.engine.records import ActorOptions, TaskSpec, spec_to_wire
-from heliostat.engine.runtime_env import enter_working_dir, module_not_on_node, use_code
+from heliostat.engine.records import ActorOptions, TaskSpec, function_key, spec_to_wire
+from heliostat.engine.runtime_env import (
+    enter_working_dir,
+    module_not_on_node,
+    note_boot_modules,
+    use_code,
+)
 from heliostat.engine.serialization import (
     INLINE_THRESHOLD,
     cloudpickle_dumps,
@@ -539,8 +544,11 @@ class Worker:
 
     # --- running code ---------------------------------------------------------------
 
-    def _load_function(self, fn_id: bytes, fn_bytes: bytes | None) -> Any:
-        fn = self._functions.get(fn_id)
+    def _load_function(self, fn_id: bytes, fn_bytes: bytes | None, code: Any = None) -> Any:
+        # Loaded once per job: the same bytes (a function pickled by reference, say
+        # ``utils.f``) mean another job's module in another job (runtime_env.use_code).
+        key = function_key(fn_id, code)
+        fn = self._functions.get(key)
         if fn is None:
             if fn_bytes is None:
                 fn_bytes = self.client.revoked_code.pop(fn_id, None)
@@ -550,7 +558,7 @@ class Worker:
                 fn = loads_function(fn_bytes)
             except ModuleNotFoundError as exc:
                 raise self._not_on_node(exc, "its function or class") from exc
-            self._functions[fn_id] = fn
+            self._functions[key] = fn
         return fn
 
     def _not_on_node(self, exc: ModuleNotFoundError, what: str) -> BaseException:
@@ -650,7 +658,7 @@ class Worker:
         started = time.time()
         reply: tuple[Any, ...]
         try:
-            fn = self._load_function(fn_id, fn_bytes)
+            fn = self._load_function(fn_id, fn_bytes, code)
             args, kwargs = self._arguments(payload, positions, resolved)
             result = self._run_user(fn, args, kwargs)
             if generator:
@@ -698,7 +706,7 @@ class Worker:
         self.current_name = f"{label}.__init__"
         task_context.set_actor(actor_id)
         try:
-            cls = self._load_function(cls_id, cls_bytes)
+            cls = self._load_function(cls_id, cls_bytes, code)
             args, kwargs = self._arguments(payload, positions, resolved)
             self._actor = self._run_user(cls, args, kwargs)
             error = None
@@ -931,6 +939,7 @@ def _should_retry(retry_exceptions: Any, exc: BaseException) -> bool:
 def run_worker(config: dict[str, Any], index: int) -> int:
     """Entry point of a forked worker; returns the exit code."""
     _die_with_parent()
+    note_boot_modules()  # what is loaded now is shared by every job (use_code)
     enter_working_dir()  # runtime_env's working_dir: run in the job's copy of it
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(config["socket_path"])

@@ -393,6 +393,39 @@ def test_a_jobs_runtime_env_reaches_its_actors_and_nested_tasks_on_every_node(
             hs.shutdown()
 
 
+def test_two_jobs_shipping_a_module_of_one_name_each_run_their_own_on_shared_workers(
+    cluster: Cluster, tmp_path
+) -> None:
+    """A node's workers serve every job, so the second job's ``shipped_tariff`` must
+    not be the first job's, already imported in the same worker (Ray gives each job
+    workers of its own); nor must a module read the other job's env var at import."""
+
+    @hs.remote
+    def tariff() -> tuple[str, str | None, int]:
+        import shipped_tariff  # in each job's own working_dir, with its own value
+
+        return shipped_tariff.RATE, shipped_tariff.REGION, os.getpid()
+
+    seen: dict[str, set[int]] = {}
+    pinned = NodeAffinitySchedulingStrategy(cluster.n1, soft=False)
+    for job, rate in (("a", "0.20"), ("b", "0.07"), ("a", "0.20")):
+        project = tmp_path / f"{job}-{len(seen)}"
+        project.mkdir()
+        (project / "shipped_tariff.py").write_text(
+            f"import os\nRATE = {rate!r}\nREGION = os.environ.get('HS_TEST_TARIFF')\n"
+        )
+        env = {"working_dir": str(project), "env_vars": {"HS_TEST_TARIFF": f"region-{job}"}}
+        hs.init(address=cluster.address, token=cluster.token, runtime_env=env)
+        try:
+            found = hs.get([tariff.options(scheduling_strategy=pinned).remote() for _ in range(6)])
+        finally:
+            hs.shutdown()
+        assert {(r, region) for r, region, _ in found} == {(rate, f"region-{job}")}
+        seen[f"{job}-{len(seen)}"] = {pid for _, _, pid in found}
+    # The jobs did share workers: else this test would prove nothing.
+    assert seen["a-0"] & seen["b-1"] and seen["b-1"] & seen["a-2"]
+
+
 def test_a_departed_drivers_actors_free_their_nodes(
     cluster: Cluster, wait_for: Callable[..., Any]
 ) -> None:

@@ -19,11 +19,17 @@ def worker_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(runtime_env, "_cwd_before_code", None)
     monkeypatch.setattr(runtime_env, "_env_before_code", {})
+    namespaces = runtime_env._Namespaces()
+    namespaces.note_boot()
+    monkeypatch.setattr(runtime_env, "_namespaces", namespaces)
+    modules = dict(sys.modules)
     cwd = os.getcwd()
     monkeypatch.setenv("HS_TEST_KEPT", "node")
     monkeypatch.delenv("HS_TEST_NEW", raising=False)
     yield
     os.chdir(cwd)
+    for name in set(sys.modules) - set(modules):
+        del sys.modules[name]
 
 
 def test_a_jobs_env_vars_hold_for_its_tasks_and_go_with_the_next_job(
@@ -40,3 +46,81 @@ def test_a_jobs_env_vars_hold_for_its_tasks_and_go_with_the_next_job(
     use_code(None)  # the node's own task
     assert os.environ["HS_TEST_KEPT"] == "node" and "HS_TEST_NEW" not in os.environ
     assert os.getcwd() != str(tmp_path)
+
+
+def _module_dir(root: Path, name: str, value: str) -> str:
+    """A directory with ``hs_job_mod.py``: its VALUE, and HS_TEST_NEW as at import."""
+    where = root / name
+    where.mkdir()
+    (where / "hs_job_mod.py").write_text(
+        f"import os\nVALUE = {value!r}\nAT_IMPORT = os.environ.get('HS_TEST_NEW')\n"
+    )
+    return str(where)
+
+
+def _imported() -> object:
+    import hs_job_mod  # type: ignore[import-not-found]
+
+    return hs_job_mod
+
+
+def test_each_job_imports_its_own_module_of_a_shared_name_and_gets_it_back(
+    worker_state: None, tmp_path: Path
+) -> None:
+    own = _module_dir(tmp_path, "own", "own")
+    sys.path.insert(0, own)  # the worker's own job's code, as a driver's directory is
+    mine = _imported()
+    assert mine.VALUE == "own"
+    a = ((_module_dir(tmp_path, "a", "a"),), "", (("HS_TEST_NEW", "for a"),))
+    b = ((_module_dir(tmp_path, "b", "b"),), "", (("HS_TEST_NEW", "for b"),))
+    use_code(a)
+    first_a = _imported()
+    assert first_a.VALUE == "a" and first_a.AT_IMPORT == "for a"
+    use_code(b)
+    assert _imported().VALUE == "b" and _imported().AT_IMPORT == "for b"
+    assert a[0][0] not in sys.path  # a's code is out of b's way
+    use_code(a)
+    assert _imported() is first_a  # a's own module again, as it left it
+    use_code(None)
+    assert _imported() is mine and a[0][0] not in sys.path and b[0][0] not in sys.path
+
+
+def test_a_worker_loads_a_function_once_per_job() -> None:
+    from heliostat.engine.records import function_key
+
+    a = (("/a",), "", ())
+    assert function_key(b"f", None) == b"f"
+    assert function_key(b"f", a) != function_key(b"f", (("/b",), "", ()))
+    assert function_key(b"f", a) == function_key(b"f", (("/a",), "", ()))
+
+
+def test_the_node_sends_a_function_again_to_a_worker_for_another_job(make_node, make_spec) -> None:
+    from heliostat.engine.node_instructions import Execute
+
+    node = make_node()
+    worker = node.add_worker()
+    node.state.tasks.functions[b"fn"] = b"pickled by reference"
+    sent = []
+    for code in (None, None, (("/a",), "", ()), (("/a",), "", ()), (("/b",), "", ())):
+        spec = make_spec(fn_id=b"fn")
+        spec.code = code
+        node.state.submit(node.state.driver, spec)
+        (execute,) = [m for m in node.sent(worker) if isinstance(m, Execute)]
+        sent.append(execute.fn_bytes)
+        node.state.task_done(_done(worker, spec))
+    code = b"pickled by reference"
+    assert sent == [code, None, code, None, code]
+
+
+def _done(worker, spec):
+    from heliostat.engine.node_instructions import TaskDone
+    from heliostat.engine.object_table import ObjKind
+
+    rid = spec.return_ids[0]
+    return TaskDone(
+        worker=worker,
+        task_id=spec.task_id,
+        results=[(rid, int(ObjKind.INLINE), b"N.", (), 2)],
+        started=0,
+        finished=0,
+    )
