@@ -402,7 +402,7 @@ class Dispatch:
         for resources, queue in self.ready.items():
             if not queue or node.fits(resources):
                 continue
-            while queue and peers.spillable(queue[0]):
+            while queue and peers.may_spill(queue[0]):
                 target = peers.spill_target(resources, queue[0].fn_id)
                 if target is None:
                     break

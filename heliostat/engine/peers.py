@@ -415,6 +415,12 @@ class Peers(PeerActors, PeerStreams):
         """Whether ``spec`` may run on another node (a task of our own)."""
         return spec.kind is TaskKind.NORMAL and spec.owner < PEER_INDEX_BASE and bool(self.nodes)
 
+    def may_spill(self, spec: TaskSpec) -> bool:
+        """Whether ``spec``, queued here, may go to a peer with room: a task of our own
+        that is not pinned to this node (a node affinity, soft or not, waits for its
+        node while that node is alive and can ever hold it, as Ray's does by default)."""
+        return self.spillable(spec) and type(placement_strategy(spec.strategy)) is not NodeAffinity
+
     def spill_target(self, resources: ResourceSet, fn_id: bytes | None = None) -> int | None:
         """The least loaded peer that can take one more task of this shape (a call of
         ``fn_id``: its depth), or None."""

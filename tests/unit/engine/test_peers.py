@@ -151,6 +151,44 @@ def test_spread_and_affinity_are_decided_when_the_task_is_ready(make_node, make_
     assert isinstance(_error(node, nowhere.return_ids[0]), TaskUnschedulableError)
 
 
+def test_a_task_pinned_to_this_busy_node_waits_for_it_and_is_never_spilled(
+    make_node, make_spec
+) -> None:
+    """As Ray's node affinity: while the node is alive and can hold the task, the task
+    runs there only, soft or not, even when peers have room now."""
+    node, _ = _cluster(make_node, num_cpus=1, peers=(B,))
+    worker = node.add_worker()
+    busy = make_spec()
+    node.state.submit(node.state.driver, busy)  # takes the only CPU here
+    here = node.state.dispatch.local_view().node_id
+    pinned = []
+    for soft in (False, True):
+        spec = make_spec()
+        spec.strategy = NodeAffinitySchedulingStrategy(here, soft=soft)
+        node.state.submit(node.state.driver, spec)
+        pinned.append(spec)
+    free = make_spec()
+    node.state.submit(node.state.driver, free)
+    sent = [f.spec for f in _forwards(node)]
+    names = {id(busy): "busy", id(free): "free", id(pinned[0]): "hard", id(pinned[1]): "soft"}
+    assert [names[id(x)] for x in sent] == ["free"]  # only the unpinned one spills
+    # Both stay here: queued, or sent ahead to the busy worker (pipelining).
+    assert all(s.remote_node == 0 and s.state is not TaskState.FINISHED for s in pinned)
+    node.state.task_done(_ended(worker, busy))  # the CPU is free: the first runs here
+    assert pinned[0].worker is worker and pinned[0].state is TaskState.RUNNING
+
+
+def _ended(worker, spec) -> TaskDone:
+    rid = spec.return_ids[0]
+    return TaskDone(
+        worker=worker,
+        task_id=spec.task_id,
+        results=[(rid, INLINE, b"N.", (), 2)],
+        started=0,
+        finished=0,
+    )
+
+
 def test_a_dead_nodes_tasks_are_retried_elsewhere_or_fail_naming_the_node(
     make_node, make_spec
 ) -> None:
