@@ -300,13 +300,7 @@ def _attach_here(head: Any, address: str, options: dict[str, Any]) -> AttachedRu
         local_address_towards,
     )
 
-    code = options.get("code")
-    own_node_only = bool(
-        options.get("env_vars")
-        or (code is not None and not code.empty)
-        or options.get("max_workers") is not None
-        or options.get("temp_dir") is not None
-    )
+    own_node_only = options.get("max_workers") is not None or options.get("temp_dir") is not None
     if own_node_only or not attach_enabled():
         return None
     cluster_id = head.cluster_info().cluster_id  # a wrong token fails here, clearly
@@ -319,6 +313,15 @@ def _attach_here(head: Any, address: str, options: dict[str, Any]) -> AttachedRu
     if runtime is None:
         return None
     try:
+        code, env_vars = options.get("code"), options.get("env_vars")
+        if (code is not None and not code.empty) or env_vars:
+            # The job's runtime_env: its packages go to the head, and the node installs
+            # them; its tasks and actors carry them wherever they run.
+            from heliostat.cluster.packages import publish
+
+            runtime.client._call(
+                "set_job", publish(head, code), tuple(sorted((env_vars or {}).items()))
+            )
         membership = AttachedMembership(head, node_id=node.node_id)
         runtime.extensions["cluster"] = membership
         membership.workflow_stores = head.workflow_stores()

@@ -422,8 +422,17 @@ class ListNames:
     namespace: str | None
 
 
-HeadEffect = ClaimName | LookupName | ReleaseName | ListNames
-HEAD_EFFECTS = (ClaimName, LookupName, ReleaseName, ListNames)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstallCode:
+    """Install these code packages (URIs at the head) on this node, for an attached
+    driver's job. Answer: (import paths, working directory or "")."""
+
+    req: int
+    uris: tuple[str, ...]
+
+
+HeadEffect = ClaimName | LookupName | ReleaseName | ListNames | InstallCode
+HEAD_EFFECTS = (ClaimName, LookupName, ReleaseName, ListNames, InstallCode)
 
 
 PeerEffect = (

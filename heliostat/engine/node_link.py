@@ -64,6 +64,7 @@ from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
     HEAD_EFFECTS,
     ClaimName,
+    InstallCode,
     ListNames,
     LookupName,
     ReleaseName,
@@ -520,7 +521,8 @@ class NodeLink:
         )
 
     def _ask_head(self, effect: Any) -> None:
-        """Ask the head one question about actor names; hand the answer back."""
+        """Ask the head one question (actor names, an attached driver's code packages);
+        hand the answer back."""
         head = self._head
         kind = type(effect)
         value: Any = None
@@ -548,6 +550,8 @@ class NodeLink:
                 return
             elif kind is ListNames:
                 value = head.list_names(effect.namespace)
+            elif kind is InstallCode:  # an attached driver's job: into our package cache
+                value = self._installed(effect.uris)
             ok = True
         except Exception as exc:
             if kind is ReleaseName:
@@ -633,15 +637,19 @@ class NodeLink:
         installed: dict[tuple[str, ...], Any] = {}
         for uris in wanted:
             try:
-                code = self._packages.fetch(uris)
+                installed[uris] = self._installed(uris)
             except Exception:
                 log.exception("could not install the code packages %s", ", ".join(uris))
-                continue
-            installed[uris] = (
-                tuple(str(p) for p in code.import_paths),
-                str(code.working_dir) if code.working_dir is not None else "",
-            )
         return installed
+
+    def _installed(self, uris: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
+        """Install packages (once per node) from the head: (import paths, working dir
+        or "")."""
+        code = self._packages.fetch(uris)
+        return (
+            tuple(str(p) for p in code.import_paths),
+            str(code.working_dir) if code.working_dir is not None else "",
+        )
 
     def open_object(self, object_id: int) -> SourceObject | None:
         """ObjectSource for the transfer service: the object's bytes, if here."""

@@ -33,6 +33,7 @@ from heliostat.engine.node_instructions import (
     EXIT,
     ActorReady,
     Disconnect,
+    InstallCode,
     Kill,
     Outbox,
     TaskDone,
@@ -417,6 +418,37 @@ class NodeState:
     ) -> None:
         self.tasks.functions.setdefault(fn_id, data)
 
+    def _v_set_job(
+        self,
+        proc: WorkerRecord,
+        reply: Reply,
+        uris: tuple[str, ...],
+        env_vars: tuple[tuple[str, str], ...],
+    ) -> None:
+        """An attached driver's runtime_env: its code packages (URIs at the head) and
+        env_vars. The packages are installed on this node first (off the node lock);
+        then every task and actor the driver submits carries them (``_inherit_job``),
+        here as a forwarded job's tasks do, and wherever they are forwarded."""
+        if self.peers is None or proc.state is not WorkerState.DRIVER:
+            reply(False, ValueError("set_job is for a driver attached to a cluster node"))
+            return
+        uris = tuple(str(u) for u in uris)
+        env = tuple((str(k), str(v)) for k, v in env_vars)
+
+        def then(ok: bool, installed: Any) -> None:
+            if not ok:
+                reply(False, installed)
+                return
+            paths, working_dir = installed
+            proc.job = (uris, env)
+            proc.job_code = (paths, working_dir, env)
+            reply(True, None)
+
+        if not uris:
+            then(True, ((), ""))
+            return
+        self.actors.ask_head(lambda req: InstallCode(req=req, uris=uris), then)
+
     def _v_submit(self, proc: WorkerRecord, reply: Reply | None, fields: tuple[Any, ...]) -> None:
         spec = spec_from_wire(fields, proc.index)
         self.tasks.note_child(proc, spec)
@@ -688,5 +720,8 @@ def _inherit_job(proc: WorkerRecord, spec: TaskSpec) -> None:
     runtime_env: on a node that is not the job's own, it takes that job's packages and
     env_vars, here and wherever it is forwarded."""
     parent = proc.actor.creation if proc.actor is not None else proc.task
-    if parent is not None and parent.job is not None:
-        spec.job, spec.code = parent.job, parent.code
+    if parent is not None:
+        if parent.job is not None:
+            spec.job, spec.code = parent.job, parent.code
+    elif proc.job is not None:  # an attached driver with a runtime_env of its own
+        spec.job, spec.code = proc.job, proc.job_code

@@ -294,6 +294,8 @@ class WorkerRecord:
         "queued",
         "revokes",
         "calls",
+        "job",
+        "job_code",
     )
 
     def __init__(self, index: int, pid: int = 0) -> None:
@@ -320,6 +322,10 @@ class WorkerRecord:
         self.revokes: dict[int, PendingRevoke] = {}
         # Calls started here of functions that have ``max_calls``, by function id.
         self.calls: dict[bytes, int] = {}
+        # An attached driver's job (runtime_env), which its tasks and actors carry:
+        # package URIs and env_vars, and the packages as installed here (set_job).
+        self.job: JobEnv | None = None
+        self.job_code: InstalledJob | None = None
 
     def label(self) -> str:
         return f"worker {self.index} (pid {self.pid})"

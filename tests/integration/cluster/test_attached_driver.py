@@ -122,6 +122,61 @@ def test_a_driver_attaches_and_what_it_held_goes_when_it_is_killed(
     assert json.loads(out.strip().splitlines()[-1]) == {"kept": "pong"}
 
 
+SHIPPED = r"""
+import json, os, sys
+import heliostat as hs
+from heliostat.engine import runtime as rt
+from heliostat.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+hs.init(runtime_env={"working_dir": sys.argv[1], "env_vars": {"HS_TEST_SHIPPED": "yes"}})
+
+@hs.remote
+def shipped(i):
+    import shipped_greeting  # only in the working_dir's copy
+
+    return hs.get_runtime_context().get_node_id(), shipped_greeting.greet(i), os.environ.get(
+        "HS_TEST_SHIPPED"
+    )
+
+@hs.remote
+def nested(node):
+    return hs.get(shipped.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+    ).remote(99))
+
+ran = [
+    hs.get(shipped.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+    ).remote(i))
+    for i, node in enumerate(sys.argv[2:])
+]
+print(json.dumps({
+    "runtime": type(rt.current_runtime()).__name__,
+    "ran": ran,
+    "nested": hs.get(nested.remote(sys.argv[2])),
+}), flush=True)
+hs.shutdown()
+"""
+
+
+def test_a_driver_with_a_runtime_env_attaches_and_its_code_runs_on_every_node(
+    daemons: Daemons, tmp_path
+) -> None:
+    """The node installs the attached driver's packages; its tasks, here and on the
+    peer, and the tasks they submit, run with its working_dir and env_vars."""
+    daemons.start_head()
+    n1 = daemons.start_node("n1", "127.0.0.2")
+    head = daemons.head_node_id()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "shipped_greeting.py").write_text("def greet(i):\n    return f'hello {i}'\n")
+    out = daemons.driver(SHIPPED, args=(str(project), head, n1))
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["runtime"] == "AttachedRuntime"
+    assert seen["ran"] == [[head, "hello 0", "yes"], [n1, "hello 1", "yes"]]
+    assert seen["nested"] == [head, "hello 99", "yes"]
+
+
 def test_heliostat_attach_0_gives_the_driver_a_node_of_its_own(daemons: Daemons) -> None:
     daemons.start_head()
     assert daemons.driver(WHICH).split() == ["AttachedRuntime"]

@@ -316,7 +316,7 @@ def test_a_user_module_ships_to_the_nodes_with_working_dir(cluster: Cluster, tmp
 
     hs.init(address=cluster.address, token=cluster.token, runtime_env={"working_dir": str(project)})
     try:
-        for target in (cluster.n1, cluster.n2):
+        for target in (cluster.head, cluster.n1, cluster.n2):
             pinned = priced.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(target, soft=False)
             )

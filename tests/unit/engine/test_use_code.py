@@ -124,3 +124,36 @@ def _done(worker, spec):
         started=0,
         finished=0,
     )
+
+
+def test_an_attached_drivers_job_is_installed_then_carried_by_its_tasks(
+    make_node, make_spec
+) -> None:
+    from heliostat.engine.node_instructions import InstallCode
+    from heliostat.engine.records import spec_to_wire
+
+    node = make_node(num_cpus=1)  # no worker yet: the task waits here, in the table
+    node.state.join_cluster(1)
+    driver = node.state.driver_attached(4242)
+    answers: list = []
+    env = (("REGION", "eu"),)
+    node.state.verbs["set_job"](driver, lambda ok, v: answers.append((ok, v)), ("wd-1",), env)
+    (ask,) = [e for e in node.effects() if isinstance(e, InstallCode)]
+    assert ask.uris == ("wd-1",) and answers == []  # installed off the lock first
+    node.state.actors.head_answer(ask.req, True, (("/cache/wd-1",), "/cache/wd-1"))
+    assert answers == [(True, None)]
+    spec = make_spec()
+    node.state.verbs["submit"](driver, None, spec_to_wire(spec))
+    (submitted,) = [s for s in node.state.tasks.tasks.values() if s.task_id == spec.task_id]
+    assert submitted.job == (("wd-1",), env)
+    assert submitted.code == (("/cache/wd-1",), "/cache/wd-1", env)
+
+
+def test_only_an_attached_driver_may_set_a_job(make_node) -> None:
+    node = make_node()
+    node.state.join_cluster(1)
+    worker = node.add_worker()
+    answers: list = []
+    node.state.verbs["set_job"](worker, lambda ok, v: answers.append((ok, v)), (), ())
+    ((ok, error),) = answers
+    assert not ok and "attached" in str(error)
