@@ -67,17 +67,20 @@ def init(
     max_workers: int | None = None,
     **ray_options: Any,
 ) -> _rt.Runtime | AttachedRuntime:
-    """Start a local node (driver, node manager, worker pool) and make it current.
+    """Start a local node (driver, node manager, worker pool), or join a cluster, and
+    make it current.
 
-    Takes ``ray.init``'s keywords. Those that mean something on a local node work;
+    Takes ``ray.init``'s keywords. Those that mean something here work;
     Ray's others (``include_dashboard``, ``dashboard_host``, ``dashboard_port``,
     ``job_config``, ``labels``, ``_system_config``, ``_node_ip_address`` and Ray's other
     ``_private`` keywords) are accepted and change nothing, which one debug log line
     says. A keyword Ray does not have either raises ``TypeError``.
 
     Args:
-        address: ``None`` or ``"local"`` starts a local node. Connecting to a cluster
-            head is not available yet.
+        address: ``None`` or ``"local"`` starts a local node (unless
+            ``HELIOSTAT_ADDRESS`` is set); ``"HOST:PORT"`` joins the cluster whose head
+            is there, ``"auto"`` the head this machine runs. A driver on a machine that
+            runs a node attaches to it; elsewhere it joins as a node without CPUs.
         num_cpus: CPUs this node offers (default: all cores).
         num_gpus: GPUs this node offers (the ``GPU`` resource; default none).
         resources: custom resources, e.g. ``{"db": 1}``.
@@ -100,8 +103,8 @@ def init(
         configure_logging: ``False`` leaves logging alone.
         log_to_driver: ``False`` stops printing workers' stdout and stderr here.
         storage: workflow storage URL (used by durable workflows).
-        token: the cluster token, with ``address`` (joining a cluster is not supported
-            yet); refused for a local node.
+        token: the cluster token, with ``address`` (else ``HELIOSTAT_TOKEN``, or the
+            head's token file on this machine); refused for a local node.
         max_workers: cap on pool workers (blocked workers included).
         **ray_options: ``_temp_dir`` (where the session directory goes) and Ray's
             keywords without effect here, named above.
@@ -110,8 +113,8 @@ def init(
         The runtime; ``shutdown()`` ends it.
 
     Raises:
-        HeliostatError: already initialized (unless ``ignore_reinit_error``), or a
-            cluster address was given.
+        HeliostatError: already initialized (unless ``ignore_reinit_error``).
+        ClusterError: the cluster cannot be joined (no head there, a wrong token).
         TypeError: an unknown keyword or a value of the wrong type.
         ValueError: a value heliostat cannot honour.
     """
@@ -308,7 +311,10 @@ def _attach_here(head: Any, address: str, options: dict[str, Any]) -> AttachedRu
     if node is None:
         return None
     runtime = attach_to(
-        node.socket, namespace=options.get("namespace") or "default", storage=options["storage"]
+        node.socket,
+        namespace=options.get("namespace") or "default",
+        storage=options["storage"],
+        log_to_driver=options.get("log_to_driver", True),
     )
     if runtime is None:
         return None

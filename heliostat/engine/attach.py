@@ -23,11 +23,14 @@ shared memory, and the node's scheduler places its work on this node or on other
 When the driver disconnects (``shutdown``, exit, or death) the node releases every ref
 it held and stops the actors it created, detached ones excepted.
 
+A driver with a ``runtime_env`` (``working_dir``, ``py_modules``, ``env_vars``) has
+its node install the packages first (the ``set_job`` verb); its tasks carry them. The
+node sends the driver the output of its job's tasks (``LOG_LINES``), from this node and
+from the others, which it prints unless ``init(log_to_driver=False)``.
+
 A driver that cannot attach (no node here, another user's, another ``/dev/shm``) joins
-as a node of its own, as before; so does one with a ``runtime_env`` of its own
-(``working_dir``, ``py_modules``, ``env_vars``) or with ``max_workers`` or
-``_temp_dir``, which only a node of its own can honour. ``HELIOSTAT_ATTACH=0`` turns
-attaching off.
+as a node of its own, as before; so does one with ``max_workers`` or ``_temp_dir``,
+which only a node of its own can honour. ``HELIOSTAT_ATTACH=0`` turns attaching off.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
 from heliostat.engine.runtime import close_extensions
 from heliostat.engine.worker import WorkerClient
+from heliostat.engine.worker_output import print_worker_output
 from heliostat.exceptions import ClusterError
 
 __all__ = [
@@ -90,10 +94,19 @@ class AttachedClient(WorkerClient):
     ``wait`` whose reply calls back.
     """
 
-    def __init__(self, channel: BlockingChannel, sock: socket.socket, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        channel: BlockingChannel,
+        sock: socket.socket,
+        *,
+        log_to_driver: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(channel, sock, **kwargs)
+        self._print_output = print_worker_output if log_to_driver else None
         # A worker reports the refs it dropped whenever it next talks to its node; a
-        # driver may sit idle for long, so a thread of its own reports them soon.
+        # driver may sit idle for long, so a thread of its own reports them soon (and
+        # reads what the node sent meanwhile: the output of the job's tasks).
         self._stop_releasing = threading.Event()
         self._releaser = threading.Thread(
             target=self._report_dropped_refs, name="heliostat-ref-release", daemon=True
@@ -103,11 +116,19 @@ class AttachedClient(WorkerClient):
     def _report_dropped_refs(self) -> None:
         tracker = self.tracker
         while not self._stop_releasing.wait(RELEASE_INTERVAL_S):
-            if tracker.has_pending():
-                try:
+            try:
+                if tracker.has_pending():
                     tracker.drain()
-                except (OSError, ConnectionClosed):
-                    return  # the node went away: nothing is held there any more
+                self.pump_now()  # no-op while another thread reads the socket
+            except (OSError, ValueError, ConnectionClosed):
+                return  # the node went away (or we closed): nothing is held there any more
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        if message[0] == Op.LOG_LINES:  # output of this job's tasks, from its node
+            if self._print_output is not None:
+                self._print_output(*message[1:])
+            return
+        super()._dispatch(message)
 
     def on_ready(self, ref: ObjectRef, callback: Callable[[ObjectRef], None]) -> None:
         req_id = self.next_request_id()
@@ -180,8 +201,11 @@ class AttachedRuntime:
         self.client.close()
 
 
-def attach_to(socket_path: str, *, namespace: str, storage: str | None) -> AttachedRuntime | None:
-    """Attach to the node manager listening at ``socket_path``.
+def attach_to(
+    socket_path: str, *, namespace: str, storage: str | None, log_to_driver: bool = True
+) -> AttachedRuntime | None:
+    """Attach to the node manager listening at ``socket_path``; ``log_to_driver``:
+    print the output of the job's tasks here (wherever they ran).
 
     Returns None when this process cannot share that node's memory (the probe
     differs), so the caller joins as a node of its own.
@@ -219,6 +243,7 @@ def attach_to(socket_path: str, *, namespace: str, storage: str | None) -> Attac
     client = AttachedClient(
         channel,
         sock,
+        log_to_driver=log_to_driver,
         minter=IdMinter(int(facts["node_index"]), int(facts["index"])),
         session=str(facts["session"]),
         namespace=namespace,

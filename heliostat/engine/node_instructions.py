@@ -38,11 +38,14 @@ __all__ = [
     "CancelRemote",
     "CreateActor",
     "Disconnect",
+    "DriverLog",
     "Effect",
     "Execute",
     "Exit",
     "ForwardTask",
     "Kill",
+    "LocalLog",
+    "LogLines",
     "Message",
     "Outbox",
     "PeerEffect",
@@ -191,7 +194,19 @@ class Reply:
     value: Any
 
 
-Message = Execute | CallActor | CreateActor | Revoke | CancelCall | Unmap | Exit | Reply
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverLog:
+    """Print these lines a worker wrote (``origin``: the node that ran it, "" for this
+    one): for an attached driver whose job the task belongs to."""
+
+    stream: str
+    task_name: str
+    pid: int
+    text: str
+    origin: str
+
+
+Message = Execute | CallActor | CreateActor | Revoke | CancelCall | Unmap | Exit | Reply | DriverLog
 
 EXIT = Exit()  # no fields: one instance serves every worker
 
@@ -282,6 +297,33 @@ class ReportTask:
     finished: float
     values: tuple[WireValue, ...]
     pending: tuple[int, ...]  # nested refs whose values follow (PushValues)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogLines:
+    """Lines a worker here wrote for task ``task_id`` (or actor ``actor_id``), which
+    node ``node`` owns: it prints them at the driver of the job."""
+
+    node: int
+    task_id: int
+    actor_id: int
+    stream: str
+    task_name: str
+    pid: int
+    text: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalLog:
+    """Print these lines where this node prints its workers' output (its own driver,
+    or its log file)."""
+
+    stream: str
+    task_name: str
+    pid: int
+    text: str
+    origin: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -439,6 +481,7 @@ PeerEffect = (
     ForwardTask
     | ReportTask
     | StreamItem
+    | LogLines
     | PushValues
     | PullObject
     | ReleaseAt
@@ -452,6 +495,7 @@ PEER_EFFECTS = (
     ForwardTask,
     ReportTask,
     StreamItem,
+    LogLines,
     PushValues,
     PullObject,
     ReleaseAt,
@@ -463,7 +507,7 @@ PEER_EFFECTS = (
 )
 
 
-Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect | PeerEffect | HeadEffect
+Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect | LocalLog | PeerEffect | HeadEffect
 
 
 class Outbox:

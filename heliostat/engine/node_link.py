@@ -66,6 +66,7 @@ from heliostat.engine.node_instructions import (
     ClaimName,
     InstallCode,
     ListNames,
+    LogLines,
     LookupName,
     ReleaseName,
 )
@@ -171,6 +172,18 @@ def encode_effect(effect: Any) -> node_pb2.Envelope:
                 pending=[id_bytes(p) for p in effect.pending],
             )
         )
+    if kind is LogLines:
+        return node_pb2.Envelope(
+            log=node_pb2.LogLines(
+                task_id=id_bytes(effect.task_id),
+                actor_id=id_bytes(effect.actor_id) if effect.actor_id else b"",
+                stream=effect.stream,
+                task_name=effect.task_name,
+                pid=effect.pid,
+                text=effect.text,
+                origin=effect.origin,
+            )
+        )
     if kind is PushValues:
         return node_pb2.Envelope(push=node_pb2.PushValues(values=_wire_values(effect.values)))
     if kind is ReleaseAt:
@@ -252,6 +265,18 @@ def apply_envelope(
             msg.index,
             _values(msg.values),
             [_int(p) for p in msg.pending],
+        )
+    elif body == "log":
+        msg = envelope.log
+        state.peer_output(
+            index,
+            _int(msg.task_id),
+            _int(msg.actor_id) if msg.actor_id else 0,
+            msg.stream,
+            msg.task_name,
+            msg.pid,
+            msg.text,
+            msg.origin,
         )
     elif body == "push":
         peers.on_values(index, _values(envelope.push.values))

@@ -35,9 +35,11 @@ from heliostat.engine.node_instructions import (
     CancelCall,
     CreateActor,
     Disconnect,
+    DriverLog,
     Execute,
     Exit,
     Kill,
+    LocalLog,
     Message,
     Poke,
     Reply,
@@ -55,6 +57,7 @@ from heliostat.engine.node_state import NodeState
 from heliostat.engine.peers import PEER_EFFECTS
 from heliostat.engine.protocol import ConnectionClosed, Op, PeerConnection
 from heliostat.engine.records import WorkerRecord, WorkerState, item_ids_to_send
+from heliostat.engine.worker_output import from_node
 from heliostat.engine.worker_pool import ForkServerClient
 from heliostat.exceptions import ClusterError
 
@@ -106,6 +109,14 @@ def encode(message: Message) -> tuple[Any, ...]:
         )
     if kind is Revoke:
         return (Op.REVOKE, message.task_ids, message.revoke_id)  # type: ignore[union-attr]
+    if kind is DriverLog:
+        return (
+            Op.LOG_LINES,
+            message.stream,  # type: ignore[union-attr]
+            from_node(message.task_name, message.origin),  # type: ignore[union-attr]
+            message.pid,  # type: ignore[union-attr]
+            message.text,  # type: ignore[union-attr]
+        )
     if kind is Unmap:
         return (Op.UNMAP, message.object_ids)  # type: ignore[union-attr]
     if kind is Exit:
@@ -249,6 +260,15 @@ class NodeLoop:
             self._pool.spawn(effect.index)  # type: ignore[attr-defined]
         elif kind is UnmapDriver:
             self._driver_unmap(list(effect.object_ids))  # type: ignore[attr-defined]
+        elif kind is LocalLog:
+            self._logs.append(
+                (
+                    effect.stream,  # type: ignore[attr-defined]
+                    from_node(effect.task_name, effect.origin),  # type: ignore[attr-defined]
+                    effect.pid,  # type: ignore[attr-defined]
+                    effect.text,  # type: ignore[attr-defined]
+                )
+            )
         elif kind is Disconnect:
             worker = effect.worker  # type: ignore[attr-defined]
             self._want_write.discard(worker)
@@ -315,6 +335,8 @@ class NodeLoop:
             )
         elif op == Op.LOG:
             self._logs.append((message[1], message[2], worker.pid, message[3]))
+            if state.peers is not None:  # the job's driver may be elsewhere: tell it too
+                state.worker_output(worker, message[1], message[2], message[3])
         elif op == Op.ACTOR_READY:
             state.actor_ready(ActorReady(worker=worker, actor_id=message[1], error=message[2]))
 

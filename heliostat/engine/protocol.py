@@ -92,6 +92,9 @@ class Op:
     #              started; answered by the POST ``returned`` (task_ids, revoke_id)
     CANCEL_CALL = 27  # (op, task_id): cancel this actor call: dropped if not started,
     #                   its coroutine cancelled if it runs on an async actor's loop
+    # manager -> attached driver
+    LOG_LINES = 28  # (op, stream, task_name, pid, text): a worker's output for the
+    #                 driver of its job, which prints it (``init(log_to_driver=)``)
 
 
 class ConnectionClosed(Exception):

@@ -53,6 +53,7 @@ from heliostat.engine.node_manager import NodeConfig, NodeManager
 from heliostat.engine.object_ref import set_process_tracker
 from heliostat.engine.runtime_env import WORKING_DIR_ENV, code_env
 from heliostat.engine.shm import SHM_DIR, session_glob
+from heliostat.engine.worker_output import print_worker_output
 from heliostat.exceptions import NotInitializedError
 from heliostat.storage.packages import CodeSources, InstalledCode, PackageCache, build_sources
 
@@ -368,7 +369,7 @@ class Runtime:
             self.config,
             driver_unmap=self._unmap,
             driver_drain=self._drain,
-            log_sink=self._print_log if log_to_driver else _drop_log,
+            log_sink=print_worker_output if log_to_driver else _drop_log,
         )
         self.client = DriverClient(
             manager=self.manager,
@@ -392,14 +393,6 @@ class Runtime:
         tracker = self.client.tracker
         if tracker.has_pending():
             tracker.drain()
-
-    @staticmethod
-    def _print_log(stream: str, task_name: str, pid: int, text: str) -> None:
-        out = sys.stderr if stream == "stderr" else sys.stdout
-        prefix = f"({task_name} pid={pid}) " if task_name else f"(pid={pid}) "
-        with contextlib.suppress(Exception):
-            out.write("".join(prefix + line + "\n" for line in text.split("\n")))
-            out.flush()
 
     def shutdown(self) -> None:
         if self._closed:

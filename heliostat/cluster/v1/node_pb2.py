@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheliostat/cluster/v1/node.proto\x12\x14heliostat.cluster.v1\"j\n\tWireValue\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kind\x18\x02 \x01(\x05\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x11\n\tcontained\x18\x05 \x03(\x0c\x12\n\n\x02\x61t\x18\x06 \x01(\r\"\x86\x02\n\x0b\x46orwardTask\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x10\n\x08\x66unction\x18\x02 \x01(\x0c\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\x12\x0c\n\x04\x63ode\x18\x05 \x03(\t\x12\x15\n\ractor_options\x18\x06 \x01(\x0c\x12@\n\x08\x65nv_vars\x18\x07 \x03(\x0b\x32..heliostat.cluster.v1.ForwardTask.EnvVarsEntry\x1a.\n\x0c\x45nvVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\nTaskReport\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\x12/\n\x06values\x18\x05 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x06 \x03(\x0c\"p\n\nStreamItem\x12\x11\n\tstream_id\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\"=\n\nPushValues\x12/\n\x06values\x18\x01 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\"$\n\x0eReleaseObjects\x12\x12\n\nobject_ids\x18\x01 \x03(\x0c\",\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"=\n\x0c\x41\x63torStarted\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64ied\x18\x03 \x01(\t\"B\n\x0c\x41\x63torControl\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kill\x18\x02 \x01(\x08\x12\x12\n\nno_restart\x18\x03 \x01(\x08\".\n\tActorRefs\x12\x11\n\tactor_ids\x18\x01 \x03(\x0c\x12\x0e\n\x06owners\x18\x02 \x03(\r\"@\n\x0b\x41\x63torBorrow\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x10\n\x08\x62orrower\x18\x02 \x01(\r\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x12\"\xb9\x04\n\x08\x45nvelope\x12\x34\n\x07\x66orward\x18\x01 \x01(\x0b\x32!.heliostat.cluster.v1.ForwardTaskH\x00\x12\x32\n\x06report\x18\x02 \x01(\x0b\x32 .heliostat.cluster.v1.TaskReportH\x00\x12\x30\n\x04push\x18\x03 \x01(\x0b\x32 .heliostat.cluster.v1.PushValuesH\x00\x12\x37\n\x07release\x18\x04 \x01(\x0b\x32$.heliostat.cluster.v1.ReleaseObjectsH\x00\x12\x32\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32 .heliostat.cluster.v1.CancelTaskH\x00\x12;\n\ractor_started\x18\x06 \x01(\x0b\x32\".heliostat.cluster.v1.ActorStartedH\x00\x12;\n\ractor_control\x18\x07 \x01(\x0b\x32\".heliostat.cluster.v1.ActorControlH\x00\x12\x35\n\nactor_refs\x18\x08 \x01(\x0b\x32\x1f.heliostat.cluster.v1.ActorRefsH\x00\x12\x39\n\x0c\x61\x63tor_borrow\x18\t \x01(\x0b\x32!.heliostat.cluster.v1.ActorBorrowH\x00\x12\x30\n\x04item\x18\n \x01(\x0b\x32 .heliostat.cluster.v1.StreamItemH\x00\x42\x06\n\x04\x62ody\"q\n\x0e\x44\x65liverRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.heliostat.cluster.v1.Envelope\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x1f\n\x0c\x44\x65liverReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\"&\n\x14LeaseDeadlineRequest\x12\x0e\n\x06\x62\x65\x61\x63on\x18\x01 \x01(\t\"6\n\x12LeaseDeadlineReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x01\x32\xcb\x01\n\x0bNodeService\x12U\n\x07\x44\x65liver\x12$.heliostat.cluster.v1.DeliverRequest\x1a\".heliostat.cluster.v1.DeliverReply(\x01\x12\x65\n\rLeaseDeadline\x12*.heliostat.cluster.v1.LeaseDeadlineRequest\x1a(.heliostat.cluster.v1.LeaseDeadlineReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fheliostat/cluster/v1/node.proto\x12\x14heliostat.cluster.v1\"j\n\tWireValue\x12\x11\n\tobject_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kind\x18\x02 \x01(\x05\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x11\n\tcontained\x18\x05 \x03(\x0c\x12\n\n\x02\x61t\x18\x06 \x01(\r\"\x86\x02\n\x0b\x46orwardTask\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x10\n\x08\x66unction\x18\x02 \x01(\x0c\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\x12\x0c\n\x04\x63ode\x18\x05 \x03(\t\x12\x15\n\ractor_options\x18\x06 \x01(\x0c\x12@\n\x08\x65nv_vars\x18\x07 \x03(\x0b\x32..heliostat.cluster.v1.ForwardTask.EnvVarsEntry\x1a.\n\x0c\x45nvVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\nTaskReport\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\x12/\n\x06values\x18\x05 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x06 \x03(\x0c\"p\n\nStreamItem\x12\x11\n\tstream_id\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\r\x12/\n\x06values\x18\x03 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\x12\x0f\n\x07pending\x18\x04 \x03(\x0c\"{\n\x08LogLines\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\x10\n\x08\x61\x63tor_id\x18\x02 \x01(\x0c\x12\x0e\n\x06stream\x18\x03 \x01(\t\x12\x11\n\ttask_name\x18\x04 \x01(\t\x12\x0b\n\x03pid\x18\x05 \x01(\r\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0e\n\x06origin\x18\x07 \x01(\t\"=\n\nPushValues\x12/\n\x06values\x18\x01 \x03(\x0b\x32\x1f.heliostat.cluster.v1.WireValue\"$\n\x0eReleaseObjects\x12\x12\n\nobject_ids\x18\x01 \x03(\x0c\",\n\nCancelTask\x12\x0f\n\x07task_id\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"=\n\x0c\x41\x63torStarted\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\r\n\x05\x65rror\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64ied\x18\x03 \x01(\t\"B\n\x0c\x41\x63torControl\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x0c\n\x04kill\x18\x02 \x01(\x08\x12\x12\n\nno_restart\x18\x03 \x01(\x08\".\n\tActorRefs\x12\x11\n\tactor_ids\x18\x01 \x03(\x0c\x12\x0e\n\x06owners\x18\x02 \x03(\r\"@\n\x0b\x41\x63torBorrow\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\x0c\x12\x10\n\x08\x62orrower\x18\x02 \x01(\r\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x12\"\xe8\x04\n\x08\x45nvelope\x12\x34\n\x07\x66orward\x18\x01 \x01(\x0b\x32!.heliostat.cluster.v1.ForwardTaskH\x00\x12\x32\n\x06report\x18\x02 \x01(\x0b\x32 .heliostat.cluster.v1.TaskReportH\x00\x12\x30\n\x04push\x18\x03 \x01(\x0b\x32 .heliostat.cluster.v1.PushValuesH\x00\x12\x37\n\x07release\x18\x04 \x01(\x0b\x32$.heliostat.cluster.v1.ReleaseObjectsH\x00\x12\x32\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32 .heliostat.cluster.v1.CancelTaskH\x00\x12;\n\ractor_started\x18\x06 \x01(\x0b\x32\".heliostat.cluster.v1.ActorStartedH\x00\x12;\n\ractor_control\x18\x07 \x01(\x0b\x32\".heliostat.cluster.v1.ActorControlH\x00\x12\x35\n\nactor_refs\x18\x08 \x01(\x0b\x32\x1f.heliostat.cluster.v1.ActorRefsH\x00\x12\x39\n\x0c\x61\x63tor_borrow\x18\t \x01(\x0b\x32!.heliostat.cluster.v1.ActorBorrowH\x00\x12\x30\n\x04item\x18\n \x01(\x0b\x32 .heliostat.cluster.v1.StreamItemH\x00\x12-\n\x03log\x18\x0b \x01(\x0b\x32\x1e.heliostat.cluster.v1.LogLinesH\x00\x42\x06\n\x04\x62ody\"q\n\x0e\x44\x65liverRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.heliostat.cluster.v1.Envelope\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0b\n\x03seq\x18\x04 \x01(\x04\"\x1f\n\x0c\x44\x65liverReply\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x04\"&\n\x14LeaseDeadlineRequest\x12\x0e\n\x06\x62\x65\x61\x63on\x18\x01 \x01(\t\"6\n\x12LeaseDeadlineReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x01\x32\xcb\x01\n\x0bNodeService\x12U\n\x07\x44\x65liver\x12$.heliostat.cluster.v1.DeliverRequest\x1a\".heliostat.cluster.v1.DeliverReply(\x01\x12\x65\n\rLeaseDeadline\x12*.heliostat.cluster.v1.LeaseDeadlineRequest\x1a(.heliostat.cluster.v1.LeaseDeadlineReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,30 +43,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKREPORT']._serialized_end=584
   _globals['_STREAMITEM']._serialized_start=586
   _globals['_STREAMITEM']._serialized_end=698
-  _globals['_PUSHVALUES']._serialized_start=700
-  _globals['_PUSHVALUES']._serialized_end=761
-  _globals['_RELEASEOBJECTS']._serialized_start=763
-  _globals['_RELEASEOBJECTS']._serialized_end=799
-  _globals['_CANCELTASK']._serialized_start=801
-  _globals['_CANCELTASK']._serialized_end=845
-  _globals['_ACTORSTARTED']._serialized_start=847
-  _globals['_ACTORSTARTED']._serialized_end=908
-  _globals['_ACTORCONTROL']._serialized_start=910
-  _globals['_ACTORCONTROL']._serialized_end=976
-  _globals['_ACTORREFS']._serialized_start=978
-  _globals['_ACTORREFS']._serialized_end=1024
-  _globals['_ACTORBORROW']._serialized_start=1026
-  _globals['_ACTORBORROW']._serialized_end=1090
-  _globals['_ENVELOPE']._serialized_start=1093
-  _globals['_ENVELOPE']._serialized_end=1662
-  _globals['_DELIVERREQUEST']._serialized_start=1664
-  _globals['_DELIVERREQUEST']._serialized_end=1777
-  _globals['_DELIVERREPLY']._serialized_start=1779
-  _globals['_DELIVERREPLY']._serialized_end=1810
-  _globals['_LEASEDEADLINEREQUEST']._serialized_start=1812
-  _globals['_LEASEDEADLINEREQUEST']._serialized_end=1850
-  _globals['_LEASEDEADLINEREPLY']._serialized_start=1852
-  _globals['_LEASEDEADLINEREPLY']._serialized_end=1906
-  _globals['_NODESERVICE']._serialized_start=1909
-  _globals['_NODESERVICE']._serialized_end=2112
+  _globals['_LOGLINES']._serialized_start=700
+  _globals['_LOGLINES']._serialized_end=823
+  _globals['_PUSHVALUES']._serialized_start=825
+  _globals['_PUSHVALUES']._serialized_end=886
+  _globals['_RELEASEOBJECTS']._serialized_start=888
+  _globals['_RELEASEOBJECTS']._serialized_end=924
+  _globals['_CANCELTASK']._serialized_start=926
+  _globals['_CANCELTASK']._serialized_end=970
+  _globals['_ACTORSTARTED']._serialized_start=972
+  _globals['_ACTORSTARTED']._serialized_end=1033
+  _globals['_ACTORCONTROL']._serialized_start=1035
+  _globals['_ACTORCONTROL']._serialized_end=1101
+  _globals['_ACTORREFS']._serialized_start=1103
+  _globals['_ACTORREFS']._serialized_end=1149
+  _globals['_ACTORBORROW']._serialized_start=1151
+  _globals['_ACTORBORROW']._serialized_end=1215
+  _globals['_ENVELOPE']._serialized_start=1218
+  _globals['_ENVELOPE']._serialized_end=1834
+  _globals['_DELIVERREQUEST']._serialized_start=1836
+  _globals['_DELIVERREQUEST']._serialized_end=1949
+  _globals['_DELIVERREPLY']._serialized_start=1951
+  _globals['_DELIVERREPLY']._serialized_end=1982
+  _globals['_LEASEDEADLINEREQUEST']._serialized_start=1984
+  _globals['_LEASEDEADLINEREQUEST']._serialized_end=2022
+  _globals['_LEASEDEADLINEREPLY']._serialized_start=2024
+  _globals['_LEASEDEADLINEREPLY']._serialized_end=2078
+  _globals['_NODESERVICE']._serialized_start=2081
+  _globals['_NODESERVICE']._serialized_end=2284
 # @@protoc_insertion_point(module_scope)

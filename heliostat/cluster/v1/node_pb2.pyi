@@ -75,6 +75,24 @@ class StreamItem(_message.Message):
     pending: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, stream_id: _Optional[bytes] = ..., index: _Optional[int] = ..., values: _Optional[_Iterable[_Union[WireValue, _Mapping]]] = ..., pending: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class LogLines(_message.Message):
+    __slots__ = ("task_id", "actor_id", "stream", "task_name", "pid", "text", "origin")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    task_id: bytes
+    actor_id: bytes
+    stream: str
+    task_name: str
+    pid: int
+    text: str
+    origin: str
+    def __init__(self, task_id: _Optional[bytes] = ..., actor_id: _Optional[bytes] = ..., stream: _Optional[str] = ..., task_name: _Optional[str] = ..., pid: _Optional[int] = ..., text: _Optional[str] = ..., origin: _Optional[str] = ...) -> None: ...
+
 class PushValues(_message.Message):
     __slots__ = ("values",)
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -134,7 +152,7 @@ class ActorBorrow(_message.Message):
     def __init__(self, actor_id: _Optional[bytes] = ..., borrower: _Optional[int] = ..., delta: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("forward", "report", "push", "release", "cancel", "actor_started", "actor_control", "actor_refs", "actor_borrow", "item")
+    __slots__ = ("forward", "report", "push", "release", "cancel", "actor_started", "actor_control", "actor_refs", "actor_borrow", "item", "log")
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +163,7 @@ class Envelope(_message.Message):
     ACTOR_REFS_FIELD_NUMBER: _ClassVar[int]
     ACTOR_BORROW_FIELD_NUMBER: _ClassVar[int]
     ITEM_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
     forward: ForwardTask
     report: TaskReport
     push: PushValues
@@ -155,7 +174,8 @@ class Envelope(_message.Message):
     actor_refs: ActorRefs
     actor_borrow: ActorBorrow
     item: StreamItem
-    def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., actor_started: _Optional[_Union[ActorStarted, _Mapping]] = ..., actor_control: _Optional[_Union[ActorControl, _Mapping]] = ..., actor_refs: _Optional[_Union[ActorRefs, _Mapping]] = ..., actor_borrow: _Optional[_Union[ActorBorrow, _Mapping]] = ..., item: _Optional[_Union[StreamItem, _Mapping]] = ...) -> None: ...
+    log: LogLines
+    def __init__(self, forward: _Optional[_Union[ForwardTask, _Mapping]] = ..., report: _Optional[_Union[TaskReport, _Mapping]] = ..., push: _Optional[_Union[PushValues, _Mapping]] = ..., release: _Optional[_Union[ReleaseObjects, _Mapping]] = ..., cancel: _Optional[_Union[CancelTask, _Mapping]] = ..., actor_started: _Optional[_Union[ActorStarted, _Mapping]] = ..., actor_control: _Optional[_Union[ActorControl, _Mapping]] = ..., actor_refs: _Optional[_Union[ActorRefs, _Mapping]] = ..., actor_borrow: _Optional[_Union[ActorBorrow, _Mapping]] = ..., item: _Optional[_Union[StreamItem, _Mapping]] = ..., log: _Optional[_Union[LogLines, _Mapping]] = ...) -> None: ...
 
 class DeliverRequest(_message.Message):
     __slots__ = ("from_node", "messages", "epoch", "seq")

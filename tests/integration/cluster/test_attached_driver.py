@@ -177,6 +177,69 @@ def test_a_driver_with_a_runtime_env_attaches_and_its_code_runs_on_every_node(
     assert seen["nested"] == [head, "hello 99", "yes"]
 
 
+PRINTS = r"""
+import sys
+import heliostat as hs
+from heliostat.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+hs.init(log_to_driver=sys.argv[1] == "1")
+here, there = (NodeAffinitySchedulingStrategy(n, soft=False) for n in sys.argv[2:4])
+
+@hs.remote
+def shout(word):
+    print(f"shouted {word}")
+    print(f"complained {word}", file=sys.stderr)
+    return word
+
+@hs.remote
+def outer():
+    return hs.get(shout.options(scheduling_strategy=there).remote("nested"))
+
+@hs.remote
+class Parrot:
+    def say(self, word):
+        print(f"parrot says {word}")
+        return word
+
+parrot = Parrot.options(scheduling_strategy=there).remote()
+assert hs.get([
+    shout.options(scheduling_strategy=here).remote("here"),
+    shout.options(scheduling_strategy=there).remote("there"),
+    outer.options(scheduling_strategy=here).remote(),
+    parrot.say.remote("hello"),
+]) == ["here", "there", "nested", "hello"]
+print("DONE", flush=True)
+hs.shutdown()
+"""
+
+
+def test_an_attached_driver_prints_its_tasks_output_from_every_node(daemons: Daemons) -> None:
+    """As a Ray driver does (``log_to_driver=True``, the default): what its tasks and
+    actors print, on its node or another, nested or not, shows at the driver, after
+    who wrote it; the node's log keeps its copy. ``log_to_driver=False`` shows none."""
+    daemons.start_head()
+    n1 = daemons.start_node("n1", "127.0.0.2")
+    head = daemons.head_node_id()
+    result = subprocess.run(
+        [sys.executable, "-c", PRINTS, "1", head, n1],
+        env=daemons.driver_env(),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    out, err = result.stdout, result.stderr
+    assert out.rstrip().endswith("DONE")
+    assert any(
+        line.startswith("(shout pid=") and "shouted here" in line for line in out.splitlines()
+    )
+    assert f"(shout, node {n1} pid=" in out and "shouted there" in out
+    assert "shouted nested" in out and "complained nested" in err
+    assert f"(Parrot.say, node {n1} pid=" in out and "parrot says hello" in out
+    quiet = daemons.driver(PRINTS, args=("0", head, n1))
+    assert quiet.split() == ["DONE"]
+
+
 def test_heliostat_attach_0_gives_the_driver_a_node_of_its_own(daemons: Daemons) -> None:
     daemons.start_head()
     assert daemons.driver(WHICH).split() == ["AttachedRuntime"]
