@@ -74,6 +74,7 @@ from heliostat.engine.records import (
     WorkerState,
     transition,
 )
+from heliostat.engine.spill_depth import PIPELINE_S, SpillDepth
 from heliostat.engine.task_table import TaskTable
 from heliostat.engine.worker_registry import WorkerRegistry
 from heliostat.exceptions import (
@@ -121,8 +122,14 @@ class Dispatch:
         self._tasks = tasks
         self._actors = actors
         self._max_workers = max_workers
-        # Tasks sent ahead to a busy worker (same resource shape), at most this many.
-        self._depth = pipeline_depth
+        # Tasks sent ahead to a busy worker (same resource shape): about PIPELINE_S of
+        # work by each function's run times, two at first, at most pipeline_depth
+        # (0: none are sent ahead).
+        self._pipeline = (
+            SpillDepth(min(2, pipeline_depth), pipeline_depth, PIPELINE_S)
+            if pipeline_depth > 0
+            else None
+        )
         self.revoke_timeout_s = revoke_timeout_s
         self.ready: dict[ResourceSet, deque[TaskSpec]] = {}  # invariant: state READY
         self.stopping = False  # no new dispatch once the node is shutting down
@@ -357,13 +364,12 @@ class Dispatch:
                 worker = idle.pop()
                 node.try_acquire(resources)
                 self._dispatch(spec, worker)
-        if self.peers is not None and self.peers.nodes:
-            self._spill()
-        depth = self._depth
-        if depth and busy:
+        pipeline = self._pipeline
+        if pipeline is not None and busy:
             for resources, queue in self.ready.items():
                 if not queue:
                     continue
+                depth = pipeline.of(queue[0].fn_id)
                 for worker in busy.values():
                     task = worker.task
                     if (
@@ -381,6 +387,8 @@ class Dispatch:
                         self._dispatch(queue.popleft(), worker, ahead=True)
                     if not queue:
                         break
+        if self.peers is not None and self.peers.nodes:
+            self._spill()  # what this node's workers cannot take, even sent ahead
         if idle and busy and not any(self.ready.values()):
             # A worker is idle while others hold tasks sent ahead: take them back, so
             # no task waits behind a long one while a CPU is free (work stealing).
@@ -452,6 +460,8 @@ class Dispatch:
             if kind == _SHM:
                 table.make_room(size)
             objects.set_value(entry, KIND_OF[kind], payload, size, contained)
+        if self._pipeline is not None and spec.kind is TaskKind.NORMAL:
+            self._pipeline.ran(spec.fn_id, event.finished - event.started)
         self._tasks.finish(spec, event.started, event.finished, "ok")
         self._after_execution(worker, spec)
 

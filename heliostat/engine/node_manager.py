@@ -72,7 +72,7 @@ class NodeConfig:
     idle_worker_timeout_s: float = 10.0
     # Tasks sent ahead to a busy worker (same resource shape), so it never waits a
     # round trip between two short tasks.
-    pipeline_depth: int = 2
+    pipeline_depth: int = 32
     # How long a worker may take to answer a REVOKE before the tasks still queued on
     # it are taken back and run elsewhere (it may be stopped; see dispatch.py).
     revoke_timeout_s: float = 0.2

@@ -91,6 +91,42 @@ def test_short_tasks_are_sent_ahead_to_a_busy_worker(make_node, make_spec) -> No
     assert [m.spec for m in node.sent(worker)] == [specs[3]]
 
 
+def _ran(worker, spec, seconds: float) -> TaskDone:
+    done = _done(worker, spec)
+    return TaskDone(
+        worker=done.worker,
+        task_id=done.task_id,
+        results=done.results,
+        started=1.0,
+        finished=1.0 + seconds,
+    )
+
+
+def test_how_many_go_ahead_follows_how_long_a_function_runs(make_node, make_spec) -> None:
+    """About PIPELINE_S of work is sent ahead: many tiny calls, two long ones."""
+    node = make_node(max_workers=1, pipeline_depth=32)
+    worker = node.add_worker()
+    tiny = [make_spec(fn_id=b"tiny") for _ in range(40)]
+    for spec in tiny:
+        node.state.submit(node.state.driver, spec)
+    assert sum(m.ahead for m in node.sent(worker)) == 2  # not run yet: two go ahead
+    node.state.task_done(_ran(worker, tiny[0], 50e-6))  # 50 us: 2 ms is 40 of them
+    node.sent(worker)
+    assert len(worker.queued) == 32  # the most sent ahead
+    slow = [make_spec(fn_id=b"slow") for _ in range(6)]
+    for spec in tiny[1:34]:
+        node.state.task_done(_ran(worker, spec, 50e-6))
+    for spec in slow:
+        node.state.submit(node.state.driver, spec)
+    node.state.task_done(_ran(worker, tiny[34], 50e-6))
+    done_slow = slow[0]
+    while worker.task is not done_slow:  # run the rest of the tiny ones
+        node.state.task_done(_ran(worker, worker.task, 50e-6))
+    node.state.task_done(_ran(worker, done_slow, 0.5))  # half a second a call
+    node.sent(worker)
+    assert len(worker.queued) == 2
+
+
 def test_no_idle_worker_asks_for_one_within_max_workers(make_node, make_spec) -> None:
     node = make_node(num_cpus=2, max_workers=2)
     node.effects()
