@@ -364,6 +364,11 @@ class Dispatch:
                 worker = idle.pop()
                 node.try_acquire(resources)
                 self._dispatch(spec, worker)
+        if self.peers is not None and self.peers.nodes:
+            # Before sending any ahead here: a peer with a free CPU starts a task at
+            # once, where one sent ahead waits for the running task to end (a call
+            # seen for the first time may be long).
+            self._spill()
         pipeline = self._pipeline
         if pipeline is not None and busy:
             for resources, queue in self.ready.items():
@@ -387,8 +392,6 @@ class Dispatch:
                         self._dispatch(queue.popleft(), worker, ahead=True)
                     if not queue:
                         break
-        if self.peers is not None and self.peers.nodes:
-            self._spill()  # what this node's workers cannot take, even sent ahead
         if idle and busy and not any(self.ready.values()):
             # A worker is idle while others hold tasks sent ahead: take them back, so
             # no task waits behind a long one while a CPU is free (work stealing).

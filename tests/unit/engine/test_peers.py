@@ -151,6 +151,18 @@ def test_spread_and_affinity_are_decided_when_the_task_is_ready(make_node, make_
     assert isinstance(_error(node, nowhere.return_ids[0]), TaskUnschedulableError)
 
 
+def test_a_peer_with_room_gets_a_task_before_it_is_sent_ahead_here(make_node, make_spec) -> None:
+    """A task sent ahead waits for the running one (maybe long: a function not seen
+    yet); a peer with a free CPU starts it at once, so spilling comes first."""
+    node, _ = _cluster(make_node, num_cpus=1, peers=(B,))
+    worker = node.add_worker()
+    specs = [make_spec(fn_id=b"unseen") for _ in range(5)]
+    for spec in specs:
+        node.state.submit(node.state.driver, spec)
+    assert [f.spec for f in _forwards(node)] == specs[1:]  # two CPUs there, two deep
+    assert worker.task is specs[0] and not worker.queued
+
+
 def test_a_task_pinned_to_this_busy_node_waits_for_it_and_is_never_spilled(
     make_node, make_spec
 ) -> None:
