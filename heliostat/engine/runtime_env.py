@@ -240,7 +240,7 @@ def _shared_dirs() -> tuple[str, ...]:
 
 
 def _under(path: str, directory: str) -> bool:
-    """Whether ``path`` is ``directory`` or inside it (both compared resolved)."""
+    """Whether ``path`` (resolved here) is ``directory`` (resolved already) or inside it."""
     path = os.path.realpath(path)
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
