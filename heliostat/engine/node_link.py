@@ -518,7 +518,9 @@ class NodeLink:
             return
         sender = self._sender(effect.node)
         if sender is None:
-            log.warning("dropped a message for node %s: not a live node", format_id(effect.node))
+            # A task's output for a node that died is no news (its tasks are gone too).
+            level = logging.DEBUG if type(effect) is LogLines else logging.WARNING
+            log.log(level, "dropped a message for node %s: not a live node", format_id(effect.node))
             return
         sender.put(effect)
 
