@@ -38,13 +38,11 @@ __all__ = [
     "CancelRemote",
     "CreateActor",
     "Disconnect",
-    "DriverLog",
     "Effect",
     "Execute",
     "Exit",
     "ForwardTask",
     "Kill",
-    "LocalLog",
     "LogLines",
     "Message",
     "Outbox",
@@ -65,6 +63,7 @@ __all__ = [
     "WireValue",
     "WorkerExited",
     "WorkerLost",
+    "WorkerOutput",
     "WorkerSpawned",
 ]
 
@@ -195,9 +194,11 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DriverLog:
-    """Print these lines a worker wrote (``origin``: the node that ran it, "" for this
-    one): for an attached driver whose job the task belongs to."""
+class WorkerOutput:
+    """Lines a worker wrote (``origin``: the node that ran it, "" for this one), to
+    print: sent to an attached driver whose job the task belongs to (a message), or
+    printed where this node prints its workers' output (an effect: its own driver,
+    or its log file)."""
 
     stream: str
     task_name: str
@@ -206,7 +207,9 @@ class DriverLog:
     origin: str
 
 
-Message = Execute | CallActor | CreateActor | Revoke | CancelCall | Unmap | Exit | Reply | DriverLog
+Message = (
+    Execute | CallActor | CreateActor | Revoke | CancelCall | Unmap | Exit | Reply | WorkerOutput
+)
 
 EXIT = Exit()  # no fields: one instance serves every worker
 
@@ -307,18 +310,6 @@ class LogLines:
     node: int
     task_id: int
     actor_id: int
-    stream: str
-    task_name: str
-    pid: int
-    text: str
-    origin: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LocalLog:
-    """Print these lines where this node prints its workers' output (its own driver,
-    or its log file)."""
-
     stream: str
     task_name: str
     pid: int
@@ -507,7 +498,7 @@ PEER_EFFECTS = (
 )
 
 
-Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect | LocalLog | PeerEffect | HeadEffect
+Effect = Kill | Poke | Spawn | UnmapDriver | Disconnect | WorkerOutput | PeerEffect | HeadEffect
 
 
 class Outbox:

@@ -35,11 +35,9 @@ from heliostat.engine.node_instructions import (
     CancelCall,
     CreateActor,
     Disconnect,
-    DriverLog,
     Execute,
     Exit,
     Kill,
-    LocalLog,
     Message,
     Poke,
     Reply,
@@ -51,6 +49,7 @@ from heliostat.engine.node_instructions import (
     UnmapDriver,
     WorkerExited,
     WorkerLost,
+    WorkerOutput,
     WorkerSpawned,
 )
 from heliostat.engine.node_state import NodeState
@@ -109,7 +108,7 @@ def encode(message: Message) -> tuple[Any, ...]:
         )
     if kind is Revoke:
         return (Op.REVOKE, message.task_ids, message.revoke_id)  # type: ignore[union-attr]
-    if kind is DriverLog:
+    if kind is WorkerOutput:
         return (
             Op.LOG_LINES,
             message.stream,  # type: ignore[union-attr]
@@ -260,7 +259,7 @@ class NodeLoop:
             self._pool.spawn(effect.index)  # type: ignore[attr-defined]
         elif kind is UnmapDriver:
             self._driver_unmap(list(effect.object_ids))  # type: ignore[attr-defined]
-        elif kind is LocalLog:
+        elif kind is WorkerOutput:
             self._logs.append(
                 (
                     effect.stream,  # type: ignore[attr-defined]

@@ -7,11 +7,12 @@ output at the job's driver: the node follows the owners from the task (a nested
 task's owner is the worker running its parent; an actor's, its creator) until it
 finds the driver:
 
-* a driver attached to this node: a ``DriverLog`` for it (``LOG_LINES`` on its socket);
+* a driver attached to this node: a ``WorkerOutput`` message for it (``LOG_LINES`` on
+  its socket);
 * another node, the task's owner: a ``LogLines`` peer message, and that node goes on
   from the task it forwarded (``peer_output``);
 * this node's own driver: printed here already (or, for lines from a peer, a
-  ``LocalLog`` for the node loop to print).
+  ``WorkerOutput`` effect for the node loop to print).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from heliostat.engine.ids import format_id
-from heliostat.engine.node_instructions import DriverLog, LocalLog, LogLines
+from heliostat.engine.node_instructions import LogLines, WorkerOutput
 from heliostat.engine.records import PEER_INDEX_BASE, TaskSpec, WorkerRecord, WorkerState
 
 __all__ = ["OutputRoutes"]
@@ -71,9 +72,7 @@ class OutputRoutes:
             spec = peers.inflight.get(index, {}).get(task_id) if peers is not None else None
             spec = spec or self.tasks.tasks.get(task_id)
         if spec is None:  # ended and forgotten meanwhile: printed where this node prints
-            self.out.effect(
-                LocalLog(stream=stream, task_name=task_name, pid=pid, text=text, origin=origin)
-            )
+            self.out.effect(self._output(stream, task_name, pid, text, origin))
             return
         self._route_output(spec, actor_id, stream, task_name, pid, text, origin, local=False)
 
@@ -115,12 +114,7 @@ class OutputRoutes:
             if proc is None or proc is self.driver:
                 break
             if proc.state is WorkerState.DRIVER:  # attached here (gone: nothing is sent)
-                self.out.send(
-                    proc,
-                    DriverLog(
-                        stream=stream, task_name=task_name, pid=pid, text=text, origin=origin
-                    ),
-                )
+                self.out.send(proc, self._output(stream, task_name, pid, text, origin))
                 return
             actor = proc.actor
             parent = actor.creation if actor is not None else proc.task
@@ -128,6 +122,8 @@ class OutputRoutes:
                 break
             spec, actor_id = parent, (actor.actor_id if actor is not None else 0)
         if not local:
-            self.out.effect(
-                LocalLog(stream=stream, task_name=task_name, pid=pid, text=text, origin=origin)
-            )
+            self.out.effect(self._output(stream, task_name, pid, text, origin))
+
+    @staticmethod
+    def _output(stream: str, task_name: str, pid: int, text: str, origin: str) -> WorkerOutput:
+        return WorkerOutput(stream=stream, task_name=task_name, pid=pid, text=text, origin=origin)

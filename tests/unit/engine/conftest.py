@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from heliostat.engine.node_state import NodeState
-from heliostat.engine.records import TaskKind, TaskSpec, WorkerRecord
+from heliostat.engine.records import ActorOptions, TaskKind, TaskSpec, WorkerRecord
 from heliostat.scheduler import ResourceSet
 
 ONE_CPU = ResourceSet.from_request(1, None, default_cpus=1)
@@ -101,6 +101,27 @@ def _make_spec(
         method="m" if kind is TaskKind.ACTOR_CALL else "",
         max_calls=max_calls,
     )
+
+
+def _make_options(**overrides: Any) -> ActorOptions:
+    fields: dict[str, Any] = dict(
+        name="",
+        namespace="ns",
+        class_name="Counter",
+        max_restarts=0,
+        max_concurrency=1,
+        detached=False,
+        methods={"m": 1},
+        max_task_retries=0,
+    )
+    fields.update(overrides)
+    return ActorOptions(**fields)
+
+
+@pytest.fixture
+def make_options() -> Callable[..., ActorOptions]:
+    """``make_options(name=..., max_restarts=..., methods=..., ...)``: an actor's options."""
+    return _make_options
 
 
 @pytest.fixture

@@ -781,25 +781,16 @@ def test_values_promised_by_a_node_that_dies_fail_with_owner_died(make_node, mak
 
 
 def test_an_actor_that_does_not_fit_here_lives_on_a_peer_and_restarts_elsewhere(
-    make_node, make_spec
+    make_node, make_spec, make_options
 ) -> None:
-    from heliostat.engine.records import ActorOptions, ActorState, TaskKind
+    from heliostat.engine.records import ActorState, TaskKind
     from heliostat.exceptions import ActorDiedError
 
     node, peers = _cluster(make_node, peers=(B, C))
     one_cpu = ResourceSet.from_dict({"CPU": 1})
     creation = make_spec(kind=TaskKind.ACTOR_CREATE, resources=one_cpu)
     creation.actor_id = creation.task_id
-    options = ActorOptions(
-        name="counter",
-        namespace="ns",
-        class_name="Counter",
-        max_restarts=1,
-        max_concurrency=1,
-        detached=False,
-        methods={"incr": 1},
-        max_task_retries=1,
-    )
+    options = make_options(name="counter", max_restarts=1, methods={"incr": 1}, max_task_retries=1)
     node.state.create_actor(node.state.driver, creation, options)
     actor = node.state.actors.actors[creation.actor_id]
     (create,) = _forwards(node)

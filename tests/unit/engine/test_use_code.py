@@ -157,3 +157,23 @@ def test_only_an_attached_driver_may_set_a_job(make_node) -> None:
     node.state.verbs["set_job"](worker, lambda ok, v: answers.append((ok, v)), (), ())
     ((ok, error),) = answers
     assert not ok and "attached" in str(error)
+
+
+def test_a_job_whose_packages_cannot_be_installed_is_refused_and_not_kept(
+    make_node, make_spec
+) -> None:
+    from heliostat.engine.node_instructions import InstallCode
+    from heliostat.engine.records import spec_to_wire
+
+    node = make_node(num_cpus=1)
+    node.state.join_cluster(1)
+    driver = node.state.driver_attached(4242)
+    answers: list = []
+    node.state.verbs["set_job"](driver, lambda ok, v: answers.append((ok, v)), ("wd-9",), ())
+    (ask,) = [e for e in node.effects() if isinstance(e, InstallCode)]
+    missing = FileNotFoundError("package wd-9 is not at the head")
+    node.state.actors.head_answer(ask.req, False, missing)
+    assert answers == [(False, missing)]  # init() raises it: the driver does not go on
+    spec = make_spec()
+    node.state.verbs["submit"](driver, None, spec_to_wire(spec))
+    assert node.state.tasks.tasks[spec.task_id].job is None

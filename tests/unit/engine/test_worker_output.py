@@ -5,7 +5,7 @@ there. Pure: instructions out, no processes."""
 
 from __future__ import annotations
 
-from heliostat.engine.node_instructions import DriverLog, Execute, LocalLog, LogLines
+from heliostat.engine.node_instructions import Execute, LogLines, WorkerOutput
 from heliostat.engine.peers import PeerInfo
 from heliostat.engine.records import spec_to_wire
 from heliostat.scheduler import ResourceSet
@@ -25,7 +25,7 @@ def _driver_lines(node, driver) -> list[tuple[str, str, int, str, str]]:
     return [
         (m.stream, m.task_name, m.pid, m.text, m.origin)
         for m in node.sent(driver)
-        if isinstance(m, DriverLog)
+        if isinstance(m, WorkerOutput)
     ]
 
 
@@ -41,7 +41,7 @@ def test_output_of_an_attached_drivers_task_is_sent_to_that_driver(make_node, ma
     _running(node, worker, driver, make_spec(name="load"))
     node.state.worker_output(worker, "stdout", "load", "hello")
     assert _driver_lines(node, driver) == [("stdout", "load", worker.pid, "hello", "")]
-    assert not [e for e in node.effects() if isinstance(e, LocalLog | LogLines)]
+    assert not [e for e in node.effects() if isinstance(e, WorkerOutput | LogLines)]
 
 
 def test_a_nested_tasks_output_goes_to_the_driver_of_its_parents_job(make_node, make_spec) -> None:
@@ -81,13 +81,15 @@ def test_the_owner_prints_a_peers_lines_at_the_driver_of_the_job(make_node, make
     node.state.peer_output(B, mine.task_id, 0, "stdout", "mine", 7, "hi", origin)
     assert _driver_lines(node, driver) == [("stdout", "mine", 7, "hi", origin)]
     node.state.peer_output(B, own.task_id, 0, "stdout", "own", 7, "also", origin)
-    assert [e for e in node.effects() if isinstance(e, LocalLog)] == [
-        LocalLog(stream="stdout", task_name="own", pid=7, text="also", origin=origin)
+    assert [e for e in node.effects() if isinstance(e, WorkerOutput)] == [
+        WorkerOutput(stream="stdout", task_name="own", pid=7, text="also", origin=origin)
     ]
 
 
-def test_a_remote_actors_output_reaches_the_driver_that_created_it(make_node, make_spec) -> None:
-    from heliostat.engine.records import ActorOptions, TaskKind
+def test_a_remote_actors_output_reaches_the_driver_that_created_it(
+    make_node, make_spec, make_options
+) -> None:
+    from heliostat.engine.records import TaskKind
 
     node = _joined(make_node, num_cpus=0)
     driver = node.state.driver_attached(4242)
@@ -97,16 +99,7 @@ def test_a_remote_actors_output_reaches_the_driver_that_created_it(make_node, ma
         driver,
         lambda ok, v: reply.append(ok),
         spec_to_wire(creation),
-        ActorOptions(
-            name="",
-            namespace="ns",
-            class_name="Counter",
-            max_restarts=0,
-            max_concurrency=1,
-            detached=False,
-            methods={"add": 1},
-            max_task_retries=0,
-        ),
+        make_options(methods={"add": 1}),
     )
     assert node.state.actors.actors[77].remote_node == B  # created there
     node.state.peer_output(B, 0, 77, "stdout", "Counter.add", 9, "added", f"{B:020x}")
