@@ -475,7 +475,7 @@ class ObjectDirectory:
 
         When the task keeps lineage, the item's entry keeps the task's spec (as a
         return value does) and the spec notes the item's id, so that a lost item can be
-        rebuilt by running the generator again (:meth:`rebuilt_item`).
+        rebuilt by running the generator again (:meth:`rebuilding`).
         """
         spec = stream.lineage
         if spec is not None:
