@@ -336,13 +336,21 @@ import collections, json, sys, time
 import heliostat as hs
 
 target, tasks, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+work_s = float(sys.argv[4]) * 1e-6  # 0: tiny tasks, else each spins this long
 if target.startswith("local:"):
     hs.init(num_cpus=int(target.split(":")[1]))
 else:
-    hs.init(address=target, token=sys.argv[4])
+    hs.init(address=target, token=sys.argv[5])
+
+def spin():
+    end = time.perf_counter() + work_s
+    while time.perf_counter() < end:
+        pass
 
 @hs.remote
 def tiny(i):
+    if work_s:
+        spin()
     return i
 
 hs.get([tiny.remote(i) for i in range(min(tasks, 2000))], timeout=600)  # warm the workers
@@ -353,6 +361,8 @@ for _ in range(rounds):
     rates.append(tasks / (time.perf_counter() - t0))
 @hs.remote
 def where(i):
+    if work_s:
+        spin()  # as long as a timed task
     return hs.get_runtime_context().get_node_id()
 
 # One more round, untimed: which node ran how many of the tasks.
@@ -477,7 +487,9 @@ def _driver(script: str, *args: str, python: str = sys.executable, env: Any = No
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_throughput(nodes: list[int], tasks: int, rounds: int) -> dict[str, Any]:
+def measure_throughput(
+    nodes: list[int], tasks: int, rounds: int, work_us: int = 0, work_tasks: int = 0
+) -> dict[str, Any]:
     """Tiny tasks per second: one local node, then clusters of 1, 2 and 3 nodes.
 
     Every node has one CPU. A cluster's driver joins with ``init(address=...)`` and
@@ -486,8 +498,12 @@ def measure_throughput(nodes: list[int], tasks: int, rounds: int) -> dict[str, A
     task is forwarded to another node and reported back.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELIOSTAT_")}
-    local = _driver(_HS_TINY, "local:1", str(tasks), str(rounds), env=env)
+    local = _driver(_HS_TINY, "local:1", str(tasks), str(rounds), "0", env=env)
     result: dict[str, Any] = {"tasks": tasks, "local": _summary(local["rates"])}
+    spread: dict[str, Any] = {"work_us": work_us, "tasks": work_tasks}
+    if work_us:
+        found = _driver(_HS_TINY, "local:1", str(work_tasks), str(rounds), str(work_us), env=env)
+        spread["local"] = _summary(found["rates"])
     runs = [(count, f"nodes_{count}", "1") for count in nodes]
     runs.append((max(nodes), f"nodes_{max(nodes)}_driver_node", "0"))
     for count, key, attach in runs:
@@ -503,9 +519,16 @@ def measure_throughput(nodes: list[int], tasks: int, rounds: int) -> dict[str, A
                 cluster.address,
                 str(tasks),
                 str(rounds),
+                "0",
                 cluster.token,
                 env={**cluster.env, "HELIOSTAT_ATTACH": attach},
             )
+            if work_us and count == max(nodes) and attach == "1":
+                spun = _driver(
+                    _HS_TINY, cluster.address, str(work_tasks), str(rounds), str(work_us),
+                    cluster.token, env={**cluster.env, "HELIOSTAT_ATTACH": attach},
+                )  # fmt: skip
+                spread[key] = {**_summary(spun["rates"]), "tasks_per_node": spun["ran_on"]}
             if count == 2 and attach == "1":
                 times = _driver(
                     _HS_REMOTE_CALL, cluster.address, cluster.token, second, str(REMOTE_CALLS),
@@ -519,6 +542,8 @@ def measure_throughput(nodes: list[int], tasks: int, rounds: int) -> dict[str, A
             "tasks_per_node": found["ran_on"],
             "driver_attached": found["attached"],
         }
+    if work_us:
+        result["spinning"] = spread
     return result
 
 
@@ -635,6 +660,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=5000, help="tiny tasks per round")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
     parser.add_argument(
+        "--work-us", type=int, default=200, help="run time of a spinning task (0: skip them)"
+    )
+    parser.add_argument("--work-tasks", type=int, default=2000, help="spinning tasks per round")
+    parser.add_argument(
         "--only",
         choices=["control", "throughput", "transfer"],
         help="run one section (default: all)",
@@ -654,9 +683,16 @@ def main(argv: list[str] | None = None) -> int:
             cluster.close()
     if args.only in (None, "throughput"):
         sizes = [1, 2, 3]
-        ours = result["tiny_tasks_per_s"] = measure_throughput(sizes, args.tasks, args.rounds)
+        ours = result["tiny_tasks_per_s"] = measure_throughput(
+            sizes, args.tasks, args.rounds, args.work_us, args.work_tasks
+        )
         three = ours["nodes_3"]["median"]
         result["three_nodes_vs_local"] = round(three / ours["local"]["median"], 2)
+        if args.work_us:
+            spun = ours["spinning"]
+            spun["three_nodes_vs_local"] = round(
+                spun["nodes_3"]["median"] / spun["local"]["median"], 2
+            )
         if ray:
             theirs = measure_ray_throughput(args.ray_python, sizes, args.tasks, args.rounds)
             result["ray_tiny_tasks_per_s"] = theirs

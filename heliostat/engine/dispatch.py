@@ -74,7 +74,7 @@ from heliostat.engine.records import (
     WorkerState,
     transition,
 )
-from heliostat.engine.spill_depth import PIPELINE_S, SpillDepth
+from heliostat.engine.spill_depth import PIPELINE_S, SHORT_CALL_S, SpillDepth
 from heliostat.engine.task_table import TaskTable
 from heliostat.engine.worker_registry import WorkerRegistry
 from heliostat.exceptions import (
@@ -407,17 +407,48 @@ class Dispatch:
                 registry.spawn(None)
 
     def _spill(self) -> None:
-        """Send tasks this node has no room for to peers with room (spillback)."""
+        """Send tasks this node has no room for to peers with room (spillback).
+
+        Not short calls while a worker here runs one: they are sent ahead to it
+        instead (forwarding costs this node manager more than running them,
+        ``SHORT_CALL_S``).
+        """
         peers = self.peers
         node = self.node
         for resources, queue in self.ready.items():
-            if not queue or node.fits(resources):
+            if not queue or node.fits(resources) or self._runs_short_here(queue[0]):
                 continue
             while queue and peers.may_spill(queue[0]):
                 target = peers.spill_target(resources, queue[0].fn_id)
                 if target is None:
                     break
                 peers.forward(queue.popleft(), target)
+
+    def _short(self, fn_id: bytes | None) -> bool:
+        """Whether calls of ``fn_id`` are known to run shorter than SHORT_CALL_S."""
+        seconds = self._pipeline.run_time(fn_id) if self._pipeline is not None else None
+        if seconds is None and self.peers is not None:
+            seconds = self.peers.depth.run_time(fn_id)
+        return seconds is not None and seconds < SHORT_CALL_S
+
+    def _runs_short_here(self, spec: TaskSpec) -> bool:
+        """Whether a short call like ``spec`` is better sent ahead to a worker here,
+        one running a short call of its shape, than spilled to a peer."""
+        if self._pipeline is None or spec.max_calls or not self._short(spec.fn_id):
+            return False  # a max_calls task is never sent ahead
+        registry = self._registry
+        for worker in registry.busy.values():
+            task = worker.task
+            if (
+                task is not None
+                and task.resources == spec.resources
+                and not worker.blocked
+                and not worker.revokes
+                and not registry.spent(worker)
+                and self._short(task.fn_id)
+            ):
+                return True
+        return False
 
     def _dispatch(self, spec: TaskSpec, worker: WorkerRecord, *, ahead: bool = False) -> None:
         resolved = self._tasks.resolve_args(spec, worker)

@@ -7,6 +7,7 @@ run, report, pull, release) and every failure path are plain function calls.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import signal
 
@@ -33,6 +34,7 @@ from heliostat.engine.peers import (
 )
 from heliostat.engine.records import PEER_INDEX_BASE, TaskState, spec_to_wire
 from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
+from heliostat.engine.spill_depth import SHORT_CALL_S
 from heliostat.engine.streams import STREAMING
 from heliostat.exceptions import (
     NodeDiedError,
@@ -161,6 +163,66 @@ def test_a_peer_with_room_gets_a_task_before_it_is_sent_ahead_here(make_node, ma
         node.state.submit(node.state.driver, spec)
     assert [f.spec for f in _forwards(node)] == specs[1:]  # two CPUs there, two deep
     assert worker.task is specs[0] and not worker.queued
+
+
+def _ran_for(node, worker, spec, seconds: float) -> None:
+    """``worker`` of ``node`` ends ``spec``, which ran ``seconds``."""
+    node.state.task_done(
+        dataclasses.replace(_ended(worker, spec), started=100.0, finished=100.0 + seconds)
+    )
+
+
+def test_calls_shorter_than_forwarding_them_stay_here_and_longer_ones_spill(
+    make_node, make_spec
+) -> None:
+    """Forwarding a task costs this node manager more than running a short call here,
+    so a call known to be short waits for the busy worker (sent ahead), while a
+    long one, or one not seen yet, goes to the peer with room."""
+    node, _ = _cluster(make_node, num_cpus=1, peers=(B,))
+    worker = node.add_worker()
+    first = make_spec(fn_id=b"short")
+    node.state.submit(node.state.driver, first)
+    _ran_for(node, worker, first, SHORT_CALL_S / 10)  # now known to be short
+    running = make_spec(fn_id=b"short")
+    node.state.submit(node.state.driver, running)
+    assert worker.task is running
+    ahead = [make_spec(fn_id=b"short") for _ in range(2)]  # the pipeline depth here
+    for spec in ahead:
+        node.state.submit(node.state.driver, spec)
+    assert list(worker.queued) == ahead and _forwards(node) == []
+    # A long call (one not seen yet, too) is worth a peer's CPU...
+    long = make_spec(fn_id=b"long")
+    node.state.submit(node.state.driver, long)
+    assert [f.spec for f in _forwards(node)] == [long]
+    # ... a short one waits here, though the peer has room.
+    waits = make_spec(fn_id=b"short")
+    node.state.submit(node.state.driver, waits)
+    assert _forwards(node) == [] and waits.state is TaskState.READY
+    _ran_for(node, worker, running, SHORT_CALL_S / 10)
+    assert worker.task is ahead[0] and waits in worker.queued
+
+
+def test_short_calls_spill_behind_a_long_call_or_when_sending_ahead_cannot_be(
+    make_node, make_spec
+) -> None:
+    node, _ = _cluster(make_node, num_cpus=1, peers=(B,))
+    worker = node.add_worker()
+    first = make_spec(fn_id=b"short")
+    node.state.submit(node.state.driver, first)
+    _ran_for(node, worker, first, SHORT_CALL_S / 10)
+    slow = make_spec(fn_id=b"slow")
+    node.state.submit(node.state.driver, slow)  # the worker runs a call not seen yet
+    assert worker.task is slow
+    short = make_spec(fn_id=b"short")
+    node.state.submit(node.state.driver, short)
+    assert [f.spec for f in _forwards(node)] == [short]  # not queued behind it
+    _ran_for(node, worker, slow, 0.0)
+    again = make_spec(fn_id=b"short")
+    node.state.submit(node.state.driver, again)  # runs here: the worker was free
+    assert worker.task is again
+    capped = make_spec(fn_id=b"short", max_calls=5)  # never sent ahead: a peer takes it
+    node.state.submit(node.state.driver, capped)
+    assert [f.spec for f in _forwards(node)] == [capped]
 
 
 def test_a_task_pinned_to_this_busy_node_waits_for_it_and_is_never_spilled(

@@ -37,6 +37,14 @@ def test_the_depth_follows_a_function_whose_calls_get_longer() -> None:
     assert depth.of(SHORT) == 1
 
 
+def test_the_run_time_is_a_moving_average_and_none_before_a_call() -> None:
+    depth = SpillDepth(2, 128)
+    assert depth.run_time(SHORT) is None and depth.run_time(None) is None
+    depth.ran(SHORT, 1.0)
+    depth.ran(SHORT, 2.0)
+    assert depth.run_time(SHORT) == pytest.approx(1.2)  # a fifth of the way to 2.0
+
+
 def test_a_call_that_took_no_time_is_worth_the_ceiling_not_a_division_by_zero() -> None:
     depth = SpillDepth(2, 64)
     depth.ran(SHORT, 0.0)
