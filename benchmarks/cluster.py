@@ -24,6 +24,10 @@ Throughput:
   forwards the rest to the other nodes. ``tasks_per_node``: how many tasks of one
   more (untimed) round each node ran, most first. ``three_nodes_vs_local`` is the
   ratio of the 3-node and local medians.
+* ``spinning``: the same with tasks that spin ``--work-us`` microseconds (default 200,
+  0 skips them), ``--work-tasks`` a round, on one local node and on 3 nodes
+  (``three_nodes_vs_local``, ``tasks_per_node``): calls long enough to be spread
+  (tiny ones stay on the owner's node, ``engine/spill_depth.SHORT_CALL_S``).
 * ``remote_call_ms``: on the 2-node cluster, one tiny task at a time sent to the other
   node (``NodeAffinitySchedulingStrategy``) and its result fetched: ``median`` and
   ``p90`` of 300 round trips (in ``tiny_tasks_per_s``; Ray's in
@@ -52,7 +56,7 @@ the array, one on the head raylet reads its last byte) and ``transfer_ratio``
 (heliostat's engine path / Ray's, medians).
 
 Usage: ``python benchmarks/cluster.py [--only transfer] [--kills 5] [--heartbeats 2000]
-[--tasks 5000] [--rounds 5] [--transfers 3] [--transfer-mib 1024] [--peer ray]``.
+[--tasks 5000] [--rounds 5] [--work-us 200] [--transfers 3] [--transfer-mib 1024] [--peer ray]``.
 """
 
 from __future__ import annotations
