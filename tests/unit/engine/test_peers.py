@@ -893,24 +893,15 @@ def test_an_actor_that_does_not_fit_here_lives_on_a_peer_and_restarts_elsewhere(
     assert isinstance(_error(node, late.return_ids[0]), ActorDiedError)
 
 
-def test_actors_a_dead_owner_placed_here_go_with_it(make_node, make_spec) -> None:
+def test_actors_a_dead_owner_placed_here_go_with_it(make_node, make_spec, make_options) -> None:
     """Fate sharing across nodes: the owner's node leaves, its actors here end and
     give their CPU back (else tasks sent here later would wait behind them forever)."""
-    from heliostat.engine.records import ActorOptions, ActorState, TaskKind
+    from heliostat.engine.records import ActorState, TaskKind
 
     runner, peers, worker = _runner(make_node)
     creation = make_spec(kind=TaskKind.ACTOR_CREATE, resources=ResourceSet.from_dict({"CPU": 1}))
     creation.actor_id = creation.task_id
-    options = ActorOptions(
-        name="",
-        namespace="ns",
-        class_name="Counter",
-        max_restarts=0,
-        max_concurrency=1,
-        detached=False,
-        methods={"incr": 1},
-        max_task_retries=0,
-    )
+    options = make_options(methods={"incr": 1})
     runner.state.peer_forward(A, spec_to_wire(creation), b"code", [], [], actor_options=options)
     actor = runner.state.actors.actors[creation.actor_id]
     assert runner.sent(worker) and runner.state.node.available.get("CPU") == 0
