@@ -15,39 +15,24 @@ from heliostat.engine.node_instructions import (
     WorkerLost,
 )
 from heliostat.engine.object_table import ObjKind
-from heliostat.engine.records import ActorOptions, ActorState, TaskKind
+from heliostat.engine.records import ActorState, TaskKind
 from heliostat.exceptions import ActorDiedError
 from heliostat.scheduler import ResourceSet
 
 NO_CPU = ResourceSet.from_request(0, None, default_cpus=0)
 
 
-def _options(**kw) -> ActorOptions:
-    base = dict(
-        name="",
-        namespace="ns",
-        class_name="Counter",
-        max_restarts=0,
-        max_concurrency=1,
-        detached=False,
-        methods={"m": 1},
-        max_task_retries=0,
-    )
-    base.update(kw)
-    return ActorOptions(**base)
-
-
-def _create(node, make_spec, **options):
+def _create(node, make_spec, make_options, **options):
     creation = make_spec(kind=TaskKind.ACTOR_CREATE, resources=NO_CPU)
     creation.actor_id = creation.task_id
-    node.state.create_actor(node.state.driver, creation, _options(**options))
+    node.state.create_actor(node.state.driver, creation, make_options(**options))
     return node.state.actors.actors[creation.actor_id]
 
 
-def _started(node, make_spec):
+def _started(node, make_spec, make_options):
     """A new worker, and an actor created on it that is ready."""
     worker = node.add_worker()
-    actor = _create(node, make_spec)
+    actor = _create(node, make_spec, make_options)
     node.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
     return worker, actor
 
@@ -58,10 +43,12 @@ def _call(node, make_spec, actor):
     return spec
 
 
-def test_an_actor_gets_a_dedicated_worker_and_then_its_calls(make_node, make_spec) -> None:
+def test_an_actor_gets_a_dedicated_worker_and_then_its_calls(
+    make_node, make_spec, make_options
+) -> None:
     node = make_node()
     worker = node.add_worker()
-    actor = _create(node, make_spec)
+    actor = _create(node, make_spec, make_options)
     (create,) = node.sent(worker)
     assert isinstance(create, CreateActor) and create.actor is actor
     assert actor.state is ActorState.CREATING and actor.worker is worker
@@ -73,26 +60,28 @@ def test_an_actor_gets_a_dedicated_worker_and_then_its_calls(make_node, make_spe
     assert [m.spec for m in sent] == [first, second]
 
 
-def test_without_an_idle_worker_an_actor_spawns_one(make_node, make_spec) -> None:
+def test_without_an_idle_worker_an_actor_spawns_one(make_node, make_spec, make_options) -> None:
     node = make_node()
     node.effects()
-    actor = _create(node, make_spec)
+    actor = _create(node, make_spec, make_options)
     (spawn,) = [e for e in node.effects() if isinstance(e, Spawn)]
     assert node.state.registry.workers[spawn.index].purpose is actor
 
 
-def test_a_taken_name_is_refused(make_node, make_spec) -> None:
+def test_a_taken_name_is_refused(make_node, make_spec, make_options) -> None:
     node = make_node()
-    _create(node, make_spec, name="c")
+    _create(node, make_spec, make_options, name="c")
     creation = make_spec(kind=TaskKind.ACTOR_CREATE, resources=NO_CPU)
-    refusal = node.state.actor_refusal(creation, _options(name="c"))
+    refusal = node.state.actor_refusal(creation, make_options(name="c"))
     assert isinstance(refusal, ValueError) and "already exists" in str(refusal)
 
 
-def test_a_dead_worker_restarts_the_actor_and_retries_its_call(make_node, make_spec) -> None:
+def test_a_dead_worker_restarts_the_actor_and_retries_its_call(
+    make_node, make_spec, make_options
+) -> None:
     node = make_node()
     worker = node.add_worker()
-    actor = _create(node, make_spec, max_restarts=1, max_task_retries=1)
+    actor = _create(node, make_spec, make_options, max_restarts=1, max_task_retries=1)
     node.state.actor_ready(ActorReady(worker=worker, actor_id=actor.actor_id, error=None))
     call = _call(node, make_spec, actor)
     node.reset()
@@ -106,9 +95,9 @@ def test_a_dead_worker_restarts_the_actor_and_retries_its_call(make_node, make_s
     assert [m.spec for m in node.sent(replacement) if isinstance(m, CallActor)] == [call]
 
 
-def test_calls_on_an_actor_out_of_restarts_fail(make_node, make_spec) -> None:
+def test_calls_on_an_actor_out_of_restarts_fail(make_node, make_spec, make_options) -> None:
     node = make_node()
-    worker, actor = _started(node, make_spec)
+    worker, actor = _started(node, make_spec, make_options)
     call = _call(node, make_spec, actor)
     node.state.worker_lost(WorkerLost(worker=worker))
     assert actor.state is ActorState.DEAD
@@ -120,10 +109,10 @@ def test_calls_on_an_actor_out_of_restarts_fail(make_node, make_spec) -> None:
     assert isinstance(pickle.loads(entry.payload), ActorDiedError)
 
 
-def test_kill_signals_the_actor_s_worker(make_node, make_spec) -> None:
+def test_kill_signals_the_actor_s_worker(make_node, make_spec, make_options) -> None:
     node = make_node()
     worker = node.add_worker()
-    actor = _create(node, make_spec)
+    actor = _create(node, make_spec, make_options)
     node.reset()
     answers: list[tuple[bool, object]] = []
     node.state.verbs["kill_actor"](
@@ -134,10 +123,10 @@ def test_kill_signals_the_actor_s_worker(make_node, make_spec) -> None:
 
 
 def test_a_call_after_kill_fails_even_before_the_worker_is_seen_to_exit(
-    make_node, make_spec
+    make_node, make_spec, make_options
 ) -> None:
     node = make_node()
-    worker, actor = _started(node, make_spec)
+    worker, actor = _started(node, make_spec, make_options)
     before = _call(node, make_spec, actor)
     node.reset()
     node.state.verbs["kill_actor"](node.state.driver, lambda ok, v: None, actor.actor_id, True)
@@ -153,9 +142,9 @@ def test_a_call_after_kill_fails_even_before_the_worker_is_seen_to_exit(
     assert node.state.node.available == node.state.node.total
 
 
-def test_the_last_handle_going_retires_the_actor(make_node, make_spec) -> None:
+def test_the_last_handle_going_retires_the_actor(make_node, make_spec, make_options) -> None:
     node = make_node()
-    worker, actor = _started(node, make_spec)
+    worker, actor = _started(node, make_spec, make_options)
     node.reset()
     node.state.verbs["release"](node.state.driver, None, [actor.actor_id])
     assert actor.state is ActorState.DEAD
@@ -164,10 +153,10 @@ def test_the_last_handle_going_retires_the_actor(make_node, make_spec) -> None:
 
 
 def test_a_handle_inside_a_value_keeps_the_actor_until_the_value_and_its_readers_let_go(
-    make_node, make_spec
+    make_node, make_spec, make_options
 ) -> None:
     node = make_node()
-    _worker, actor = _started(node, make_spec)
+    _worker, actor = _started(node, make_spec, make_options)
     reader = node.add_worker()
     # put([handle]): the value holds the handle; the creator's own handle goes.
     box = 1 << 50

@@ -15,24 +15,11 @@ from heliostat.engine.node_instructions import (
     WorkerLost,
 )
 from heliostat.engine.object_table import ObjKind
-from heliostat.engine.records import ActorOptions, ActorState, TaskKind, WorkerState
+from heliostat.engine.records import ActorState, TaskKind, WorkerState
 from heliostat.scheduler import ResourceSet
 
 NO_CPU = ResourceSet.from_request(0, None, default_cpus=0)
 INLINE = int(ObjKind.INLINE)
-
-
-def _options(*, detached: bool = False) -> ActorOptions:
-    return ActorOptions(
-        name="",
-        namespace="ns",
-        class_name="Counter",
-        max_restarts=0,
-        max_concurrency=1,
-        detached=detached,
-        methods={"m": 1},
-        max_task_retries=0,
-    )
 
 
 def test_an_attached_driver_gets_an_index_of_its_own_and_is_never_given_a_task(
@@ -56,7 +43,7 @@ def test_an_attached_driver_gets_an_index_of_its_own_and_is_never_given_a_task(
 
 
 def test_a_driver_that_leaves_releases_its_refs_and_takes_its_actors_along(
-    make_node, make_spec
+    make_node, make_spec, make_options
 ) -> None:
     node = make_node(num_cpus=1, max_workers=4)
     state = node.state
@@ -84,7 +71,7 @@ def test_a_driver_that_leaves_releases_its_refs_and_takes_its_actors_along(
         creation = make_spec(kind=TaskKind.ACTOR_CREATE, resources=NO_CPU)
         creation.actor_id = creation.task_id
         creation.owner = driver.index
-        state.create_actor(driver, creation, _options(detached=detached))
+        state.create_actor(driver, creation, make_options(detached=detached))
         actors[detached] = state.actors.actors[creation.actor_id]
     for _ in range(2):
         node.add_worker()
