@@ -24,7 +24,7 @@ Throughput:
   forwards the rest to the other nodes. ``tasks_per_node``: how many tasks of one
   more (untimed) round each node ran, most first. ``three_nodes_vs_local`` is the
   ratio of the 3-node and local medians.
-* ``spinning``: the same with tasks that spin ``--work-us`` microseconds (default 200,
+* ``spinning_tasks_per_s``: the same with tasks that spin ``--work-us`` microseconds (default 200,
   0 skips them), ``--work-tasks`` a round, on one local node and on 3 nodes
   (``three_nodes_vs_local``, ``tasks_per_node``): calls long enough to be spread
   (tiny ones stay on the owner's node, ``engine/spill_depth.SHORT_CALL_S``).
@@ -547,6 +547,8 @@ def measure_throughput(
             "driver_attached": found["attached"],
         }
     if work_us:
+        three = spread[f"nodes_{max(nodes)}"]["median"]
+        spread["three_nodes_vs_local"] = round(three / spread["local"]["median"], 2)
         result["spinning"] = spread
     return result
 
@@ -675,6 +677,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", choices=["ray"], help="also measure a Ray cluster")
     parser.add_argument("--ray-python", default=".venv-ray/bin/python")
     args = parser.parse_args(argv)
+    if args.work_us < 0:
+        parser.error(f"--work-us must be 0 (skip) or a positive run time, got {args.work_us}")
+    if args.work_tasks < 1:
+        parser.error(f"--work-tasks must be at least 1, got {args.work_tasks}")
     result: dict[str, Any] = {"benchmark": "cluster", "cpus": os.cpu_count()}
     ray = args.peer == "ray"
     if args.only in (None, "control"):
@@ -692,11 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         three = ours["nodes_3"]["median"]
         result["three_nodes_vs_local"] = round(three / ours["local"]["median"], 2)
-        if args.work_us:
-            spun = ours["spinning"]
-            spun["three_nodes_vs_local"] = round(
-                spun["nodes_3"]["median"] / spun["local"]["median"], 2
-            )
+        if "spinning" in ours:
+            result["spinning_tasks_per_s"] = ours.pop("spinning")
         if ray:
             theirs = measure_ray_throughput(args.ray_python, sizes, args.tasks, args.rounds)
             result["ray_tiny_tasks_per_s"] = theirs
