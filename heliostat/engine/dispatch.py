@@ -11,44 +11,14 @@ of them. When a worker idles while another holds tasks sent ahead, that one gets
 :class:`Revoke` (and a :class:`Poke`, so a worker busy in Python code reads it at
 once); the worker hands back the tasks it has not started (``returned``).
 
-A worker that is stopped (SIGSTOP, or stuck in a C call that never returns to Python)
-never answers. After ``revoke_timeout_s`` the manager takes back the revoked tasks that
-are still *queued* on it (not yet promoted to its running task), and runs them
-elsewhere. The invariant: **a task taken back this way never runs on the worker it
-was taken from.** The handshake rests on what already orders a worker's tasks: the
-manager promotes ``queued[0]`` to the running task when the previous task's end
-(``TASK_DONE``, ``TASK_FAILED``, or ``returned`` naming it) arrives, and the worker
-starts a task sent ahead only after writing that end. So the end of the previous task
-is the claim on the next one:
-
-1. The worker (``WorkerClient.take``), before it runs a task sent ahead, has written
-   the previous task's end, then dispatches every message complete in its socket
-   after that write; a REVOKE among them removes the task from its inbox, and it does
-   not run. (With another thread reading its socket, it asks ``claim`` instead, and
-   the manager's answer, sent after any REVOKE, decides; ``TaskSpec.claimed``.)
-2. The manager takes back a task only after the deadline, only once the REVOKE has
-   left its outbox (so it is complete in the worker's socket), and only after reading
-   everything the worker has written so far: the loop reads the worker's socket, then
-   calls :meth:`Dispatch.reclaim`; a task promoted by then stays with the worker.
-
-Why no task runs twice: say the REVOKE is complete in the worker's socket at time R,
-the manager decides at X >= R, the previous task's end is complete in the manager's
-socket at E, and the worker drains its socket at D > E. The worker runs the task only
-if the REVOKE was not there at D, so D < R; the manager takes it back only if it has
-not read the end (it would have promoted the task) at X, so E > X. Together
-E < D < R <= X < E: impossible. The worker's late answer to that REVOKE lists the
-tasks taken back too; they are ignored (``PendingRevoke.reclaimed``). Not taken back:
-a task promoted just before the worker stopped (it stopped between writing one task's
-end and starting the next); it waits for the worker.
+Taking tasks sent ahead back from a worker (the revoke handshake, and what it does
+with a worker that never answers) is ``revokes.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import math
-import time
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -58,15 +28,12 @@ from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
     Execute,
     Outbox,
-    Poke,
-    Revoke,
     TaskDone,
     TaskFailed,
 )
 from heliostat.engine.object_directory import ObjectDirectory, error_payload
 from heliostat.engine.object_table import KIND_OF, ObjectEntry, ObjKind, keeps_lineage
 from heliostat.engine.records import (
-    PendingRevoke,
     TaskKind,
     TaskSpec,
     TaskState,
@@ -74,6 +41,7 @@ from heliostat.engine.records import (
     WorkerState,
     transition,
 )
+from heliostat.engine.revokes import Revokes
 from heliostat.engine.spill_depth import PIPELINE_S, SHORT_CALL_S, SpillDepth
 from heliostat.engine.task_table import TaskTable
 from heliostat.engine.worker_registry import WorkerRegistry
@@ -130,11 +98,10 @@ class Dispatch:
             if pipeline_depth > 0
             else None
         )
-        self.revoke_timeout_s = revoke_timeout_s
         self.ready: dict[ResourceSet, deque[TaskSpec]] = {}  # invariant: state READY
         self.stopping = False  # no new dispatch once the node is shutting down
-        self._revoke_ids = itertools.count(1)
-        self.revoke_due = math.inf  # the earliest deadline of an unanswered REVOKE
+        # Tasks sent ahead asked back from workers (the revoke handshake).
+        self.revokes = Revokes(outbox, registry, timeout_s=revoke_timeout_s)
         self._feasible: dict[ResourceSet, bool] = {}
         self._cpu_of: dict[ResourceSet, ResourceSet] = {}
         # The other nodes of a cluster (peers.Peers), or None on a node of its own.
@@ -398,7 +365,7 @@ class Dispatch:
             # Only tasks that could start now: else they would bounce back and forth.
             for worker in busy.values():
                 if worker.queued and node.fits(worker.queued[0].resources):
-                    self.revoke_queued(worker)
+                    self.revokes.ask_queued(worker)
         if self._actors.pending:
             self._actors.start_pending()
         if wanted > registry.starting:
@@ -591,7 +558,7 @@ class Dispatch:
         if proc.blocked == 1:
             # Queued tasks cannot start while this one waits (and may be what it
             # waits for): ask for them back.
-            self.revoke_queued(proc)
+            self.revokes.ask_queued(proc)
         spec = proc.task
         if proc.blocked == 1 and spec is not None and proc.held is not None:
             cpu = self._cpu_part(proc.held)
@@ -621,100 +588,23 @@ class Dispatch:
 
     # ------------------------------------------------- revoke handshake --
 
-    def revoke_queued(self, worker: WorkerRecord) -> None:
-        if worker.queued and not worker.revokes:
-            self.send_revoke(worker, [s.task_id for s in worker.queued])
-
-    def send_revoke(self, worker: WorkerRecord, task_ids: list[int]) -> None:
-        """Ask a worker for tasks sent ahead; those still queued come back at the deadline."""
-        revoke_id = next(self._revoke_ids)
-        deadline = time.monotonic() + self.revoke_timeout_s
-        worker.revokes[revoke_id] = PendingRevoke(frozenset(task_ids), deadline)
-        self.revoke_due = min(self.revoke_due, deadline)
-        self._out.send(worker, Revoke(task_ids=task_ids, revoke_id=revoke_id))
-        self._out.effect(Poke(worker=worker))
-
     def returned(self, proc: WorkerRecord, task_ids: list[int], revoke_id: int) -> None:
         """A worker handed back tasks we had queued on it (its answer to a REVOKE)."""
-        pending = proc.revokes.pop(revoke_id, None)
-        returned = set(task_ids)
-        if pending is not None and pending.reclaimed:
-            returned -= pending.reclaimed  # taken back when it did not answer in time
-        handed_back = [s for s in proc.queued if s.task_id in returned]
-        for spec in handed_back:
-            proc.queued.remove(spec)
-        current = proc.task
-        if current is not None and current.task_id in returned:
-            # We promoted it to "running" when its predecessor finished, but the worker
-            # had handed it back before starting it: it runs nowhere.
+        handed_back, current = self.revokes.answered(proc, task_ids, revoke_id)
+        if current is not None:
             handed_back.insert(0, current)
             self.next_queued_or_idle(proc)
         self.hand_back(handed_back)
         if proc.blocked and proc.queued:
-            self.revoke_queued(proc)  # sent ahead while the first REVOKE was on its way
+            self.revokes.ask_queued(proc)  # sent ahead while the first REVOKE was on its way
         self.schedule()
-
-    def claim(self, proc: WorkerRecord, task_id: int) -> bool:
-        """May the worker run this task sent ahead? (It cannot drain its own socket.)
-
-        Yes while it is still the worker's; from then on it is never taken back.
-        """
-        spec = proc.task
-        if spec is None or spec.task_id != task_id:
-            spec = next((s for s in proc.queued if s.task_id == task_id), None)
-        if spec is None:
-            return False
-        spec.claimed = True
-        return True
-
-    def overdue(self, now: float) -> list[WorkerRecord]:
-        """Workers with a REVOKE unanswered past its deadline (step 2 of the handshake)."""
-        return [
-            worker
-            for worker in self._registry.workers.values()
-            if worker.revokes
-            and any(p.reclaimed is None and p.deadline <= now for p in worker.revokes.values())
-        ]
 
     def reclaim(self, worker: WorkerRecord, now: float) -> None:
-        """Take back what is still queued on ``worker`` after an unanswered REVOKE.
-
-        The caller has read everything the worker wrote so far (its task ends promote
-        the tasks it may have started) and checked the REVOKE left the outbox.
-        """
-        taken: list[TaskSpec] = []
-        for pending in worker.revokes.values():
-            if pending.reclaimed is not None or pending.deadline > now:
-                continue
-            ids = pending.task_ids
-            mine = [s for s in worker.queued if s.task_id in ids and not s.claimed]
-            pending.reclaimed = {s.task_id for s in mine}
-            taken.extend(mine)
-        if not taken:
-            return
-        for spec in taken:
-            worker.queued.remove(spec)
-        log.warning(
-            "worker pid %d did not answer within %.2f s (stopped or stuck in native code?); "
-            "running %d task(s) queued on it elsewhere",
-            worker.pid,
-            self.revoke_timeout_s,
-            len(taken),
-        )
-        self.hand_back(taken)
-        self.schedule()
-
-    def next_revoke_due(self) -> None:
-        """After every reclaim: each may have sent REVOKEs to workers seen before it."""
-        self.revoke_due = min(
-            (
-                p.deadline
-                for w in self._registry.workers.values()
-                for p in w.revokes.values()
-                if p.reclaimed is None
-            ),
-            default=math.inf,
-        )
+        """Run elsewhere what an unanswering worker still had queued (``revokes.py``)."""
+        taken = self.revokes.reclaim(worker, now)
+        if taken:
+            self.hand_back(taken)
+            self.schedule()
 
 
 def may_retry(spec: TaskSpec) -> bool:

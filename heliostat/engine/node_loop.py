@@ -386,14 +386,14 @@ class NodeLoop:
             self._state.worker_exited(WorkerExited(pid=a, code=b))
 
     def expire_revokes(self, now: float) -> None:
-        """Step 2 of the revoke handshake (``dispatch.py``): the reading half.
+        """Step 2 of the revoke handshake (``revokes.py``): the reading half.
 
         A worker's REVOKE must have left the outbox (complete in its socket), and
         everything it wrote so far is read and handled before its queue is taken back.
         """
         state = self._state
         dispatch = state.dispatch
-        for worker in dispatch.overdue(now):
+        for worker in dispatch.revokes.overdue(now):
             conn = worker.conn
             if conn is None or worker.outbox or conn.wants_write:
                 continue  # the REVOKE may not be in the worker's socket yet: later
@@ -406,7 +406,7 @@ class NodeLoop:
                 self._guarded(self.on_message, worker, message)
             if worker.state is not _DEAD:
                 dispatch.reclaim(worker, now)
-        dispatch.next_revoke_due()
+        dispatch.revokes.next_due()
 
     def _answer_introspection(self, conn: PeerConnection, what: str) -> None:
         try:
@@ -507,7 +507,7 @@ class NodeLoop:
                     for event in fork_events:
                         self._guarded(self._on_fork_event, event)
                     now = time.monotonic()
-                    if now >= state.dispatch.revoke_due:
+                    if now >= state.dispatch.revokes.due:
                         self.expire_revokes(now)
                     if now - last_tick > 1.0:
                         last_tick = now

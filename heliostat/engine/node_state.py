@@ -526,7 +526,7 @@ class NodeState(OutputRoutes):
         self.dispatch.returned(proc, task_ids, revoke_id)
 
     def _v_claim(self, proc: WorkerRecord, reply: Reply, task_id: int) -> None:
-        reply(True, self.dispatch.claim(proc, task_id))
+        reply(True, self.dispatch.revokes.claim(proc, task_id))
 
     def _v_cancel(
         self, proc: WorkerRecord, reply: Reply, object_id: int, force: bool, recursive: bool = True
@@ -585,7 +585,7 @@ class NodeState(OutputRoutes):
             return False
         if spec in worker.queued:  # sent ahead, not started: ask for it back
             spec.cancel_requested = "soft"
-            self.dispatch.send_revoke(worker, [spec.task_id])
+            self.dispatch.revokes.ask(worker, [spec.task_id])
             return True
         spec.cancel_requested = "force" if force else "soft"
         self.out.effect(Kill(worker=worker, signal=signal.SIGKILL if force else signal.SIGINT))

@@ -4,7 +4,7 @@ The node manager sends short tasks ahead to busy workers and, when a CPU goes id
 asks for them back with a REVOKE. A stopped worker (SIGSTOP, or stuck in native code)
 never answers; after a short bound the manager runs the tasks it has not claimed on
 other workers, and the stopped worker, once it wakes, must not run them too
-(``engine/dispatch.py`` states the handshake and why it holds).
+(``engine/revokes.py`` states the handshake and why it holds).
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def _busy_with_two_queued(manager: NodeManager, worker: _FakeWorker) -> list[Tas
         (Op.EXECUTE, 3, True),
     ]
     with manager._lock:
-        manager.state.dispatch.revoke_queued(record)
+        manager.state.dispatch.revokes.ask_queued(record)
         manager.loop.flush()
     (revoke,) = worker.received()
     assert revoke[:2] == (Op.REVOKE, [2, 3])
@@ -118,7 +118,7 @@ def test_unanswered_revoke_takes_back_the_tasks_still_queued(node) -> None:
     # The worker finished 1 (so it starts 2) just before it stopped; the manager has
     # not read that yet when the deadline passes.
     worker.write((Op.TASK_DONE, 1, [], 0.0, 0.0))
-    due = manager.state.dispatch.revoke_due
+    due = manager.state.dispatch.revokes.due
     manager.expire_revokes(due - 0.1)  # before the deadline
     assert list(worker.record.queued) == [b, c]
     manager.expire_revokes(due + 0.1)
@@ -134,7 +134,7 @@ def test_a_claimed_task_is_not_taken_back(node) -> None:
     answers: list[tuple[bool, Any]] = []
     manager.handle(worker.record, "claim", (2,), lambda ok, value: answers.append((ok, value)))
     assert answers == [(True, True)] and b.claimed
-    manager.expire_revokes(manager.state.dispatch.revoke_due + 0.1)
+    manager.expire_revokes(manager.state.dispatch.revokes.due + 0.1)
     assert list(worker.record.queued) == [b]
     assert _ready(manager) == [3]
 
@@ -142,7 +142,7 @@ def test_a_claimed_task_is_not_taken_back(node) -> None:
 def test_a_late_answer_does_not_hand_back_a_task_twice(node) -> None:
     manager, worker = node
     _a, _b, _c = _busy_with_two_queued(manager, worker)
-    manager.expire_revokes(manager.state.dispatch.revoke_due + 0.1)
+    manager.expire_revokes(manager.state.dispatch.revokes.due + 0.1)
     assert _ready(manager) == [2, 3]
     (revoke_id,) = worker.record.revokes
     # The worker wakes and answers: both handed back, which the manager already did.
@@ -162,7 +162,7 @@ def test_an_answer_in_time_needs_no_deadline(node) -> None:
     _a, b, c = _busy_with_two_queued(manager, worker)
     (revoke_id,) = worker.record.revokes
     worker.write((Op.TASK_DONE, 1, [], 0.0, 0.0), (Op.POST, "returned", ([3], revoke_id)))
-    manager.expire_revokes(manager.state.dispatch.revoke_due + 0.1)  # reads the answer first
+    manager.expire_revokes(manager.state.dispatch.revokes.due + 0.1)  # reads the answer first
     assert worker.record.task is b
     assert not worker.record.revokes
     assert c.attempts == 1  # handed back by the answer, then sent ahead again
@@ -175,7 +175,7 @@ def test_no_task_is_taken_back_while_the_revoke_is_still_in_the_outbox(node) -> 
     conn = worker.record.conn
     assert conn is not None
     conn.wants_write = True  # as if the socket had been full: the REVOKE not sent yet
-    manager.expire_revokes(manager.state.dispatch.revoke_due + 0.1)
+    manager.expire_revokes(manager.state.dispatch.revokes.due + 0.1)
     assert len(worker.record.queued) == 2
     assert _ready(manager) == []
 
@@ -183,7 +183,7 @@ def test_no_task_is_taken_back_while_the_revoke_is_still_in_the_outbox(node) -> 
 def test_a_claim_for_a_task_taken_back_is_refused(node) -> None:
     manager, worker = node
     _a, _b, c = _busy_with_two_queued(manager, worker)
-    manager.expire_revokes(manager.state.dispatch.revoke_due + 0.1)
+    manager.expire_revokes(manager.state.dispatch.revokes.due + 0.1)
     answers: list[tuple[bool, Any]] = []
     manager.handle(worker.record, "claim", (3,), lambda ok, value: answers.append((ok, value)))
     assert answers == [(True, False)]
