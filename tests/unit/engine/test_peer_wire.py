@@ -17,7 +17,7 @@ from heliostat.engine.node_instructions import (
     StreamItem,
     WireValue,
 )
-from heliostat.engine.node_link import apply_envelope, encode_effect
+from heliostat.engine.peer_wire import apply_envelope, encode_effect
 from heliostat.engine.records import spec_to_wire
 
 SHM, INLINE = 2, 1
