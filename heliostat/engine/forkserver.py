@@ -21,6 +21,7 @@ also die with the fork server (``PR_SET_PDEATHSIG``), so nothing outlives the se
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import json
 import os
@@ -102,6 +103,10 @@ def main(argv: list[str]) -> None:
     config = json.loads(argv[1])
     event_fd: int = config["event_fd"]
     _preload(config.get("preload", []))
+    # What the workers inherit from here (the preloaded modules) lives as long as they
+    # do: frozen, a worker's full collections never walk it (nor write to its pages,
+    # which fork shares until written).
+    gc.freeze()
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)

@@ -466,3 +466,17 @@ def test_unknown_actor_option_lists_known_ones() -> None:
     with pytest.raises(ValueError) as info:
         hs.remote(max_restart=1)(Thing)
     assert "max_restarts" in str(info.value)
+
+
+@hs.remote
+def heap_state():
+    import gc
+
+    return gc.get_freeze_count(), gc.isenabled()
+
+
+def test_workers_start_with_the_fork_servers_heap_frozen(runtime) -> None:
+    """What a worker inherits (heliostat, cloudpickle, numpy) is out of its full
+    collections' walks; its own objects are still collected (the collector is on)."""
+    frozen, enabled = hs.get(heap_state.remote())
+    assert frozen > 1000 and enabled
