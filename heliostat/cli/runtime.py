@@ -128,10 +128,7 @@ def _print_runtime(session: SessionInfo, status: dict[str, Any] | None, error: s
         return
     total: dict[str, float] = _pick(status, "resources_total", "total") or {}
     free: dict[str, float] = _pick(status, "resources_available", "available") or {}
-    resources = ", ".join(
-        f"{name} {free.get(name, 0):g}/{amount:g} free" for name, amount in sorted(total.items())
-    )
-    print(f"  resources:    {resources or '-'}")
+    print(f"  resources:    {_free(total, free)}")
     workers: list[dict[str, Any]] = status.get("workers") or []
     states: dict[str, int] = {}
     for w in workers:
@@ -255,13 +252,9 @@ def _print_cluster(cluster: dict[str, Any]) -> None:
         print(f"  not answering: {first_line(cluster['error'])}")
         return
     alive = sum(1 for n in cluster["nodes"] if n["state"] in ("ALIVE", "SUSPECT"))
-    resources = ", ".join(
-        f"{name} {cluster['available'].get(name, 0):g}/{amount:g} free"
-        for name, amount in sorted(cluster["total"].items())
-    )
     print(f"  cluster id:   {cluster['cluster_id']} (heliostat {cluster['version']})")
     print(f"  nodes:        {alive} alive of {len(cluster['nodes'])}")
-    print(f"  resources:    {resources or '-'}")
+    print(f"  resources:    {_free(cluster['total'], cluster['available'])}")
     now = time.time()
     rows = []
     for n in cluster["nodes"]:
@@ -283,14 +276,28 @@ def _print_cluster(cluster: dict[str, Any]) -> None:
         )
 
 
+_BYTE_RESOURCES = ("memory", "object_store_memory")
+
+
+def _amount(key: str, value: float) -> str:
+    """A resource's amount: bytes as GiB, anything else as the number it is."""
+    return f"{value / 2**30:.1f} GiB" if key in _BYTE_RESOURCES else f"{value:g}"
+
+
 def _resources(total: dict[str, float]) -> str:
     """``CPU 2, memory 14.3 GiB, object_store_memory 6.1 GiB``: bytes read as sizes."""
+    return ", ".join(f"{key} {_amount(key, value)}" for key, value in sorted(total.items())) or "-"
+
+
+def _free(total: dict[str, float], available: dict[str, float]) -> str:
+    """``CPU 1/2 free, memory 15.3/15.3 GiB free``: what is free of each resource."""
     parts = []
     for key, value in sorted(total.items()):
-        if key in ("memory", "object_store_memory"):
-            parts.append(f"{key} {value / 2**30:.1f} GiB")
+        free = available.get(key, 0)
+        if key in _BYTE_RESOURCES:
+            parts.append(f"{key} {free / 2**30:.1f}/{value / 2**30:.1f} GiB free")
         else:
-            parts.append(f"{key} {value:g}")
+            parts.append(f"{key} {free:g}/{value:g} free")
     return ", ".join(parts) or "-"
 
 

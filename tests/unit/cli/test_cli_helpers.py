@@ -112,3 +112,16 @@ def test_output_helpers() -> None:
     assert to_jsonable({"a": [1]}) == {"a": [1]}
     assert to_jsonable(object()) is None
     assert to_jsonable(float("nan")) is None
+
+
+def test_status_shows_byte_resources_as_sizes_and_counts_as_numbers() -> None:
+    from heliostat.cli.runtime import _free, _resources
+
+    total = {"CPU": 2.0, "db": 1.0, "memory": 16 * 2**30, "object_store_memory": 7.5 * 2**30}
+    free = {"CPU": 0.5, "memory": 12 * 2**30, "object_store_memory": 7.5 * 2**30}
+    assert _free(total, free) == (
+        "CPU 0.5/2 free, db 0/1 free, memory 12.0/16.0 GiB free, "
+        "object_store_memory 7.5/7.5 GiB free"
+    )
+    assert _resources(total) == "CPU 2, db 1, memory 16.0 GiB, object_store_memory 7.5 GiB"
+    assert _free({}, {}) == "-" and _resources({}) == "-"
