@@ -132,6 +132,7 @@ __all__ = [
 log = logging.getLogger("heliostat.engine")
 
 _SHM = ObjKind.SHM
+_NOTHING = ResourceSet()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +177,9 @@ class Peers(PeerActors, PeerStreams, PeerValues):
         self.nodes: dict[int, PeerInfo] = {}
         self.procs: dict[int, WorkerRecord] = {}  # a stand-in holder per peer node
         self.inflight: dict[int, dict[int, TaskSpec]] = {}  # owner side, by node
+        # What the plain tasks in ``inflight`` ask of each node, together: placement
+        # counts it as taken there until they are reported (see _views).
+        self._sent_load: dict[int, ResourceSet] = {}
         self._sent_fns: dict[int, set[bytes]] = {}
         # Objects being copied here, by id: at most one pull per object, its record
         # kept until it ends (a pull with a keeper fills a PENDING entry, one without
@@ -250,6 +254,7 @@ class Peers(PeerActors, PeerStreams, PeerValues):
         self._sent_fns.pop(index, None)
         name = format_id(index)
         objects = self._objects
+        self._sent_load.pop(index, None)
         for spec in list(self.inflight.pop(index, {}).values()):
             spec.remote_node = 0
             if spec.kind is TaskKind.ACTOR_CALL:
@@ -315,10 +320,20 @@ class Peers(PeerActors, PeerStreams, PeerValues):
     # ------------------------------------------------------------------- placement --
 
     def _views(self) -> list[NodeView]:
-        return [
-            NodeView(node_id=info.node_id, total=info.total, available=info.available)
-            for info in self.nodes.values()
-        ]
+        """The peers for placement. What a peer has available comes from its last
+        heartbeat, which does not know about the tasks sent to it since: so at most its
+        total less what our tasks in flight there ask (as Ray's raylet charges its view
+        of a node for the work it sends there), or a burst of SPREAD tasks would all go
+        to the one peer that looked free."""
+        views = []
+        sent_load = self._sent_load
+        for index, info in self.nodes.items():
+            available = info.available
+            sent = sent_load.get(index)
+            if sent:
+                available = available.minimum(info.total - sent)
+            views.append(NodeView(node_id=info.node_id, total=info.total, available=available))
+        return views
 
     def _hosts_of(self, resources: ResourceSet) -> tuple[tuple[int, int], ...]:
         """The peers that can ever hold ``resources``, each with how many tasks of that
@@ -423,6 +438,9 @@ class Peers(PeerActors, PeerStreams, PeerValues):
         spec.remote_node = index
         spec.worker = None
         self.inflight.setdefault(index, {})[spec.task_id] = spec
+        if spec.kind is TaskKind.NORMAL:
+            sent_load = self._sent_load
+            sent_load[index] = sent_load.get(index, _NOTHING) + spec.resources
         self.lend(index, spec.contained, values)
         sent = self._sent_fns.setdefault(index, set())
         fn_bytes = None
@@ -455,6 +473,8 @@ class Peers(PeerActors, PeerStreams, PeerValues):
     ) -> None:
         """Node ``index`` ran our task ``task_id``."""
         spec = self.inflight.get(index, {}).pop(task_id, None)
+        if spec is not None and spec.kind is TaskKind.NORMAL:
+            self._sent_load[index] -= spec.resources
         if spec is None or spec.state is not TaskState.RUNNING:
             # Retried elsewhere already (we thought the node dead), or cancelled:
             # its values are not wanted. Let the node drop what it holds for us.

@@ -274,6 +274,17 @@ class ResourceSet:
                 del units[name]
         return ResourceSet._from_units(units)
 
+    def minimum(self, other: ResourceSet) -> ResourceSet:
+        """The smaller quantity of each resource (a name missing from either set counts
+        as 0 there, so it is missing from the result unless the other is negative)."""
+        mine, theirs = self._units, other._units
+        units = {}
+        for name in mine.keys() | theirs.keys():
+            least = min(mine.get(name, 0), theirs.get(name, 0))
+            if least:
+                units[name] = least
+        return ResourceSet._from_units(units)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ResourceSet):
             return NotImplemented

@@ -153,6 +153,39 @@ def test_spread_and_affinity_are_decided_when_the_task_is_ready(make_node, make_
     assert isinstance(_error(node, nowhere.return_ids[0]), TaskUnschedulableError)
 
 
+def test_a_burst_of_spread_tasks_alternates_instead_of_piling_on_the_peer_that_looked_free(
+    make_node, make_spec
+) -> None:
+    """The head's view of a peer is as old as its last heartbeat: the tasks sent there
+    since count as taken, until they are reported (as Ray's raylet charges its view)."""
+    node, peers = _cluster(make_node, num_cpus=1, peers=(B,))
+    peers.update([_peer(B, cpus=1)])
+    worker = node.add_worker()
+    spread = [make_spec() for _ in range(10)]
+    for spec in spread:
+        spec.strategy = "SPREAD"
+        node.state.submit(node.state.driver, spec)
+    there = [f.spec for f in _forwards(node)]
+    here = [s for s in spread if s not in there]
+    assert worker.task in here
+    assert abs(len(there) - len(here)) <= 2  # it was 9 on B and 1 here
+    assert _free_cpus(peers) == 1 - len(there)
+    # B reports one: that one no longer counts against it.
+    rid = there[0].return_ids[0]
+    peers.on_report(B, there[0].task_id, "ok", 1.0, 2.0, [WireValue(rid, INLINE, b"v", 1, ())], [])
+    assert _free_cpus(peers) == 1 - (len(there) - 1)
+    # A dead node's charge goes with it: back, it is charged only for what is sent now.
+    peers.update([])
+    assert B not in peers.inflight
+    peers.update([_peer(B, cpus=1)])
+    assert _free_cpus(peers) == 1 - len(peers.inflight.get(B, ()))
+
+
+def _free_cpus(peers) -> float:
+    (view,) = peers.views()
+    return view.available.get("CPU")
+
+
 def test_a_peer_with_room_gets_a_task_before_it_is_sent_ahead_here(make_node, make_spec) -> None:
     """A task sent ahead waits for the running one (maybe long: a function not seen
     yet); a peer with a free CPU starts it at once, so spilling comes first."""

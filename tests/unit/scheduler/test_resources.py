@@ -322,3 +322,11 @@ def test_available_is_a_snapshot() -> None:
     before = node.available
     node.try_acquire(ResourceSet({"CPU": 1}))
     assert before == ResourceSet({"CPU": 2})
+
+
+def test_minimum_takes_the_smaller_of_each_and_keeps_negatives() -> None:
+    reported = ResourceSet({"CPU": 4, "db": 1})
+    left = ResourceSet({"CPU": 4, "db": 1}) - ResourceSet({"CPU": 6, "GPU": 0})
+    assert reported.minimum(left) == ResourceSet({"db": 1}) - ResourceSet({"CPU": 2})
+    assert reported.minimum(ResourceSet({"CPU": 1})) == ResourceSet({"CPU": 1})  # no db there
+    assert ResourceSet().minimum(reported) == ResourceSet()
