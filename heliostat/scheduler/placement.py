@@ -121,39 +121,28 @@ def is_feasible(request: ResourceSet, nodes: Iterable[NodeView]) -> bool:
 
 
 def infeasible_message(request: ResourceSet, nodes: Iterable[NodeView]) -> str:
-    """Explain why ``request`` fits no node, naming the largest live node capacities.
-
-    "Largest nodes" is the per-resource maximum over live nodes' totals: the most of
-    each resource any one node has.
+    """Explain why ``request`` fits no node: for each resource it asks for, the most
+    any one live node has, and the whole cluster's.
 
     Example:
-        ``No node can ever satisfy {'CPU': 4.0, 'GPU': 1.0}: the largest nodes have
-        {'CPU': 2.0} (cluster totals {'CPU': 2.0}). Ask for less, or add a node that
-        has these resources.``
+        ``No node can ever satisfy {'CPU': 4.0, 'GPU': 1.0}: the most any one node has
+        is {'CPU': 2.0, 'GPU': 0.0} (the whole cluster: {'CPU': 2.0, 'GPU': 0.0}).
+        Ask for less, or add a node that has these resources.``
 
     Args:
         request: The resources asked for.
         nodes: The cluster's nodes; dead ones are ignored.
     """
-    largest: dict[str, float] = {}
-    cluster = ResourceSet()
-    any_alive = False
-    for node in nodes:
-        if not node.alive:
-            continue
-        any_alive = True
-        cluster = cluster + node.total
-        for name, quantity in node.total.to_dict().items():
-            if quantity > largest.get(name, 0.0):
-                largest[name] = quantity
     wanted = request.to_dict()
     hint = "Ask for less, or add a node that has these resources."
-    if not any_alive:
+    live = [node for node in nodes if node.alive]
+    if not live:
         return f"No node can ever satisfy {wanted}: there are no live nodes. {hint}"
-    largest_sorted = {name: largest[name] for name in sorted(largest)}
+    largest = {name: max(node.total.get(name) for node in live) for name in wanted}
+    cluster = {name: sum(node.total.get(name) for node in live) for name in wanted}
     return (
-        f"No node can ever satisfy {wanted}: the largest nodes have {largest_sorted} "
-        f"(cluster totals {cluster.to_dict()}). {hint}"
+        f"No node can ever satisfy {wanted}: the most any one node has is {largest} "
+        f"(the whole cluster: {cluster}). {hint}"
     )
 
 

@@ -51,11 +51,11 @@ def test_feasible_with_no_nodes_is_false() -> None:
     assert not is_feasible(rs(CPU=1), [])
 
 
-def test_infeasible_message_names_request_and_largest_nodes() -> None:
+def test_infeasible_message_names_request_and_the_most_one_node_has() -> None:
     msg = infeasible_message(rs(CPU=4, GPU=1), [node("a", {"CPU": 2})])
     assert msg.startswith(
-        "No node can ever satisfy {'CPU': 4.0, 'GPU': 1.0}: the largest nodes have "
-        "{'CPU': 2.0} (cluster totals {'CPU': 2.0})."
+        "No node can ever satisfy {'CPU': 4.0, 'GPU': 1.0}: the most any one node has is "
+        "{'CPU': 2.0, 'GPU': 0.0} (the whole cluster: {'CPU': 2.0, 'GPU': 0.0})."
     )
 
 
@@ -65,9 +65,11 @@ def test_infeasible_message_takes_per_resource_maximum_and_cluster_sum() -> None
         node("b", {"CPU": 8}),
         node("c", {"CPU": 64}, alive=False),
     ]
-    msg = infeasible_message(rs(CPU=16), nodes)
-    assert "the largest nodes have {'CPU': 8.0, 'db': 1.0}" in msg
-    assert "(cluster totals {'CPU': 10.0, 'db': 1.0})" in msg
+    msg = infeasible_message(rs(CPU=16, db=1), nodes)
+    assert "the most any one node has is {'CPU': 8.0, 'db': 1.0}" in msg
+    assert "(the whole cluster: {'CPU': 10.0, 'db': 1.0})" in msg
+    # Only what was asked for: resources the request does not name are left out.
+    assert "db" not in infeasible_message(rs(CPU=16), nodes)
 
 
 def test_infeasible_message_without_live_nodes() -> None:
