@@ -41,6 +41,7 @@ from heliostat.engine.cluster_actors import (
     name_taken_error,
     no_such_actor_error,
 )
+from heliostat.engine.hosted_actors import HostedActors
 from heliostat.engine.ids import format_id
 from heliostat.engine.node_instructions import (
     EXIT,
@@ -86,7 +87,7 @@ class DependencyTracker(Protocol):
     def track_deps(self, spec: TaskSpec) -> None: ...
 
 
-class ActorDirectory(ClusterActors):
+class ActorDirectory(ClusterActors, HostedActors):
     """Actors by id and by (namespace, name). Called under the node lock."""
 
     def __init__(
@@ -376,15 +377,15 @@ class ActorDirectory(ClusterActors):
     def remote_call_ended(self, spec: TaskSpec) -> None:
         """A call forwarded to a remote actor of ours (or to the owner of an actor we
         borrow) was reported (done or failed)."""
+        borrowed = self.borrowed.get(spec.actor_id)
+        if borrowed is not None and borrowed.inflight.pop(spec.task_id, None) is not None:
+            # (The actor may live here now, hosted: this call went out before.)
+            self.unheld(borrowed)  # forgotten if that was all that kept it
+            return
         actor = self.actors.get(spec.actor_id)
         if actor is not None:
             actor.inflight.pop(spec.task_id, None)
             self.after_call(actor)
-            return
-        borrowed = self.borrowed.get(spec.actor_id)
-        if borrowed is not None:
-            borrowed.inflight.pop(spec.task_id, None)
-            self.unheld(borrowed)  # forgotten if that was all that kept it
 
     def remote_died(self, actor_id: int, index: int, how: str) -> None:
         """The node an actor of ours lives on says its process died."""
@@ -493,13 +494,17 @@ class ActorDirectory(ClusterActors):
         inflight, actor.inflight = actor.inflight, {}
         if not actor.death_cause:
             actor.death_cause = f"its worker process died ({how})"
-        restarts = actor.state is not ActorState.DEAD and (
-            actor.max_restarts < 0 or actor.restarts < actor.max_restarts
-        )
+        alive = actor.state is not ActorState.DEAD
+        restarts = alive and (actor.max_restarts < 0 or actor.restarts < actor.max_restarts)
+        # A peer's actor: its owner restarts it, so the calls of this node's own
+        # callers that may run again go to the owner (unfold_hosted, from dead()).
+        hosted = alive and owner >= PEER_INDEX_BASE and self.peers is not None
         retry: list[TaskSpec] = []
         tasks = self._tasks
         for spec in inflight.values():
-            if restarts and _may_retry_call(actor, spec):
+            if (restarts or (hosted and spec.owner < PEER_INDEX_BASE)) and _may_retry_call(
+                actor, spec
+            ):
                 retry.append(spec)
                 continue
             tasks.fail(spec, error_payload(self.died_error(actor, spec)), "actor_dead")
@@ -538,6 +543,8 @@ class ActorDirectory(ClusterActors):
             )
         actor.death_cause = cause
         transition(actor, ActorState.DEAD)
+        if actor.creation.owner >= PEER_INDEX_BASE and self.peers is not None:
+            self.unfold_hosted(actor)  # this node's callers follow it to its owner
         tasks = self._tasks
         queue, actor.queue = actor.queue, deque()
         for spec in queue:

@@ -461,24 +461,6 @@ class ClusterActors:
                 )
             )
 
-    def hosted_unheld(self, actor: ActorRecord) -> None:
-        """A handle to ``actor``, a peer's actor that lives here, went: if only its
-        owner's own hold is left, give the owner back what it counted for this node."""
-        owner = actor.creation.owner - PEER_INDEX_BASE
-        standin = self.peers.procs.get(owner) if self.peers is not None else None
-        if actor.holds > (standin.holds.get(actor.actor_id, 0) if standin is not None else 0):
-            return
-        n = self.hosted_received.pop(actor.actor_id, 0)
-        if n and owner in self.peers.nodes:
-            self._out.effect(
-                ActorBorrow(
-                    node=owner,
-                    actor_id=actor.actor_id,
-                    borrower=self.peers.local_index,
-                    delta=-n,
-                )
-            )
-
     def on_borrow(self, actor_id: int, borrower: int, delta: int) -> None:
         """Node ``borrower`` got (``delta`` > 0) or gave back handles of an actor of
         ours (step 3)."""

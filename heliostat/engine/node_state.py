@@ -198,7 +198,8 @@ class NodeState(OutputRoutes):
                 peers.release_copies(index, copies)
                 peers.actor_started(index, spec.actor_id, error_payload(refusal))
                 return
-            self.actors.create(peers.proc(index), spec, actor_options)
+            actor = self.actors.create(peers.proc(index), spec, actor_options)
+            self.actors.fold_borrowed(actor)  # our own handles to it count on it now
             peers.release_copies(index, copies)  # the creation pins what it needs
             return
         peers.on_forward(index, spec, fn_bytes, values, pending)

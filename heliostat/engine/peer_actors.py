@@ -97,7 +97,9 @@ class PeerActors:
             max_concurrency=actor.max_concurrency,
             detached=False,  # held by the owner's stand-in until the owner lets go
             methods=actor.methods,
-            max_task_retries=0,
+            # Only this node's own callers' calls are retried by it (to the owner,
+            # when the actor dies there: hosted_actors.py); the owner retries its own.
+            max_task_retries=actor.max_task_retries,
         )
         self.forward(creation, index, actor_options=options)
         self.inflight.get(index, {}).pop(creation.task_id, None)  # ends by actor_started
@@ -182,7 +184,9 @@ class PeerActors:
         actor = actors.actors.get(actor_id)
         if actor is None:
             borrowed = actors.borrowed.get(actor_id)
-            if borrowed is not None and kill:  # one we handed over: pass it on
+            if borrowed is not None and kill and borrowed.owner != index:
+                # One we handed over: pass it on. (From its owner, it was meant for
+                # the actor while it lived here, which has died since.)
                 actors.kill_borrowed(borrowed, no_restart)
             return
         if actor.creation.owner != PEER_INDEX_BASE + index:

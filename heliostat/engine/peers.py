@@ -89,6 +89,7 @@ from heliostat.engine.peer_streams import PeerStreams
 from heliostat.engine.peer_values import PeerValues, Pull
 from heliostat.engine.records import (
     PEER_INDEX_BASE,
+    ActorState,
     TaskKind,
     TaskSpec,
     TaskState,
@@ -561,9 +562,49 @@ class Peers(PeerActors, PeerStreams, PeerValues):
         ``spec.code`` holds the job's installed packages (import paths, working
         directory), installed by the I/O layer before it called this.
         """
+        if spec.kind is TaskKind.ACTOR_CALL:
+            ours = self.inflight.get(index)
+            mine = ours.get(spec.task_id) if ours else None
+            if mine is not None:
+                self._came_home(index, mine, fn_bytes, values, pending)
+                return
         self.copies[spec.task_id] = self.receive_for(index, spec, fn_bytes, values, pending)
         self.remote_owner[spec.task_id] = index
         self.hooks.submit(self.proc(index), spec)
+
+    def _came_home(
+        self,
+        index: int,
+        spec: TaskSpec,
+        fn_bytes: bytes | None,
+        values: list[WireValue],
+        pending: list[int],
+    ) -> None:
+        """Our call ``spec`` to an actor we borrow went to its owner, node ``index``,
+        which sends it back: the actor lives here now. It runs here as the task it
+        is (its returns stay its caller's), and is reported to the owner when it
+        ends, as a call the owner sent us would be (hosted_actors.py)."""
+        hosted = self.actors.actors.get(spec.actor_id)
+        if hosted is None or hosted.state is ActorState.DEAD:
+            # It died here since the owner sent this. The owner, told first, takes
+            # the call back (retries or fails it) and reports it to us as before.
+            self._release_pulled(index, values)
+            return
+        del self.inflight[index][spec.task_id]
+        if fn_bytes is not None:
+            self._tasks.functions.setdefault(spec.fn_id, fn_bytes)
+        entries = self._objects.entries
+        # Its arguments are ours already; only what we lack is copied or promised.
+        self.copies[spec.task_id] = self._receive(
+            index, values, [oid for oid in pending if oid not in entries]
+        )
+        self.remote_owner[spec.task_id] = index
+        proc = self.proc(index)
+        table = self._objects.table
+        for rid in spec.return_ids:  # let go of when reported (finished)
+            table.hold(proc, rid)
+        spec.remote_node = 0
+        self.actors.call_came_home(spec)
 
     def receive_for(
         self,

@@ -19,6 +19,7 @@ from heliostat.engine.object_directory import ObjectDirectory, error_payload
 from heliostat.engine.object_table import ObjKind, keeps_lineage
 from heliostat.engine.records import (
     PEER_INDEX_BASE,
+    TaskKind,
     TaskSpec,
     TaskState,
     WorkerRecord,
@@ -171,8 +172,12 @@ class TaskTable:
         self.tasks.pop(spec.task_id, None)
         if self.children:
             self.children.pop(spec.task_id, None)
-        if spec.owner >= PEER_INDEX_BASE and self.on_peer_task_end is not None:
-            self.on_peer_task_end(spec, outcome)  # report to the node that owns it
+        if self.on_peer_task_end is not None and (
+            spec.owner >= PEER_INDEX_BASE or spec.kind is TaskKind.ACTOR_CALL
+        ):
+            # Report to the node that owns it (or, for a call of ours that the owner
+            # of the actor sent back here to run, to that owner).
+            self.on_peer_task_end(spec, outcome)
         self.unpin(spec)
         if spec.item_ids:
             self._objects.items_not_yielded(spec)

@@ -181,6 +181,63 @@ def test_a_borrowed_call_is_cancelled_by_the_owner(driver: Cluster) -> None:
     assert hs.get([busy, own.incr.remote()], timeout=60) == [3.0, 1]
 
 
+@hs.remote(num_cpus=1, max_restarts=2, max_task_retries=-1)
+class Roaming:
+    """An actor that restarts (and whose calls are retried) when its process dies."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def where(self) -> str:
+        self.calls += 1
+        return hs.get_runtime_context().get_node_id()
+
+    def count(self) -> int:
+        return self.calls
+
+
+@hs.remote(num_cpus=0)
+def follow(actor: Any, deadline_s: float) -> list[str]:
+    """Call ``actor`` until it has answered from three places in turn (or until the
+    deadline): the node of each run of answers."""
+    runs: list[str] = []
+    end = time.monotonic() + deadline_s
+    while len(runs) < 3 and time.monotonic() < end:
+        node = hs.get(actor.where.remote(), timeout=60)
+        if not runs or runs[-1] != node:
+            runs.append(node)
+    return runs
+
+
+def test_a_borrower_follows_an_actor_restarted_on_its_node_and_away_again(
+    driver: Cluster,
+) -> None:
+    """The owner (the driver's node) restarts the actor on the node of a task that
+    borrows it, then, killed there, on the other node. The task's calls held at the
+    owner during the first restart come back to its own node to run (they once lost
+    their results there, and its get hung); its calls made straight to the actor on
+    its node follow it away (they once failed with ActorDiedError for good)."""
+    actor = Roaming.remote()
+    first = hs.get(actor.where.remote(), timeout=60)
+    other = driver.head if first == driver.n1 else driver.n1
+
+    def answered_here(n: int) -> bool:
+        return hs.get(actor.count.remote(), timeout=60) > n
+
+    runs = follow.options(scheduling_strategy=on(other)).remote(actor, 120.0)
+    poll_for(lambda: answered_here(5), 60, what="the borrower's first calls")
+    # Restarts go to the node holding fewest of the owner's actors: the other one.
+    hs.kill(actor, no_restart=False)
+    poll_for(
+        lambda: hs.get(actor.where.remote(), timeout=60) == other,
+        60,
+        what="the restart on the borrower's node",
+    )
+    poll_for(lambda: answered_here(5), 60, what="the borrower's calls on its own node")
+    hs.kill(actor, no_restart=False)
+    assert hs.get(runs, timeout=120) == [first, other, first]
+
+
 def test_a_borrowed_actor_whose_owners_node_is_killed_fails_its_calls(daemons: Daemons) -> None:
     """On a cluster of its own: it kills a node."""
     with joined(Cluster(daemons)) as driver:
