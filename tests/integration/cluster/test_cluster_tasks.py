@@ -20,6 +20,7 @@ from cluster_daemons import Daemons, can_isolate_shm, driving
 
 import heliostat as hs
 from heliostat.cluster import HeadClient
+from heliostat.engine.ids import format_id
 from heliostat.engine.scheduling_strategies import NodeAffinitySchedulingStrategy
 from heliostat.exceptions import (
     ClusterAuthError,
@@ -275,7 +276,10 @@ def _kill_a_node_under_load(driver: Cluster, wait_for: Callable[..., Any]) -> No
     )
     victim = driver.daemons.pid("n1", "node")
     os.killpg(victim, signal.SIGKILL)  # the node and all its workers, as a machine failing
-    results = hs.get(refs, timeout=180)
+    try:
+        results = hs.get(refs, timeout=180)
+    except hs.exceptions.GetTimeoutError:
+        pytest.fail(f"results missing after the kill: {_unfinished(refs)}")
     assert [value for value, _ in results] == [i * i for i in range(1000)]
     late = {node for _, node in results[-100:]}
     assert driver.n2 in {node for _, node in results} and late <= {
@@ -289,6 +293,37 @@ def _kill_a_node_under_load(driver: Cluster, wait_for: Callable[..., Any]) -> No
     # The driver let go of its connection to the dead node (no thread or channel left).
     link = hs.engine.current_runtime().extensions["cluster"].link
     wait_for(lambda: int(driver.n1, 16) not in link._senders, 30, what="the dead peer's sender")
+
+
+def _unfinished(refs: list[Any]) -> str:
+    """Where the driver's node thinks the tasks behind the refs not ready yet are (a
+    failure's diagnosis: the task's state, the peer it was sent to, its attempts)."""
+    _ready, waiting = hs.wait(refs, num_returns=len(refs), timeout=0)
+    manager = hs.engine.current_runtime().extensions["cluster"].link._manager
+    with manager._lock:
+        state = manager.state
+        seen = []
+        for ref in waiting[:5]:
+            entry = state.objects.entries.get(ref.id)
+            spec = entry.lineage if entry is not None else None
+            seen.append(
+                "no entry"
+                if entry is None
+                else f"{entry.kind.name}, task "
+                + (
+                    "unknown"
+                    if spec is None
+                    else f"{spec.state} on {format_id(spec.remote_node)} x{spec.attempts}"
+                )
+            )
+        sent = {
+            format_id(index): len(specs) for index, specs in state.peers.inflight.items() if specs
+        }
+        queued = sum(len(queue) for queue in state.dispatch.ready.values())
+    return (
+        f"{len(waiting)} of {len(refs)} ({', '.join(seen)}); sent to peers {sent}, "
+        f"queued here {queued}, peers {[format_id(i) for i in state.peers.nodes]}"
+    )
 
 
 def test_a_wrong_token_is_refused_and_nothing_is_left_running(cluster: Cluster) -> None:
