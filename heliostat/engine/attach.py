@@ -48,7 +48,7 @@ from heliostat.engine.ids import IdMinter, format_id
 from heliostat.engine.object_ref import ObjectRef
 from heliostat.engine.protocol import BlockingChannel, ConnectionClosed, Op
 from heliostat.engine.runtime import close_extensions
-from heliostat.engine.worker import WorkerClient
+from heliostat.engine.worker_client import WorkerClient
 from heliostat.engine.worker_output import print_worker_output
 from heliostat.exceptions import ClusterError
 

@@ -18,7 +18,7 @@ import pytest
 
 from heliostat.engine.ids import IdMinter
 from heliostat.engine.protocol import BlockingChannel, Op, encode_frame
-from heliostat.engine.worker import WorkerClient
+from heliostat.engine.worker_client import WorkerClient
 
 DONE = (Op.TASK_DONE, 1, [], 0.0, 0.0)  # the reply of the task before
 
