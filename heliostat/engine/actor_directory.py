@@ -307,7 +307,7 @@ class ActorDirectory(ClusterActors, HostedActors):
     def submit_call(self, proc: WorkerRecord, spec: TaskSpec) -> None:
         actor = self.actors.get(spec.actor_id)
         self._tasks.register(proc, spec)
-        if actor is None:
+        if self.borrowed and (actor is None or self.still_out_at_owner(proc, actor)):
             borrowed = self.borrowed.get(spec.actor_id)
             if borrowed is not None:
                 self.call_borrowed(borrowed, spec)

@@ -15,7 +15,9 @@ The actor moves between the two as it dies and restarts:
 
 * **Fold** (:meth:`HostedActors.fold_borrowed`): the owner (re)starts the actor here
   while this node borrows it. The borrowed record's handles move onto the hosted
-  one; the record stays only while some of its calls are still out at the owner.
+  one; the record stays only while some of its calls are still out at the owner,
+  and until they are back, this node's new calls go through the owner too, so that
+  none overtakes an earlier one (:meth:`HostedActors.still_out_at_owner`).
 * **Coming home** (:meth:`HostedActors.call_came_home`): such a call, sent to the
   owner before the restart, is sent back here by the owner to run. It is the same
   task as ours, under the same ids: it is queued on the actor as it is, never
@@ -40,6 +42,7 @@ from heliostat.engine.records import (
     ActorRecord,
     TaskSpec,
     TaskState,
+    WorkerRecord,
 )
 from heliostat.engine.task_table import TaskTable
 
@@ -97,6 +100,17 @@ class HostedActors:
             received[actor.actor_id] = received.get(actor.actor_id, 0) + borrowed.received
             borrowed.received = 0
         self.unheld(borrowed)  # kept while some of its calls are out at the owner
+
+    def still_out_at_owner(self, proc: WorkerRecord, actor: ActorRecord) -> bool:
+        """Whether a call by ``proc`` to ``actor`` goes through its owner although the
+        actor lives here: it was restarted here while calls of this node were out at
+        the owner (a borrowed record is left for them), which come back here in their
+        order; a later call goes after them, not past them."""
+        return (
+            proc.index < PEER_INDEX_BASE  # not a call the owner sent
+            and actor.creation.owner >= PEER_INDEX_BASE
+            and actor.actor_id in self.borrowed
+        )
 
     def call_came_home(self, spec: TaskSpec) -> None:
         """A call of ours to a borrowed actor, sent to its owner, was sent back here,

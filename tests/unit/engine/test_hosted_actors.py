@@ -72,16 +72,26 @@ def test_a_call_the_owner_sends_back_here_runs_once_and_its_result_stays_its_cal
     # its call at the owner only.
     assert actor.holds == 2 and actors.borrowed[creation.actor_id].holds == 0
     node.effects()
+    # A call made now goes through the owner too, behind the one still out there.
+    behind = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=creation.actor_id)
+    node.state.submit(node.state.driver, behind)
+    assert [(e.node, e.spec) for e in node.effects() if isinstance(e, ForwardTask)] == [
+        (A, behind)
+    ]
+    assert node.sent(worker) == []
     node.state.peer_forward(A, spec_to_wire(call), None, [], [])
     (sent,) = node.sent(worker)
     assert isinstance(sent, CallActor) and sent.spec is call  # the caller's own task
-    assert creation.actor_id not in actors.borrowed  # nothing of it is out at A now
     node.state.task_done(_done(worker, call))
+    node.state.peer_forward(A, spec_to_wire(behind), None, [], [])
+    assert [m.spec for m in node.sent(worker)] == [behind]
+    assert creation.actor_id not in actors.borrowed  # nothing of it is out at A now
+    node.state.task_done(_done(worker, behind, b"8"))
     entry = node.state.objects.entries[rid]
     assert entry.kind is ObjKind.INLINE and entry.payload == b"7"
     assert entry.count == 1 and node.state.driver.holds[rid] == 1  # the caller's, only
     assert answers == [[(rid, INLINE, b"7")]]
-    (report,) = [e for e in node.effects() if isinstance(e, ReportTask)]
+    report, _behind = [e for e in node.effects() if isinstance(e, ReportTask)]
     assert report.node == A and report.task_id == call.task_id
     assert [v.payload for v in report.values] == [b"7"]
     # A relays the result back to its caller (us): already here, it changes nothing.
