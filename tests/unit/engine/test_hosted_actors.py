@@ -75,9 +75,7 @@ def test_a_call_the_owner_sends_back_here_runs_once_and_its_result_stays_its_cal
     # A call made now goes through the owner too, behind the one still out there.
     behind = make_spec(kind=TaskKind.ACTOR_CALL, actor_id=creation.actor_id)
     node.state.submit(node.state.driver, behind)
-    assert [(e.node, e.spec) for e in node.effects() if isinstance(e, ForwardTask)] == [
-        (A, behind)
-    ]
+    assert [(e.node, e.spec) for e in node.effects() if isinstance(e, ForwardTask)] == [(A, behind)]
     assert node.sent(worker) == []
     node.state.peer_forward(A, spec_to_wire(call), None, [], [])
     (sent,) = node.sent(worker)
