@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+import threading
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -298,8 +301,11 @@ def _kill_a_node_under_load(driver: Cluster, wait_for: Callable[..., Any]) -> No
 def _unfinished(refs: list[Any]) -> str:
     """Where the driver's node thinks the tasks behind the refs not ready yet are (a
     failure's diagnosis: the task's state, the peer it was sent to, its attempts)."""
-    _ready, waiting = hs.wait(refs, num_returns=len(refs), timeout=0)
     manager = hs.engine.current_runtime().extensions["cluster"].link._manager
+    if not manager._lock.acquire(timeout=10):
+        return f"the driver's node lock is held (stuck?); its threads:\n{_stacks()}"
+    manager._lock.release()
+    _ready, waiting = hs.wait(refs, num_returns=len(refs), timeout=0)
     with manager._lock:
         state = manager.state
         seen = []
@@ -323,6 +329,15 @@ def _unfinished(refs: list[Any]) -> str:
     return (
         f"{len(waiting)} of {len(refs)} ({', '.join(seen)}); sent to peers {sent}, "
         f"queued here {queued}, peers {[format_id(i) for i in state.peers.nodes]}"
+    )
+
+
+def _stacks() -> str:
+    """The innermost frames of every thread of this process."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return "\n".join(
+        f"{names.get(ident, ident)}:\n" + "".join(traceback.format_stack(frame)[-6:])
+        for ident, frame in sys._current_frames().items()
     )
 
 
